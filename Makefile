@@ -1,0 +1,109 @@
+# pgapi: HTTP JSON API server for PostgreSQL (master/worker, libevent, libpq, hiredis).
+# `make` builds build/pgapi; `make asan` builds build/asan/pgapi; `make run` / `make test` do everything.
+
+NAME      := pgapi
+VERSION   := 0.1.0
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+BINDIR    := $(PREFIX)/bin
+SHAREDIR  := $(PREFIX)/share/$(NAME)
+SYSCONFDIR ?= /etc
+UNITDIR   ?= /lib/systemd/system
+
+CC        ?= cc
+PKGS      := libevent libpq hiredis json-c inih
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser
+WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2
+CFLAGS    ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -DPGAPI_VERSION='"$(VERSION)"' $(WARN) $(CFLAGS) \
+              -I. $(PKG_CFLAGS) -fno-strict-aliasing -MMD -MP
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+SRCS      := $(wildcard common/*.c master/*.c worker/*.c tools/*.c)
+OBJS      := $(SRCS:%.c=build/obj/%.o)
+SAN_OBJS  := $(SRCS:%.c=build/asan/obj/%.o)
+LIB_SRCS  := $(filter-out master/main.c,$(SRCS))
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=build/asan/tests/%)
+
+.PHONY: all asan deps build unit run test test-unit test-integration topology-up topology-down \
+        install dist clean bench check-config
+
+all: build/$(NAME)
+build: all
+
+build/$(NAME): $(OBJS)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+build/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+asan: build/asan/$(NAME)
+
+build/asan/$(NAME): $(SAN_OBJS)
+	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+build/asan/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -O1 -c -o $@ $<
+
+# Unit tests: cmocka, each links the sanitizer objects of the modules it tests.
+unit: $(UNIT_BINS)
+
+build/asan/tests/%: tests/unit/%.c $(filter-out build/asan/obj/master/main.o,$(SAN_OBJS))
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -O1 -o $@ $^ $(PKG_LIBS) -lcmocka -lm
+
+deps:
+	@scripts/deps.sh
+
+STATE ?= $(CURDIR)/var
+
+# make run: everything from a fresh machine to a server on 127.0.0.1:3000 in the foreground.
+run: deps
+	@$(MAKE) --no-print-directory all
+	scripts/topology.sh up $(STATE)
+	. $(STATE)/topology.env && build/$(NAME) migrate up && build/$(NAME) seed
+	. $(STATE)/topology.env && exec build/$(NAME)
+
+topology-up: deps
+	scripts/topology.sh up $(STATE)
+
+topology-down:
+	scripts/topology.sh down $(STATE)
+
+# make test: deps, both builds, a fresh throw-away topology per test session, every test.
+test: deps
+	@$(MAKE) --no-print-directory all asan unit
+	tests/run.sh
+
+test-unit: unit
+	tests/run.sh unit
+
+test-integration: all asan
+	tests/run.sh integration
+
+bench: deps all
+	bench/run.sh
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SHAREDIR)/migrations $(DESTDIR)$(SYSCONFDIR)/$(NAME) \
+	           $(DESTDIR)$(UNITDIR)
+	install -m 755 build/$(NAME) $(DESTDIR)$(BINDIR)/$(NAME)
+	install -m 644 migrations/*.sql $(DESTDIR)$(SHAREDIR)/migrations/
+	install -m 640 conf/$(NAME).ini $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example
+	sed 's|@BINDIR@|$(BINDIR)|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g; s|@SHAREDIR@|$(SHAREDIR)|g' \
+	    systemd/$(NAME).service.in > $(DESTDIR)$(UNITDIR)/$(NAME).service
+	chmod 644 $(DESTDIR)$(UNITDIR)/$(NAME).service
+
+dist:
+	@mkdir -p build
+	git archive --format=tar.gz --prefix=$(NAME)-$(VERSION)/ -o build/$(NAME)-$(VERSION).tar.gz HEAD
+	@echo build/$(NAME)-$(VERSION).tar.gz
+
+clean:
+	rm -rf build
+
+-include $(OBJS:.o=.d) $(SAN_OBJS:.o=.d)

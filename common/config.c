@@ -1,0 +1,434 @@
+/* config: the key table below is the only place a setting is declared: its type, range, default and
+ * documentation. The ini parser, the environment overrides, --check-config and --help all read it. */
+#include "common/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+enum key_type { KT_INT, KT_MS, KT_SEC, KT_SIZE, KT_BOOL, KT_STR, KT_LISTEN, KT_DSN, KT_REPLICA, KT_LEVEL, KT_FORMAT };
+
+struct config_key {
+    const char *section;
+    const char *name;
+    enum key_type type;
+    size_t offset;
+    size_t size;             /* KT_STR / KT_DSN: buffer size */
+    long long min, max;      /* numeric range (ms for KT_MS, bytes for KT_SIZE) */
+    const char *def;
+    const char *doc;
+};
+
+#define OFF(f) offsetof(struct config, f), sizeof(((struct config *)0)->f)
+
+static const struct config_key config_keys[] = {
+    { "server", "listen", KT_LISTEN, OFF(listen_host), 0, 0, "127.0.0.1:3000",
+      "address:port to accept HTTP on (IPv4 address or hostname-free literal)" },
+    { "server", "workers", KT_INT, OFF(workers), 0, 256, "0", "worker processes; 0 = one per CPU" },
+    { "server", "backlog", KT_INT, OFF(backlog), 1, 65535, "1024", "listen(2) backlog" },
+    { "server", "keepalive_timeout", KT_MS, OFF(keepalive_timeout_ms), 0, 3600000, "5s",
+      "idle keep-alive connection lifetime (units ms, s, m; bare number = seconds)" },
+    { "server", "request_timeout", KT_MS, OFF(request_timeout_ms), 100, 3600000, "30s",
+      "limit to receive a whole request (headers and body), 408 past it; also bounds sending the response" },
+    { "server", "drain_timeout", KT_MS, OFF(drain_timeout_ms), 100, 3600000, "10s",
+      "graceful stop: how long in-flight requests may take before a worker is stopped anyway" },
+    { "server", "max_connections", KT_INT, OFF(max_connections), 1, 1000000, "4096",
+      "open client connections per worker; above it new connections are closed at once" },
+    { "server", "max_body_bytes", KT_SIZE, OFF(max_body_bytes), 0, 1073741824, "64k",
+      "largest request body (413 above); units k, m" },
+    { "server", "max_header_bytes", KT_SIZE, OFF(max_header_bytes), 256, 1048576, "8k",
+      "largest request line + headers (431 above); units k, m" },
+    { "database", "primary", KT_DSN, OFF(primary_dsn), 0, 0,
+      "host=127.0.0.1 port=64320 dbname=pgapi_rw user=app",
+      "libpq conninfo of the read-write side (PgBouncer database pointing at the primary); "
+      "passwords come from PGPASSWORD / PGPASSFILE, not from this file" },
+    { "database", "replica", KT_REPLICA, OFF(replica_dsn), 0, 0,
+      "host=127.0.0.1 port=64320 dbname=pgapi_ro user=app",
+      "libpq conninfo of a read-only side; repeat the key for several replicas" },
+    { "database", "pool_size", KT_INT, OFF(pool_size), 1, 256, "4", "connections per side per worker" },
+    { "database", "statement_timeout", KT_MS, OFF(statement_timeout_ms), 0, 3600000, "5s",
+      "how long one query may run before it is cancelled (503)" },
+    { "database", "connect_timeout", KT_MS, OFF(connect_timeout_ms), 100, 600000, "3s",
+      "limit for opening one database connection" },
+    { "database", "queue_size", KT_INT, OFF(queue_size), 0, 1000000, "1024",
+      "requests waiting for a connection per side per worker; 503 when full" },
+    { "database", "queue_timeout", KT_MS, OFF(queue_timeout_ms), 1, 600000, "2s",
+      "how long a request waits for a free connection before 503" },
+    { "database", "max_replica_lag", KT_MS, OFF(max_replica_lag_ms), 0, 3600000, "10s",
+      "a replica lagging more than this gets no reads" },
+    { "database", "health_interval", KT_MS, OFF(health_interval_ms), 100, 600000, "1s",
+      "how often each worker checks replica health and lag" },
+    { "database", "migrations_dir", KT_STR, OFF(migrations_dir), 0, 0, "migrations",
+      "directory of NNNN_name.sql migration files (migrate command)" },
+    { "redis", "enabled", KT_BOOL, OFF(redis_enabled), 0, 0, "on", "use the Redis cache" },
+    { "redis", "host", KT_STR, OFF(redis_host), 0, 0, "127.0.0.1", "Redis address (IP literal)" },
+    { "redis", "port", KT_INT, OFF(redis_port), 1, 65535, "63790", "Redis port" },
+    { "redis", "ttl", KT_SEC, OFF(cache_ttl_s), 1000, 604800000, "1h", "lifetime of a cached value" },
+    { "redis", "connect_timeout", KT_MS, OFF(redis_connect_timeout_ms), 10, 60000, "500ms",
+      "limit for connecting to Redis" },
+    { "redis", "command_timeout", KT_MS, OFF(redis_command_timeout_ms), 10, 60000, "200ms",
+      "limit for one Redis command; past it the cache is bypassed" },
+    { "redis", "prefix", KT_STR, OFF(redis_prefix), 0, 0, "pgapi:v1",
+      "namespace of every key; bump the version after a schema change" },
+    { "log", "level", KT_LEVEL, OFF(log_level), 0, 0, "info", "error, warn, info or debug" },
+    { "log", "format", KT_FORMAT, OFF(log_format), 0, 0, "text", "text or json (one JSON object a line)" },
+    { "log", "access", KT_BOOL, OFF(access_log), 0, 0, "on", "one line per request" },
+};
+
+#define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
+
+struct parse_ctx {
+    struct config *cfg;
+    char err[CONFIG_ERR_MAX];
+    bool replica_seen;       /* the first replica line in a file replaces the default list */
+};
+
+static const struct config_key *key_find(const char *section, const char *name)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcasecmp(config_keys[i].section, section) == 0 && strcasecmp(config_keys[i].name, name) == 0)
+            return &config_keys[i];
+    return NULL;
+}
+
+static int parse_ll(const char *s, long long *out, const char **rest)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s)
+        return -1;
+    *out = v;
+    *rest = end;
+    return 0;
+}
+
+static int parse_ms(const char *s, long long *out)
+{
+    const char *unit;
+    long long v;
+    if (parse_ll(s, &v, &unit) < 0 || v < 0)
+        return -1;
+    long long mul;
+    if (*unit == '\0' || strcmp(unit, "s") == 0)
+        mul = 1000;
+    else if (strcmp(unit, "ms") == 0)
+        mul = 1;
+    else if (strcmp(unit, "m") == 0)
+        mul = 60000;
+    else if (strcmp(unit, "h") == 0)
+        mul = 3600000;
+    else
+        return -1;
+    if (v > LLONG_MAX / mul)
+        return -1;
+    *out = v * mul;
+    return 0;
+}
+
+static int parse_size(const char *s, long long *out)
+{
+    const char *unit;
+    long long v;
+    if (parse_ll(s, &v, &unit) < 0 || v < 0)
+        return -1;
+    long long mul = 1;
+    if (strcasecmp(unit, "k") == 0)
+        mul = 1024;
+    else if (strcasecmp(unit, "m") == 0)
+        mul = 1024 * 1024;
+    else if (*unit != '\0')
+        return -1;
+    if (v > LLONG_MAX / mul)
+        return -1;
+    *out = v * mul;
+    return 0;
+}
+
+static int parse_bool(const char *s, bool *out)
+{
+    static const char *yes[] = { "on", "yes", "true", "1" }, *no[] = { "off", "no", "false", "0" };
+    for (size_t i = 0; i < 4; i++) {
+        if (strcasecmp(s, yes[i]) == 0) { *out = true; return 0; }
+        if (strcasecmp(s, no[i]) == 0) { *out = false; return 0; }
+    }
+    return -1;
+}
+
+static int set_string(char *dst, size_t cap, const char *v, char *err, size_t errlen)
+{
+    size_t n = strlen(v);
+    if (n >= cap) {
+        snprintf(err, errlen, "value longer than %zu bytes", cap - 1);
+        return -1;
+    }
+    memcpy(dst, v, n + 1);
+    return 0;
+}
+
+static int set_listen(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+    const char *colon = strrchr(v, ':');
+    long long port;
+    const char *rest;
+    if (!colon || colon == v || parse_ll(colon + 1, &port, &rest) < 0 || *rest || port < 1 || port > 65535) {
+        snprintf(err, errlen, "expected address:port with a port in 1..65535, got \"%s\"", v);
+        return -1;
+    }
+    size_t hl = (size_t)(colon - v);
+    if (hl >= sizeof(cfg->listen_host)) {
+        snprintf(err, errlen, "address too long");
+        return -1;
+    }
+    memcpy(cfg->listen_host, v, hl);
+    cfg->listen_host[hl] = '\0';
+    cfg->listen_port = (int)port;
+    return 0;
+}
+
+static int set_number(const struct config_key *k, struct config *cfg, const char *v, char *err, size_t errlen)
+{
+    long long n;
+    const char *rest = "";
+    bool timed = k->type == KT_MS || k->type == KT_SEC;
+    int rc = timed ? parse_ms(v, &n) : k->type == KT_SIZE ? parse_size(v, &n) : parse_ll(v, &n, &rest);
+    if (rc < 0 || *rest) {
+        snprintf(err, errlen, "\"%s\" is not a valid %s", v,
+                 timed ? "duration (e.g. 250ms, 5s, 2m)" : k->type == KT_SIZE ? "size (e.g. 512, 64k, 1m)" : "integer");
+        return -1;
+    }
+    if (n < k->min || n > k->max) {
+        snprintf(err, errlen, "%s out of range %lld..%lld", v, k->min, k->max);
+        return -1;
+    }
+    void *dst = (char *)cfg + k->offset;
+    if (k->type == KT_SIZE)
+        *(size_t *)dst = (size_t)n;
+    else if (k->type == KT_SEC)
+        *(int *)dst = (int)(n / 1000); /* kept in seconds: Redis EX takes seconds */
+    else
+        *(int *)dst = (int)n;
+    return 0;
+}
+
+static int set_replica(struct parse_ctx *ctx, const char *v, char *err, size_t errlen)
+{
+    struct config *cfg = ctx->cfg;
+    if (!ctx->replica_seen) {
+        cfg->replica_count = 0;
+        ctx->replica_seen = true;
+    }
+    if (cfg->replica_count >= CONFIG_MAX_REPLICAS) {
+        snprintf(err, errlen, "at most %d replicas", CONFIG_MAX_REPLICAS);
+        return -1;
+    }
+    if (set_string(cfg->replica_dsn[cfg->replica_count], CONFIG_DSN_MAX, v, err, errlen) < 0)
+        return -1;
+    cfg->replica_count++;
+    return 0;
+}
+
+static int key_set(const struct config_key *k, struct parse_ctx *ctx, const char *v, char *err, size_t errlen)
+{
+    struct config *cfg = ctx->cfg;
+    void *dst = (char *)cfg + k->offset;
+    switch (k->type) {
+    case KT_INT: case KT_MS: case KT_SEC: case KT_SIZE:
+        return set_number(k, cfg, v, err, errlen);
+    case KT_BOOL:
+        if (parse_bool(v, dst) == 0)
+            return 0;
+        snprintf(err, errlen, "\"%s\" is not on/off", v);
+        return -1;
+    case KT_STR: case KT_DSN:
+        return set_string(dst, k->size, v, err, errlen);
+    case KT_LISTEN:
+        return set_listen(cfg, v, err, errlen);
+    case KT_REPLICA:
+        return set_replica(ctx, v, err, errlen);
+    case KT_LEVEL:
+        if (log_level_parse(v, dst) == 0)
+            return 0;
+        snprintf(err, errlen, "\"%s\" is not one of error, warn, info, debug", v);
+        return -1;
+    case KT_FORMAT:
+        if (log_format_parse(v, dst) == 0)
+            return 0;
+        snprintf(err, errlen, "\"%s\" is not text or json", v);
+        return -1;
+    }
+    return -1;
+}
+
+/* inih callback: returning 0 makes ini_parse report this line as the first error. */
+static int config_ini_line(void *user, const char *section, const char *name, const char *value)
+{
+    struct parse_ctx *ctx = user;
+    if (ctx->err[0])
+        return 0;
+    const struct config_key *k = key_find(section, name);
+    char why[CONFIG_ERR_MAX - 64];
+    if (!k) {
+        snprintf(ctx->err, sizeof(ctx->err), "unknown key \"%s\" in section [%s]", name, section);
+        return 0;
+    }
+    if (key_set(k, ctx, value, why, sizeof(why)) < 0) {
+        snprintf(ctx->err, sizeof(ctx->err), "[%s] %s: %s", section, name, why);
+        return 0;
+    }
+    return 1;
+}
+
+static int defaults_apply(struct config *cfg)
+{
+    struct parse_ctx ctx = { .cfg = cfg };
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < NKEYS; i++) {
+        char why[256];
+        if (key_set(&config_keys[i], &ctx, config_keys[i].def, why, sizeof(why)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void env_name(const struct config_key *k, char *buf, size_t cap)
+{
+    size_t n = (size_t)snprintf(buf, cap, "PGAPI_%s_%s", k->section, k->name);
+    for (size_t i = 0; i < n && i < cap; i++)
+        buf[i] = (char)toupper((unsigned char)buf[i]);
+}
+
+/* PGAPI_<SECTION>_<KEY> overrides the file, so secrets and per-host values stay out of committed ini. */
+static int env_apply(struct config *cfg, char *err, size_t errlen)
+{
+    struct parse_ctx ctx = { .cfg = cfg };
+    for (size_t i = 0; i < NKEYS; i++) {
+        char name[96], why[256];
+        env_name(&config_keys[i], name, sizeof(name));
+        const char *v = getenv(name);
+        if (!v)
+            continue;
+        if (key_set(&config_keys[i], &ctx, v, why, sizeof(why)) < 0) {
+            snprintf(err, errlen, "environment %s: %s", name, why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int file_apply(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+    struct parse_ctx ctx = { .cfg = cfg };
+    int rc = ini_parse(path, config_ini_line, &ctx);
+    if (rc == -1) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    if (rc == -2) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    if (rc > 0) {
+        snprintf(err, errlen, "%s:%d: %s", path, rc, ctx.err[0] ? ctx.err : "syntax error");
+        return -1;
+    }
+    return 0;
+}
+
+static int config_validate(struct config *cfg, char *err, size_t errlen)
+{
+    if (cfg->workers == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg->workers = n > 0 ? (int)n : 1;
+    }
+    if (cfg->primary_dsn[0] == '\0') {
+        snprintf(err, errlen, "[database] primary must not be empty");
+        return -1;
+    }
+    if (cfg->redis_enabled && cfg->redis_host[0] == '\0') {
+        snprintf(err, errlen, "[redis] host must not be empty when the cache is enabled");
+        return -1;
+    }
+    return 0;
+}
+
+int config_load(struct config *out, const char *path, char *err, size_t errlen)
+{
+    struct config *cfg = malloc(sizeof(*cfg));
+    int rc = -1;
+    if (!cfg) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (defaults_apply(cfg) < 0) {
+        snprintf(err, errlen, "internal error: a default value does not parse");
+        goto done;
+    }
+    if (path) {
+        if (set_string(cfg->path, sizeof(cfg->path), path, err, errlen) < 0)
+            goto done;
+        if (file_apply(cfg, path, err, errlen) < 0)
+            goto done;
+    }
+    if (env_apply(cfg, err, errlen) < 0 || config_validate(cfg, err, errlen) < 0)
+        goto done;
+    *out = *cfg;
+    rc = 0;
+done:
+    free(cfg);
+    return rc;
+}
+
+/* A conninfo's password=... is masked so that printing a config never leaks it. */
+static void dsn_print_masked(FILE *f, const char *name, const char *dsn)
+{
+    const char *p = strstr(dsn, "password");
+    if (!p) {
+        fprintf(f, "%s = %s\n", name, dsn);
+        return;
+    }
+    fprintf(f, "%s = %.*spassword=****", name, (int)(p - dsn), dsn);
+    const char *end = strchr(p, ' ');
+    fprintf(f, "%s\n", end ? end : "");
+}
+
+void config_print(const struct config *c, FILE *f)
+{
+    static const char *lv[] = { "error", "warn", "info", "debug" };
+    fprintf(f, "[server]\nlisten = %s:%d\nworkers = %d\nbacklog = %d\nkeepalive_timeout = %dms\n"
+               "request_timeout = %dms\ndrain_timeout = %dms\nmax_connections = %d\nmax_body_bytes = %zu\n"
+               "max_header_bytes = %zu\n\n[database]\n",
+            c->listen_host, c->listen_port, c->workers, c->backlog, c->keepalive_timeout_ms,
+            c->request_timeout_ms, c->drain_timeout_ms, c->max_connections, c->max_body_bytes,
+            c->max_header_bytes);
+    dsn_print_masked(f, "primary", c->primary_dsn);
+    for (int i = 0; i < c->replica_count; i++)
+        dsn_print_masked(f, "replica", c->replica_dsn[i]);
+    fprintf(f, "pool_size = %d\nstatement_timeout = %dms\nconnect_timeout = %dms\nqueue_size = %d\n"
+               "queue_timeout = %dms\nmax_replica_lag = %dms\nhealth_interval = %dms\nmigrations_dir = %s\n\n"
+               "[redis]\nenabled = %s\nhost = %s\nport = %d\nttl = %ds\nconnect_timeout = %dms\n"
+               "command_timeout = %dms\nprefix = %s\n\n[log]\nlevel = %s\nformat = %s\naccess = %s\n",
+            c->pool_size, c->statement_timeout_ms, c->connect_timeout_ms, c->queue_size,
+            c->queue_timeout_ms, c->max_replica_lag_ms, c->health_interval_ms, c->migrations_dir,
+            c->redis_enabled ? "on" : "off", c->redis_host, c->redis_port, c->cache_ttl_s,
+            c->redis_connect_timeout_ms, c->redis_command_timeout_ms, c->redis_prefix,
+            lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off");
+}
+
+void config_print_keys(FILE *f)
+{
+    const char *section = "";
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct config_key *k = &config_keys[i];
+        char env[96];
+        if (strcmp(section, k->section) != 0)
+            fprintf(f, "\n  [%s]\n", section = k->section);
+        env_name(k, env, sizeof(env));
+        fprintf(f, "    %-18s default \"%s\" (env %s)\n        %s\n", k->name, k->def, env, k->doc);
+    }
+}

@@ -1,0 +1,65 @@
+/* config: one immutable struct per configuration generation, built from a declarative key table by
+ * parsing an ini file with inih, then environment overrides (PGAPI_<SECTION>_<KEY>). */
+#ifndef PGAPI_CONFIG_H
+#define PGAPI_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "common/log.h"
+
+#define CONFIG_MAX_REPLICAS 8
+#define CONFIG_DSN_MAX 512
+#define CONFIG_ERR_MAX 512
+
+struct config {
+    char path[512];            /* "" when running on the embedded defaults */
+    /* [server] */
+    char listen_host[64];
+    int listen_port;
+    int workers;               /* 0 in the file means one per CPU; resolved at load time */
+    int backlog;
+    int keepalive_timeout_ms;
+    int request_timeout_ms;
+    int drain_timeout_ms;
+    int max_connections;       /* per worker */
+    size_t max_body_bytes;
+    size_t max_header_bytes;
+    /* [database] */
+    char primary_dsn[CONFIG_DSN_MAX];
+    char replica_dsn[CONFIG_MAX_REPLICAS][CONFIG_DSN_MAX];
+    int replica_count;
+    int pool_size;             /* per side per worker */
+    int statement_timeout_ms;
+    int connect_timeout_ms;
+    int queue_size;
+    int queue_timeout_ms;
+    int max_replica_lag_ms;
+    int health_interval_ms;
+    char migrations_dir[256];
+    /* [redis] */
+    bool redis_enabled;
+    char redis_host[256];
+    int redis_port;
+    int cache_ttl_s;
+    int redis_connect_timeout_ms;
+    int redis_command_timeout_ms;
+    char redis_prefix[64];
+    /* [log] */
+    enum log_level log_level;
+    enum log_format log_format;
+    bool access_log;
+};
+
+/* Loads defaults, then `path` (NULL: defaults only), then the environment. On failure returns -1 and
+ * writes "file:line: reason" into err. The result is complete and validated or untouched. */
+int config_load(struct config *out, const char *path, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* Writes every key with its effective value (secrets masked) in ini form: the --help/--check-config text. */
+void config_print(const struct config *cfg, FILE *f);
+/* Documents each key: section, name, default, meaning. */
+void config_print_keys(FILE *f);
+
+#endif

@@ -1,0 +1,192 @@
+/* log: formats one line per event and writes it with a single write(2), so lines from the master and
+ * the workers sharing stderr never interleave (each line is below PIPE_BUF). */
+#include "common/log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LOG_LINE_MAX 4000
+
+/* Per-process logger state: written at start-up and right after fork(), read-only afterwards. */
+static struct {
+    enum log_level level;
+    enum log_format format;
+    bool access;
+    const char *role;
+    int worker;
+    unsigned generation;
+} log_state = { LOGL_INFO, LOGF_TEXT, true, "main", -1, 0 };
+
+static const char *const level_names[] = { "error", "warn", "info", "debug" };
+
+void log_configure(enum log_level level, enum log_format format, bool access)
+{
+    log_state.level = level;
+    log_state.format = format;
+    log_state.access = access;
+}
+
+void log_set_process(const char *role, int worker, unsigned generation)
+{
+    log_state.role = role;
+    log_state.worker = worker;
+    log_state.generation = generation;
+}
+
+bool log_enabled(enum log_level level)
+{
+    return level <= log_state.level;
+}
+
+int log_level_parse(const char *s, enum log_level *out)
+{
+    for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
+        if (strcasecmp(s, level_names[i]) == 0) {
+            *out = (enum log_level)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int log_format_parse(const char *s, enum log_format *out)
+{
+    if (strcasecmp(s, "text") == 0)
+        *out = LOGF_TEXT;
+    else if (strcasecmp(s, "json") == 0)
+        *out = LOGF_JSON;
+    else
+        return -1;
+    return 0;
+}
+
+static size_t format_time(char *buf, size_t cap)
+{
+    struct timeval tv;
+    struct tm tm;
+    gettimeofday(&tv, NULL);
+    gmtime_r(&tv.tv_sec, &tm);
+    size_t n = strftime(buf, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    n += (size_t)snprintf(buf + n, cap - n, ".%03dZ", (int)(tv.tv_usec / 1000));
+    return n;
+}
+
+/* Appends s to buf as the inside of a JSON string; returns the new length (clamped to cap). */
+static size_t json_escape_into(char *buf, size_t len, size_t cap, const char *s)
+{
+    for (; *s && len + 7 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            buf[len++] = '\\';
+            buf[len++] = (char)c;
+        } else if (c < 0x20) {
+            len += (size_t)snprintf(buf + len, cap - len, "\\u%04x", c);
+        } else {
+            buf[len++] = (char)c;
+        }
+    }
+    return len;
+}
+
+static size_t prefix_text(char *buf, size_t cap, enum log_level level)
+{
+    size_t n = format_time(buf, cap);
+    n += (size_t)snprintf(buf + n, cap - n, " [%s] %d %s", level_names[level], (int)getpid(),
+                          log_state.role);
+    if (log_state.worker >= 0)
+        n += (size_t)snprintf(buf + n, cap - n, "#%d", log_state.worker);
+    n += (size_t)snprintf(buf + n, cap - n, " g%u: ", log_state.generation);
+    return n;
+}
+
+static size_t prefix_json(char *buf, size_t cap, enum log_level level)
+{
+    size_t n = (size_t)snprintf(buf, cap, "{\"ts\":\"");
+    n += format_time(buf + n, cap - n);
+    n += (size_t)snprintf(buf + n, cap - n,
+                          "\",\"level\":\"%s\",\"pid\":%d,\"role\":\"%s\",\"worker\":%d,\"gen\":%u,",
+                          level_names[level], (int)getpid(), log_state.role, log_state.worker,
+                          log_state.generation);
+    return n;
+}
+
+static void line_emit(char *buf, size_t n, size_t cap)
+{
+    if (n >= cap - 1)
+        n = cap - 2;
+    buf[n++] = '\n';
+    int saved = errno;
+    ssize_t w = write(STDERR_FILENO, buf, n);
+    (void)w; /* nowhere left to report a failed log write */
+    errno = saved;
+}
+
+/* One event, one line: libpq and others put newlines and tabs in their messages. */
+static void line_flatten(char *s)
+{
+    char *end = s;
+    for (char *p = s; *p; p++) {
+        if ((unsigned char)*p < 0x20)
+            *p = ' ';
+        if (*p != ' ')
+            end = p + 1;
+    }
+    *end = '\0';
+}
+
+void log_write(enum log_level level, const char *fmt, ...)
+{
+    char msg[LOG_LINE_MAX], buf[LOG_LINE_MAX + 256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    line_flatten(msg);
+    size_t n;
+    if (log_state.format == LOGF_JSON) {
+        n = prefix_json(buf, sizeof(buf), level);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\"msg\":\"");
+        n = json_escape_into(buf, n, sizeof(buf) - 3, msg);
+        buf[n++] = '"';
+        buf[n++] = '}';
+    } else {
+        n = prefix_text(buf, sizeof(buf), level);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s", msg);
+    }
+    line_emit(buf, n, sizeof(buf));
+}
+
+void log_access(const struct access_entry *e)
+{
+    if (!log_state.access || !log_enabled(LOGL_INFO))
+        return;
+    char buf[LOG_LINE_MAX];
+    size_t n;
+    const char *rid = e->request_id ? e->request_id : "-";
+    const char *cache = e->cache ? e->cache : "-";
+    if (log_state.format == LOGF_JSON) {
+        n = prefix_json(buf, sizeof(buf), LOGL_INFO);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\"msg\":\"access\",\"method\":\"");
+        n = json_escape_into(buf, n, sizeof(buf) - 200, e->method);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\",\"path\":\"");
+        n = json_escape_into(buf, n, sizeof(buf) - 200, e->path);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\",\"request_id\":\"");
+        n = json_escape_into(buf, n, sizeof(buf) - 150, rid);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n,
+                              "\",\"status\":%d,\"duration_us\":%llu,\"bytes\":%llu,\"cache\":\"%s\"}",
+                              e->status, (unsigned long long)e->duration_us,
+                              (unsigned long long)e->bytes, cache);
+    } else {
+        n = prefix_text(buf, sizeof(buf), LOGL_INFO);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s %.512s %d %.3fms %llub cache=%s rid=%.64s",
+                              e->method, e->path, e->status, (double)e->duration_us / 1000.0,
+                              (unsigned long long)e->bytes, cache, rid);
+    }
+    line_emit(buf, n, sizeof(buf));
+}

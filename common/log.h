@@ -1,0 +1,37 @@
+/* log: levelled, one-line logging to stderr as text or JSON lines.
+ * Every line carries pid, role, worker slot and config generation; levels are checked before formatting. */
+#ifndef PGAPI_LOG_H
+#define PGAPI_LOG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+enum log_level { LOGL_ERROR = 0, LOGL_WARN, LOGL_INFO, LOGL_DEBUG };
+enum log_format { LOGF_TEXT = 0, LOGF_JSON };
+
+struct access_entry {
+    const char *method;
+    const char *path;
+    const char *request_id;
+    const char *cache;        /* "HIT", "MISS", "BYPASS" or NULL */
+    int status;
+    uint64_t duration_us;
+    uint64_t bytes;
+};
+
+/* Set once at start-up and again after fork(); the logger's state is per process. */
+void log_configure(enum log_level level, enum log_format format, bool access);
+void log_set_process(const char *role, int worker, unsigned generation);
+bool log_enabled(enum log_level level);
+void log_write(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_access(const struct access_entry *e);
+
+int log_level_parse(const char *s, enum log_level *out);
+int log_format_parse(const char *s, enum log_format *out);
+
+#define log_error(...) do { if (log_enabled(LOGL_ERROR)) log_write(LOGL_ERROR, __VA_ARGS__); } while (0)
+#define log_warn(...)  do { if (log_enabled(LOGL_WARN))  log_write(LOGL_WARN, __VA_ARGS__); } while (0)
+#define log_info(...)  do { if (log_enabled(LOGL_INFO))  log_write(LOGL_INFO, __VA_ARGS__); } while (0)
+#define log_debug(...) do { if (log_enabled(LOGL_DEBUG)) log_write(LOGL_DEBUG, __VA_ARGS__); } while (0)
+
+#endif

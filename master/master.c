@@ -1,0 +1,410 @@
+/* master: binds the socket, forks the workers and supervises them, nginx-style. Signals arrive through
+ * a signalfd read in a poll() loop (no handlers, no flags). SIGHUP starts a new generation of workers
+ * and retires the old one once the new one is ready; TERM/INT/QUIT drain; a second one forces exit. */
+#include "master/master.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/fence.h"
+#include "master/listener.h"
+#include "master/notify.h"
+#include "worker/worker.h"
+
+#define MAX_PROCS 512
+#define RESPAWN_MAX_MS 10000
+#define STABLE_AFTER_MS 5000
+
+enum proc_state { PROC_FREE = 0, PROC_STARTING, PROC_READY, PROC_RETIRING };
+
+struct proc {
+    enum proc_state state;
+    pid_t pid;
+    int slot;
+    unsigned generation;
+    int64_t started_ms;
+};
+
+/* A slot of the current generation waiting to be respawned after a back-off. */
+struct respawn {
+    int64_t due_ms;
+    int failures;
+    bool pending;
+};
+
+struct master {
+    struct config cfg;
+    const char *config_path;
+    unsigned generation;
+    int listen_fd;
+    int old_listen_fd;            /* previous socket while its workers drain after a port change */
+    int sig_fd;
+    struct fences *fences;        /* shared memory the workers write; the master only maps it */
+    int ready_rd, ready_wr;       /* workers write their pid here once they serve */
+    struct proc procs[MAX_PROCS];
+    struct respawn respawns[MAX_PROCS];
+    bool reloading;
+    bool stopping;
+    int64_t stop_deadline_ms;
+    sigset_t old_mask;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct proc *proc_find(struct master *m, pid_t pid)
+{
+    for (int i = 0; i < MAX_PROCS; i++)
+        if (m->procs[i].state != PROC_FREE && m->procs[i].pid == pid)
+            return &m->procs[i];
+    return NULL;
+}
+
+static struct proc *proc_alloc(struct master *m)
+{
+    for (int i = 0; i < MAX_PROCS; i++)
+        if (m->procs[i].state == PROC_FREE)
+            return &m->procs[i];
+    return NULL;
+}
+
+static int procs_count(const struct master *m, unsigned generation, enum proc_state state)
+{
+    int n = 0;
+    for (int i = 0; i < MAX_PROCS; i++)
+        if (m->procs[i].state == state && m->procs[i].generation == generation)
+            n++;
+    return n;
+}
+
+static int procs_alive(const struct master *m)
+{
+    int n = 0;
+    for (int i = 0; i < MAX_PROCS; i++)
+        n += m->procs[i].state != PROC_FREE;
+    return n;
+}
+
+/* The child: restores the signal mask, drops the master's descriptors and becomes a worker. */
+static void child_become_worker(struct master *m, int slot)
+{
+    prctl(PR_SET_PDEATHSIG, SIGQUIT);
+    close(m->sig_fd);
+    close(m->ready_rd);
+    if (m->old_listen_fd >= 0)
+        close(m->old_listen_fd);
+    sigprocmask(SIG_SETMASK, &m->old_mask, NULL);
+    int rc = worker_run(&m->cfg, m->fences, m->listen_fd, slot, m->generation, m->ready_wr);
+    free(m);
+    exit(rc); /* exit, not _exit: sanitizer builds check the worker for leaks at exit */
+}
+
+static int worker_spawn(struct master *m, int slot)
+{
+    struct proc *p = proc_alloc(m);
+    if (!p) {
+        log_error("process table full: cannot start worker %d", slot);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        log_error("fork worker %d: %s", slot, strerror(errno));
+        return -1;
+    }
+    if (pid == 0)
+        child_become_worker(m, slot);
+    *p = (struct proc){ .state = PROC_STARTING, .pid = pid, .slot = slot, .generation = m->generation,
+                        .started_ms = now_ms() };
+    log_info("worker %d started: pid %d generation %u", slot, (int)pid, m->generation);
+    return 0;
+}
+
+static void generation_spawn(struct master *m)
+{
+    for (int slot = 0; slot < m->cfg.workers; slot++) {
+        m->respawns[slot] = (struct respawn){ 0 };
+        if (worker_spawn(m, slot) < 0)
+            m->respawns[slot] = (struct respawn){ .pending = true, .due_ms = now_ms() + 1000, .failures = 1 };
+    }
+}
+
+static void procs_signal(struct master *m, int sig, bool (*match)(const struct master *, const struct proc *))
+{
+    for (int i = 0; i < MAX_PROCS; i++) {
+        struct proc *p = &m->procs[i];
+        if (p->state == PROC_FREE || (match && !match(m, p)))
+            continue;
+        if (kill(p->pid, sig) < 0 && errno != ESRCH)
+            log_error("kill worker pid %d: %s", (int)p->pid, strerror(errno));
+        if (sig == SIGQUIT)
+            p->state = PROC_RETIRING;
+    }
+}
+
+static bool proc_is_old(const struct master *m, const struct proc *p)
+{
+    return p->generation != m->generation && p->state != PROC_RETIRING;
+}
+
+/* Called when the new generation has every worker serving: the old one may now leave. */
+static void reload_finish(struct master *m)
+{
+    procs_signal(m, SIGQUIT, proc_is_old);
+    if (m->old_listen_fd >= 0) {
+        close(m->old_listen_fd);
+        m->old_listen_fd = -1;
+    }
+    m->reloading = false;
+    log_info("reload complete: generation %u serving with %d workers", m->generation, m->cfg.workers);
+    notify_send("READY=1\nSTATUS=serving");
+}
+
+static void reload_start(struct master *m)
+{
+    char err[CONFIG_ERR_MAX];
+    struct config next;
+    notify_send("RELOADING=1");
+    if (config_load(&next, m->config_path, err, sizeof(err)) < 0) {
+        log_error("reload refused, keeping generation %u: %s", m->generation, err);
+        notify_send("READY=1\nSTATUS=reload refused: bad configuration");
+        return;
+    }
+    if (strcmp(next.listen_host, m->cfg.listen_host) != 0 || next.listen_port != m->cfg.listen_port) {
+        int fd = listener_open(next.listen_host, next.listen_port, next.backlog);
+        if (fd < 0) {
+            log_error("reload refused, keeping generation %u: cannot listen on %s:%d", m->generation,
+                      next.listen_host, next.listen_port);
+            notify_send("READY=1\nSTATUS=reload refused: cannot listen");
+            return;
+        }
+        if (m->old_listen_fd >= 0)
+            close(m->old_listen_fd);
+        m->old_listen_fd = m->listen_fd;
+        m->listen_fd = fd;
+    }
+    /* A reload during a reload: the half-started generation is retired like any old one. */
+    m->cfg = next;
+    m->generation++;
+    log_configure(m->cfg.log_level, m->cfg.log_format, m->cfg.access_log);
+    log_set_process("master", -1, m->generation);
+    log_info("reloading: generation %u with %d workers on %s:%d", m->generation, m->cfg.workers,
+             m->cfg.listen_host, m->cfg.listen_port);
+    m->reloading = true;
+    generation_spawn(m);
+}
+
+static void stop_start(struct master *m, int sig)
+{
+    if (m->stopping) {
+        log_warn("second stop signal (%s): fast exit", strsignal(sig));
+        procs_signal(m, SIGTERM, NULL);
+        m->stop_deadline_ms = now_ms() + 1000;
+        return;
+    }
+    m->stopping = true;
+    m->stop_deadline_ms = now_ms() + m->cfg.drain_timeout_ms + 2000;
+    log_info("%s: graceful stop, draining %d workers", strsignal(sig), procs_alive(m));
+    notify_send("STOPPING=1");
+    procs_signal(m, SIGQUIT, NULL);
+}
+
+static void respawn_schedule(struct master *m, const struct proc *p)
+{
+    struct respawn *r = &m->respawns[p->slot];
+    bool crashed_early = now_ms() - p->started_ms < STABLE_AFTER_MS;
+    r->failures = crashed_early ? r->failures + 1 : 0;
+    int64_t delay = 0;
+    if (r->failures > 0) {
+        delay = 100LL << (r->failures < 7 ? r->failures : 7);
+        if (delay > RESPAWN_MAX_MS)
+            delay = RESPAWN_MAX_MS;
+    }
+    r->pending = true;
+    r->due_ms = now_ms() + delay;
+    if (delay)
+        log_warn("worker %d crashed %d time(s) in a row: respawn in %lldms", p->slot, r->failures,
+                 (long long)delay);
+}
+
+static void child_log_exit(const struct proc *p, int status)
+{
+    if (WIFEXITED(status)) {
+        if (WEXITSTATUS(status) == 0 && p->state == PROC_RETIRING)
+            log_info("worker %d pid %d (generation %u) exited", p->slot, (int)p->pid, p->generation);
+        else
+            log_warn("worker %d pid %d (generation %u) exited with status %d", p->slot, (int)p->pid,
+                     p->generation, WEXITSTATUS(status));
+    } else if (WIFSIGNALED(status)) {
+        log_error("worker %d pid %d (generation %u) killed by signal %d (%s)", p->slot, (int)p->pid,
+                  p->generation, WTERMSIG(status), strsignal(WTERMSIG(status)));
+    }
+}
+
+static void children_reap(struct master *m)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        struct proc *p = proc_find(m, pid);
+        if (!p)
+            continue;
+        child_log_exit(p, status);
+        bool respawn = !m->stopping && p->generation == m->generation && p->state != PROC_RETIRING;
+        if (respawn)
+            respawn_schedule(m, p);
+        p->state = PROC_FREE;
+    }
+}
+
+static void respawns_run(struct master *m)
+{
+    int64_t now = now_ms();
+    for (int slot = 0; slot < m->cfg.workers; slot++) {
+        struct respawn *r = &m->respawns[slot];
+        if (!r->pending || r->due_ms > now)
+            continue;
+        r->pending = false;
+        if (worker_spawn(m, slot) < 0)
+            respawn_schedule(m, &(struct proc){ .slot = slot, .started_ms = now });
+    }
+}
+
+static void ready_read(struct master *m)
+{
+    pid_t pids[64];
+    ssize_t n = read(m->ready_rd, pids, sizeof(pids));
+    for (ssize_t i = 0; i < n / (ssize_t)sizeof(pid_t); i++) {
+        struct proc *p = proc_find(m, pids[i]);
+        if (p && p->state == PROC_STARTING)
+            p->state = PROC_READY;
+    }
+}
+
+static void signal_read(struct master *m)
+{
+    struct signalfd_siginfo si;
+    while (read(m->sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        int sig = (int)si.ssi_signo;
+        if (sig != SIGCHLD)
+            log_info("signal %d (%s) from pid %u", sig, strsignal(sig), si.ssi_pid);
+        if (sig == SIGCHLD)
+            children_reap(m);
+        else if (sig == SIGHUP && !m->stopping)
+            reload_start(m);
+        else if (sig == SIGTERM || sig == SIGINT || sig == SIGQUIT)
+            stop_start(m, sig);
+    }
+}
+
+static int poll_timeout(const struct master *m)
+{
+    int64_t now = now_ms(), next = now + 1000;
+    for (int slot = 0; slot < m->cfg.workers; slot++)
+        if (m->respawns[slot].pending && m->respawns[slot].due_ms < next)
+            next = m->respawns[slot].due_ms;
+    if (m->stopping && m->stop_deadline_ms < next)
+        next = m->stop_deadline_ms;
+    return next > now ? (int)(next - now) : 0;
+}
+
+static bool generation_ready(const struct master *m)
+{
+    return procs_count(m, m->generation, PROC_READY) == m->cfg.workers;
+}
+
+static int master_setup(struct master *m)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    int sigs[] = { SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD };
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+        sigaddset(&set, sigs[i]);
+    signal(SIGPIPE, SIG_IGN);
+    if (sigprocmask(SIG_BLOCK, &set, &m->old_mask) < 0 ||
+        (m->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0) {
+        log_error("signalfd: %s", strerror(errno));
+        return -1;
+    }
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
+        log_error("pipe: %s", strerror(errno));
+        return -1;
+    }
+    m->ready_rd = p[0];
+    m->ready_wr = p[1];
+    m->fences = fences_create();
+    if (!m->fences)
+        return -1;
+    m->listen_fd = listener_open(m->cfg.listen_host, m->cfg.listen_port, m->cfg.backlog);
+    return m->listen_fd < 0 ? -1 : 0;
+}
+
+static void master_loop(struct master *m)
+{
+    bool announced = false;
+    while (!m->stopping || procs_alive(m) > 0) {
+        struct pollfd fds[2] = { { .fd = m->sig_fd, .events = POLLIN }, { .fd = m->ready_rd, .events = POLLIN } };
+        if (poll(fds, 2, poll_timeout(m)) < 0 && errno != EINTR) {
+            log_error("poll: %s", strerror(errno));
+            break;
+        }
+        if (fds[0].revents & POLLIN)
+            signal_read(m);
+        if (fds[1].revents & POLLIN)
+            ready_read(m);
+        if (!m->stopping)
+            respawns_run(m);
+        if (!announced && !m->stopping && generation_ready(m)) {
+            announced = true;
+            log_info("serving on %s:%d with %d workers", m->cfg.listen_host, m->cfg.listen_port, m->cfg.workers);
+            notify_send("READY=1\nSTATUS=serving");
+        }
+        if (m->reloading && generation_ready(m))
+            reload_finish(m);
+        if (m->stopping && now_ms() >= m->stop_deadline_ms) {
+            log_warn("drain deadline passed: killing %d workers", procs_alive(m));
+            procs_signal(m, SIGKILL, NULL);
+            m->stop_deadline_ms = now_ms() + 1000;
+        }
+    }
+}
+
+int master_run(const struct config *cfg, const char *config_path)
+{
+    struct master *m = calloc(1, sizeof(*m));
+    if (!m) {
+        log_error("out of memory");
+        return 1;
+    }
+    m->cfg = *cfg;
+    m->config_path = config_path;
+    m->generation = 1;
+    m->old_listen_fd = -1;
+    log_set_process("master", -1, m->generation);
+    if (master_setup(m) < 0) {
+        free(m);
+        return 1;
+    }
+    generation_spawn(m);
+    master_loop(m);
+    log_info("stopped");
+    fences_destroy(m->fences);
+    free(m);
+    return 0;
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Install the Debian packages pgapi needs to build, test and run its local
+# topology. Idempotent and silent when everything is already installed.
+#
+# Services are never started by the install: a temporary /usr/sbin/policy-rc.d
+# (exit 101) blocks the packages' postinst from starting PostgreSQL's default
+# cluster, PgBouncer or Redis on their standard ports. If one of them was
+# started by this install anyway, it is stopped again; anything that was
+# already running before is left alone.
+set -euo pipefail
+
+PACKAGES=(
+    libevent-dev libpq-dev libhiredis-dev libjson-c-dev libinih-dev libhttp-parser-dev
+    libcmocka-dev pkg-config gcc make postgresql pgbouncer redis-server
+    python3-pytest python3-psycopg2 python3-redis socat wrk procps iproute2
+)
+
+log() { printf 'deps: %s\n' "$*" >&2; }
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == "install ok installed" ]] || missing+=("$pkg")
+done
+(( ${#missing[@]} == 0 )) && exit 0
+
+if [[ $(id -u) -ne 0 ]]; then
+    log "missing Debian packages: ${missing[*]}"
+    log "run this script as root (or: apt-get install ${missing[*]})"
+    exit 1
+fi
+
+# What was running before, so that we only ever stop what this install started.
+pg_clusters_online() {
+    if command -v pg_lsclusters >/dev/null 2>&1; then
+        pg_lsclusters --no-header 2>/dev/null | awk '$4 == "online" { print $1 " " $2 }' || true
+    fi
+}
+listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q . ; }
+before_clusters=$(pg_clusters_online)
+before_redis=0; listening 6379 && before_redis=1
+before_bouncer=0; listening 6432 && before_bouncer=1
+
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+cleanup() {
+    if (( created_policy )); then rm -f -- "$policy"; fi
+}
+trap cleanup EXIT
+if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\n# temporary, from pgapi scripts/deps.sh: do not start services\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    created_policy=1
+fi
+
+log "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+cleanup
+created_policy=0
+
+# Stop whatever the install started despite policy-rc.d (never what ran before).
+while read -r ver name; do
+    [[ -n ${ver:-} ]] || continue
+    if ! grep -qx "$ver $name" <<<"$before_clusters"; then
+        log "stopping PostgreSQL cluster $ver/$name started by the package install"
+        pg_ctlcluster "$ver" "$name" stop -m fast || log "could not stop cluster $ver/$name"
+    fi
+done < <(pg_clusters_online)
+
+stop_pidfile() { # name pidfile exe
+    local pid
+    [[ -f $2 ]] || return 0
+    pid=$(head -n1 "$2")
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    [[ $(readlink -f "/proc/$pid/exe" 2>/dev/null) == "$(readlink -f "$3")" ]] || return 0
+    log "stopping $1 (pid $pid) started by the package install"
+    kill -TERM "$pid" 2>/dev/null || true
+}
+if (( ! before_redis )) && listening 6379; then
+    stop_pidfile redis-server /run/redis/redis-server.pid /usr/bin/redis-server
+fi
+if (( ! before_bouncer )) && listening 6432; then
+    stop_pidfile pgbouncer /run/postgresql/pgbouncer.pid /usr/sbin/pgbouncer
+fi
+
+still=()
+for pkg in "${missing[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == "install ok installed" ]] || still+=("$pkg")
+done
+if (( ${#still[@]} )); then
+    log "still missing after install: ${still[*]}"
+    exit 1
+fi
+log "installed: ${missing[*]}"

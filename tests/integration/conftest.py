@@ -1,0 +1,88 @@
+"""Fixtures for the integration tests.
+
+`topology` (session scope) brings up a throw-away topology with
+scripts/topology.sh in a fresh temp dir under /tmp on private ports:
+PGAPI_TEST_PORT_BASE (default 27000, below the ephemeral port range so no client socket in TIME-WAIT can hold one) + 0 primary, +1 replica, +2 pgbouncer,
++3 redis; teardown runs `topology.sh down --purge` for that dir.
+Tests that need more topologies use base+10 and up.
+"""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from helpers import Topology, TopologyError, remove_dir  # noqa: E402
+
+
+def port_base():
+    return int(os.environ.get("PGAPI_TEST_PORT_BASE", "27000"))
+
+
+@pytest.fixture(scope="session")
+def topology_port_base():
+    return port_base()
+
+
+def start_topology(base):
+    topo = Topology.in_temp_dir(base)
+    try:
+        topo.up()
+    except BaseException:
+        try:
+            topo.load_env()
+        except OSError:
+            pass
+        tails = topo.log_tails()
+        proc = topo.down(purge=True, check=False)
+        if proc is not None and proc.returncode == 0 and os.path.isdir(topo.dir):
+            remove_dir(topo.dir)
+        if tails:
+            sys.stderr.write(tails + "\n")
+        raise
+    return topo
+
+
+def stop_topology(topo):
+    topo.down(purge=True)
+    # the script refuses to purge a dir it never claimed (up failed early);
+    # it is our own mkdtemp dir, and nothing of it is running any more
+    if os.path.isdir(topo.dir):
+        remove_dir(topo.dir)
+
+
+@pytest.fixture(scope="session")
+def topology(topology_port_base):
+    if os.geteuid() != 0:
+        pytest.skip("the local topology needs root (PostgreSQL runs as postgres via runuser)")
+    topo = start_topology(topology_port_base)
+    yield topo
+    stop_topology(topo)
+
+
+@pytest.fixture
+def make_topology(topology_port_base):
+    """Factory for extra topologies: make_topology(offset) -> Topology (not up yet).
+    Every topology made here is taken down and purged after the test."""
+    made = []
+
+    def make(offset):
+        topo = Topology.in_temp_dir(topology_port_base + offset)
+        made.append(topo)
+        return topo
+
+    yield make
+    errors = []
+    for topo in made:
+        try:
+            stop_topology(topo)
+        except TopologyError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise TopologyError("teardown of extra topologies failed:\n" + "\n".join(errors))
+
+
+# The pgapi binary's fixtures (server factory); imported here so every test module sees them.
+from pgapi_fixtures import api, schema, server  # noqa: E402,F401

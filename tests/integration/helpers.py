@@ -1,0 +1,252 @@
+"""Helpers for the integration tests: drive scripts/topology.sh and talk to
+the servers of one local topology (PostgreSQL primary + replica, PgBouncer,
+Redis). Nothing here needs pytest fixtures."""
+
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+
+import psycopg2
+import redis as redis_lib
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOPOLOGY_SH = os.path.join(REPO_ROOT, "scripts", "topology.sh")
+HOST = "127.0.0.1"
+UP_TIMEOUT = 240
+DOWN_TIMEOUT = 180
+
+
+class TopologyError(Exception):
+    pass
+
+
+def wait_until(predicate, timeout, what, interval=0.1):
+    """Poll predicate() until it returns a truthy value; return that value.
+    Raise AssertionError naming `what` and the last value/exception otherwise."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # keep polling; report the last failure
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last result: {last!r}")
+        time.sleep(interval)
+
+
+def pid_alive(pid):
+    """True when the process exists and is not a zombie (PID 1 on these
+    machines does not reap orphans, so dead daemons linger as zombies)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+def listening_ports():
+    """Set of TCP ports with a listener, from `ss -ltn`."""
+    out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True,
+                         stdin=subprocess.DEVNULL, timeout=30).stdout
+    ports = set()
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4:
+            try:
+                ports.add(int(fields[3].rsplit(":", 1)[1]))
+            except ValueError:
+                pass
+    return ports
+
+
+def read_pid(path):
+    try:
+        with open(path) as f:
+            first = f.readline().strip()
+    except FileNotFoundError:
+        return None
+    return int(first) if first.isdigit() else None
+
+
+def parse_env_file(path):
+    """Parse the `export KEY='value'` lines of topology.env."""
+    env = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = shlex.split(line)
+            if parts and parts[0] == "export":
+                parts = parts[1:]
+            for part in parts:
+                key, sep, value = part.partition("=")
+                if sep:
+                    env[key] = value
+    return env
+
+
+class Topology:
+    """One topology: a state dir and four ports."""
+
+    def __init__(self, state_dir, primary_port, replica_port, bouncer_port, redis_port):
+        self.dir = state_dir
+        self.primary_port = primary_port
+        self.replica_port = replica_port
+        self.bouncer_port = bouncer_port
+        self.redis_port = redis_port
+        self.vars = {}
+        self._conns = []
+        self._redis = []
+
+    @classmethod
+    def in_temp_dir(cls, port_base):
+        d = tempfile.mkdtemp(prefix="pgapi-test-", dir="/tmp")
+        os.chmod(d, 0o755)
+        return cls(d, port_base, port_base + 1, port_base + 2, port_base + 3)
+
+    @property
+    def ports(self):
+        return [self.primary_port, self.replica_port, self.bouncer_port, self.redis_port]
+
+    @property
+    def script_env(self):
+        env = dict(os.environ)
+        env.update({
+            "PGAPI_PRIMARY_PORT": str(self.primary_port),
+            "PGAPI_REPLICA_PORT": str(self.replica_port),
+            "PGAPI_BOUNCER_PORT": str(self.bouncer_port),
+            "PGAPI_REDIS_PORT": str(self.redis_port),
+        })
+        env.pop("PGAPI_STATE_DIR", None)
+        env.pop("PGAPI_PURGE", None)
+        return env
+
+    @property
+    def env(self):
+        """Environment for subprocesses that talk to this topology (PGPASSFILE etc.)."""
+        env = dict(os.environ)
+        env.update(self.vars)
+        env["PGPASSFILE"] = os.path.join(self.dir, "pgpass")
+        return env
+
+    # ------------------------------------------------------------ script
+    def run(self, *args, check=True, timeout=UP_TIMEOUT):
+        cmd = [TOPOLOGY_SH, *args, self.dir]
+        try:
+            proc = subprocess.run(cmd, env=self.script_env, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise TopologyError(f"{' '.join(cmd)} did not finish within {timeout}s; "
+                                f"stderr so far:\n{exc.stderr}") from exc
+        if check and proc.returncode != 0:
+            raise TopologyError(f"{' '.join(cmd)} exited {proc.returncode}, expected 0\n"
+                                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    def up(self):
+        proc = self.run("up")
+        self.load_env()
+        return proc
+
+    def load_env(self):
+        self.vars = parse_env_file(os.path.join(self.dir, "topology.env"))
+        return self.vars
+
+    def down(self, purge=False, check=True):
+        self.close_clients()
+        args = ["down", "--purge"] if purge else ["down"]
+        if purge and not os.path.isdir(self.dir):
+            return None
+        return self.run(*args, check=check, timeout=DOWN_TIMEOUT)
+
+    # ------------------------------------------------------------ processes
+    def pid_files(self):
+        v = self.vars
+        return {
+            "primary": os.path.join(v["PGAPI_PRIMARY_PGDATA"], "postmaster.pid"),
+            "replica": os.path.join(v["PGAPI_REPLICA_PGDATA"], "postmaster.pid"),
+            "pgbouncer": v["PGAPI_BOUNCER_PIDFILE"],
+            "redis": v["PGAPI_REDIS_PIDFILE"],
+        }
+
+    def pids(self):
+        return {name: read_pid(path) for name, path in self.pid_files().items()}
+
+    # ------------------------------------------------------------ clients
+    def _pg(self, **kw):
+        kw.setdefault("connect_timeout", 5)
+        conn = psycopg2.connect(**kw)
+        conn.autocommit = True
+        self._conns.append(conn)
+        return conn
+
+    def _bouncer(self, dbname, user="app"):
+        return self._pg(host=HOST, port=self.bouncer_port, dbname=dbname, user=user,
+                        passfile=os.path.join(self.dir, "pgpass"))
+
+    def rw(self):
+        return self._bouncer("pgapi_rw")
+
+    def ro(self):
+        return self._bouncer("pgapi_ro")
+
+    def bouncer_admin(self):
+        return self._bouncer("pgbouncer", user="pgbadmin")
+
+    def primary_admin(self):
+        return self._pg(host=self.vars["PGAPI_PRIMARY_SOCKET_DIR"], port=self.primary_port,
+                        dbname="postgres", user="postgres")
+
+    def replica_admin(self):
+        return self._pg(host=self.vars["PGAPI_REPLICA_SOCKET_DIR"], port=self.replica_port,
+                        dbname="postgres", user="postgres")
+
+    def redis(self):
+        client = redis_lib.Redis(host=HOST, port=self.redis_port, socket_timeout=5,
+                                 socket_connect_timeout=5)
+        self._redis.append(client)
+        return client
+
+    def close_clients(self):
+        for conn in self._conns:
+            try:
+                conn.close()
+            except Exception:
+                pass
+        self._conns.clear()
+        for client in self._redis:
+            try:
+                client.close()
+            except Exception:
+                pass
+        self._redis.clear()
+
+    def log_tails(self, lines=20):
+        """Last lines of every log, for failure messages."""
+        out = []
+        paths = []
+        log_dir = self.vars.get("PGAPI_LOG_DIR")
+        if log_dir and os.path.isdir(log_dir):
+            paths += [os.path.join(log_dir, n) for n in sorted(os.listdir(log_dir))]
+        paths.append(os.path.join(self.dir, "redis", "redis.log"))
+        for p in paths:
+            try:
+                with open(p, errors="replace") as f:
+                    tail = f.readlines()[-lines:]
+            except OSError:
+                continue
+            out.append(f"--- {p} ---\n" + "".join(tail))
+        return "\n".join(out)
+
+
+def remove_dir(path):
+    shutil.rmtree(path, ignore_errors=True)

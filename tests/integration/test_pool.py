@@ -1,0 +1,136 @@
+"""Issue 4: the worker's database pool against the real topology: concurrency on a small pool, reads on
+the replica and writes on the primary (PgBouncer SHOW STATS), read-your-writes with replay paused on the
+replica, and fallback to the primary while the replica is down."""
+
+import concurrent.futures
+from contextlib import closing
+import time
+import uuid
+
+import pytest
+
+from pgapi_server import PgapiServer
+
+
+def bouncer_queries(topology):
+    """{database: total_query_count} from PgBouncer's admin console."""
+    with closing(topology.bouncer_admin()) as conn, conn.cursor() as cur:
+        cur.execute("SHOW STATS")
+        cols = [d[0] for d in cur.description]
+        return {row[cols.index("database")]: int(row[cols.index("total_query_count")]) for row in cur.fetchall()}
+
+
+def wait_stats_settle(topology):
+    time.sleep(0.3)  # PgBouncer refreshes SHOW STATS every stats_period; totals are exact counters
+    return bouncer_queries(topology)
+
+
+def new_user(api):
+    r = api.request("POST", "/users", body={"name": "pool", "email": f"p-{uuid.uuid4().hex[:12]}@example.com"})
+    assert r.status == 201, r
+    return r.json()
+
+
+def test_hundred_concurrent_reads_on_a_small_pool(api):
+    u = new_user(api)
+    with concurrent.futures.ThreadPoolExecutor(100) as ex:
+        results = list(ex.map(lambda i: api.get(f"/users/{u['id']}"), range(100)))
+    bad = [r for r in results if r.status != 200]
+    assert not bad, f"{len(bad)} of 100 reads failed, e.g. {bad[:3]}"
+
+
+def test_reads_use_the_replica_and_writes_the_primary(api, schema):
+    u = new_user(api)
+    time.sleep(1.0)  # the replica replays the insert and the workers sample its position
+    before = wait_stats_settle(schema)
+    for _ in range(50):
+        assert api.get(f"/users/{u['id']}").status == 200
+    for i in range(10):
+        assert api.request("PATCH", f"/users/{u['id']}", body={"name": f"w{i}"}).status == 200
+    time.sleep(2.5)  # SHOW STATS totals are published every stats_period (1 s in the topology? default 60)
+    after = bouncer_queries(schema)
+    ro = after.get("pgapi_ro", 0) - before.get("pgapi_ro", 0)
+    rw = after.get("pgapi_rw", 0) - before.get("pgapi_rw", 0)
+    assert ro >= 50, f"expected at least 50 queries on the replica side, got {ro} (primary side {rw})"
+    assert rw >= 20, f"expected the 10 writes (+ their LSN reads) on the primary side, got {rw}"
+
+
+def replay_pause(topology):
+    with closing(topology.replica_admin()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_wal_replay_pause()")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cur.execute("SELECT pg_get_wal_replay_pause_state()")
+            if cur.fetchone()[0] == "paused":
+                return
+            time.sleep(0.05)
+    raise AssertionError("replica replay did not pause")
+
+
+def replay_resume(topology):
+    with closing(topology.replica_admin()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_wal_replay_resume()")
+
+
+def test_read_your_writes_with_replay_paused(api, schema):
+    u = new_user(api)
+    time.sleep(1.0)
+    replay_pause(schema)
+    try:
+        for i in range(20):
+            r = api.request("PATCH", f"/users/{u['id']}", body={"name": f"v{i}"})
+            assert r.status == 200, r
+            got = api.get(f"/users/{u['id']}").json()
+            assert got["name"] == f"v{i}" and got["version"] == r.json()["version"], \
+                f"read after acknowledged write {i} returned {got}"
+            listed = api.get(f"/users?after_id={u['id'] - 1}&limit=1").json()["data"][0]
+            assert listed["name"] == f"v{i}", f"list after write {i} returned {listed}"
+        created = new_user(api)
+        assert api.get(f"/users/{created['id']}").status == 200, "404 after an acknowledged create"
+        assert api.request("DELETE", f"/users/{created['id']}").status == 204
+        assert api.get(f"/users/{created['id']}").status == 404, "row still visible after an acknowledged delete"
+        # the replica really is behind: it does not have the last write
+        with closing(schema.ro()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT name FROM users WHERE id = %s", (u["id"],))
+            assert cur.fetchone()[0] != "v19", "replay was not paused: the test proves nothing"
+    finally:
+        replay_resume(schema)
+    # replay resumed: reads go back to the replica
+    time.sleep(1.5)
+    before = wait_stats_settle(schema)
+    for _ in range(30):
+        assert api.get(f"/users/{u['id']}").json()["name"] == "v19"
+    time.sleep(2.5)
+    after = bouncer_queries(schema)
+    ro = after.get("pgapi_ro", 0) - before.get("pgapi_ro", 0)
+    assert ro >= 30, f"expected reads back on the replica after resume, got {ro} replica-side queries"
+
+
+def test_replica_down_reads_fall_back_to_primary(make_topology, tmp_path):
+    import subprocess
+    from pgapi_fixtures import migrate_env
+    from pgapi_server import BINARY, REPO_ROOT
+    topo = make_topology(20)
+    topo.up()
+    p = subprocess.run([BINARY, "migrate", "up"], env=migrate_env(topo), cwd=REPO_ROOT, capture_output=True,
+                       text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert p.returncode == 0, p.stderr
+    s = PgapiServer(str(tmp_path), topology=topo, workers=1,
+                    overrides={"redis": {"enabled": "off"}, "database": {"health_interval": "200ms"}})
+    s.start()
+    try:
+        s.wait_for(lambda: s.get("/readyz").json().get("replicas_up") == 1, 20, "replica in rotation")
+        u = new_user(s)
+        subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "stop", "-m",
+                        "fast", "-D", topo.vars["PGAPI_REPLICA_PGDATA"]], check=True, capture_output=True,
+                       stdin=subprocess.DEVNULL, timeout=60)
+        failures = [r for r in (s.get(f"/users/{u['id']}") for _ in range(50)) if r.status != 200]
+        assert not failures, f"reads failed with the replica down: {failures[:3]}"
+        s.wait_for(lambda: s.get("/readyz").json().get("replicas_up") == 0, 10, "replica out of rotation")
+        assert s.get("/readyz").status == 200, "the primary is up: still ready"
+        topo.up()  # restarts the stopped replica
+        s.wait_for(lambda: s.get("/readyz").json().get("replicas_up") == 1, 30, "replica back in rotation")
+        assert s.get(f"/users/{u['id']}").status == 200
+    finally:
+        rc = s.stop()
+        assert rc == 0 and not s.bad_log_lines(), s.log_tail(60)

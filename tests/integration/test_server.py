@@ -1,0 +1,249 @@
+"""Issue 3: the master/worker server as a real process: workers, respawn, reload under load, graceful
+stop, HTTP limits and timeouts, --check-config. Each test starts its own server on a private port."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from pgapi_server import BINARY, PgapiServer, children_of, free_port
+
+
+def test_n_workers_appear_and_serve_hello(server):
+    s = server(workers=3).start()
+    assert len(s.worker_pids()) == 3, f"expected 3 workers, got {s.worker_pids()}"
+    r = s.get("/")
+    assert (r.status, r.body) == (200, b"Hello World!"), f"expected 200 Hello World!, got {r}"
+    assert s.get("/healthz").json()["status"] == "ok"
+
+
+def test_worker_killed_is_respawned(server):
+    s = server(workers=2).start()
+    before = s.worker_pids()
+    os.kill(before[0], signal.SIGKILL)
+    s.wait_for(lambda: len(s.worker_pids()) == 2 and before[0] not in s.worker_pids(), 10,
+               "a new worker replacing the killed one")
+    assert s.get("/").status == 200
+    assert "killed by signal 9" in s.log_text(), f"the master should log the kill; log:\n{s.log_tail()}"
+
+
+def client_loop(port, stop, results, keepalive=False):
+    """Requests until stop is set; records (ok, detail). keep-alive clients retry a GET once when the
+    server closed an idle connection before reading it, as RFC 9112 section 9.3.1 allows."""
+    import http.client
+    conn = None
+    while not stop.is_set():
+        for attempt in range(2):
+            try:
+                if conn is None or not keepalive:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/healthz")
+                r = conn.getresponse()
+                body = r.read()
+                results.append((r.status == 200, f"{r.status} {body[:80]!r}"))
+                if not keepalive or r.getheader("Connection") == "close":
+                    conn.close()
+                    conn = None
+                break
+            except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine) as exc:
+                conn = None
+                if not keepalive or attempt == 1:
+                    results.append((False, repr(exc)))
+                    break
+            except OSError as exc:
+                conn = None
+                results.append((False, repr(exc)))
+                break
+
+
+def run_clients(port, n, keepalive):
+    stop = threading.Event()
+    results = []
+    threads = [threading.Thread(target=client_loop, args=(port, stop, results, keepalive)) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return stop, results, threads
+
+
+def finish_clients(stop, results, threads):
+    stop.set()
+    for t in threads:
+        t.join(30)
+    failed = [d for ok, d in results if not ok]
+    assert results, "the clients made no request"
+    assert not failed, f"{len(failed)} of {len(results)} requests failed, e.g. {failed[:5]}"
+    return len(results)
+
+
+@pytest.mark.parametrize("keepalive", [False, True])
+def test_reload_under_load_changes_config_and_drops_nothing(server, keepalive):
+    s = server(workers=2).start()
+    old = set(s.worker_pids())
+    stop, results, threads = run_clients(s.port, 4, keepalive)
+    time.sleep(0.5)
+    s.settings["server"]["workers"] = 3
+    s.write_ini()
+    s.signal(signal.SIGHUP)
+    s.wait_for(lambda: len(s.worker_pids()) == 3 and not (set(s.worker_pids()) & old), 20,
+               "3 new-generation workers and the old ones gone")
+    time.sleep(0.5)
+    n = finish_clients(stop, results, threads)
+    assert s.get("/healthz").json()["generation"] == 2
+    assert n > 50, f"expected the clients to keep making requests during the reload, got {n}"
+
+
+def test_reload_with_changed_port(server):
+    s = server(workers=1).start()
+    new_port = free_port()
+    s.settings["server"]["listen"] = f"127.0.0.1:{new_port}"
+    s.write_ini()
+    s.signal(signal.SIGHUP)
+    old_port, s.port = s.port, new_port
+    s.wait_for(lambda: s.get("/healthz").json()["generation"] == 2, 20, "generation 2 on the new port")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", old_port), timeout=2).close()
+        s.wait_for(lambda: False, 5, "old port closed")
+
+
+def test_reload_with_broken_config_keeps_old(server):
+    s = server(workers=2).start()
+    pids = s.worker_pids()
+    s.write_ini(text="[server]\nlisten = 127.0.0.1:%d\nworkers = lots\n" % s.port)
+    s.signal(signal.SIGHUP)
+    s.wait_for(lambda: "reload refused" in s.log_text(), 10, "the refusal in the log")
+    assert "workers" in s.log_text() and "pgapi.ini:3" in s.log_text(), s.log_tail()
+    assert s.worker_pids() == pids, f"workers changed after a bad reload: {pids} -> {s.worker_pids()}"
+    assert s.get("/healthz").json()["generation"] == 1
+
+
+def test_sigterm_lets_an_in_flight_request_finish(server):
+    s = server(workers=1).start()
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # request begun, not finished
+    time.sleep(0.3)
+    s.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert s.alive(), "the server exited with a request in flight"
+    sock.sendall(b"\r\n")
+    data = sock.recv(65536)
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 200"), f"expected the in-flight request answered 200, got {data[:200]!r}"
+    assert b"Connection: close" in data, f"a draining server closes after the response, got {data!r}"
+    assert s.proc.wait(15) == 0, f"expected exit 0; log:\n{s.log_tail()}"
+    # the listening socket is gone
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", s.port), timeout=2)
+
+
+def test_second_signal_forces_fast_exit(server):
+    s = server(workers=1, overrides={"server": {"drain_timeout": "60s"}}).start()
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
+    time.sleep(0.2)
+    s.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert s.alive()
+    t0 = time.monotonic()
+    s.signal(signal.SIGTERM)
+    rc = s.proc.wait(10)
+    assert time.monotonic() - t0 < 5, "the second signal should stop the server at once"
+    assert rc == 0
+    sock.close()
+
+
+def test_oversized_body_gets_413_and_header_431(server):
+    s = server(workers=1, overrides={"server": {"max_body_bytes": "1k", "max_header_bytes": "2k"}}).start()
+    r = s.request("POST", "/users", body=b"x" * 5000, headers={"Content-Type": "application/json"})
+    assert r.status == 413, f"expected 413, got {r}"
+    assert r.json()["error"]["code"] == "body_too_large"
+    r = s.get("/", headers={"X-Filler": "a" * 4000})
+    assert r.status == 431, f"expected 431, got {r}"
+    r = s.get("/" + "a" * 4000)
+    assert r.status in (414, 431), f"expected 414, got {r}"
+    # chunked body over the limit
+    data = s.raw(b"POST /users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 + b"800\r\n" + b"y" * 0x800 + b"\r\n0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 413"), data[:200]
+
+
+def test_slow_headers_get_408(server):
+    s = server(workers=1, overrides={"server": {"request_timeout": "1s", "keepalive_timeout": "10s"}}).start()
+    t0 = time.monotonic()
+    data = s.raw(b"GET / HTTP/1.1\r\nHost: x\r\n", timeout=5)
+    assert data.startswith(b"HTTP/1.1 408"), f"expected 408, got {data[:200]!r}"
+    assert time.monotonic() - t0 < 4
+
+
+def test_idle_keepalive_closed_after_timeout(server):
+    s = server(workers=1, overrides={"server": {"keepalive_timeout": "1s"}}).start()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+        t0 = time.monotonic()
+        assert sock.recv(10) == b""
+        assert 0.5 < time.monotonic() - t0 < 4
+
+
+def test_keepalive_and_pipelining(server):
+    s = server(workers=1).start()
+    data = s.raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                 b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
+    assert statuses == [b"200", b"200", b"404"], f"expected 3 in-order answers, got {statuses}: {data!r}"
+
+
+def test_http10_and_bad_requests(server):
+    s = server(workers=1).start()
+    data = s.raw(b"GET / HTTP/1.0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"Hello World!"), data
+    data = s.raw(b"GARBAGE\r\n\r\n")
+    assert data.split(b" ")[1] in (b"400", b"501"), data
+    data = s.raw(b"BREW / HTTP/1.1\r\n\r\n")
+    assert data.split(b" ")[1] in (b"400", b"501"), data
+    r = s.request("DELETE", "/")
+    assert r.status == 405 and "GET" in r.headers["allow"], r
+    r = s.get("/does/not/exist")
+    assert r.status == 404 and r.json()["error"]["code"] == "not_found", r
+
+
+def test_access_log_has_method_path_status_duration(server):
+    s = server(workers=1).start()
+    s.get("/healthz", headers={"X-Request-Id": "test-rid-42"})
+    s.wait_for(lambda: "GET /healthz 200" in s.log_text(), 5, "an access log line")
+    line = [l for l in s.log_text().splitlines() if "GET /healthz 200" in l][-1]
+    assert "ms" in line and "rid=test-rid-42" in line, line
+
+
+def test_check_config_reports_file_and_line(tmp_path):
+    ini = tmp_path / "bad.ini"
+    ini.write_text("[server]\nlisten = 127.0.0.1:3000\n\n[database]\npool_sise = 4\n")
+    p = subprocess.run([BINARY, "--check-config", "--config", str(ini)], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=30)
+    assert p.returncode != 0
+    assert f"{ini}:5" in p.stderr and "pool_sise" in p.stderr, f"expected file:line and the key, got {p.stderr!r}"
+    ini.write_text("[server]\nworkers = 4\nmax_body_bytes = 2m\n")
+    p = subprocess.run([BINARY, "--check-config", "--config", str(ini)], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert "workers = 4" in p.stdout and "max_body_bytes = 2097152" in p.stdout, p.stdout
+    ini.write_text("[server]\nkeepalive_timeout = 5 parsecs\n")
+    p = subprocess.run([BINARY, "--check-config", "--config", str(ini)], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=30)
+    assert p.returncode != 0 and f"{ini}:2" in p.stderr, p.stderr
+
+
+def test_version_and_help():
+    p = subprocess.run([BINARY, "--version"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and p.stdout.startswith("pgapi "), p.stdout
+    p = subprocess.run([BINARY, "--help"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "max_body_bytes" in p.stdout and "PGAPI_DATABASE_PRIMARY" in p.stdout
+
+
+def test_readyz_reports_database(server, topology):
+    s = server(workers=1, topology=topology).start()
+    r = s.wait_for(lambda: (lambda r: r if r.status == 200 else None)(s.get("/readyz")), 15, "/readyz 200")
+    body = r.json()
+    assert body["primary"] is True and body["replicas_up"] == 1, body

@@ -1,0 +1,52 @@
+/* dbreply: one mapping from SQLSTATE and pool status to HTTP, so every route fails the same way. The
+ * failure is logged here once, with the request id. */
+#include "worker/dbreply.h"
+
+#include <string.h>
+
+#include "common/log.h"
+#include "worker/reply.h"
+
+static void sql_error_reply(struct http_request *req, const struct pool_result *r, const char *what)
+{
+    const char *st = r->sqlstate;
+    if (strcmp(st, "23505") == 0) {
+        reply_error(req, 409, "conflict", "%s: a record with this value already exists", what);
+    } else if (strcmp(st, "23503") == 0) {
+        reply_error(req, 404, "not_found", "%s: the referenced record does not exist", what);
+    } else if (strncmp(st, "22", 2) == 0 || strcmp(st, "23514") == 0 || strcmp(st, "23502") == 0) {
+        reply_error(req, 422, "invalid_value", "%s: %s", what, r->message);
+    } else if (strcmp(st, "25006") == 0) {
+        log_error("request %s: the primary refused a write as read-only: it moved", req->request_id);
+        reply_error(req, 503, "primary_moved", "the primary database changed; retry shortly");
+    } else if (strcmp(st, "57014") == 0 || strncmp(st, "40", 2) == 0 || strncmp(st, "08", 2) == 0 ||
+               strncmp(st, "53", 2) == 0 || strncmp(st, "57P", 3) == 0) {
+        log_warn("request %s: database refused (%s): %s", req->request_id, st, r->message);
+        reply_error(req, 503, "database_unavailable", "the database could not run the request; retry");
+    } else {
+        log_error("request %s: database error %s: %s", req->request_id, st, r->message);
+        reply_error(req, 500, "database_error", "unexpected database error (%s)", st);
+    }
+}
+
+bool dbreply_failed(struct http_request *req, const struct pool_result *r, const char *what)
+{
+    switch (r->status) {
+    case POOL_OK:
+        return false;
+    case POOL_ERR_SQL:
+        sql_error_reply(req, r, what);
+        return true;
+    case POOL_ERR_UNAVAILABLE:
+        log_warn("request %s: %s", req->request_id, r->message);
+        http_header_add(req, "Retry-After", "1");
+        reply_error(req, 503, "database_unavailable", "%s", r->message);
+        return true;
+    case POOL_ERR_BROKEN:
+        log_warn("request %s: %s", req->request_id, r->message);
+        reply_error(req, 503, "database_unavailable", "%s; a write may or may not have been applied",
+                    r->message);
+        return true;
+    }
+    return true;
+}

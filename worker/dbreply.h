@@ -1,0 +1,13 @@
+/* dbreply: turns a failed database result into the API's JSON error with the right status. */
+#ifndef PGAPI_DBREPLY_H
+#define PGAPI_DBREPLY_H
+
+#include <stdbool.h>
+
+#include "worker/http.h"
+#include "worker/pool.h"
+
+/* If r is not POOL_OK, answers req and returns true. `what` names the resource for messages. */
+bool dbreply_failed(struct http_request *req, const struct pool_result *r, const char *what);
+
+#endif

@@ -1,0 +1,59 @@
+/* handlers_health: the tutorial's hello route and the two probes ops point their checks at. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "worker/handlers.h"
+#include "worker/pool.h"
+#include "worker/reply.h"
+#include "worker/worker.h"
+
+void handle_root(struct worker *w, struct http_request *req, const struct route_args *a)
+{
+    (void)w;
+    (void)a;
+    reply_text(req, 200, "Hello World!");
+}
+
+void handle_healthz(struct worker *w, struct http_request *req, const struct route_args *a)
+{
+    (void)a;
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "status", json_object_new_string("ok"));
+    json_object_object_add(o, "pid", json_object_new_int(getpid()));
+    json_object_object_add(o, "worker", json_object_new_int(w->slot));
+    json_object_object_add(o, "generation", json_object_new_int64(w->generation));
+    reply_json(req, 200, o);
+}
+
+static struct json_object *replica_json(const struct pool *p, int i)
+{
+    uint64_t lsn;
+    int lag;
+    bool up;
+    char buf[32];
+    pool_replica_state(p, i, &lsn, &lag, &up);
+    snprintf(buf, sizeof(buf), "%" PRIX64 "/%" PRIX64, lsn >> 32, lsn & 0xffffffffu);
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "up", json_object_new_boolean(up));
+    json_object_object_add(o, "replay_lsn", json_object_new_string(buf));
+    json_object_object_add(o, "lag_ms", json_object_new_int(lag));
+    return o;
+}
+
+/* Ready = the primary answers and reads have somewhere to go (a replica, or the primary as fallback).
+ * 503 otherwise, with the detail a load balancer's operator needs. */
+void handle_readyz(struct worker *w, struct http_request *req, const struct route_args *a)
+{
+    (void)a;
+    bool primary = pool_primary_up(w->pool);
+    int nrep = pool_replica_count(w->pool), up = pool_replicas_up(w->pool);
+    struct json_object *o = json_object_new_object(), *reps = json_object_new_array();
+    for (int i = 0; i < nrep; i++)
+        json_object_array_add(reps, replica_json(w->pool, i));
+    json_object_object_add(o, "status", json_object_new_string(primary ? "ready" : "unavailable"));
+    json_object_object_add(o, "primary", json_object_new_boolean(primary));
+    json_object_object_add(o, "replicas_up", json_object_new_int(up));
+    json_object_object_add(o, "replicas", reps);
+    reply_json(req, primary ? 200 : 503, o);
+}

@@ -1,0 +1,815 @@
+/* http: each connection is a small state machine (enum conn_state); one request is parsed, handled and
+ * answered at a time, so pipelined requests are answered in order. A connection is never freed inside
+ * its own callback: closing moves it to a dead list that a zero-delay event reclaims afterwards. */
+#include "worker/http.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <http_parser.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/config.h"
+#include "common/log.h"
+
+#define LINGER_MS 2000
+#define READ_CHUNK 16384
+#define FIELD_MAX 32
+
+enum conn_state {
+    CONN_IDLE,      /* keep-alive, waiting for the first byte of a request */
+    CONN_READING,   /* request partly received */
+    CONN_HANDLING,  /* complete request handed to the handler */
+    CONN_WRITING,   /* response queued, not all written yet */
+    CONN_LINGER,    /* response sent, write side shut, discarding input until EOF */
+    CONN_DEAD       /* closed, waiting to be freed */
+};
+
+struct http_conn {
+    struct http_server *srv;
+    struct http_conn *prev, *next;
+    int fd;
+    enum conn_state state;
+    struct event *read_ev, *write_ev, *timer_ev;
+    struct evbuffer *in, *out;
+    http_parser parser;
+    struct http_request req;
+    char *url;
+    size_t url_len, url_cap;
+    size_t body_cap;
+    size_t header_bytes;
+    char field[FIELD_MAX];
+    size_t field_len;
+    bool in_value;
+    char expect[32];
+    char *value_dst;
+    size_t value_cap;
+    int error_status;        /* status to answer when the parser stops on a limit */
+    bool request_ready;
+    bool close_after;
+    bool in_process;         /* conn_process() on the stack: a synchronous answer must not recurse */
+};
+
+struct http_server {
+    struct event_base *base;
+    const struct config *cfg;
+    http_handler_fn handler;
+    void *ctx;
+    struct http_conn *conns;
+    struct http_conn *dead;
+    int nconns;
+    struct event *reap_ev;
+    const struct timeval *tv_keepalive, *tv_request, *tv_linger;
+    http_parser_settings settings;
+    bool draining;
+    void (*on_empty)(void *);
+    void *on_empty_arg;
+    uint64_t seq;
+    time_t date_sec;
+    char date[40];
+};
+
+static void conn_process(struct http_conn *c);
+static void conn_close(struct http_conn *c);
+static void conn_flush(struct http_conn *c);
+
+uint64_t http_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+const char *http_status_text(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}
+
+/* ---- timers and events ------------------------------------------------------------------------ */
+
+static void conn_timer_set(struct http_conn *c, const struct timeval *tv)
+{
+    if (tv)
+        event_add(c->timer_ev, tv);
+    else
+        event_del(c->timer_ev);
+}
+
+static void conn_state_set(struct http_conn *c, enum conn_state state)
+{
+    struct http_server *srv = c->srv;
+    c->state = state;
+    switch (state) {
+    case CONN_IDLE:
+        event_add(c->read_ev, NULL);
+        conn_timer_set(c, srv->tv_keepalive);
+        break;
+    case CONN_READING:
+        event_add(c->read_ev, NULL);
+        conn_timer_set(c, srv->tv_request); /* one bound for the whole request: slow headers or body */
+        break;
+    case CONN_HANDLING:
+        event_del(c->read_ev); /* back-pressure: pipelined bytes wait in the kernel */
+        conn_timer_set(c, NULL);
+        break;
+    case CONN_WRITING:
+        event_del(c->read_ev);
+        conn_timer_set(c, srv->tv_request);
+        break;
+    case CONN_LINGER:
+        event_add(c->read_ev, NULL);
+        conn_timer_set(c, srv->tv_linger);
+        break;
+    case CONN_DEAD:
+        break;
+    }
+}
+
+/* ---- request state -------------------------------------------------------------------------- */
+
+static void request_reset(struct http_conn *c)
+{
+    char *body = c->req.body;
+    c->req = (struct http_request){ .conn = c, .ctx = c->srv->ctx, .body = body };
+    if (c->body_cap > 65536) { /* do not keep a large body buffer around on an idle connection */
+        free(c->req.body);
+        c->req.body = NULL;
+        c->body_cap = 0;
+    }
+    c->url_len = 0;
+    c->header_bytes = 0;
+    c->field_len = 0;
+    c->in_value = false;
+    c->expect[0] = '\0';
+    c->value_dst = NULL;
+    c->error_status = 0;
+    c->request_ready = false;
+}
+
+static int buf_reserve(char **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t ncap = *cap ? *cap : 256;
+    while (ncap < need)
+        ncap *= 2;
+    char *p = realloc(*buf, ncap);
+    if (!p)
+        return -1;
+    *buf = p;
+    *cap = ncap;
+    return 0;
+}
+
+static int header_count(struct http_conn *c, size_t len)
+{
+    c->header_bytes += len;
+    if (c->header_bytes > c->srv->cfg->max_header_bytes) {
+        c->error_status = c->req.path == NULL && c->field_len == 0 && !c->in_value ? 414 : 431;
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- parser callbacks ----------------------------------------------------------------------- */
+
+static int on_message_begin(http_parser *p)
+{
+    struct http_conn *c = p->data;
+    c->req.start_us = http_now_us();
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+    struct http_conn *c = p->data;
+    if (header_count(c, len) < 0)
+        return -1;
+    if (buf_reserve(&c->url, &c->url_cap, c->url_len + len + 1) < 0) {
+        c->error_status = 503;
+        return -1;
+    }
+    memcpy(c->url + c->url_len, at, len);
+    c->url_len += len;
+    c->url[c->url_len] = '\0';
+    return 0;
+}
+
+static void value_target_pick(struct http_conn *c)
+{
+    struct http_request *r = &c->req;
+    c->field[c->field_len < FIELD_MAX ? c->field_len : FIELD_MAX - 1] = '\0';
+    c->value_dst = NULL;
+    if (c->field_len >= FIELD_MAX)
+        return;
+    if (strcasecmp(c->field, "content-type") == 0) {
+        c->value_dst = r->content_type;
+        c->value_cap = sizeof(r->content_type);
+    } else if (strcasecmp(c->field, "if-none-match") == 0) {
+        c->value_dst = r->if_none_match;
+        c->value_cap = sizeof(r->if_none_match);
+    } else if (strcasecmp(c->field, "expect") == 0) {
+        c->value_dst = c->expect;
+        c->value_cap = sizeof(c->expect);
+    } else if (strcasecmp(c->field, "x-request-id") == 0) {
+        c->value_dst = r->request_id;
+        c->value_cap = sizeof(r->request_id);
+    }
+    if (c->value_dst)
+        c->value_dst[0] = '\0';
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+    struct http_conn *c = p->data;
+    if (header_count(c, len + 4) < 0)
+        return -1;
+    if (c->in_value) {
+        c->in_value = false;
+        c->field_len = 0;
+    }
+    size_t room = c->field_len < FIELD_MAX ? FIELD_MAX - c->field_len : 0;
+    memcpy(c->field + c->field_len, at, len < room ? len : room);
+    c->field_len += len; /* may exceed FIELD_MAX: such a long name is none we use */
+    return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+    struct http_conn *c = p->data;
+    if (header_count(c, len) < 0)
+        return -1;
+    if (!c->in_value) {
+        c->in_value = true;
+        value_target_pick(c);
+    }
+    if (c->value_dst) {
+        size_t cur = strlen(c->value_dst), n = len;
+        if (cur + n >= c->value_cap)
+            n = c->value_cap - 1 - cur; /* longer values are truncated: none we use is that long */
+        memcpy(c->value_dst + cur, at, n);
+        c->value_dst[cur + n] = '\0';
+    }
+    return 0;
+}
+
+static void url_split(struct http_conn *c)
+{
+    if (!c->url) {
+        buf_reserve(&c->url, &c->url_cap, 2);
+        if (c->url)
+            c->url[0] = '\0';
+    }
+    c->req.path = c->url;
+    char *q = c->url ? strchr(c->url, '?') : NULL;
+    if (q) {
+        *q = '\0';
+        c->req.query = q + 1;
+    }
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    struct http_conn *c = p->data;
+    const struct config *cfg = c->srv->cfg;
+    url_split(c);
+    if (c->req.path == NULL) {
+        c->error_status = 503;
+        return -1;
+    }
+    if ((p->flags & F_CONTENTLENGTH) && p->content_length > cfg->max_body_bytes) {
+        c->error_status = 413;
+        return -1;
+    }
+    c->req.method = (int)p->method;
+    c->req.method_name = http_method_str((enum http_method)p->method);
+    c->req.head = p->method == HTTP_HEAD;
+    if (strcasecmp(c->expect, "100-continue") == 0 && p->http_minor >= 1) {
+        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        evbuffer_write(c->out, c->fd); /* a remainder goes out before the response */
+    }
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+    struct http_conn *c = p->data;
+    struct http_request *r = &c->req;
+    if (r->body_len + len > c->srv->cfg->max_body_bytes) {
+        c->error_status = 413;
+        return -1;
+    }
+    if (buf_reserve(&r->body, &c->body_cap, r->body_len + len + 1) < 0) {
+        c->error_status = 503;
+        return -1;
+    }
+    memcpy(r->body + r->body_len, at, len);
+    r->body_len += len;
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    struct http_conn *c = p->data;
+    if (buf_reserve(&c->req.body, &c->body_cap, c->req.body_len + 1) < 0) {
+        c->error_status = 503;
+        return -1;
+    }
+    c->req.body[c->req.body_len] = '\0';
+    c->request_ready = true;
+    if (!http_should_keep_alive(p))
+        c->close_after = true;
+    http_parser_pause(p, 1); /* one request at a time; the rest stays buffered */
+    return 0;
+}
+
+/* ---- responses ------------------------------------------------------------------------------ */
+
+int http_header_add(struct http_request *req, const char *name, const char *value)
+{
+    size_t room = sizeof(req->extra_headers) - req->extra_len;
+    int n = snprintf(req->extra_headers + req->extra_len, room, "%s: %s\r\n", name, value);
+    if (n < 0 || (size_t)n >= room) {
+        req->extra_headers[req->extra_len] = '\0';
+        log_error("request %s: response header %s dropped: header buffer full", req->request_id, name);
+        return -1;
+    }
+    req->extra_len += (size_t)n;
+    return 0;
+}
+
+static const char *date_now(struct http_server *srv)
+{
+    time_t now = time(NULL);
+    if (now != srv->date_sec) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(srv->date, sizeof(srv->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        srv->date_sec = now;
+    }
+    return srv->date;
+}
+
+static void request_id_ensure(struct http_conn *c)
+{
+    struct http_request *r = &c->req;
+    for (char *s = r->request_id; *s; s++) /* an id we echo must not break the header or the log */
+        if ((unsigned char)*s < 0x21 || (unsigned char)*s > 0x7e || *s == '"' || *s == '\\')
+            *s = '_';
+    if (r->request_id[0] == '\0')
+        snprintf(r->request_id, sizeof(r->request_id), "%x-%llx", (unsigned)getpid(),
+                 (unsigned long long)++c->srv->seq);
+}
+
+static void response_write_head(struct http_conn *c, int status, const char *ctype, size_t len)
+{
+    struct http_request *r = &c->req;
+    bool no_body_status = status == 204 || status == 304 || status < 200;
+    evbuffer_add_printf(c->out, "HTTP/1.1 %d %s\r\nServer: pgapi\r\nDate: %s\r\nX-Request-Id: %s\r\n",
+                        status, http_status_text(status), date_now(c->srv), r->request_id);
+    if (!no_body_status)
+        evbuffer_add_printf(c->out, "Content-Length: %zu\r\n", len);
+    if (ctype && !no_body_status)
+        evbuffer_add_printf(c->out, "Content-Type: %s\r\n", ctype);
+    if (r->cache_status)
+        evbuffer_add_printf(c->out, "X-Cache: %s\r\n", r->cache_status);
+    if (c->close_after)
+        evbuffer_add(c->out, "Connection: close\r\n", 19);
+    else if (c->parser.http_major == 1 && c->parser.http_minor == 0)
+        evbuffer_add(c->out, "Connection: keep-alive\r\n", 24);
+    if (r->extra_len)
+        evbuffer_add(c->out, r->extra_headers, r->extra_len);
+    evbuffer_add(c->out, "\r\n", 2);
+}
+
+static void access_log_write(struct http_conn *c, size_t len)
+{
+    struct http_request *r = &c->req;
+    struct access_entry e = {
+        .method = r->method_name ? r->method_name : "-",
+        .path = r->path ? r->path : "-",
+        .request_id = r->request_id,
+        .cache = r->cache_status,
+        .status = r->status,
+        .duration_us = r->start_us ? http_now_us() - r->start_us : 0,
+        .bytes = len,
+    };
+    log_access(&e);
+}
+
+void http_respond(struct http_request *req, int status, const char *ctype, const char *body, size_t len)
+{
+    struct http_conn *c = req->conn;
+    if (req->responded) {
+        log_error("request %s: answered twice (status %d after %d)", req->request_id, status, req->status);
+        return;
+    }
+    req->responded = true;
+    req->status = status;
+    request_id_ensure(c);
+    if (c->srv->draining || status == 408 || status == 413 || status == 414 || status == 431 ||
+        (status == 400 && !c->request_ready))
+        c->close_after = true;
+    access_log_write(c, len);
+    if (c->state == CONN_DEAD) { /* the client left while we worked: nothing to send */
+        conn_close(c);
+        return;
+    }
+    response_write_head(c, status, ctype, len);
+    if (len && !req->head && status != 204 && status != 304)
+        evbuffer_add(c->out, body, len);
+    conn_state_set(c, CONN_WRITING);
+    conn_flush(c);
+}
+
+/* An error the connection itself detected (limits, timeouts, bad syntax): JSON body, then close. */
+static void conn_fail(struct http_conn *c, int status, const char *code, const char *message)
+{
+    char body[256];
+    int n = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, message);
+    c->close_after = true;
+    c->req.responded = false;
+    c->req.extra_len = 0;
+    if (!c->req.path)
+        c->req.path = "-";
+    http_respond(&c->req, status, "application/json", body, (size_t)n);
+}
+
+/* ---- closing -------------------------------------------------------------------------------- */
+
+static void conn_free(struct http_conn *c)
+{
+    event_free(c->read_ev);
+    event_free(c->write_ev);
+    event_free(c->timer_ev);
+    evbuffer_free(c->in);
+    evbuffer_free(c->out);
+    free(c->url);
+    free(c->req.body);
+    free(c);
+}
+
+static void reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct http_server *srv = arg;
+    while (srv->dead) {
+        struct http_conn *c = srv->dead;
+        srv->dead = c->next;
+        conn_free(c);
+    }
+    if (srv->draining && srv->nconns == 0 && srv->on_empty) {
+        void (*fn)(void *) = srv->on_empty;
+        srv->on_empty = NULL;
+        fn(srv->on_empty_arg);
+    }
+}
+
+static void conn_unlink(struct http_conn *c)
+{
+    struct http_server *srv = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    srv->nconns--;
+}
+
+/* Closes the socket now; the struct is freed later, after the callback on the stack returns. A
+ * connection whose request is still with the handler stays allocated until http_respond(). */
+static void conn_close(struct http_conn *c)
+{
+    if (c->fd >= 0) {
+        event_del(c->read_ev);
+        event_del(c->write_ev);
+        event_del(c->timer_ev);
+        close(c->fd);
+        c->fd = -1;
+    }
+    bool awaiting_handler = c->state == CONN_HANDLING && !c->req.responded;
+    c->state = CONN_DEAD;
+    if (awaiting_handler)
+        return;
+    conn_unlink(c);
+    c->next = c->srv->dead;
+    c->srv->dead = c;
+    event_active(c->srv->reap_ev, EV_TIMEOUT, 0);
+}
+
+/* Half-close then drain what the client still sends, so the kernel does not reset the connection
+ * and destroy a response (typically a 413) the client has not read yet. */
+static void conn_linger(struct http_conn *c)
+{
+    if (shutdown(c->fd, SHUT_WR) < 0) {
+        conn_close(c);
+        return;
+    }
+    evbuffer_drain(c->in, evbuffer_get_length(c->in));
+    conn_state_set(c, CONN_LINGER);
+}
+
+static void conn_response_done(struct http_conn *c)
+{
+    if (c->close_after) {
+        conn_linger(c);
+        return;
+    }
+    request_reset(c);
+    conn_state_set(c, evbuffer_get_length(c->in) ? CONN_READING : CONN_IDLE);
+    if (!c->in_process)
+        conn_process(c);
+}
+
+static void conn_flush(struct http_conn *c)
+{
+    while (evbuffer_get_length(c->out) > 0) {
+        int n = evbuffer_write(c->out, c->fd);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            event_add(c->write_ev, NULL);
+            return;
+        }
+        if (n <= 0) {
+            log_debug("write fd %d: %s", c->fd, n < 0 ? strerror(errno) : "closed");
+            conn_close(c);
+            return;
+        }
+    }
+    conn_response_done(c);
+}
+
+/* ---- reading and parsing -------------------------------------------------------------------- */
+
+static void parse_error_answer(struct http_conn *c)
+{
+    int st = c->error_status;
+    enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
+    if (st == 413)
+        conn_fail(c, 413, "body_too_large", "request body exceeds max_body_bytes");
+    else if (st == 431)
+        conn_fail(c, 431, "headers_too_large", "request headers exceed max_header_bytes");
+    else if (st == 414)
+        conn_fail(c, 414, "uri_too_long", "request target exceeds max_header_bytes");
+    else if (st == 503)
+        conn_fail(c, 503, "out_of_memory", "server out of memory");
+    else if (err == HPE_HEADER_OVERFLOW)
+        conn_fail(c, 431, "headers_too_large", "request headers too large");
+    else if (err == HPE_INVALID_METHOD)
+        conn_fail(c, 501, "not_implemented", "unknown method");
+    else
+        conn_fail(c, 400, "bad_request", http_errno_description(err));
+}
+
+/* Feeds buffered input to the parser; returns false when parsing must stop for now. */
+static bool conn_parse_buffered(struct http_conn *c)
+{
+    struct evbuffer_iovec vec[8];
+    int nvec = evbuffer_peek(c->in, -1, NULL, vec, 8);
+    size_t consumed = 0;
+    bool ok = true;
+    for (int i = 0; i < nvec && i < 8 && ok; i++) {
+        size_t n = http_parser_execute(&c->parser, &c->srv->settings, vec[i].iov_base, vec[i].iov_len);
+        consumed += n;
+        enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
+        if (err == HPE_PAUSED)
+            break;
+        if (err != HPE_OK || n != vec[i].iov_len)
+            ok = false;
+    }
+    evbuffer_drain(c->in, consumed);
+    return ok;
+}
+
+static void conn_dispatch(struct http_conn *c)
+{
+    http_parser_pause(&c->parser, 0);
+    c->request_ready = false;
+    conn_state_set(c, CONN_HANDLING);
+    c->srv->handler(&c->req);
+}
+
+static void conn_process(struct http_conn *c)
+{
+    c->in_process = true;
+    while ((c->state == CONN_IDLE || c->state == CONN_READING) && evbuffer_get_length(c->in) > 0) {
+        if (c->state == CONN_IDLE)
+            conn_state_set(c, CONN_READING);
+        bool ok = conn_parse_buffered(c);
+        if (!ok) {
+            parse_error_answer(c);
+            break;
+        }
+        if (!c->request_ready)
+            break;
+        conn_dispatch(c);
+    }
+    c->in_process = false;
+    if (c->state == CONN_IDLE && c->srv->draining)
+        conn_close(c);
+}
+
+static void conn_linger_read(struct http_conn *c)
+{
+    char buf[4096];
+    ssize_t n = 0;
+    for (int i = 0; i < 16 && (n = read(c->fd, buf, sizeof(buf))) > 0; i++)
+        ;
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+        conn_close(c);
+}
+
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct http_conn *c = arg;
+    if (c->state == CONN_LINGER) {
+        conn_linger_read(c);
+        return;
+    }
+    int n = evbuffer_read(c->in, c->fd, READ_CHUNK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n <= 0) {
+        /* EOF mid-request is an aborted request; EOF while idle is a normal keep-alive close */
+        if (c->state == CONN_READING && n == 0)
+            log_debug("fd %d: client closed mid-request", c->fd);
+        conn_close(c);
+        return;
+    }
+    conn_process(c);
+}
+
+static void write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_flush(arg);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct http_conn *c = arg;
+    if (c->state == CONN_READING) {
+        log_info("fd %d: request not received within request_timeout: 408", c->fd);
+        conn_fail(c, 408, "request_timeout", "request not received in time");
+        return;
+    }
+    if (c->state == CONN_WRITING)
+        log_info("fd %d: client did not read the response within request_timeout", c->fd);
+    conn_close(c); /* idle keep-alive expired, slow reader, or linger over */
+}
+
+/* ---- server --------------------------------------------------------------------------------- */
+
+void http_server_adopt(struct http_server *srv, int fd)
+{
+    struct http_conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        log_error("out of memory: connection dropped");
+        close(fd);
+        return;
+    }
+    c->srv = srv;
+    c->fd = fd;
+    c->in = evbuffer_new();
+    c->out = evbuffer_new();
+    c->read_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST, read_cb, c);
+    c->write_ev = event_new(srv->base, fd, EV_WRITE, write_cb, c);
+    c->timer_ev = evtimer_new(srv->base, timer_cb, c);
+    if (!c->in || !c->out || !c->read_ev || !c->write_ev || !c->timer_ev) {
+        log_error("out of memory: connection dropped");
+        close(fd);
+        c->fd = -1;
+        conn_free(c);
+        return;
+    }
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->nconns++;
+    request_reset(c);
+    conn_state_set(c, CONN_IDLE);
+}
+
+static const struct timeval *common_timeout(struct event_base *base, int ms)
+{
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    return event_base_init_common_timeout(base, &tv);
+}
+
+struct http_server *http_server_new(struct event_base *base, const struct config *cfg,
+                                    http_handler_fn handler, void *ctx)
+{
+    struct http_server *srv = calloc(1, sizeof(*srv));
+    if (!srv)
+        return NULL;
+    *srv = (struct http_server){ .base = base, .cfg = cfg, .handler = handler, .ctx = ctx };
+    srv->reap_ev = event_new(base, -1, 0, reap_cb, srv);
+    srv->tv_keepalive = common_timeout(base, cfg->keepalive_timeout_ms > 0 ? cfg->keepalive_timeout_ms : 1);
+    srv->tv_request = common_timeout(base, cfg->request_timeout_ms);
+    srv->tv_linger = common_timeout(base, LINGER_MS);
+    if (!srv->reap_ev || !srv->tv_keepalive || !srv->tv_request || !srv->tv_linger) {
+        http_server_free(srv);
+        return NULL;
+    }
+    srv->settings = (http_parser_settings){
+        .on_message_begin = on_message_begin,
+        .on_url = on_url,
+        .on_header_field = on_header_field,
+        .on_header_value = on_header_value,
+        .on_headers_complete = on_headers_complete,
+        .on_body = on_body,
+        .on_message_complete = on_message_complete,
+    };
+    return srv;
+}
+
+void http_server_free(struct http_server *srv)
+{
+    if (!srv)
+        return;
+    while (srv->conns) {
+        struct http_conn *c = srv->conns;
+        if (c->fd >= 0)
+            close(c->fd);
+        conn_unlink(c);
+        conn_free(c);
+    }
+    while (srv->dead) {
+        struct http_conn *c = srv->dead;
+        srv->dead = c->next;
+        conn_free(c);
+    }
+    if (srv->reap_ev)
+        event_free(srv->reap_ev);
+    free(srv);
+}
+
+/* Reads what an idle connection may already have sent, so a request racing the drain is served. */
+static void conn_drain_idle(struct http_conn *c)
+{
+    int n = evbuffer_read(c->in, c->fd, READ_CHUNK);
+    if (n > 0)
+        conn_process(c);
+    else
+        conn_close(c);
+}
+
+void http_server_drain(struct http_server *srv, void (*on_empty)(void *), void *arg)
+{
+    srv->draining = true;
+    srv->on_empty = on_empty;
+    srv->on_empty_arg = arg;
+    struct http_conn *next;
+    for (struct http_conn *c = srv->conns; c; c = next) {
+        next = c->next;
+        if (c->state == CONN_IDLE)
+            conn_drain_idle(c);
+        else
+            c->close_after = true;
+    }
+    event_active(srv->reap_ev, EV_TIMEOUT, 0);
+}
+
+int http_server_conn_count(const struct http_server *srv)
+{
+    return srv->nconns;
+}

@@ -1,0 +1,59 @@
+/* http: HTTP/1.1 connections on a worker's event loop: accept, parse (nodejs http-parser), enforce limits
+ * and timeouts, hand one complete request at a time to the handler, write the response, keep-alive. */
+#ifndef PGAPI_HTTP_H
+#define PGAPI_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct config;
+struct http_conn;
+struct http_server;
+
+#define HTTP_REQUEST_ID_MAX 64
+
+/* One request; valid from the handler call until http_respond(). Handlers may answer later (after a
+ * database reply) but must answer exactly once. */
+struct http_request {
+    struct http_conn *conn;
+    void *ctx;                    /* the server's handler context (the worker) */
+    int method;                   /* enum http_method of http_parser.h */
+    const char *method_name;
+    bool head;                    /* HEAD: answered like GET without a body */
+    char *path;                   /* raw path, NUL-terminated, without the query */
+    char *query;                  /* raw query after '?', or NULL */
+    char content_type[128];
+    char if_none_match[128];
+    char request_id[HTTP_REQUEST_ID_MAX + 1];
+    char *body;                   /* NUL-terminated copy of the body (may be empty) */
+    size_t body_len;
+    uint64_t start_us;
+    const char *cache_status;     /* "HIT" / "MISS" / "BYPASS" for the X-Cache header and the log */
+    char extra_headers[768];      /* "Name: value\r\n" lines added by http_header_add() */
+    size_t extra_len;
+    int status;
+    bool responded;
+};
+
+typedef void (*http_handler_fn)(struct http_request *req);
+
+struct http_server *http_server_new(struct event_base *base, const struct config *cfg,
+                                    http_handler_fn handler, void *ctx);
+void http_server_free(struct http_server *srv);
+/* Takes ownership of an accepted, non-blocking socket. */
+void http_server_adopt(struct http_server *srv, int fd);
+/* Graceful stop: idle keep-alive connections close now, busy ones after their response. `on_empty`
+ * runs once no connection is left. */
+void http_server_drain(struct http_server *srv, void (*on_empty)(void *), void *arg);
+int http_server_conn_count(const struct http_server *srv);
+
+/* Adds a response header; returns -1 if the header buffer is full (the header is dropped, logged). */
+int http_header_add(struct http_request *req, const char *name, const char *value);
+/* Sends the response (copying body) and finishes the request. */
+void http_respond(struct http_request *req, int status, const char *content_type, const char *body, size_t len);
+const char *http_status_text(int status);
+uint64_t http_now_us(void);
+
+#endif

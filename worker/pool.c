@@ -1,0 +1,924 @@
+/* pool: every connection is a state machine (enum pgc_state) driven by one-shot libevent events on
+ * PQsocket(): PQconnectStart/PQconnectPoll to connect, PQsendQueryParams + PQflush to send,
+ * PQconsumeInput/PQisBusy/PQgetResult to read. Only unnamed statements (PgBouncer transaction mode). */
+#include "worker/pool.h"
+
+#include <event2/event.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/config.h"
+#include "common/log.h"
+
+#define POOL_MAX_CONNS 256
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define SWEEP_MS 50
+
+static const char SQL_WRITE_LSN[] = "SELECT pg_current_wal_lsn()::text";
+static const char SQL_PRIMARY_HEALTH[] = "SELECT pg_current_wal_lsn()::text, pg_is_in_recovery()";
+static const char SQL_REPLICA_HEALTH[] =
+    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text,"
+    " COALESCE((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)";
+
+enum pgc_state { PGC_DOWN, PGC_CONNECTING, PGC_IDLE, PGC_BUSY };
+enum job_kind { JOB_READ, JOB_WRITE, JOB_HEALTH };
+
+struct backend;
+
+struct job {
+    struct job *next;
+    enum job_kind kind;
+    const char *sql;
+    int nparams;
+    char **params;
+    int *lengths;
+    pool_cb cb;
+    void *arg;
+    uint64_t fence;
+    uint64_t enqueued_us;
+    int retries;
+    PGresult *held;           /* a committed write's result, waiting for its LSN on another connection */
+    struct backend *target;   /* health checks run on one given backend */
+};
+
+struct pgconn {
+    struct backend *be;
+    PGconn *conn;
+    enum pgc_state state;
+    struct event *io_ev;
+    int io_fd;
+    struct event *timer_ev;
+    struct job *job;
+    PGresult *result;
+    bool lsn_phase;           /* a write committed; reading pg_current_wal_lsn() */
+    uint64_t commit_lsn;
+    bool flushing;
+    int failures;
+};
+
+struct backend {
+    struct pool *pool;
+    enum pool_side side;
+    int index;                /* -1 for the primary */
+    const char *dsn;
+    struct pgconn conns[POOL_MAX_CONNS];
+    int nconns;
+    bool healthy;             /* last health check passed (and, for a replica, lag within limits) */
+    bool health_inflight;
+    int failures;             /* consecutive failed or lost connections; 0 once one connects */
+    uint64_t lsn;             /* primary: current WAL position; replica: replay position */
+    int lag_ms;
+};
+
+struct side_queue {
+    struct job *head, *tail;
+    int len;
+};
+
+struct pool {
+    struct event_base *base;
+    const struct config *cfg;
+    struct backend primary;
+    struct backend replicas[CONFIG_MAX_REPLICAS];
+    int nreplicas;
+    struct side_queue queue[2];
+    struct event *health_ev, *sweep_ev;
+    unsigned rr;
+    /* The primary's LSN when this worker first sampled it: every write acknowledged before this
+     * process started is at or below it, so no replica serves reads until it has replayed that far. */
+    uint64_t floor_lsn;
+    struct pool_side_stats stats[2];
+};
+
+static void conn_connect(struct pgconn *c);
+static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
+static void job_submit(struct pool *p, struct job *j);
+static void conn_pump(struct pgconn *c);
+static bool replica_eligible(const struct backend *be, uint64_t fence);
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+int pool_lsn_parse(const char *s, uint64_t *out)
+{
+    unsigned hi, lo;
+    char tail;
+    if (!s || sscanf(s, "%X/%X%c", &hi, &lo, &tail) != 2)
+        return -1;
+    *out = ((uint64_t)hi << 32) | lo;
+    return 0;
+}
+
+static const char *be_name(const struct backend *be)
+{
+    static const char *names[] = { "primary", "replica0", "replica1", "replica2", "replica3",
+                                   "replica4", "replica5", "replica6", "replica7" };
+    return names[be->index + 1];
+}
+
+/* ---- jobs ------------------------------------------------------------------------------------ */
+
+static struct job *job_new(const struct pool_query *q, enum job_kind kind, pool_cb cb, void *arg)
+{
+    size_t total = sizeof(struct job) + (size_t)q->nparams * (sizeof(char *) + sizeof(int));
+    for (int i = 0; i < q->nparams; i++)
+        total += (q->lengths ? (size_t)q->lengths[i] : (q->params[i] ? strlen(q->params[i]) : 0)) + 1;
+    struct job *j = calloc(1, total);
+    if (!j)
+        return NULL;
+    j->kind = kind;
+    j->sql = q->sql;
+    j->nparams = q->nparams;
+    j->cb = cb;
+    j->arg = arg;
+    j->params = (char **)(j + 1);
+    j->lengths = (int *)(j->params + q->nparams);
+    char *data = (char *)(j->lengths + q->nparams);
+    for (int i = 0; i < q->nparams; i++) {
+        if (!q->params[i]) {
+            j->params[i] = NULL;
+            continue;
+        }
+        size_t len = q->lengths ? (size_t)q->lengths[i] : strlen(q->params[i]);
+        memcpy(data, q->params[i], len);
+        data[len] = '\0';
+        j->params[i] = data;
+        j->lengths[i] = (int)len;
+        data += len + 1;
+    }
+    return j;
+}
+
+static void job_finish(struct pool *p, struct job *j, const struct pool_result *r)
+{
+    enum pool_side side = r->side;
+    if (j->kind != JOB_HEALTH) {
+        p->stats[side].queries++;
+        if (r->status != POOL_OK)
+            p->stats[side].errors++;
+    }
+    if (j->cb)
+        j->cb(j->arg, r);
+    if (j->held)
+        PQclear(j->held);
+    free(j);
+}
+
+static void job_fail(struct pool *p, struct job *j, enum pool_side side, enum pool_status st, const char *msg)
+{
+    struct pool_result r = { .status = st, .sqlstate = "", .message = msg, .side = side, .backend = -1 };
+    if (j->held) { /* it committed: a success whose reads must all go to the primary */
+        log_warn("primary: commit LSN unknown (%s): fencing with a primary-only LSN", msg);
+        r = (struct pool_result){ .status = POOL_OK, .res = j->held, .sqlstate = "", .message = "",
+                                  .side = POOL_PRIMARY, .backend = -1, .commit_lsn = POOL_LSN_NONE };
+    }
+    job_finish(p, j, &r);
+}
+
+/* ---- queues ---------------------------------------------------------------------------------- */
+
+static void queue_push(struct side_queue *q, struct job *j)
+{
+    j->next = NULL;
+    if (q->tail)
+        q->tail->next = j;
+    else
+        q->head = j;
+    q->tail = j;
+    q->len++;
+}
+
+/* Removes and returns the first job that `be` may run, or NULL. */
+static struct job *queue_take(struct side_queue *q, const struct backend *be)
+{
+    struct job *prev = NULL;
+    for (struct job *j = q->head; j; prev = j, j = j->next) {
+        if (j->target && j->target != be)
+            continue;
+        if (be->side == POOL_REPLICA && !j->target && !replica_eligible(be, j->fence))
+            continue;
+        if (prev)
+            prev->next = j->next;
+        else
+            q->head = j->next;
+        if (q->tail == j)
+            q->tail = prev;
+        q->len--;
+        return j;
+    }
+    return NULL;
+}
+
+/* ---- connection events ----------------------------------------------------------------------- */
+
+static void conn_wait(struct pgconn *c, short what)
+{
+    int fd = PQsocket(c->conn);
+    if (fd != c->io_fd || !c->io_ev) {
+        if (c->io_ev)
+            event_free(c->io_ev);
+        c->io_ev = event_new(c->be->pool->base, fd, what, conn_io_cb, c);
+        c->io_fd = fd;
+    } else {
+        event_del(c->io_ev);
+        event_assign(c->io_ev, c->be->pool->base, fd, what, conn_io_cb, c);
+    }
+    if (!c->io_ev || event_add(c->io_ev, NULL) < 0)
+        log_error("%s: cannot watch the connection socket", be_name(c->be));
+}
+
+static void conn_timer(struct pgconn *c, int ms)
+{
+    if (ms <= 0) {
+        event_del(c->timer_ev);
+        return;
+    }
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    event_add(c->timer_ev, &tv);
+}
+
+static int backoff_ms(int failures)
+{
+    int ms = BACKOFF_MIN_MS << (failures < 6 ? failures : 6);
+    return ms > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms;
+}
+
+static int backend_connected(const struct backend *be)
+{
+    int n = 0;
+    for (int i = 0; i < be->nconns; i++)
+        n += be->conns[i].state == PGC_IDLE || be->conns[i].state == PGC_BUSY;
+    return n;
+}
+
+static void backend_reroute(struct pool *p);
+static void health_send(struct backend *be);
+
+/* The write committed but its LSN could not be read: report success with a fence that sends every
+ * read of what it wrote to the primary. */
+static void job_deliver_committed(struct pgconn *c, struct job *j)
+{
+    struct pool_result r = { .status = POOL_OK, .res = c->result, .sqlstate = "", .message = "",
+                             .side = POOL_PRIMARY, .backend = -1, .commit_lsn = POOL_LSN_NONE };
+    log_warn("primary: connection lost after a commit, before its LSN was read");
+    job_finish(c->be->pool, j, &r);
+}
+
+/* Drops the connection. Its job gets POOL_ERR_BROKEN, except a read (retried once elsewhere) and a
+ * write that already committed (its LSN is read once more on another connection, then it is delivered
+ * as a success, with a primary-only fence if the LSN stays unknown). */
+static void conn_reset(struct pgconn *c, const char *why)
+{
+    struct backend *be = c->be;
+    struct pool *p = be->pool;
+    struct job *j = c->job;
+    if (be->failures == 0) /* once per outage; the retries that follow are debug noise */
+        log_warn("%s: connection lost or refused: %s", be_name(be), why);
+    else
+        log_debug("%s: connection lost or refused: %s", be_name(be), why);
+    if (c->io_ev)
+        event_del(c->io_ev);
+    if (j && c->lsn_phase && c->result) {
+        if (j->retries++ < 1) {
+            j->held = c->result; /* resubmitted below, after this connection is cleaned up */
+            c->result = NULL;
+        } else {
+            job_deliver_committed(c, j);
+            j = NULL;
+        }
+    }
+    if (c->result)
+        PQclear(c->result);
+    c->result = NULL;
+    PQfinish(c->conn);
+    c->conn = NULL;
+    c->io_fd = -1;
+    c->job = NULL;
+    c->lsn_phase = false;
+    c->state = PGC_DOWN;
+    c->failures++;
+    be->failures++;
+    conn_timer(c, backoff_ms(c->failures));
+    if (backend_connected(be) == 0 && be->healthy) {
+        be->healthy = false;
+        log_warn("%s: no connection left: out of rotation", be_name(be));
+    }
+    if (j) {
+        if (j->kind == JOB_HEALTH)
+            be->health_inflight = false;
+        if (j->held || (j->kind == JOB_READ && j->retries++ < 1))
+            job_submit(p, j); /* a read has no side effect: one retry on another connection */
+        else
+            job_fail(p, j, be->side, POOL_ERR_BROKEN, "database connection lost during the query");
+    }
+    backend_reroute(p);
+}
+
+static void conn_ready(struct pgconn *c)
+{
+    struct backend *be = c->be;
+    if (PQsetnonblocking(c->conn, 1) < 0) {
+        conn_reset(c, PQerrorMessage(c->conn));
+        return;
+    }
+    if (be->failures)
+        log_info("%s: connected again", be_name(be));
+    c->failures = 0;
+    be->failures = 0;
+    c->state = PGC_IDLE;
+    conn_timer(c, 0);
+    conn_wait(c, EV_READ); /* notices and server-side closes arrive while idle */
+    if (!be->healthy)
+        health_send(be); /* back from an outage: checked before it gets replica traffic */
+    if (c->state == PGC_IDLE)
+        conn_pump(c);
+}
+
+static void conn_connect_step(struct pgconn *c)
+{
+    switch (PQconnectPoll(c->conn)) {
+    case PGRES_POLLING_READING:
+        conn_wait(c, EV_READ);
+        break;
+    case PGRES_POLLING_WRITING:
+        conn_wait(c, EV_WRITE);
+        break;
+    case PGRES_POLLING_OK:
+        conn_ready(c);
+        break;
+    default:
+        conn_reset(c, PQerrorMessage(c->conn));
+        break;
+    }
+}
+
+static void conn_connect(struct pgconn *c)
+{
+    const struct config *cfg = c->be->pool->cfg;
+    c->conn = PQconnectStart(c->be->dsn);
+    if (!c->conn || PQstatus(c->conn) == CONNECTION_BAD) {
+        conn_reset(c, c->conn ? PQerrorMessage(c->conn) : "out of memory");
+        return;
+    }
+    c->state = PGC_CONNECTING;
+    c->io_fd = -1;
+    conn_timer(c, cfg->connect_timeout_ms);
+    conn_connect_step(c);
+}
+
+/* ---- queries --------------------------------------------------------------------------------- */
+
+static void conn_send(struct pgconn *c, const char *sql, int nparams, char *const *params, const int *lengths)
+{
+    const struct config *cfg = c->be->pool->cfg;
+    if (!PQsendQueryParams(c->conn, sql, nparams, NULL, (const char *const *)params, lengths, NULL, 0)) {
+        conn_reset(c, PQerrorMessage(c->conn));
+        return;
+    }
+    /* Backstop for a statement the server does not time out itself (role statement_timeout). */
+    conn_timer(c, cfg->statement_timeout_ms > 0 ? cfg->statement_timeout_ms + 1000 : 0);
+    c->flushing = true;
+    conn_io_cb(c->io_fd, EV_WRITE, c);
+}
+
+static void conn_start(struct pgconn *c, struct job *j)
+{
+    struct pool *p = c->be->pool;
+    if (j->kind != JOB_HEALTH && j->enqueued_us)
+        p->stats[c->be->side].wait_us_total += now_us() - j->enqueued_us;
+    c->job = j;
+    c->state = PGC_BUSY;
+    c->result = NULL;
+    c->lsn_phase = false;
+    c->commit_lsn = 0;
+    if (j->held) { /* committed elsewhere: only its LSN is missing */
+        c->result = j->held;
+        j->held = NULL;
+        c->lsn_phase = true;
+        conn_send(c, SQL_WRITE_LSN, 0, NULL, NULL);
+        return;
+    }
+    conn_send(c, j->sql, j->nparams, j->params, j->lengths);
+}
+
+static enum pool_status result_status(const PGresult *res)
+{
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? POOL_OK : POOL_ERR_SQL;
+}
+
+static void health_apply(struct backend *be, const struct pool_result *r);
+
+static void conn_deliver(struct pgconn *c)
+{
+    struct backend *be = c->be;
+    struct job *j = c->job;
+    PGresult *res = c->result;
+    c->result = NULL;
+    c->job = NULL;
+    c->lsn_phase = false;
+    c->state = PGC_IDLE;
+    conn_timer(c, 0);
+    struct pool_result r = { .status = result_status(res), .res = res, .sqlstate = "", .message = "",
+                             .side = be->side, .backend = be->index, .commit_lsn = c->commit_lsn };
+    if (r.status == POOL_ERR_SQL) {
+        const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+        r.sqlstate = st ? st : "";
+        r.message = msg ? msg : PQerrorMessage(c->conn);
+    }
+    if (j->kind == JOB_HEALTH)
+        health_apply(be, &r);
+    bool moved = strcmp(r.sqlstate, "25006") == 0 && be->side == POOL_PRIMARY;
+    bool bad = PQstatus(c->conn) == CONNECTION_BAD;
+    if (moved)
+        log_error("primary: statement refused as read-only (25006): the primary moved; reconnecting");
+    if (!moved && !bad)
+        conn_wait(c, EV_READ);
+    job_finish(be->pool, j, &r);
+    PQclear(res);
+    if (moved || bad)
+        conn_reset(c, moved ? "server is read-only" : PQerrorMessage(c->conn));
+    else if (c->state == PGC_IDLE)
+        conn_pump(c);
+}
+
+/* The statement's results are all in: a committed write reads its LSN next (c->result is kept
+ * meanwhile), anything else is handed over. */
+static void conn_statement_done(struct pgconn *c)
+{
+    if (c->job->kind == JOB_WRITE && !c->lsn_phase && result_status(c->result) == POOL_OK) {
+        c->lsn_phase = true;
+        conn_send(c, SQL_WRITE_LSN, 0, NULL, NULL);
+        return;
+    }
+    conn_deliver(c);
+}
+
+static void conn_lsn_take(struct pgconn *c, PGresult *res)
+{
+    if (result_status(res) == POOL_OK && PQntuples(res) == 1 &&
+        pool_lsn_parse(PQgetvalue(res, 0, 0), &c->commit_lsn) == 0)
+        return;
+    log_warn("primary: cannot read pg_current_wal_lsn() after a commit; reads of it go to the primary");
+    c->commit_lsn = POOL_LSN_NONE;
+}
+
+/* Collects results; the first one of a statement is kept, later ones (none for one statement) dropped. */
+static void conn_read_results(struct pgconn *c)
+{
+    if (!PQconsumeInput(c->conn)) {
+        conn_reset(c, PQerrorMessage(c->conn));
+        return;
+    }
+    while (!PQisBusy(c->conn)) {
+        PGresult *res = PQgetResult(c->conn);
+        if (!res) {
+            conn_statement_done(c);
+            return;
+        }
+        if (c->lsn_phase) {
+            conn_lsn_take(c, res);
+            PQclear(res);
+        } else if (!c->result) {
+            c->result = res;
+        } else {
+            PQclear(res);
+        }
+    }
+    conn_wait(c, EV_READ);
+}
+
+static void conn_idle_read(struct pgconn *c)
+{
+    if (!PQconsumeInput(c->conn) || PQstatus(c->conn) == CONNECTION_BAD) {
+        conn_reset(c, PQerrorMessage(c->conn));
+        return;
+    }
+    PGnotify *n;
+    while ((n = PQnotifies(c->conn)))
+        PQfreemem(n);
+    conn_wait(c, EV_READ);
+}
+
+static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct pgconn *c = arg;
+    switch (c->state) {
+    case PGC_CONNECTING:
+        conn_connect_step(c);
+        return;
+    case PGC_IDLE:
+        conn_idle_read(c);
+        return;
+    case PGC_DOWN:
+        return;
+    case PGC_BUSY:
+        break;
+    }
+    if (c->flushing) {
+        int rc = PQflush(c->conn);
+        if (rc < 0) {
+            conn_reset(c, PQerrorMessage(c->conn));
+            return;
+        }
+        if (rc == 1) {
+            conn_wait(c, EV_WRITE);
+            return;
+        }
+        c->flushing = false;
+    }
+    conn_read_results(c);
+}
+
+static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct pgconn *c = arg;
+    switch (c->state) {
+    case PGC_DOWN:
+        conn_connect(c);
+        break;
+    case PGC_CONNECTING:
+        conn_reset(c, "connect_timeout passed");
+        break;
+    case PGC_BUSY:
+        c->be->pool->stats[c->be->side].timeouts++;
+        if (c->job)
+            c->job->retries = 1; /* a read that timed out is not tried again */
+        conn_reset(c, "statement_timeout passed without an answer");
+        break;
+    case PGC_IDLE:
+        break;
+    }
+}
+
+/* ---- routing --------------------------------------------------------------------------------- */
+
+static void conn_pump(struct pgconn *c)
+{
+    struct pool *p = c->be->pool;
+    struct job *j = queue_take(&p->queue[c->be->side], c->be);
+    if (j)
+        conn_start(c, j);
+}
+
+static struct pgconn *backend_idle_conn(struct backend *be)
+{
+    for (int i = 0; i < be->nconns; i++)
+        if (be->conns[i].state == PGC_IDLE)
+            return &be->conns[i];
+    return NULL;
+}
+
+static bool replica_eligible(const struct backend *be, uint64_t fence)
+{
+    uint64_t floor = be->pool->floor_lsn;
+    return be->healthy && fence != POOL_LSN_NONE && floor != 0 && be->lsn >= fence && be->lsn >= floor;
+}
+
+/* Picks the replica for a read: round-robin over eligible replicas, preferring one with an idle
+ * connection. Returns NULL when none is eligible (the read then goes to the primary). */
+static struct backend *replica_pick(struct pool *p, uint64_t fence, struct pgconn **idle)
+{
+    struct backend *eligible = NULL;
+    *idle = NULL;
+    for (int k = 0; k < p->nreplicas; k++) {
+        struct backend *be = &p->replicas[(p->rr + (unsigned)k) % (unsigned)p->nreplicas];
+        if (!replica_eligible(be, fence))
+            continue;
+        if (!eligible)
+            eligible = be;
+        struct pgconn *c = backend_idle_conn(be);
+        if (c) {
+            *idle = c;
+            p->rr++;
+            return be;
+        }
+    }
+    return eligible;
+}
+
+static void queue_or_fail(struct pool *p, enum pool_side side, struct job *j)
+{
+    struct side_queue *q = &p->queue[side];
+    if (q->len >= p->cfg->queue_size) {
+        p->stats[side].queue_full++;
+        job_fail(p, j, side, POOL_ERR_UNAVAILABLE, "database pool queue is full");
+        return;
+    }
+    if (!j->enqueued_us)
+        j->enqueued_us = now_us();
+    queue_push(q, j);
+    event_add(p->sweep_ev, &(struct timeval){ 0, SWEEP_MS * 1000 });
+}
+
+static void job_submit(struct pool *p, struct job *j)
+{
+    struct pgconn *c = NULL;
+    if (j->kind == JOB_READ && replica_pick(p, j->fence, &c)) {
+        if (c)
+            conn_start(c, j);
+        else
+            queue_or_fail(p, POOL_REPLICA, j);
+        return;
+    }
+    struct backend *be = &p->primary;
+    if (backend_connected(be) == 0 && be->failures >= be->nconns) {
+        /* known down: answer now rather than after the queue timeout */
+        job_fail(p, j, POOL_PRIMARY, POOL_ERR_UNAVAILABLE, "primary database unavailable");
+        return;
+    }
+    c = backend_idle_conn(be);
+    if (c)
+        conn_start(c, j);
+    else
+        queue_or_fail(p, POOL_PRIMARY, j);
+}
+
+/* Replica reads queued for a replica that left rotation move to the primary. */
+static void backend_reroute(struct pool *p)
+{
+    struct side_queue *q = &p->queue[POOL_REPLICA];
+    struct job *keep = NULL, **tail = &keep, *j = q->head;
+    struct side_queue moved = { 0 };
+    int kept = 0;
+    while (j) {
+        struct job *next = j->next;
+        struct pgconn *idle;
+        if (j->kind == JOB_READ && !replica_pick(p, j->fence, &idle)) {
+            queue_push(&moved, j);
+        } else {
+            j->next = NULL;
+            *tail = j;
+            tail = &j->next;
+            kept++;
+        }
+        j = next;
+    }
+    q->head = keep;
+    q->tail = NULL;
+    for (struct job *k = keep; k; k = k->next)
+        q->tail = k;
+    q->len = kept;
+    while ((j = moved.head)) {
+        moved.head = j->next;
+        job_submit(p, j);
+    }
+}
+
+static void queue_expire(struct pool *p, enum pool_side side, uint64_t now)
+{
+    struct side_queue *q = &p->queue[side];
+    uint64_t limit = (uint64_t)p->cfg->queue_timeout_ms * 1000u;
+    while (q->head && now - q->head->enqueued_us >= limit) {
+        struct job *j = q->head;
+        q->head = j->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->len--;
+        p->stats[side].timeouts++;
+        job_fail(p, j, side, POOL_ERR_UNAVAILABLE, "timed out waiting for a database connection");
+    }
+}
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct pool *p = arg;
+    uint64_t now = now_us();
+    queue_expire(p, POOL_PRIMARY, now);
+    queue_expire(p, POOL_REPLICA, now);
+    backend_reroute(p);
+    if (p->queue[0].len || p->queue[1].len)
+        event_add(p->sweep_ev, &(struct timeval){ 0, SWEEP_MS * 1000 });
+}
+
+/* ---- health ---------------------------------------------------------------------------------- */
+
+static void health_apply(struct backend *be, const struct pool_result *r)
+{
+    struct pool *p = be->pool;
+    be->health_inflight = false;
+    bool ok = r->status == POOL_OK && PQntuples(r->res) == 1 &&
+              pool_lsn_parse(PQgetvalue(r->res, 0, 0), &be->lsn) == 0;
+    bool was = be->healthy;
+    if (ok && be->side == POOL_PRIMARY) {
+        bool recovery = PQgetvalue(r->res, 0, 1)[0] == 't';
+        if (recovery)
+            log_error("primary: the server is in recovery (a standby): writes will fail");
+        be->healthy = !recovery;
+        if (p->floor_lsn == 0 && be->lsn != 0)
+            p->floor_lsn = be->lsn;
+    } else if (ok) {
+        long long ts_lag = atoll(PQgetvalue(r->res, 0, 1));
+        be->lag_ms = be->lsn >= p->primary.lsn ? 0 : (int)(ts_lag > INT32_MAX ? INT32_MAX : ts_lag);
+        be->healthy = be->lag_ms <= p->cfg->max_replica_lag_ms;
+        if (!be->healthy && was)
+            log_warn("%s: lag %dms over max_replica_lag: out of rotation", be_name(be), be->lag_ms);
+    } else {
+        be->healthy = false;
+        log_warn("%s: health check failed: %s", be_name(be), r->message ? r->message : "bad answer");
+    }
+    if (be->healthy && !was)
+        log_info("%s: healthy (lsn %" PRIX64 ", lag %dms): in rotation", be_name(be), be->lsn, be->lag_ms);
+}
+
+static void health_send(struct backend *be)
+{
+    if (be->health_inflight)
+        return;
+    struct pgconn *c = backend_idle_conn(be);
+    if (!c) {
+        if (backend_connected(be) == 0)
+            be->healthy = false;
+        return; /* all busy: it is working; checked next round */
+    }
+    struct pool_query q = { .sql = be->side == POOL_PRIMARY ? SQL_PRIMARY_HEALTH : SQL_REPLICA_HEALTH };
+    struct job *j = job_new(&q, JOB_HEALTH, NULL, NULL);
+    if (!j)
+        return;
+    j->target = be;
+    be->health_inflight = true;
+    conn_start(c, j);
+}
+
+static void health_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct pool *p = arg;
+    health_send(&p->primary);
+    for (int i = 0; i < p->nreplicas; i++)
+        health_send(&p->replicas[i]);
+    backend_reroute(p);
+}
+
+/* ---- public ---------------------------------------------------------------------------------- */
+
+void pool_write(struct pool *p, const struct pool_query *q, pool_cb cb, void *arg)
+{
+    struct job *j = job_new(q, JOB_WRITE, cb, arg);
+    if (!j) {
+        struct pool_result r = { .status = POOL_ERR_UNAVAILABLE, .sqlstate = "", .message = "out of memory" };
+        cb(arg, &r);
+        return;
+    }
+    job_submit(p, j);
+}
+
+void pool_read(struct pool *p, const struct pool_query *q, uint64_t fence_lsn, pool_cb cb, void *arg)
+{
+    struct job *j = job_new(q, JOB_READ, cb, arg);
+    if (!j) {
+        struct pool_result r = { .status = POOL_ERR_UNAVAILABLE, .sqlstate = "", .message = "out of memory" };
+        cb(arg, &r);
+        return;
+    }
+    j->fence = fence_lsn;
+    job_submit(p, j);
+}
+
+static int backend_init(struct pool *p, struct backend *be, enum pool_side side, int index, const char *dsn)
+{
+    *be = (struct backend){ .pool = p, .side = side, .index = index, .dsn = dsn, .nconns = p->cfg->pool_size };
+    for (int i = 0; i < be->nconns; i++) {
+        struct pgconn *c = &be->conns[i];
+        *c = (struct pgconn){ .be = be, .io_fd = -1, .state = PGC_DOWN };
+        c->timer_ev = evtimer_new(p->base, conn_timer_cb, c);
+        if (!c->timer_ev)
+            return -1;
+        conn_connect(c);
+    }
+    return 0;
+}
+
+struct pool *pool_new(struct event_base *base, const struct config *cfg)
+{
+    struct pool *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->base = base;
+    p->cfg = cfg;
+    p->nreplicas = cfg->replica_count;
+    p->sweep_ev = evtimer_new(base, sweep_cb, p);
+    p->health_ev = event_new(base, -1, EV_PERSIST, health_cb, p);
+    if (!p->sweep_ev || !p->health_ev || backend_init(p, &p->primary, POOL_PRIMARY, -1, cfg->primary_dsn) < 0)
+        goto fail;
+    for (int i = 0; i < p->nreplicas; i++)
+        if (backend_init(p, &p->replicas[i], POOL_REPLICA, i, cfg->replica_dsn[i]) < 0)
+            goto fail;
+    struct timeval tv = { cfg->health_interval_ms / 1000, (cfg->health_interval_ms % 1000) * 1000 };
+    event_add(p->health_ev, &tv);
+    event_active(p->health_ev, EV_TIMEOUT, 0);
+    return p;
+fail:
+    log_error("database pool: out of memory");
+    pool_free(p);
+    return NULL;
+}
+
+static void queue_fail_all(struct pool *p, enum pool_side side)
+{
+    struct job *j;
+    while ((j = p->queue[side].head)) {
+        p->queue[side].head = j->next;
+        job_fail(p, j, side, POOL_ERR_UNAVAILABLE, "server shutting down");
+    }
+    p->queue[side].tail = NULL;
+    p->queue[side].len = 0;
+}
+
+static void backend_close(struct backend *be)
+{
+    for (int i = 0; i < be->nconns; i++) {
+        struct pgconn *c = &be->conns[i];
+        if (c->io_ev)
+            event_free(c->io_ev);
+        if (c->timer_ev)
+            event_free(c->timer_ev);
+        if (c->result)
+            PQclear(c->result);
+        if (c->job && c->job->held)
+            PQclear(c->job->held);
+        free(c->job); /* callbacks are not run at exit: their requests die with the process */
+        PQfinish(c->conn);
+    }
+}
+
+void pool_free(struct pool *p)
+{
+    if (!p)
+        return;
+    queue_fail_all(p, POOL_PRIMARY);
+    queue_fail_all(p, POOL_REPLICA);
+    backend_close(&p->primary);
+    for (int i = 0; i < p->nreplicas; i++)
+        backend_close(&p->replicas[i]);
+    if (p->sweep_ev)
+        event_free(p->sweep_ev);
+    if (p->health_ev)
+        event_free(p->health_ev);
+    free(p);
+}
+
+static void backend_stats(const struct backend *be, struct pool_side_stats *s)
+{
+    for (int i = 0; i < be->nconns; i++) {
+        switch (be->conns[i].state) {
+        case PGC_IDLE: s->idle++; break;
+        case PGC_BUSY: s->in_use++; break;
+        case PGC_CONNECTING: s->connecting++; break;
+        case PGC_DOWN: s->down++; break;
+        }
+    }
+}
+
+void pool_stats(const struct pool *p, enum pool_side side, struct pool_side_stats *out)
+{
+    *out = p->stats[side];
+    out->waiting = p->queue[side].len;
+    if (side == POOL_PRIMARY)
+        backend_stats(&p->primary, out);
+    else
+        for (int i = 0; i < p->nreplicas; i++)
+            backend_stats(&p->replicas[i], out);
+}
+
+bool pool_primary_up(const struct pool *p)
+{
+    return p->primary.healthy && backend_connected(&p->primary) > 0;
+}
+
+int pool_replicas_up(const struct pool *p)
+{
+    int n = 0;
+    for (int i = 0; i < p->nreplicas; i++)
+        n += p->replicas[i].healthy && backend_connected(&p->replicas[i]) > 0;
+    return n;
+}
+
+int pool_replica_count(const struct pool *p)
+{
+    return p->nreplicas;
+}
+
+void pool_replica_state(const struct pool *p, int i, uint64_t *replay_lsn, int *lag_ms, bool *up)
+{
+    const struct backend *be = &p->replicas[i];
+    *replay_lsn = be->lsn;
+    *lag_ms = be->lag_ms;
+    *up = be->healthy && backend_connected(be) > 0;
+}

@@ -1,0 +1,72 @@
+/* pool: per-worker non-blocking libpq connections in two sides, primary (writes, fenced reads) and
+ * replica (other reads, round-robin over healthy replicas), with a bounded FIFO wait queue. */
+#ifndef PGAPI_POOL_H
+#define PGAPI_POOL_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct event_base;
+struct config;
+struct pool;
+
+enum pool_side { POOL_PRIMARY = 0, POOL_REPLICA = 1 };
+
+enum pool_status {
+    POOL_OK = 0,          /* res holds the statement's result */
+    POOL_ERR_SQL,         /* the server rejected the statement: sqlstate/message set */
+    POOL_ERR_UNAVAILABLE, /* no connection: queue full, queue timeout, backend down */
+    POOL_ERR_BROKEN,      /* the connection broke or timed out mid-statement: outcome unknown */
+};
+
+#define POOL_LSN_NONE UINT64_MAX /* a read with this fence always goes to the primary */
+
+struct pool_result {
+    enum pool_status status;
+    PGresult *res;            /* owned by the pool: valid only during the callback */
+    const char *sqlstate;     /* "" unless POOL_ERR_SQL */
+    const char *message;
+    enum pool_side side;      /* where it ran */
+    int backend;              /* replica index, -1 for the primary */
+    uint64_t commit_lsn;      /* for writes: pg_current_wal_lsn() read after the commit, else 0 */
+};
+
+typedef void (*pool_cb)(void *arg, const struct pool_result *r);
+
+struct pool_query {
+    const char *sql;          /* a string literal: the pool keeps the pointer */
+    int nparams;
+    const char *const *params;/* copied by the pool */
+    const int *lengths;       /* NULL: NUL-terminated text parameters */
+};
+
+struct pool_side_stats {
+    uint64_t queries, errors, timeouts, queue_full, wait_us_total;
+    int in_use, idle, connecting, down, waiting;
+};
+
+struct pool *pool_new(struct event_base *base, const struct config *cfg);
+void pool_free(struct pool *p);
+
+/* Both entry points always answer through cb, exactly once; immediately (from inside the call) when
+ * the query cannot even be queued. */
+/* A single-statement write on the primary in its own transaction; after it commits, the pool reads
+ * pg_current_wal_lsn() and reports it as commit_lsn (0 if that read failed). */
+void pool_write(struct pool *p, const struct pool_query *q, pool_cb cb, void *arg);
+/* A read that must see every write up to `fence_lsn`: a replica whose sampled replay position has
+ * reached it, else the primary (POOL_LSN_NONE forces the primary, 0 allows any healthy replica). */
+void pool_read(struct pool *p, const struct pool_query *q, uint64_t fence_lsn, pool_cb cb, void *arg);
+
+void pool_stats(const struct pool *p, enum pool_side side, struct pool_side_stats *out);
+/* Health as last seen: the primary answered, and how many replicas are in rotation. */
+bool pool_primary_up(const struct pool *p);
+int pool_replicas_up(const struct pool *p);
+int pool_replica_count(const struct pool *p);
+/* Replay LSN and lag of replica i as last sampled. */
+void pool_replica_state(const struct pool *p, int i, uint64_t *replay_lsn, int *lag_ms, bool *up);
+
+/* "16/B374D848" -> 64-bit LSN; returns 0 on failure. */
+int pool_lsn_parse(const char *s, uint64_t *out);
+
+#endif

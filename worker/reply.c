@@ -1,0 +1,42 @@
+/* reply: every JSON body leaves through here, serialised by json-c (escaping, UTF-8 as given). */
+#include "worker/reply.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/log.h"
+
+void reply_json(struct http_request *req, int status, struct json_object *obj)
+{
+    size_t len = 0;
+    const char *s = json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+    if (!s) {
+        json_object_put(obj);
+        log_error("request %s: cannot serialise the response", req->request_id);
+        http_respond(req, 500, "application/json",
+                     "{\"error\":{\"code\":\"internal\",\"message\":\"cannot serialise the response\"}}", 71);
+        return;
+    }
+    http_respond(req, status, "application/json", s, len);
+    json_object_put(obj);
+}
+
+void reply_error(struct http_request *req, int status, const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    struct json_object *err = json_object_new_object(), *root = json_object_new_object();
+    json_object_object_add(err, "code", json_object_new_string(code));
+    json_object_object_add(err, "message", json_object_new_string(msg));
+    json_object_object_add(root, "error", err);
+    reply_json(req, status, root);
+}
+
+void reply_text(struct http_request *req, int status, const char *text)
+{
+    http_respond(req, status, "text/html; charset=utf-8", text, strlen(text));
+}

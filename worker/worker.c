@@ -1,0 +1,174 @@
+/* worker: accept loop, signals (QUIT = drain, TERM = stop now) and the process's lifetime. The loop
+ * never blocks; every socket it owns is non-blocking. */
+#include "worker/worker.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "worker/http.h"
+#include "worker/pool.h"
+#include "worker/router.h"
+
+#define ACCEPT_BATCH 32
+
+static void accept_pause(struct worker *w, int ms)
+{
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    event_del(w->accept_ev);
+    event_add(w->accept_retry_ev, &tv);
+}
+
+static void accept_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct worker *w = arg;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        if (http_server_conn_count(w->http) >= w->cfg->max_connections) {
+            accept_pause(w, 50); /* at the cap: leave the queue to other workers */
+            return;
+        }
+        int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                log_error("accept: %s: pausing accepts for 100ms", strerror(errno));
+                accept_pause(w, 100);
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
+                log_error("accept: %s", strerror(errno));
+            }
+            return;
+        }
+        int one = 1;
+        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        http_server_adopt(w->http, cfd);
+    }
+}
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    if (!w->draining)
+        event_add(w->accept_ev, NULL);
+}
+
+static void drain_done(void *arg)
+{
+    struct worker *w = arg;
+    log_info("drained: no connection left, exiting");
+    event_base_loopexit(w->base, NULL);
+}
+
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    log_warn("drain_timeout passed with %d connection(s) open: exiting anyway", http_server_conn_count(w->http));
+    event_base_loopexit(w->base, NULL);
+}
+
+static void worker_drain(struct worker *w)
+{
+    if (w->draining)
+        return;
+    w->draining = true;
+    event_del(w->accept_ev);
+    event_del(w->accept_retry_ev);
+    close(w->listen_fd);
+    w->listen_fd = -1;
+    struct timeval tv = { w->cfg->drain_timeout_ms / 1000, (w->cfg->drain_timeout_ms % 1000) * 1000 };
+    event_add(w->drain_timer_ev, &tv);
+    log_info("draining %d connection(s)", http_server_conn_count(w->http));
+    http_server_drain(w->http, drain_done, w);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct worker *w = arg;
+    log_info("signal %d (%s)", (int)sig, strsignal((int)sig));
+    if (sig == SIGQUIT) {
+        worker_drain(w);
+    } else {
+        w->exit_code = 0;
+        event_base_loopbreak(w->base);
+    }
+}
+
+static int worker_events_setup(struct worker *w)
+{
+    w->accept_ev = event_new(w->base, w->listen_fd, EV_READ | EV_PERSIST, accept_cb, w);
+    w->accept_retry_ev = evtimer_new(w->base, accept_retry_cb, w);
+    w->sigquit_ev = evsignal_new(w->base, SIGQUIT, signal_cb, w);
+    w->sigterm_ev = evsignal_new(w->base, SIGTERM, signal_cb, w);
+    w->drain_timer_ev = evtimer_new(w->base, drain_timeout_cb, w);
+    if (!w->accept_ev || !w->accept_retry_ev || !w->sigquit_ev || !w->sigterm_ev || !w->drain_timer_ev)
+        return -1;
+    if (event_add(w->sigquit_ev, NULL) < 0 || event_add(w->sigterm_ev, NULL) < 0 ||
+        event_add(w->accept_ev, NULL) < 0)
+        return -1;
+    return 0;
+}
+
+static void worker_free(struct worker *w)
+{
+    http_server_free(w->http);
+    pool_free(w->pool);
+    struct event *evs[] = { w->accept_ev, w->accept_retry_ev, w->sigquit_ev, w->sigterm_ev, w->drain_timer_ev };
+    for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+        if (evs[i])
+            event_free(evs[i]);
+    if (w->listen_fd >= 0)
+        close(w->listen_fd);
+    if (w->base)
+        event_base_free(w->base);
+}
+
+static void ready_announce(int ready_fd)
+{
+    pid_t pid = getpid();
+    if (write(ready_fd, &pid, sizeof(pid)) != (ssize_t)sizeof(pid))
+        log_warn("cannot tell the master this worker is ready: %s", strerror(errno));
+    close(ready_fd);
+}
+
+int worker_run(const struct config *cfg, struct fences *fences, int listen_fd, int slot, unsigned generation,
+               int ready_fd)
+{
+    struct worker w = { .cfg = cfg, .fences = fences, .slot = slot, .generation = generation,
+                        .listen_fd = listen_fd, .exit_code = 1 };
+    log_set_process("worker", slot, generation);
+    /* The terminal's Ctrl-C and a HUP reach the whole process group: only the master acts on them. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    w.base = event_base_new();
+    if (!w.base || worker_events_setup(&w) < 0) {
+        log_error("cannot set up the event loop");
+        goto done;
+    }
+    w.http = http_server_new(w.base, cfg, router_dispatch, &w);
+    w.pool = pool_new(w.base, cfg);
+    if (!w.http || !w.pool) {
+        log_error("cannot set up the HTTP server or the database pool");
+        goto done;
+    }
+    ready_announce(ready_fd);
+    ready_fd = -1;
+    event_base_dispatch(w.base);
+    w.exit_code = 0;
+done:
+    if (ready_fd >= 0)
+        close(ready_fd);
+    worker_free(&w);
+    return w.exit_code;
+}
