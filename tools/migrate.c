@@ -166,9 +166,11 @@ static int migrate_set_scan(const char *dir, struct migration_set *set)
         log_error("cannot open migrations dir %s: %s", dir, strerror(errno));
         return -1;
     }
-    struct dirent *e;
-    errno = 0;
-    while ((e = readdir(d)) != NULL) {
+    for (;;) {
+        errno = 0; /* readdir() returns NULL both at the end and on error; errno tells them apart */
+        struct dirent *e = readdir(d);
+        if (!e)
+            break;
         int id;
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
@@ -184,7 +186,6 @@ static int migrate_set_scan(const char *dir, struct migration_set *set)
             log_warn("migrations dir %s: ignoring %s (not a readable regular file)", dir, e->d_name);
             set->count--;
         }
-        errno = 0;
     }
     if (errno != 0) {
         log_error("cannot read migrations dir %s: %s", dir, strerror(errno));
@@ -536,7 +537,8 @@ static int migrate_commit(PGconn *conn, const struct migration *m)
 }
 
 /* Lowest-numbered file without a row. One numbered below an applied one (a merged branch) is applied too. */
-static const struct migration *migrate_next_pending(const struct migration_set *set, const struct applied_set *applied)
+static const struct migration *migrate_next_pending(const struct migration_set *set,
+                                                    const struct applied_set *applied)
 {
     for (size_t i = 0; i < set->count; i++) {
         if (!migrate_applied_find(applied, set->items[i].id)) {
@@ -557,6 +559,37 @@ static double migrate_ms_since(const struct timespec *t0)
     return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
+/* Chooses, under the lock, what one step does: the next pending file (up) or the last applied one
+ * (down). Returns 0 with *out NULL when there is nothing to do, -1 when the files forbid the step. */
+static int migrate_pick(const char *dir, const struct migration_set *set, const struct applied_set *applied,
+                        enum migrate_dir way, const struct migration **out)
+{
+    *out = NULL;
+    if (way == MIGRATE_UP) {
+        if (migrate_verify(dir, set, applied) > 0) {
+            log_error("migrate up refused: applied migrations differ from the files in %s (see above)", dir);
+            return -1;
+        }
+        *out = migrate_next_pending(set, applied);
+        return 0;
+    }
+    if (applied->count == 0)
+        return 0;
+    const struct applied *last = &applied->items[applied->count - 1];
+    const struct migration *m = migrate_set_find(set, last->id);
+    if (!m) {
+        log_error("cannot revert %04d_%s.sql: it has no file in %s (MISSING FILE)", last->id, last->name, dir);
+        return -1;
+    }
+    if (strcmp(m->checksum, last->checksum) != 0) {
+        log_error("cannot revert %s: it changed after it was applied (CHECKSUM MISMATCH), so its down part "
+                  "may not undo what was applied", m->path);
+        return -1;
+    }
+    *out = m;
+    return 0;
+}
+
 /* Applies or reverts one migration in one transaction. The applied set is read after the lock, so a
  * runner that waited behind another one sees its work and does not repeat it.
  * Returns 1 when it did one, 0 when there was nothing to do, -1 on error (rolled back). */
@@ -567,27 +600,9 @@ static int migrate_step(PGconn *conn, const char *dir, const struct migration_se
     bool started = false;
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (migrate_tx_begin(conn) < 0 || migrate_applied_load(conn, false, &applied) < 0)
+    if (migrate_tx_begin(conn) < 0 || migrate_applied_load(conn, false, &applied) < 0 ||
+        migrate_pick(dir, set, &applied, way, &m) < 0)
         goto fail;
-    if (way == MIGRATE_UP) {
-        if (migrate_verify(dir, set, &applied) > 0) {
-            log_error("migrate up refused: applied migrations differ from the files in %s (see above)", dir);
-            goto fail;
-        }
-        m = migrate_next_pending(set, &applied);
-    } else if (applied.count > 0) {
-        const struct applied *last = &applied.items[applied.count - 1];
-        m = migrate_set_find(set, last->id);
-        if (!m) {
-            log_error("cannot revert %04d_%s.sql: it has no file in %s (MISSING FILE)", last->id, last->name, dir);
-            goto fail;
-        }
-        if (strcmp(m->checksum, last->checksum) != 0) {
-            log_error("cannot revert %s: it changed after it was applied (CHECKSUM MISMATCH), so its down part "
-                      "may not undo what was applied", m->path);
-            goto fail;
-        }
-    }
     if (!m) {
         migrate_applied_free(&applied);
         /* nothing to do; commit anyway so a first run keeps the (empty) schema_migrations it created */
@@ -596,6 +611,7 @@ static int migrate_step(PGconn *conn, const char *dir, const struct migration_se
     started = true;
     if (migrate_run_part(conn, m, way) < 0 || migrate_record(conn, m, way) < 0 || migrate_commit(conn, m) < 0)
         goto fail;
+    /* the time includes waiting for the lock behind another runner */
     printf("%s %s (%.0f ms)\n", way == MIGRATE_UP ? "applied" : "reverted", m->file, migrate_ms_since(&t0));
     fflush(stdout);
     migrate_applied_free(&applied);
@@ -606,7 +622,8 @@ fail:
     bool was_open = ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
     cli_db_rollback(conn);
     if (started && was_open)
-        log_info("%s: rolled back, the database is as before this %s", m->file, way == MIGRATE_UP ? "up" : "down");
+        log_info("%s: rolled back, the database is as before this %s", m->file,
+                 way == MIGRATE_UP ? "up" : "down");
     migrate_applied_free(&applied);
     return -1;
 }
@@ -791,8 +808,13 @@ int migrate_main(const struct config *cfg, int argc, char **argv)
         }
         return migrate_create(cfg->migrations_dir, argv[1]);
     }
-    if (strcmp(cmd, "status") == 0 && argc == 1)
-        return migrate_with_db(cfg, cmd, 0);
+    if (strcmp(cmd, "status") == 0) {
+        if (argc == 1)
+            return migrate_with_db(cfg, cmd, 0);
+        log_error("migrate status: unexpected argument \"%s\"", argv[1]);
+        fputs(MIGRATE_USAGE, stderr);
+        return 2;
+    }
     if (strcmp(cmd, "up") == 0 || strcmp(cmd, "down") == 0) {
         if (migrate_count_parse(argc, argv, strcmp(cmd, "up") == 0 ? LONG_MAX : 1, &count) < 0) {
             fputs(MIGRATE_USAGE, stderr);

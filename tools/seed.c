@@ -129,7 +129,8 @@ static int seed_run(PGconn *conn, const struct seed_opts *o, struct seed_counts 
         const long params[3] = { first, last, o->posts_per_user };
         if (seed_insert(conn, SEED_USERS_SQL, "users", params, 2, &added->users) < 0)
             goto fail;
-        if (o->posts_per_user > 0 && seed_insert(conn, SEED_POSTS_SQL, "posts of users", params, 3, &added->posts) < 0)
+        if (o->posts_per_user > 0 &&
+            seed_insert(conn, SEED_POSTS_SQL, "posts of users", params, 3, &added->posts) < 0)
             goto fail;
     }
     if (cli_db_command(conn, "COMMIT", "seed: COMMIT") < 0)

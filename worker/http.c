@@ -54,6 +54,7 @@ struct http_conn {
     bool request_ready;
     bool close_after;
     bool in_process;         /* conn_process() on the stack: a synchronous answer must not recurse */
+    unsigned served;         /* responses completed on this connection */
 };
 
 struct http_server {
@@ -547,6 +548,7 @@ static void conn_response_done(struct http_conn *c)
         conn_linger(c);
         return;
     }
+    c->served++;
     request_reset(c);
     conn_state_set(c, evbuffer_get_length(c->in) ? CONN_READING : CONN_IDLE);
     if (!c->in_process)
@@ -636,7 +638,7 @@ static void conn_process(struct http_conn *c)
         conn_dispatch(c);
     }
     c->in_process = false;
-    if (c->state == CONN_IDLE && c->srv->draining)
+    if (c->state == CONN_IDLE && c->srv->draining && c->served > 0)
         conn_close(c);
 }
 
@@ -801,10 +803,11 @@ void http_server_drain(struct http_server *srv, void (*on_empty)(void *), void *
     struct http_conn *next;
     for (struct http_conn *c = srv->conns; c; c = next) {
         next = c->next;
-        if (c->state == CONN_IDLE)
+        c->close_after = true;
+        /* A kept-alive connection between requests may close (clients retry that race, RFC 9112
+         * 9.3.1); a new one has a request on its way: serve it, within the idle timer. */
+        if (c->state == CONN_IDLE && c->served > 0)
             conn_drain_idle(c);
-        else
-            c->close_after = true;
     }
     event_active(srv->reap_ev, EV_TIMEOUT, 0);
 }
