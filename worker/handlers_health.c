@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include "worker/cache.h"
 #include "worker/handlers.h"
 #include "worker/pool.h"
 #include "worker/reply.h"
@@ -41,19 +42,26 @@ static struct json_object *replica_json(const struct pool *p, int i)
     return o;
 }
 
-/* Ready = the primary answers and reads have somewhere to go (a replica, or the primary as fallback).
- * 503 otherwise, with the detail a load balancer's operator needs. */
+/* 200 "ready" when everything answers; 200 "degraded" when the primary answers but a replica or Redis
+ * does not (reads then go to the primary and the cache is bypassed, so every request still works);
+ * 503 "unavailable" when the primary does not: writes would fail. Taking an instance out of a load
+ * balancer because Redis is down would turn a cache outage into a full one. */
 void handle_readyz(struct worker *w, struct http_request *req, const struct route_args *a)
 {
     (void)a;
     bool primary = pool_primary_up(w->pool);
     int nrep = pool_replica_count(w->pool), up = pool_replicas_up(w->pool);
+    enum cache_state cs = cache_state(w->cache);
+    bool redis_ok = cs == CACHE_UP || cs == CACHE_DISABLED;
+    const char *status = !primary ? "unavailable" : (up < nrep || !redis_ok) ? "degraded" : "ready";
     struct json_object *o = json_object_new_object(), *reps = json_object_new_array();
     for (int i = 0; i < nrep; i++)
         json_object_array_add(reps, replica_json(w->pool, i));
-    json_object_object_add(o, "status", json_object_new_string(primary ? "ready" : "unavailable"));
+    json_object_object_add(o, "status", json_object_new_string(status));
     json_object_object_add(o, "primary", json_object_new_boolean(primary));
     json_object_object_add(o, "replicas_up", json_object_new_int(up));
     json_object_object_add(o, "replicas", reps);
+    json_object_object_add(o, "redis", json_object_new_string(cache_state_name(cs)));
+    json_object_object_add(o, "worker", json_object_new_int(w->slot));
     reply_json(req, primary ? 200 : 503, o);
 }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "worker/cache.h"
 #include "worker/http.h"
 #include "worker/pool.h"
 #include "worker/router.h"
@@ -123,6 +124,7 @@ static void worker_free(struct worker *w)
 {
     http_server_free(w->http);
     pool_free(w->pool);
+    cache_free(w->cache);
     struct event *evs[] = { w->accept_ev, w->accept_retry_ev, w->sigquit_ev, w->sigterm_ev, w->drain_timer_ev };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i])
@@ -158,8 +160,9 @@ int worker_run(const struct config *cfg, struct fences *fences, int listen_fd, i
     }
     w.http = http_server_new(w.base, cfg, router_dispatch, &w);
     w.pool = pool_new(w.base, cfg);
-    if (!w.http || !w.pool) {
-        log_error("cannot set up the HTTP server or the database pool");
+    w.cache = cache_new(w.base, cfg);
+    if (!w.http || !w.pool || !w.cache) {
+        log_error("cannot set up the HTTP server, the database pool or the cache client");
         goto done;
     }
     ready_announce(ready_fd);

@@ -244,6 +244,44 @@ def test_version_and_help():
 
 def test_readyz_reports_database(server, topology):
     s = server(workers=1, topology=topology).start()
-    r = s.wait_for(lambda: (lambda r: r if r.status == 200 else None)(s.get("/readyz")), 15, "/readyz 200")
+    r = s.wait_for(lambda: (lambda r: r if r.json().get("status") == "ready" else None)(s.get("/readyz")), 15,
+                   "/readyz ready")
     body = r.json()
-    assert body["primary"] is True and body["replicas_up"] == 1, body
+    assert r.status == 200 and body["primary"] is True and body["replicas_up"] == 1, body
+    assert body["redis"] == "up", body
+
+
+def test_readyz_without_primary_is_503(server):
+    s = server(workers=1).start()  # points at port 1: nothing there
+    r = s.get("/readyz")
+    assert r.status == 503 and r.json()["status"] == "unavailable", r
+    assert s.get("/").status == 200, "the server itself keeps serving"
+
+
+def test_readyz_follows_redis_down_and_back(server, schema, tmp_path):
+    from pgapi_server import free_port
+    port = free_port()
+
+    def redis_start():
+        return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", str(tmp_path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+    redis = redis_start()
+    try:
+        s = server(workers=1, topology=schema,
+                   overrides={"redis": {"port": port}, "database": {"health_interval": "200ms"}}).start()
+        state = lambda: s.get("/readyz").json()
+        s.wait_for(lambda: state()["redis"] == "up", 10, "redis up")
+        redis.terminate()
+        redis.wait(10)
+        s.wait_for(lambda: state()["redis"] != "up", 10, "redis reported down")
+        r = s.get("/readyz")
+        assert r.status == 200 and r.json()["status"] == "degraded", r
+        assert s.get("/users?limit=1").status == 200, "requests keep working without Redis"
+        redis = redis_start()
+        s.wait_for(lambda: state()["redis"] == "up", 15, "redis back up")
+        assert "cache bypassed" in s.log_text() and "connected again" in s.log_text(), s.log_tail()
+    finally:
+        redis.terminate()
+        redis.wait(10)
