@@ -590,6 +590,18 @@ static int migrate_pick(const char *dir, const struct migration_set *set, const 
     return 0;
 }
 
+/* Rolls back a failed step; m is the migration whose part had started running, if any. */
+static void migrate_abort(PGconn *conn, const struct migration *m, enum migrate_dir way)
+{
+    /* only a transaction we still hold is known to be undone; a connection lost during COMMIT is not */
+    PGTransactionStatusType ts = PQtransactionStatus(conn);
+    bool was_open = ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
+    cli_db_rollback(conn);
+    if (m && was_open)
+        log_info("%s: rolled back, the database is as before this %s", m->file,
+                 way == MIGRATE_UP ? "up" : "down");
+}
+
 /* Applies or reverts one migration in one transaction. The applied set is read after the lock, so a
  * runner that waited behind another one sees its work and does not repeat it.
  * Returns 1 when it did one, 0 when there was nothing to do, -1 on error (rolled back). */
@@ -617,13 +629,7 @@ static int migrate_step(PGconn *conn, const char *dir, const struct migration_se
     migrate_applied_free(&applied);
     return 1;
 fail:
-    /* only a transaction we still hold is known to be undone; a connection lost during COMMIT is not */
-    PGTransactionStatusType ts = PQtransactionStatus(conn);
-    bool was_open = ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR;
-    cli_db_rollback(conn);
-    if (started && was_open)
-        log_info("%s: rolled back, the database is as before this %s", m->file,
-                 way == MIGRATE_UP ? "up" : "down");
+    migrate_abort(conn, started ? m : NULL, way);
     migrate_applied_free(&applied);
     return -1;
 }

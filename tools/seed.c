@@ -32,7 +32,8 @@
  * so a rerun adds nothing and a rerun with more posts per user adds only the missing ones. */
 #define SEED_POSTS_SQL                                                                               \
     "INSERT INTO posts (title, content, user_id) "                                                   \
-    "SELECT 'Post ' || j || ' of user ' || g, 'Content of post ' || j || ' by user ' || g || '.', u.id " \
+    "SELECT 'Post ' || j || ' of user ' || g, "                                                     \
+    "       'Content of post ' || j || ' by user ' || g || '.', u.id "                              \
     "FROM generate_series($1::int, $2::int) AS g "                                                   \
     "JOIN users AS u ON u.email = 'user' || g || '@example.com' "                                    \
     "CROSS JOIN generate_series(1, $3::int) AS j "                                                   \
@@ -40,7 +41,11 @@
     "                  WHERE p.user_id = u.id AND p.title = 'Post ' || j || ' of user ' || g) "       \
     "ORDER BY g, j"
 
-#define SEED_USAGE "usage: pgapi seed [--users N (1..10000000, default 1000)] [--posts-per-user M (0..1000, default 3)]\n"
+#define SEED_USAGE                                                                                   \
+    "usage: pgapi seed [--users N] [--posts-per-user M]\n"                                          \
+    "  --users N            users 1..N (N from 1 to 10000000, default 1000)\n"                     \
+    "  --posts-per-user M   posts per user (0 to 1000, default 3)\n"                                \
+    "Idempotent: rows already there are kept, only missing ones are inserted.\n"
 
 struct seed_opts {
     long users;
