@@ -134,3 +134,80 @@ def test_replica_down_reads_fall_back_to_primary(make_topology, tmp_path):
     finally:
         rc = s.stop()
         assert rc == 0 and not s.bad_log_lines(), s.log_tail(60)
+
+
+def bouncer_admin_run(topology, command):
+    conn = topology.bouncer_admin()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(command)
+    finally:
+        conn.close()
+
+
+def test_queue_full_and_queue_timeout_give_503_fast(schema, server):
+    import threading
+    s = server(workers=1, topology=schema,
+               overrides={"redis": {"enabled": "off"},
+                          "database": {"pool_size": 1, "queue_size": 2, "queue_timeout": "500ms",
+                                       "statement_timeout": "1s", "health_interval": "10s"}}).start()
+    s.wait_for(lambda: s.get("/readyz").status == 200, 15, "ready")
+    u = new_user(s)
+    bouncer_admin_run(schema, "PAUSE pgapi_rw")
+    try:
+        results = []
+
+        def patch(i):
+            t0 = time.monotonic()
+            r = s.request("PATCH", f"/users/{u['id']}", body={"name": f"q{i}"}, timeout=30)
+            results.append((r.status, r.json()["error"]["code"] if r.status != 200 else "", time.monotonic() - t0))
+
+        threads = [threading.Thread(target=patch, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        bouncer_admin_run(schema, "RESUME pgapi_rw")
+    statuses = sorted(r[0] for r in results)
+    assert statuses == [503] * 6, f"expected every write to fail with 503 while PgBouncer is paused, got {results}"
+    assert all(r[1] == "database_unavailable" for r in results), results
+    assert max(r[2] for r in results) < 5, f"a request hung past its bound: {results}"
+    # queue_size 2 on a pool of 1: at least three of six were refused at once (queue full)
+    assert sum(1 for r in results if r[2] < 0.4) >= 3, f"expected immediate refusals when the queue is full: {results}"
+    assert "queue is full" in s.log_text() and "timed out waiting" in s.log_text(), s.log_tail()
+    s.wait_for(lambda: s.request("PATCH", f"/users/{u['id']}", body={"name": "after"}).status == 200, 15,
+               "writes succeed again after RESUME")
+
+
+def test_lagging_replica_leaves_rotation(schema, server):
+    s = server(workers=1, topology=schema,
+               overrides={"redis": {"enabled": "off"},
+                          "database": {"max_replica_lag": "1s", "health_interval": "200ms"}}).start()
+    rep = lambda: s.get("/readyz").json()["replicas"][0]
+    s.wait_for(lambda: rep()["up"], 15, "replica in rotation")
+    u = new_user(s)
+    replay_pause(schema)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and rep()["up"]:
+            assert s.request("PATCH", f"/users/{u['id']}", body={"name": "lag"}).status == 200
+            time.sleep(0.3)
+        state = rep()
+        assert not state["up"] and state["lag_ms"] > 1000, f"expected the lagging replica out of rotation: {state}"
+        assert s.get(f"/users/{u['id']}").json()["name"] == "lag", "reads must come from the primary meanwhile"
+        assert "over max_replica_lag" in s.log_text(), s.log_tail()
+    finally:
+        replay_resume(schema)
+    s.wait_for(lambda: rep()["up"], 15, "replica back in rotation after replay resumed")
+
+
+def test_dead_database_gives_503_json(server):
+    s = server(workers=1).start()  # primary and replica point at port 1
+    for method, path, body in [("GET", "/users/1", None), ("GET", "/users", None),
+                               ("POST", "/users", {"name": "n", "email": "a@b.co"}),
+                               ("DELETE", "/users/1", None)]:
+        t0 = time.monotonic()
+        r = s.request(method, path, body=body)
+        assert r.status == 503 and r.json()["error"]["code"] == "database_unavailable", f"{method} {path}: {r}"
+        assert time.monotonic() - t0 < 3, f"{method} {path} took {time.monotonic() - t0:.1f}s"
