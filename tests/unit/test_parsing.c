@@ -1,0 +1,74 @@
+/* Unit tests for the small parsers on the request path: query strings (worker/query), the email check
+ * (worker/body) and LSN text (worker/pool). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "worker/body.h"
+#include "worker/pool.h"
+#include "worker/query.h"
+
+static void test_query_get(void **state)
+{
+    (void)state;
+    char buf[16];
+    assert_int_equal(query_get("limit=10&after_id=5", "limit", buf, sizeof(buf)), 1);
+    assert_string_equal(buf, "10");
+    assert_int_equal(query_get("limit=10&after_id=5", "after_id", buf, sizeof(buf)), 1);
+    assert_string_equal(buf, "5");
+    assert_int_equal(query_get("xlimit=3&limit=4", "limit", buf, sizeof(buf)), 1);
+    assert_string_equal(buf, "4");
+    assert_int_equal(query_get("a=%41%62+c", "a", buf, sizeof(buf)), 1);
+    assert_string_equal(buf, "Ab c");
+    assert_int_equal(query_get("include", "include", buf, sizeof(buf)), 1);
+    assert_string_equal(buf, "");
+    assert_int_equal(query_get("limit=10", "after_id", buf, sizeof(buf)), 0);
+    assert_int_equal(query_get("", "limit", buf, sizeof(buf)), 0);
+    assert_int_equal(query_get("a=%4", "a", buf, sizeof(buf)), -1);
+    assert_int_equal(query_get("a=%zz", "a", buf, sizeof(buf)), -1);
+    assert_int_equal(query_get("a=%", "a", buf, sizeof(buf)), -1);
+    assert_int_equal(query_get("a=0123456789abcdefXYZ", "a", buf, sizeof(buf)), -1); /* longer than buf */
+}
+
+static void test_email(void **state)
+{
+    (void)state;
+    const char *good[] = { "a@b.co", "first.last+tag@example.com", "ü@exämple.de" };
+    const char *bad[] = { "", "@b.co", "a@", "a@b", "a@@b.co", "a b@c.de", "a@b.", "a@.co", "ab.co" };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        if (!body_email_valid(good[i]))
+            fail_msg("rejected a valid email: %s", good[i]);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (body_email_valid(bad[i]))
+            fail_msg("accepted an invalid email: \"%s\"", bad[i]);
+}
+
+static void test_lsn_parse(void **state)
+{
+    (void)state;
+    uint64_t v = 0;
+    assert_int_equal(pool_lsn_parse("0/0", &v), 0);
+    assert_int_equal(v, 0);
+    assert_int_equal(pool_lsn_parse("16/B374D848", &v), 0);
+    assert_int_equal(v, ((uint64_t)0x16 << 32) | 0xB374D848u);
+    assert_int_equal(pool_lsn_parse("FFFFFFFF/FFFFFFFF", &v), 0);
+    assert_int_equal(v, UINT64_MAX);
+    assert_int_equal(pool_lsn_parse("", &v), -1);
+    assert_int_equal(pool_lsn_parse("12", &v), -1);
+    assert_int_equal(pool_lsn_parse("1/2x", &v), -1);
+    assert_int_equal(pool_lsn_parse(NULL, &v), -1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_query_get),
+        cmocka_unit_test(test_email),
+        cmocka_unit_test(test_lsn_parse),
+    };
+    return cmocka_run_group_tests_name("parsing", tests, NULL, NULL);
+}
