@@ -285,3 +285,17 @@ def test_readyz_follows_redis_down_and_back(server, schema, tmp_path):
     finally:
         redis.terminate()
         redis.wait(10)
+
+
+def test_sighup_storm_under_load_drops_nothing(server):
+    s = server(workers=2).start()
+    stop, results, threads = run_clients(s.port, 4, False)
+    try:
+        for _ in range(15):
+            s.signal(signal.SIGHUP)
+            time.sleep(0.2)
+    finally:
+        n = finish_clients(stop, results, threads)
+    s.wait_for(lambda: len(s.worker_pids()) == 2, 20, "the storm settles to 2 workers")
+    assert s.get("/healthz").json()["generation"] == 16
+    assert n > 100, n
