@@ -24,9 +24,16 @@ static const struct route routes[] = {
     { HTTP_GET, "/users", handle_users_list },
     { HTTP_POST, "/users", handle_users_create },
     { HTTP_GET, "/users/:id", handle_user_get },
-    { HTTP_PUT, "/users/:id", handle_user_replace },
-    { HTTP_PATCH, "/users/:id", handle_user_patch },
-    { HTTP_DELETE, "/users/:id", handle_user_delete },
+    { HTTP_PUT, "/users/:id", handle_user_write },
+    { HTTP_PATCH, "/users/:id", handle_user_write },
+    { HTTP_DELETE, "/users/:id", handle_user_write },
+    { HTTP_GET, "/users/:id/posts", handle_user_posts_list },
+    { HTTP_POST, "/users/:id/posts", handle_user_posts_create },
+    { HTTP_GET, "/posts", handle_posts_list },
+    { HTTP_GET, "/posts/:id", handle_post_get },
+    { HTTP_PUT, "/posts/:id", handle_post_write },
+    { HTTP_PATCH, "/posts/:id", handle_post_write },
+    { HTTP_DELETE, "/posts/:id", handle_post_write },
 };
 
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))

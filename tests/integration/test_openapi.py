@@ -1,0 +1,273 @@
+"""docs/openapi.yaml against the real server: every documented operation is called with real ids (a
+valid request, then the invalid ones its parameters and body schema describe); every status must be one
+the operation documents, every documented status but 503 must be seen, and JSON bodies must have the
+documented required properties and types. Every route of worker/router.c's table is documented, and the
+document has no operation the table lacks."""
+
+import json
+import os
+import re
+import uuid
+
+import pytest
+import yaml
+
+from pgapi_server import REPO_ROOT
+
+DOC_PATH = os.path.join(REPO_ROOT, "docs", "openapi.yaml")
+ROUTER_C = os.path.join(REPO_ROOT, "worker", "router.c")
+METHODS = ("get", "put", "post", "delete", "patch")
+UNTRIGGERABLE = {"503"}  # a healthy topology never answers it on purpose
+
+with open(DOC_PATH) as f:
+    DOC = yaml.safe_load(f)
+
+
+def resolve(node):
+    """Follows local $refs ("#/components/...") to the node they name."""
+    while isinstance(node, dict) and "$ref" in node:
+        ref = node["$ref"]
+        assert ref.startswith("#/"), f"only local $refs are used, got {ref!r}"
+        node = DOC
+        for part in ref[2:].split("/"):
+            assert isinstance(node, dict) and part in node, f"$ref {ref!r} does not resolve (at {part!r})"
+            node = node[part]
+    return node
+
+
+def operations():
+    return [(path, method) for path, item in DOC["paths"].items() for method in item if method in METHODS]
+
+
+def router_routes():
+    """(METHOD, /path/{id}) of every entry of router.c's static route table."""
+    with open(ROUTER_C) as f:
+        src = f.read()
+    table = re.search(r"static const struct route routes\[\] = \{(.*?)\n\};", src, re.S)
+    assert table, f"no route table found in {ROUTER_C}"
+    rows = re.findall(r'\{\s*HTTP_([A-Z]+)\s*,\s*"([^"]+)"\s*,\s*\w+\s*\}', table.group(1))
+    assert rows, "the route table has no entries the regex understands"
+    return {(m, re.sub(r":(\w+)", r"{\1}", p)) for m, p in rows}
+
+
+# ---- a minimal schema check: types, required, properties, items, allOf/anyOf, enum, nullable ------------
+
+TYPES = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+}
+
+
+def schema_problems(schema, value, where="body"):
+    s = resolve(schema)
+    if value is None:
+        return [] if s.get("nullable") else [f"{where}: null but the schema is not nullable"]
+    problems = []
+    for sub in s.get("allOf", []):
+        problems += schema_problems(sub, value, where)
+    if "anyOf" in s and all(schema_problems(sub, value, where) for sub in s["anyOf"]):
+        problems.append(f"{where}: matches none of anyOf")
+    t = s.get("type")
+    if t and not TYPES[t](value):
+        return problems + [f"{where}: expected {t}, got {type(value).__name__} {str(value)[:60]!r}"]
+    if "enum" in s and value not in s["enum"]:
+        problems.append(f"{where}: {value!r} is not one of {s['enum']}")
+    if isinstance(value, dict):
+        problems += [f"{where}: required property {k!r} missing" for k in s.get("required", []) if k not in value]
+        for k, sub in s.get("properties", {}).items():
+            if k in value:
+                problems += schema_problems(sub, value[k], f"{where}.{k}")
+    if isinstance(value, list) and "items" in s:
+        for i, item in enumerate(value):
+            problems += schema_problems(s["items"], item, f"{where}[{i}]")
+    return problems
+
+
+def check_response(op, what, r, responses=None):
+    """Asserts r is documented by op (or by `responses`); checks its headers and JSON body; returns status."""
+    responses = responses or op["responses"]
+    status = str(r.status)
+    assert status in responses, (f"{what}: expected one of the documented statuses "
+                                 f"{sorted(k for k in responses if k != 'default')}, got {r}")
+    doc = resolve(responses[status])
+    for name, header in doc.get("headers", {}).items():
+        if resolve(header).get("required"):
+            assert name.lower() in r.headers, f"{what}: expected header {name}, got {sorted(r.headers)}"
+    content = doc.get("content", {})
+    if not content:
+        assert r.body == b"", f"{what}: {status} documents no body, got {r.body[:100]!r}"
+        return status
+    ctype = r.headers.get("content-type", "").split(";")[0].strip()
+    assert ctype in content, f"{what}: expected a body of {sorted(content)}, got {ctype!r}"
+    if ctype == "application/json":
+        problems = schema_problems(content[ctype]["schema"], r.json())
+        assert not problems, f"{what}: body does not match the documented schema:\n" + "\n".join(problems[:10])
+    return status
+
+
+# ---- requests derived from the document -----------------------------------------------------------------
+
+def body_schema(op):
+    if "requestBody" not in op:
+        return None
+    return resolve(resolve(op["requestBody"])["content"]["application/json"]["schema"])
+
+
+def example_body(schema):
+    """The schema's example, with unique values for email fields (emails are unique)."""
+    body = dict(schema["example"])
+    for k, prop in schema.get("properties", {}).items():
+        if k in body and resolve(prop).get("format") == "email":
+            body[k] = f"oa-{uuid.uuid4().hex[:12]}@example.com"
+    return body
+
+
+def parameters(path, method):
+    params = DOC["paths"][path].get("parameters", []) + DOC["paths"][path][method].get("parameters", [])
+    return [resolve(p) for p in params]
+
+
+def invalid_queries(params):
+    """Query strings each of which breaks one documented constraint."""
+    out = []
+    for p in params:
+        if p["in"] != "query":
+            continue
+        s = resolve(p["schema"])
+        if "maximum" in s:
+            out.append(f"{p['name']}={s['maximum'] + 1}")
+        if "minimum" in s:
+            out.append(f"{p['name']}={s['minimum'] - 1}")
+        if "enum" in s:
+            out.append(f"{p['name']}=not-{s['enum'][0]}")
+    return out
+
+
+def valid_queries(params):
+    out = [""]
+    for p in params:
+        s = resolve(p["schema"]) if p["in"] == "query" else {}
+        out += [f"?{p['name']}={v}" for v in s.get("enum", [])]
+        if "maximum" in s and p["name"] == "limit":
+            out.append(f"?{p['name']}={s['maximum']}")
+    return out
+
+
+def invalid_bodies(schema, other_email):
+    """(bytes, content type) pairs: malformed, not JSON, too large, empty, each field too long, a taken email."""
+    example = example_body(schema)
+    out = [(b'{"x":', "application/json"), (json.dumps(example).encode(), "text/plain"),
+           (b'{"x":"' + b"y" * 70000 + b'"}', "application/json"), (b"{}", "application/json"),
+           (b"[]", "application/json")]
+    for k, prop in schema.get("properties", {}).items():
+        prop = resolve(prop)
+        if "maxLength" in prop:
+            out.append((json.dumps(dict(example, **{k: "x" * (prop["maxLength"] + 1)})).encode(), "application/json"))
+        if prop.get("format") == "email":
+            out.append((json.dumps(dict(example, **{k: other_email})).encode(), "application/json"))
+    return out
+
+
+class Fixtures:
+    """A fresh user with one post, and another user whose email is taken."""
+
+    def __init__(self, api):
+        self.api = api
+        self.user = self.make_user()
+        self.other = self.make_user()
+        r = api.request("POST", f"/users/{self.user['id']}/posts", body={"title": "oa", "content": "c"})
+        assert r.status == 201, f"expected 201 creating a post, got {r}"
+        self.post = r.json()
+
+    def make_user(self):
+        r = self.api.request("POST", "/users", body={"name": "oa", "email": f"oa-{uuid.uuid4().hex[:12]}@example.com"})
+        assert r.status == 201, f"expected 201 creating a user, got {r}"
+        return r.json()
+
+    def url(self, path, missing=False):
+        """The path with real ids ({id} after /users is the user's, after /posts the post's)."""
+        max_id = resolve(DOC["components"]["parameters"]["Id"])["schema"]["maximum"]
+        ids = {"users": self.user["id"], "posts": self.post["id"]}
+        return re.sub(r"/(\w+)/\{id\}", lambda m: f"/{m.group(1)}/{max_id if missing else ids[m.group(1)]}", path)
+
+
+# ---- the tests ------------------------------------------------------------------------------------------
+
+def test_document_is_openapi_3_0_3_and_self_consistent():
+    assert DOC["openapi"] == "3.0.3", f"expected openapi 3.0.3, got {DOC.get('openapi')!r}"
+    assert DOC["info"]["title"] and DOC["info"]["version"], DOC["info"]
+
+    def walk(node):
+        if isinstance(node, dict):
+            resolve(node)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(DOC)
+    ids = [DOC["paths"][p][m]["operationId"] for p, m in operations()]
+    assert len(ids) == len(set(ids)), f"operationIds must be unique: {sorted(ids)}"
+    for path, method in operations():
+        declared = {p["name"] for p in parameters(path, method) if p["in"] == "path"}
+        assert declared == set(re.findall(r"\{(\w+)\}", path)), f"{method} {path}: path parameters {declared}"
+        codes = [c for c in DOC["paths"][path][method]["responses"] if c != "default"]
+        assert codes, f"{method} {path} documents no status code"
+
+
+def test_router_table_and_document_list_the_same_routes():
+    documented = {(m.upper(), p) for p, m in operations()}
+    routes = router_routes()
+    assert routes - documented == set(), f"routes in router.c missing from the document: {sorted(routes - documented)}"
+    assert documented - routes == set(), f"documented operations the server lacks: {sorted(documented - routes)}"
+
+
+@pytest.mark.parametrize("path,method", operations())
+def test_operation_answers_as_documented(api, path, method):
+    op = DOC["paths"][path][method]
+    fx = Fixtures(api)
+    seen = set()
+    params = parameters(path, method)
+    schema = body_schema(op)
+    has_id = "{id}" in path
+
+    def call(what, url, body=None, ctype=None):
+        headers = {"Content-Type": ctype} if ctype else None
+        r = api.request(method.upper(), url, body=body, headers=headers)
+        seen.add(check_response(op, f"{method.upper()} {url} ({what})", r))
+        return r
+
+    for q in invalid_queries(params):
+        call("invalid query", f"{fx.url(path)}?{q}")
+    if schema is not None:
+        for body, ctype in invalid_bodies(schema, fx.other["email"]):
+            call(f"invalid body {body[:40]!r} as {ctype}", fx.url(path), body, ctype)
+    valid = json.dumps(example_body(schema)).encode() if schema is not None else None
+    ctype = "application/json" if schema is not None else None
+    if has_id:
+        call("unknown id", fx.url(path, missing=True), valid, ctype)
+    for q in valid_queries(params) if method == "get" else [""]:
+        r = call("valid request", fx.url(path) + q, valid, ctype)
+        assert 200 <= r.status < 300, f"{method.upper()} {fx.url(path)}{q}: expected success, got {r}"
+    documented = {c for c in op["responses"] if c != "default"}
+    unseen = documented - seen - UNTRIGGERABLE
+    assert not unseen, f"{method.upper()} {path}: documented statuses never produced: {sorted(unseen)} (saw {sorted(seen)})"
+
+
+@pytest.mark.parametrize("path", list(DOC["paths"]))
+def test_other_methods_answer_405_with_allow(api, path):
+    fx = Fixtures(api)
+    documented = {m.upper() for m in DOC["paths"][path] if m in METHODS}
+    expected_allow = documented | ({"HEAD"} if "GET" in documented else set())
+    others = [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if m not in documented]
+    assert others, f"{path} documents every method"
+    for m in others:
+        r = api.request(m, fx.url(path), body={})
+        what = f"{m} {fx.url(path)}"
+        check_response(None, what, r, {"405": DOC["components"]["responses"]["MethodNotAllowed"]})
+        allow = {x.strip() for x in r.headers["allow"].split(",")}
+        assert allow == expected_allow, f"{what}: expected Allow {sorted(expected_allow)}, got {sorted(allow)}"

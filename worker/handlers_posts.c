@@ -1,0 +1,65 @@
+/* handlers_posts: /posts and a user's posts (/users/:id/posts). A user's page is one round trip: the
+ * user row LEFT JOIN LATERAL its page of posts, so no row at all means no such user (404) and one row
+ * with a NULL post id an empty page. */
+#include <inttypes.h>
+#include <stdio.h>
+
+#include "common/fence.h"
+#include "worker/handlers.h"
+#include "worker/op.h"
+#include "worker/resources.h"
+
+static const char SQL_USER_POSTS_LIST[] =
+    "SELECT p.id, CASE WHEN p.id IS NOT NULL THEN " POST_JSON "::text END FROM users u"
+    " LEFT JOIN LATERAL (SELECT * FROM posts p WHERE p.user_id = u.id AND p.id > $2 ORDER BY p.id LIMIT $3) p"
+    " ON true WHERE u.id = $1 ORDER BY p.id";
+static const char SQL_POST_CREATE[] =
+    "INSERT INTO posts AS p (user_id, title, content) VALUES ($1, $2, $3) RETURNING " OP_SQL_ROW("p", POST_JSON);
+
+/* content may be empty; the limits mirror the schema's CHECKs */
+static const struct op_field POST_FIELDS[] = {
+    { .name = "title", .min = 1, .max = 200 },
+    { .name = "content", .min = 0, .max = 10000 },
+};
+static const struct op_resource POSTS = {
+    .what = "post", .path = "/posts", .table = FENCE_POSTS, .fields = POST_FIELDS, .nfields = 2,
+    OP_SQL_STATEMENTS("posts", "p", POST_JSON, "title = $2, content = $3",
+                      "title = COALESCE($2, p.title), content = COALESCE($3, p.content)"),
+};
+
+/* ---- a user's posts: the path's id is the user's -------------------------------------------- */
+
+void handle_user_posts_list(struct worker *w, struct http_request *req, const struct route_args *a)
+{
+    char base[64];
+    snprintf(base, sizeof(base), "/users/%" PRId64 "/posts", a->id[0]);
+    struct op o = { .w = w, .req = req, .res = &POSTS, .owner = "user", .id = a->id[0],
+                    .also = OP_TABLE(FENCE_USERS) };
+    op_page(&o, SQL_USER_POSTS_LIST, base);
+}
+
+/* the foreign key's violation (no such user) is a 404 that names the user */
+void handle_user_posts_create(struct worker *w, struct http_request *req, const struct route_args *a)
+{
+    struct op o = { .w = w, .req = req, .res = &POSTS, .owner = "user", .id = a->id[0], .created = true };
+    op_write_body(&o, SQL_POST_CREATE, true);
+}
+
+/* ---- /posts --------------------------------------------------------------------------------- */
+
+void handle_posts_list(struct worker *w, struct http_request *req, const struct route_args *a)
+{
+    (void)a;
+    op_page(&(struct op){ .w = w, .req = req, .res = &POSTS }, POSTS.sql_list, "/posts");
+}
+
+void handle_post_get(struct worker *w, struct http_request *req, const struct route_args *a)
+{
+    op_get(&(struct op){ .w = w, .req = req, .res = &POSTS, .id = a->id[0] }, POSTS.sql_get);
+}
+
+/* PUT, PATCH and DELETE /posts/:id */
+void handle_post_write(struct worker *w, struct http_request *req, const struct route_args *a)
+{
+    op_item_write(&(struct op){ .w = w, .req = req, .res = &POSTS, .id = a->id[0] });
+}

@@ -1,0 +1,77 @@
+/* op: one request's database step for the resource routes (/users, /posts): read one row or 404, read
+ * a keyset page, write then raise fences then answer. Each call answers the request exactly once. */
+#ifndef PGAPI_OP_H
+#define PGAPI_OP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/fence.h"
+#include "worker/http.h"
+
+struct worker;
+
+#define OP_TABLE(t) (1u << (t)) /* a bit of a table set (struct op.also, struct op_resource.cascade) */
+#define OP_FIELDS_MAX 4
+
+/* A body field: a string of min..max characters (code points), with an optional extra check. */
+struct op_field {
+    const char *name;
+    int min, max;
+    bool (*valid)(const char *s);
+    const char *valid_desc; /* "an email address": the 422 message when valid() refuses */
+};
+
+/* A resource: its names, its table and body fields, and the statements of its standard routes. Every
+ * statement returns (id, json text) rows, as rows.h expects. */
+struct op_resource {
+    const char *what;              /* "post": names it in messages */
+    const char *path;              /* "/posts": a created row's Location is path/<id> */
+    enum fence_table table;
+    unsigned cascade;              /* tables whose rows a DELETE removes too (their fences rise too) */
+    const struct op_field *fields; /* the body of PUT and PATCH, in parameter order from $2 */
+    int nfields;                   /* 1..OP_FIELDS_MAX */
+    const char *sql_get, *sql_list, *sql_replace, *sql_patch, *sql_delete;
+};
+
+/* A row as its (id, json text) columns, for RETURNING. */
+#define OP_SQL_ROW(a, json) a ".id, " json "::text"
+/* The statements of struct op_resource for table t aliased a whose row is the JSON expression json, in
+ * op's parameter order: get/replace/patch/delete $1 = id, replace and patch the fields from $2 (their SET
+ * lists given), list $1 = after_id and $2 = limit. */
+#define OP_SQL_STATEMENTS(t, a, json, replace_set, patch_set)                                        \
+    .sql_get = "SELECT " OP_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = $1",                \
+    .sql_list = "SELECT " OP_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id > $1 ORDER BY " a    \
+                ".id LIMIT $2",                                                                      \
+    .sql_replace = "UPDATE " t " AS " a " SET " replace_set " WHERE " a ".id = $1 RETURNING "        \
+                   OP_SQL_ROW(a, json),                                                              \
+    .sql_patch = "UPDATE " t " AS " a " SET " patch_set " WHERE " a ".id = $1 RETURNING "            \
+                 OP_SQL_ROW(a, json),                                                                \
+    .sql_delete = "DELETE FROM " t " " a " WHERE " a ".id = $1 RETURNING " a ".id"
+
+/* One request's step; callers fill it (often as a compound literal) and the op copies it. */
+struct op {
+    struct worker *w;
+    struct http_request *req;
+    const struct op_resource *res;
+    const char *owner; /* what `id` names when it is not the row itself ("user" for /users/:id/posts) */
+    int64_t id;        /* the path's id ($1 of the statement), 0 when there is none */
+    unsigned also;     /* OP_TABLE bits of other tables the step reads (their fences are waited for) or
+                        * changes (their fences are raised) */
+    bool created;      /* a write that answers 201 with Location instead of 200 */
+};
+
+/* Reads the row `sql` returns for $1 = id: answers it, or 404 when there is none. */
+void op_get(const struct op *o, const char *sql);
+/* Reads a page of rows: ?limit= and ?after_id= become the last two parameters (after $1 = id when
+ * id != 0; then no row at all means the owner does not exist: 404, and a row with a NULL id an empty
+ * page). `base` is the path the next-page link starts with. */
+void op_page(const struct op *o, const char *sql, const char *base);
+/* Runs a write whose parameters are $1 = id (when id != 0) then the body's fields in order; required =
+ * false (PATCH) makes every field optional (NULL when absent) but at least one must be given. */
+void op_write_body(const struct op *o, const char *sql, bool required);
+/* By the request's method: PUT replaces every field (200), PATCH changes the fields given (200),
+ * DELETE removes the row (204). */
+void op_item_write(const struct op *o);
+
+#endif
