@@ -10,6 +10,7 @@
 
 struct fences {
     _Atomic uint64_t lsn[FENCE_COUNT];
+    _Atomic bool cache_dirty;
 };
 
 struct fences *fences_create(void)
@@ -22,6 +23,7 @@ struct fences *fences_create(void)
     struct fences *f = p;
     for (int i = 0; i < FENCE_COUNT; i++)
         atomic_init(&f->lsn[i], 0);
+    atomic_init(&f->cache_dirty, false);
     return f;
 }
 
@@ -41,4 +43,19 @@ void fences_raise(struct fences *f, enum fence_table t, uint64_t lsn)
 uint64_t fences_get(const struct fences *f, enum fence_table t)
 {
     return atomic_load(&f->lsn[t]);
+}
+
+void fences_cache_dirty_set(struct fences *f)
+{
+    atomic_store(&f->cache_dirty, true);
+}
+
+bool fences_cache_dirty(const struct fences *f)
+{
+    return atomic_load(&f->cache_dirty);
+}
+
+void fences_cache_dirty_clear(struct fences *f)
+{
+    atomic_store(&f->cache_dirty, false);
 }

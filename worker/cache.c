@@ -8,14 +8,71 @@
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/config.h"
+#include "common/fence.h"
 #include "common/log.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
+#define LEASE_TTL_MS 3000
+#define FENCE_TTL_MIN_MS 60000
+#define LSN_HEX 17
+
+/* Keys: <prefix>:epoch, <prefix>:seq (lease tokens), <prefix>:f:<key> (fence, 16 hex digits, compared
+ * as strings: Lua numbers are doubles), <prefix>:e<epoch>:v:<key> (value), <prefix>:e<epoch>:l:<key>
+ * (lease). Each script runs atomically in Redis. */
+static const char LUA_LOOKUP[] =
+    "local p, k = ARGV[1], ARGV[2] "
+    "local e = redis.call('GET', p .. ':epoch') or '0' "
+    "local f = redis.call('GET', p .. ':f:' .. k) or '0000000000000000' "
+    "local v = redis.call('GET', p .. ':e' .. e .. ':v:' .. k) "
+    "if v then return {1, v, f, e} end "
+    "local lk = p .. ':e' .. e .. ':l:' .. k "
+    "if redis.call('EXISTS', lk) == 1 then return {3, '', f, e} end "
+    "local t = tostring(redis.call('INCR', p .. ':seq')) "
+    "redis.call('SET', lk, t, 'PX', ARGV[3]) "
+    "return {2, t, f, e}";
+static const char LUA_FILL[] =
+    "local p, k, e = ARGV[1], ARGV[2], ARGV[3] "
+    "if (redis.call('GET', p .. ':epoch') or '0') ~= e then return 0 end "
+    "local lk = p .. ':e' .. e .. ':l:' .. k "
+    "if redis.call('GET', lk) ~= ARGV[4] then return 0 end "
+    "redis.call('DEL', lk) "
+    "local f = redis.call('GET', p .. ':f:' .. k) or '0000000000000000' "
+    "if ARGV[7] < f then return 0 end "
+    "redis.call('SET', p .. ':e' .. e .. ':v:' .. k, ARGV[5], 'EX', ARGV[6]) "
+    "return 1";
+static const char LUA_INVALIDATE[] =
+    "local p, lsn, ttl = ARGV[1], ARGV[2], ARGV[3] "
+    "if ARGV[4] == '1' then redis.call('INCR', p .. ':epoch') end "
+    "local e = redis.call('GET', p .. ':epoch') or '0' "
+    "for i = 5, #ARGV do "
+    "  local k = ARGV[i] "
+    "  local fk = p .. ':f:' .. k "
+    "  local cur = redis.call('GET', fk) "
+    "  if (not cur) or cur < lsn then redis.call('SET', fk, lsn, 'PX', ttl) else redis.call('PEXPIRE', fk, ttl) end "
+    "  redis.call('DEL', p .. ':e' .. e .. ':v:' .. k, p .. ':e' .. e .. ':l:' .. k) "
+    "end "
+    "return 1";
+
+enum cmd_kind { CMD_LOOKUP, CMD_FILL, CMD_INVALIDATE, CMD_EPOCH };
+
+/* One command in flight. hiredis always calls back (with NULL when the connection goes), so the
+ * struct is freed there; a timeout answers the caller first and marks it answered. */
+struct cache_cmd {
+    struct cache *c;
+    enum cmd_kind kind;
+    struct event *timer_ev;
+    bool answered;
+    cache_lookup_cb lookup_cb;
+    cache_done_cb done_cb;
+    void *arg;
+};
 
 struct cache {
     struct event_base *base;
@@ -26,11 +83,14 @@ struct cache {
     struct event *ping_ev;        /* periodic health PING */
     struct event *ping_timeout_ev;
     bool ping_inflight;
+    bool epoch_inflight;
+    struct fences *fences;        /* shared: the cache-dirty flag */
     int failures;
     struct cache_stats stats;
 };
 
 static void cache_connect(struct cache *c);
+static void epoch_bump(struct cache *c);
 
 static void timer_arm(struct event *ev, int ms)
 {
@@ -79,6 +139,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     c->failures = 0;
     c->state = CACHE_UP;
     c->stats.connects++;
+    epoch_bump(c);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -146,6 +207,7 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct cache *c = arg;
+    epoch_bump(c);
     if (c->state != CACHE_UP || c->ping_inflight || !c->ac)
         return;
     if (redisAsyncCommand(c->ac, on_pong, c, "PING") != REDIS_OK) {
@@ -166,13 +228,14 @@ static void ping_timeout_cb(evutil_socket_t fd, short what, void *arg)
     cache_abandon(c, "PING not answered within command_timeout");
 }
 
-struct cache *cache_new(struct event_base *base, const struct config *cfg)
+struct cache *cache_new(struct event_base *base, const struct config *cfg, struct fences *fences)
 {
     struct cache *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
     c->base = base;
     c->cfg = cfg;
+    c->fences = fences;
     c->state = CACHE_DISABLED;
     if (!cfg->redis_enabled)
         return c;
@@ -217,4 +280,178 @@ const char *cache_state_name(enum cache_state s)
 void cache_stats(const struct cache *c, struct cache_stats *out)
 {
     *out = c->stats;
+}
+
+/* ---- commands ------------------------------------------------------------------------------- */
+
+static void lsn_hex(uint64_t lsn, char *buf)
+{
+    snprintf(buf, LSN_HEX, "%016" PRIX64, lsn);
+}
+
+static bool cache_usable(const struct cache *c)
+{
+    return c->state == CACHE_UP && c->ac && !fences_cache_dirty(c->fences);
+}
+
+static void cmd_answer_fail(struct cache_cmd *cmd)
+{
+    cmd->answered = true;
+    if (cmd->kind == CMD_LOOKUP)
+        cmd->lookup_cb(cmd->arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
+    else if (cmd->kind == CMD_INVALIDATE && cmd->done_cb)
+        cmd->done_cb(cmd->arg, false);
+    else if (cmd->kind == CMD_EPOCH)
+        cmd->c->epoch_inflight = false;
+}
+
+static void cmd_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct cache_cmd *cmd = arg;
+    struct cache *c = cmd->c;
+    cmd_answer_fail(cmd);
+    cache_abandon(c, "command not answered within command_timeout"); /* frees cmd via its callback */
+}
+
+static uint64_t fence_parse(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_STRING ? strtoull(r->str, NULL, 16) : 0;
+}
+
+static void lookup_deliver(struct cache_cmd *cmd, const redisReply *r)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 4 || r->element[0]->type != REDIS_REPLY_INTEGER ||
+        r->element[1]->type != REDIS_REPLY_STRING || r->element[3]->type != REDIS_REPLY_STRING) {
+        if (r && r->type == REDIS_REPLY_ERROR)
+            log_warn("redis: lookup script failed: %s", r->str);
+        cmd->lookup_cb(cmd->arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
+        return;
+    }
+    long long kind = r->element[0]->integer;
+    struct cache_lookup l = { .kind = kind == 1 ? CACHE_HIT : kind == 2 ? CACHE_LEASE : CACHE_WAIT,
+                              .fence = fence_parse(r->element[2]) };
+    if (l.kind == CACHE_HIT) {
+        l.value = r->element[1]->str;
+        l.len = r->element[1]->len;
+    } else if (l.kind == CACHE_LEASE) {
+        snprintf(l.token, sizeof(l.token), "%s", r->element[1]->str);
+    }
+    snprintf(l.epoch, sizeof(l.epoch), "%s", r->element[3]->str);
+    cmd->lookup_cb(cmd->arg, &l);
+}
+
+static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    struct cache_cmd *cmd = priv;
+    redisReply *r = reply;
+    event_free(cmd->timer_ev);
+    if (!cmd->answered) {
+        bool ok = r && r->type != REDIS_REPLY_ERROR;
+        if (cmd->kind == CMD_LOOKUP) {
+            lookup_deliver(cmd, r);
+        } else if (cmd->kind == CMD_INVALIDATE) {
+            if (!ok)
+                log_warn("redis: invalidation failed: %s", r ? r->str : "connection lost");
+            if (cmd->done_cb)
+                cmd->done_cb(cmd->arg, ok);
+        } else if (cmd->kind == CMD_EPOCH) {
+            cmd->c->epoch_inflight = false;
+            if (ok) {
+                fences_cache_dirty_clear(cmd->c->fences);
+                log_info("redis: cache moved to a new epoch; cached values in use again");
+            }
+        }
+    }
+    free(cmd);
+}
+
+/* Sends argv as one command with the command timeout; -1 when it could not be sent (nothing called). */
+static int cmd_send(struct cache *c, enum cmd_kind kind, int argc, const char **argv, const size_t *lens,
+                    cache_lookup_cb lcb, cache_done_cb dcb, void *arg)
+{
+    struct cache_cmd *cmd = calloc(1, sizeof(*cmd));
+    if (!cmd)
+        return -1;
+    *cmd = (struct cache_cmd){ .c = c, .kind = kind, .lookup_cb = lcb, .done_cb = dcb, .arg = arg };
+    cmd->timer_ev = evtimer_new(c->base, cmd_timeout_cb, cmd);
+    if (!cmd->timer_ev || redisAsyncCommandArgv(c->ac, on_cmd_reply, cmd, argc, argv, lens) != REDIS_OK) {
+        if (cmd->timer_ev)
+            event_free(cmd->timer_ev);
+        free(cmd);
+        return -1;
+    }
+    timer_arm(cmd->timer_ev, c->cfg->redis_command_timeout_ms);
+    return 0;
+}
+
+static void eval_lens(int argc, const char **argv, size_t *lens, size_t value_index, size_t value_len)
+{
+    for (int i = 0; i < argc; i++)
+        lens[i] = (size_t)i == value_index ? value_len : strlen(argv[i]);
+}
+
+void cache_lookup(struct cache *c, const char *key, cache_lookup_cb cb, void *arg)
+{
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%d", LEASE_TTL_MS);
+    const char *argv[] = { "EVAL", LUA_LOOKUP, "0", c->cfg->redis_prefix, key, ttl };
+    size_t lens[6];
+    eval_lens(6, argv, lens, SIZE_MAX, 0);
+    if (!cache_usable(c) || cmd_send(c, CMD_LOOKUP, 6, argv, lens, cb, NULL, arg) < 0)
+        cb(arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
+}
+
+void cache_fill(struct cache *c, const char *key, const struct cache_lookup *lease, const char *value, size_t len,
+                uint64_t data_lsn)
+{
+    if (!cache_usable(c) || lease->kind != CACHE_LEASE)
+        return;
+    char ttl[16], lsn[LSN_HEX];
+    snprintf(ttl, sizeof(ttl), "%d", c->cfg->cache_ttl_s);
+    lsn_hex(data_lsn, lsn);
+    const char *argv[] = { "EVAL", LUA_FILL, "0", c->cfg->redis_prefix, key, lease->epoch, lease->token, value,
+                           ttl, lsn };
+    size_t lens[10];
+    eval_lens(10, argv, lens, 7, len);
+    if (cmd_send(c, CMD_FILL, 10, argv, lens, NULL, NULL, NULL) < 0)
+        log_debug("redis: fill of %s not sent", key);
+}
+
+void cache_invalidate(struct cache *c, const char *const *keys, int nkeys, uint64_t lsn, bool all, cache_done_cb cb,
+                      void *arg)
+{
+    enum { FIXED = 7, MAXKEYS = 8 };
+    if (c->state == CACHE_DISABLED) {
+        cb(arg, true);
+        return;
+    }
+    char lsn_s[LSN_HEX], ttl[16];
+    lsn_hex(lsn, lsn_s);
+    int fence_ttl = c->cfg->max_replica_lag_ms * 6;
+    snprintf(ttl, sizeof(ttl), "%d", fence_ttl > FENCE_TTL_MIN_MS ? fence_ttl : FENCE_TTL_MIN_MS);
+    const char *argv[FIXED + MAXKEYS] = { "EVAL", LUA_INVALIDATE, "0", c->cfg->redis_prefix, lsn_s, ttl,
+                                          all ? "1" : "0" };
+    int n = nkeys < MAXKEYS ? nkeys : MAXKEYS;
+    for (int i = 0; i < n; i++)
+        argv[FIXED + i] = keys[i];
+    size_t lens[FIXED + MAXKEYS];
+    eval_lens(FIXED + n, argv, lens, SIZE_MAX, 0);
+    if (c->state != CACHE_UP || !c->ac || cmd_send(c, CMD_INVALIDATE, FIXED + n, argv, lens, NULL, cb, arg) < 0)
+        cb(arg, false);
+}
+
+/* Ends a bypass: a new epoch makes every value cached before the failure unreachable. */
+static void epoch_bump(struct cache *c)
+{
+    if (c->epoch_inflight || c->state != CACHE_UP || !c->ac || !fences_cache_dirty(c->fences))
+        return;
+    char key[96];
+    snprintf(key, sizeof(key), "%s:epoch", c->cfg->redis_prefix);
+    const char *argv[] = { "INCR", key };
+    size_t lens[] = { 4, strlen(key) };
+    if (cmd_send(c, CMD_EPOCH, 2, argv, lens, NULL, NULL, NULL) == 0)
+        c->epoch_inflight = true;
 }

@@ -4,11 +4,13 @@
 #define PGAPI_CACHE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct event_base;
 struct config;
 struct cache;
+struct fences;
 
 enum cache_state { CACHE_DISABLED, CACHE_DOWN, CACHE_CONNECTING, CACHE_UP };
 
@@ -16,10 +18,42 @@ struct cache_stats {
     uint64_t connects, disconnects, ping_failures;
 };
 
-struct cache *cache_new(struct event_base *base, const struct config *cfg);
+struct cache *cache_new(struct event_base *base, const struct config *cfg, struct fences *fences);
 void cache_free(struct cache *c);
 enum cache_state cache_state(const struct cache *c);
 const char *cache_state_name(enum cache_state s);
 void cache_stats(const struct cache *c, struct cache_stats *out);
+
+/* Cache-aside with leases and LSN fences (../shared/design/consistency.md). Keys are the caller's
+ * ("user:42"); the module adds the namespace and the epoch. */
+enum cache_lookup_kind {
+    CACHE_HIT,      /* value holds the cached body */
+    CACHE_LEASE,    /* a miss; this caller holds the fill lease (token) */
+    CACHE_WAIT,     /* a miss; another request is filling: retry shortly */
+    CACHE_BYPASS,   /* Redis unusable: read the database, do not fill */
+};
+
+struct cache_lookup {
+    enum cache_lookup_kind kind;
+    const char *value;        /* CACHE_HIT: valid during the callback only */
+    size_t len;
+    uint64_t fence;           /* the key's fence: a read for the fill must see at least this LSN */
+    char token[24];           /* CACHE_LEASE: the lease, for cache_fill */
+    char epoch[24];
+};
+
+typedef void (*cache_lookup_cb)(void *arg, const struct cache_lookup *r);
+typedef void (*cache_done_cb)(void *arg, bool ok);
+
+/* Always answers through cb exactly once (synchronously with CACHE_BYPASS when Redis is unusable). */
+void cache_lookup(struct cache *c, const char *key, cache_lookup_cb cb, void *arg);
+/* Stores value if the lease is still the caller's and data_lsn has reached the key's fence. */
+void cache_fill(struct cache *c, const char *key, const struct cache_lookup *lease, const char *value, size_t len,
+                uint64_t data_lsn);
+/* After a commit at lsn: raises each key's fence, deletes its value and lease (all keys of the epoch
+ * when `all`). cb(ok=false) after a failure or timeout: the cache is then bypassed by every worker until
+ * it moves to a new epoch. */
+void cache_invalidate(struct cache *c, const char *const *keys, int nkeys, uint64_t lsn, bool all, cache_done_cb cb,
+                      void *arg);
 
 #endif

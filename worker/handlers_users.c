@@ -38,7 +38,8 @@ void handle_user_get(struct worker *w, struct http_request *req, const struct ro
         return;
     }
     bool posts = include[0] != '\0';
-    struct op o = { .w = w, .req = req, .res = &USERS, .id = a->id[0], .also = posts ? OP_TABLE(FENCE_POSTS) : 0 };
+    struct op o = { .w = w, .req = req, .res = &USERS, .id = a->id[0], .also = posts ? OP_TABLE(FENCE_POSTS) : 0,
+                    .cache = posts ? "userp" : "user" };
     op_get(&o, posts ? SQL_USER_GET_POSTS : USERS.sql_get);
 }
 

@@ -3,7 +3,9 @@
  * a server that has replayed it; a read waits for the fences of every table it reads. */
 #include "worker/op.h"
 
+#include <event2/event.h>
 #include <http_parser.h>
+#include <json-c/json.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +13,7 @@
 
 #include "common/log.h"
 #include "worker/body.h"
+#include "worker/cache.h"
 #include "worker/dbreply.h"
 #include "worker/pool.h"
 #include "worker/query.h"
@@ -23,6 +26,9 @@
 #define ID_TEXT_MAX 24
 #define PATH_TEXT_MAX 64
 #define EMPTY_PAGE "{\"data\":[],\"next\":null}"
+#define CACHE_KEY_MAX 48
+#define CACHE_WAIT_MS 5
+#define CACHE_WAITS_MAX 10
 
 /* One request in flight: the caller's op and what its callback needs. */
 struct op_state {
@@ -31,7 +37,24 @@ struct op_state {
     int status;                 /* success status: 200, 201 (with Location) or 204 (no body) */
     int64_t limit;              /* pages: rows shown */
     char base[PATH_TEXT_MAX];   /* pages: where the next-page link points */
+    const char *sql;            /* cached reads: the statement, run after the lookup */
+    char key[CACHE_KEY_MAX];    /* cached reads: the cache key */
+    struct cache_lookup lease;  /* cached reads: CACHE_LEASE when this request fills the key */
+    uint64_t key_fence;         /* cached reads: the key's fence from Redis */
+    int waits;
+    struct event *wait_ev;
+    char *row_json;             /* writes waiting for their invalidation: the answer, copied */
+    size_t row_len;
+    char row_id[ID_TEXT_MAX];
 };
+
+static void state_free(struct op_state *s)
+{
+    if (s->wait_ev)
+        event_free(s->wait_ev);
+    free(s->row_json);
+    free(s);
+}
 
 static struct op_state *state_new(const struct op *o, bool write, int status)
 {
@@ -91,15 +114,18 @@ static void fences_raise_tables(const struct op_state *s, uint64_t lsn)
 static void start(struct op_state *s, const char *sql, const char *const *params, int n, pool_cb cb)
 {
     struct pool_query q = { .sql = sql, .nparams = n, .params = params };
+    uint64_t fence = fence_of(s);
+    if (s->key_fence > fence)
+        fence = s->key_fence;
     if (s->write)
         pool_write(s->o.w->pool, &q, cb, s); /* the pool copies the parameters */
     else
-        pool_read(s->o.w->pool, &q, fence_of(s), cb, s);
+        pool_read(s->o.w->pool, &q, fence, cb, s);
 }
 
 /* ---- one row -------------------------------------------------------------------------------- */
 
-static void answer_row(const struct op_state *s, const PGresult *res)
+static void answer(const struct op_state *s, const char *id, const char *json, size_t len)
 {
     const struct op *o = &s->o;
     if (s->status == 204) {
@@ -108,25 +134,94 @@ static void answer_row(const struct op_state *s, const PGresult *res)
     }
     if (s->status == 201) {
         char loc[PATH_TEXT_MAX + ID_TEXT_MAX];
-        snprintf(loc, sizeof(loc), "%s/%s", o->res->path, PQgetvalue(res, 0, 0));
+        snprintf(loc, sizeof(loc), "%s/%s", o->res->path, id);
         http_header_add(o->req, "Location", loc);
     }
-    rows_reply_one(o->req, s->status, res, 1);
+    http_respond(o->req, s->status, "application/json", json, len);
+}
+
+/* The cache keys a committed write changes; `all` when they cannot be listed (a user's deletion takes
+ * its posts with it): the whole cache then moves to a new epoch. Returns the number of keys. */
+static int write_keys(const struct op_state *s, const PGresult *res, char keys[2][CACHE_KEY_MAX], bool *all)
+{
+    const struct op *o = &s->o;
+    *all = false;
+    if (o->res->table == FENCE_USERS) {
+        if (o->created)
+            return 0; /* a new id: nothing of it can be cached */
+        *all = o->req->method == HTTP_DELETE;
+        snprintf(keys[0], CACHE_KEY_MAX, "user:%s", PQgetvalue(res, 0, 0));
+        snprintf(keys[1], CACHE_KEY_MAX, "userp:%s", PQgetvalue(res, 0, 0));
+        return 2;
+    }
+    struct json_object *row = json_tokener_parse(PQgetvalue(res, 0, 1)), *uid;
+    int64_t user_id = row && json_object_object_get_ex(row, "user_id", &uid) ? json_object_get_int64(uid) : 0;
+    json_object_put(row);
+    if (user_id <= 0) {
+        *all = true; /* cannot name the embedding user: drop everything rather than risk a stale entry */
+        return 0;
+    }
+    snprintf(keys[0], CACHE_KEY_MAX, "userp:%" PRId64, user_id);
+    if (o->created)
+        return 1;
+    snprintf(keys[1], CACHE_KEY_MAX, "post:%s", PQgetvalue(res, 0, 0));
+    return 2;
+}
+
+static void invalidate_done(void *arg, bool ok)
+{
+    struct op_state *s = arg;
+    if (!ok)
+        fences_cache_dirty_set(s->o.w->fences); /* every worker bypasses the cache until a new epoch */
+    answer(s, s->row_id, s->row_json, s->row_len);
+    state_free(s);
+}
+
+/* A committed write: fences raised, then the cache invalidated, then the answer. */
+static void write_committed(struct op_state *s, const struct pool_result *r)
+{
+    fences_raise_tables(s, r->commit_lsn);
+    char keys[2][CACHE_KEY_MAX];
+    bool all;
+    int n = write_keys(s, r->res, keys, &all);
+    if (n == 0 && !all) {
+        answer(s, PQgetvalue(r->res, 0, 0), PQgetvalue(r->res, 0, 1), (size_t)PQgetlength(r->res, 0, 1));
+        state_free(s);
+        return;
+    }
+    s->row_len = (size_t)PQgetlength(r->res, 0, 1);
+    s->row_json = malloc(s->row_len + 1);
+    if (!s->row_json) {
+        fences_cache_dirty_set(s->o.w->fences);
+        reply_error(s->o.req, 503, "out_of_memory", "server out of memory after the commit");
+        state_free(s);
+        return;
+    }
+    memcpy(s->row_json, PQgetvalue(r->res, 0, 1), s->row_len + 1);
+    snprintf(s->row_id, sizeof(s->row_id), "%s", PQgetvalue(r->res, 0, 0));
+    const char *kp[2] = { keys[0], keys[1] };
+    cache_invalidate(s->o.w->cache, kp, n, r->commit_lsn, all, invalidate_done, s);
 }
 
 static void row_done(void *arg, const struct pool_result *r)
 {
     struct op_state *s = arg;
     const struct op *o = &s->o;
-    if (!owner_missing(o, r) && !dbreply_failed(o->req, r, o->res->what)) {
-        if (s->write)
-            fences_raise_tables(s, r->commit_lsn);
-        if (PQntuples(r->res) == 0)
-            not_found(o);
-        else
-            answer_row(s, r->res);
+    if (owner_missing(o, r) || dbreply_failed(o->req, r, o->res->what)) {
+        state_free(s);
+    } else if (PQntuples(r->res) == 0) {
+        not_found(o);
+        state_free(s);
+    } else if (s->write) {
+        write_committed(s, r);
+    } else {
+        const char *json = PQgetvalue(r->res, 0, 1);
+        size_t len = (size_t)PQgetlength(r->res, 0, 1);
+        if (s->lease.kind == CACHE_LEASE)
+            cache_fill(o->w->cache, s->key, &s->lease, json, len, r->data_lsn);
+        answer(s, PQgetvalue(r->res, 0, 0), json, len);
+        state_free(s);
     }
-    free(s);
 }
 
 static void run_by_id(const struct op *o, const char *sql, bool write, int status)
@@ -140,9 +235,79 @@ static void run_by_id(const struct op *o, const char *sql, bool write, int statu
     start(s, sql, params, o->id ? 1 : 0, row_done);
 }
 
+static void cached_read(struct op_state *s)
+{
+    char id[ID_TEXT_MAX];
+    id_text(s->o.id, id, sizeof(id));
+    const char *params[] = { id };
+    start(s, s->sql, params, 1, row_done);
+}
+
+static void lookup_done(void *arg, const struct cache_lookup *l);
+
+static void wait_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct op_state *s = arg;
+    cache_lookup(s->o.w->cache, s->key, lookup_done, s);
+}
+
+/* Another request holds the fill lease: wait a few ms for its value (one query per hot key, not N),
+ * then read the database without filling. */
+static void lookup_wait(struct op_state *s)
+{
+    if (s->waits++ >= CACHE_WAITS_MAX) {
+        cached_read(s);
+        return;
+    }
+    if (!s->wait_ev)
+        s->wait_ev = evtimer_new(s->o.w->base, wait_cb, s);
+    if (!s->wait_ev || event_add(s->wait_ev, &(struct timeval){ 0, CACHE_WAIT_MS * 1000 }) < 0) {
+        cached_read(s);
+        return;
+    }
+}
+
+static void lookup_done(void *arg, const struct cache_lookup *l)
+{
+    struct op_state *s = arg;
+    struct http_request *req = s->o.req;
+    s->key_fence = l->fence;
+    switch (l->kind) {
+    case CACHE_HIT:
+        req->cache_status = "HIT";
+        http_respond(req, 200, "application/json", l->value, l->len);
+        state_free(s);
+        return;
+    case CACHE_WAIT:
+        req->cache_status = "MISS";
+        lookup_wait(s);
+        return;
+    case CACHE_LEASE:
+        req->cache_status = "MISS";
+        s->lease = *l;
+        s->lease.value = NULL;
+        break;
+    case CACHE_BYPASS:
+        req->cache_status = "BYPASS";
+        break;
+    }
+    cached_read(s);
+}
+
 void op_get(const struct op *o, const char *sql)
 {
-    run_by_id(o, sql, false, 200);
+    if (!o->cache || cache_state(o->w->cache) == CACHE_DISABLED) {
+        run_by_id(o, sql, false, 200);
+        return;
+    }
+    struct op_state *s = state_new(o, false, 200);
+    if (!s)
+        return;
+    s->sql = sql;
+    snprintf(s->key, sizeof(s->key), "%s:%" PRId64, o->cache, o->id);
+    cache_lookup(o->w->cache, s->key, lookup_done, s);
 }
 
 /* ---- pages ---------------------------------------------------------------------------------- */
@@ -160,7 +325,7 @@ static void page_done(void *arg, const struct pool_result *r)
         else
             rows_reply_page(o->req, r->res, s->limit, s->base);
     }
-    free(s);
+    state_free(s);
 }
 
 void op_page(const struct op *o, const char *sql, const char *base)

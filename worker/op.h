@@ -47,7 +47,7 @@ struct op_resource {
                    OP_SQL_ROW(a, json),                                                              \
     .sql_patch = "UPDATE " t " AS " a " SET " patch_set " WHERE " a ".id = $1 RETURNING "            \
                  OP_SQL_ROW(a, json),                                                                \
-    .sql_delete = "DELETE FROM " t " " a " WHERE " a ".id = $1 RETURNING " a ".id"
+    .sql_delete = "DELETE FROM " t " " a " WHERE " a ".id = $1 RETURNING " OP_SQL_ROW(a, json)
 
 /* One request's step; callers fill it (often as a compound literal) and the op copies it. */
 struct op {
@@ -59,6 +59,7 @@ struct op {
     unsigned also;     /* OP_TABLE bits of other tables the step reads (their fences are waited for) or
                         * changes (their fences are raised) */
     bool created;      /* a write that answers 201 with Location instead of 200 */
+    const char *cache; /* op_get: cache the row under "<cache>:<id>" ("user", "userp", "post"); NULL: not */
 };
 
 /* Reads the row `sql` returns for $1 = id: answers it, or 404 when there is none. */

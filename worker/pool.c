@@ -39,6 +39,7 @@ struct job {
     pool_cb cb;
     void *arg;
     uint64_t fence;
+    uint64_t data_lsn;        /* set when it starts: see pool_result.data_lsn */
     uint64_t enqueued_us;
     int retries;
     PGresult *held;           /* a committed write's result, waiting for its LSN on another connection */
@@ -395,6 +396,7 @@ static void conn_start(struct pgconn *c, struct job *j)
     if (j->kind != JOB_HEALTH && j->enqueued_us)
         p->stats[c->be->side].wait_us_total += now_us() - j->enqueued_us;
     c->job = j;
+    j->data_lsn = c->be->side == POOL_PRIMARY ? POOL_LSN_NONE - 1 : c->be->lsn;
     c->state = PGC_BUSY;
     c->result = NULL;
     c->lsn_phase = false;
@@ -428,7 +430,8 @@ static void conn_deliver(struct pgconn *c)
     c->state = PGC_IDLE;
     conn_timer(c, 0);
     struct pool_result r = { .status = result_status(res), .res = res, .sqlstate = "", .message = "",
-                             .side = be->side, .backend = be->index, .commit_lsn = c->commit_lsn };
+                             .side = be->side, .backend = be->index, .commit_lsn = c->commit_lsn,
+                             .data_lsn = j->data_lsn };
     if (r.status == POOL_ERR_SQL) {
         const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
         const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;

@@ -30,6 +30,8 @@ struct pool_result {
     enum pool_side side;      /* where it ran */
     int backend;              /* replica index, -1 for the primary */
     uint64_t commit_lsn;      /* for writes: pg_current_wal_lsn() read after the commit, else 0 */
+    uint64_t data_lsn;        /* for reads: the data is at least this recent (a replica's replay position
+                               * sampled before the read; UINT64_MAX-1 for the primary) */
 };
 
 typedef void (*pool_cb)(void *arg, const struct pool_result *r);

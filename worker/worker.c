@@ -160,7 +160,7 @@ int worker_run(const struct config *cfg, struct fences *fences, int listen_fd, i
     }
     w.http = http_server_new(w.base, cfg, router_dispatch, &w);
     w.pool = pool_new(w.base, cfg);
-    w.cache = cache_new(w.base, cfg);
+    w.cache = cache_new(w.base, cfg, fences);
     if (!w.http || !w.pool || !w.cache) {
         log_error("cannot set up the HTTP server, the database pool or the cache client");
         goto done;

@@ -1,0 +1,221 @@
+"""Issue 6 (first part): Redis cache-aside for the single-row reads (GET /users/:id, ?include=posts,
+GET /posts/:id) with fill leases and LSN fences: hits, misses, invalidation by every mutation, no stale
+value with replay paused on the replica, Redis frozen or restarted mid-test, and stampede protection.
+Real Redis, real replica; each test runs its own server with its own key prefix."""
+
+import concurrent.futures
+import json
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from contextlib import closing
+
+import pytest
+import redis as redis_lib
+
+from pgapi_server import PgapiServer, free_port
+from test_pool import bouncer_queries, replay_pause, replay_resume
+
+
+def cached_server(server, schema, redis_port=None, **db):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    overrides = {"redis": {"enabled": "on", "prefix": prefix, "command_timeout": "200ms"},
+                 "database": {"health_interval": "200ms", **db}}
+    if redis_port:
+        overrides["redis"]["port"] = redis_port
+    s = server(workers=2, topology=schema, overrides=overrides).start()
+    s.wait_for(lambda: s.get("/readyz").json().get("redis") == "up", 15, "redis up")
+    s.prefix = prefix
+    return s
+
+
+def make_user(s, with_post=False):
+    r = s.request("POST", "/users", body={"name": "cache", "email": f"c-{uuid.uuid4().hex[:12]}@example.com"})
+    assert r.status == 201, r
+    u = r.json()
+    if with_post:
+        r = s.request("POST", f"/users/{u['id']}/posts", body={"title": "first", "content": "c"})
+        assert r.status == 201, r
+        u["post"] = r.json()
+    return u
+
+
+def get(s, path):
+    r = s.get(path)
+    return r.status, r.headers.get("x-cache"), (r.json() if r.status == 200 else None)
+
+
+def until_hit(s, path):
+    s.wait_for(lambda: get(s, path)[1] == "HIT", 5, f"a cache hit on {path}")
+
+
+def test_hit_miss_and_invalidation_of_every_route(server, schema):
+    s = cached_server(server, schema)
+    u = make_user(s, with_post=True)
+    uid, pid = u["id"], u["post"]["id"]
+    paths = [f"/users/{uid}", f"/users/{uid}?include=posts", f"/posts/{pid}"]
+    for p in paths:
+        status, xc, _ = get(s, p)
+        assert status == 200 and xc in ("MISS", "HIT"), (p, status, xc)
+        until_hit(s, p)
+    # PATCH user: the user and its embedding are invalidated, the post is not
+    assert s.request("PATCH", f"/users/{uid}", body={"name": "renamed"}).status == 200
+    for p in paths[:2]:
+        status, xc, body = get(s, p)
+        assert xc == "MISS" and body["name"] == "renamed", (p, xc, body)
+    assert get(s, paths[2])[1] == "HIT"
+    for p in paths:
+        until_hit(s, p)
+    # PUT post: the post and the embedding user change
+    assert s.request("PUT", f"/posts/{pid}", body={"title": "edited", "content": "x"}).status == 200
+    assert get(s, paths[2])[2]["title"] == "edited"
+    assert get(s, paths[1])[2]["posts"][0]["title"] == "edited"
+    assert get(s, paths[0])[1] == "HIT", "the user itself did not change"
+    # a new post shows up in the embedding at once
+    assert s.request("POST", f"/users/{uid}/posts", body={"title": "second", "content": ""}).status == 201
+    assert [p["title"] for p in get(s, paths[1])[2]["posts"]] == ["edited", "second"]
+    # DELETE post
+    until_hit(s, paths[2])
+    assert s.request("DELETE", f"/posts/{pid}").status == 204
+    assert get(s, paths[2])[0] == 404
+    assert [p["title"] for p in get(s, paths[1])[2]["posts"]] == ["second"]
+    # DELETE user: nothing of it is served afterwards
+    for p in paths[:2]:
+        until_hit(s, p)
+    assert s.request("DELETE", f"/users/{uid}").status == 204
+    assert get(s, paths[0])[0] == 404 and get(s, paths[1])[0] == 404
+
+
+def cache_entries(s, redis_port):
+    """{key: json} of every value cached under the server's prefix, current epoch only."""
+    r = redis_lib.Redis(port=redis_port)
+    epoch = (r.get(f"{s.prefix}:epoch") or b"0").decode()
+    out = {}
+    for k in r.scan_iter(f"{s.prefix}:e{epoch}:v:*"):
+        out[k.decode().split(":v:", 1)[1]] = json.loads(r.get(k))
+    return out
+
+
+def assert_cache_matches_primary(s, schema, redis_port):
+    entries = cache_entries(s, redis_port)
+    assert entries, "expected something cached"
+    with closing(schema.rw()) as conn, conn.cursor() as cur:
+        for key, value in entries.items():
+            kind, ident = key.split(":")
+            if kind == "post":
+                cur.execute("SELECT title, version FROM posts WHERE id = %s", (ident,))
+                row = cur.fetchone()
+                assert row and (value["title"], value["version"]) == row, f"stale {key}: cache {value}, primary {row}"
+            else:
+                cur.execute("SELECT name, version FROM users WHERE id = %s", (ident,))
+                row = cur.fetchone()
+                assert row and (value["name"], value["version"]) == row, f"stale {key}: cache {value}, primary {row}"
+
+
+def test_no_stale_value_with_replay_paused(server, schema):
+    s = cached_server(server, schema)
+    u = make_user(s)
+    time.sleep(0.5)
+    until_hit(s, f"/users/{u['id']}")
+    replay_pause(schema)
+    try:
+        for i in range(15):
+            r = s.request("PATCH", f"/users/{u['id']}", body={"name": f"p{i}"})
+            assert r.status == 200, r
+            for _ in range(3):
+                status, xc, body = get(s, f"/users/{u['id']}")
+                assert body["name"] == f"p{i}", f"after acknowledged write p{i} read {body} ({xc})"
+        with closing(schema.ro()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT name FROM users WHERE id = %s", (u["id"],))
+            assert cur.fetchone()[0] != "p14", "replay was not paused: the test proves nothing"
+        assert_cache_matches_primary(s, schema, schema.redis_port)
+    finally:
+        replay_resume(schema)
+
+
+def redis_start(port, tmp_path):
+    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--dir", str(tmp_path)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if redis_lib.Redis(port=port).ping():
+                return p
+        except redis_lib.ConnectionError:
+            time.sleep(0.05)
+    raise AssertionError("test redis did not start")
+
+
+def test_redis_frozen_during_a_write_never_serves_the_old_value(server, schema, tmp_path):
+    port = free_port()
+    rp = redis_start(port, tmp_path)
+    try:
+        s = cached_server(server, schema, redis_port=port)
+        u = make_user(s)
+        until_hit(s, f"/users/{u['id']}")
+        rp.send_signal(signal.SIGSTOP)  # alive, data kept, not answering
+        try:
+            t0 = time.monotonic()
+            r = s.request("PATCH", f"/users/{u['id']}", body={"name": "during-freeze"})
+            assert r.status == 200, r
+            assert time.monotonic() - t0 < 3, "the write must not hang on a frozen Redis"
+            for _ in range(5):
+                status, xc, body = get(s, f"/users/{u['id']}")
+                assert body["name"] == "during-freeze" and xc == "BYPASS", (xc, body)
+        finally:
+            rp.send_signal(signal.SIGCONT)
+        s.wait_for(lambda: get(s, f"/users/{u['id']}")[1] == "HIT", 15, "the cache in use again")
+        for _ in range(5):
+            assert get(s, f"/users/{u['id']}")[2]["name"] == "during-freeze"
+        assert "new epoch" in s.log_text(), s.log_tail()
+    finally:
+        rp.send_signal(signal.SIGCONT)
+        rp.terminate()
+        rp.wait(10)
+
+
+def test_redis_stopped_and_restarted_requests_keep_succeeding(server, schema, tmp_path):
+    port = free_port()
+    rp = redis_start(port, tmp_path)
+    try:
+        s = cached_server(server, schema, redis_port=port)
+        u = make_user(s)
+        until_hit(s, f"/users/{u['id']}")
+        rp.terminate()
+        rp.wait(10)
+        for i in range(20):
+            assert s.request("PATCH", f"/users/{u['id']}", body={"name": f"r{i}"}).status == 200
+            status, xc, body = get(s, f"/users/{u['id']}")
+            assert status == 200 and body["name"] == f"r{i}", (status, xc, body)
+        rp = redis_start(port, tmp_path)
+        s.wait_for(lambda: get(s, f"/users/{u['id']}")[1] == "HIT", 15, "the cache in use again")
+        assert get(s, f"/users/{u['id']}")[2]["name"] == "r19"
+    finally:
+        rp.terminate()
+        rp.wait(10)
+
+
+def test_stampede_of_200_misses_makes_a_handful_of_queries(server, schema):
+    s = cached_server(server, schema, health_interval="30s")
+    u = make_user(s)
+    time.sleep(0.5)
+    assert s.request("PATCH", f"/users/{u['id']}", body={"name": "cold"}).status == 200  # evict
+    barrier = threading.Barrier(200)
+
+    def hit(_):
+        barrier.wait(10)
+        return get(s, f"/users/{u['id']}")
+
+    time.sleep(1.2)
+    before = bouncer_queries(schema)
+    with concurrent.futures.ThreadPoolExecutor(200) as ex:
+        results = list(ex.map(hit, range(200)))
+    time.sleep(2.5)
+    after = bouncer_queries(schema)
+    assert all(r[0] == 200 and r[2]["name"] == "cold" for r in results), [r for r in results if r[0] != 200][:3]
+    queries = sum(after.get(d, 0) - before.get(d, 0) for d in ("pgapi_rw", "pgapi_ro"))
+    assert any(r[1] == "MISS" for r in results), "no request missed: the test proves nothing"
+    assert 1 <= queries <= 10, f"200 concurrent misses made {queries} database queries (expected a handful)"
