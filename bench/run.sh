@@ -9,13 +9,16 @@ DUR=${BENCH_DURATION:-10s}
 CONN=${BENCH_CONNECTIONS:-64}
 BASE=${BENCH_PORT_BASE:-24000}
 APP_PORT=$((BASE + 10))
+NOCACHE_PORT=$((BASE + 11))
 STATE=$(mktemp -d /tmp/pgapi-bench-XXXXXX)
 chmod 755 "$STATE"
 export PGAPI_PRIMARY_PORT=$BASE PGAPI_REPLICA_PORT=$((BASE + 1)) PGAPI_BOUNCER_PORT=$((BASE + 2)) \
        PGAPI_REDIS_PORT=$((BASE + 3))
-SERVER_PID=
+SERVER_PID=''
+NOCACHE_PID=''
 cleanup() {
     [ -n "$SERVER_PID" ] && kill -TERM "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+    [ -n "$NOCACHE_PID" ] && kill -TERM "$NOCACHE_PID" 2>/dev/null && wait "$NOCACHE_PID" 2>/dev/null
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
         echo "state kept in $STATE" >&2
     else
@@ -36,7 +39,12 @@ build/pgapi migrate up >/dev/null
 build/pgapi seed --users 10000 --posts-per-user 5 >/dev/null
 build/pgapi >"$STATE/pgapi.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$APP_PORT/readyz" >/dev/null && break; sleep 0.1; done
+# the same server with the cache off: every read reaches the replica through PgBouncer
+PGAPI_SERVER_LISTEN=127.0.0.1:$NOCACHE_PORT PGAPI_REDIS_ENABLED=off build/pgapi >"$STATE/pgapi-nocache.log" 2>&1 &
+NOCACHE_PID=$!
+for port in "$APP_PORT" "$NOCACHE_PORT"; do
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+done
 
 LUA=$STATE/lua
 mkdir -p "$LUA"
@@ -65,29 +73,30 @@ end
 LUA
 
 # wrk loads one script: concatenate the scenario's request function with the report hook
-run_wrk() { # name path [script]
-    local script=$LUA/run.lua
+run_wrk() { # name path [script] [port]
+    local script=$LUA/run.lua port=${4:-$APP_PORT}
     cat "$LUA/report.lua" >"$script"
     [ -n "${3:-}" ] && cat "$LUA/$3" >>"$script"
-    wrk -t2 -c"$CONN" -d2s -s "$script" "http://127.0.0.1:$APP_PORT$2" >/dev/null 2>&1 # warm-up
-    wrk -t2 -c"$CONN" -d"$DUR" --latency -s "$script" "http://127.0.0.1:$APP_PORT$2" 2>&1 | sed -n 's/^RESULT //p'
+    wrk -t2 -c"$CONN" -d2s -s "$script" "http://127.0.0.1:$port$2" >/dev/null 2>&1 # warm-up
+    wrk -t2 -c"$CONN" -d"$DUR" --latency -s "$script" "http://127.0.0.1:$port$2" 2>&1 | sed -n 's/^RESULT //p'
 }
 
 rows=()
-bench() { # label path [script]
+bench() { # label path [script] [port]
     local r
-    r=$(run_wrk "$1" "$2" "${3:-}")
+    r=$(run_wrk "$1" "$2" "${3:-}" "${4:-}")
     rows+=("$(printf '| %s | %s |' "$1" "$(echo "$r" | awk '{printf "%s | %s | %s | %s | %s", $1, $2, $3, $4, $5}')")")
     local rps p50 p90 p99 errs
     read -r rps p50 p90 p99 errs <<<"$r"
     printf '%-36s req/s %-9s p50 %-6s p90 %-6s p99 %-6s errors %s\n' "$1" "$rps" "$p50" "$p90" "$p99" "$errs"
 }
 bench "GET / (hello)" /
-bench "GET /users/:id random (uncached)" / user_random.lua
+bench "GET /users/:id random (cached)" / user_random.lua
+bench "GET /users/:id random (cache off)" / user_random.lua "$NOCACHE_PORT"
 bench "GET /users?limit=50" "/users?limit=50"
 bench "POST /users (primary)" / create_user.lua
 
-rss=$(ps -o rss= --ppid "$SERVER_PID" | awk '{printf "%s%d", sep, $1/1024; sep=", "}')
+rss=$(ps -o rss= --ppid "$SERVER_PID" | awk '{printf "%s%.1f", sep, $1/1024; sep=", "}')
 master_rss=$(ps -o rss= -p "$SERVER_PID" | awk '{printf "%d", $1/1024}')
 {
     echo "# Benchmark results"
@@ -103,8 +112,8 @@ master_rss=$(ps -o rss= -p "$SERVER_PID" | awk '{printf "%d", $1/1024}')
     echo
     echo "RSS after the run: master ${master_rss} MB, workers ${rss} MB."
     echo
-    echo "Comparison with the Node.js peer and nginx, cached scenarios and the 90/10 mix: not measured yet"
-    echo "(issues 6 and 7)."
+    echo "Cached: GET /users/:id (leases + fences, X-Cache HIT after the first read); the list is not cached yet."
+    echo "Comparison with the Node.js peer and nginx, and the 90/10 mix: not measured yet (issue 7)."
 } >bench/RESULTS.md
 echo "RSS MB: master $master_rss, workers $rss"
 echo "written: bench/RESULTS.md"
