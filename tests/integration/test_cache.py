@@ -149,53 +149,68 @@ def redis_start(port, tmp_path):
     raise AssertionError("test redis did not start")
 
 
-def test_redis_frozen_during_a_write_never_serves_the_old_value(server, schema, tmp_path):
-    port = free_port()
-    rp = redis_start(port, tmp_path)
+class OwnRedis:
+    """A redis-server of the test's own, so it can be frozen, stopped and restarted; stopped by PID."""
+
+    def __init__(self, tmp_path):
+        self.port, self.dir, self.proc = free_port(), tmp_path, None
+
+    def start(self):
+        self.proc = redis_start(self.port, self.dir)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+
+@pytest.fixture
+def warm_user_on_own_redis(server, schema, tmp_path):
+    """(server, own redis, user) with the user's row already a cache hit."""
+    own = OwnRedis(tmp_path)
+    own.start()
     try:
-        s = cached_server(server, schema, redis_port=port)
+        s = cached_server(server, schema, redis_port=own.port)
         u = make_user(s)
         until_hit(s, f"/users/{u['id']}")
-        rp.send_signal(signal.SIGSTOP)  # alive, data kept, not answering
-        try:
-            t0 = time.monotonic()
-            r = s.request("PATCH", f"/users/{u['id']}", body={"name": "during-freeze"})
-            assert r.status == 200, r
-            assert time.monotonic() - t0 < 3, "the write must not hang on a frozen Redis"
-            for _ in range(5):
-                status, xc, body = get(s, f"/users/{u['id']}")
-                assert body["name"] == "during-freeze" and xc == "BYPASS", (xc, body)
-        finally:
-            rp.send_signal(signal.SIGCONT)
-        s.wait_for(lambda: get(s, f"/users/{u['id']}")[1] == "HIT", 15, "the cache in use again")
+        yield s, own, u
+    finally:
+        own.stop()
+
+
+def test_redis_frozen_during_a_write_never_serves_the_old_value(warm_user_on_own_redis):
+    s, own, u = warm_user_on_own_redis
+    own.signal(signal.SIGSTOP)  # alive, data kept, not answering
+    try:
+        t0 = time.monotonic()
+        r = s.request("PATCH", f"/users/{u['id']}", body={"name": "during-freeze"})
+        assert r.status == 200, r
+        assert time.monotonic() - t0 < 3, "the write must not hang on a frozen Redis"
         for _ in range(5):
-            assert get(s, f"/users/{u['id']}")[2]["name"] == "during-freeze"
-        assert "new epoch" in s.log_text(), s.log_tail()
-    finally:
-        rp.send_signal(signal.SIGCONT)
-        rp.terminate()
-        rp.wait(10)
-
-
-def test_redis_stopped_and_restarted_requests_keep_succeeding(server, schema, tmp_path):
-    port = free_port()
-    rp = redis_start(port, tmp_path)
-    try:
-        s = cached_server(server, schema, redis_port=port)
-        u = make_user(s)
-        until_hit(s, f"/users/{u['id']}")
-        rp.terminate()
-        rp.wait(10)
-        for i in range(20):
-            assert s.request("PATCH", f"/users/{u['id']}", body={"name": f"r{i}"}).status == 200
             status, xc, body = get(s, f"/users/{u['id']}")
-            assert status == 200 and body["name"] == f"r{i}", (status, xc, body)
-        rp = redis_start(port, tmp_path)
-        s.wait_for(lambda: get(s, f"/users/{u['id']}")[1] == "HIT", 15, "the cache in use again")
-        assert get(s, f"/users/{u['id']}")[2]["name"] == "r19"
+            assert body["name"] == "during-freeze" and xc == "BYPASS", (xc, body)
     finally:
-        rp.terminate()
-        rp.wait(10)
+        own.signal(signal.SIGCONT)
+    s.wait_for(lambda: get(s, f"/users/{u['id']}")[1] == "HIT", 15, "the cache in use again")
+    for _ in range(5):
+        assert get(s, f"/users/{u['id']}")[2]["name"] == "during-freeze"
+    assert "new epoch" in s.log_text(), s.log_tail()
+
+
+def test_redis_stopped_and_restarted_requests_keep_succeeding(warm_user_on_own_redis):
+    s, own, u = warm_user_on_own_redis
+    own.stop()
+    for i in range(20):
+        assert s.request("PATCH", f"/users/{u['id']}", body={"name": f"r{i}"}).status == 200
+        status, xc, body = get(s, f"/users/{u['id']}")
+        assert status == 200 and body["name"] == f"r{i}", (status, xc, body)
+    own.start()
+    s.wait_for(lambda: get(s, f"/users/{u['id']}")[1] == "HIT", 15, "the cache in use again")
+    assert get(s, f"/users/{u['id']}")[2]["name"] == "r19"
 
 
 def test_stampede_of_200_misses_makes_a_handful_of_queries(server, schema):
