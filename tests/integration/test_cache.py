@@ -234,3 +234,22 @@ def test_stampede_of_200_misses_makes_a_handful_of_queries(server, schema):
     queries = sum(after.get(d, 0) - before.get(d, 0) for d in ("pgapi_rw", "pgapi_ro"))
     assert any(r[1] == "MISS" for r in results), "no request missed: the test proves nothing"
     assert 1 <= queries <= 10, f"200 concurrent misses made {queries} database queries (expected a handful)"
+
+
+def test_etag_and_if_none_match(server, schema):
+    s = cached_server(server, schema)
+    u = make_user(s)
+    path = f"/users/{u['id']}"
+    r1 = s.get(path)
+    tag = r1.headers.get("etag")
+    assert r1.status == 200 and tag and tag.startswith('"'), r1.headers
+    until_hit(s, path)
+    r2 = s.get(path)
+    assert r2.headers.get("etag") == tag, "a cache hit must carry the same ETag as the database read"
+    r3 = s.get(path, headers={"If-None-Match": tag})
+    assert r3.status == 304 and r3.body == b"" and r3.headers.get("etag") == tag, r3
+    assert s.get(path, headers={"If-None-Match": f'"other", W/{tag}'}).status == 304
+    assert s.request("PATCH", path, body={"name": "etag-changed"}).status == 200
+    r4 = s.get(path, headers={"If-None-Match": tag})
+    assert r4.status == 200 and r4.headers.get("etag") != tag and r4.json()["name"] == "etag-changed", r4
+    assert s.get("/users/999999999999", headers={"If-None-Match": "*"}).status == 404
