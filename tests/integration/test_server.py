@@ -299,3 +299,17 @@ def test_sighup_storm_under_load_drops_nothing(server):
     s.wait_for(lambda: len(s.worker_pids()) == 2, 20, "the storm settles to 2 workers")
     assert s.get("/healthz").json()["generation"] == 16
     assert n > 100, n
+
+
+def test_json_log_format_lines_parse(server):
+    import json as _json
+    s = server(workers=1, overrides={"log": {"format": "json"}}).start()
+    s.get("/healthz", headers={"X-Request-Id": 'rid "quoted"\\x'})
+    s.wait_for(lambda: '"msg":"access"' in s.log_text(), 5, "a JSON access line")
+    lines = [l for l in s.log_text().splitlines() if l.startswith("{")]
+    assert lines, s.log_tail()
+    parsed = [_json.loads(l) for l in lines]  # every line is one JSON object
+    access = [p for p in parsed if p.get("msg") == "access"][-1]
+    assert access["method"] == "GET" and access["path"] == "/healthz" and access["status"] == 200, access
+    assert {"ts", "level", "pid", "role", "worker", "gen", "duration_us"} <= set(access), access
+    assert any(p["role"] == "master" for p in parsed), "the master logs in JSON too"
