@@ -12,7 +12,7 @@ set -euo pipefail
 PACKAGES=(
     libevent-dev libpq-dev libhiredis-dev libjson-c-dev libinih-dev libhttp-parser-dev
     libcmocka-dev pkg-config gcc make postgresql pgbouncer redis-server
-    python3-pytest python3-psycopg2 python3-redis python3-yaml socat wrk procps iproute2
+    python3-pytest python3-psycopg2 python3-redis python3-yaml socat wrk curl procps iproute2
 )
 
 log() { printf 'deps: %s\n' "$*" >&2; }
