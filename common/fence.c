@@ -8,8 +8,12 @@
 
 #include "common/log.h"
 
+#define FENCE_BUCKETS 4096
+
 struct fences {
     _Atomic uint64_t lsn[FENCE_COUNT];
+    _Atomic uint64_t rowset[FENCE_ROWSETS];
+    _Atomic uint64_t row[FENCE_ROWSETS][FENCE_BUCKETS];
     _Atomic bool cache_dirty;
 };
 
@@ -23,6 +27,11 @@ struct fences *fences_create(void)
     struct fences *f = p;
     for (int i = 0; i < FENCE_COUNT; i++)
         atomic_init(&f->lsn[i], 0);
+    for (int s = 0; s < FENCE_ROWSETS; s++) {
+        atomic_init(&f->rowset[s], 0);
+        for (int b = 0; b < FENCE_BUCKETS; b++)
+            atomic_init(&f->row[s][b], 0);
+    }
     atomic_init(&f->cache_dirty, false);
     return f;
 }
@@ -33,11 +42,38 @@ void fences_destroy(struct fences *f)
         munmap(f, sizeof(*f));
 }
 
+static void atomic_raise(_Atomic uint64_t *v, uint64_t lsn)
+{
+    uint64_t cur = atomic_load(v);
+    while (cur < lsn && !atomic_compare_exchange_weak(v, &cur, lsn))
+        ;
+}
+
 void fences_raise(struct fences *f, enum fence_table t, uint64_t lsn)
 {
-    uint64_t cur = atomic_load(&f->lsn[t]);
-    while (cur < lsn && !atomic_compare_exchange_weak(&f->lsn[t], &cur, lsn))
-        ;
+    atomic_raise(&f->lsn[t], lsn);
+}
+
+static unsigned bucket_of(int64_t id)
+{
+    uint64_t h = (uint64_t)id * 0x9E3779B97F4A7C15ULL; /* Fibonacci hashing: sequential ids spread */
+    return (unsigned)(h >> 52) % FENCE_BUCKETS;
+}
+
+void fences_raise_row(struct fences *f, enum fence_rowset s, int64_t id, uint64_t lsn)
+{
+    atomic_raise(&f->row[s][bucket_of(id)], lsn);
+}
+
+void fences_raise_rowset(struct fences *f, enum fence_rowset s, uint64_t lsn)
+{
+    atomic_raise(&f->rowset[s], lsn);
+}
+
+uint64_t fences_get_row(const struct fences *f, enum fence_rowset s, int64_t id)
+{
+    uint64_t row = atomic_load(&f->row[s][bucket_of(id)]), all = atomic_load(&f->rowset[s]);
+    return row > all ? row : all;
 }
 
 uint64_t fences_get(const struct fences *f, enum fence_table t)

@@ -17,6 +17,16 @@ void fences_destroy(struct fences *f);
 void fences_raise(struct fences *f, enum fence_table t, uint64_t lsn);
 uint64_t fences_get(const struct fences *f, enum fence_table t);
 
+/* Row fences: a read of one row waits only for writes to rows that hash to its bucket (and for deletes
+ * that cascaded into its set), not for every write to the table: under a steady write load, reads of
+ * other rows keep going to the replicas. Lists keep waiting for the table fence. */
+enum fence_rowset { FENCE_ROW_USER = 0, FENCE_ROW_POST, FENCE_ROW_USER_POSTS, FENCE_ROWSETS };
+
+void fences_raise_row(struct fences *f, enum fence_rowset s, int64_t id, uint64_t lsn);
+/* Raises every row of the set at once (a cascade whose rows cannot be listed). */
+void fences_raise_rowset(struct fences *f, enum fence_rowset s, uint64_t lsn);
+uint64_t fences_get_row(const struct fences *f, enum fence_rowset s, int64_t id);
+
 /* Set by a worker whose cache invalidation failed: every worker bypasses Redis until one of them has
  * moved the cache to a new epoch (so nothing cached before the failure is served again). */
 void fences_cache_dirty_set(struct fences *f);

@@ -42,6 +42,7 @@ struct op_state {
     struct cache_lookup lease;  /* cached reads: CACHE_LEASE when this request fills the key */
     uint64_t key_fence;         /* cached reads: the key's fence from Redis */
     int waits;
+    bool row_read;              /* op_get: waits for the row's fence, not the whole table's */
     struct event *wait_ev;
     char *row_json;             /* writes waiting for their invalidation: the answer, copied */
     size_t row_len;
@@ -104,6 +105,21 @@ static uint64_t fence_of(const struct op_state *s)
     return lsn;
 }
 
+/* The fence of the one row (and, with ?include=posts, of the user's posts) an op_get reads. */
+static uint64_t row_fence_of(const struct op_state *s)
+{
+    const struct op *o = &s->o;
+    struct fences *f = o->w->fences;
+    if (o->res->table == FENCE_POSTS)
+        return fences_get_row(f, FENCE_ROW_POST, o->id);
+    uint64_t lsn = fences_get_row(f, FENCE_ROW_USER, o->id);
+    if (o->also & OP_TABLE(FENCE_POSTS)) {
+        uint64_t posts = fences_get_row(f, FENCE_ROW_USER_POSTS, o->id);
+        lsn = posts > lsn ? posts : lsn;
+    }
+    return lsn;
+}
+
 static void fences_raise_tables(const struct op_state *s, uint64_t lsn)
 {
     for (int t = 0; t < FENCE_COUNT; t++)
@@ -114,7 +130,7 @@ static void fences_raise_tables(const struct op_state *s, uint64_t lsn)
 static void start(struct op_state *s, const char *sql, const char *const *params, int n, pool_cb cb)
 {
     struct pool_query q = { .sql = sql, .nparams = n, .params = params };
-    uint64_t fence = fence_of(s);
+    uint64_t fence = s->row_read ? row_fence_of(s) : fence_of(s);
     if (s->key_fence > fence)
         fence = s->key_fence;
     if (s->write)
@@ -140,6 +156,36 @@ static void answer(const struct op_state *s, const char *id, const char *json, s
     http_respond(o->req, s->status, "application/json", json, len);
 }
 
+/* A post row's user_id, from the JSON the statement returned; 0 if it cannot be read. */
+static int64_t post_user_id(const PGresult *res)
+{
+    struct json_object *row = json_tokener_parse(PQgetvalue(res, 0, 1)), *uid;
+    int64_t user_id = row && json_object_object_get_ex(row, "user_id", &uid) ? json_object_get_int64(uid) : 0;
+    json_object_put(row);
+    return user_id;
+}
+
+/* The row fences a committed write raises, before it is answered (see row_fence_of). */
+static void row_fences_raise(const struct op_state *s, const PGresult *res, uint64_t lsn)
+{
+    struct fences *f = s->o.w->fences;
+    int64_t id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    if (s->o.res->table == FENCE_USERS) {
+        fences_raise_row(f, FENCE_ROW_USER, id, lsn);
+        if (s->o.req->method == HTTP_DELETE) {
+            fences_raise_row(f, FENCE_ROW_USER_POSTS, id, lsn);
+            fences_raise_rowset(f, FENCE_ROW_POST, lsn); /* its posts went with it, ids unknown */
+        }
+        return;
+    }
+    fences_raise_row(f, FENCE_ROW_POST, id, lsn);
+    int64_t user_id = post_user_id(res);
+    if (user_id > 0)
+        fences_raise_row(f, FENCE_ROW_USER_POSTS, user_id, lsn);
+    else
+        fences_raise_rowset(f, FENCE_ROW_USER_POSTS, lsn);
+}
+
 /* The cache keys a committed write changes; `all` when they cannot be listed (a user's deletion takes
  * its posts with it): the whole cache then moves to a new epoch. Returns the number of keys. */
 static int write_keys(const struct op_state *s, const PGresult *res, char keys[2][CACHE_KEY_MAX], bool *all)
@@ -154,9 +200,7 @@ static int write_keys(const struct op_state *s, const PGresult *res, char keys[2
         snprintf(keys[1], CACHE_KEY_MAX, "userp:%s", PQgetvalue(res, 0, 0));
         return 2;
     }
-    struct json_object *row = json_tokener_parse(PQgetvalue(res, 0, 1)), *uid;
-    int64_t user_id = row && json_object_object_get_ex(row, "user_id", &uid) ? json_object_get_int64(uid) : 0;
-    json_object_put(row);
+    int64_t user_id = post_user_id(res);
     if (user_id <= 0) {
         *all = true; /* cannot name the embedding user: drop everything rather than risk a stale entry */
         return 0;
@@ -181,6 +225,7 @@ static void invalidate_done(void *arg, bool ok)
 static void write_committed(struct op_state *s, const struct pool_result *r)
 {
     fences_raise_tables(s, r->commit_lsn);
+    row_fences_raise(s, r->res, r->commit_lsn);
     char keys[2][CACHE_KEY_MAX];
     bool all;
     int n = write_keys(s, r->res, keys, &all);
@@ -298,14 +343,15 @@ static void lookup_done(void *arg, const struct cache_lookup *l)
 
 void op_get(const struct op *o, const char *sql)
 {
-    if (!o->cache || cache_state(o->w->cache) == CACHE_DISABLED) {
-        run_by_id(o, sql, false, 200);
-        return;
-    }
     struct op_state *s = state_new(o, false, 200);
     if (!s)
         return;
     s->sql = sql;
+    s->row_read = true;
+    if (!o->cache || cache_state(o->w->cache) == CACHE_DISABLED) {
+        cached_read(s);
+        return;
+    }
     snprintf(s->key, sizeof(s->key), "%s:%" PRId64, o->cache, o->id);
     cache_lookup(o->w->cache, s->key, lookup_done, s);
 }
