@@ -26,17 +26,24 @@
 /* Keys: <prefix>:epoch, <prefix>:seq (lease tokens), <prefix>:f:<key> (fence, 16 hex digits, compared
  * as strings: Lua numbers are doubles), <prefix>:e<epoch>:v:<key> (value), <prefix>:e<epoch>:l:<key>
  * (lease). Each script runs atomically in Redis. */
+/* A list's pages share a generation (<prefix>:g:<name>, with its fence <prefix>:f:g:<name>): a write
+ * that can change the list bumps it, and every page key of the old generation is never read again. */
 static const char LUA_LOOKUP[] =
     "local p, k = ARGV[1], ARGV[2] "
     "local e = redis.call('GET', p .. ':epoch') or '0' "
-    "local f = redis.call('GET', p .. ':f:' .. k) or '0000000000000000' "
+    "local f "
+    "if ARGV[4] ~= '' then "
+    "  k = k .. ':g' .. (redis.call('GET', p .. ':g:' .. ARGV[4]) or '0') "
+    "  f = redis.call('GET', p .. ':f:g:' .. ARGV[4]) "
+    "else f = redis.call('GET', p .. ':f:' .. k) end "
+    "f = f or '0000000000000000' "
     "local v = redis.call('GET', p .. ':e' .. e .. ':v:' .. k) "
-    "if v then return {1, v, f, e} end "
+    "if v then return {1, v, f, e, k} end "
     "local lk = p .. ':e' .. e .. ':l:' .. k "
-    "if redis.call('EXISTS', lk) == 1 then return {3, '', f, e} end "
+    "if redis.call('EXISTS', lk) == 1 then return {3, '', f, e, k} end "
     "local t = tostring(redis.call('INCR', p .. ':seq')) "
     "redis.call('SET', lk, t, 'PX', ARGV[3]) "
-    "return {2, t, f, e}";
+    "return {2, t, f, e, k}";
 static const char LUA_FILL[] =
     "local p, k, e = ARGV[1], ARGV[2], ARGV[3] "
     "if (redis.call('GET', p .. ':epoch') or '0') ~= e then return 0 end "
@@ -51,11 +58,18 @@ static const char LUA_INVALIDATE[] =
     "local p, lsn, ttl = ARGV[1], ARGV[2], ARGV[3] "
     "if ARGV[4] == '1' then redis.call('INCR', p .. ':epoch') end "
     "local e = redis.call('GET', p .. ':epoch') or '0' "
-    "for i = 5, #ARGV do "
-    "  local k = ARGV[i] "
-    "  local fk = p .. ':f:' .. k "
+    "local function raise(fk) "
     "  local cur = redis.call('GET', fk) "
     "  if (not cur) or cur < lsn then redis.call('SET', fk, lsn, 'PX', ttl) else redis.call('PEXPIRE', fk, ttl) end "
+    "end "
+    "local ngens = tonumber(ARGV[5]) "
+    "for i = 6, 5 + ngens do "
+    "  redis.call('INCR', p .. ':g:' .. ARGV[i]) "
+    "  raise(p .. ':f:g:' .. ARGV[i]) "
+    "end "
+    "for i = 6 + ngens, #ARGV do "
+    "  local k = ARGV[i] "
+    "  raise(p .. ':f:' .. k) "
     "  redis.call('DEL', p .. ':e' .. e .. ':v:' .. k, p .. ':e' .. e .. ':l:' .. k) "
     "end "
     "return 1";
@@ -322,8 +336,9 @@ static uint64_t fence_parse(const redisReply *r)
 
 static void lookup_deliver(struct cache_cmd *cmd, const redisReply *r)
 {
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 4 || r->element[0]->type != REDIS_REPLY_INTEGER ||
-        r->element[1]->type != REDIS_REPLY_STRING || r->element[3]->type != REDIS_REPLY_STRING) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 5 || r->element[0]->type != REDIS_REPLY_INTEGER ||
+        r->element[1]->type != REDIS_REPLY_STRING || r->element[3]->type != REDIS_REPLY_STRING ||
+        r->element[4]->type != REDIS_REPLY_STRING) {
         if (r && r->type == REDIS_REPLY_ERROR)
             log_warn("redis: lookup script failed: %s", r->str);
         cmd->lookup_cb(cmd->arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
@@ -339,6 +354,7 @@ static void lookup_deliver(struct cache_cmd *cmd, const redisReply *r)
         snprintf(l.token, sizeof(l.token), "%s", r->element[1]->str);
     }
     snprintf(l.epoch, sizeof(l.epoch), "%s", r->element[3]->str);
+    snprintf(l.key, sizeof(l.key), "%s", r->element[4]->str);
     cmd->lookup_cb(cmd->arg, &l);
 }
 
@@ -393,20 +409,20 @@ static void eval_lens(int argc, const char **argv, size_t *lens, size_t value_in
         lens[i] = (size_t)i == value_index ? value_len : strlen(argv[i]);
 }
 
-void cache_lookup(struct cache *c, const char *key, cache_lookup_cb cb, void *arg)
+void cache_lookup(struct cache *c, const char *key, const char *gen, cache_lookup_cb cb, void *arg)
 {
     char ttl[16];
     snprintf(ttl, sizeof(ttl), "%d", LEASE_TTL_MS);
-    const char *argv[] = { "EVAL", LUA_LOOKUP, "0", c->cfg->redis_prefix, key, ttl };
-    size_t lens[6];
-    eval_lens(6, argv, lens, SIZE_MAX, 0);
-    if (!cache_usable(c) || cmd_send(c, CMD_LOOKUP, 6, argv, lens, cb, NULL, arg) < 0)
+    const char *argv[] = { "EVAL", LUA_LOOKUP, "0", c->cfg->redis_prefix, key, ttl, gen ? gen : "" };
+    size_t lens[7];
+    eval_lens(7, argv, lens, SIZE_MAX, 0);
+    if (!cache_usable(c) || cmd_send(c, CMD_LOOKUP, 7, argv, lens, cb, NULL, arg) < 0)
         cb(arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
 }
 
-void cache_fill(struct cache *c, const char *key, const struct cache_lookup *lease, const char *value, size_t len,
-                uint64_t data_lsn)
+void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len, uint64_t data_lsn)
 {
+    const char *key = lease->key;
     if (!cache_usable(c) || lease->kind != CACHE_LEASE)
         return;
     char ttl[16], lsn[LSN_HEX];
@@ -420,10 +436,9 @@ void cache_fill(struct cache *c, const char *key, const struct cache_lookup *lea
         log_debug("redis: fill of %s not sent", key);
 }
 
-void cache_invalidate(struct cache *c, const char *const *keys, int nkeys, uint64_t lsn, bool all, cache_done_cb cb,
-                      void *arg)
+void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb, void *arg)
 {
-    enum { FIXED = 7, MAXKEYS = 8 };
+    enum { FIXED = 8, MAXKEYS = 8 };
     if (c->state == CACHE_DISABLED) {
         cb(arg, true);
         return;
@@ -432,11 +447,17 @@ void cache_invalidate(struct cache *c, const char *const *keys, int nkeys, uint6
     lsn_hex(lsn, lsn_s);
     int fence_ttl = c->cfg->max_replica_lag_ms * 6;
     snprintf(ttl, sizeof(ttl), "%d", fence_ttl > FENCE_TTL_MIN_MS ? fence_ttl : FENCE_TTL_MIN_MS);
+    int ngens = ch->ngens < MAXKEYS ? ch->ngens : MAXKEYS;
+    int nkeys = ch->nkeys < MAXKEYS - ngens ? ch->nkeys : MAXKEYS - ngens;
+    char ngens_s[12];
+    snprintf(ngens_s, sizeof(ngens_s), "%d", ngens);
     const char *argv[FIXED + MAXKEYS] = { "EVAL", LUA_INVALIDATE, "0", c->cfg->redis_prefix, lsn_s, ttl,
-                                          all ? "1" : "0" };
-    int n = nkeys < MAXKEYS ? nkeys : MAXKEYS;
-    for (int i = 0; i < n; i++)
-        argv[FIXED + i] = keys[i];
+                                          ch->all ? "1" : "0", ngens_s };
+    int n = ngens + nkeys;
+    for (int i = 0; i < ngens; i++)
+        argv[FIXED + i] = ch->gens[i];
+    for (int i = 0; i < nkeys; i++)
+        argv[FIXED + ngens + i] = ch->keys[i];
     size_t lens[FIXED + MAXKEYS];
     eval_lens(FIXED + n, argv, lens, SIZE_MAX, 0);
     if (c->state != CACHE_UP || !c->ac || cmd_send(c, CMD_INVALIDATE, FIXED + n, argv, lens, NULL, cb, arg) < 0)

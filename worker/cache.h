@@ -40,20 +40,30 @@ struct cache_lookup {
     uint64_t fence;           /* the key's fence: a read for the fill must see at least this LSN */
     char token[24];           /* CACHE_LEASE: the lease, for cache_fill */
     char epoch[24];
+    char key[96];             /* the key as stored (a list page's includes its generation) */
+};
+
+#define CACHE_KEY_MAX 64
+
+/* What a committed write changes: single keys, and lists (every page of a generation). */
+struct cache_change {
+    char keys[2][CACHE_KEY_MAX];
+    char gens[2][CACHE_KEY_MAX];
+    int nkeys, ngens;
+    bool all;                 /* rows that cannot be listed changed: move the whole cache to a new epoch */
 };
 
 typedef void (*cache_lookup_cb)(void *arg, const struct cache_lookup *r);
 typedef void (*cache_done_cb)(void *arg, bool ok);
 
-/* Always answers through cb exactly once (synchronously with CACHE_BYPASS when Redis is unusable). */
-void cache_lookup(struct cache *c, const char *key, cache_lookup_cb cb, void *arg);
+/* Always answers through cb exactly once (synchronously with CACHE_BYPASS when Redis is unusable).
+ * `gen` names the list a page belongs to (NULL for a single row). */
+void cache_lookup(struct cache *c, const char *key, const char *gen, cache_lookup_cb cb, void *arg);
 /* Stores value if the lease is still the caller's and data_lsn has reached the key's fence. */
-void cache_fill(struct cache *c, const char *key, const struct cache_lookup *lease, const char *value, size_t len,
-                uint64_t data_lsn);
-/* After a commit at lsn: raises each key's fence, deletes its value and lease (all keys of the epoch
- * when `all`). cb(ok=false) after a failure or timeout: the cache is then bypassed by every worker until
- * it moves to a new epoch. */
-void cache_invalidate(struct cache *c, const char *const *keys, int nkeys, uint64_t lsn, bool all, cache_done_cb cb,
-                      void *arg);
+void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len, uint64_t data_lsn);
+/* After a commit at lsn: bumps each list's generation and raises its fence, raises each key's fence and
+ * deletes its value and lease. cb(ok=false) after a failure or timeout: the cache is then bypassed by
+ * every worker until it moves to a new epoch. */
+void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb, void *arg);
 
 #endif

@@ -34,7 +34,7 @@ void handle_user_posts_list(struct worker *w, struct http_request *req, const st
     char base[64];
     snprintf(base, sizeof(base), "/users/%" PRId64 "/posts", a->id[0]);
     struct op o = { .w = w, .req = req, .res = &POSTS, .owner = "user", .id = a->id[0],
-                    .also = OP_TABLE(FENCE_USERS) };
+                    .also = OP_TABLE(FENCE_USERS), .cache = "uplist", .cache_list = "uposts" };
     op_page(&o, SQL_USER_POSTS_LIST, base);
 }
 
@@ -50,7 +50,8 @@ void handle_user_posts_create(struct worker *w, struct http_request *req, const 
 void handle_posts_list(struct worker *w, struct http_request *req, const struct route_args *a)
 {
     (void)a;
-    op_page(&(struct op){ .w = w, .req = req, .res = &POSTS }, POSTS.sql_list, "/posts");
+    op_page(&(struct op){ .w = w, .req = req, .res = &POSTS, .cache = "plist", .cache_list = "posts" }, POSTS.sql_list,
+            "/posts");
 }
 
 void handle_post_get(struct worker *w, struct http_request *req, const struct route_args *a)

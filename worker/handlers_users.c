@@ -46,7 +46,8 @@ void handle_user_get(struct worker *w, struct http_request *req, const struct ro
 void handle_users_list(struct worker *w, struct http_request *req, const struct route_args *a)
 {
     (void)a;
-    op_page(&(struct op){ .w = w, .req = req, .res = &USERS }, USERS.sql_list, "/users");
+    op_page(&(struct op){ .w = w, .req = req, .res = &USERS, .cache = "ulist", .cache_list = "users" }, USERS.sql_list,
+            "/users");
 }
 
 void handle_users_create(struct worker *w, struct http_request *req, const struct route_args *a)

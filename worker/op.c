@@ -3,6 +3,7 @@
  * a server that has replayed it; a read waits for the fences of every table it reads. */
 #include "worker/op.h"
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <http_parser.h>
 #include <json-c/json.h>
@@ -26,7 +27,6 @@
 #define ID_TEXT_MAX 24
 #define PATH_TEXT_MAX 64
 #define EMPTY_PAGE "{\"data\":[],\"next\":null}"
-#define CACHE_KEY_MAX 48
 #define CACHE_WAIT_MS 5
 #define CACHE_WAITS_MAX 10
 
@@ -39,10 +39,13 @@ struct op_state {
     char base[PATH_TEXT_MAX];   /* pages: where the next-page link points */
     const char *sql;            /* cached reads: the statement, run after the lookup */
     char key[CACHE_KEY_MAX];    /* cached reads: the cache key */
+    char gen[CACHE_KEY_MAX];    /* cached pages: the list's generation name ("" for a row) */
+    int64_t after;              /* pages: the keyset cursor */
     struct cache_lookup lease;  /* cached reads: CACHE_LEASE when this request fills the key */
     uint64_t key_fence;         /* cached reads: the key's fence from Redis */
     int waits;
     bool row_read;              /* op_get: waits for the row's fence, not the whole table's */
+    void (*db_read)(struct op_state *s); /* cached reads: the database step after a miss or bypass */
     struct event *wait_ev;
     char *row_json;             /* writes waiting for their invalidation: the answer, copied */
     size_t row_len;
@@ -186,30 +189,37 @@ static void row_fences_raise(const struct op_state *s, const PGresult *res, uint
         fences_raise_rowset(f, FENCE_ROW_USER_POSTS, lsn);
 }
 
-/* The cache keys a committed write changes; `all` when they cannot be listed (a user's deletion takes
- * its posts with it): the whole cache then moves to a new epoch. Returns the number of keys. */
-static int write_keys(const struct op_state *s, const PGresult *res, char keys[2][CACHE_KEY_MAX], bool *all)
+/* What a committed write changes in the cache: its rows' keys and the lists holding them. A user's
+ * deletion takes its posts with it (ids unknown): the whole cache moves to a new epoch then. */
+static void write_change(const struct op_state *s, const PGresult *res, struct cache_change *ch)
 {
     const struct op *o = &s->o;
-    *all = false;
+    const char *id = PQgetvalue(res, 0, 0);
+    *ch = (struct cache_change){ .ngens = 1 };
     if (o->res->table == FENCE_USERS) {
-        if (o->created)
-            return 0; /* a new id: nothing of it can be cached */
-        *all = o->req->method == HTTP_DELETE;
-        snprintf(keys[0], CACHE_KEY_MAX, "user:%s", PQgetvalue(res, 0, 0));
-        snprintf(keys[1], CACHE_KEY_MAX, "userp:%s", PQgetvalue(res, 0, 0));
-        return 2;
+        snprintf(ch->gens[0], CACHE_KEY_MAX, "users");
+        ch->all = o->req->method == HTTP_DELETE;
+        if (!o->created) {
+            snprintf(ch->keys[0], CACHE_KEY_MAX, "user:%s", id);
+            snprintf(ch->keys[1], CACHE_KEY_MAX, "userp:%s", id);
+            ch->nkeys = 2;
+        }
+        return;
     }
+    snprintf(ch->gens[0], CACHE_KEY_MAX, "posts");
     int64_t user_id = post_user_id(res);
     if (user_id <= 0) {
-        *all = true; /* cannot name the embedding user: drop everything rather than risk a stale entry */
-        return 0;
+        ch->all = true; /* cannot name the user's lists: drop everything rather than risk a stale entry */
+        return;
     }
-    snprintf(keys[0], CACHE_KEY_MAX, "userp:%" PRId64, user_id);
-    if (o->created)
-        return 1;
-    snprintf(keys[1], CACHE_KEY_MAX, "post:%s", PQgetvalue(res, 0, 0));
-    return 2;
+    snprintf(ch->gens[1], CACHE_KEY_MAX, "uposts:%" PRId64, user_id);
+    snprintf(ch->keys[0], CACHE_KEY_MAX, "userp:%" PRId64, user_id);
+    ch->ngens = 2;
+    ch->nkeys = 1;
+    if (!o->created) {
+        snprintf(ch->keys[1], CACHE_KEY_MAX, "post:%s", id);
+        ch->nkeys = 2;
+    }
 }
 
 static void invalidate_done(void *arg, bool ok)
@@ -226,14 +236,13 @@ static void write_committed(struct op_state *s, const struct pool_result *r)
 {
     fences_raise_tables(s, r->commit_lsn);
     row_fences_raise(s, r->res, r->commit_lsn);
-    char keys[2][CACHE_KEY_MAX];
-    bool all;
-    int n = write_keys(s, r->res, keys, &all);
-    if (n == 0 && !all) {
+    if (cache_state(s->o.w->cache) == CACHE_DISABLED) {
         answer(s, PQgetvalue(r->res, 0, 0), PQgetvalue(r->res, 0, 1), (size_t)PQgetlength(r->res, 0, 1));
         state_free(s);
         return;
     }
+    struct cache_change ch;
+    write_change(s, r->res, &ch);
     s->row_len = (size_t)PQgetlength(r->res, 0, 1);
     s->row_json = malloc(s->row_len + 1);
     if (!s->row_json) {
@@ -244,8 +253,7 @@ static void write_committed(struct op_state *s, const struct pool_result *r)
     }
     memcpy(s->row_json, PQgetvalue(r->res, 0, 1), s->row_len + 1);
     snprintf(s->row_id, sizeof(s->row_id), "%s", PQgetvalue(r->res, 0, 0));
-    const char *kp[2] = { keys[0], keys[1] };
-    cache_invalidate(s->o.w->cache, kp, n, r->commit_lsn, all, invalidate_done, s);
+    cache_invalidate(s->o.w->cache, &ch, r->commit_lsn, invalidate_done, s);
 }
 
 static void row_done(void *arg, const struct pool_result *r)
@@ -263,7 +271,7 @@ static void row_done(void *arg, const struct pool_result *r)
         const char *json = PQgetvalue(r->res, 0, 1);
         size_t len = (size_t)PQgetlength(r->res, 0, 1);
         if (s->lease.kind == CACHE_LEASE)
-            cache_fill(o->w->cache, s->key, &s->lease, json, len, r->data_lsn);
+            cache_fill(o->w->cache, &s->lease, json, len, r->data_lsn);
         answer(s, PQgetvalue(r->res, 0, 0), json, len);
         state_free(s);
     }
@@ -280,6 +288,8 @@ static void run_by_id(const struct op *o, const char *sql, bool write, int statu
     start(s, sql, params, o->id ? 1 : 0, row_done);
 }
 
+static void lookup_done(void *arg, const struct cache_lookup *l);
+
 static void cached_read(struct op_state *s)
 {
     char id[ID_TEXT_MAX];
@@ -288,14 +298,12 @@ static void cached_read(struct op_state *s)
     start(s, s->sql, params, 1, row_done);
 }
 
-static void lookup_done(void *arg, const struct cache_lookup *l);
-
 static void wait_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     struct op_state *s = arg;
-    cache_lookup(s->o.w->cache, s->key, lookup_done, s);
+    cache_lookup(s->o.w->cache, s->key, s->gen[0] ? s->gen : NULL, lookup_done, s);
 }
 
 /* Another request holds the fill lease: wait a few ms for its value (one query per hot key, not N),
@@ -303,15 +311,13 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
 static void lookup_wait(struct op_state *s)
 {
     if (s->waits++ >= CACHE_WAITS_MAX) {
-        cached_read(s);
+        s->db_read(s);
         return;
     }
     if (!s->wait_ev)
         s->wait_ev = evtimer_new(s->o.w->base, wait_cb, s);
-    if (!s->wait_ev || event_add(s->wait_ev, &(struct timeval){ 0, CACHE_WAIT_MS * 1000 }) < 0) {
-        cached_read(s);
-        return;
-    }
+    if (!s->wait_ev || event_add(s->wait_ev, &(struct timeval){ 0, CACHE_WAIT_MS * 1000 }) < 0)
+        s->db_read(s);
 }
 
 static void lookup_done(void *arg, const struct cache_lookup *l)
@@ -338,7 +344,7 @@ static void lookup_done(void *arg, const struct cache_lookup *l)
         req->cache_status = "BYPASS";
         break;
     }
-    cached_read(s);
+    s->db_read(s);
 }
 
 void op_get(const struct op *o, const char *sql)
@@ -348,30 +354,62 @@ void op_get(const struct op *o, const char *sql)
         return;
     s->sql = sql;
     s->row_read = true;
+    s->db_read = cached_read;
     if (!o->cache || cache_state(o->w->cache) == CACHE_DISABLED) {
         cached_read(s);
         return;
     }
     snprintf(s->key, sizeof(s->key), "%s:%" PRId64, o->cache, o->id);
-    cache_lookup(o->w->cache, s->key, lookup_done, s);
+    cache_lookup(o->w->cache, s->key, NULL, lookup_done, s);
 }
 
 /* ---- pages ---------------------------------------------------------------------------------- */
+
+/* Builds the page body, fills the cache when this request holds the lease, answers. */
+static void page_answer(struct op_state *s, const struct pool_result *r)
+{
+    const PGresult *res = r->res;
+    bool empty = PQntuples(res) > 0 && PQgetisnull(res, 0, 0);
+    struct evbuffer *b = evbuffer_new();
+    int rc = !b      ? -1
+             : empty ? evbuffer_add(b, EMPTY_PAGE, strlen(EMPTY_PAGE))
+                     : rows_page_build(b, res, s->limit, s->base);
+    if (rc < 0) {
+        if (b)
+            evbuffer_free(b);
+        reply_error(s->o.req, 503, "out_of_memory", "server out of memory");
+        return;
+    }
+    size_t len = evbuffer_get_length(b);
+    const char *body = (const char *)evbuffer_pullup(b, -1);
+    if (s->lease.kind == CACHE_LEASE)
+        cache_fill(s->o.w->cache, &s->lease, body, len, r->data_lsn);
+    http_respond(s->o.req, 200, "application/json", body, len);
+    evbuffer_free(b);
+}
 
 static void page_done(void *arg, const struct pool_result *r)
 {
     struct op_state *s = arg;
     const struct op *o = &s->o;
     if (!dbreply_failed(o->req, r, o->res->what)) {
-        int n = PQntuples(r->res);
-        if (n == 0 && o->id)
+        if (PQntuples(r->res) == 0 && o->id)
             not_found(o);
-        else if (n > 0 && PQgetisnull(r->res, 0, 0))
-            http_respond(o->req, 200, "application/json", EMPTY_PAGE, strlen(EMPTY_PAGE));
         else
-            rows_reply_page(o->req, r->res, s->limit, s->base);
+            page_answer(s, r);
     }
     state_free(s);
+}
+
+static void page_read(struct op_state *s)
+{
+    char text[3][ID_TEXT_MAX];
+    id_text(s->o.id, text[0], sizeof(text[0]));
+    id_text(s->after, text[1], sizeof(text[1]));
+    id_text(s->limit + 1, text[2], sizeof(text[2])); /* one extra row tells whether a next page exists */
+    const char *params[] = { text[0], text[1], text[2] };
+    int first = s->o.id ? 0 : 1;
+    start(s, s->sql, params + first, 3 - first, page_done);
 }
 
 void op_page(const struct op *o, const char *sql, const char *base)
@@ -384,14 +422,20 @@ void op_page(const struct op *o, const char *sql, const char *base)
     if (!s)
         return;
     s->limit = limit;
+    s->after = after;
+    s->sql = sql;
+    s->db_read = page_read;
     snprintf(s->base, sizeof(s->base), "%s", base);
-    char text[3][ID_TEXT_MAX];
-    id_text(o->id, text[0], sizeof(text[0]));
-    id_text(after, text[1], sizeof(text[1]));
-    id_text(limit + 1, text[2], sizeof(text[2])); /* one extra row tells whether a next page exists */
-    const char *params[] = { text[0], text[1], text[2] };
-    int first = o->id ? 0 : 1;
-    start(s, sql, params + first, 3 - first, page_done);
+    if (!o->cache || !o->cache_list || cache_state(o->w->cache) == CACHE_DISABLED) {
+        page_read(s);
+        return;
+    }
+    snprintf(s->key, sizeof(s->key), "%s:%" PRId64 ":%" PRId64 ":%" PRId64, o->cache, o->id, limit, after);
+    if (o->id)
+        snprintf(s->gen, sizeof(s->gen), "%s:%" PRId64, o->cache_list, o->id);
+    else
+        snprintf(s->gen, sizeof(s->gen), "%s", o->cache_list);
+    cache_lookup(o->w->cache, s->key, s->gen, lookup_done, s);
 }
 
 /* ---- writes from a body --------------------------------------------------------------------- */

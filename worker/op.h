@@ -59,7 +59,9 @@ struct op {
     unsigned also;     /* OP_TABLE bits of other tables the step reads (their fences are waited for) or
                         * changes (their fences are raised) */
     bool created;      /* a write that answers 201 with Location instead of 200 */
-    const char *cache; /* op_get: cache the row under "<cache>:<id>" ("user", "userp", "post"); NULL: not */
+    const char *cache; /* cache the row under "<cache>:<id>" ("user", "userp", "post"), or a page under
+                        * "<cache>:<id>:<limit>:<after>"; NULL: not cached */
+    const char *cache_list; /* op_page: the list's generation name ("users", "posts", "uposts" + ":<id>") */
 };
 
 /* Reads the row `sql` returns for $1 = id: answers it, or 404 when there is none. */

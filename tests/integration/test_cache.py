@@ -253,3 +253,53 @@ def test_etag_and_if_none_match(server, schema):
     r4 = s.get(path, headers={"If-None-Match": tag})
     assert r4.status == 200 and r4.headers.get("etag") != tag and r4.json()["name"] == "etag-changed", r4
     assert s.get("/users/999999999999", headers={"If-None-Match": "*"}).status == 404
+
+
+def test_list_pages_are_cached_and_invalidated_by_every_write(server, schema):
+    s = cached_server(server, schema)
+    u = make_user(s, with_post=True)
+    uid, pid = u["id"], u["post"]["id"]
+    users_page = f"/users?after_id={uid - 1}&limit=2"
+    posts_page = f"/posts?after_id={pid - 1}&limit=2"
+    user_posts = f"/users/{uid}/posts?limit=10"
+    for p in (users_page, posts_page, user_posts):
+        until_hit(s, p)
+    # a user write changes the users list only
+    assert s.request("PATCH", f"/users/{uid}", body={"name": "listed"}).status == 200
+    status, xc, body = get(s, users_page)
+    assert xc == "MISS" and body["data"][0]["name"] == "listed", (xc, body)
+    assert get(s, posts_page)[1] == "HIT" and get(s, user_posts)[1] == "HIT"
+    # a post write changes the posts list and that user's posts list
+    until_hit(s, users_page)
+    assert s.request("PATCH", f"/posts/{pid}", body={"title": "listed post"}).status == 200
+    assert get(s, posts_page)[2]["data"][0]["title"] == "listed post"
+    assert get(s, user_posts)[2]["data"][0]["title"] == "listed post"
+    assert get(s, users_page)[1] == "HIT"
+    # a new post appears at once in its user's list (all pages of the list are dropped together)
+    until_hit(s, user_posts)
+    r = s.request("POST", f"/users/{uid}/posts", body={"title": "another", "content": ""})
+    assert r.status == 201, r
+    assert [p["title"] for p in get(s, user_posts)[2]["data"]] == ["listed post", "another"]
+    # a new user appears at once in the users list
+    until_hit(s, f"/users?after_id={uid}&limit=5")
+    v = make_user(s)
+    assert v["id"] in [x["id"] for x in get(s, f"/users?after_id={uid}&limit=5")[2]["data"]]
+
+
+def test_list_pages_fresh_with_replay_paused(server, schema):
+    s = cached_server(server, schema)
+    u = make_user(s)
+    page = f"/users?after_id={u['id'] - 1}&limit=3"
+    time.sleep(0.5)
+    until_hit(s, page)
+    replay_pause(schema)
+    try:
+        created = []
+        for i in range(5):
+            created.append(make_user(s)["id"])
+            ids = [x["id"] for x in get(s, f"/users?after_id={u['id'] - 1}&limit=10")[2]["data"]]
+            assert all(c in ids for c in created), f"acknowledged creates {created} missing from {ids}"
+            assert s.request("PATCH", f"/users/{u['id']}", body={"name": f"lp{i}"}).status == 200
+            assert get(s, page)[2]["data"][0]["name"] == f"lp{i}"
+    finally:
+        replay_resume(schema)
