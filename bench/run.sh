@@ -93,7 +93,8 @@ bench() { # label path [script] [port]
 bench "GET / (hello)" /
 bench "GET /users/:id random (cached)" / user_random.lua
 bench "GET /users/:id random (cache off)" / user_random.lua "$NOCACHE_PORT"
-bench "GET /users?limit=50" "/users?limit=50"
+bench "GET /users?limit=50 (cached)" "/users?limit=50"
+bench "GET /users?limit=50 (cache off)" "/users?limit=50" "" "$NOCACHE_PORT"
 bench "POST /users (primary)" / create_user.lua
 
 rss=$(ps -o rss= --ppid "$SERVER_PID" | awk '{printf "%s%.1f", sep, $1/1024; sep=", "}')
@@ -112,7 +113,8 @@ master_rss=$(ps -o rss= -p "$SERVER_PID" | awk '{printf "%d", $1/1024}')
     echo
     echo "RSS after the run: master ${master_rss} MB, workers ${rss} MB."
     echo
-    echo "Cached: GET /users/:id (leases + fences, X-Cache HIT after the first read); the list is not cached yet."
+    echo "Cached: single rows and list pages (leases + fences; X-Cache HIT after the first read). POST /users"
+    echo "is one INSERT plus the commit-LSN read on the primary through PgBouncer, then the Redis invalidation."
     echo "Comparison with the Node.js peer and nginx, and the 90/10 mix: not measured yet (issue 7)."
 } >bench/RESULTS.md
 echo "RSS MB: master $master_rss, workers $rss"
