@@ -44,15 +44,27 @@ static const char LUA_LOOKUP[] =
     "local t = tostring(redis.call('INCR', p .. ':seq')) "
     "redis.call('SET', lk, t, 'PX', ARGV[3]) "
     "return {2, t, f, e, k}";
+/* A list page is filled only into the list's current generation and recorded in the list's page set,
+ * so an invalidation can delete every live page: no page of an old generation is left behind. */
 static const char LUA_FILL[] =
     "local p, k, e = ARGV[1], ARGV[2], ARGV[3] "
     "if (redis.call('GET', p .. ':epoch') or '0') ~= e then return 0 end "
     "local lk = p .. ':e' .. e .. ':l:' .. k "
     "if redis.call('GET', lk) ~= ARGV[4] then return 0 end "
     "redis.call('DEL', lk) "
-    "local f = redis.call('GET', p .. ':f:' .. k) or '0000000000000000' "
-    "if ARGV[7] < f then return 0 end "
-    "redis.call('SET', p .. ':e' .. e .. ':v:' .. k, ARGV[5], 'EX', ARGV[6]) "
+    "local g, f = ARGV[8], nil "
+    "if g ~= '' then "
+    "  if k ~= ARGV[9] .. ':g' .. (redis.call('GET', p .. ':g:' .. g) or '0') then return 0 end "
+    "  f = redis.call('GET', p .. ':f:g:' .. g) "
+    "else f = redis.call('GET', p .. ':f:' .. k) end "
+    "if ARGV[7] < (f or '0000000000000000') then return 0 end "
+    "local vk = p .. ':e' .. e .. ':v:' .. k "
+    "redis.call('SET', vk, ARGV[5], 'EX', ARGV[6]) "
+    "if g ~= '' then "
+    "  local set = p .. ':e' .. e .. ':pages:' .. g "
+    "  redis.call('SADD', set, vk) "
+    "  redis.call('EXPIRE', set, ARGV[6]) "
+    "end "
     "return 1";
 static const char LUA_INVALIDATE[] =
     "local p, lsn, ttl = ARGV[1], ARGV[2], ARGV[3] "
@@ -64,6 +76,9 @@ static const char LUA_INVALIDATE[] =
     "end "
     "local ngens = tonumber(ARGV[5]) "
     "for i = 6, 5 + ngens do "
+    "  local set = p .. ':e' .. e .. ':pages:' .. ARGV[i] "
+    "  for _, vk in ipairs(redis.call('SMEMBERS', set)) do redis.call('DEL', vk) end "
+    "  redis.call('DEL', set) "
     "  redis.call('INCR', p .. ':g:' .. ARGV[i]) "
     "  raise(p .. ':f:g:' .. ARGV[i]) "
     "end "
@@ -86,6 +101,7 @@ struct cache_cmd {
     cache_lookup_cb lookup_cb;
     cache_done_cb done_cb;
     void *arg;
+    char gen[64], base[64];       /* lookups: the list's generation name and the page's key */
 };
 
 struct cache {
@@ -345,6 +361,13 @@ static void lookup_deliver(struct cache_cmd *cmd, const redisReply *r)
         return;
     }
     long long kind = r->element[0]->integer;
+    struct cache_stats *st = &cmd->c->stats;
+    if (kind == 1)
+        st->hits++;
+    else if (kind == 2)
+        st->misses++;
+    else
+        st->waits++;
     struct cache_lookup l = { .kind = kind == 1 ? CACHE_HIT : kind == 2 ? CACHE_LEASE : CACHE_WAIT,
                               .fence = fence_parse(r->element[2]) };
     if (l.kind == CACHE_HIT) {
@@ -355,6 +378,8 @@ static void lookup_deliver(struct cache_cmd *cmd, const redisReply *r)
     }
     snprintf(l.epoch, sizeof(l.epoch), "%s", r->element[3]->str);
     snprintf(l.key, sizeof(l.key), "%s", r->element[4]->str);
+    snprintf(l.gen, sizeof(l.gen), "%s", cmd->gen);
+    snprintf(l.base, sizeof(l.base), "%s", cmd->base);
     cmd->lookup_cb(cmd->arg, &l);
 }
 
@@ -369,13 +394,17 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
         if (cmd->kind == CMD_LOOKUP) {
             lookup_deliver(cmd, r);
         } else if (cmd->kind == CMD_INVALIDATE) {
-            if (!ok)
+            cmd->c->stats.invalidations++;
+            if (!ok) {
+                cmd->c->stats.invalidation_failures++;
                 log_warn("redis: invalidation failed: %s", r ? r->str : "connection lost");
+            }
             if (cmd->done_cb)
                 cmd->done_cb(cmd->arg, ok);
         } else if (cmd->kind == CMD_EPOCH) {
             cmd->c->epoch_inflight = false;
             if (ok) {
+                cmd->c->stats.epoch_bumps++;
                 fences_cache_dirty_clear(cmd->c->fences);
                 log_info("redis: cache moved to a new epoch; cached values in use again");
             }
@@ -392,6 +421,10 @@ static int cmd_send(struct cache *c, enum cmd_kind kind, int argc, const char **
     if (!cmd)
         return -1;
     *cmd = (struct cache_cmd){ .c = c, .kind = kind, .lookup_cb = lcb, .done_cb = dcb, .arg = arg };
+    if (kind == CMD_LOOKUP) { /* argv is the lookup script's: key at 4, generation name at 6 */
+        snprintf(cmd->base, sizeof(cmd->base), "%s", argv[4]);
+        snprintf(cmd->gen, sizeof(cmd->gen), "%s", argv[6]);
+    }
     cmd->timer_ev = evtimer_new(c->base, cmd_timeout_cb, cmd);
     if (!cmd->timer_ev || redisAsyncCommandArgv(c->ac, on_cmd_reply, cmd, argc, argv, lens) != REDIS_OK) {
         if (cmd->timer_ev)
@@ -416,24 +449,29 @@ void cache_lookup(struct cache *c, const char *key, const char *gen, cache_looku
     const char *argv[] = { "EVAL", LUA_LOOKUP, "0", c->cfg->redis_prefix, key, ttl, gen ? gen : "" };
     size_t lens[7];
     eval_lens(7, argv, lens, SIZE_MAX, 0);
-    if (!cache_usable(c) || cmd_send(c, CMD_LOOKUP, 7, argv, lens, cb, NULL, arg) < 0)
+    if (!cache_usable(c) || cmd_send(c, CMD_LOOKUP, 7, argv, lens, cb, NULL, arg) < 0) {
+        c->stats.bypasses++;
         cb(arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
+    }
 }
 
 void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len, uint64_t data_lsn)
 {
     const char *key = lease->key;
+    const char *gen = lease->gen, *base = lease->base;
     if (!cache_usable(c) || lease->kind != CACHE_LEASE)
         return;
     char ttl[16], lsn[LSN_HEX];
     snprintf(ttl, sizeof(ttl), "%d", c->cfg->cache_ttl_s);
     lsn_hex(data_lsn, lsn);
     const char *argv[] = { "EVAL", LUA_FILL, "0", c->cfg->redis_prefix, key, lease->epoch, lease->token, value,
-                           ttl, lsn };
-    size_t lens[10];
-    eval_lens(10, argv, lens, 7, len);
-    if (cmd_send(c, CMD_FILL, 10, argv, lens, NULL, NULL, NULL) < 0)
+                           ttl, lsn, gen, base };
+    size_t lens[12];
+    eval_lens(12, argv, lens, 7, len);
+    if (cmd_send(c, CMD_FILL, 12, argv, lens, NULL, NULL, NULL) < 0)
         log_debug("redis: fill of %s not sent", key);
+    else
+        c->stats.fills++;
 }
 
 void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb, void *arg)
@@ -460,8 +498,10 @@ void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t l
         argv[FIXED + ngens + i] = ch->keys[i];
     size_t lens[FIXED + MAXKEYS];
     eval_lens(FIXED + n, argv, lens, SIZE_MAX, 0);
-    if (c->state != CACHE_UP || !c->ac || cmd_send(c, CMD_INVALIDATE, FIXED + n, argv, lens, NULL, cb, arg) < 0)
+    if (c->state != CACHE_UP || !c->ac || cmd_send(c, CMD_INVALIDATE, FIXED + n, argv, lens, NULL, cb, arg) < 0) {
+        c->stats.invalidation_failures++;
         cb(arg, false);
+    }
 }
 
 /* Ends a bypass: a new epoch makes every value cached before the failure unreachable. */

@@ -16,6 +16,7 @@ enum cache_state { CACHE_DISABLED, CACHE_DOWN, CACHE_CONNECTING, CACHE_UP };
 
 struct cache_stats {
     uint64_t connects, disconnects, ping_failures;
+    uint64_t hits, misses, waits, bypasses, fills, invalidations, invalidation_failures, epoch_bumps;
 };
 
 struct cache *cache_new(struct event_base *base, const struct config *cfg, struct fences *fences);
@@ -41,6 +42,8 @@ struct cache_lookup {
     char token[24];           /* CACHE_LEASE: the lease, for cache_fill */
     char epoch[24];
     char key[96];             /* the key as stored (a list page's includes its generation) */
+    char gen[64];             /* a list page: its list's generation name; "" for a single row */
+    char base[64];            /* the key as asked for */
 };
 
 #define CACHE_KEY_MAX 64

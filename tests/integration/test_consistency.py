@@ -455,10 +455,48 @@ def final_versions(topology, keys):
 
 
 def start_server(server, schema):
+    import uuid
+    prefix = f"hist{uuid.uuid4().hex[:8]}"  # this server's own cache namespace, scanned afterwards
     s = server(workers=WORKERS, topology=schema,
-               overrides={"database": {"health_interval": f"{int(HEALTH_INTERVAL_S * 1000)}ms"}}).start()
+               overrides={"database": {"health_interval": f"{int(HEALTH_INTERVAL_S * 1000)}ms"},
+                          "redis": {"prefix": prefix}}).start()
     s.wait_for(lambda: s.get("/readyz").json().get("replicas_up") == 1, 20, "the replica in rotation")
+    s.prefix = prefix
     return s
+
+
+def cache_mismatches(srv, schema):
+    """Every value cached in the server's current epoch, compared with the primary: a cached row must
+    exist there with the same version; an embedded or listed post likewise. Returns (checked, problems)."""
+    import json as _json
+    import redis as redis_lib
+    r = redis_lib.Redis(port=schema.redis_port)
+    epoch = (r.get(f"{srv.prefix}:epoch") or b"0").decode()
+    rows = []  # (what, table, id, version seen)
+    for k in r.scan_iter(f"{srv.prefix}:e{epoch}:v:*"):
+        key = k.decode().split(":v:", 1)[1]
+        raw = r.get(k)
+        if raw is None:
+            continue  # expired or dropped meanwhile
+        value = _json.loads(raw)
+        kind = key.split(":", 1)[0]
+        if kind in ("user", "userp"):
+            rows.append((key, "users", value["id"], value["version"]))
+            rows += [(key, "posts", p["id"], p["version"]) for p in value.get("posts", [])]
+        elif kind == "post":
+            rows.append((key, "posts", value["id"], value["version"]))
+        else:  # a list page
+            table = "users" if kind == "ulist" else "posts"
+            rows += [(key, table, x["id"], x["version"]) for x in value["data"]]
+    problems = []
+    with closing(schema.rw()) as conn, conn.cursor() as cur:
+        for key, table, ident, version in rows:
+            cur.execute(f"SELECT version FROM {table} WHERE id = %s", (ident,))
+            got = cur.fetchone()
+            if got is None or got[0] != version:
+                problems.append(f"{key}: cached {table} {ident} version {version}, primary has "
+                                f"{'no row' if got is None else got[0]}")
+    return len(rows), problems
 
 
 def run_and_check(srv, schema, watch, schedule, seed):
@@ -495,6 +533,9 @@ def run_and_check(srv, schema, watch, schedule, seed):
     lost = check_final(load.h, final_versions(schema, keys))
     assert not lost, (f"expected the primary to hold every acknowledged version, got {len(lost)} problem(s):\n"
                       + "\n".join(lost[:20]) + f"\n{numbers}")
+    checked, stale = cache_mismatches(srv, schema)
+    assert not stale, f"expected every cached entry to equal the primary's row, got:\n" + "\n".join(stale[:20])
+    assert checked >= 1, "expected something in the cache to check"
 
     # not vacuous: enough traffic, every route exercised, every check had reads it could have failed
     assert s["reads"] >= MIN_READS, f"expected at least {MIN_READS} reads, got {s['reads']}\n{numbers}"
