@@ -89,7 +89,7 @@ static const char LUA_INVALIDATE[] =
     "end "
     "return 1";
 
-enum cmd_kind { CMD_LOOKUP, CMD_FILL, CMD_INVALIDATE, CMD_EPOCH };
+enum cmd_kind { CMD_LOOKUP, CMD_FILL, CMD_INVALIDATE, CMD_EPOCH, CMD_PING };
 
 /* One command in flight. hiredis always calls back (with NULL when the connection goes), so the
  * struct is freed there; a timeout answers the caller first and marks it answered. */
@@ -111,7 +111,6 @@ struct cache {
     enum cache_state state;
     struct event *timer_ev;       /* reconnect back-off, connect timeout */
     struct event *ping_ev;        /* periodic health PING */
-    struct event *ping_timeout_ev;
     bool ping_inflight;
     bool epoch_inflight;
     struct fences *fences;        /* shared: the cache-dirty flag */
@@ -133,8 +132,6 @@ static void cache_down(struct cache *c, const char *why)
     if (c->state == CACHE_UP || c->failures == 0)
         log_warn("redis %s:%d: %s: cache bypassed until it is back", c->cfg->redis_host, c->cfg->redis_port, why);
     c->state = CACHE_DOWN;
-    c->ping_inflight = false;
-    event_del(c->ping_timeout_ev);
     int ms = BACKOFF_MIN_MS << (c->failures < 6 ? c->failures : 6);
     c->failures++;
     timer_arm(c->timer_ev, ms > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms);
@@ -216,21 +213,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         cache_connect(c);
 }
 
-static void on_pong(redisAsyncContext *ac, void *r, void *priv)
-{
-    (void)ac;
-    struct cache *c = priv;
-    redisReply *reply = r;
-    if (!c->ping_inflight)
-        return; /* answered after its timeout already gave up on the connection */
-    c->ping_inflight = false;
-    event_del(c->ping_timeout_ev);
-    if (!reply || reply->type != REDIS_REPLY_STATUS || strcmp(reply->str, "PONG") != 0) {
-        c->stats.ping_failures++;
-        if (reply)
-            log_warn("redis: unexpected PING answer");
-    }
-}
+static void ping_send(struct cache *c);
 
 static void ping_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -238,24 +221,7 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct cache *c = arg;
     epoch_bump(c);
-    if (c->state != CACHE_UP || c->ping_inflight || !c->ac)
-        return;
-    if (redisAsyncCommand(c->ac, on_pong, c, "PING") != REDIS_OK) {
-        cache_abandon(c, "cannot send PING");
-        return;
-    }
-    c->ping_inflight = true;
-    timer_arm(c->ping_timeout_ev, c->cfg->redis_command_timeout_ms);
-}
-
-static void ping_timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct cache *c = arg;
-    c->stats.ping_failures++;
-    c->ping_inflight = false;
-    cache_abandon(c, "PING not answered within command_timeout");
+    ping_send(c);
 }
 
 struct cache *cache_new(struct event_base *base, const struct config *cfg, struct fences *fences)
@@ -271,8 +237,7 @@ struct cache *cache_new(struct event_base *base, const struct config *cfg, struc
         return c;
     c->timer_ev = evtimer_new(base, timer_cb, c);
     c->ping_ev = event_new(base, -1, EV_PERSIST, ping_cb, c);
-    c->ping_timeout_ev = evtimer_new(base, ping_timeout_cb, c);
-    if (!c->timer_ev || !c->ping_ev || !c->ping_timeout_ev) {
+    if (!c->timer_ev || !c->ping_ev) {
         cache_free(c);
         return NULL;
     }
@@ -289,8 +254,8 @@ void cache_free(struct cache *c)
         c->ac->data = NULL;
         redisAsyncFree(c->ac);
     }
-    struct event *evs[] = { c->timer_ev, c->ping_ev, c->ping_timeout_ev };
-    for (size_t i = 0; i < 3; i++)
+    struct event *evs[] = { c->timer_ev, c->ping_ev };
+    for (size_t i = 0; i < 2; i++)
         if (evs[i])
             event_free(evs[i]);
     free(c);
@@ -333,6 +298,10 @@ static void cmd_answer_fail(struct cache_cmd *cmd)
         cmd->done_cb(cmd->arg, false);
     else if (cmd->kind == CMD_EPOCH)
         cmd->c->epoch_inflight = false;
+    else if (cmd->kind == CMD_PING)
+        cmd->c->stats.ping_failures++;
+    if (cmd->kind == CMD_PING)
+        cmd->c->ping_inflight = false;
 }
 
 static void cmd_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -401,6 +370,12 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
             }
             if (cmd->done_cb)
                 cmd->done_cb(cmd->arg, ok);
+        } else if (cmd->kind == CMD_PING) {
+            cmd->c->ping_inflight = false;
+            if (r && (r->type != REDIS_REPLY_STATUS || strcmp(r->str, "PONG") != 0)) { /* NULL: link lost */
+                cmd->c->stats.ping_failures++;
+                log_warn("redis: unexpected PING answer");
+            }
         } else if (cmd->kind == CMD_EPOCH) {
             cmd->c->epoch_inflight = false;
             if (ok) {
@@ -515,4 +490,18 @@ static void epoch_bump(struct cache *c)
     size_t lens[] = { 4, strlen(key) };
     if (cmd_send(c, CMD_EPOCH, 2, argv, lens, NULL, NULL, NULL) == 0)
         c->epoch_inflight = true;
+}
+
+/* Health: a PING per health_interval; one not answered within command_timeout drops the connection
+ * (the command timeout does it, as for any command). */
+static void ping_send(struct cache *c)
+{
+    if (c->state != CACHE_UP || c->ping_inflight || !c->ac)
+        return;
+    const char *argv[] = { "PING" };
+    size_t lens[] = { 4 };
+    if (cmd_send(c, CMD_PING, 1, argv, lens, NULL, NULL, NULL) < 0)
+        cache_abandon(c, "cannot send PING");
+    else
+        c->ping_inflight = true;
 }

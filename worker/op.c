@@ -290,7 +290,7 @@ static void run_by_id(const struct op *o, const char *sql, bool write, int statu
 
 static void lookup_done(void *arg, const struct cache_lookup *l);
 
-static void cached_read(struct op_state *s)
+static void row_db_read(struct op_state *s)
 {
     char id[ID_TEXT_MAX];
     id_text(s->o.id, id, sizeof(id));
@@ -298,12 +298,25 @@ static void cached_read(struct op_state *s)
     start(s, s->sql, params, 1, row_done);
 }
 
+static void lookup_send(struct op_state *s)
+{
+    cache_lookup(s->o.w->cache, s->key, s->gen[0] ? s->gen : NULL, lookup_done, s);
+}
+
+/* A read: from the cache when it has a key (and the cache is on), else straight from the database. */
+static void read_start(struct op_state *s)
+{
+    if (!s->key[0] || cache_state(s->o.w->cache) == CACHE_DISABLED)
+        s->db_read(s);
+    else
+        lookup_send(s);
+}
+
 static void wait_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    struct op_state *s = arg;
-    cache_lookup(s->o.w->cache, s->key, s->gen[0] ? s->gen : NULL, lookup_done, s);
+    lookup_send(arg);
 }
 
 /* Another request holds the fill lease: wait a few ms for its value (one query per hot key, not N),
@@ -354,13 +367,10 @@ void op_get(const struct op *o, const char *sql)
         return;
     s->sql = sql;
     s->row_read = true;
-    s->db_read = cached_read;
-    if (!o->cache || cache_state(o->w->cache) == CACHE_DISABLED) {
-        cached_read(s);
-        return;
-    }
-    snprintf(s->key, sizeof(s->key), "%s:%" PRId64, o->cache, o->id);
-    cache_lookup(o->w->cache, s->key, NULL, lookup_done, s);
+    s->db_read = row_db_read;
+    if (o->cache)
+        snprintf(s->key, sizeof(s->key), "%s:%" PRId64, o->cache, o->id);
+    read_start(s);
 }
 
 /* ---- pages ---------------------------------------------------------------------------------- */
@@ -401,7 +411,7 @@ static void page_done(void *arg, const struct pool_result *r)
     state_free(s);
 }
 
-static void page_read(struct op_state *s)
+static void page_db_read(struct op_state *s)
 {
     char text[3][ID_TEXT_MAX];
     id_text(s->o.id, text[0], sizeof(text[0]));
@@ -424,18 +434,16 @@ void op_page(const struct op *o, const char *sql, const char *base)
     s->limit = limit;
     s->after = after;
     s->sql = sql;
-    s->db_read = page_read;
+    s->db_read = page_db_read;
     snprintf(s->base, sizeof(s->base), "%s", base);
-    if (!o->cache || !o->cache_list || cache_state(o->w->cache) == CACHE_DISABLED) {
-        page_read(s);
-        return;
+    if (o->cache && o->cache_list) {
+        snprintf(s->key, sizeof(s->key), "%s:%" PRId64 ":%" PRId64 ":%" PRId64, o->cache, o->id, limit, after);
+        if (o->id)
+            snprintf(s->gen, sizeof(s->gen), "%s:%" PRId64, o->cache_list, o->id);
+        else
+            snprintf(s->gen, sizeof(s->gen), "%s", o->cache_list);
     }
-    snprintf(s->key, sizeof(s->key), "%s:%" PRId64 ":%" PRId64 ":%" PRId64, o->cache, o->id, limit, after);
-    if (o->id)
-        snprintf(s->gen, sizeof(s->gen), "%s:%" PRId64, o->cache_list, o->id);
-    else
-        snprintf(s->gen, sizeof(s->gen), "%s", o->cache_list);
-    cache_lookup(o->w->cache, s->key, s->gen, lookup_done, s);
+    read_start(s);
 }
 
 /* ---- writes from a body --------------------------------------------------------------------- */
