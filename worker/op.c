@@ -277,20 +277,9 @@ static void row_done(void *arg, const struct pool_result *r)
     }
 }
 
-static void run_by_id(const struct op *o, const char *sql, bool write, int status)
-{
-    struct op_state *s = state_new(o, write, status);
-    if (!s)
-        return;
-    char id[ID_TEXT_MAX];
-    id_text(o->id, id, sizeof(id));
-    const char *params[] = { id };
-    start(s, sql, params, o->id ? 1 : 0, row_done);
-}
-
 static void lookup_done(void *arg, const struct cache_lookup *l);
 
-static void row_db_read(struct op_state *s)
+static void by_id_run(struct op_state *s)
 {
     char id[ID_TEXT_MAX];
     id_text(s->o.id, id, sizeof(id));
@@ -367,7 +356,7 @@ void op_get(const struct op *o, const char *sql)
         return;
     s->sql = sql;
     s->row_read = true;
-    s->db_read = row_db_read;
+    s->db_read = by_id_run;
     if (o->cache)
         snprintf(s->key, sizeof(s->key), "%s:%" PRId64, o->cache, o->id);
     read_start(s);
@@ -519,7 +508,11 @@ void op_item_write(const struct op *o)
     if (o->req->method == HTTP_DELETE) {
         struct op d = *o;
         d.also |= res->cascade;
-        run_by_id(&d, res->sql_delete, true, 204);
+        struct op_state *s = state_new(&d, true, 204);
+        if (s) {
+            s->sql = res->sql_delete;
+            by_id_run(s); /* $1 = id; row_done answers 204 once the fences are raised */
+        }
     } else if (o->req->method == HTTP_PUT) {
         op_write_body(o, res->sql_replace, true);
     } else {
