@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages pgapi needs to build, test and run its local
-# topology. Idempotent and silent when everything is already installed.
+# topology (with --bench: also nginx, Node.js, npm, perf and valgrind for
+# bench/run.sh). Idempotent and silent when everything is already installed.
 #
 # Services are never started by the install: a temporary /usr/sbin/policy-rc.d
 # (exit 101) blocks the packages' postinst from starting PostgreSQL's default
@@ -22,6 +23,12 @@ for pkg in "${PACKAGES[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
     [[ $status == "install ok installed" ]] || missing+=("$pkg")
 done
+# --bench: what bench/run.sh needs besides, judged by the command (a Node.js from elsewhere will do)
+if [[ ${1:-} == --bench ]]; then
+    for pair in nginx:nginx node:nodejs npm:npm perf:linux-perf valgrind:valgrind; do
+        command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+    done
+fi
 (( ${#missing[@]} == 0 )) && exit 0
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -40,6 +47,7 @@ listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q . ; }
 before_clusters=$(pg_clusters_online)
 before_redis=0; listening 6379 && before_redis=1
 before_bouncer=0; listening 6432 && before_bouncer=1
+before_nginx=0; listening 80 && before_nginx=1
 
 policy=/usr/sbin/policy-rc.d
 created_policy=0
@@ -84,6 +92,9 @@ if (( ! before_redis )) && listening 6379; then
 fi
 if (( ! before_bouncer )) && listening 6432; then
     stop_pidfile pgbouncer /run/postgresql/pgbouncer.pid /usr/sbin/pgbouncer
+fi
+if (( ! before_nginx )) && listening 80; then
+    stop_pidfile nginx /run/nginx.pid /usr/sbin/nginx
 fi
 
 still=()

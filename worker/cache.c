@@ -89,7 +89,12 @@ static const char LUA_INVALIDATE[] =
     "end "
     "return 1";
 
-enum cmd_kind { CMD_LOOKUP, CMD_FILL, CMD_INVALIDATE, CMD_EPOCH, CMD_PING };
+enum cmd_kind { CMD_PEEK, CMD_LOOKUP, CMD_FILL, CMD_INVALIDATE, CMD_EPOCH, CMD_PING, CMD_SCRIPT_LOAD };
+
+/* The scripts go by SHA1 (EVALSHA) once SCRIPT LOAD on connect has told us the digests; until then,
+ * and after a NOSCRIPT (SCRIPT FLUSH by hand), by their text (EVAL). */
+enum script_id { SCRIPT_LOOKUP, SCRIPT_FILL, SCRIPT_INVALIDATE, SCRIPT_COUNT };
+static const char *const SCRIPTS[SCRIPT_COUNT] = { LUA_LOOKUP, LUA_FILL, LUA_INVALIDATE };
 
 /* One command in flight. hiredis always calls back (with NULL when the connection goes), so the
  * struct is freed there; a timeout answers the caller first and marks it answered. */
@@ -102,6 +107,7 @@ struct cache_cmd {
     cache_done_cb done_cb;
     void *arg;
     char gen[64], base[64];       /* lookups: the list's generation name and the page's key */
+    enum script_id script;        /* SCRIPT LOAD */
 };
 
 struct cache {
@@ -115,11 +121,14 @@ struct cache {
     bool epoch_inflight;
     struct fences *fences;        /* shared: the cache-dirty flag */
     int failures;
+    char sha[SCRIPT_COUNT][41];   /* "" until loaded */
+    char epoch[24];               /* the epoch last seen: single-row lookups peek at it first */
     struct cache_stats stats;
 };
 
 static void cache_connect(struct cache *c);
 static void epoch_bump(struct cache *c);
+static void scripts_load(struct cache *c);
 
 static void timer_arm(struct event *ev, int ms)
 {
@@ -166,6 +175,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     c->failures = 0;
     c->state = CACHE_UP;
     c->stats.connects++;
+    scripts_load(c);
     epoch_bump(c);
 }
 
@@ -292,7 +302,7 @@ static bool cache_usable(const struct cache *c)
 static void cmd_answer_fail(struct cache_cmd *cmd)
 {
     cmd->answered = true;
-    if (cmd->kind == CMD_LOOKUP)
+    if (cmd->kind == CMD_LOOKUP || cmd->kind == CMD_PEEK)
         cmd->lookup_cb(cmd->arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
     else if (cmd->kind == CMD_INVALIDATE && cmd->done_cb)
         cmd->done_cb(cmd->arg, false);
@@ -346,10 +356,40 @@ static void lookup_deliver(struct cache_cmd *cmd, const redisReply *r)
         snprintf(l.token, sizeof(l.token), "%s", r->element[1]->str);
     }
     snprintf(l.epoch, sizeof(l.epoch), "%s", r->element[3]->str);
+    snprintf(cmd->c->epoch, sizeof(cmd->c->epoch), "%s", l.epoch);
     snprintf(l.key, sizeof(l.key), "%s", r->element[4]->str);
     snprintf(l.gen, sizeof(l.gen), "%s", cmd->gen);
     snprintf(l.base, sizeof(l.base), "%s", cmd->base);
     cmd->lookup_cb(cmd->arg, &l);
+}
+
+static void lookup_script_send(struct cache *c, const char *key, const char *gen, cache_lookup_cb cb, void *arg);
+
+/* The fast path's answer: a hit only if the epoch read with the value is the one its key was built
+ * from; anything else (a miss, a new epoch) takes the script, which takes leases. */
+static void peek_deliver(struct cache_cmd *cmd, const redisReply *r)
+{
+    struct cache *c = cmd->c;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        if (r && r->type == REDIS_REPLY_ERROR)
+            log_warn("redis: lookup failed: %s", r->str);
+        c->stats.bypasses++;
+        cmd->lookup_cb(cmd->arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
+        return;
+    }
+    const redisReply *e = r->element[0], *v = r->element[1];
+    const char *now = e->type == REDIS_REPLY_STRING ? e->str : "0";
+    if (strcmp(now, cmd->gen) == 0 && v->type == REDIS_REPLY_STRING) {
+        c->stats.hits++;
+        struct cache_lookup l = { .kind = CACHE_HIT, .value = v->str, .len = v->len };
+        snprintf(l.epoch, sizeof(l.epoch), "%s", now);
+        snprintf(l.key, sizeof(l.key), "%s", cmd->base);
+        snprintf(l.base, sizeof(l.base), "%s", cmd->base);
+        cmd->lookup_cb(cmd->arg, &l);
+        return;
+    }
+    snprintf(c->epoch, sizeof(c->epoch), "%s", now);
+    lookup_script_send(c, cmd->base, NULL, cmd->lookup_cb, cmd->arg);
 }
 
 static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
@@ -358,9 +398,16 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
     struct cache_cmd *cmd = priv;
     redisReply *r = reply;
     event_free(cmd->timer_ev);
+    bool loaded = cmd->c->sha[0][0] || cmd->c->sha[1][0] || cmd->c->sha[2][0]; /* reload once, not per reply */
+    if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 && cmd->c->ac && loaded) {
+        log_warn("redis: scripts were flushed: loading them again");
+        scripts_load(cmd->c);
+    }
     if (!cmd->answered) {
         bool ok = r && r->type != REDIS_REPLY_ERROR;
-        if (cmd->kind == CMD_LOOKUP) {
+        if (cmd->kind == CMD_PEEK) {
+            peek_deliver(cmd, r);
+        } else if (cmd->kind == CMD_LOOKUP) {
             lookup_deliver(cmd, r);
         } else if (cmd->kind == CMD_INVALIDATE) {
             cmd->c->stats.invalidations++;
@@ -376,6 +423,11 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
                 cmd->c->stats.ping_failures++;
                 log_warn("redis: unexpected PING answer");
             }
+        } else if (cmd->kind == CMD_SCRIPT_LOAD) {
+            if (r && r->type == REDIS_REPLY_STRING && r->len == 40)
+                memcpy(cmd->c->sha[cmd->script], r->str, 41);
+            else
+                log_warn("redis: SCRIPT LOAD failed (%s): scripts go by EVAL", r && r->str ? r->str : "no answer");
         } else if (cmd->kind == CMD_EPOCH) {
             cmd->c->epoch_inflight = false;
             if (ok) {
@@ -388,13 +440,13 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
     free(cmd);
 }
 
-/* Sends argv as one command with the command timeout; -1 when it could not be sent (nothing called). */
-static int cmd_send(struct cache *c, enum cmd_kind kind, int argc, const char **argv, const size_t *lens,
+/* Sends argv as one command with the command timeout; NULL when it could not be sent (nothing called). */
+static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc, const char **argv, const size_t *lens,
                     cache_lookup_cb lcb, cache_done_cb dcb, void *arg)
 {
     struct cache_cmd *cmd = calloc(1, sizeof(*cmd));
     if (!cmd)
-        return -1;
+        return NULL;
     *cmd = (struct cache_cmd){ .c = c, .kind = kind, .lookup_cb = lcb, .done_cb = dcb, .arg = arg };
     if (kind == CMD_LOOKUP) { /* argv is the lookup script's: key at 4, generation name at 6 */
         snprintf(cmd->base, sizeof(cmd->base), "%s", argv[4]);
@@ -405,10 +457,18 @@ static int cmd_send(struct cache *c, enum cmd_kind kind, int argc, const char **
         if (cmd->timer_ev)
             event_free(cmd->timer_ev);
         free(cmd);
-        return -1;
+        return NULL;
     }
     timer_arm(cmd->timer_ev, c->cfg->redis_command_timeout_ms);
-    return 0;
+    return cmd;
+}
+
+/* argv[0..1] of a script call: EVALSHA digest, or EVAL text while the digest is unknown */
+static void script_argv(const struct cache *c, enum script_id id, const char **argv)
+{
+    bool loaded = c->sha[id][0] != '\0';
+    argv[0] = loaded ? "EVALSHA" : "EVAL";
+    argv[1] = loaded ? c->sha[id] : SCRIPTS[id];
 }
 
 static void eval_lens(int argc, const char **argv, size_t *lens, size_t value_index, size_t value_len)
@@ -417,14 +477,37 @@ static void eval_lens(int argc, const char **argv, size_t *lens, size_t value_in
         lens[i] = (size_t)i == value_index ? value_len : strlen(argv[i]);
 }
 
+/* A single row's lookup first reads the epoch and the value of the epoch last seen, in one MGET (cheaper
+ * for Redis than the script); a list page, a miss or an epoch change goes through the script. */
 void cache_lookup(struct cache *c, const char *key, const char *gen, cache_lookup_cb cb, void *arg)
+{
+    if (gen || !c->epoch[0] || !cache_usable(c)) {
+        lookup_script_send(c, key, gen, cb, arg);
+        return;
+    }
+    char epoch_key[96], value_key[192];
+    snprintf(epoch_key, sizeof(epoch_key), "%s:epoch", c->cfg->redis_prefix);
+    snprintf(value_key, sizeof(value_key), "%s:e%s:v:%s", c->cfg->redis_prefix, c->epoch, key);
+    const char *argv[] = { "MGET", epoch_key, value_key };
+    size_t lens[] = { 4, strlen(epoch_key), strlen(value_key) };
+    struct cache_cmd *cmd = cmd_send(c, CMD_PEEK, 3, argv, lens, cb, NULL, arg);
+    if (!cmd) {
+        lookup_script_send(c, key, gen, cb, arg);
+        return;
+    }
+    snprintf(cmd->base, sizeof(cmd->base), "%s", key);
+    snprintf(cmd->gen, sizeof(cmd->gen), "%s", c->epoch); /* a peek's gen: the epoch it assumed */
+}
+
+static void lookup_script_send(struct cache *c, const char *key, const char *gen, cache_lookup_cb cb, void *arg)
 {
     char ttl[16];
     snprintf(ttl, sizeof(ttl), "%d", LEASE_TTL_MS);
-    const char *argv[] = { "EVAL", LUA_LOOKUP, "0", c->cfg->redis_prefix, key, ttl, gen ? gen : "" };
+    const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, key, ttl, gen ? gen : "" };
+    script_argv(c, SCRIPT_LOOKUP, argv);
     size_t lens[7];
     eval_lens(7, argv, lens, SIZE_MAX, 0);
-    if (!cache_usable(c) || cmd_send(c, CMD_LOOKUP, 7, argv, lens, cb, NULL, arg) < 0) {
+    if (!cache_usable(c) || !cmd_send(c, CMD_LOOKUP, 7, argv, lens, cb, NULL, arg)) {
         c->stats.bypasses++;
         cb(arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
     }
@@ -439,11 +522,12 @@ void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *v
     char ttl[16], lsn[LSN_HEX];
     snprintf(ttl, sizeof(ttl), "%d", c->cfg->cache_ttl_s);
     lsn_hex(data_lsn, lsn);
-    const char *argv[] = { "EVAL", LUA_FILL, "0", c->cfg->redis_prefix, key, lease->epoch, lease->token, value,
+    const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, key, lease->epoch, lease->token, value,
                            ttl, lsn, gen, base };
+    script_argv(c, SCRIPT_FILL, argv);
     size_t lens[12];
     eval_lens(12, argv, lens, 7, len);
-    if (cmd_send(c, CMD_FILL, 12, argv, lens, NULL, NULL, NULL) < 0)
+    if (!cmd_send(c, CMD_FILL, 12, argv, lens, NULL, NULL, NULL))
         log_debug("redis: fill of %s not sent", key);
     else
         c->stats.fills++;
@@ -464,8 +548,9 @@ void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t l
     int nkeys = ch->nkeys < MAXKEYS - ngens ? ch->nkeys : MAXKEYS - ngens;
     char ngens_s[12];
     snprintf(ngens_s, sizeof(ngens_s), "%d", ngens);
-    const char *argv[FIXED + MAXKEYS] = { "EVAL", LUA_INVALIDATE, "0", c->cfg->redis_prefix, lsn_s, ttl,
+    const char *argv[FIXED + MAXKEYS] = { NULL, NULL, "0", c->cfg->redis_prefix, lsn_s, ttl,
                                           ch->all ? "1" : "0", ngens_s };
+    script_argv(c, SCRIPT_INVALIDATE, argv);
     int n = ngens + nkeys;
     for (int i = 0; i < ngens; i++)
         argv[FIXED + i] = ch->gens[i];
@@ -473,7 +558,7 @@ void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t l
         argv[FIXED + ngens + i] = ch->keys[i];
     size_t lens[FIXED + MAXKEYS];
     eval_lens(FIXED + n, argv, lens, SIZE_MAX, 0);
-    if (c->state != CACHE_UP || !c->ac || cmd_send(c, CMD_INVALIDATE, FIXED + n, argv, lens, NULL, cb, arg) < 0) {
+    if (c->state != CACHE_UP || !c->ac || !cmd_send(c, CMD_INVALIDATE, FIXED + n, argv, lens, NULL, cb, arg)) {
         c->stats.invalidation_failures++;
         cb(arg, false);
     }
@@ -488,7 +573,7 @@ static void epoch_bump(struct cache *c)
     snprintf(key, sizeof(key), "%s:epoch", c->cfg->redis_prefix);
     const char *argv[] = { "INCR", key };
     size_t lens[] = { 4, strlen(key) };
-    if (cmd_send(c, CMD_EPOCH, 2, argv, lens, NULL, NULL, NULL) == 0)
+    if (cmd_send(c, CMD_EPOCH, 2, argv, lens, NULL, NULL, NULL))
         c->epoch_inflight = true;
 }
 
@@ -500,8 +585,23 @@ static void ping_send(struct cache *c)
         return;
     const char *argv[] = { "PING" };
     size_t lens[] = { 4 };
-    if (cmd_send(c, CMD_PING, 1, argv, lens, NULL, NULL, NULL) < 0)
+    if (!cmd_send(c, CMD_PING, 1, argv, lens, NULL, NULL, NULL))
         cache_abandon(c, "cannot send PING");
     else
         c->ping_inflight = true;
+}
+
+/* On every connect (a restarted Redis has no scripts): commands sent before the digests arrive use EVAL. */
+static void scripts_load(struct cache *c)
+{
+    memset(c->sha, 0, sizeof(c->sha));
+    for (int i = 0; i < SCRIPT_COUNT; i++) {
+        const char *argv[] = { "SCRIPT", "LOAD", SCRIPTS[i] };
+        size_t lens[] = { 6, 4, strlen(SCRIPTS[i]) };
+        struct cache_cmd *cmd = cmd_send(c, CMD_SCRIPT_LOAD, 3, argv, lens, NULL, NULL, NULL);
+        if (cmd)
+            cmd->script = (enum script_id)i;
+        else
+            log_warn("redis: cannot send SCRIPT LOAD: scripts go by EVAL");
+    }
 }

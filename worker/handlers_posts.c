@@ -56,7 +56,8 @@ void handle_posts_list(struct worker *w, struct http_request *req, const struct 
 
 void handle_post_get(struct worker *w, struct http_request *req, const struct route_args *a)
 {
-    op_get(&(struct op){ .w = w, .req = req, .res = &POSTS, .id = a->id[0], .cache = "post" }, POSTS.sql_get);
+    op_get(&(struct op){ .w = w, .req = req, .res = &POSTS, .id = a->id[0], .cache = "post" }, POSTS.sql_get,
+           POSTS.sql_get_many);
 }
 
 /* PUT, PATCH and DELETE /posts/:id */

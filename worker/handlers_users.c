@@ -10,9 +10,11 @@
 #include "worker/reply.h"
 #include "worker/resources.h"
 
-static const char SQL_USER_GET_POSTS[] =
-    "SELECT u.id, (" USER_JSON "::jsonb || jsonb_build_object('posts', COALESCE((SELECT jsonb_agg(" POST_JSON
-    " ORDER BY p.id) FROM posts p WHERE p.user_id = u.id), '[]'::jsonb)))::text FROM users u WHERE u.id = $1";
+#define SQL_USER_GET_POSTS_WHERE                                                                             \
+    "SELECT u.id, (" USER_JSON "::jsonb || jsonb_build_object('posts', COALESCE((SELECT jsonb_agg(" POST_JSON \
+    " ORDER BY p.id) FROM posts p WHERE p.user_id = u.id), '[]'::jsonb)))::text FROM users u WHERE u.id = "
+static const char SQL_USER_GET_POSTS[] = SQL_USER_GET_POSTS_WHERE "$1";
+static const char SQL_USER_GET_POSTS_MANY[] = SQL_USER_GET_POSTS_WHERE OP_SQL_ANY_ID;
 static const char SQL_USER_CREATE[] =
     "INSERT INTO users AS u (name, email) VALUES ($1, $2) RETURNING " OP_SQL_ROW("u", USER_JSON);
 
@@ -40,7 +42,7 @@ void handle_user_get(struct worker *w, struct http_request *req, const struct ro
     bool posts = include[0] != '\0';
     struct op o = { .w = w, .req = req, .res = &USERS, .id = a->id[0], .also = posts ? OP_TABLE(FENCE_POSTS) : 0,
                     .cache = posts ? "userp" : "user" };
-    op_get(&o, posts ? SQL_USER_GET_POSTS : USERS.sql_get);
+    op_get(&o, posts ? SQL_USER_GET_POSTS : USERS.sql_get, posts ? SQL_USER_GET_POSTS_MANY : USERS.sql_get_many);
 }
 
 void handle_users_list(struct worker *w, struct http_request *req, const struct route_args *a)

@@ -55,6 +55,7 @@ struct http_conn {
     bool request_ready;
     bool close_after;
     bool in_process;         /* conn_process() on the stack: a synchronous answer must not recurse */
+    bool readable;           /* edge-triggered: the kernel may hold bytes we have not read yet */
     unsigned served;         /* responses completed on this connection */
 };
 
@@ -73,6 +74,7 @@ struct http_server {
     void (*on_empty)(void *);
     void *on_empty_arg;
     uint64_t seq;
+    unsigned pid;            /* request ids: pid-seq */
     time_t date_sec;
     char date[40];
 };
@@ -133,23 +135,18 @@ static void conn_state_set(struct http_conn *c, enum conn_state state)
     c->state = state;
     switch (state) {
     case CONN_IDLE:
-        event_add(c->read_ev, NULL);
         conn_timer_set(c, srv->tv_keepalive);
         break;
     case CONN_READING:
-        event_add(c->read_ev, NULL);
         conn_timer_set(c, srv->tv_request); /* one bound for the whole request: slow headers or body */
         break;
     case CONN_HANDLING:
-        event_del(c->read_ev); /* back-pressure: pipelined bytes wait in the kernel */
-        conn_timer_set(c, NULL);
+        conn_timer_set(c, NULL); /* back-pressure: nothing is read, pipelined bytes wait in the kernel */
         break;
     case CONN_WRITING:
-        event_del(c->read_ev);
         conn_timer_set(c, srv->tv_request);
         break;
     case CONN_LINGER:
-        event_add(c->read_ev, NULL);
         conn_timer_set(c, srv->tv_linger);
         break;
     case CONN_DEAD:
@@ -389,7 +386,7 @@ static void request_id_ensure(struct http_conn *c)
         if ((unsigned char)*s < 0x21 || (unsigned char)*s > 0x7e || *s == '"' || *s == '\\')
             *s = '_';
     if (r->request_id[0] == '\0')
-        snprintf(r->request_id, sizeof(r->request_id), "%x-%llx", (unsigned)getpid(),
+        snprintf(r->request_id, sizeof(r->request_id), "%x-%llx", c->srv->pid,
                  (unsigned long long)++c->srv->seq);
 }
 
@@ -572,6 +569,8 @@ static void conn_response_done(struct http_conn *c)
     c->served++;
     request_reset(c);
     conn_state_set(c, evbuffer_get_length(c->in) ? CONN_READING : CONN_IDLE);
+    if (c->readable) /* bytes left in the kernel while we answered: no new edge will report them */
+        event_active(c->read_ev, EV_READ, 1);
     if (!c->in_process)
         conn_process(c);
 }
@@ -669,8 +668,28 @@ static void conn_linger_read(struct http_conn *c)
     ssize_t n = 0;
     for (int i = 0; i < 16 && (n = read(c->fd, buf, sizeof(buf))) > 0; i++)
         ;
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+    if (n > 0) /* more to discard: come back on the next loop, the edge will not repeat */
+        event_active(c->read_ev, EV_READ, 1);
+    else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
         conn_close(c);
+}
+
+/* One read into the input buffer, without evbuffer_read's FIONREAD ioctl. A short read means the
+ * kernel had no more: the next bytes bring a new edge. */
+static ssize_t conn_read(struct http_conn *c)
+{
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(c->in, READ_CHUNK, &v, 1) < 1) {
+        errno = ENOMEM;
+        return -1;
+    }
+    ssize_t n = read(c->fd, v.iov_base, READ_CHUNK);
+    if (n > 0) {
+        v.iov_len = (size_t)n;
+        evbuffer_commit_space(c->in, &v, 1);
+    }
+    c->readable = n == READ_CHUNK;
+    return n;
 }
 
 static void read_cb(evutil_socket_t fd, short what, void *arg)
@@ -682,9 +701,16 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
         conn_linger_read(c);
         return;
     }
-    int n = evbuffer_read(c->in, c->fd, READ_CHUNK);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    c->readable = true;
+    if (c->state != CONN_IDLE && c->state != CONN_READING)
+        return; /* busy with a request: read once it is answered */
+    ssize_t n = conn_read(c);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return;
+    if (n < 0 && errno == EINTR) {
+        event_active(c->read_ev, EV_READ, 1);
+        return;
+    }
     if (n <= 0) {
         /* EOF mid-request is an aborted request; EOF while idle is a normal keep-alive close */
         if (c->state == CONN_READING && n == 0)
@@ -693,6 +719,8 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     conn_process(c);
+    if (c->readable && (c->state == CONN_IDLE || c->state == CONN_READING))
+        event_active(c->read_ev, EV_READ, 1); /* a full chunk: more may wait, one chunk per turn */
 }
 
 static void write_cb(evutil_socket_t fd, short what, void *arg)
@@ -731,7 +759,7 @@ void http_server_adopt(struct http_server *srv, int fd)
     c->fd = fd;
     c->in = evbuffer_new();
     c->out = evbuffer_new();
-    c->read_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST, read_cb, c);
+    c->read_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST | EV_ET, read_cb, c);
     c->write_ev = event_new(srv->base, fd, EV_WRITE, write_cb, c);
     c->timer_ev = evtimer_new(srv->base, timer_cb, c);
     if (!c->in || !c->out || !c->read_ev || !c->write_ev || !c->timer_ev) {
@@ -750,6 +778,10 @@ void http_server_adopt(struct http_server *srv, int fd)
     srv->nconns++;
     request_reset(c);
     conn_state_set(c, CONN_IDLE);
+    if (event_add(c->read_ev, NULL) < 0) {
+        log_error("fd %d: cannot watch the connection: dropped", fd);
+        conn_close(c);
+    }
 }
 
 static const struct timeval *common_timeout(struct event_base *base, int ms)
@@ -764,7 +796,7 @@ struct http_server *http_server_new(struct event_base *base, const struct config
     struct http_server *srv = calloc(1, sizeof(*srv));
     if (!srv)
         return NULL;
-    *srv = (struct http_server){ .base = base, .cfg = cfg, .handler = handler, .ctx = ctx };
+    *srv = (struct http_server){ .base = base, .cfg = cfg, .handler = handler, .ctx = ctx, .pid = (unsigned)getpid() };
     srv->reap_ev = event_new(base, -1, 0, reap_cb, srv);
     srv->tv_keepalive = common_timeout(base, cfg->keepalive_timeout_ms > 0 ? cfg->keepalive_timeout_ms : 1);
     srv->tv_request = common_timeout(base, cfg->request_timeout_ms);
@@ -809,7 +841,7 @@ void http_server_free(struct http_server *srv)
 /* Reads what an idle connection may already have sent, so a request racing the drain is served. */
 static void conn_drain_idle(struct http_conn *c)
 {
-    int n = evbuffer_read(c->in, c->fd, READ_CHUNK);
+    ssize_t n = conn_read(c);
     if (n > 0)
         conn_process(c);
     else

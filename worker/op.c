@@ -38,6 +38,7 @@ struct op_state {
     int64_t limit;              /* pages: rows shown */
     char base[PATH_TEXT_MAX];   /* pages: where the next-page link points */
     const char *sql;            /* cached reads: the statement, run after the lookup */
+    const char *sql_many;       /* op_get: its batched form (pool_query.batch_sql) */
     char key[CACHE_KEY_MAX];    /* cached reads: the cache key */
     char gen[CACHE_KEY_MAX];    /* cached pages: the list's generation name ("" for a row) */
     int64_t after;              /* pages: the keyset cursor */
@@ -132,7 +133,7 @@ static void fences_raise_tables(const struct op_state *s, uint64_t lsn)
 
 static void start(struct op_state *s, const char *sql, const char *const *params, int n, pool_cb cb)
 {
-    struct pool_query q = { .sql = sql, .nparams = n, .params = params };
+    struct pool_query q = { .sql = sql, .nparams = n, .params = params, .batch_sql = s->sql_many };
     uint64_t fence = s->row_read ? row_fence_of(s) : fence_of(s);
     if (s->key_fence > fence)
         fence = s->key_fence;
@@ -349,12 +350,13 @@ static void lookup_done(void *arg, const struct cache_lookup *l)
     s->db_read(s);
 }
 
-void op_get(const struct op *o, const char *sql)
+void op_get(const struct op *o, const char *sql, const char *sql_many)
 {
     struct op_state *s = state_new(o, false, 200);
     if (!s)
         return;
     s->sql = sql;
+    s->sql_many = sql_many;
     s->row_read = true;
     s->db_read = by_id_run;
     if (o->cache)

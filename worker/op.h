@@ -31,9 +31,11 @@ struct op_resource {
     unsigned cascade;              /* tables whose rows a DELETE removes too (their fences rise too) */
     const struct op_field *fields; /* the body of PUT and PATCH, in parameter order from $2 */
     int nfields;                   /* 1..OP_FIELDS_MAX */
-    const char *sql_get, *sql_list, *sql_replace, *sql_patch, *sql_delete;
+    const char *sql_get, *sql_get_many, *sql_list, *sql_replace, *sql_patch, *sql_delete;
 };
 
+/* The batched form of "id = $1" (pool_query.batch_sql) */
+#define OP_SQL_ANY_ID "ANY($1::bigint[])"
 /* A row as its (id, json text) columns, for RETURNING. */
 #define OP_SQL_ROW(a, json) a ".id, " json "::text"
 /* The statements of struct op_resource for table t aliased a whose row is the JSON expression json, in
@@ -41,6 +43,7 @@ struct op_resource {
  * lists given), list $1 = after_id and $2 = limit. */
 #define OP_SQL_STATEMENTS(t, a, json, replace_set, patch_set)                                        \
     .sql_get = "SELECT " OP_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = $1",                \
+    .sql_get_many = "SELECT " OP_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = " OP_SQL_ANY_ID,  \
     .sql_list = "SELECT " OP_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id > $1 ORDER BY " a    \
                 ".id LIMIT $2",                                                                      \
     .sql_replace = "UPDATE " t " AS " a " SET " replace_set " WHERE " a ".id = $1 RETURNING "        \
@@ -65,7 +68,7 @@ struct op {
 };
 
 /* Reads the row `sql` returns for $1 = id: answers it, or 404 when there is none. */
-void op_get(const struct op *o, const char *sql);
+void op_get(const struct op *o, const char *sql, const char *sql_many);
 /* Reads a page of rows: ?limit= and ?after_id= become the last two parameters (after $1 = id when
  * id != 0; then no row at all means the owner does not exist: 404, and a row with a NULL id an empty
  * page). `base` is the path the next-page link starts with. */

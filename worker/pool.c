@@ -12,6 +12,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "worker/batch.h"
 
 #define POOL_MAX_CONNS 256
 #define BACKOFF_MIN_MS 100
@@ -25,7 +26,8 @@ static const char SQL_REPLICA_HEALTH[] =
     " COALESCE((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)";
 
 enum pgc_state { PGC_DOWN, PGC_CONNECTING, PGC_IDLE, PGC_BUSY };
-enum job_kind { JOB_READ, JOB_WRITE, JOB_HEALTH };
+/* JOB_LSN reads pg_current_wal_lsn() for every write that committed before it was sent (its batch). */
+enum job_kind { JOB_READ, JOB_WRITE, JOB_HEALTH, JOB_LSN };
 
 struct backend;
 
@@ -42,8 +44,10 @@ struct job {
     uint64_t data_lsn;        /* set when it starts: see pool_result.data_lsn */
     uint64_t enqueued_us;
     int retries;
-    PGresult *held;           /* a committed write's result, waiting for its LSN on another connection */
+    PGresult *held;           /* a committed write's result, waiting for its commit LSN */
     struct backend *target;   /* health checks run on one given backend */
+    const char *batch_sql;    /* see pool_query.batch_sql */
+    struct job *batch;        /* the reads running in this one's statement (a list through ->next) */
 };
 
 struct pgconn {
@@ -55,8 +59,6 @@ struct pgconn {
     struct event *timer_ev;
     struct job *job;
     PGresult *result;
-    bool lsn_phase;           /* a write committed; reading pg_current_wal_lsn() */
-    uint64_t commit_lsn;
     bool flushing;
     int failures;
 };
@@ -92,6 +94,10 @@ struct pool {
     /* The primary's LSN when this worker first sampled it: every write acknowledged before this
      * process started is at or below it, so no replica serves reads until it has replayed that far. */
     uint64_t floor_lsn;
+    /* Committed writes waiting for a commit-LSN read, and whether one is under way: one read serves
+     * every write that committed before it was sent, so a busy primary does not read it per write. */
+    struct job *lsn_waiting, *lsn_waiting_tail;
+    bool lsn_inflight;
     struct pool_side_stats stats[2];
 };
 
@@ -99,6 +105,9 @@ static void conn_connect(struct pgconn *c);
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 static void job_submit(struct pool *p, struct job *j);
 static void conn_pump(struct pgconn *c);
+static void batch_requeue(struct pool *p, struct job *j, enum pool_side side);
+static void lsn_kick(struct pool *p);
+static void lsn_group_take(struct pool *p, struct job *g, const struct pool_result *r);
 static bool replica_eligible(const struct backend *be, uint64_t fence);
 
 static uint64_t now_us(void)
@@ -137,6 +146,7 @@ static struct job *job_new(const struct pool_query *q, enum job_kind kind, pool_
         return NULL;
     j->kind = kind;
     j->sql = q->sql;
+    j->batch_sql = kind == JOB_READ && q->nparams == 1 ? q->batch_sql : NULL;
     j->nparams = q->nparams;
     j->cb = cb;
     j->arg = arg;
@@ -161,7 +171,7 @@ static struct job *job_new(const struct pool_query *q, enum job_kind kind, pool_
 static void job_finish(struct pool *p, struct job *j, const struct pool_result *r)
 {
     enum pool_side side = r->side;
-    if (j->kind != JOB_HEALTH) {
+    if (j->kind != JOB_HEALTH && j->kind != JOB_LSN) {
         p->stats[side].queries++;
         if (r->status != POOL_OK)
             p->stats[side].errors++;
@@ -173,9 +183,16 @@ static void job_finish(struct pool *p, struct job *j, const struct pool_result *
     free(j);
 }
 
+static void lsn_group_deliver(struct pool *p, struct job *g, uint64_t lsn);
+
 static void job_fail(struct pool *p, struct job *j, enum pool_side side, enum pool_status st, const char *msg)
 {
     struct pool_result r = { .status = st, .sqlstate = "", .message = msg, .side = side, .backend = -1 };
+    if (j->kind == JOB_LSN) {
+        log_warn("primary: commit LSN unknown (%s): fencing with a primary-only LSN", msg);
+        lsn_group_deliver(p, j, POOL_LSN_NONE);
+        return;
+    }
     if (j->held) { /* it committed: a success whose reads must all go to the primary */
         log_warn("primary: commit LSN unknown (%s): fencing with a primary-only LSN", msg);
         r = (struct pool_result){ .status = POOL_OK, .res = j->held, .sqlstate = "", .message = "",
@@ -263,19 +280,8 @@ static int backend_connected(const struct backend *be)
 static void backend_reroute(struct pool *p);
 static void health_send(struct backend *be);
 
-/* The write committed but its LSN could not be read: report success with a fence that sends every
- * read of what it wrote to the primary. */
-static void job_deliver_committed(struct pgconn *c, struct job *j)
-{
-    struct pool_result r = { .status = POOL_OK, .res = c->result, .sqlstate = "", .message = "",
-                             .side = POOL_PRIMARY, .backend = -1, .commit_lsn = POOL_LSN_NONE };
-    log_warn("primary: connection lost after a commit, before its LSN was read");
-    job_finish(c->be->pool, j, &r);
-}
-
-/* Drops the connection. Its job gets POOL_ERR_BROKEN, except a read (retried once elsewhere) and a
- * write that already committed (its LSN is read once more on another connection, then it is delivered
- * as a success, with a primary-only fence if the LSN stays unknown). */
+/* Drops the connection. Its job gets POOL_ERR_BROKEN, except a read and a commit-LSN read: retried once
+ * elsewhere (the writes waiting for an LSN that stays unknown succeed with a primary-only fence). */
 static void conn_reset(struct pgconn *c, const char *why)
 {
     struct backend *be = c->be;
@@ -287,15 +293,6 @@ static void conn_reset(struct pgconn *c, const char *why)
         log_debug("%s: connection lost or refused: %s", be_name(be), why);
     if (c->io_ev)
         event_del(c->io_ev);
-    if (j && c->lsn_phase && c->result) {
-        if (j->retries++ < 1) {
-            j->held = c->result; /* resubmitted below, after this connection is cleaned up */
-            c->result = NULL;
-        } else {
-            job_deliver_committed(c, j);
-            j = NULL;
-        }
-    }
     if (c->result)
         PQclear(c->result);
     c->result = NULL;
@@ -303,7 +300,6 @@ static void conn_reset(struct pgconn *c, const char *why)
     c->conn = NULL;
     c->io_fd = -1;
     c->job = NULL;
-    c->lsn_phase = false;
     c->state = PGC_DOWN;
     c->failures++;
     be->failures++;
@@ -315,8 +311,13 @@ static void conn_reset(struct pgconn *c, const char *why)
     if (j) {
         if (j->kind == JOB_HEALTH)
             be->health_inflight = false;
-        if (j->held || (j->kind == JOB_READ && j->retries++ < 1))
-            job_submit(p, j); /* a read has no side effect: one retry on another connection */
+        if (j->kind == JOB_READ && j->batch) {
+            for (struct job *k = j->batch; k; k = k->next)
+                k->retries = j->retries > k->retries ? j->retries : k->retries;
+            batch_requeue(p, j, be->side);
+        }
+        if ((j->kind == JOB_READ || j->kind == JOB_LSN) && j->retries++ < 1)
+            job_submit(p, j); /* no side effect: one retry on another connection */
         else
             job_fail(p, j, be->side, POOL_ERR_BROKEN, "database connection lost during the query");
     }
@@ -390,6 +391,58 @@ static void conn_send(struct pgconn *c, const char *sql, int nparams, char *cons
     conn_io_cb(c->io_fd, EV_WRITE, c);
 }
 
+/* Moves the queued reads of j's statement that c's backend may serve into j->batch; true if any. */
+static bool batch_gather(struct pgconn *c, struct job *j)
+{
+    struct side_queue *q = &c->be->pool->queue[c->be->side];
+    struct job **tail = &j->batch;
+    int n = 1;
+    struct job *prev = NULL, *k = q->head;
+    while (k && n < BATCH_MAX) {
+        struct job *next = k->next;
+        bool fits = k->batch_sql == j->batch_sql && !k->target &&
+                    (c->be->side == POOL_PRIMARY || replica_eligible(c->be, k->fence));
+        if (fits) {
+            if (prev)
+                prev->next = next;
+            else
+                q->head = next;
+            if (q->tail == k)
+                q->tail = prev;
+            q->len--;
+            k->next = NULL;
+            *tail = k;
+            tail = &k->next;
+            n++;
+        } else {
+            prev = k;
+        }
+        k = next;
+    }
+    return j->batch != NULL;
+}
+
+static void batch_send(struct pgconn *c, struct job *j)
+{
+    struct pool *p = c->be->pool;
+    const char *ids[BATCH_MAX];
+    int n = 0;
+    for (struct job *k = j; k && n < BATCH_MAX; k = k == j ? j->batch : k->next) {
+        ids[n++] = k->params[0];
+        if (k != j && k->enqueued_us)
+            p->stats[c->be->side].wait_us_total += now_us() - k->enqueued_us;
+        k->data_lsn = j->data_lsn;
+    }
+    char text[BATCH_MAX * 21 + 3];
+    char *param[] = { text };
+    if (batch_ids_text(text, sizeof(text), ids, n) == 0) { /* ids are validated: cannot happen */
+        conn_reset(c, "batch parameter too long");
+        return;
+    }
+    p->stats[c->be->side].batches++;
+    conn_send(c, j->batch_sql, 1, param, NULL);
+}
+
 static void conn_start(struct pgconn *c, struct job *j)
 {
     struct pool *p = c->be->pool;
@@ -399,13 +452,8 @@ static void conn_start(struct pgconn *c, struct job *j)
     j->data_lsn = c->be->side == POOL_PRIMARY ? POOL_LSN_NONE - 1 : c->be->lsn;
     c->state = PGC_BUSY;
     c->result = NULL;
-    c->lsn_phase = false;
-    c->commit_lsn = 0;
-    if (j->held) { /* committed elsewhere: only its LSN is missing */
-        c->result = j->held;
-        j->held = NULL;
-        c->lsn_phase = true;
-        conn_send(c, SQL_WRITE_LSN, 0, NULL, NULL);
+    if (j->batch_sql && batch_gather(c, j)) {
+        batch_send(c, j);
         return;
     }
     conn_send(c, j->sql, j->nparams, j->params, j->lengths);
@@ -419,6 +467,41 @@ static enum pool_status result_status(const PGresult *res)
 
 static void health_apply(struct backend *be, const struct pool_result *r);
 
+/* Each read of a batch gets the rows of its own id (none: a 404), or the batch's error. */
+static void batch_deliver(struct pool *p, struct job *j, const struct pool_result *r)
+{
+    j->next = j->batch;
+    j->batch = NULL;
+    for (struct job *k = j, *next; k; k = next) {
+        next = k->next;
+        struct pool_result mine = *r;
+        PGresult *own = NULL;
+        if (r->status == POOL_OK) {
+            own = batch_result_pick(r->res, k->params[0]);
+            mine.res = own;
+            if (!own)
+                mine = (struct pool_result){ .status = POOL_ERR_UNAVAILABLE, .sqlstate = "", .message = "out of memory",
+                                             .side = r->side, .backend = r->backend };
+        }
+        job_finish(p, k, &mine);
+        PQclear(own);
+    }
+}
+
+/* The connection under a batch broke: every read in it is retried once on its own, like a single read. */
+static void batch_requeue(struct pool *p, struct job *j, enum pool_side side)
+{
+    struct job *k = j->batch;
+    j->batch = NULL;
+    for (struct job *next; k; k = next) {
+        next = k->next;
+        if (k->retries++ < 1)
+            job_submit(p, k);
+        else
+            job_fail(p, k, side, POOL_ERR_BROKEN, "database connection lost during the query");
+    }
+}
+
 static void conn_deliver(struct pgconn *c)
 {
     struct backend *be = c->be;
@@ -426,12 +509,10 @@ static void conn_deliver(struct pgconn *c)
     PGresult *res = c->result;
     c->result = NULL;
     c->job = NULL;
-    c->lsn_phase = false;
     c->state = PGC_IDLE;
     conn_timer(c, 0);
     struct pool_result r = { .status = result_status(res), .res = res, .sqlstate = "", .message = "",
-                             .side = be->side, .backend = be->index, .commit_lsn = c->commit_lsn,
-                             .data_lsn = j->data_lsn };
+                             .side = be->side, .backend = be->index, .data_lsn = j->data_lsn };
     if (r.status == POOL_ERR_SQL) {
         const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
         const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
@@ -440,13 +521,21 @@ static void conn_deliver(struct pgconn *c)
     }
     if (j->kind == JOB_HEALTH)
         health_apply(be, &r);
+    if (j->kind == JOB_LSN) {
+        lsn_group_take(be->pool, j, &r);
+        j = NULL;
+    } else if (j->batch) {
+        batch_deliver(be->pool, j, &r);
+        j = NULL;
+    }
     bool moved = strcmp(r.sqlstate, "25006") == 0 && be->side == POOL_PRIMARY;
     bool bad = PQstatus(c->conn) == CONNECTION_BAD;
     if (moved)
         log_error("primary: statement refused as read-only (25006): the primary moved; reconnecting");
     if (!moved && !bad)
         conn_wait(c, EV_READ);
-    job_finish(be->pool, j, &r);
+    if (j)
+        job_finish(be->pool, j, &r);
     PQclear(res);
     if (moved || bad)
         conn_reset(c, moved ? "server is read-only" : PQerrorMessage(c->conn));
@@ -454,25 +543,92 @@ static void conn_deliver(struct pgconn *c)
         conn_pump(c);
 }
 
-/* The statement's results are all in: a committed write reads its LSN next (c->result is kept
- * meanwhile), anything else is handed over. */
-static void conn_statement_done(struct pgconn *c)
+/* ---- commit LSNs ----------------------------------------------------------------------------- */
+
+/* Every write of the group succeeded; lsn (POOL_LSN_NONE when unknown: reads of it go to the primary)
+ * is at or past each one's commit. Ends the group and starts the next if writes are waiting. */
+static void lsn_group_deliver(struct pool *p, struct job *g, uint64_t lsn)
 {
-    if (c->job->kind == JOB_WRITE && !c->lsn_phase && result_status(c->result) == POOL_OK) {
-        c->lsn_phase = true;
-        conn_send(c, SQL_WRITE_LSN, 0, NULL, NULL);
-        return;
+    for (struct job *w = g->batch, *next; w; w = next) {
+        next = w->next;
+        struct pool_result r = { .status = POOL_OK, .res = w->held, .sqlstate = "", .message = "",
+                                 .side = POOL_PRIMARY, .backend = -1, .commit_lsn = lsn };
+        job_finish(p, w, &r);
     }
-    conn_deliver(c);
+    g->batch = NULL;
+    job_finish(p, g, &(struct pool_result){ .side = POOL_PRIMARY });
+    p->lsn_inflight = false;
+    lsn_kick(p);
 }
 
-static void conn_lsn_take(struct pgconn *c, PGresult *res)
+static void lsn_group_take(struct pool *p, struct job *g, const struct pool_result *r)
 {
-    if (result_status(res) == POOL_OK && PQntuples(res) == 1 &&
-        pool_lsn_parse(PQgetvalue(res, 0, 0), &c->commit_lsn) == 0)
+    uint64_t lsn;
+    if (r->status != POOL_OK || PQntuples(r->res) != 1 || pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) != 0) {
+        log_warn("primary: cannot read pg_current_wal_lsn() after a commit; reads of it go to the primary");
+        lsn = POOL_LSN_NONE;
+    }
+    lsn_group_deliver(p, g, lsn);
+}
+
+/* Sends one commit-LSN read for every write waiting, unless one is under way (its answer may predate
+ * their commits: they wait for the next). */
+static void lsn_kick(struct pool *p)
+{
+    if (p->lsn_inflight || !p->lsn_waiting)
         return;
-    log_warn("primary: cannot read pg_current_wal_lsn() after a commit; reads of it go to the primary");
-    c->commit_lsn = POOL_LSN_NONE;
+    struct job *g = job_new(&(struct pool_query){ .sql = SQL_WRITE_LSN }, JOB_LSN, NULL, NULL);
+    struct job *waiting = p->lsn_waiting;
+    p->lsn_waiting = p->lsn_waiting_tail = NULL;
+    p->lsn_inflight = true;
+    if (!g) {
+        log_warn("primary: out of memory reading a commit LSN: fencing with a primary-only LSN");
+        for (struct job *w = waiting, *next; w; w = next) {
+            next = w->next;
+            job_finish(p, w, &(struct pool_result){ .status = POOL_OK, .res = w->held, .sqlstate = "", .message = "",
+                                                     .side = POOL_PRIMARY, .backend = -1, .commit_lsn = POOL_LSN_NONE });
+        }
+        p->lsn_inflight = false;
+        return;
+    }
+    g->batch = waiting;
+    job_submit(p, g);
+}
+
+/* A write's statement committed: its connection is free at once, its answer waits for a commit LSN. */
+static void conn_write_committed(struct pgconn *c)
+{
+    struct pool *p = c->be->pool;
+    struct job *j = c->job;
+    j->held = c->result;
+    j->next = NULL;
+    c->result = NULL;
+    c->job = NULL;
+    c->state = PGC_IDLE;
+    conn_timer(c, 0);
+    bool bad = PQstatus(c->conn) == CONNECTION_BAD;
+    if (!bad)
+        conn_wait(c, EV_READ);
+    if (p->lsn_waiting_tail)
+        p->lsn_waiting_tail->next = j;
+    else
+        p->lsn_waiting = j;
+    p->lsn_waiting_tail = j;
+    lsn_kick(p);
+    if (bad)
+        conn_reset(c, PQerrorMessage(c->conn));
+    else if (c->state == PGC_IDLE)
+        conn_pump(c);
+}
+
+/* The statement's results are all in: a committed write waits for its commit LSN, anything else is
+ * handed over. */
+static void conn_statement_done(struct pgconn *c)
+{
+    if (c->job->kind == JOB_WRITE && result_status(c->result) == POOL_OK)
+        conn_write_committed(c);
+    else
+        conn_deliver(c);
 }
 
 /* Collects results; the first one of a statement is kept, later ones (none for one statement) dropped. */
@@ -488,10 +644,7 @@ static void conn_read_results(struct pgconn *c)
             conn_statement_done(c);
             return;
         }
-        if (c->lsn_phase) {
-            conn_lsn_take(c, res);
-            PQclear(res);
-        } else if (!c->result) {
+        if (!c->result) {
             c->result = res;
         } else {
             PQclear(res);
@@ -616,6 +769,17 @@ static struct backend *replica_pick(struct pool *p, uint64_t fence, struct pgcon
 static void queue_or_fail(struct pool *p, enum pool_side side, struct job *j)
 {
     struct side_queue *q = &p->queue[side];
+    if (j->kind == JOB_LSN) { /* writes that committed wait on it: ahead of every new statement */
+        if (!j->enqueued_us)
+            j->enqueued_us = now_us();
+        j->next = q->head;
+        q->head = j;
+        if (!q->tail)
+            q->tail = j;
+        q->len++;
+        event_add(p->sweep_ev, &(struct timeval){ 0, SWEEP_MS * 1000 });
+        return;
+    }
     if (q->len >= p->cfg->queue_size) {
         p->stats[side].queue_full++;
         job_fail(p, j, side, POOL_ERR_UNAVAILABLE, "database pool queue is full");
@@ -844,6 +1008,17 @@ static void queue_fail_all(struct pool *p, enum pool_side side)
     p->queue[side].len = 0;
 }
 
+/* At exit: a job and the jobs it carries (a batch, a commit-LSN group), without callbacks. */
+static void job_discard(struct job *j)
+{
+    for (struct job *k = j->batch, *next; k; k = next) {
+        next = k->next;
+        job_discard(k);
+    }
+    PQclear(j->held);
+    free(j);
+}
+
 static void backend_close(struct backend *be)
 {
     for (int i = 0; i < be->nconns; i++) {
@@ -854,9 +1029,8 @@ static void backend_close(struct backend *be)
             event_free(c->timer_ev);
         if (c->result)
             PQclear(c->result);
-        if (c->job && c->job->held)
-            PQclear(c->job->held);
-        free(c->job); /* callbacks are not run at exit: their requests die with the process */
+        if (c->job)
+            job_discard(c->job); /* callbacks are not run at exit: their requests die with the process */
         PQfinish(c->conn);
     }
 }
@@ -867,6 +1041,10 @@ void pool_free(struct pool *p)
         return;
     queue_fail_all(p, POOL_PRIMARY);
     queue_fail_all(p, POOL_REPLICA);
+    for (struct job *w = p->lsn_waiting, *next; w; w = next) {
+        next = w->next;
+        job_discard(w);
+    }
     backend_close(&p->primary);
     for (int i = 0; i < p->nreplicas; i++)
         backend_close(&p->replicas[i]);

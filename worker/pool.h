@@ -41,10 +41,15 @@ struct pool_query {
     int nparams;
     const char *const *params;/* copied by the pool */
     const int *lengths;       /* NULL: NUL-terminated text parameters */
+    /* Optional, for a read whose one parameter is an id: the same statement taking $1 as a bigint[]
+     * (id = ANY($1)) and returning the id as its first column. Reads of it waiting in the queue then
+     * run together (batch.h); each still gets the result a single read would have had. */
+    const char *batch_sql;
 };
 
 struct pool_side_stats {
     uint64_t queries, errors, timeouts, queue_full, wait_us_total;
+    uint64_t batches;         /* statements that ran several queued reads at once */
     int in_use, idle, connecting, down, waiting;
 };
 
@@ -54,7 +59,8 @@ void pool_free(struct pool *p);
 /* Both entry points always answer through cb, exactly once; immediately (from inside the call) when
  * the query cannot even be queued. */
 /* A single-statement write on the primary in its own transaction; after it commits, the pool reads
- * pg_current_wal_lsn() and reports it as commit_lsn (0 if that read failed). */
+ * pg_current_wal_lsn() (one read, sent after the commit, serves every write waiting for one) and
+ * reports it as commit_lsn (POOL_LSN_NONE if that read failed: reads of the write then go to the primary). */
 void pool_write(struct pool *p, const struct pool_query *q, pool_cb cb, void *arg);
 /* A read that must see every write up to `fence_lsn`: a replica whose sampled replay position has
  * reached it, else the primary (POOL_LSN_NONE forces the primary, 0 allows any healthy replica). */

@@ -303,3 +303,20 @@ def test_list_pages_fresh_with_replay_paused(server, schema):
             assert get(s, page)[2]["data"][0]["name"] == f"lp{i}"
     finally:
         replay_resume(schema)
+
+
+def test_scripts_flushed_in_redis_are_loaded_again(server, schema):
+    """The scripts run by EVALSHA after SCRIPT LOAD; a SCRIPT FLUSH (by an operator) costs at most a few
+    uncached answers: no request fails, the scripts are loaded again and hits come back."""
+    s = cached_server(server, schema)
+    u = make_user(s)
+    path = f"/users/{u['id']}"
+    until_hit(s, path)
+    r = redis_lib.Redis(port=schema.redis_port)
+    r.script_flush()
+    # a write needs the invalidation script; it must not be refused or leave a stale value
+    assert s.request("PATCH", path, body={"name": "after flush"}).status == 200
+    statuses = [get(s, path) for _ in range(20)]
+    assert all(st == 200 and body["name"] == "after flush" for st, _, body in statuses), statuses
+    until_hit(s, path)
+    s.wait_for(lambda: "scripts were flushed" in s.log_text(), 5, "the flush noticed in the log")
