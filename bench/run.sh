@@ -64,16 +64,6 @@ peer_sql peer "INSERT INTO posts (title, content, \"userId\") SELECT 'Post ' || 
                'Content of post ' || u.id || '.' || g || ', written by ' || u.name || '.', u.id
                FROM users u, generate_series(2, 5) g; ANALYZE users, posts" >/dev/null
 
-# the reset between rounds: drop the rows a round added, then start from an empty cache
-cat >"$STATE/reset.sh" <<EOF
-#!/bin/sh
-set -e
-export PGPASSFILE=$PGPASSFILE
-$PGBIN/psql -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $PGAPI_PRIMARY_PORT -U app -d pgapi -c 'DELETE FROM users WHERE id > 10000' >/dev/null
-$PGBIN/psql -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $PGAPI_PRIMARY_PORT -U app -d peer -c 'DELETE FROM users WHERE id > 10000' >/dev/null
-redis-cli -p $PGAPI_REDIS_PORT flushall >/dev/null
-EOF
-chmod 755 "$STATE/reset.sh"
 
 start() { # target command...
     local t=$1
@@ -127,7 +117,7 @@ for t in "${!PORT[@]}"; do
 done
 ver() { "$@" 2>&1 | head -1; }
 cat >"$STATE/bench.json" <<EOF
-{"targets": {$targets}, "reset": ["$STATE/reset.sh"], "workers": $WORKERS,
+{"targets": {$targets}, "reset": ["$ROOT/bench/reset.sh", "$STATE"], "workers": $WORKERS,
  "facts": {"nproc": $(nproc), "cpu": "$(lscpu | sed -n 's/^Model name: *//p' | head -1)", "kernel": "$(uname -r)",
   "postgres": "$($PGBIN/postgres --version | awk '{print $3}')", "pgbouncer": "$(ver pgbouncer --version | awk '{print $2}')",
   "redis": "$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')", "node": "$(node --version)",

@@ -73,7 +73,12 @@ static const struct config_key config_keys[] = {
       "limit for connecting to Redis" },
     { "redis", "command_timeout", KT_MS, OFF(redis_command_timeout_ms), 10, 60000, "200ms",
       "limit for one Redis command; past it the cache is bypassed" },
-    { "redis", "prefix", KT_STR, OFF(redis_prefix), 0, 0, "pgapi:v1",
+    { "redis", "local_entries", KT_INT, OFF(local_cache_entries), 0, 1048576, "4096",
+      "single-row values each worker also keeps in its own memory, served while their row's fence is "
+      "unchanged (0 = off; see the README before running several servers on one database)" },
+    { "redis", "local_bytes", KT_SIZE, OFF(local_cache_bytes), 0, 1073741824, "2m",
+      "memory those values may take per worker; units k, m" },
+    { "redis", "prefix", KT_STR, OFF(redis_prefix), 0, 0, "pgapi:v2",
       "namespace of every key; bump the version after a schema change" },
     { "log", "level", KT_LEVEL, OFF(log_level), 0, 0, "info", "error, warn, info or debug" },
     { "log", "format", KT_FORMAT, OFF(log_format), 0, 0, "text", "text or json (one JSON object a line)" },
@@ -412,11 +417,12 @@ void config_print(const struct config *c, FILE *f)
     fprintf(f, "pool_size = %d\nstatement_timeout = %dms\nconnect_timeout = %dms\nqueue_size = %d\n"
                "queue_timeout = %dms\nmax_replica_lag = %dms\nhealth_interval = %dms\nmigrations_dir = %s\n\n"
                "[redis]\nenabled = %s\nhost = %s\nport = %d\nttl = %ds\nconnect_timeout = %dms\n"
-               "command_timeout = %dms\nprefix = %s\n\n[log]\nlevel = %s\nformat = %s\naccess = %s\n",
+               "command_timeout = %dms\nprefix = %s\nlocal_entries = %d\nlocal_bytes = %zu\n\n[log]\nlevel = %s\nformat = %s\naccess = %s\n",
             c->pool_size, c->statement_timeout_ms, c->connect_timeout_ms, c->queue_size,
             c->queue_timeout_ms, c->max_replica_lag_ms, c->health_interval_ms, c->migrations_dir,
             c->redis_enabled ? "on" : "off", c->redis_host, c->redis_port, c->cache_ttl_s,
             c->redis_connect_timeout_ms, c->redis_command_timeout_ms, c->redis_prefix,
+            c->local_cache_entries, c->local_cache_bytes,
             lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off");
 }
 

@@ -46,6 +46,8 @@ struct config {
     int redis_connect_timeout_ms;
     int redis_command_timeout_ms;
     char redis_prefix[64];
+    int local_cache_entries;
+    size_t local_cache_bytes;
     /* [log] */
     enum log_level log_level;
     enum log_format log_format;

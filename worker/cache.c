@@ -24,8 +24,8 @@
 #define LSN_HEX 17
 
 /* Keys: <prefix>:epoch, <prefix>:seq (lease tokens), <prefix>:f:<key> (fence, 16 hex digits, compared
- * as strings: Lua numbers are doubles), <prefix>:e<epoch>:v:<key> (value), <prefix>:e<epoch>:l:<key>
- * (lease). Each script runs atomically in Redis. */
+ * as strings: Lua numbers are doubles), <prefix>:e<epoch>:v:<key> (value: the data's LSN in 16 hex
+ * digits, then the body), <prefix>:e<epoch>:l:<key> (lease). Each script runs atomically in Redis. */
 /* A list's pages share a generation (<prefix>:g:<name>, with its fence <prefix>:f:g:<name>): a write
  * that can change the list bumps it, and every page key of the old generation is never read again. */
 static const char LUA_LOOKUP[] =
@@ -59,7 +59,7 @@ static const char LUA_FILL[] =
     "else f = redis.call('GET', p .. ':f:' .. k) end "
     "if ARGV[7] < (f or '0000000000000000') then return 0 end "
     "local vk = p .. ':e' .. e .. ':v:' .. k "
-    "redis.call('SET', vk, ARGV[5], 'EX', ARGV[6]) "
+    "redis.call('SET', vk, ARGV[7] .. ARGV[5], 'EX', ARGV[6]) "
     "if g ~= '' then "
     "  local set = p .. ':e' .. e .. ':pages:' .. g "
     "  redis.call('SADD', set, vk) "
@@ -329,6 +329,27 @@ static uint64_t fence_parse(const redisReply *r)
     return r && r->type == REDIS_REPLY_STRING ? strtoull(r->str, NULL, 16) : 0;
 }
 
+/* A stored value is its data's LSN (16 hex digits) then the body; false if it is not. */
+static bool value_split(const redisReply *v, struct cache_lookup *l)
+{
+    char hex[LSN_HEX];
+    if (v->type != REDIS_REPLY_STRING || v->len < LSN_HEX - 1) {
+        log_warn("redis: a cached value without its LSN: ignored");
+        return false;
+    }
+    memcpy(hex, v->str, LSN_HEX - 1);
+    hex[LSN_HEX - 1] = '\0';
+    char *end;
+    l->data_lsn = strtoull(hex, &end, 16);
+    if (*end != '\0') {
+        log_warn("redis: a cached value without its LSN: ignored");
+        return false;
+    }
+    l->value = v->str + LSN_HEX - 1;
+    l->len = v->len - (LSN_HEX - 1);
+    return true;
+}
+
 static void lookup_deliver(struct cache_cmd *cmd, const redisReply *r)
 {
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 5 || r->element[0]->type != REDIS_REPLY_INTEGER ||
@@ -349,9 +370,9 @@ static void lookup_deliver(struct cache_cmd *cmd, const redisReply *r)
         st->waits++;
     struct cache_lookup l = { .kind = kind == 1 ? CACHE_HIT : kind == 2 ? CACHE_LEASE : CACHE_WAIT,
                               .fence = fence_parse(r->element[2]) };
-    if (l.kind == CACHE_HIT) {
-        l.value = r->element[1]->str;
-        l.len = r->element[1]->len;
+    if (l.kind == CACHE_HIT && !value_split(r->element[1], &l)) {
+        cmd->lookup_cb(cmd->arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
+        return;
     } else if (l.kind == CACHE_LEASE) {
         snprintf(l.token, sizeof(l.token), "%s", r->element[1]->str);
     }
@@ -379,9 +400,9 @@ static void peek_deliver(struct cache_cmd *cmd, const redisReply *r)
     }
     const redisReply *e = r->element[0], *v = r->element[1];
     const char *now = e->type == REDIS_REPLY_STRING ? e->str : "0";
-    if (strcmp(now, cmd->gen) == 0 && v->type == REDIS_REPLY_STRING) {
+    struct cache_lookup l = { .kind = CACHE_HIT };
+    if (strcmp(now, cmd->gen) == 0 && v->type == REDIS_REPLY_STRING && value_split(v, &l)) {
         c->stats.hits++;
-        struct cache_lookup l = { .kind = CACHE_HIT, .value = v->str, .len = v->len };
         snprintf(l.epoch, sizeof(l.epoch), "%s", now);
         snprintf(l.key, sizeof(l.key), "%s", cmd->base);
         snprintf(l.base, sizeof(l.base), "%s", cmd->base);

@@ -38,6 +38,7 @@ struct cache_lookup {
     enum cache_lookup_kind kind;
     const char *value;        /* CACHE_HIT: valid during the callback only */
     size_t len;
+    uint64_t data_lsn;        /* CACHE_HIT: every write up to this LSN is in the value (see pool_result) */
     uint64_t fence;           /* the key's fence: a read for the fill must see at least this LSN */
     char token[24];           /* CACHE_LEASE: the lease, for cache_fill */
     char epoch[24];
@@ -62,7 +63,7 @@ typedef void (*cache_done_cb)(void *arg, bool ok);
 /* Always answers through cb exactly once (synchronously with CACHE_BYPASS when Redis is unusable).
  * `gen` names the list a page belongs to (NULL for a single row). */
 void cache_lookup(struct cache *c, const char *key, const char *gen, cache_lookup_cb cb, void *arg);
-/* Stores value if the lease is still the caller's and data_lsn has reached the key's fence. */
+/* Stores value (with data_lsn) if the lease is still the caller's and data_lsn has reached the key's fence. */
 void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len, uint64_t data_lsn);
 /* After a commit at lsn: bumps each list's generation and raises its fence, raises each key's fence and
  * deletes its value and lease. cb(ok=false) after a failure or timeout: the cache is then bypassed by

@@ -16,6 +16,7 @@
 #include "worker/body.h"
 #include "worker/cache.h"
 #include "worker/dbreply.h"
+#include "worker/local_cache.h"
 #include "worker/pool.h"
 #include "worker/query.h"
 #include "worker/reply.h"
@@ -46,6 +47,7 @@ struct op_state {
     uint64_t key_fence;         /* cached reads: the key's fence from Redis */
     int waits;
     bool row_read;              /* op_get: waits for the row's fence, not the whole table's */
+    uint64_t local_stamp;       /* op_get: the row's fence before anything was read (local_cache.h) */
     void (*db_read)(struct op_state *s); /* cached reads: the database step after a miss or bypass */
     struct event *wait_ev;
     char *row_json;             /* writes waiting for their invalidation: the answer, copied */
@@ -257,6 +259,15 @@ static void write_committed(struct op_state *s, const struct pool_result *r)
     cache_invalidate(s->o.w->cache, &ch, r->commit_lsn, invalidate_done, s);
 }
 
+/* A row's value goes into the worker's local cache, stamped with the row's fence as read before the
+ * lookup, only if it holds every write up to that fence: then any write it lacks raised the fence after
+ * the stamp was taken, and the entry is never served. */
+static void local_fill(const struct op_state *s, const char *value, size_t len, uint64_t data_lsn)
+{
+    if (s->row_read && s->key[0] && data_lsn != POOL_LSN_NEWEST && data_lsn >= s->local_stamp)
+        local_cache_put(s->o.w->local, s->key, s->local_stamp, value, len);
+}
+
 static void row_done(void *arg, const struct pool_result *r)
 {
     struct op_state *s = arg;
@@ -273,6 +284,7 @@ static void row_done(void *arg, const struct pool_result *r)
         size_t len = (size_t)PQgetlength(r->res, 0, 1);
         if (s->lease.kind == CACHE_LEASE)
             cache_fill(o->w->cache, &s->lease, json, len, r->data_lsn);
+        local_fill(s, json, len, r->data_lsn);
         answer(s, PQgetvalue(r->res, 0, 0), json, len);
         state_free(s);
     }
@@ -331,6 +343,7 @@ static void lookup_done(void *arg, const struct cache_lookup *l)
     switch (l->kind) {
     case CACHE_HIT:
         req->cache_status = "HIT";
+        local_fill(s, l->value, l->len, l->data_lsn);
         http_respond(req, 200, "application/json", l->value, l->len);
         state_free(s);
         return;
@@ -361,6 +374,15 @@ void op_get(const struct op *o, const char *sql, const char *sql_many)
     s->db_read = by_id_run;
     if (o->cache)
         snprintf(s->key, sizeof(s->key), "%s:%" PRId64, o->cache, o->id);
+    s->local_stamp = row_fence_of(s);
+    const char *value;
+    size_t len;
+    if (s->key[0] && local_cache_get(o->w->local, s->key, s->local_stamp, &value, &len)) {
+        o->req->cache_status = "HIT";
+        http_respond(o->req, 200, "application/json", value, len);
+        state_free(s);
+        return;
+    }
     read_start(s);
 }
 

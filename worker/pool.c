@@ -391,6 +391,18 @@ static void conn_send(struct pgconn *c, const char *sql, int nparams, char *cons
     conn_io_cb(c->io_fd, EV_WRITE, c);
 }
 
+/* What a read on the primary is sure to include: every write whose fence its reader saw (they were
+ * committed before it started), and the WAL before the position last sampled (a commit record there
+ * may still be becoming visible at that very position: hence - 1). A read made to wait for the
+ * primary-only fence gets "newest", which a cache may store but never treats as a position. */
+static uint64_t primary_data_lsn(const struct pool *p, const struct job *j)
+{
+    if (j->fence == POOL_LSN_NONE)
+        return POOL_LSN_NEWEST;
+    uint64_t sampled = p->primary.lsn ? p->primary.lsn - 1 : 0;
+    return j->fence > sampled ? j->fence : sampled;
+}
+
 /* Moves the queued reads of j's statement that c's backend may serve into j->batch; true if any. */
 static bool batch_gather(struct pgconn *c, struct job *j)
 {
@@ -449,7 +461,7 @@ static void conn_start(struct pgconn *c, struct job *j)
     if (j->kind != JOB_HEALTH && j->enqueued_us)
         p->stats[c->be->side].wait_us_total += now_us() - j->enqueued_us;
     c->job = j;
-    j->data_lsn = c->be->side == POOL_PRIMARY ? POOL_LSN_NONE - 1 : c->be->lsn;
+    j->data_lsn = c->be->side == POOL_PRIMARY ? primary_data_lsn(p, j) : c->be->lsn;
     c->state = PGC_BUSY;
     c->result = NULL;
     if (j->batch_sql && batch_gather(c, j)) {

@@ -21,6 +21,7 @@ enum pool_status {
 };
 
 #define POOL_LSN_NONE UINT64_MAX /* a read with this fence always goes to the primary */
+#define POOL_LSN_NEWEST (UINT64_MAX - 1)
 
 struct pool_result {
     enum pool_status status;
@@ -30,8 +31,10 @@ struct pool_result {
     enum pool_side side;      /* where it ran */
     int backend;              /* replica index, -1 for the primary */
     uint64_t commit_lsn;      /* for writes: pg_current_wal_lsn() read after the commit, else 0 */
-    uint64_t data_lsn;        /* for reads: the data is at least this recent (a replica's replay position
-                               * sampled before the read; UINT64_MAX-1 for the primary) */
+    uint64_t data_lsn;        /* for reads: every write up to this LSN is in the data (a replica's replay
+                               * position sampled before the read; on the primary, the read's fence or the
+                               * primary's position sampled before it; POOL_LSN_NEWEST after a primary-only
+                               * fence: recent, but not a position) */
 };
 
 typedef void (*pool_cb)(void *arg, const struct pool_result *r);

@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "worker/cache.h"
+#include "worker/local_cache.h"
 #include "worker/http.h"
 #include "worker/pool.h"
 #include "worker/router.h"
@@ -125,6 +126,7 @@ static void worker_free(struct worker *w)
     http_server_free(w->http);
     pool_free(w->pool);
     cache_free(w->cache);
+    local_cache_free(w->local);
     struct event *evs[] = { w->accept_ev, w->accept_retry_ev, w->sigquit_ev, w->sigterm_ev, w->drain_timer_ev };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i])
@@ -161,6 +163,11 @@ int worker_run(const struct config *cfg, struct fences *fences, int listen_fd, i
     w.http = http_server_new(w.base, cfg, router_dispatch, &w);
     w.pool = pool_new(w.base, cfg);
     w.cache = cache_new(w.base, cfg, fences);
+    if (cfg->redis_enabled && cfg->local_cache_entries > 0) {
+        w.local = local_cache_new(cfg->local_cache_entries, cfg->local_cache_bytes, cfg->cache_ttl_s);
+        if (!w.local)
+            log_warn("cannot allocate the local cache: running without it");
+    }
     if (!w.http || !w.pool || !w.cache) {
         log_error("cannot set up the HTTP server, the database pool or the cache client");
         goto done;

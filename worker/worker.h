@@ -26,6 +26,7 @@ struct worker {
     struct http_server *http;
     struct pool *pool;
     struct cache *cache;
+    struct local_cache *local;  /* NULL when off: redis disabled or local_entries = 0 */
     struct fences *fences;      /* shared with every worker: commit LSNs of acknowledged writes */
     bool draining;
     int exit_code;

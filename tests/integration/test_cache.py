@@ -19,9 +19,12 @@ from pgapi_server import PgapiServer, free_port
 from test_pool import bouncer_queries, replay_pause, replay_resume
 
 
-def cached_server(server, schema, redis_port=None, **db):
+def cached_server(server, schema, redis_port=None, local_entries="0", **db):
+    """The tests of the Redis tier run without the workers' local cache (X-Cache then tells Redis's
+    answer); the local cache has its own tests below."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    overrides = {"redis": {"enabled": "on", "prefix": prefix, "command_timeout": "200ms"},
+    overrides = {"redis": {"enabled": "on", "prefix": prefix, "command_timeout": "200ms",
+                           "local_entries": local_entries},
                  "database": {"health_interval": "200ms", **db}}
     if redis_port:
         overrides["redis"]["port"] = redis_port
@@ -94,7 +97,9 @@ def cache_entries(s, redis_port):
     epoch = (r.get(f"{s.prefix}:epoch") or b"0").decode()
     out = {}
     for k in r.scan_iter(f"{s.prefix}:e{epoch}:v:*"):
-        out[k.decode().split(":v:", 1)[1]] = json.loads(r.get(k))
+        raw = r.get(k)
+        int(raw[:16], 16)  # a value is its data LSN (16 hex digits), then the body
+        out[k.decode().split(":v:", 1)[1]] = json.loads(raw[16:])
     return out
 
 
@@ -320,3 +325,35 @@ def test_scripts_flushed_in_redis_are_loaded_again(server, schema):
     assert all(st == 200 and body["name"] == "after flush" for st, _, body in statuses), statuses
     until_hit(s, path)
     s.wait_for(lambda: "scripts were flushed" in s.log_text(), 5, "the flush noticed in the log")
+
+
+def test_local_cache_serves_hits_and_never_outlives_a_write(server, schema):
+    """Each worker keeps single rows in memory, stamped with the row's shared-memory fence: hits need no
+    Redis round trip (Redis frozen: still served), and an acknowledged write on any worker retires the
+    copies of every worker at once, Redis frozen or not."""
+    s = cached_server(server, schema, local_entries="1024")
+    u = make_user(s, with_post=True)
+    paths = [f"/users/{u['id']}", f"/users/{u['id']}?include=posts", f"/posts/{u['post']['id']}"]
+    for p in paths:
+        for _ in range(10):  # both workers see a hit from Redis and keep a copy
+            until_hit(s, p)
+    r = redis_lib.Redis(port=schema.redis_port)
+    # values in Redis gone: what is still served as a hit comes from the workers' memory
+    for k in r.scan_iter(f"{s.prefix}:*"):
+        if ":v:" in k.decode():
+            r.delete(k)
+    for p in paths:
+        hits = [get(s, p)[1] for _ in range(10)]
+        assert hits.count("HIT") >= 5, (p, hits)
+    for i in range(5):
+        assert s.request("PATCH", paths[0], body={"name": f"local{i}"}).status == 200
+        assert s.request("PUT", paths[2], body={"title": f"t{i}", "content": "c"}).status == 200
+        for _ in range(6):  # whichever worker answers, no copy older than the write
+            assert get(s, paths[0])[2]["name"] == f"local{i}"
+            assert get(s, paths[1])[2]["name"] == f"local{i}"
+            assert get(s, paths[1])[2]["posts"][0]["title"] == f"t{i}"
+            assert get(s, paths[2])[2]["title"] == f"t{i}"
+    assert s.request("DELETE", paths[2]).status == 204
+    assert s.request("DELETE", paths[0]).status == 204
+    for _ in range(6):
+        assert get(s, paths[0])[0] == 404 and get(s, paths[1])[0] == 404 and get(s, paths[2])[0] == 404

@@ -478,7 +478,7 @@ def cache_mismatches(srv, schema):
         raw = r.get(k)
         if raw is None:
             continue  # expired or dropped meanwhile
-        value = _json.loads(raw)
+        value = _json.loads(raw[16:])  # a value is its data LSN (16 hex digits), then the body
         kind = key.split(":", 1)[0]
         if kind in ("user", "userp"):
             rows.append((key, "users", value["id"], value["version"]))

@@ -225,7 +225,7 @@ def test_concurrent_reads_are_batched_and_each_gets_its_own_row(schema, server):
     srv.start()
     srv.wait_for(lambda: srv.get("/readyz").status == 200, 20, "/readyz 200")
     time.sleep(1.0)  # the replica has replayed the inserts and the worker has sampled its position
-    wanted = (ids + missing) * 10
+    wanted = (ids + missing) * 34  # 1,020 reads: other servers' health checks are noise beside them
     before = wait_stats_settle(schema)
     with concurrent.futures.ThreadPoolExecutor(64) as ex:
         results = list(ex.map(lambda i: (i, srv.get(f"/users/{i}")), wanted))
@@ -268,7 +268,7 @@ def test_concurrent_writes_share_commit_lsn_reads_and_read_their_writes(schema, 
         got = srv.get(f"/users/{uid}")
         return got.status == 200 and got.json()["email"] == email
 
-    n = 128
+    n = 512  # other servers' health checks share the counters: noise beside this many
     before = wait_stats_settle(schema)
     with concurrent.futures.ThreadPoolExecutor(64) as ex:
         created = list(ex.map(write, range(n)))

@@ -1,0 +1,18 @@
+#!/bin/sh
+# Between bench rounds: drop the rows a round added (ids past the seeded 10,000) from pgapi's and the
+# peer's databases, then empty Redis. As the superuser with triggers off: the peer's posts."userId" has
+# no index, so a cascade would scan posts once per deleted user.
+# Usage: bench/reset.sh STATE_DIR (reads STATE_DIR/topology.env)
+set -e
+. "$1/topology.env"
+PGBIN=/usr/lib/postgresql/15/bin
+sql() { # db statement...
+    db=$1
+    shift
+    runuser -u postgres -- "$PGBIN/psql" -qX -v ON_ERROR_STOP=1 -h "$PGAPI_PRIMARY_SOCKET_DIR" \
+        -p "$PGAPI_PRIMARY_PORT" -d "$db" -c 'SET statement_timeout = 0' -c 'SET session_replication_role = replica' \
+        -c "$1" -c "$2" >/dev/null
+}
+sql pgapi 'DELETE FROM posts WHERE user_id > 10000' 'DELETE FROM users WHERE id > 10000'
+sql peer 'DELETE FROM posts WHERE "userId" > 10000' 'DELETE FROM users WHERE id > 10000'
+redis-cli -p "$PGAPI_REDIS_PORT" flushall >/dev/null

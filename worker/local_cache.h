@@ -1,0 +1,23 @@
+/* local_cache: a small per-worker copy of single-row cache values, in front of Redis. An entry carries
+ * a stamp, the row fence (common/fence.h) read before its value was fetched, and is served only while
+ * that fence is unchanged: every acknowledged write of the row (from any worker of this server) raises
+ * its fence before it is answered, so a changed fence retires the entry. See op.c for the fill rule. */
+#ifndef PGAPI_LOCAL_CACHE_H
+#define PGAPI_LOCAL_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct local_cache;
+
+/* entries: slots (rounded up to a power of two; 0 = disabled, returns NULL); max_bytes bounds the
+ * values held; ttl_s bounds an entry's age (as Redis's TTL does). */
+struct local_cache *local_cache_new(int entries, size_t max_bytes, int ttl_s);
+void local_cache_free(struct local_cache *lc);
+/* The value of key if it was stored with this stamp and has not expired; valid until the next put. */
+bool local_cache_get(struct local_cache *lc, const char *key, uint64_t stamp, const char **value, size_t *len);
+void local_cache_put(struct local_cache *lc, const char *key, uint64_t stamp, const char *value, size_t len);
+void local_cache_stats(const struct local_cache *lc, uint64_t *hits, uint64_t *entries, size_t *bytes);
+
+#endif
