@@ -1,40 +1,79 @@
-/* batch: the array parameter of a coalesced read, and one read's share of its result. */
+/* batch: the array parameters of a shared statement, and one job's share of its result. */
 #include "worker/batch.h"
 
+#include <stdlib.h>
 #include <string.h>
 
-size_t batch_ids_text(char *buf, size_t cap, const char *const *ids, int n)
+char *batch_array_text(const char *const *values, int n)
 {
-    size_t len = 0;
-    if (cap < 3)
-        return 0;
-    buf[len++] = '{';
+    size_t cap = 3;
+    for (int i = 0; i < n; i++)
+        cap += values[i] ? 2 * strlen(values[i]) + 3 : 5; /* every byte escaped at worst, quotes, comma */
+    char *out = malloc(cap), *p = out;
+    if (!out)
+        return NULL;
+    *p++ = '{';
     for (int i = 0; i < n; i++) {
-        size_t k = strlen(ids[i]);
-        if (len + k + 2 >= cap)
-            return 0;
         if (i > 0)
-            buf[len++] = ',';
-        memcpy(buf + len, ids[i], k);
-        len += k;
+            *p++ = ',';
+        if (!values[i]) {
+            memcpy(p, "NULL", 4);
+            p += 4;
+            continue;
+        }
+        *p++ = '"';
+        for (const char *s = values[i]; *s; s++) {
+            if (*s == '"' || *s == '\\')
+                *p++ = '\\';
+            *p++ = *s;
+        }
+        *p++ = '"';
     }
-    buf[len++] = '}';
-    buf[len] = '\0';
-    return len;
+    *p++ = '}';
+    *p = '\0';
+    return out;
 }
 
-PGresult *batch_result_pick(const PGresult *res, const char *id)
+/* An empty result with the columns of res from first_col on. */
+static PGresult *result_shape(const PGresult *res, int first_col)
 {
-    PGresult *out = PQcopyResult(res, PG_COPYRES_ATTRS);
+    PGresult *out = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+    int n = PQnfields(res) - first_col;
+    if (!out || n <= 0)
+        return out;
+    PGresAttDesc *atts = calloc((size_t)n, sizeof(*atts));
+    if (!atts) {
+        PQclear(out);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        int col = first_col + i;
+        atts[i] = (PGresAttDesc){ .name = PQfname(res, col), .tableid = PQftable(res, col),
+                                  .columnid = PQftablecol(res, col), .format = PQfformat(res, col),
+                                  .typid = PQftype(res, col), .typlen = PQfsize(res, col),
+                                  .atttypmod = PQfmod(res, col) };
+    }
+    int ok = PQsetResultAttrs(out, n, atts);
+    free(atts);
+    if (!ok) {
+        PQclear(out);
+        return NULL;
+    }
+    return out;
+}
+
+PGresult *batch_result_pick(const PGresult *res, const char *key, int first_col)
+{
+    PGresult *out = result_shape(res, first_col);
     if (!out)
         return NULL;
     int ncols = PQnfields(res), row = 0;
     for (int i = 0; i < PQntuples(res); i++) {
-        if (strcmp(PQgetvalue(res, i, 0), id) != 0)
+        if (strcmp(PQgetvalue(res, i, 0), key) != 0)
             continue;
-        for (int col = 0; col < ncols; col++) {
+        for (int col = first_col; col < ncols; col++) {
             int len = PQgetisnull(res, i, col) ? -1 : PQgetlength(res, i, col);
-            if (!PQsetvalue(out, row, col, PQgetvalue(res, i, col), len)) {
+            if (!PQsetvalue(out, row, col - first_col, PQgetvalue(res, i, col), len)) {
                 PQclear(out);
                 return NULL;
             }

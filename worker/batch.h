@@ -1,18 +1,20 @@
-/* batch: helpers for coalesced by-id reads. Under load the pool runs the reads of one statement that
- * wait in its queue as one `... WHERE id = ANY($1::bigint[])` and hands each waiting read its own row,
- * so PostgreSQL and PgBouncer see one statement instead of many. */
+/* batch: helpers for statements that serve several requests. Under load the pool runs the queued jobs
+ * of one statement as one statement taking each parameter as an array: by-id reads as
+ * `... WHERE id = ANY($1)`, creates as one multi-row INSERT; each job still gets the rows a statement
+ * of its own would have returned (see pool_query.batch_sql). */
 #ifndef PGAPI_BATCH_H
 #define PGAPI_BATCH_H
 
 #include <libpq-fe.h>
-#include <stddef.h>
 
-#define BATCH_MAX 32 /* reads per statement */
+#define BATCH_MAX 32 /* jobs per statement */
 
-/* "{1,2,3}" from decimal id texts; returns its length, or 0 if it does not fit in cap. */
-size_t batch_ids_text(char *buf, size_t cap, const char *const *ids, int n);
-/* A result of its own (PQclear it) with the rows of res whose first column is id: the shape a
- * single-row read of that id would have returned. NULL when out of memory. */
-PGresult *batch_result_pick(const PGresult *res, const char *id);
+/* The array literal '{"a","b\"c",NULL}' of n text values (NULL: a NULL element). malloc'd; NULL when
+ * out of memory. */
+char *batch_array_text(const char *const *values, int n);
+/* A result of its own (PQclear it) with the rows of res whose first column is key, keeping the
+ * columns from first_col on: the shape a statement of its own would have returned. NULL when out of
+ * memory. */
+PGresult *batch_result_pick(const PGresult *res, const char *key, int first_col);
 
 #endif

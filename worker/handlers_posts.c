@@ -15,6 +15,8 @@ static const char SQL_USER_POSTS_LIST[] =
     " ON true WHERE u.id = $1 ORDER BY p.id";
 static const char SQL_POST_CREATE[] =
     "INSERT INTO posts AS p (user_id, title, content) VALUES ($1, $2, $3) RETURNING " OP_SQL_ROW("p", POST_JSON);
+static const char SQL_POST_CREATE_MANY[] = OP_SQL_CREATE_MANY("posts", "p", "user_id, title, content",
+                                                              "$1::bigint[], $2::text[], $3::text[]", POST_JSON);
 
 /* content may be empty; the limits mirror the schema's CHECKs */
 static const struct op_field POST_FIELDS[] = {
@@ -42,7 +44,7 @@ void handle_user_posts_list(struct worker *w, struct http_request *req, const st
 void handle_user_posts_create(struct worker *w, struct http_request *req, const struct route_args *a)
 {
     struct op o = { .w = w, .req = req, .res = &POSTS, .owner = "user", .id = a->id[0], .created = true };
-    op_write_body(&o, SQL_POST_CREATE, true);
+    op_write_body(&o, SQL_POST_CREATE, SQL_POST_CREATE_MANY, true);
 }
 
 /* ---- /posts --------------------------------------------------------------------------------- */

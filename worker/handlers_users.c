@@ -17,6 +17,8 @@ static const char SQL_USER_GET_POSTS[] = SQL_USER_GET_POSTS_WHERE "$1";
 static const char SQL_USER_GET_POSTS_MANY[] = SQL_USER_GET_POSTS_WHERE OP_SQL_ANY_ID;
 static const char SQL_USER_CREATE[] =
     "INSERT INTO users AS u (name, email) VALUES ($1, $2) RETURNING " OP_SQL_ROW("u", USER_JSON);
+static const char SQL_USER_CREATE_MANY[] =
+    OP_SQL_CREATE_MANY("users", "u", "name, email", "$1::text[], $2::text[]", USER_JSON);
 
 /* the limits mirror the schema's CHECKs */
 static const struct op_field USER_FIELDS[] = {
@@ -55,7 +57,8 @@ void handle_users_list(struct worker *w, struct http_request *req, const struct 
 void handle_users_create(struct worker *w, struct http_request *req, const struct route_args *a)
 {
     (void)a;
-    op_write_body(&(struct op){ .w = w, .req = req, .res = &USERS, .created = true }, SQL_USER_CREATE, true);
+    op_write_body(&(struct op){ .w = w, .req = req, .res = &USERS, .created = true }, SQL_USER_CREATE,
+                  SQL_USER_CREATE_MANY, true);
 }
 
 /* PUT, PATCH and DELETE /users/:id */

@@ -502,7 +502,7 @@ static int fields_read(struct http_request *req, struct json_object *obj, const 
     return 0;
 }
 
-void op_write_body(const struct op *o, const char *sql, bool required)
+void op_write_body(const struct op *o, const char *sql, const char *sql_many, bool required)
 {
     const struct op_resource *res = o->res;
     if (res->nfields < 1 || res->nfields > OP_FIELDS_MAX) {
@@ -520,8 +520,10 @@ void op_write_body(const struct op *o, const char *sql, bool required)
     if (fields_read(o->req, obj, res->fields, res->nfields, required, params + 1) == 0) {
         struct op_state *s = state_new(o, true, o->created ? 201 : 200);
         int first = o->id ? 0 : 1;
-        if (s)
+        if (s) {
+            s->sql_many = sql_many;
             start(s, sql, params + first, 1 + res->nfields - first, row_done);
+        }
     }
     json_object_put(obj); /* the values were owned by obj; the pool copied them */
 }
@@ -538,8 +540,8 @@ void op_item_write(const struct op *o)
             by_id_run(s); /* $1 = id; row_done answers 204 once the fences are raised */
         }
     } else if (o->req->method == HTTP_PUT) {
-        op_write_body(o, res->sql_replace, true);
+        op_write_body(o, res->sql_replace, NULL, true);
     } else {
-        op_write_body(o, res->sql_patch, false);
+        op_write_body(o, res->sql_patch, NULL, false);
     }
 }

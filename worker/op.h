@@ -34,6 +34,13 @@ struct op_resource {
     const char *sql_get, *sql_get_many, *sql_list, *sql_replace, *sql_patch, *sql_delete;
 };
 
+/* A batched create (pool_query.batch_sql) of table t aliased a: ids drawn first so that each input row
+ * (cols, typed as the casts in unnest_args) can be matched to the row it made. */
+#define OP_SQL_CREATE_MANY(t, a, cols, unnest_args, json)                                              \
+    "WITH input AS MATERIALIZED (SELECT nextval('" t "_id_seq') AS id, x.* FROM unnest(" unnest_args    \
+    ") WITH ORDINALITY AS x(" cols ", ord)), made AS (INSERT INTO " t " AS " a " (id, " cols ") SELECT id, " \
+    cols " FROM input ORDER BY ord RETURNING " OP_SQL_ROW(a, json) " AS body) SELECT input.ord::text, "   \
+    "made.id, made.body FROM made JOIN input USING (id)"
 /* The batched form of "id = $1" (pool_query.batch_sql) */
 #define OP_SQL_ANY_ID "ANY($1::bigint[])"
 /* A row as its (id, json text) columns, for RETURNING. */
@@ -75,7 +82,9 @@ void op_get(const struct op *o, const char *sql, const char *sql_many);
 void op_page(const struct op *o, const char *sql, const char *base);
 /* Runs a write whose parameters are $1 = id (when id != 0) then the body's fields in order; required =
  * false (PATCH) makes every field optional (NULL when absent) but at least one must be given. */
-void op_write_body(const struct op *o, const char *sql, bool required);
+/* sql_many: NULL, or a create's batched form (pool_query.batch_sql): each parameter as an array, rows
+ * of (1-based place, id, json) */
+void op_write_body(const struct op *o, const char *sql, const char *sql_many, bool required);
 /* By the request's method: PUT replaces every field (200), PATCH changes the fields given (200),
  * DELETE removes the row (204). */
 void op_item_write(const struct op *o);

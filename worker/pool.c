@@ -15,6 +15,7 @@
 #include "worker/batch.h"
 
 #define POOL_MAX_CONNS 256
+#define POOL_MAX_PARAMS 8 /* of a batched statement */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define SWEEP_MS 50
@@ -146,7 +147,7 @@ static struct job *job_new(const struct pool_query *q, enum job_kind kind, pool_
         return NULL;
     j->kind = kind;
     j->sql = q->sql;
-    j->batch_sql = kind == JOB_READ && q->nparams == 1 ? q->batch_sql : NULL;
+    j->batch_sql = kind == JOB_WRITE || (kind == JOB_READ && q->nparams == 1) ? q->batch_sql : NULL;
     j->nparams = q->nparams;
     j->cb = cb;
     j->arg = arg;
@@ -316,6 +317,12 @@ static void conn_reset(struct pgconn *c, const char *why)
                 k->retries = j->retries > k->retries ? j->retries : k->retries;
             batch_requeue(p, j, be->side);
         }
+        for (struct job *k = j->kind == JOB_WRITE ? j->batch : NULL, *next; k; k = next) {
+            next = k->next; /* a shared write: its outcome is unknown for every job, as for one */
+            job_fail(p, k, be->side, POOL_ERR_BROKEN, "database connection lost during the query");
+        }
+        if (j->kind == JOB_WRITE)
+            j->batch = NULL;
         if ((j->kind == JOB_READ || j->kind == JOB_LSN) && j->retries++ < 1)
             job_submit(p, j); /* no side effect: one retry on another connection */
         else
@@ -434,25 +441,34 @@ static bool batch_gather(struct pgconn *c, struct job *j)
     return j->batch != NULL;
 }
 
+/* Parameter i of the statement: the array of every job's parameter i, in batch order. */
 static void batch_send(struct pgconn *c, struct job *j)
 {
     struct pool *p = c->be->pool;
-    const char *ids[BATCH_MAX];
+    struct job *jobs[BATCH_MAX];
     int n = 0;
     for (struct job *k = j; k && n < BATCH_MAX; k = k == j ? j->batch : k->next) {
-        ids[n++] = k->params[0];
+        jobs[n++] = k;
         if (k != j && k->enqueued_us)
             p->stats[c->be->side].wait_us_total += now_us() - k->enqueued_us;
         k->data_lsn = j->data_lsn;
     }
-    char text[BATCH_MAX * 21 + 3];
-    char *param[] = { text };
-    if (batch_ids_text(text, sizeof(text), ids, n) == 0) { /* ids are validated: cannot happen */
-        conn_reset(c, "batch parameter too long");
-        return;
+    char *arrays[POOL_MAX_PARAMS] = { 0 };
+    const char *values[BATCH_MAX];
+    bool ok = j->nparams <= POOL_MAX_PARAMS;
+    for (int i = 0; ok && i < j->nparams; i++) {
+        for (int k = 0; k < n; k++)
+            values[k] = jobs[k]->params[i];
+        ok = (arrays[i] = batch_array_text(values, n)) != NULL;
     }
-    p->stats[c->be->side].batches++;
-    conn_send(c, j->batch_sql, 1, param, NULL);
+    if (ok) {
+        p->stats[c->be->side].batches++;
+        conn_send(c, j->batch_sql, j->nparams, arrays, NULL);
+    }
+    for (int i = 0; i < POOL_MAX_PARAMS; i++)
+        free(arrays[i]);
+    if (!ok)
+        conn_reset(c, "out of memory building a batch"); /* its jobs fail or are retried as for a broken link */
 }
 
 static void conn_start(struct pgconn *c, struct job *j)
@@ -489,7 +505,7 @@ static void batch_deliver(struct pool *p, struct job *j, const struct pool_resul
         struct pool_result mine = *r;
         PGresult *own = NULL;
         if (r->status == POOL_OK) {
-            own = batch_result_pick(r->res, k->params[0]);
+            own = batch_result_pick(r->res, k->params[0], 0);
             mine.res = own;
             if (!own)
                 mine = (struct pool_result){ .status = POOL_ERR_UNAVAILABLE, .sqlstate = "", .message = "out of memory",
@@ -497,6 +513,19 @@ static void batch_deliver(struct pool *p, struct job *j, const struct pool_resul
         }
         job_finish(p, k, &mine);
         PQclear(own);
+    }
+}
+
+/* A shared write failed as a whole (one row's conflict or check fails them all): each job again, alone. */
+static void batch_write_split(struct pool *p, struct job *j)
+{
+    j->next = j->batch;
+    j->batch = NULL;
+    for (struct job *k = j, *next; k; k = next) {
+        next = k->next;
+        k->batch_sql = NULL;
+        k->next = NULL;
+        job_submit(p, k);
     }
 }
 
@@ -535,6 +564,9 @@ static void conn_deliver(struct pgconn *c)
         health_apply(be, &r);
     if (j->kind == JOB_LSN) {
         lsn_group_take(be->pool, j, &r);
+        j = NULL;
+    } else if (j->batch && j->kind == JOB_WRITE && r.status == POOL_ERR_SQL && strcmp(r.sqlstate, "25006") != 0) {
+        batch_write_split(be->pool, j); /* nothing committed: each runs alone and gets its own answer */
         j = NULL;
     } else if (j->batch) {
         batch_deliver(be->pool, j, &r);
@@ -607,13 +639,42 @@ static void lsn_kick(struct pool *p)
     job_submit(p, g);
 }
 
+static void lsn_wait(struct pool *p, struct job *j)
+{
+    j->next = NULL;
+    if (p->lsn_waiting_tail)
+        p->lsn_waiting_tail->next = j;
+    else
+        p->lsn_waiting = j;
+    p->lsn_waiting_tail = j;
+}
+
+/* A shared write committed every job's row: the rows whose first column is the job's 1-based place. */
+static void batch_committed(struct pool *p, struct job *j, PGresult *res)
+{
+    j->next = j->batch;
+    j->batch = NULL;
+    int place = 1;
+    for (struct job *k = j, *next; k; k = next, place++) {
+        next = k->next;
+        char key[16];
+        snprintf(key, sizeof(key), "%d", place);
+        k->held = batch_result_pick(res, key, 1);
+        if (k->held)
+            lsn_wait(p, k);
+        else
+            job_finish(p, k, &(struct pool_result){ .status = POOL_ERR_BROKEN, .sqlstate = "", .side = POOL_PRIMARY,
+                                                    .backend = -1, .message = "out of memory after the commit" });
+    }
+    PQclear(res);
+}
+
 /* A write's statement committed: its connection is free at once, its answer waits for a commit LSN. */
 static void conn_write_committed(struct pgconn *c)
 {
     struct pool *p = c->be->pool;
     struct job *j = c->job;
-    j->held = c->result;
-    j->next = NULL;
+    PGresult *res = c->result;
     c->result = NULL;
     c->job = NULL;
     c->state = PGC_IDLE;
@@ -621,11 +682,12 @@ static void conn_write_committed(struct pgconn *c)
     bool bad = PQstatus(c->conn) == CONNECTION_BAD;
     if (!bad)
         conn_wait(c, EV_READ);
-    if (p->lsn_waiting_tail)
-        p->lsn_waiting_tail->next = j;
-    else
-        p->lsn_waiting = j;
-    p->lsn_waiting_tail = j;
+    if (j->batch) {
+        batch_committed(p, j, res);
+    } else {
+        j->held = res;
+        lsn_wait(p, j);
+    }
     lsn_kick(p);
     if (bad)
         conn_reset(c, PQerrorMessage(c->conn));

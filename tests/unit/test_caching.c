@@ -1,0 +1,100 @@
+/* Unit tests for the pieces of the fast paths that need no server: the array parameters and the result
+ * split of shared statements (worker/batch) and the workers' local cache (worker/local_cache). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "worker/batch.h"
+#include "worker/local_cache.h"
+
+static void test_array_text_quotes_and_nulls(void **state)
+{
+    (void)state;
+    const char *values[] = { "plain", "with \"quotes\"", "back\\slash", NULL, "", "{,}" };
+    char *text = batch_array_text(values, 6);
+    assert_non_null(text);
+    assert_string_equal(text, "{\"plain\",\"with \\\"quotes\\\"\",\"back\\\\slash\",NULL,\"\",\"{,}\"}");
+    free(text);
+    text = batch_array_text(values, 0);
+    assert_string_equal(text, "{}");
+    free(text);
+}
+
+static PGresult *result_of(int ncols, const char *const *names, int nrows, const char *const *cells)
+{
+    PGresult *res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+    PGresAttDesc atts[4];
+    for (int i = 0; i < ncols; i++)
+        atts[i] = (PGresAttDesc){ .name = (char *)names[i], .typid = 25, .typlen = -1, .atttypmod = -1 };
+    assert_true(PQsetResultAttrs(res, ncols, atts));
+    for (int r = 0; r < nrows; r++)
+        for (int c = 0; c < ncols; c++)
+            assert_true(PQsetvalue(res, r, c, (char *)cells[r * ncols + c], (int)strlen(cells[r * ncols + c])));
+    return res;
+}
+
+static void test_result_pick_by_first_column(void **state)
+{
+    (void)state;
+    const char *names[] = { "ord", "id", "body" };
+    const char *cells[] = { "2", "11", "{\"b\":1}", "1", "10", "{\"a\":1}" };
+    PGresult *res = result_of(3, names, 2, cells);
+    PGresult *one = batch_result_pick(res, "1", 1); /* a create's place: dropped, (id, body) kept */
+    assert_int_equal(PQntuples(one), 1);
+    assert_int_equal(PQnfields(one), 2);
+    assert_string_equal(PQfname(one, 0), "id");
+    assert_string_equal(PQgetvalue(one, 0, 0), "10");
+    assert_string_equal(PQgetvalue(one, 0, 1), "{\"a\":1}");
+    PQclear(one);
+    PGresult *none = batch_result_pick(res, "3", 1); /* a read's id with no row: its 404 */
+    assert_int_equal(PQntuples(none), 0);
+    assert_int_equal(PQnfields(none), 2);
+    PQclear(none);
+    PGresult *all = batch_result_pick(res, "2", 0);
+    assert_int_equal(PQnfields(all), 3);
+    assert_string_equal(PQgetvalue(all, 0, 1), "11");
+    PQclear(all);
+    PQclear(res);
+}
+
+static void test_local_cache_stamps_and_bounds(void **state)
+{
+    (void)state;
+    assert_null(local_cache_new(0, 1024, 60)); /* off */
+    struct local_cache *lc = local_cache_new(4, 64 * 100, 60);
+    const char *v;
+    size_t len;
+    local_cache_put(lc, "user:1", 7, "{\"id\":1}", 8);
+    assert_true(local_cache_get(lc, "user:1", 7, &v, &len));
+    assert_int_equal(len, 8);
+    assert_memory_equal(v, "{\"id\":1}", 8);
+    assert_false(local_cache_get(lc, "user:2", 7, &v, &len));
+    assert_false(local_cache_get(lc, "user:1", 8, &v, &len)); /* its fence moved: gone for good */
+    assert_false(local_cache_get(lc, "user:1", 7, &v, &len));
+    char big[200];
+    memset(big, 'x', sizeof(big));
+    local_cache_put(lc, "user:3", 1, big, sizeof(big)); /* over max_bytes / 64: not kept */
+    assert_false(local_cache_get(lc, "user:3", 1, &v, &len));
+    uint64_t hits, entries;
+    size_t bytes;
+    local_cache_stats(lc, &hits, &entries, &bytes);
+    assert_int_equal(hits, 1);
+    assert_int_equal(entries, 0);
+    assert_int_equal(bytes, 0);
+    local_cache_free(lc);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_array_text_quotes_and_nulls),
+        cmocka_unit_test(test_result_pick_by_first_column),
+        cmocka_unit_test(test_local_cache_stamps_and_bounds),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
