@@ -314,3 +314,31 @@ def test_concurrent_creates_share_statements_and_a_conflict_fails_only_its_own(s
     assert rows == {body["email"]: body["id"] for _, _, body in created}
     rw = after.get("pgapi_rw", 0) - before.get("pgapi_rw", 0)
     assert rw < len(emails), f"{rw} statements on the primary side for {len(emails)} creates: none shared"
+
+
+def test_concurrent_post_creates_with_a_missing_owner_fail_only_their_own(schema, server):
+    """Posts created under load share multi-row INSERTs; one for a user that does not exist fails the
+    shared statement (foreign key), so each runs again alone: it gets its 404, the others their 201."""
+    srv = server(workers=1, topology=schema, overrides={"redis": {"enabled": "off"},
+                                                        "database": {"pool_size": "1"}})
+    srv.start()
+    srv.wait_for(lambda: srv.get("/readyz").status == 200, 20, "/readyz 200")
+    owners = [new_user_on(schema)["id"] for _ in range(5)]
+    missing = max(owners) + 100000
+    targets = [(owners[i % 5], f"t{i}") for i in range(300)] + [(missing, f"m{i}") for i in range(10)]
+
+    def create(target):
+        uid, title = target
+        r = srv.request("POST", f"/users/{uid}/posts", body={"title": title, "content": "c"})
+        return uid, title, r.status, (r.json() if r.status == 201 else None)
+
+    with concurrent.futures.ThreadPoolExecutor(64) as ex:
+        outcomes = list(ex.map(create, targets))
+    for uid, title, status, body in outcomes:
+        if uid == missing:
+            assert status == 404, (uid, title, status)
+        else:
+            assert status == 201 and body["user_id"] == uid and body["title"] == title, (uid, title, status, body)
+    with closing(schema.rw()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM posts WHERE user_id = ANY(%s)", (owners,))
+        assert cur.fetchone()[0] == 300
