@@ -13,10 +13,10 @@ from pgapi_server import PgapiServer
 def server(tmp_path):
     made = []
 
-    def make(workers=2, topology=None, overrides=None, port=None):
+    def make(workers=2, topology=None, overrides=None, port=None, **kw):
         d = tmp_path / f"srv{len(made)}"
         d.mkdir()
-        s = PgapiServer(str(d), topology=topology, workers=workers, overrides=overrides, port=port)
+        s = PgapiServer(str(d), topology=topology, workers=workers, overrides=overrides, port=port, **kw)
         made.append(s)
         return s
 
