@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 from helpers import wait_until
+from pgapi_fixtures import module_server
 from pgapi_server import REPO_ROOT
 
 PLAIN_BINARY = os.environ.get("PGAPI_TEST_PLAIN_BINARY", os.path.join(REPO_ROOT, "build", "pgapi"))  # no ASan shadow
@@ -448,17 +449,9 @@ def test_200_pipelined_mixed_requests_answered_in_order(server, schema):
 
 @pytest.fixture(scope="module")
 def hostile(schema, tmp_path_factory):
-    """One server for the input cases: 2 workers with the cache on (so reads come back through Redis and
-    the local cache too)."""
-    from pgapi_server import PgapiServer
-    s = PgapiServer(str(tmp_path_factory.mktemp("hostile")), topology=schema, workers=2,
-                    overrides={"database": {"health_interval": "200ms"}})
-    s.start()
-    s.wait_for(lambda: s.get("/readyz").status == 200, 20, "/readyz 200")
-    yield s
-    rc = s.stop(signal.SIGTERM)
-    bad = s.bad_log_lines()
-    assert rc == 0 and not bad, f"server exit {rc}; bad log lines: {bad[:10]}\n{s.log_tail(60)}"
+    """One server for the input cases, with the cache on (reads come back through Redis and the local
+    cache too)."""
+    yield from module_server(tmp_path_factory, "hostile", schema, {"database": {"health_interval": "200ms"}})
 
 
 def post_raw(s, path, body, method="POST", ctype="application/json"):
