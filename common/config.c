@@ -38,7 +38,7 @@ static const struct config_key config_keys[] = {
     { "server", "drain_timeout", KT_MS, OFF(drain_timeout_ms), 100, 3600000, "10s",
       "graceful stop: how long in-flight requests may take before a worker is stopped anyway" },
     { "server", "max_connections", KT_INT, OFF(max_connections), 1, 1000000, "4096",
-      "open client connections per worker; above it new connections are closed at once" },
+      "open client connections per worker; past it on every worker, new ones get 503 and are closed at once" },
     { "server", "max_body_bytes", KT_SIZE, OFF(max_body_bytes), 0, 1073741824, "64k",
       "largest request body (413 above); units k, m" },
     { "server", "max_header_bytes", KT_SIZE, OFF(max_header_bytes), 256, 1048576, "8k",

@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/utf8.h"
+
 #define LOG_LINE_MAX 4000
 
 /* Per-process logger state: written at start-up and right after fork(), read-only afterwards. */
@@ -77,19 +79,24 @@ static size_t format_time(char *buf, size_t cap)
     return n;
 }
 
-/* Appends s to buf as the inside of a JSON string; returns the new length (clamped to cap). */
+/* Appends s to buf as the inside of a JSON string; returns the new length (clamped to cap). Bytes that
+ * are not well-formed UTF-8 (a client's path may hold any) become \ufffd, so every line stays JSON. */
 static size_t json_escape_into(char *buf, size_t len, size_t cap, const char *s)
 {
-    for (; *s && len + 7 < cap; s++) {
+    while (*s && len + 7 < cap) {
         unsigned char c = (unsigned char)*s;
+        size_t n = c < 0x80 ? 1 : utf8_sequence_len(s, strnlen(s, 4));
         if (c == '"' || c == '\\') {
             buf[len++] = '\\';
             buf[len++] = (char)c;
-        } else if (c < 0x20) {
-            len += (size_t)snprintf(buf + len, cap - len, "\\u%04x", c);
+        } else if (c < 0x20 || n == 0) {
+            len += (size_t)snprintf(buf + len, cap - len, "\\u%04x", n ? c : 0xfffdu);
+            n = 1;
         } else {
-            buf[len++] = (char)c;
+            memcpy(buf + len, s, n);
+            len += n;
         }
+        s += n;
     }
     return len;
 }

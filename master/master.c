@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common/fence.h"
+#include "common/room.h"
 #include "master/listener.h"
 #include "master/notify.h"
 #include "worker/worker.h"
@@ -52,6 +53,7 @@ struct master {
     int old_listen_fd;            /* previous socket while its workers drain after a port change */
     int sig_fd;
     struct fences *fences;        /* shared memory the workers write; the master only maps it */
+    struct rooms *rooms;          /* shared: which workers have room for a connection */
     int ready_rd, ready_wr;       /* workers write their pid here once they serve */
     struct proc procs[MAX_PROCS];
     struct respawn respawns[MAX_PROCS];
@@ -110,7 +112,8 @@ static void child_become_worker(struct master *m, int slot)
     if (m->old_listen_fd >= 0)
         close(m->old_listen_fd);
     sigprocmask(SIG_SETMASK, &m->old_mask, NULL);
-    int rc = worker_run(&m->cfg, m->fences, m->listen_fd, slot, m->generation, m->ready_wr);
+    struct worker_shared shared = { .fences = m->fences, .rooms = m->rooms };
+    int rc = worker_run(&m->cfg, &shared, m->listen_fd, slot, m->generation, m->ready_wr);
     free(m);
     exit(rc); /* exit, not _exit: sanitizer builds check the worker for leaks at exit */
 }
@@ -265,6 +268,7 @@ static void children_reap(struct master *m)
         if (!p)
             continue;
         child_log_exit(p, status);
+        rooms_vacate(m->rooms, p->slot, p->generation); /* a crash left its room published */
         bool respawn = !m->stopping && p->generation == m->generation && p->state != PROC_RETIRING;
         if (respawn)
             respawn_schedule(m, p);
@@ -349,7 +353,8 @@ static int master_setup(struct master *m)
     m->ready_rd = p[0];
     m->ready_wr = p[1];
     m->fences = fences_create();
-    if (!m->fences)
+    m->rooms = rooms_create();
+    if (!m->fences || !m->rooms)
         return -1;
     m->listen_fd = listener_open(m->cfg.listen_host, m->cfg.listen_port, m->cfg.backlog);
     return m->listen_fd < 0 ? -1 : 0;
@@ -405,6 +410,7 @@ int master_run(const struct config *cfg, const char *config_path)
     master_loop(m);
     log_info("stopped");
     fences_destroy(m->fences);
+    rooms_destroy(m->rooms);
     free(m);
     return 0;
 }

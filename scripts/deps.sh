@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install the Debian packages pgapi needs to build, test and run its local
-# topology (with --bench: also nginx, Node.js, npm, perf and valgrind for
-# bench/run.sh). Idempotent and silent when everything is already installed.
+# Install the Debian packages pgapi needs to build, test (valgrind: the leak check
+# in tests/integration/test_hostile.py) and run its local topology (with --bench:
+# also nginx, Node.js, npm and perf for bench/run.sh). Idempotent and silent when
+# everything is already installed.
 #
 # Services are never started by the install: a temporary /usr/sbin/policy-rc.d
 # (exit 101) blocks the packages' postinst from starting PostgreSQL's default
@@ -13,7 +14,7 @@ set -euo pipefail
 PACKAGES=(
     libevent-dev libpq-dev libhiredis-dev libjson-c-dev libinih-dev libhttp-parser-dev
     libcmocka-dev pkg-config gcc make postgresql pgbouncer redis-server
-    python3-pytest python3-psycopg2 python3-redis python3-yaml socat wrk curl procps iproute2
+    python3-pytest python3-psycopg2 python3-redis python3-yaml socat wrk curl procps iproute2 valgrind
 )
 
 log() { printf 'deps: %s\n' "$*" >&2; }
@@ -25,7 +26,7 @@ for pkg in "${PACKAGES[@]}"; do
 done
 # --bench: what bench/run.sh needs besides, judged by the command (a Node.js from elsewhere will do)
 if [[ ${1:-} == --bench ]]; then
-    for pair in nginx:nginx node:nodejs npm:npm perf:linux-perf valgrind:valgrind; do
+    for pair in nginx:nginx node:nodejs npm:npm perf:linux-perf; do
         command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
     done
 fi

@@ -1,10 +1,13 @@
-/* body: json-c in strict mode with UTF-8 validation and a small nesting limit, so hostile bodies
- * (10,000-deep arrays, invalid UTF-8, trailing garbage) are refused before any work is done. */
+/* body: json-c in strict mode behind a strict UTF-8 check, a small nesting limit and a duplicate-key check,
+ * so hostile bodies (10,000-deep arrays, invalid UTF-8, repeated keys, trailing garbage) are refused before
+ * any work is done. */
 #include "worker/body.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
+#include "common/utf8.h"
 #include "worker/reply.h"
 
 #define BODY_MAX_DEPTH 16
@@ -15,10 +18,152 @@ static bool content_type_json(const char *ct)
     return strncasecmp(ct, "application/json", n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
 }
 
+/* ---- duplicate keys ---------------------------------------------------------------------------
+ * json-c keeps the last of two equal keys without a word, so {"email":"a@x.io","email":"b@y.io"} would
+ * store the second where a proxy or a log in front may have read the first: such bodies are refused.
+ * The text is valid JSON (json-c parsed it) nested at most BODY_MAX_DEPTH deep, so a small scan finds
+ * every key; only when the text holds more keys than the parsed objects do, is each key decoded to name
+ * the duplicate. */
+
+struct key_scan {
+    const char *s;
+    size_t len, pos;
+    int depth;
+    unsigned objects;                      /* objects opened so far */
+    unsigned object[BODY_MAX_DEPTH + 1];   /* per open container: its object number, 0 for an array */
+    bool want_key;
+};
+
+/* The next key token (quotes included) at any depth, as [*start, *end); false at the end of the text.
+ * k->depth and k->object[k->depth] then tell which object the key belongs to. */
+static bool key_next(struct key_scan *k, size_t *start, size_t *end)
+{
+    while (k->pos < k->len) {
+        char c = k->s[k->pos++];
+        if (c == '"') {
+            size_t from = k->pos - 1;
+            while (k->pos < k->len && k->s[k->pos] != '"')
+                k->pos += k->s[k->pos] == '\\' ? 2 : 1;
+            k->pos++;
+            if (k->want_key) {
+                k->want_key = false;
+                *start = from;
+                *end = k->pos < k->len ? k->pos : k->len;
+                return true;
+            }
+        } else if ((c == '{' || c == '[') && k->depth < BODY_MAX_DEPTH) {
+            k->object[++k->depth] = c == '{' ? ++k->objects : 0;
+            k->want_key = c == '{';
+        } else if ((c == '}' || c == ']') && k->depth > 0) {
+            k->depth--;
+        } else if (c == ',') {
+            k->want_key = k->object[k->depth] != 0;
+        }
+    }
+    return false;
+}
+
+static size_t keys_count(const char *s, size_t len)
+{
+    struct key_scan k = { .s = s, .len = len };
+    size_t n = 0, start, end;
+    while (key_next(&k, &start, &end))
+        n++;
+    return n;
+}
+
+/* Members of obj and of every object inside it, as json-c kept them. */
+static size_t members_count(struct json_object *obj)
+{
+    size_t n = 0;
+    if (json_object_is_type(obj, json_type_array)) {
+        for (size_t i = 0; i < json_object_array_length(obj); i++)
+            n += members_count(json_object_array_get_idx(obj, i));
+    } else if (json_object_is_type(obj, json_type_object)) {
+        json_object_object_foreach(obj, key, val) {
+            (void)key;
+            n += 1 + members_count(val);
+        }
+    }
+    return n;
+}
+
+/* Decodes a key token into a string object the caller puts; NULL if it cannot. */
+static struct json_object *key_decode(const char *token, size_t len)
+{
+    struct json_tokener *tok = json_tokener_new();
+    if (!tok)
+        return NULL;
+    struct json_object *key = json_tokener_parse_ex(tok, token, (int)len);
+    json_tokener_free(tok);
+    if (key && !json_object_is_type(key, json_type_string)) {
+        json_object_put(key);
+        key = NULL;
+    }
+    return key;
+}
+
+/* Whether key was met before in the object k is in; seen[d] holds the keys of object number seen_of[d]. */
+static bool key_repeated(struct json_object **seen, unsigned *seen_of, const struct key_scan *k, const char *key)
+{
+    int d = k->depth;
+    if (seen_of[d] != k->object[d]) { /* a new object at this depth: forget the previous one's keys */
+        json_object_put(seen[d]);
+        seen[d] = json_object_new_object();
+        seen_of[d] = k->object[d];
+    }
+    if (!seen[d])
+        return false;
+    if (json_object_object_get_ex(seen[d], key, NULL))
+        return true;
+    json_object_object_add(seen[d], key, NULL);
+    return false;
+}
+
+/* Copies into name the first key that repeats within one object; false if none is found. */
+static bool duplicate_find(const char *s, size_t len, char *name, size_t cap)
+{
+    struct json_object *seen[BODY_MAX_DEPTH + 1] = { 0 };
+    unsigned seen_of[BODY_MAX_DEPTH + 1] = { 0 };
+    struct key_scan k = { .s = s, .len = len };
+    size_t start, end;
+    bool found = false;
+    while (!found && key_next(&k, &start, &end)) {
+        struct json_object *key = key_decode(s + start, end - start);
+        if (key && key_repeated(seen, seen_of, &k, json_object_get_string(key))) {
+            snprintf(name, cap, "%s", json_object_get_string(key));
+            found = true;
+        }
+        json_object_put(key);
+    }
+    for (int i = 0; i <= BODY_MAX_DEPTH; i++)
+        json_object_put(seen[i]);
+    return found;
+}
+
+/* Answers 400 and returns true when some object of the body repeats a key. */
+static bool keys_duplicated(struct http_request *req, struct json_object *obj)
+{
+    if (keys_count(req->body, req->body_len) == members_count(obj))
+        return false;
+    char name[128];
+    if (duplicate_find(req->body, req->body_len, name, sizeof(name)))
+        reply_error(req, 400, "duplicate_key", "request body repeats the key \"%s\" in one object", name);
+    else
+        reply_error(req, 400, "duplicate_key", "request body repeats a key in one object");
+    return true;
+}
+
 struct json_object *body_object(struct http_request *req)
 {
     if (!content_type_json(req->content_type)) {
         reply_error(req, 415, "unsupported_media_type", "Content-Type must be application/json");
+        return NULL;
+    }
+    /* json-c's own check lets overlong forms, encoded surrogates and code points past U+10FFFF through */
+    size_t bad = utf8_invalid_at(req->body, req->body_len);
+    if (bad < req->body_len) {
+        reply_error(req, 400, "malformed_json", "request body is not valid JSON: invalid UTF-8 at byte %zu", bad);
         return NULL;
     }
     struct json_tokener *tok = json_tokener_new_ex(BODY_MAX_DEPTH);
@@ -43,6 +188,10 @@ struct json_object *body_object(struct http_request *req)
     if (!json_object_is_type(obj, json_type_object)) {
         json_object_put(obj);
         reply_error(req, 400, "malformed_json", "request body must be a JSON object");
+        return NULL;
+    }
+    if (keys_duplicated(req, obj)) {
+        json_object_put(obj);
         return NULL;
     }
     return obj;

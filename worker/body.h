@@ -1,5 +1,6 @@
 /* body: parses and validates JSON request bodies; on failure it has already answered the request
- * (415 wrong content type, 400 malformed JSON or wrong types, 422 values out of range). */
+ * (415 wrong content type, 400 malformed JSON, invalid UTF-8, repeated keys or wrong types, 422 values out
+ * of range). */
 #ifndef PGAPI_BODY_H
 #define PGAPI_BODY_H
 

@@ -22,6 +22,8 @@
 #define LINGER_MS 2000
 #define READ_CHUNK 16384
 #define FIELD_MAX 32
+#define BODY_KEEP 4096   /* request buffers larger than these are freed between requests */
+#define URL_KEEP 1024
 
 enum conn_state {
     CONN_IDLE,      /* keep-alive, waiting for the first byte of a request */
@@ -160,10 +162,17 @@ static void request_reset(struct http_conn *c)
 {
     char *body = c->req.body;
     c->req = (struct http_request){ .conn = c, .ctx = c->srv->ctx, .body = body };
-    if (c->body_cap > 65536) { /* do not keep a large body buffer around on an idle connection */
+    /* An idle connection keeps only small buffers: one large request each must not pin max_body_bytes
+     * (and a long URL) on every one of max_connections kept-alive connections. */
+    if (c->body_cap > BODY_KEEP) {
         free(c->req.body);
         c->req.body = NULL;
         c->body_cap = 0;
+    }
+    if (c->url_cap > URL_KEEP) {
+        free(c->url);
+        c->url = NULL;
+        c->url_cap = 0;
     }
     c->url_len = 0;
     c->header_bytes = 0;
@@ -456,8 +465,10 @@ void http_respond(struct http_request *req, int status, const char *ctype, const
     etag_apply(req, &status, body, len);
     req->status = status;
     request_id_ensure(c);
-    if (c->srv->draining || status == 408 || status == 413 || status == 414 || status == 431 ||
-        (status == 400 && !c->request_ready))
+    /* A handler's 400 (bad JSON, a bad parameter) came with a complete, well-framed request: the
+     * connection and the requests pipelined behind it go on. Errors in the framing itself come through
+     * conn_fail, which closes. */
+    if (c->srv->draining || status == 408 || status == 413 || status == 414 || status == 431)
         c->close_after = true;
     access_log_write(c, len);
     if (c->state == CONN_DEAD) { /* the client left while we worked: nothing to send */
@@ -675,18 +686,17 @@ static void conn_linger_read(struct http_conn *c)
 }
 
 /* One read into the input buffer, without evbuffer_read's FIONREAD ioctl. A short read means the
- * kernel had no more: the next bytes bring a new edge. */
+ * kernel had no more: the next bytes bring a new edge. The read goes to the stack and only what came is
+ * added: space reserved in the evbuffer for a read that found nothing (EAGAIN after a full chunk) would
+ * stay allocated, 16 kB on every idle connection, since draining an empty evbuffer frees nothing. */
 static ssize_t conn_read(struct http_conn *c)
 {
-    struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(c->in, READ_CHUNK, &v, 1) < 1) {
+    char buf[READ_CHUNK];
+    ssize_t n = read(c->fd, buf, sizeof(buf));
+    if (n > 0 && evbuffer_add(c->in, buf, (size_t)n) < 0) {
+        log_error("fd %d: out of memory buffering %zd bytes read: closing", c->fd, n);
         errno = ENOMEM;
         return -1;
-    }
-    ssize_t n = read(c->fd, v.iov_base, READ_CHUNK);
-    if (n > 0) {
-        v.iov_len = (size_t)n;
-        evbuffer_commit_space(c->in, &v, 1);
     }
     c->readable = n == READ_CHUNK;
     return n;
@@ -868,4 +878,18 @@ void http_server_drain(struct http_server *srv, void (*on_empty)(void *), void *
 int http_server_conn_count(const struct http_server *srv)
 {
     return srv->nconns;
+}
+
+void http_refuse(int fd)
+{
+    static const char body[] =
+        "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"server at max_connections\"}}";
+    char answer[512];
+    int n = snprintf(answer, sizeof(answer),
+                     "HTTP/1.1 503 Service Unavailable\r\nServer: pgapi\r\nContent-Type: application/json\r\n"
+                     "Retry-After: 1\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
+                     sizeof(body) - 1, body);
+    if (send(fd, answer, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+        log_debug("fd %d: refused connection gone before its 503: %s", fd, strerror(errno));
+    close(fd);
 }

@@ -48,6 +48,9 @@ void http_server_adopt(struct http_server *srv, int fd);
  * runs once no connection is left. */
 void http_server_drain(struct http_server *srv, void (*on_empty)(void *), void *arg);
 int http_server_conn_count(const struct http_server *srv);
+/* A connection over max_connections: answers 503 with one non-blocking write and closes it, keeping
+ * nothing (a client that already sent a request may see a reset instead). */
+void http_refuse(int fd);
 
 /* Adds a response header; returns -1 if the header buffer is full (the header is dropped, logged). */
 int http_header_add(struct http_request *req, const char *name, const char *value);

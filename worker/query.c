@@ -15,7 +15,7 @@ static int hex_val(char c)
     return -1;
 }
 
-/* Decodes %XX and '+' into buf; false when malformed or longer than cap - 1. */
+/* Decodes %XX and '+' into buf; false when malformed, holding a NUL or longer than cap - 1. */
 static bool decode_into(const char *s, size_t len, char *buf, size_t cap)
 {
     size_t o = 0;
@@ -32,6 +32,8 @@ static bool decode_into(const char *s, size_t len, char *buf, size_t cap)
             if (h < 0 || l < 0)
                 return false;
             c = (char)(h * 16 + l);
+            if (c == '\0')
+                return false; /* "%00" would end the value early: "5%00x" must not read as 5 */
             i += 2;
         }
         buf[o++] = c;
@@ -56,6 +58,19 @@ int query_get(const char *query, const char *name, char *buf, size_t cap)
     return 0;
 }
 
+/* Plain decimal only: strtoll alone would also take leading blanks and a "+". */
+static bool decimal_is(const char *s)
+{
+    if (*s == '-')
+        s++;
+    if (*s == '\0')
+        return false;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return false;
+    return true;
+}
+
 int query_int(struct http_request *req, const char *name, int64_t min, int64_t max, int64_t def, int64_t *out)
 {
     char buf[32];
@@ -66,8 +81,9 @@ int query_int(struct http_request *req, const char *name, int64_t min, int64_t m
     }
     char *end = buf;
     errno = 0;
-    long long v = found > 0 ? strtoll(buf, &end, 10) : 0;
-    if (found < 0 || buf[0] == '\0' || *end || errno || v < min || v > max) {
+    bool decimal = found > 0 && decimal_is(buf);
+    long long v = decimal ? strtoll(buf, &end, 10) : 0;
+    if (!decimal || *end || errno || v < min || v > max) {
         reply_error(req, 400, "invalid_parameter", "query parameter \"%s\" must be an integer from %lld to %lld",
                     name, (long long)min, (long long)max);
         return -1;

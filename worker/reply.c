@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/utf8.h"
 
 void reply_json(struct http_request *req, int status, struct json_object *obj)
 {
@@ -24,11 +25,13 @@ void reply_json(struct http_request *req, int status, struct json_object *obj)
 
 void reply_error(struct http_request *req, int status, const char *code, const char *fmt, ...)
 {
-    char msg[512];
+    char raw[512], msg[sizeof(raw) * 3]; /* room for every byte replaced by U+FFFD */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    vsnprintf(raw, sizeof(raw), fmt, ap);
     va_end(ap);
+    /* messages quote what the client sent (a path, a key): json-c would pass invalid UTF-8 through */
+    utf8_sanitize(msg, sizeof(msg), raw);
     struct json_object *err = json_object_new_object(), *root = json_object_new_object();
     json_object_object_add(err, "code", json_object_new_string(code));
     json_object_object_add(err, "message", json_object_new_string(msg));

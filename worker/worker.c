@@ -10,9 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/room.h"
 #include "worker/cache.h"
 #include "worker/local_cache.h"
 #include "worker/http.h"
@@ -20,6 +22,7 @@
 #include "worker/router.h"
 
 #define ACCEPT_BATCH 32
+#define CAP_DEFER_MS 10   /* at max_connections: how often a worker looks at its room and the others' */
 
 static void accept_pause(struct worker *w, int ms)
 {
@@ -28,29 +31,89 @@ static void accept_pause(struct worker *w, int ms)
     event_add(w->accept_retry_ev, &tv);
 }
 
+static bool worker_at_cap(const struct worker *w)
+{
+    return http_server_conn_count(w->http) >= w->cfg->max_connections;
+}
+
+static void room_publish(struct worker *w, bool room)
+{
+    if (room == w->room_published)
+        return;
+    w->room_published = room;
+    rooms_set(w->rooms, w->slot, w->generation, room);
+}
+
+#define TAKE_NONE   (-1) /* nothing waiting (or an error that does not last) */
+#define TAKE_PAUSED (-2) /* out of descriptors or memory: accepts paused for a while */
+
+/* accept4 on the listening socket: a connection, TAKE_NONE or TAKE_PAUSED (logged here). */
+static int connection_take(struct worker *w)
+{
+    int cfd = accept4(w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (cfd >= 0)
+        return cfd;
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        log_error("accept: %s: pausing accepts for 100ms", strerror(errno));
+        accept_pause(w, 100);
+        return TAKE_PAUSED;
+    }
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+        log_error("accept: %s", strerror(errno));
+    return TAKE_NONE;
+}
+
 static void accept_cb(evutil_socket_t fd, short what, void *arg)
 {
+    (void)fd;
     (void)what;
     struct worker *w = arg;
+    room_publish(w, !worker_at_cap(w)); /* connections may have closed since it was last said */
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        if (http_server_conn_count(w->http) >= w->cfg->max_connections) {
-            accept_pause(w, 50); /* at the cap: leave the queue to other workers */
+        if (worker_at_cap(w)) {
+            room_publish(w, false);
+            accept_pause(w, CAP_DEFER_MS); /* leave the queue to workers with room */
             return;
         }
-        int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (cfd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                log_error("accept: %s: pausing accepts for 100ms", strerror(errno));
-                accept_pause(w, 100);
-            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
-                log_error("accept: %s", strerror(errno));
-            }
+        int cfd = connection_take(w);
+        if (cfd < 0)
             return;
-        }
         int one = 1;
         setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         http_server_adopt(w->http, cfd);
     }
+}
+
+/* One warning a second at most, however fast connections are refused. */
+static void refusals_log(struct worker *w, unsigned long n)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    w->refused += n;
+    if (w->refused == 0 || ts.tv_sec == w->refused_logged_s)
+        return;
+    log_warn("at max_connections (%d): %lu connection(s) refused with 503", w->cfg->max_connections, w->refused);
+    w->refused = 0;
+    w->refused_logged_s = ts.tv_sec;
+}
+
+/* At the cap with no other worker of this generation having room: what waits in the queue would hang
+ * there, so it is answered 503 and closed now. Returns false if accepting itself failed (then paused). */
+static bool connections_refuse(struct worker *w)
+{
+    unsigned long n = 0;
+    bool ok = true;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        int cfd = connection_take(w);
+        if (cfd < 0) {
+            ok = cfd != TAKE_PAUSED;
+            break;
+        }
+        http_refuse(cfd);
+        n++;
+    }
+    refusals_log(w, n);
+    return ok;
 }
 
 static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -58,8 +121,17 @@ static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct worker *w = arg;
-    if (!w->draining)
-        event_add(w->accept_ev, NULL);
+    if (w->draining)
+        return;
+    if (!worker_at_cap(w)) {
+        room_publish(w, true);
+    } else if (rooms_elsewhere(w->rooms, w->slot, w->generation)) {
+        accept_pause(w, CAP_DEFER_MS); /* another worker takes them; look again shortly */
+        return;
+    } else if (!connections_refuse(w)) {
+        return;
+    }
+    event_add(w->accept_ev, NULL);
 }
 
 static void drain_done(void *arg)
@@ -83,6 +155,7 @@ static void worker_drain(struct worker *w)
     if (w->draining)
         return;
     w->draining = true;
+    room_publish(w, false);
     event_del(w->accept_ev);
     event_del(w->accept_retry_ev);
     close(w->listen_fd);
@@ -145,10 +218,11 @@ static void ready_announce(int ready_fd)
     close(ready_fd);
 }
 
-int worker_run(const struct config *cfg, struct fences *fences, int listen_fd, int slot, unsigned generation,
-               int ready_fd)
+int worker_run(const struct config *cfg, const struct worker_shared *shared, int listen_fd, int slot,
+               unsigned generation, int ready_fd)
 {
-    struct worker w = { .cfg = cfg, .fences = fences, .slot = slot, .generation = generation,
+    struct worker w = { .cfg = cfg, .fences = shared->fences, .rooms = shared->rooms, .slot = slot,
+                        .generation = generation,
                         .listen_fd = listen_fd, .exit_code = 1 };
     log_set_process("worker", slot, generation);
     /* The terminal's Ctrl-C and a HUP reach the whole process group: only the master acts on them. */
@@ -162,7 +236,7 @@ int worker_run(const struct config *cfg, struct fences *fences, int listen_fd, i
     }
     w.http = http_server_new(w.base, cfg, router_dispatch, &w);
     w.pool = pool_new(w.base, cfg);
-    w.cache = cache_new(w.base, cfg, fences);
+    w.cache = cache_new(w.base, cfg, w.fences);
     if (cfg->redis_enabled && cfg->local_cache_entries > 0) {
         w.local = local_cache_new(cfg->local_cache_entries, cfg->local_cache_bytes, cfg->cache_ttl_s);
         if (!w.local)
@@ -174,9 +248,11 @@ int worker_run(const struct config *cfg, struct fences *fences, int listen_fd, i
     }
     ready_announce(ready_fd);
     ready_fd = -1;
+    room_publish(&w, true);
     event_base_dispatch(w.base);
     w.exit_code = 0;
 done:
+    room_publish(&w, false);
     if (ready_fd >= 0)
         close(ready_fd);
     worker_free(&w);

@@ -13,6 +13,13 @@ struct http_server;
 struct pool;
 struct cache;
 struct fences;
+struct rooms;
+
+/* What the master maps before the first fork and every worker shares. */
+struct worker_shared {
+    struct fences *fences;
+    struct rooms *rooms;
+};
 
 struct worker {
     const struct config *cfg;
@@ -28,13 +35,17 @@ struct worker {
     struct cache *cache;
     struct local_cache *local;  /* NULL when off: redis disabled or local_entries = 0 */
     struct fences *fences;      /* shared with every worker: commit LSNs of acknowledged writes */
+    struct rooms *rooms;        /* shared with every worker: who has room under max_connections */
     bool draining;
+    bool room_published;        /* what this worker last said in rooms */
+    unsigned long refused;      /* connections refused at max_connections since the last log line */
+    long refused_logged_s;      /* when that line was written (monotonic seconds) */
     int exit_code;
 };
 
 /* Runs a worker until it is told to stop; returns the exit code. `ready_fd` receives this process's
  * pid once it accepts connections, then is closed. */
-int worker_run(const struct config *cfg, struct fences *fences, int listen_fd, int slot, unsigned generation,
-               int ready_fd);
+int worker_run(const struct config *cfg, const struct worker_shared *shared, int listen_fd, int slot,
+               unsigned generation, int ready_fd);
 
 #endif

@@ -13,10 +13,10 @@ from pgapi_server import PgapiServer
 def server(tmp_path):
     made = []
 
-    def make(workers=2, topology=None, overrides=None, port=None):
+    def make(workers=2, topology=None, overrides=None, port=None, **kw):
         d = tmp_path / f"srv{len(made)}"
         d.mkdir()
-        s = PgapiServer(str(d), topology=topology, workers=workers, overrides=overrides, port=port)
+        s = PgapiServer(str(d), topology=topology, workers=workers, overrides=overrides, port=port, **kw)
         made.append(s)
         return s
 
@@ -55,15 +55,20 @@ def schema(topology):
     return topology
 
 
-@pytest.fixture(scope="module")
-def api(schema, tmp_path_factory):
-    """One running server (2 workers, pool of 2 per side) on the migrated session topology, per module."""
-    d = tmp_path_factory.mktemp("api")
-    s = PgapiServer(str(d), topology=schema, workers=2,
-                    overrides={"redis": {"enabled": "off"}, "database": {"health_interval": "200ms"}})
+def module_server(tmp_path_factory, name, topology, overrides):
+    """For a module-scoped fixture (`yield from`): a server with 2 workers, pool of 2 per side, serving and
+    /readyz 200; afterwards stopped by SIGTERM, which must exit 0 with no sanitizer or alert line logged."""
+    s = PgapiServer(str(tmp_path_factory.mktemp(name)), topology=topology, workers=2, overrides=overrides)
     s.start()
     s.wait_for(lambda: s.get("/readyz").status == 200, 20, "/readyz 200")
     yield s
     rc = s.stop(signal.SIGTERM)
     bad = s.bad_log_lines()
     assert rc == 0 and not bad, f"server exit {rc}; bad log lines: {bad[:10]}\n{s.log_tail(60)}"
+
+
+@pytest.fixture(scope="module")
+def api(schema, tmp_path_factory):
+    """One running server on the migrated session topology, cache off, per module."""
+    yield from module_server(tmp_path_factory, "api", schema,
+                             {"redis": {"enabled": "off"}, "database": {"health_interval": "200ms"}})

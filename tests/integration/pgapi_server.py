@@ -75,11 +75,12 @@ class Response:
 
 
 class PgapiServer:
-    def __init__(self, workdir, topology=None, workers=2, port=None, overrides=None, binary=BINARY):
+    def __init__(self, workdir, topology=None, workers=2, port=None, overrides=None, binary=BINARY, wrapper=None):
         self.workdir = workdir
         self.topology = topology
         self.port = port or free_port()
         self.binary = binary
+        self.wrapper = list(wrapper or [])  # e.g. valgrind and its options, run in front of the binary
         self.ini_path = os.path.join(workdir, "pgapi.ini")
         self.log_path = os.path.join(workdir, "pgapi.log")
         self.proc = None
@@ -122,14 +123,14 @@ class PgapiServer:
         return env
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def start(self, wait_workers=None):
+    def start(self, wait_workers=None, timeout=20):
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.binary, "--config", self.ini_path], stdout=log, stderr=log,
+        self.proc = subprocess.Popen(self.wrapper + [self.binary, "--config", self.ini_path], stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL, env=self.env(), cwd=REPO_ROOT)
         log.close()
         n = wait_workers if wait_workers is not None else int(self.settings["server"]["workers"])
         self.wait_for(lambda: len(self.worker_pids()) == n and self.get("/healthz").status == 200,
-                      20, f"{n} workers serving /healthz")
+                      timeout, f"{n} workers serving /healthz")
         return self
 
     @property

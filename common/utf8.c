@@ -1,0 +1,71 @@
+/* utf8: validation after the Unicode standard's table of well-formed byte sequences (3.9, D92): the
+ * second byte's range depends on the first, which rules out overlong forms and surrogates. */
+#include "common/utf8.h"
+
+#include <string.h>
+
+/* The allowed range of the second byte of a sequence led by b (lead bytes C2..F4 only). */
+static void second_byte_range(unsigned char b, unsigned char *lo, unsigned char *hi)
+{
+    *lo = 0x80;
+    *hi = 0xBF;
+    if (b == 0xE0)
+        *lo = 0xA0; /* overlong 3-byte forms */
+    else if (b == 0xED)
+        *hi = 0x9F; /* UTF-16 surrogates */
+    else if (b == 0xF0)
+        *lo = 0x90; /* overlong 4-byte forms */
+    else if (b == 0xF4)
+        *hi = 0x8F; /* above U+10FFFF */
+}
+
+size_t utf8_sequence_len(const char *s, size_t avail)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    if (avail == 0)
+        return 0;
+    if (u[0] < 0x80)
+        return 1;
+    size_t n = u[0] >= 0xC2 && u[0] <= 0xDF ? 2 : u[0] >= 0xE0 && u[0] <= 0xEF ? 3
+             : u[0] >= 0xF0 && u[0] <= 0xF4 ? 4 : 0;
+    if (n == 0 || avail < n)
+        return 0;
+    unsigned char lo, hi;
+    second_byte_range(u[0], &lo, &hi);
+    if (u[1] < lo || u[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (u[i] < 0x80 || u[i] > 0xBF)
+            return 0;
+    return n;
+}
+
+size_t utf8_invalid_at(const char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        size_t n = utf8_sequence_len(s + i, len - i);
+        if (n == 0)
+            return i;
+        i += n;
+    }
+    return len;
+}
+
+size_t utf8_sanitize(char *dst, size_t cap, const char *src)
+{
+    size_t out = 0, left = strlen(src);
+    while (left > 0) {
+        size_t n = utf8_sequence_len(src, left);
+        const char *piece = n ? src : UTF8_REPLACEMENT;
+        size_t plen = n ? n : strlen(UTF8_REPLACEMENT);
+        if (out + plen >= cap)
+            break;
+        memcpy(dst + out, piece, plen);
+        out += plen;
+        src += n ? n : 1;
+        left -= n ? n : 1;
+    }
+    dst[out] = '\0';
+    return out;
+}

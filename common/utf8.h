@@ -1,0 +1,23 @@
+/* utf8: one definition of well-formed UTF-8 (RFC 3629: shortest form, no surrogates, at most U+10FFFF)
+ * for whatever echoes bytes a client sent into JSON text: error messages and JSON log lines. */
+#ifndef PGAPI_UTF8_H
+#define PGAPI_UTF8_H
+
+#include <stddef.h>
+
+#define UTF8_REPLACEMENT "\xEF\xBF\xBD" /* U+FFFD */
+
+/* Length (1 to 4) of the well-formed sequence that starts s, looking at most avail bytes; 0 if none
+ * starts there (a stray or truncated byte). */
+size_t utf8_sequence_len(const char *s, size_t avail);
+
+/* The offset of the first byte of s[0..len) that is not part of a well-formed sequence, or len if
+ * there is none. NUL bytes count as well-formed (U+0000). */
+size_t utf8_invalid_at(const char *s, size_t len);
+
+/* Copies the NUL-terminated src into dst (cap > 0 bytes, always NUL-terminated), every byte that is not
+ * part of a well-formed sequence replaced by U+FFFD; a sequence that does not fit whole is left out, so
+ * the copy is well-formed however short cap is. Returns the length written. */
+size_t utf8_sanitize(char *dst, size_t cap, const char *src);
+
+#endif

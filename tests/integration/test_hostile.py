@@ -1,0 +1,751 @@
+"""Issue 8: hostile input against the real server on the session topology (PostgreSQL primary + replica
+through PgBouncer, Redis). Slowloris headers and bodies, clients that never read, thousands of idle
+connections and the per-worker cap, 200 pipelined requests, malformed and hostile JSON, paths and queries,
+and a valgrind leak check of a worker. test_server.py covers the single limits (413/414/431/408) already;
+these push many connections or many requests at once. Every case must end in a clear 4xx/503 or a close
+within its timeout, with the workers' memory bounded."""
+
+import http.client
+import json
+import os
+import re
+import resource
+import select
+import signal
+import socket
+import time
+import uuid
+
+import pytest
+
+from helpers import wait_until
+from pgapi_fixtures import module_server
+from pgapi_server import REPO_ROOT
+
+PLAIN_BINARY = os.environ.get("PGAPI_TEST_PLAIN_BINARY", os.path.join(REPO_ROOT, "build", "pgapi"))  # no ASan shadow
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+
+def uniq(prefix="h"):
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def create_user(s, name=None, email=None):
+    r = s.request("POST", "/users", body={"name": name or uniq("name"), "email": email or f"{uniq('m')}@example.com"})
+    assert r.status == 201, f"expected 201 creating a user, got {r}"
+    return r.json()
+
+
+def proc_status_kb(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def server_side_connections(s):
+    """Client connections each worker holds: its descriptors matched with the TCP sockets (not the
+    listener) whose local port is the server's, from /proc/net/tcp{,6}. Database and Redis links are not
+    counted, however the pools grow."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == s.port and fields[3] != "0A":  # 0A: LISTEN
+                    inodes.add(fields[9])
+    held = {}
+    for pid in s.worker_pids():
+        n = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            n += link.startswith("socket:[") and link[8:-1] in inodes
+        held[pid] = n
+    return held
+
+
+def nofile_at_least(n):
+    """Raises this process's soft RLIMIT_NOFILE (servers started afterwards inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < n:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {n}")
+    if soft == resource.RLIM_INFINITY or soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+
+
+def request_bytes(method, path, body=None, headers=None):
+    """One HTTP/1.1 request as bytes; body: dict (JSON), bytes or None."""
+    hdrs = {"Host": "x"}
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+        hdrs["Content-Type"] = "application/json"
+    hdrs.update(headers or {})
+    if body is not None:
+        hdrs["Content-Length"] = str(len(body))
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
+    return head.encode() + (body or b"")
+
+
+class ResponseReader:
+    """Parses HTTP/1.1 responses (Content-Length framed, as pgapi sends them) off one socket, in order."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out reading responses; have {self.buf[:200]!r}")
+        self.sock.settimeout(left)
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise AssertionError(f"connection closed mid-response; have {self.buf[:200]!r}")
+        self.buf += chunk
+
+    def next(self, timeout=10, head_request=False):
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in self.buf:
+            self._fill(deadline)
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = 0 if head_request or status in (204, 304) else int(headers.get("content-length", "0"))
+        while len(self.buf) < n:
+            self._fill(deadline)
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return status, headers, body
+
+
+def strict_json(body):
+    """The body as JSON, decoded as strict UTF-8: a response must be valid JSON text whatever came in."""
+    return json.loads(body.decode("utf-8", errors="strict"))
+
+
+# ---- 1. slowloris: partial headers, slow bodies, clients that never read -------------------------------
+
+def slow_connections(port, n_headers, n_bodies, n_chunked):
+    """Opens the slow clients, each with what it sends first and the endless trickle it sends after."""
+    conns = []
+    kinds = [("headers", n_headers), ("body", n_bodies), ("chunked", n_chunked)]
+    for kind, n in kinds:
+        for i in range(n):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if kind == "headers":
+                first, trickle = b"GET /users HTTP/1.1\r\nHost: x\r\n", b"X-Slow: abcdefgh\r\n"
+            elif kind == "body":
+                first = (b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 10000\r\n\r\n")
+                trickle = b'{"name":"' + b"a" * 64
+            else:
+                first = (b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+                trickle = b"1\r\na\r\n"
+            sock.sendall(first)
+            conns.append({"sock": sock, "kind": kind, "t0": time.monotonic(), "trickle": trickle, "i": 0})
+    return conns
+
+
+class Watch:
+    """Polls many client sockets (beyond select's 1024) for what the server sends and when it closes."""
+
+    def __init__(self, socks):
+        self.poller = select.poll()
+        self.open = {}
+        self.data = {}
+        self.closed = set()
+        for sk in socks:
+            sk.setblocking(False)
+            self.open[sk.fileno()] = sk
+            self.poller.register(sk.fileno(), select.POLLIN)
+
+    def step(self, ms):
+        for fd, _ in self.poller.poll(ms):
+            sk = self.open.get(fd)
+            if sk is None:
+                continue
+            try:
+                chunk = sk.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""  # reset: closed all the same
+            if chunk:
+                self.data[sk] = self.data.get(sk, b"") + chunk
+            else:
+                self.closed.add(sk)
+                self.poller.unregister(fd)
+                del self.open[fd]
+
+    def run(self, seconds, until=None):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until and until()):
+            self.step(50)
+
+
+def trickle_step(conns, watch):
+    """Sends one more byte on every slow connection that has not been answered or closed yet."""
+    for c in conns:
+        if c["sock"] in watch.data or c["sock"] in watch.closed:
+            continue
+        byte = c["trickle"][c["i"] % len(c["trickle"]):][:1]
+        c["i"] += 1
+        try:
+            c["sock"].send(byte)
+        except OSError:
+            pass  # full, or closed by the server: what it sent is read all the same
+
+
+def test_slowloris_headers_and_bodies_get_408_while_others_are_served(server, schema):
+    s = server(workers=1, topology=schema,
+               overrides={"server": {"request_timeout": "1s", "keepalive_timeout": "10s"}}).start()
+    user = create_user(s)
+    conns = slow_connections(s.port, 70, 65, 65)
+    watch = Watch([c["sock"] for c in conns])
+    normal = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
+    latencies, statuses, closed_at = [], [], {}
+    deadline = time.monotonic() + 15
+    try:
+        while time.monotonic() < deadline and len(watch.closed) < len(conns):
+            trickle_step(conns, watch)
+            watch.step(50)
+            for sk in watch.closed:
+                closed_at.setdefault(sk, time.monotonic())
+            t0 = time.monotonic()  # another client, served meanwhile
+            normal.request("GET", f"/users/{user['id']}")
+            r = normal.getresponse()
+            r.read()
+            latencies.append(time.monotonic() - t0)
+            statuses.append(r.status)
+    finally:
+        normal.close()
+        for c in conns:
+            c["sock"].close()
+    still_open = [c["kind"] for c in conns if c["sock"] not in watch.closed]
+    assert not still_open, f"{len(still_open)} slow connections still open after 15 s: {still_open[:5]}"
+    not_408 = [(c["kind"], watch.data.get(c["sock"], b"")[:80]) for c in conns
+               if not watch.data.get(c["sock"], b"").startswith(b"HTTP/1.1 408 ")]
+    assert not not_408, f"expected 408 on all {len(conns)} slow connections; {len(not_408)} not: {not_408[:5]}"
+    took = sorted(closed_at[c["sock"]] - c["t0"] for c in conns)
+    # request_timeout = 1s: each is answered and closed past 1 s, with slack for 2 shared cores
+    assert took[0] > 0.8 and took[-1] < 4.0, f"closed after {took[0]:.2f}..{took[-1]:.2f} s, expected about 1 s"
+    assert len(statuses) >= 5 and set(statuses) == {200}, f"the other client got {statuses}"
+    assert max(latencies) < 2.0, f"the other client waited up to {max(latencies):.2f} s"
+    print(f"slowloris: {len(conns)} slow connections (70 headers, 65 bodies, 65 chunked) all 408, closed after "
+          f"{took[0]:.2f}..{took[-1]:.2f} s; other client {len(statuses)} x 200, max {max(latencies) * 1000:.0f} ms")
+
+
+def test_client_that_never_reads_is_closed_and_memory_stays_bounded(server, schema):
+    s = server(workers=1, topology=schema, binary=PLAIN_BINARY,
+               overrides={"server": {"request_timeout": "1s", "keepalive_timeout": "10s"}}).start()
+    user = create_user(s)
+    for _ in range(10):
+        r = s.request("POST", f"/users/{user['id']}/posts", body={"title": "t", "content": "x" * 10000})
+        assert r.status == 201, r
+    big = s.get(f"/users/{user['id']}?include=posts")
+    assert big.status == 200 and len(big.body) > 100000, big
+    worker = s.worker_pids()[0]
+    rss_before = proc_status_kb(worker, "VmRSS")
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    n = 300  # 300 x 100 kB of answers: far more than the socket buffers hold
+    sock.sendall(request_bytes("GET", f"/users/{user['id']}?include=posts") * n)
+    t0 = time.monotonic()
+    wait_until(lambda: sum(server_side_connections(s).values()) == 1, 10, "the worker to take the connection",
+               interval=0.01)
+    wait_until(lambda: sum(server_side_connections(s).values()) == 0, 15,
+               "the worker to close the connection of a client that never reads", interval=0.05)
+    closed_after = time.monotonic() - t0
+    # it answers until the socket buffers are full, then gives the write request_timeout (1 s)
+    assert 0.9 < closed_after < 10, f"closed after {closed_after:.2f} s"
+    rss_after = proc_status_kb(worker, "VmRSS")
+    sock.close()
+    assert s.get("/healthz").status == 200
+    assert rss_after - rss_before < 5 * 1024, f"worker RSS grew {rss_before} -> {rss_after} kB"
+    print(f"never-reading client: {n} pipelined requests for {len(big.body)} B each, closed after "
+          f"{closed_after:.1f} s; worker RSS {rss_before} -> {rss_after} kB")
+
+
+# ---- 2. thousands of idle keep-alive connections, the per-worker cap, memory ---------------------------
+
+def open_idle(port, n, kept_alive_every=2):
+    """n connections; every kept_alive_every-th one completes one request first (a kept-alive connection
+    between requests), the others never send a byte."""
+    socks = []
+    for i in range(n):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        socks.append(sock)
+    asked = [sk for i, sk in enumerate(socks) if i % kept_alive_every == 0]
+    for sk in asked:
+        sk.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    for sk in asked:
+        status, _, body = ResponseReader(sk).next(timeout=30)
+        assert (status, body) == (200, b"Hello World!"), (status, body)
+    return socks
+
+
+def test_thousands_of_idle_connections_cap_and_memory(server, schema):
+    nofile_at_least(16384)
+    cap = 2000
+    s = server(workers=2, topology=schema, binary=PLAIN_BINARY,
+               overrides={"server": {"max_connections": cap, "keepalive_timeout": "60s", "backlog": 4096}}).start()
+    user = create_user(s)
+    pids = s.worker_pids()
+    rss0 = {pid: proc_status_kb(pid, "VmRSS") for pid in pids}
+    idle = open_idle(s.port, 3000)
+    held = wait_until(lambda: (lambda h: h if sum(h.values()) == 3000 else None)(server_side_connections(s)),
+                      20, "the workers to hold all 3000 idle connections")
+    assert max(held.values()) <= cap, f"a worker holds more than max_connections={cap}: {held}"
+    watch = Watch(idle)
+    watch.run(0.5)
+    assert not watch.data and not watch.closed, \
+        f"idle connections under the cap were answered ({len(watch.data)}) or closed ({len(watch.closed)})"
+    # normal requests still work, on new connections and on kept-alive ones
+    for _ in range(20):
+        r = s.get(f"/users/{user['id']}")
+        assert r.status == 200 and r.json()["id"] == user["id"], r
+    for sk in idle[:40:2]:
+        sk.setblocking(True)
+        sk.sendall(f"GET /users/{user['id']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        status, _, body = ResponseReader(sk).next(timeout=10)
+        assert status == 200 and json.loads(body)["id"] == user["id"], (status, body)
+    rss_full = {pid: proc_status_kb(pid, "VmRSS") for pid in pids}
+    assert max(rss_full.values()) < 20 * 1024, f"worker RSS with 3000 idle connections: {rss_full} kB"
+
+    # past the cap of both workers (2 x 2000): the extra connections are answered 503 and closed at once
+    t0 = time.monotonic()
+    extra = [socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(1300)]
+    watch = Watch(extra)
+    last_check = [0.0]
+
+    def settled():  # every extra connection is either held by a worker or answered and closed
+        if time.monotonic() - last_check[0] < 0.2:
+            return False
+        last_check[0] = time.monotonic()
+        return sum(server_side_connections(s).values()) + len(watch.closed) == 4300
+    watch.run(15, until=settled)
+    refuse_time = time.monotonic() - t0
+    held = server_side_connections(s)
+    refused = [d for sk, d in watch.data.items() if sk in watch.closed and d.startswith(b"HTTP/1.1 503 ")]
+    assert max(held.values()) <= cap, f"a worker went past max_connections={cap}: {held}"
+    assert sum(held.values()) + len(watch.closed) == 4300, \
+        f"after {refuse_time:.1f} s: held {held}, {len(watch.closed)} closed, expected 4300 in all"
+    assert len(refused) == len(watch.closed) >= 300, \
+        f"expected every connection past the cap answered 503 then closed: {len(refused)} 503s, " \
+        f"{len(watch.closed)} closed, e.g. {list(watch.data.values())[:2]}"
+    assert strict_json(refused[0].split(b"\r\n\r\n", 1)[1])["error"]["code"] == "too_many_connections"
+    assert "at max_connections" in s.log_text(), s.log_tail()
+
+    # once they close, memory goes back and does not keep growing with a second round
+    for sk in idle + extra:
+        sk.close()
+    wait_until(lambda: sum(server_side_connections(s).values()) == 0, 20, "all connections closed")
+    rss_after1 = {pid: proc_status_kb(pid, "VmRSS") for pid in pids}
+    idle = open_idle(s.port, 3000)
+    wait_until(lambda: sum(server_side_connections(s).values()) == 3000, 20, "3000 idle again")
+    for sk in idle:
+        sk.close()
+    wait_until(lambda: sum(server_side_connections(s).values()) == 0, 20, "all closed again")
+    rss_after2 = {pid: proc_status_kb(pid, "VmRSS") for pid in pids}
+    for pid in pids:
+        assert rss_after2[pid] <= rss_after1[pid] + 1024, \
+            f"worker {pid} RSS kept growing: {rss_after1[pid]} -> {rss_after2[pid]} kB after a second round"
+    assert s.get(f"/users/{user['id']}").status == 200
+    print(f"idle: 3000 held, then 1300 more: held {held}, {len(refused)} refused 503 in {refuse_time:.1f} s; "
+          f"RSS kB start {rss0}, 3000 open {rss_full}, after close {rss_after1}, after a 2nd round {rss_after2}")
+
+
+def test_idle_connections_after_large_requests_keep_little_memory(server):
+    """Each connection sends one large request (6 kB URL, 40 kB body), is answered, then idles: the
+    worker must not keep those buffers per connection (it kept 71 kB each: 290 MB at 4096 connections)."""
+    nofile_at_least(4096)
+    s = server(workers=1, binary=PLAIN_BINARY, overrides={"server": {"keepalive_timeout": "60s", "backlog": 2048}}).start()
+    worker = s.worker_pids()[0]
+    rss0 = proc_status_kb(worker, "VmRSS")
+    n = 1000
+    socks = [socket.create_connection(("127.0.0.1", s.port), timeout=10) for _ in range(n)]
+    big = request_bytes("POST", "/nope/" + "u" * 6000, b'{"name":"' + b"a" * 40000 + b'"}',
+                        {"Content-Type": "application/json"})
+    try:
+        for sk in socks:  # one at a time: what stays is what each idle connection keeps, not heap churn
+            sk.sendall(big)
+            status, _, body = ResponseReader(sk).next(timeout=30)
+            assert status == 404 and strict_json(body)["error"]["code"] == "not_found", (status, body)
+        rss = proc_status_kb(worker, "VmRSS")
+        assert sum(server_side_connections(s).values()) == n, "every connection stays open, idle"
+    finally:
+        for sk in socks:
+            sk.close()
+    per_conn = (rss - rss0) / n
+    assert per_conn < 8, f"{per_conn:.1f} kB of worker RSS per idle connection ({rss0} -> {rss} kB for {n})"
+    print(f"large requests then idle: {n} connections, worker RSS {rss0} -> {rss} kB ({per_conn:.1f} kB each)")
+
+
+# ---- 3. pipelining -----------------------------------------------------------------------------------
+
+def test_200_pipelined_mixed_requests_answered_in_order(server, schema):
+    s = server(workers=1, topology=schema).start()
+    users = [create_user(s) for _ in range(5)]
+    plan = []  # (request bytes, check(status, headers, body))
+    for i in range(200):
+        rid = f"pipe-{i}"
+        u = users[i % len(users)]
+        kind = i % 8
+        if kind == 0:
+            name, email = uniq("p"), f"{uniq('p')}@example.com"
+            plan.append((request_bytes("POST", "/users", {"name": name, "email": email}, {"X-Request-Id": rid}),
+                         lambda st, b, name=name, email=email: st == 201 and (b["name"], b["email"]) == (name, email)))
+        elif kind == 1:
+            plan.append((request_bytes("GET", f"/users/{u['id']}", headers={"X-Request-Id": rid}),
+                         lambda st, b, u=u: st == 200 and b["id"] == u["id"]))
+        elif kind == 2:
+            title = uniq("t")
+            plan.append((request_bytes("POST", f"/users/{u['id']}/posts", {"title": title, "content": "c"},
+                                       {"X-Request-Id": rid}),
+                         lambda st, b, u=u, title=title: st == 201 and (b["user_id"], b["title"]) == (u["id"], title)))
+        elif kind == 3:
+            plan.append((request_bytes("GET", "/users?limit=3", headers={"X-Request-Id": rid}),
+                         lambda st, b: st == 200 and len(b["data"]) == 3))
+        elif kind == 4:
+            plan.append((request_bytes("PATCH", f"/users/{u['id']}", {"name": f"n{i}"}, {"X-Request-Id": rid}),
+                         lambda st, b, i=i, u=u: st == 200 and (b["id"], b["name"]) == (u["id"], f"n{i}")))
+        elif kind == 5:
+            plan.append((request_bytes("GET", "/users/9223372036854775807", headers={"X-Request-Id": rid}),
+                         lambda st, b: st == 404 and b["error"]["code"] == "not_found"))
+        elif kind == 6:
+            plan.append((request_bytes("POST", "/users", b'{"name":', {"Content-Type": "application/json",
+                                                                     "X-Request-Id": rid}),
+                         lambda st, b: st == 400 and b["error"]["code"] == "malformed_json"))
+        else:
+            plan.append((request_bytes("GET", f"/users/{u['id']}/posts?limit=2", headers={"X-Request-Id": rid}),
+                         lambda st, b: st == 200 and "data" in b))
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        sock.sendall(b"".join(req for req, _ in plan))  # one write
+        reader = ResponseReader(sock)
+        wrong = []
+        for i, (_, check) in enumerate(plan):
+            try:
+                status, headers, body = reader.next(timeout=30)
+            except AssertionError as exc:
+                raise AssertionError(f"answer {i} of 200 missing ({exc}); wrong before it: {wrong[:5]}") from None
+            parsed = strict_json(body)
+            if headers.get("x-request-id") != f"pipe-{i}" or not check(status, parsed):
+                wrong.append((i, headers.get("x-request-id"), status, body[:120]))
+    assert not wrong, f"{len(wrong)} of 200 pipelined answers out of order or wrong, e.g. {wrong[:5]}"
+    print("pipelining: 200 requests in one write, 200 answers in order")
+
+
+# ---- 4. hostile JSON, paths and queries --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hostile(schema, tmp_path_factory):
+    """One server for the input cases, with the cache on (reads come back through Redis and the local
+    cache too)."""
+    yield from module_server(tmp_path_factory, "hostile", schema, {"database": {"health_interval": "200ms"}})
+
+
+def post_raw(s, path, body, method="POST", ctype="application/json"):
+    data = s.raw(request_bytes(method, path, body, {"Content-Type": ctype, "Connection": "close"}), timeout=10)
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), payload
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+     b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", "content-length"),        # CL and TE: request smuggling
+    (b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}"
+     b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", "content-length"),        # two lengths
+    (b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", "content-length"),
+    (b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", "content-length"),
+    (b"POST /users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\n", ""),
+    (b"POST /users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", "transfer-encoding"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n", "header"),
+    (b"GET /\x01\x7f HTTP/1.1\r\nHost: x\r\n\r\n", "URL"),
+])
+def test_framing_attacks_get_400_and_close(hostile, raw, message):
+    data = hostile.raw(raw, timeout=10)  # reads until the server closes
+    head, _, payload = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), f"expected 400 for {raw[:80]!r}, got {data[:200]!r}"
+    assert data.count(b"HTTP/1.1 ") == 1, f"a request after the bad one was answered: {data!r}"
+    err = strict_json(payload)["error"]
+    assert err["code"] == "bad_request" and message in err["message"], err
+
+
+@pytest.mark.parametrize("body", [
+    b'{"name":"\xff\xfe","email":"a@example.com"}',           # not UTF-8 at all
+    b'{"name":"\xc3\x28","email":"a@example.com"}',           # bad continuation byte
+    b'{"name":"\xc0\xaf","email":"a@example.com"}',           # overlong "/"
+    b'{"name":"\xed\xa0\x80","email":"a@example.com"}',       # a UTF-16 surrogate encoded
+    b'{"name":"\xf4\x90\x80\x80","email":"a@example.com"}',   # above U+10FFFF
+    b'{"name":"ok","email":"a@example.com","\xff":1}',        # in a key
+])
+def test_invalid_utf8_body_is_400(hostile, body):
+    status, payload = post_raw(hostile, "/users", body)
+    assert status == 400 and strict_json(payload)["error"]["code"] == "malformed_json", (status, payload)
+
+
+@pytest.mark.parametrize("target,status", [
+    (b"/users/\xff\xfe", 404),
+    (b"/nope\xc3\x28", 404),
+    (b"/" + "\u00e9".encode() * 150 + b"x", 404),   # the message cuts the path at 200 bytes, mid-character
+    (b"/users?limit=\xff", 400),
+    (b"/users?limit=%ff%fe", 400),
+    (b"/users/1?include=%ff%fe", 400),
+    (b"/posts?after_id=%c3%28", 400),
+])
+def test_invalid_utf8_in_path_and_query_gives_valid_json(hostile, target, status):
+    data = hostile.raw(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=10)
+    head, _, payload = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), f"expected {status} for {target!r}, got {data[:200]!r}"
+    err = strict_json(payload)["error"]  # valid UTF-8 JSON whatever the path held
+    assert err["code"] in ("not_found", "invalid_parameter"), err
+
+
+def test_json_log_stays_json_with_invalid_utf8_paths(server):
+    s = server(workers=1, overrides={"log": {"format": "json"}}).start()
+    s.raw(b"GET /\xff\xfe/\xc3\x28 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=10)
+    s.wait_for(lambda: '"status":404' in s.log_text(), 5, "the access line of the 404")
+    with open(s.log_path, "rb") as f:
+        lines = [l for l in f.read().splitlines() if l.startswith(b"{")]
+    access = [json.loads(l.decode("utf-8", errors="strict")) for l in lines]  # every line: UTF-8 JSON
+    paths = [a["path"] for a in access if a.get("msg") == "access" and a["status"] == 404]
+    assert paths == ["/\ufffd\ufffd/\ufffd("], paths
+
+
+@pytest.mark.parametrize("body", [
+    b'{"name":' + b"[" * 10000 + b"]" * 10000 + b',"email":"a@example.com"}',
+    b'{"name":"x","email":"a@example.com","deep":' + b'{"a":' * 10000 + b"1" + b"}" * 10000 + b"}",
+    b"[" * 10000 + b"]" * 10000,
+])
+def test_json_nested_10000_deep_is_400(hostile, body):
+    status, payload = post_raw(hostile, "/users", body)
+    err = strict_json(payload)["error"]
+    assert status == 400 and err["code"] == "malformed_json" and "deep" in err["message"], (status, payload)
+
+
+@pytest.mark.parametrize("path", [
+    "/users/0", "/users/-1", "/users/00001", "/users/1e3", "/users/0x10", "/users/+5", "/users/%31",
+    "/users/9223372036854775808", "/users/18446744073709551616", "/users/99999999999999999999999999",
+    "/posts/-9223372036854775808", "/users/9223372036854775808/posts",
+])
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+def test_ids_out_of_range_are_404(hostile, path, method):
+    body = {"name": "x", "email": "x@example.com"} if method in ("PUT", "PATCH") else None
+    r = hostile.request(method, path, body=body)
+    assert r.status == 404 and r.json()["error"]["code"] == "not_found", r
+
+
+def test_largest_id_is_a_plain_not_found(hostile):
+    r = hostile.get("/users/9223372036854775807")
+    assert r.status == 404 and r.json()["error"]["message"] == "user 9223372036854775807 not found", r
+    r = hostile.request("POST", "/users/9223372036854775807/posts", body={"title": "t", "content": ""})
+    assert r.status == 404 and "9223372036854775807" in r.json()["error"]["message"], r
+
+
+@pytest.mark.parametrize("query", [
+    "limit=0", "limit=1001", "limit=-1", "limit=99999999999999999999", "limit=1e3", "limit=+5", "limit=%205",
+    "limit=5%00", "limit=", "limit=0x10", "after_id=-1", "after_id=9223372036854775808",
+    "after_id=99999999999999999999999999999999", "after_id=1.5", "after_id=1%20OR%201=1",
+])
+@pytest.mark.parametrize("path", ["/users", "/posts"])
+def test_paging_parameters_out_of_range_are_400(hostile, path, query):
+    r = hostile.get(f"{path}?{query}")
+    assert r.status == 400 and r.json()["error"]["code"] == "invalid_parameter", f"{path}?{query}: {r}"
+
+
+def test_paging_limits_at_the_edges_are_accepted(hostile):
+    for q in ["limit=1", "limit=1000", "after_id=0", "after_id=9223372036854775807"]:
+        r = hostile.get(f"/users?{q}")
+        assert r.status == 200, f"{q}: {r}"
+    assert hostile.get("/users?after_id=9223372036854775807").json() == {"data": [], "next": None}
+
+
+@pytest.mark.parametrize("value", [b"1", b"-1", b"1e999", b"12345678901234567890123456789", b"true", b"null",
+                                   b"{}", b"[]", b'["x"]', b'{"x":"y"}', b"0.5"])
+def test_wrong_types_are_400(hostile, value):
+    user = create_user(hostile)
+    cases = [("POST", "/users", b'{"name":' + value + b',"email":"w@example.com"}', "name"),
+             ("PUT", f"/users/{user['id']}", b'{"name":"n","email":' + value + b"}", "email"),
+             ("POST", f"/users/{user['id']}/posts", b'{"title":' + value + b',"content":"c"}', "title")]
+    for method, path, body, field in cases:
+        status, payload = post_raw(hostile, path, body, method=method)
+        err = strict_json(payload)["error"]
+        if value == b"null":  # null is "absent": the field is then missing (PUT, POST need it)
+            assert status == 400 and err["code"] == "missing_field" and field in err["message"], (body, payload)
+        else:
+            assert status == 400 and err["code"] == "wrong_type" and f'"{field}"' in err["message"], (body, payload)
+    assert hostile.get(f"/users/{user['id']}").json()["name"] == user["name"], "a refused write changed the row"
+
+
+@pytest.mark.parametrize("body,key", [
+    (b'{"name":"a","email":"a@example.com","name":"b"}', "name"),
+    (b'{"email":"a@example.com","name":"a","email":"b@example.com"}', "email"),
+    (b'{"name":"a","email":"a@example.com","n\\u0061me":"b"}', "name"),          # the same key, escaped
+    (b'{"name":"a","email":"a@example.com","x":{"k":1,"k":2}}', "k"),             # in a nested object
+    (b'{"name":"a","email":"a@example.com","x":[{"k":1},{"j":[{"q":1,"q":2}]}]}', "q"),
+])
+def test_duplicate_keys_are_refused(hostile, schema, body, key):
+    before = table_counts(schema)
+    status, payload = post_raw(hostile, "/users", body)
+    err = strict_json(payload)["error"]
+    assert status == 400 and err["code"] == "duplicate_key" and f'"{key}"' in err["message"], (status, payload)
+    user = create_user(hostile)
+    status, payload = post_raw(hostile, f"/users/{user['id']}", body, method="PATCH")
+    assert status == 400 and strict_json(payload)["error"]["code"] == "duplicate_key", (status, payload)
+    assert hostile.get(f"/users/{user['id']}").json()["name"] == user["name"]
+    assert table_counts(schema)[2] == before[2] + 1, "the refused create inserted a row"
+
+
+def test_same_key_in_different_objects_is_fine(hostile):
+    body = b'{"name":"a","email":"' + uniq("d").encode() + b'@example.com","x":[{"k":1},{"k":2}],"y":{"k":3}}'
+    status, payload = post_raw(hostile, "/users", body)
+    assert status == 201, (status, payload)
+
+
+INJECTIONS = [
+    "x'); DROP TABLE users;--",
+    "' OR 1=1 --",
+    "\"; DELETE FROM posts; --",
+    "1; TRUNCATE users CASCADE",
+    "Robert'); DROP TABLE posts;--",
+    "$1 $2 %s %d %n {{7*7}} ${jndi:ldap://x}",
+    "\\'; SELECT pg_sleep(10); --",
+    "'||(SELECT string_agg(email, ',') FROM users)||'",
+    "line\u2028separators\u2029 \U0001F600 and a literal \\u0000",
+]
+
+
+def table_counts(topology):
+    cur = topology.rw().cursor()
+    cur.execute("SELECT to_regclass('users') IS NOT NULL, to_regclass('posts') IS NOT NULL, "
+                "(SELECT count(*) FROM users), (SELECT count(*) FROM posts)")
+    return cur.fetchone()
+
+
+def test_sql_injection_strings_are_stored_verbatim_and_never_run(hostile, schema):
+    before = table_counts(schema)
+    assert before[:2] == (True, True)
+    made = []
+    for text in INJECTIONS:
+        email = f"o'hara+{uuid.uuid4().hex[:8]});--@example.com"
+        r = hostile.request("POST", "/users", body={"name": text, "email": email})
+        assert r.status == 201, f"creating a user named {text!r}: {r}"
+        u = r.json()
+        assert (u["name"], u["email"]) == (text, email), u
+        p = hostile.request("POST", f"/users/{u['id']}/posts", body={"title": text, "content": text * 3})
+        assert p.status == 201 and p.json()["title"] == text, p
+        made.append((u, email, text, p.json()))
+    for u, email, text, post in made:
+        for _ in range(2):  # a miss, then a hit from the cache: the same bytes both times
+            got = hostile.get(f"/users/{u['id']}?include=posts")
+            assert got.status == 200, got
+            body = strict_json(got.body)
+            assert (body["name"], body["email"], body["posts"][0]["content"]) == (text, email, text * 3), body
+        cur = schema.rw().cursor()
+        cur.execute("SELECT name, email FROM users WHERE id = %s", (u["id"],))
+        assert cur.fetchone() == (text, email)
+    # the same strings where the API takes numbers and ids: refused before any SQL
+    assert hostile.get("/users?limit=1;DROP%20TABLE%20users").status == 400
+    assert hostile.get("/users?after_id=1%20OR%201=1").status == 400
+    assert hostile.get("/users/1;DROP%20TABLE%20users").status == 404
+    assert hostile.get("/users/1%20OR%201=1").status == 404
+    after = table_counts(schema)
+    assert after[:2] == (True, True), "a table is gone"
+    assert (after[2], after[3]) == (before[2] + len(INJECTIONS), before[3] + len(INJECTIONS)), (before, after)
+
+
+def test_nul_and_lone_surrogates(hostile):
+    status, payload = post_raw(hostile, "/users", b'{"name":"a\\u0000b","email":"n@example.com"}')
+    assert status == 422 and "NUL" in strict_json(payload)["error"]["message"], (status, payload)
+    status, payload = post_raw(hostile, "/users",
+                               b'{"name":"x\\ud800y","email":"' + uniq("s").encode() + b'@example.com"}')
+    # json-c turns an unpaired surrogate escape into U+FFFD; whatever is stored reads back as valid UTF-8
+    assert status in (201, 400, 422), (status, payload)
+    if status == 201:
+        u = strict_json(payload)
+        assert strict_json(hostile.get(f"/users/{u['id']}").body)["name"] == u["name"]
+
+
+# ---- 5. valgrind: no definite leak in a worker or the master -----------------------------------------
+
+VALGRIND_LEAK_RE = re.compile(r"definitely lost: ([\d,]+) bytes")
+
+
+def valgrind_reports(directory):
+    out = {}
+    for name in os.listdir(directory):
+        if name.startswith("vg.") and name.endswith(".log"):
+            with open(os.path.join(directory, name), errors="replace") as f:
+                out[int(name.split(".")[1])] = f.read()
+    return out
+
+
+def request_mix(s, rounds):
+    """Reads, writes, errors, cache misses and hits: what a worker frees on every path."""
+    statuses = []
+    for i in range(rounds):
+        u = s.request("POST", "/users", body={"name": f"vg{i}", "email": f"{uniq('vg')}@example.com"}, timeout=30)
+        statuses.append(u.status)
+        uid = u.json()["id"]
+        for path in [f"/users/{uid}", f"/users/{uid}", f"/users/{uid}?include=posts", "/users?limit=5",
+                     "/users?limit=5", "/posts?limit=3", f"/users/{uid}/posts", "/users/9223372036854775807",
+                     "/users?limit=0", "/nope", "/readyz"]:
+            statuses.append(s.get(path, timeout=30).status)
+        p = s.request("POST", f"/users/{uid}/posts", body={"title": "t", "content": "c"}, timeout=30)
+        statuses.append(p.status)
+        statuses.append(s.get(f"/posts/{p.json()['id']}", timeout=30).status)
+        statuses.append(s.request("PATCH", f"/users/{uid}", body={"name": "v"}, timeout=30).status)
+        statuses.append(s.request("POST", "/users", body=b'{"name":"a","name":"b"}',
+                                  headers={"Content-Type": "application/json"}, timeout=30).status)
+        statuses.append(s.request("POST", "/users", body=b"[" * 100, headers={"Content-Type": "application/json"},
+                                  timeout=30).status)
+        statuses.append(s.request("DELETE", f"/users/{uid}", timeout=30).status)
+    return statuses
+
+
+def test_valgrind_worker_has_no_definite_leaks(server, schema, tmp_path):
+    if not os.path.exists("/usr/bin/valgrind"):
+        pytest.fail("valgrind is not installed (scripts/deps.sh installs it)")
+    vg_dir = tmp_path / "vg"
+    vg_dir.mkdir()
+    wrapper = ["valgrind", "--leak-check=full", "--trace-children=yes", "--errors-for-leak-kinds=definite",
+               "--error-exitcode=99", "--num-callers=30", f"--log-file={vg_dir}/vg.%p.log"]
+    s = server(workers=1, topology=schema, binary=PLAIN_BINARY, wrapper=wrapper,
+               overrides={"server": {"drain_timeout": "30s"},
+                          "database": {"health_interval": "500ms", "statement_timeout": "20s",
+                                       "queue_timeout": "20s", "connect_timeout": "20s"},
+                          "redis": {"command_timeout": "5s", "connect_timeout": "5s"}})
+    s.start(timeout=90)
+    s.wait_for(lambda: s.get("/readyz", timeout=30).json().get("status") == "ready", 90, "/readyz ready")
+    worker = s.worker_pids()[0]
+    statuses = request_mix(s, 20)
+    raw = s.raw(b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=30)
+    s.raw(b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{", timeout=1)  # dropped mid-body
+    rc = s.stop(signal.SIGTERM, timeout=120)
+    reports = valgrind_reports(vg_dir)
+    assert worker in reports and s.pid in reports, f"expected reports of master {s.pid} and worker {worker}: {list(reports)}"
+    for pid, text in reports.items():
+        if "LEAK SUMMARY" not in text and "All heap blocks were freed" not in text:
+            continue  # an exec'd helper (none expected) or a process that never got to exit
+        lost = [int(n.replace(",", "")) for n in VALGRIND_LEAK_RE.findall(text)]
+        assert "All heap blocks were freed" in text or lost == [0] or "no leaks are possible" in text, \
+            f"valgrind found definite leaks in pid {pid} ({'worker' if pid == worker else 'master'}):\n{text[-6000:]}"
+        assert "ERROR SUMMARY: 0 errors" in text, f"valgrind errors in pid {pid}:\n{text[-6000:]}"
+    assert "LEAK SUMMARY" in reports[worker] or "All heap blocks were freed" in reports[worker], reports[worker][-2000:]
+    assert rc == 0, f"master exited {rc} (99 = valgrind errors); log:\n{s.log_tail()}"
+    assert raw.count(b"HTTP/1.1 ") == 2, raw
+    counts = {st: statuses.count(st) for st in sorted(set(statuses))}
+    assert set(counts) <= {200, 201, 204, 400, 404}, counts
+    summary = re.search(r"definitely lost: [^\n]*", reports[worker])
+    print(f"valgrind: {len(statuses) + 3} requests {counts}; worker {worker}: "
+          f"{summary.group(0) if summary else 'All heap blocks were freed'}")
