@@ -266,8 +266,10 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
         c->in_value = false;
         c->field_len = 0;
     }
-    size_t room = c->field_len < FIELD_MAX ? FIELD_MAX - c->field_len : 0;
-    memcpy(c->field + c->field_len, at, len < room ? len : room);
+    if (c->field_len < FIELD_MAX) { /* a name cut across reads continues here, and may be long */
+        size_t room = FIELD_MAX - c->field_len;
+        memcpy(c->field + c->field_len, at, len < room ? len : room);
+    }
     c->field_len += len; /* may exceed FIELD_MAX: such a long name is none we use */
     return 0;
 }
