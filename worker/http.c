@@ -58,6 +58,7 @@ struct http_conn {
     bool close_after;
     bool in_process;         /* conn_process() on the stack: a synchronous answer must not recurse */
     bool readable;           /* edge-triggered: the kernel may hold bytes we have not read yet */
+    bool peer_closed;        /* the client shut its side: its EOF waits behind the bytes we read */
     unsigned served;         /* responses completed on this connection */
 };
 
@@ -688,9 +689,11 @@ static void conn_linger_read(struct http_conn *c)
 }
 
 /* One read into the input buffer, without evbuffer_read's FIONREAD ioctl. A short read means the
- * kernel had no more: the next bytes bring a new edge. The read goes to the stack and only what came is
- * added: space reserved in the evbuffer for a read that found nothing (EAGAIN after a full chunk) would
- * stay allocated, 16 kB on every idle connection, since draining an empty evbuffer frees nothing. */
+ * kernel had no more: the next bytes bring a new edge. An EOF that came with the bytes brings none, so
+ * after the client's FIN (EV_CLOSED) we read again until we see it. The read goes to the stack and
+ * only what came is added: space reserved in the evbuffer for a read that found nothing (EAGAIN after
+ * a full chunk) would stay allocated, 16 kB on every idle connection, since draining an empty evbuffer
+ * frees nothing. */
 static ssize_t conn_read(struct http_conn *c)
 {
     char buf[READ_CHUNK];
@@ -700,15 +703,16 @@ static ssize_t conn_read(struct http_conn *c)
         errno = ENOMEM;
         return -1;
     }
-    c->readable = n == READ_CHUNK;
+    c->readable = n == READ_CHUNK || (n > 0 && c->peer_closed);
     return n;
 }
 
 static void read_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
-    (void)what;
     struct http_conn *c = arg;
+    if (what & EV_CLOSED)
+        c->peer_closed = true;
     if (c->state == CONN_LINGER) {
         conn_linger_read(c);
         return;
@@ -771,7 +775,7 @@ void http_server_adopt(struct http_server *srv, int fd)
     c->fd = fd;
     c->in = evbuffer_new();
     c->out = evbuffer_new();
-    c->read_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST | EV_ET, read_cb, c);
+    c->read_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST | EV_ET | EV_CLOSED, read_cb, c);
     c->write_ev = event_new(srv->base, fd, EV_WRITE, write_cb, c);
     c->timer_ev = evtimer_new(srv->base, timer_cb, c);
     if (!c->in || !c->out || !c->read_ev || !c->write_ev || !c->timer_ev) {
