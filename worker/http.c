@@ -776,7 +776,10 @@ void http_server_adopt(struct http_server *srv, int fd)
     c->in = evbuffer_new();
     c->out = evbuffer_new();
     c->read_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST | EV_ET | EV_CLOSED, read_cb, c);
-    c->write_ev = event_new(srv->base, fd, EV_WRITE, write_cb, c);
+    /* edge-triggered too: libevent registers the fd with EPOLLET only if the event being added has
+     * EV_ET, so a level-triggered write event would turn reads level-triggered for good, and the loop
+     * would spin on unread input (or EOF) while a response waits for a slow reader */
+    c->write_ev = event_new(srv->base, fd, EV_WRITE | EV_ET, write_cb, c);
     c->timer_ev = evtimer_new(srv->base, timer_cb, c);
     if (!c->in || !c->out || !c->read_ev || !c->write_ev || !c->timer_ev) {
         log_error("out of memory: connection dropped");
