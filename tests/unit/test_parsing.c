@@ -32,6 +32,8 @@ static void test_query_get(void **state)
     assert_int_equal(query_get("a=%zz", "a", buf, sizeof(buf)), -1);
     assert_int_equal(query_get("a=%", "a", buf, sizeof(buf)), -1);
     assert_int_equal(query_get("a=0123456789abcdefXYZ", "a", buf, sizeof(buf)), -1); /* longer than buf */
+    assert_int_equal(query_get("limit=5%00x", "limit", buf, sizeof(buf)), -1);       /* NUL would cut it */
+    assert_int_equal(query_get("include=posts%00", "include", buf, sizeof(buf)), -1);
 }
 
 static void test_email(void **state)

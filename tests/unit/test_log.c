@@ -1,0 +1,61 @@
+/* Unit tests for common/log: JSON lines stay valid JSON (and UTF-8) whatever a client put in them. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/log.h"
+
+/* Runs log_access(e) with stderr on a pipe; returns the line written (without its newline). */
+static void access_line_capture(const struct access_entry *e, char *buf, size_t cap)
+{
+    int fds[2], saved = dup(STDERR_FILENO);
+    assert_true(saved >= 0 && pipe(fds) == 0);
+    assert_true(dup2(fds[1], STDERR_FILENO) >= 0);
+    log_access(e);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fds[1]);
+    ssize_t n = read(fds[0], buf, cap - 1);
+    close(fds[0]);
+    assert_true(n > 0);
+    buf[n - 1] = '\0';
+}
+
+static void test_json_access_line_utf8(void **state)
+{
+    (void)state;
+    char line[4096];
+    /* a raw 0xff, a valid "é", a surrogate (three bytes, each invalid), an overlong "/" and a quote */
+    struct access_entry e = { .method = "GET", .path = "/\xff\xc3\xa9\xed\xa0\x80\xc0\xaf\"", .request_id = "r",
+                              .status = 404 };
+    log_configure(LOGL_INFO, LOGF_JSON, true);
+    access_line_capture(&e, line, sizeof(line));
+    const char *want = "\"path\":\"/\\ufffd\xc3\xa9\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\\"\"";
+    if (!strstr(line, want))
+        fail_msg("expected %s in the line, got: %s", want, line);
+}
+
+static void test_json_access_line_truncated_sequence(void **state)
+{
+    (void)state;
+    char line[4096];
+    struct access_entry e = { .method = "GET", .path = "/\xe2\x82", .request_id = "\xf0\x9f\x98\x80", .status = 200 };
+    log_configure(LOGL_INFO, LOGF_JSON, true);
+    access_line_capture(&e, line, sizeof(line));
+    if (!strstr(line, "\"path\":\"/\\ufffd\\ufffd\"") || !strstr(line, "\"request_id\":\"\xf0\x9f\x98\x80\""))
+        fail_msg("expected a cut sequence replaced and a 4-byte one kept, got: %s", line);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_json_access_line_utf8),
+        cmocka_unit_test(test_json_access_line_truncated_sequence),
+    };
+    return cmocka_run_group_tests_name("log", tests, NULL, NULL);
+}
