@@ -27,8 +27,18 @@ LIB_SRCS  := $(filter-out master/main.c,$(SRCS))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=build/asan/tests/%)
 
-.PHONY: all asan deps build unit run test test-unit test-integration topology-up topology-down \
-        install dist clean bench check-config
+# Fuzzing (tests/fuzz): libFuzzer needs clang; its objects are built apart from the gcc ones. The
+# target links the request path (HTTP, router, handlers, body and query checks) with a fake database.
+FUZZ_CC   ?= clang-14
+FUZZ_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1 -g
+FUZZ_SRCS := common/config.c common/fence.c common/log.c common/utf8.c $(addprefix worker/,http.c router.c \
+             handlers_health.c handlers_posts.c handlers_users.c op.c body.c query.c reply.c rows.c \
+             dbreply.c local_cache.c) tests/fuzz/fake_db.c tests/fuzz/fuzz_request.c
+FUZZ_OBJS := $(FUZZ_SRCS:%.c=build/fuzz/obj/%.o)
+FUZZ_SECONDS ?= 60
+
+.PHONY: all asan deps build unit fuzz fuzz-run run test test-unit test-integration topology-up \
+        topology-down install dist clean bench check-config
 
 all: build/$(NAME)
 build: all
@@ -56,6 +66,19 @@ build/asan/tests/%: tests/unit/%.c $(filter-out build/asan/obj/master/main.o,$(S
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -O1 -o $@ $^ $(PKG_LIBS) -lcmocka -lm
 
+# make fuzz builds the target; make fuzz-run [FUZZ_SECONDS=60] replays the corpus, then fuzzes that long.
+fuzz: build/fuzz/fuzz_request
+
+build/fuzz/fuzz_request: $(FUZZ_OBJS)
+	$(FUZZ_CC) $(ALL_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ $(PKG_LIBS) -lm
+
+build/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(ALL_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+fuzz-run: fuzz
+	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/run.sh fuzz
+
 deps:
 	@scripts/deps.sh
 
@@ -76,8 +99,8 @@ topology-down:
 
 # make test: deps, both builds, a fresh throw-away topology per test session, every test.
 test: deps
-	@$(MAKE) --no-print-directory all asan unit
-	tests/run.sh
+	@$(MAKE) --no-print-directory all asan unit fuzz
+	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/run.sh
 
 test-unit: unit
 	tests/run.sh unit
@@ -106,4 +129,4 @@ dist:
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(SAN_OBJS:.o=.d)
+-include $(OBJS:.o=.d) $(SAN_OBJS:.o=.d) $(FUZZ_OBJS:.o=.d)

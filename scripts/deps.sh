@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages pgapi needs to build, test (valgrind: the leak check
-# in tests/integration/test_hostile.py) and run its local topology (with --bench:
-# also nginx, Node.js, npm and perf for bench/run.sh). Idempotent and silent when
-# everything is already installed.
+# in tests/integration/test_hostile.py; clang-14 and libclang-rt-14-dev: libFuzzer
+# for tests/fuzz) and run its local topology (with --bench: also nginx, Node.js, npm
+# and perf for bench/run.sh). Idempotent and silent when everything is already
+# installed.
 #
 # Services are never started by the install: a temporary /usr/sbin/policy-rc.d
 # (exit 101) blocks the packages' postinst from starting PostgreSQL's default
@@ -13,7 +14,7 @@ set -euo pipefail
 
 PACKAGES=(
     libevent-dev libpq-dev libhiredis-dev libjson-c-dev libinih-dev libhttp-parser-dev
-    libcmocka-dev pkg-config gcc make postgresql pgbouncer redis-server
+    libcmocka-dev pkg-config gcc make clang-14 libclang-rt-14-dev postgresql pgbouncer redis-server
     python3-pytest python3-psycopg2 python3-redis python3-yaml socat wrk curl procps iproute2 valgrind
 )
 

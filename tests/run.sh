@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the test tiers and prints one closing line "N passed, N failed":
 #   unit        cmocka binaries under build/asan/tests (each links one module, ASan+UBSan)
+#   fuzz        build/fuzz/fuzz_request (tests/fuzz): replays its corpus, then fuzzes FUZZ_SECONDS
+#               (default 60); each is one test
 #   integration pytest against real PostgreSQL primary+replica, PgBouncer and Redis (tests/integration)
-# Usage: tests/run.sh [unit|integration|all] [pytest args...]
+# Usage: tests/run.sh [unit|fuzz|integration|all] [pytest args...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tier=${1:-all}
@@ -26,6 +28,46 @@ run_unit() {
         fi
         [ "$status" -eq 0 ] || rc=1
     done
+}
+
+# One libFuzzer invocation as one test; its output goes to build/fuzz/NAME.log, its tail to the screen.
+fuzz_step() {
+    local name=$1 log=build/fuzz/$1.log
+    shift
+    "$@" >"$log" 2>&1
+    local status=$?
+    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs)' "$log"
+    grep -Eo 'DONE +cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[^ ]+' "$log"
+    if [ "$status" -ne 0 ]; then
+        # the input (replay) and, from its first line on, the report (sanitizer, libFuzzer, the target)
+        local report='ERROR|runtime error|libFuzzer: |^fuzz_request: '
+        grep -E '^Running: ' "$log" | tail -n 1
+        { grep -q -E "$report" "$log" && awk -v re="$report" '$0 ~ re {p=1} p' "$log" | head -n 60; } ||
+            tail -n 30 "$log"
+        grep -h 'Test unit written to' "$log"
+        echo "fuzz: $name failed (exit $status); whole output in $log"
+        failed=$((failed + 1))
+        rc=1
+    else
+        echo "fuzz: $name passed"
+        passed=$((passed + 1))
+    fi
+}
+
+run_fuzz() {
+    local bin=build/fuzz/fuzz_request
+    if [ ! -x "$bin" ]; then
+        echo "fuzz: $bin is missing (make fuzz)"
+        failed=$((failed + 1))
+        rc=1
+        return
+    fi
+    mkdir -p build/fuzz/corpus
+    # stderr closed: the server's log lines would flood it; libFuzzer still prints its reports
+    local opts=(-close_fd_mask=2 -timeout=10 -rss_limit_mb=2048 -artifact_prefix=build/fuzz/)
+    fuzz_step corpus-replay "$bin" "${opts[@]}" tests/fuzz/corpus/*
+    fuzz_step timed-run "$bin" "${opts[@]}" -max_total_time="${FUZZ_SECONDS:-60}" -max_len=12000 \
+        -dict=tests/fuzz/http.dict -print_final_stats=1 build/fuzz/corpus tests/fuzz/corpus
 }
 
 run_integration() {
@@ -57,8 +99,9 @@ PY
 case "$tier" in
     unit) run_unit ;;
     integration) run_integration "$@" ;;
-    all) run_unit; run_integration "$@" ;;
-    *) echo "usage: $0 [unit|integration|all] [pytest args]" >&2; exit 2 ;;
+    fuzz) run_fuzz ;;
+    all) run_unit; run_fuzz; run_integration "$@" ;;
+    *) echo "usage: $0 [unit|fuzz|integration|all] [pytest args]" >&2; exit 2 ;;
 esac
 echo "$passed passed, $failed failed"
 [ "$rc" -eq 0 ] && [ "$failed" -eq 0 ]

@@ -1,0 +1,190 @@
+/* fake_db: pool.h and cache.h for the fuzz target. The pool answers every statement as it was told
+ * (fake_db.h), through the callback, exactly once, as the real one does; the cache is disabled. */
+#include "tests/fuzz/fake_db.h"
+
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/cache.h"
+#include "worker/pool.h"
+
+#define FAKE_ROW_ID "1"
+#define FAKE_ROW_JSON "{\"id\":1,\"user_id\":1,\"name\":\"a\",\"version\":1}"
+#define OID_INT8 20
+#define OID_TEXT 25
+
+struct pool {
+    struct event_base *base;
+    enum fake_answer answer;
+    uint64_t lsn; /* raised by each write: the fake is one server, always up to date */
+};
+
+/* One statement's answer, due on the next loop turn. */
+struct fake_job {
+    struct pool *pool;
+    pool_cb cb;
+    void *arg;
+    bool write;
+};
+
+struct pool *fake_pool_new(struct event_base *base, enum fake_answer answer)
+{
+    struct pool *p = calloc(1, sizeof(*p));
+    if (p)
+        *p = (struct pool){ .base = base, .answer = answer };
+    return p;
+}
+
+void pool_free(struct pool *p)
+{
+    free(p);
+}
+
+static void answer_unavailable(pool_cb cb, void *arg, const char *why)
+{
+    struct pool_result r = { .status = POOL_ERR_UNAVAILABLE, .sqlstate = "", .message = why, .backend = -1 };
+    cb(arg, &r);
+}
+
+/* The (id, json) result a statement of op.h returns: no row, or one. NULL when out of memory. */
+static PGresult *result_make(const struct pool *p)
+{
+    PGresAttDesc cols[2] = {
+        { .name = "id", .typid = OID_INT8, .typlen = 8, .atttypmod = -1 },
+        { .name = "body", .typid = OID_TEXT, .typlen = -1, .atttypmod = -1 },
+    };
+    PGresult *res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+    if (!res || !PQsetResultAttrs(res, 2, cols))
+        goto fail;
+    if (p->answer == FAKE_ONE_ROW &&
+        (!PQsetvalue(res, 0, 0, FAKE_ROW_ID, (int)strlen(FAKE_ROW_ID)) ||
+         !PQsetvalue(res, 0, 1, FAKE_ROW_JSON, (int)strlen(FAKE_ROW_JSON))))
+        goto fail;
+    return res;
+fail:
+    PQclear(res);
+    return NULL;
+}
+
+static void job_run(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct fake_job *j = arg;
+    struct pool *p = j->pool;
+    if (p->answer == FAKE_DOWN) {
+        answer_unavailable(j->cb, j->arg, "primary down");
+        free(j);
+        return;
+    }
+    PGresult *res = result_make(p);
+    if (!res) {
+        answer_unavailable(j->cb, j->arg, "out of memory");
+        free(j);
+        return;
+    }
+    if (j->write)
+        p->lsn++;
+    struct pool_result r = { .status = POOL_OK, .res = res, .sqlstate = "", .message = "", .backend = -1,
+                             .commit_lsn = j->write ? p->lsn : 0, .data_lsn = p->lsn };
+    j->cb(j->arg, &r);
+    PQclear(res);
+    free(j);
+}
+
+static void job_queue(struct pool *p, pool_cb cb, void *arg, bool write)
+{
+    if (p->answer == FAKE_QUEUE_FULL) {
+        answer_unavailable(cb, arg, "wait queue full");
+        return;
+    }
+    struct fake_job *j = malloc(sizeof(*j));
+    if (!j) {
+        answer_unavailable(cb, arg, "out of memory");
+        return;
+    }
+    *j = (struct fake_job){ .pool = p, .cb = cb, .arg = arg, .write = write };
+    if (event_base_once(p->base, -1, EV_TIMEOUT, job_run, j, NULL) < 0) { /* no timeout: next turn */
+        free(j);
+        answer_unavailable(cb, arg, "cannot schedule the answer");
+    }
+}
+
+void pool_write(struct pool *p, const struct pool_query *q, pool_cb cb, void *arg)
+{
+    (void)q;
+    job_queue(p, cb, arg, true);
+}
+
+void pool_read(struct pool *p, const struct pool_query *q, uint64_t fence_lsn, pool_cb cb, void *arg)
+{
+    (void)q;
+    (void)fence_lsn;
+    job_queue(p, cb, arg, false);
+}
+
+bool pool_primary_up(const struct pool *p)
+{
+    return p->answer == FAKE_NO_ROWS || p->answer == FAKE_ONE_ROW;
+}
+
+int pool_replicas_up(const struct pool *p)
+{
+    (void)p;
+    return 0;
+}
+
+int pool_replica_count(const struct pool *p)
+{
+    (void)p;
+    return 0;
+}
+
+void pool_replica_state(const struct pool *p, int i, uint64_t *replay_lsn, int *lag_ms, bool *up)
+{
+    (void)p;
+    (void)i;
+    *replay_lsn = 0;
+    *lag_ms = 0;
+    *up = false;
+}
+
+/* ---- the cache: disabled, so op.c never looks anything up; the rest answers as when Redis is down -- */
+
+enum cache_state cache_state(const struct cache *c)
+{
+    (void)c;
+    return CACHE_DISABLED;
+}
+
+const char *cache_state_name(enum cache_state s)
+{
+    return s == CACHE_DISABLED ? "disabled" : "fake";
+}
+
+void cache_lookup(struct cache *c, const char *key, const char *gen, cache_lookup_cb cb, void *arg)
+{
+    (void)c;
+    (void)key;
+    (void)gen;
+    cb(arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
+}
+
+void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len, uint64_t data_lsn)
+{
+    (void)c;
+    (void)lease;
+    (void)value;
+    (void)len;
+    (void)data_lsn;
+}
+
+void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb, void *arg)
+{
+    (void)c;
+    (void)ch;
+    (void)lsn;
+    cb(arg, false);
+}
