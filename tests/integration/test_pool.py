@@ -227,7 +227,7 @@ def test_concurrent_reads_are_batched_and_each_gets_its_own_row(schema, server):
     time.sleep(1.0)  # the replica has replayed the inserts and the worker has sampled its position
     wanted = (ids + missing) * 34  # 1,020 reads: other servers' health checks are noise beside them
     before = wait_stats_settle(schema)
-    with concurrent.futures.ThreadPoolExecutor(64) as ex:
+    with concurrent.futures.ThreadPoolExecutor(128) as ex:
         results = list(ex.map(lambda i: (i, srv.get(f"/users/{i}")), wanted))
     time.sleep(2.5)
     after = bouncer_queries(schema)
@@ -237,7 +237,8 @@ def test_concurrent_reads_are_batched_and_each_gets_its_own_row(schema, server):
         else:
             assert r.status == 200 and r.json()["id"] == i, (i, r)
     queries = sum(after.get(d, 0) - before.get(d, 0) for d in ("pgapi_ro", "pgapi_rw"))
-    assert queries < len(wanted) * 0.8, f"{queries} statements for {len(wanted)} reads: no batching"
+    # without batching: one statement per read, plus other servers' health checks (so above 1,020)
+    assert queries < len(wanted) * 0.9, f"{queries} statements for {len(wanted)} reads: no batching"
 
 
 def new_user_on(topology):
