@@ -51,7 +51,7 @@ struct master {
     int listen_fd;
     int old_listen_fd;            /* previous socket while its workers drain after a port change */
     int sig_fd;
-    struct fences *fences;        /* shared memory the workers write; the master only maps it */
+    struct fences *fences;        /* shared memory the workers write; the master only sets cache-dirty */
     int ready_rd, ready_wr;       /* workers write their pid here once they serve */
     struct proc procs[MAX_PROCS];
     struct respawn respawns[MAX_PROCS];
@@ -256,6 +256,18 @@ static void child_log_exit(const struct proc *p, int status)
     }
 }
 
+/* A worker that died (a signal, a failed exit) may have committed writes whose cache invalidation never
+ * ran: their clients got no answer, but Redis would serve the old rows until the TTL. Every worker
+ * bypasses the cache until one of them has moved it to a new epoch, as after a failed invalidation. */
+static void cache_dirty_after_death(struct master *m, const struct proc *p, int status)
+{
+    bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (clean || !m->fences)
+        return;
+    fences_cache_dirty_set(m->fences);
+    log_warn("worker %d pid %d died: the cache is bypassed until it moves to a new epoch", p->slot, (int)p->pid);
+}
+
 static void children_reap(struct master *m)
 {
     int status;
@@ -265,6 +277,7 @@ static void children_reap(struct master *m)
         if (!p)
             continue;
         child_log_exit(p, status);
+        cache_dirty_after_death(m, p, status);
         bool respawn = !m->stopping && p->generation == m->generation && p->state != PROC_RETIRING;
         if (respawn)
             respawn_schedule(m, p);
