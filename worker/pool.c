@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "common/config.h"
+#include "common/fence.h"
 #include "common/log.h"
 #include "worker/batch.h"
 
@@ -99,6 +100,10 @@ struct pool {
      * every write that committed before it was sent, so a busy primary does not read it per write. */
     struct job *lsn_waiting, *lsn_waiting_tail;
     bool lsn_inflight;
+    /* Unknown commits counted (fence.h) when the primary position read now in flight was sent, by the
+     * health check and by the commit-LSN read: its answer resolves them. */
+    struct fences *fences;
+    uint64_t health_marks[FENCE_COUNT], lsn_marks[FENCE_COUNT];
     struct pool_side_stats stats[2];
 };
 
@@ -656,6 +661,8 @@ static void lsn_group_take(struct pool *p, struct job *g, const struct pool_resu
     if (r->status != POOL_OK || PQntuples(r->res) != 1 || pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) != 0) {
         log_warn("primary: cannot read pg_current_wal_lsn() after a commit; reads of it go to the primary");
         lsn = POOL_LSN_NONE;
+    } else if (p->fences) {
+        fences_unknown_resolve(p->fences, p->lsn_marks, lsn);
     }
     lsn_group_deliver(p, g, lsn);
 }
@@ -681,6 +688,8 @@ static void lsn_kick(struct pool *p)
         return;
     }
     g->batch = waiting;
+    if (p->fences)
+        fences_unknown_snapshot(p->fences, p->lsn_marks);
     job_submit(p, g);
 }
 
@@ -1061,6 +1070,8 @@ static void health_apply(struct backend *be, const struct pool_result *r)
         be->healthy = !recovery;
         if (p->floor_lsn == 0 && be->lsn != 0)
             p->floor_lsn = be->lsn;
+        if (p->fences)
+            fences_unknown_resolve(p->fences, p->health_marks, be->lsn);
     } else if (ok) {
         long long ts_lag = atoll(PQgetvalue(r->res, 0, 1));
         be->lag_ms = be->lsn >= p->primary.lsn ? 0 : (int)(ts_lag > INT32_MAX ? INT32_MAX : ts_lag);
@@ -1090,6 +1101,8 @@ static void health_send(struct backend *be)
         return;
     j->target = be;
     be->health_inflight = true;
+    if (be->side == POOL_PRIMARY && be->pool->fences)
+        fences_unknown_snapshot(be->pool->fences, be->pool->health_marks);
     conn_start(c, j);
 }
 
@@ -1143,13 +1156,14 @@ static int backend_init(struct pool *p, struct backend *be, enum pool_side side,
     return 0;
 }
 
-struct pool *pool_new(struct event_base *base, const struct config *cfg)
+struct pool *pool_new(struct event_base *base, const struct config *cfg, struct fences *fences)
 {
     struct pool *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
     p->base = base;
     p->cfg = cfg;
+    p->fences = fences;
     p->nreplicas = cfg->replica_count;
     p->sweep_ev = evtimer_new(base, sweep_cb, p);
     p->health_ev = event_new(base, -1, EV_PERSIST, health_cb, p);

@@ -161,7 +161,7 @@ int worker_run(const struct config *cfg, struct fences *fences, int listen_fd, i
         goto done;
     }
     w.http = http_server_new(w.base, cfg, router_dispatch, &w);
-    w.pool = pool_new(w.base, cfg);
+    w.pool = pool_new(w.base, cfg, fences);
     w.cache = cache_new(w.base, cfg, fences);
     if (cfg->redis_enabled && cfg->local_cache_entries > 0) {
         w.local = local_cache_new(cfg->local_cache_entries, cfg->local_cache_bytes, cfg->cache_ttl_s);

@@ -187,19 +187,20 @@ def test_replica_stopped_and_returning(own_topology, server):
     assert len(reads) >= 50, f"expected reads while the replica was down, got {len(reads)}"
     assert_bounded(load)
     ro_probe = replica_reads(s, topo)
-    print(f"replica-side queries for 200 uncached list reads after its return: {ro_probe}")
+    print(f"replica-side queries for 200 uncached reads after its return: {ro_probe}")
     finish(load, topo, "replica stop + start")
 
 
 def replica_reads(s, topo, n=200):
-    """pgapi_ro queries PgBouncer counted during n uncached list reads (load stopped), less the most the
-    health checks can have sent; asserts the reads went to the replica."""
+    """pgapi_ro queries PgBouncer counted during n reads of users that do not exist (404: never cached, so
+    each is a query), load stopped, less the most the health checks can have sent; asserts the reads went
+    to the replica."""
     time.sleep(0.5)   # the replica replays the load's last writes and the workers sample it
     before = bouncer_queries(topo)
     t0 = time.monotonic()
-    for i in range(n):
-        r = s.get(f"/users?after_id={random.randrange(10**9, 10**12)}&limit=1")
-        assert r.status == 200, r
+    for _ in range(n):
+        r = s.get(f"/users/{random.randrange(10**12, 10**13)}")
+        assert r.status == 404, r
     time.sleep(1.3)   # SHOW STATS totals are published every stats_period (1 s)
     after = bouncer_queries(topo)
     window = time.monotonic() - t0 + 1.0
@@ -241,7 +242,7 @@ def test_primary_stopped_and_returning(own_topology, server):
     assert len(settled) >= 20, f"expected reads during the outage, got {len(settled)}"
     assert_bounded(load)
     finish(load, topo, "primary stop + start")
-    print(f"replica-side queries for 200 uncached list reads after the primary's return: {replica_reads(s, topo)}")
+    print(f"replica-side queries for 200 uncached reads after the primary's return: {replica_reads(s, topo)}")
 
 
 def test_redis_stopped_and_restarted(schema, server, tmp_path):
@@ -452,14 +453,31 @@ def test_pgbouncer_paused_and_relay_killed_mid_stream(own_topology, server, topo
         s = fault_server(server, topo)
         wait_until(lambda: relay.streams(), 10, "PgBouncer's primary connections through the relay")
         load = FaultLoad(s).start()
+        writer = Client(s.port, timeout=10)
         try:
             steady(load)
-            # PAUSE longer than the client-side statement bound: held statements are cut off by it
-            t_pause = load.mark("PAUSE pgapi_rw")
-            bouncer_admin(topo, "PAUSE pgapi_rw")
-            load.wait_for(lambda: time.monotonic() > t_pause + 2.5, 10, "2.5 s paused")
+            # A write commits just as PgBouncer starts pausing (a direct connection held its row until
+            # then), so the commit-LSN read after it is held past the statement bound: the write is
+            # acknowledged with its LSN unknown. PAUSE lasts until it is, longer than the bound.
+            uid = load.create(writer, "lsn", 0).resp["id"]
+            with closing(topo._pg(host=topo.vars["PGAPI_PRIMARY_SOCKET_DIR"], port=topo.primary_port,
+                                  dbname="pgapi", user="postgres")) as locker:
+                locker.autocommit = False
+                with locker.cursor() as cur:
+                    cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (uid,))
+                held = threading.Thread(target=load.update, args=(writer, "lsn", uid, "held"))
+                held.start()
+                wait_until(lambda: statement_waits_on_lock(topo), 10, "the write waiting on its row lock")
+                t_pause = load.mark("PAUSE pgapi_rw (a write waiting on a row lock)")
+                pause = threading.Thread(target=bouncer_admin, args=(topo, "PAUSE pgapi_rw"))
+                pause.start()
+                time.sleep(0.3)   # the PAUSE reaches PgBouncer before the write can commit
+                locker.rollback()
+            held.join(10)
+            pause.join(10)
             bouncer_admin(topo, "RESUME pgapi_rw")
             t_resume = load.mark("RESUME")
+            assert not held.is_alive() and not pause.is_alive(), "expected the held write and PAUSE to finish"
             assert_recovered(load, t_resume, "RESUME")
             streams = len(relay.streams())
             t_kill = load.mark(f"relay SIGKILL ({streams} streams)")
@@ -476,6 +494,11 @@ def test_pgbouncer_paused_and_relay_killed_mid_stream(own_topology, server, topo
         print(f"paused: {load.counts(t_pause, t_resume)}")
         print(f"relay killed: {load.counts(t_kill, t_back)}")
         assert streams >= 1, "expected the relay to carry PgBouncer's connections when it was killed"
+        lsn_write = [o for o in load.records(ops=("update",)) if o.thread == "lsn"]
+        assert lsn_write and lsn_write[0].status == 200, f"expected the held write acknowledged: {lsn_write}"
+        assert "commit LSN unknown" in s.log_text(), "expected the held write's commit LSN to be unknown"
         finish(load, topo, "PgBouncer PAUSE/RESUME + relay killed mid-stream")
+        # reads of the table it wrote go back to the replica once the primary's position is known again
+        print(f"replica-side queries for 200 uncached reads afterwards: {replica_reads(s, topo)}")
     finally:
         relay.kill()
