@@ -111,21 +111,29 @@ class FaultLoad:
             t.start()
         return self
 
-    def stop(self):
+    def stop(self, check=True):
+        """Stops the threads; with check, asserts they stopped and ran cleanly."""
         self.stop_ev.set()
         for t in self.workers:
             t.join(self.timeout_s * 2)
         self.mark("load stopped")
+        if not check:
+            return
         stuck = [t.name for t in self.workers if t.is_alive()]
         assert not stuck, f"expected every load thread to stop within {self.timeout_s * 2}s, still running: {stuck}"
         assert not self.crashes, f"expected the load threads to run cleanly, got: {self.crashes[:5]}"
 
-    def __enter__(self):
-        return self.start()
+    def steady(self, seconds=1.0, requests=100):
+        """Waits until the load has run `seconds` and made `requests` requests (before a fault)."""
+        self.wait_for(lambda: time.monotonic() > self.t_start + seconds and len(self.records()) >= requests,
+                      20, "the load to run steadily")
+        return self
 
-    def __exit__(self, *exc):
-        if self.workers:
-            self.stop()
+    def __enter__(self):
+        return self.start().steady()
+
+    def __exit__(self, exc_type, *exc):
+        self.stop(check=exc_type is None)   # an assertion of its own would hide the block's failure
         return False
 
     def mark(self, what):

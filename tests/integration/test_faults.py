@@ -6,6 +6,7 @@ acknowledged write. Faults that kill or stop servers run on a throw-away topolog
 (make_topology); the others use the session topology. Each test prints a "FAULT ..." block with its
 counts (tests/RELIABILITY.md quotes them)."""
 
+import contextlib
 import copy
 import os
 import random
@@ -91,19 +92,11 @@ def pg_ctl(topo, which, action):
 
 
 def finish(load, topo, title):
-    """Stops the load, checks the primary against what clients were told, prints the counts."""
-    if load.workers and not load.stop_ev.is_set():
-        load.stop()
+    """Checks the primary against what clients were told (the load stopped), prints the counts."""
     problems, _ = load.verify(topo)
     print("\n" + load.report(title))
     assert not problems, f"expected the primary to match what clients were told, got {len(problems)} problem(s):\n" \
         + "\n".join(problems[:20])
-
-
-def steady(load, seconds=1.0):
-    """The load has run `seconds` and made 100 requests before the fault."""
-    load.wait_for(lambda: time.monotonic() > load.t_start + seconds and len(load.records()) >= 100, 20,
-                  "the load to run steadily before the fault")
 
 
 def failures(recs):
@@ -130,65 +123,18 @@ def assert_recovered(load, t_back, what):
     return ok
 
 
-# -- the faults -------------------------------------------------------------------------------------
-
-def test_pgbouncer_killed_and_restarted(own_topology, server):
-    topo = own_topology
-    s = fault_server(server, topo)
-    pids = s.worker_pids()
-    load = FaultLoad(s).start()
-    try:
-        steady(load)
-        bouncer = topo.pids()["pgbouncer"]
-        t_kill = load.mark("pgbouncer SIGKILL")
-        os.kill(bouncer, signal.SIGKILL)
-        wait_until(lambda: not pid_alive(bouncer), 5, "pgbouncer gone")
-        load.wait_for(lambda: time.monotonic() > t_kill + 2.0, 10, "2 s without PgBouncer")
-        t_restart = load.mark("pgbouncer restarting")
-        topo.up()
-        t_back = load.mark("pgbouncer up")
-        assert_recovered(load, t_back, "PgBouncer's return")
-    finally:
-        load.stop()
-    gap = load.records(t_kill + 0.05, t_restart)
-    print(f"gap: {load.counts(t_kill + 0.05, t_restart)}")
-    wrong = [o for o in gap if not (o.status == 503 or (o.status in (200, 404) and o.cache == "HIT"))]
-    assert not wrong, f"expected 503 (or a cache hit) for every request without PgBouncer, got:\n{show(wrong)}"
-    slow = [o for o in gap if o.seconds > FAIL_FAST_S]
-    assert not slow, f"expected requests without PgBouncer to fail within {FAIL_FAST_S}s, got:\n{show(slow)}"
-    assert len(gap) >= 20, f"expected requests during the outage, got {len(gap)}"
-    assert_bounded(load)
-    assert s.worker_pids() == pids, f"expected no worker restart: pids {pids} became {s.worker_pids()}"
-    finish(load, topo, "pgbouncer SIGKILL + restart")
-
-
-def test_replica_stopped_and_returning(own_topology, server):
-    topo = own_topology
-    s = fault_server(server, topo)
-    load = FaultLoad(s).start()
-    try:
-        steady(load)
-        t_stop = load.mark("replica stop")
-        pg_ctl(topo, "replica", "stop")
-        load.mark("replica stopped")
-        wait_readyz(s, lambda j: j["replicas_up"] == 0 and j["status"] == "degraded", "replica out of rotation")
-        load.wait_for(lambda: time.monotonic() > t_stop + 2.0, 10, "2 s without the replica")
-        load.mark("replica starting")
-        topo.up()
-        t_back = load.mark("replica up")
-        wait_readyz(s, lambda j: j["replicas_up"] == 1, "replica back in rotation")
-        load.mark("replica in rotation")
-        load.wait_requests(100, time.monotonic(), what="requests after the replica's return")
-    finally:
-        load.stop()
-    bad = failures(load.records())
-    assert not bad, f"expected no request to fail while the replica stopped and returned, got {len(bad)}:\n{show(bad)}"
-    reads = load.records(t_stop, t_back, ops=("read", "list"))
-    assert len(reads) >= 50, f"expected reads while the replica was down, got {len(reads)}"
-    assert_bounded(load)
-    ro_probe = replica_reads(s, topo)
-    print(f"replica-side queries for 200 uncached reads after its return: {ro_probe}")
-    finish(load, topo, "replica stop + start")
+def pg_outage(load, s, topo, which, seconds, gone):
+    """Stops the primary or the replica (pg_ctl -m fast) under the load, waits until /readyz shows it
+    gone (`gone(body)`) on every worker and for `seconds` after the stop, then starts it again
+    (topology.sh up). Returns the times: stop sent, stopped, restart sent, up."""
+    t_stop = load.mark(f"{which} stop")
+    pg_ctl(topo, which, "stop")
+    t_stopped = load.mark(f"{which} stopped")
+    wait_readyz(s, gone, f"the {which} gone")
+    load.wait_for(lambda: time.monotonic() > t_stopped + seconds, 10, f"{seconds} s without the {which}")
+    t_restart = load.mark(f"{which} starting")
+    topo.up()
+    return t_stop, t_stopped, t_restart, load.mark(f"{which} up")
 
 
 def replica_reads(s, topo, n=200):
@@ -211,43 +157,100 @@ def replica_reads(s, topo, n=200):
     return ro
 
 
-def test_primary_stopped_and_returning(own_topology, server):
+@contextlib.contextmanager
+def held_write(load, topo, client, who, uid):
+    """A PATCH of user uid sent from `client` (recorded by the load as from `who`), held in PostgreSQL by
+    a row lock that a direct connection to the primary (PgBouncer does not see it) takes first. Yields the
+    request's thread once the statement waits on the lock; the lock goes when the block ends."""
+    with closing(topo._pg(host=topo.vars["PGAPI_PRIMARY_SOCKET_DIR"], port=topo.primary_port, dbname="pgapi",
+                          user="postgres")) as locker:
+        locker.autocommit = False
+        with locker.cursor() as cur:
+            cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (uid,))
+        request = threading.Thread(target=load.update, args=(client, who, uid, "held"))
+        request.start()
+        wait_until(lambda: statement_waits_on_lock(topo), 10, f"the {who} write waiting on its row lock")
+        yield request
+        locker.rollback()
+
+
+def statement_waits_on_lock(topo):
+    with closing(topo.primary_admin()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'pgapi' AND wait_event_type = 'Lock' "
+                    "AND query LIKE 'UPDATE users%'")
+        return cur.fetchone()[0] >= 1
+
+
+# -- the faults -------------------------------------------------------------------------------------
+
+def test_pgbouncer_killed_and_restarted(own_topology, server):
     topo = own_topology
     s = fault_server(server, topo)
-    load = FaultLoad(s).start()
-    try:
-        steady(load)
-        t_stop = load.mark("primary stop")
-        pg_ctl(topo, "primary", "stop")
-        t_stopped = load.mark("primary stopped")
-        wait_readyz(s, lambda j: not j["primary"] and j["status"] == "unavailable", "no primary")
-        r = s.get("/readyz")
-        assert r.status == 503 and r.json()["replicas_up"] == 1, f"expected /readyz 503 with the replica up: {r}"
-        load.wait_for(lambda: time.monotonic() > t_stopped + 2.5, 10, "2.5 s without the primary")
-        t_restart = load.mark("primary starting")
+    pids = s.worker_pids()
+    with FaultLoad(s) as load:
+        bouncer = topo.pids()["pgbouncer"]
+        t_kill = load.mark("pgbouncer SIGKILL")
+        os.kill(bouncer, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(bouncer), 5, "pgbouncer gone")
+        load.wait_for(lambda: time.monotonic() > t_kill + 2.0, 10, "2 s without PgBouncer")
+        t_restart = load.mark("pgbouncer restarting")
         topo.up()
-        t_back = load.mark("primary up")
+        assert_recovered(load, load.mark("pgbouncer up"), "PgBouncer's return")
+    gap = load.records(t_kill + 0.05, t_restart)
+    print(f"gap: {load.counts(t_kill + 0.05, t_restart)}")
+    wrong = [o for o in gap if not (o.status == 503 or (o.status in (200, 404) and o.cache == "HIT"))]
+    assert not wrong, f"expected 503 (or a cache hit) for every request without PgBouncer, got:\n{show(wrong)}"
+    slow = [o for o in gap if o.seconds > FAIL_FAST_S]
+    assert not slow, f"expected requests without PgBouncer to fail within {FAIL_FAST_S}s, got:\n{show(slow)}"
+    assert len(gap) >= 20, f"expected requests during the outage, got {len(gap)}"
+    assert_bounded(load)
+    assert s.worker_pids() == pids, f"expected no worker restart: pids {pids} became {s.worker_pids()}"
+    finish(load, topo, "pgbouncer SIGKILL + restart")
+
+
+def test_replica_stopped_and_returning(own_topology, server):
+    s = fault_server(server, own_topology)
+    with FaultLoad(s) as load:
+        t_stop, _, _, t_back = pg_outage(load, s, own_topology, "replica", 2.0,
+                                         lambda j: j["replicas_up"] == 0 and j["status"] == "degraded")
+        wait_readyz(s, lambda j: j["replicas_up"] == 1, "replica back in rotation")
+        load.mark("replica in rotation")
+        load.wait_requests(100, time.monotonic(), what="requests after the replica's return")
+    bad = failures(load.records())
+    assert not bad, f"expected no request to fail while the replica stopped and returned, got {len(bad)}:\n{show(bad)}"
+    reads = load.records(t_stop, t_back, ops=("read", "list"))
+    assert len(reads) >= 50, f"expected reads while the replica was down, got {len(reads)}"
+    assert_bounded(load)
+    finish(load, own_topology, "replica stop + start")
+    print(f"replica-side queries for 200 uncached reads after its return: {replica_reads(s, own_topology)}")
+
+
+def test_primary_stopped_and_returning(own_topology, server):
+    s = fault_server(server, own_topology)
+    with FaultLoad(s) as load:
+        _, t_stopped, t_restart, t_back = pg_outage(
+            load, s, own_topology, "primary", 2.5,
+            lambda j: not j["primary"] and j["status"] == "unavailable" and j["replicas_up"] == 1)
         assert_recovered(load, t_back, "the primary's return")
-    finally:
-        load.stop()
     outage = load.records(t_stopped, t_restart)
     print(f"outage: {load.counts(t_stopped, t_restart)}")
+    assert "GET /readyz 503" in s.log_text(), "expected /readyz to answer 503 while the primary was down"
     writes = [o for o in outage if o.op in ("create", "update", "delete")]
     wrong = [o for o in writes if o.status != 503]
     assert not wrong, f"expected 503 for every write without a primary, got:\n{show(wrong)}"
     assert len(writes) >= 20, f"expected writes during the outage, got {len(writes)}"
-    settled = [o for o in outage if o.op in ("read", "list")]
-    bad = failures(settled)
+    reads = [o for o in outage if o.op in ("read", "list")]
+    bad = failures(reads)
     if "commit LSN unknown" in s.log_text():
         # a write committed just before the stop and its commit-LSN read failed: by design, reads of the
         # users table go to the primary until its position is read again, so they fail cleanly meanwhile
         print(f"a commit LSN was unknown: {len(bad)} reads failed cleanly during the outage")
         bad = [o for o in bad if not (o.status == 503 and o.code == "database_unavailable")]
     assert not bad, f"expected reads to keep working from the replica, got {len(bad)} failures:\n{show(bad)}"
-    assert len(settled) >= 20, f"expected reads during the outage, got {len(settled)}"
+    assert len(reads) >= 20, f"expected reads during the outage, got {len(reads)}"
     assert_bounded(load)
-    finish(load, topo, "primary stop + start")
-    print(f"replica-side queries for 200 uncached reads after the primary's return: {replica_reads(s, topo)}")
+    finish(load, own_topology, "primary stop + start")
+    print(f"replica-side queries for 200 uncached reads after the primary's return: {replica_reads(s, own_topology)}")
 
 
 def test_redis_stopped_and_restarted(schema, server, tmp_path):
@@ -255,9 +258,7 @@ def test_redis_stopped_and_restarted(schema, server, tmp_path):
     own.start()
     try:
         s = fault_server(server, schema, redis_port=own.port, local_entries=0)  # X-Cache HIT: Redis's answer
-        load = FaultLoad(s).start()
-        try:
-            steady(load)
+        with FaultLoad(s) as load:
             load.wait_for(lambda: any(o.cache == "HIT" for o in load.records()), 10, "cache hits before the fault")
             t_stop = load.mark("redis stop")
             own.stop()
@@ -269,8 +270,6 @@ def test_redis_stopped_and_restarted(schema, server, tmp_path):
                                 "a cache hit after Redis returned")
             load.mark("first hit")
             load.wait_requests(100, hit[0].t_end, what="requests after the first hit")
-        finally:
-            load.stop()
         bad = failures(load.records())
         assert not bad, f"expected no request to fail while Redis stopped and returned, got {len(bad)}:\n{show(bad)}"
         down = load.records(t_stop + 0.3, t_back)
@@ -291,31 +290,20 @@ def test_worker_killed_mid_request(schema, server):
     that commit (the master moves the cache to a new epoch after a worker dies)."""
     s = fault_server(server, schema, local_entries=0)  # X-Cache HIT: Redis's answer
     victim_conn = Client(s.port, timeout=10)
-    load = FaultLoad(s, deletes=False).start()   # a deletion would move the cache to a new epoch anyway
-    try:
-        steady(load)
+    with FaultLoad(s, deletes=False) as load:   # a deletion would move the cache to a new epoch anyway
         victim = victim_conn.call("GET", "/healthz")[1]["pid"]
         assert victim in s.worker_pids(), f"expected /healthz to name a worker: {victim} {s.worker_pids()}"
         uid = load.create(victim_conn, "victim", 0).resp["id"]
         load.wait_for(lambda: load.read(victim_conn, "victim", uid).cache == "HIT", 10, "the victim row cached")
-        with closing(schema.rw()) as locker:
-            locker.autocommit = False
-            with locker.cursor() as cur:
-                cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (uid,))
-            patch = threading.Thread(target=load.update, args=(victim_conn, "victim", uid, "killed"))
-            patch.start()
-            wait_until(lambda: statement_waits_on_lock(schema), 10, "the victim's UPDATE waiting on the row lock")
+        with held_write(load, schema, victim_conn, "victim", uid) as patch:
             t_kill = load.mark(f"SIGKILL worker {victim} (its PATCH held by a row lock)")
             os.kill(victim, signal.SIGKILL)
             pids = s.wait_for(lambda: (lambda p: len(p) == 2 and victim not in p and p)(s.worker_pids()), 10,
                               "the killed worker respawned")
             t_respawn = load.mark("worker respawned")
-            locker.rollback()   # the held UPDATE runs and commits: its client is gone
-        patch.join(15)
-        load.wait_requests(200, t_respawn, what="requests after the respawn")
-    finally:
-        load.stop()
+        patch.join(15)   # the lock is gone: the held UPDATE ran and committed, with nobody to answer
         victim_conn.close()
+        load.wait_requests(200, t_respawn, what="requests after the respawn")
     bad = failures(load.records())
     victim_patch = [o for o in load.records(ops=("update",)) if o.thread == "victim"]
     assert victim_patch and victim_patch[0].status is None, f"expected the held PATCH to get no answer: {victim_patch}"
@@ -324,9 +312,8 @@ def test_worker_killed_mid_request(schema, server):
     assert len(bad) <= load.threads + 1, f"expected at most one broken connection per client, got {len(bad)}"
     late = [o for o in bad if o.t_send > t_respawn]
     assert not late, f"expected no failure after the respawn, got:\n{show(late)}"
-    other = [pid for pid in pids if pid != victim]
     served = [o for o in load.records(t_kill) if not o.failed]
-    assert served, f"expected the other worker(s) {other} to keep serving"
+    assert served, f"expected the other worker(s) {[p for p in pids if p != victim]} to keep serving"
     assert_bounded(load)
     finish(load, schema, f"worker SIGKILL mid-request ({len(bad)} requests without an answer)")
     assert f"pid {victim} (generation 1) killed by signal 9" in s.log_text(), s.log_tail()
@@ -343,19 +330,10 @@ def test_worker_killed_mid_request(schema, server):
     s.wait_for(lambda: "cache moved to a new epoch" in s.log_text(), 10, "the cache in a new epoch")
 
 
-def statement_waits_on_lock(topo):
-    with closing(topo.primary_admin()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'pgapi' AND wait_event_type = 'Lock' "
-                    "AND query LIKE 'UPDATE users%'")
-        return cur.fetchone()[0] >= 1
-
-
 def test_sighup_every_second_for_20s(schema, server):
     s = fault_server(server, schema)
-    load = FaultLoad(s, max_requests=12000).start()
     reloads = 20
-    try:
-        steady(load)
+    with FaultLoad(s, max_requests=12000) as load:
         t0 = load.mark("first SIGHUP")
         for i in range(reloads):
             s.signal(signal.SIGHUP)
@@ -364,8 +342,6 @@ def test_sighup_every_second_for_20s(schema, server):
         s.wait_for(lambda: s.log_text().count("reload complete") >= 1 and len(s.worker_pids()) == 2, 20,
                    "the last generation serving alone")
         load.wait_requests(100, time.monotonic(), what="requests after the storm")
-    finally:
-        load.stop()
     bad = failures(load.records())
     assert not bad, f"expected zero failed requests under a SIGHUP storm, got {len(bad)}:\n{show(bad)}"
     assert_bounded(load)
@@ -444,6 +420,14 @@ def bouncer_point_rw_at(topo, port):
         assert rows["pgapi_rw"][cols.index("port")] == port, f"expected pgapi_rw on port {port}: {rows['pgapi_rw']}"
 
 
+def bouncer_paused(topo, db):
+    """PgBouncer's SHOW DATABASES says db is paused (set as soon as PAUSE arrives, before it completes)."""
+    with closing(topo.bouncer_admin()) as conn, conn.cursor() as cur:
+        cur.execute("SHOW DATABASES")
+        cols = [d[0] for d in cur.description]
+        return any(r[cols.index("name")] == db and r[cols.index("paused")] == 1 for r in cur.fetchall())
+
+
 def bouncer_admin(topo, command):
     with closing(topo.bouncer_admin()) as conn, conn.cursor() as cur:
         cur.execute(command)
@@ -457,27 +441,17 @@ def test_pgbouncer_paused_and_relay_killed_mid_stream(own_topology, server, topo
         bouncer_point_rw_at(topo, relay.port)
         s = fault_server(server, topo)
         wait_until(lambda: relay.streams(), 10, "PgBouncer's primary connections through the relay")
-        load = FaultLoad(s).start()
         writer = Client(s.port, timeout=10)
-        try:
-            steady(load)
+        with FaultLoad(s) as load:
             # A write commits just as PgBouncer starts pausing (a direct connection held its row until
             # then), so the commit-LSN read after it is held past the statement bound: the write is
             # acknowledged with its LSN unknown. PAUSE lasts until it is, longer than the bound.
             uid = load.create(writer, "lsn", 0).resp["id"]
-            with closing(topo._pg(host=topo.vars["PGAPI_PRIMARY_SOCKET_DIR"], port=topo.primary_port,
-                                  dbname="pgapi", user="postgres")) as locker:
-                locker.autocommit = False
-                with locker.cursor() as cur:
-                    cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (uid,))
-                held = threading.Thread(target=load.update, args=(writer, "lsn", uid, "held"))
-                held.start()
-                wait_until(lambda: statement_waits_on_lock(topo), 10, "the write waiting on its row lock")
+            with held_write(load, topo, writer, "lsn", uid) as held:
                 t_pause = load.mark("PAUSE pgapi_rw (a write waiting on a row lock)")
                 pause = threading.Thread(target=bouncer_admin, args=(topo, "PAUSE pgapi_rw"))
                 pause.start()
-                time.sleep(0.3)   # the PAUSE reaches PgBouncer before the write can commit
-                locker.rollback()
+                wait_until(lambda: bouncer_paused(topo, "pgapi_rw"), 5, "PgBouncer pausing pgapi_rw")
             held.join(10)
             pause.join(10)
             bouncer_admin(topo, "RESUME pgapi_rw")
@@ -491,8 +465,7 @@ def test_pgbouncer_paused_and_relay_killed_mid_stream(own_topology, server, topo
             relay.start()
             t_back = load.mark("relay restarted")
             assert_recovered(load, t_back, "the relay's return")
-        finally:
-            load.stop()
+        writer.close()
         answered = [o for o in load.records() if o.status is None or o.status not in (200, 201, 204, 404, 503)]
         assert not answered, f"expected every request to succeed or fail cleanly with 503, got:\n{show(answered)}"
         assert_bounded(load)
