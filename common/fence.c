@@ -2,6 +2,7 @@
  * old or the new value, both valid fences. */
 #include "common/fence.h"
 
+#include <inttypes.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <sys/mman.h>
@@ -10,10 +11,15 @@
 
 #define FENCE_BUCKETS 4096
 
+/* Unknown commits per table: `marks` counts them, `cleared` is the highest count a primary position
+ * read afterwards has covered, `floor` the highest such position. A reader loads marks, then cleared,
+ * then floor; a resolver raises floor, then cleared (sequentially consistent atomics): a reader that
+ * sees its table cleared sees a floor past every commit counted. */
 struct fences {
     _Atomic uint64_t lsn[FENCE_COUNT];
     _Atomic uint64_t rowset[FENCE_ROWSETS];
     _Atomic uint64_t row[FENCE_ROWSETS][FENCE_BUCKETS];
+    _Atomic uint64_t unknown_marks[FENCE_COUNT], unknown_cleared[FENCE_COUNT], unknown_floor[FENCE_COUNT];
     _Atomic bool cache_dirty;
 };
 
@@ -25,8 +31,12 @@ struct fences *fences_create(void)
         return NULL;
     }
     struct fences *f = p;
-    for (int i = 0; i < FENCE_COUNT; i++)
+    for (int i = 0; i < FENCE_COUNT; i++) {
         atomic_init(&f->lsn[i], 0);
+        atomic_init(&f->unknown_marks[i], 0);
+        atomic_init(&f->unknown_cleared[i], 0);
+        atomic_init(&f->unknown_floor[i], 0);
+    }
     for (int s = 0; s < FENCE_ROWSETS; s++) {
         atomic_init(&f->rowset[s], 0);
         for (int b = 0; b < FENCE_BUCKETS; b++)
@@ -70,15 +80,58 @@ void fences_raise_rowset(struct fences *f, enum fence_rowset s, uint64_t lsn)
     atomic_raise(&f->rowset[s], lsn);
 }
 
+/* FENCE_LSN_NONE while the table has an unresolved unknown commit, else its floor. */
+static uint64_t unknown_floor(const struct fences *f, enum fence_table t)
+{
+    uint64_t marks = atomic_load(&f->unknown_marks[t]);
+    if (atomic_load(&f->unknown_cleared[t]) < marks)
+        return FENCE_LSN_NONE;
+    return atomic_load(&f->unknown_floor[t]);
+}
+
+static uint64_t max_lsn(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
+/* The table whose writes a row set's fences follow (a user's posts are posts). */
+static enum fence_table rowset_table(enum fence_rowset s)
+{
+    return s == FENCE_ROW_USER ? FENCE_USERS : FENCE_POSTS;
+}
+
 uint64_t fences_get_row(const struct fences *f, enum fence_rowset s, int64_t id)
 {
     uint64_t row = atomic_load(&f->row[s][bucket_of(id)]), all = atomic_load(&f->rowset[s]);
-    return row > all ? row : all;
+    return max_lsn(max_lsn(row, all), unknown_floor(f, rowset_table(s)));
 }
 
 uint64_t fences_get(const struct fences *f, enum fence_table t)
 {
-    return atomic_load(&f->lsn[t]);
+    return max_lsn(atomic_load(&f->lsn[t]), unknown_floor(f, t));
+}
+
+void fences_unknown_mark(struct fences *f, enum fence_table t)
+{
+    atomic_fetch_add(&f->unknown_marks[t], 1);
+}
+
+void fences_unknown_snapshot(const struct fences *f, uint64_t marks[FENCE_COUNT])
+{
+    for (int t = 0; t < FENCE_COUNT; t++)
+        marks[t] = atomic_load(&f->unknown_marks[t]);
+}
+
+void fences_unknown_resolve(struct fences *f, const uint64_t marks[FENCE_COUNT], uint64_t lsn)
+{
+    for (int t = 0; t < FENCE_COUNT; t++) {
+        if (atomic_load(&f->unknown_cleared[t]) >= marks[t])
+            continue; /* nothing new: the floor stays where it is */
+        atomic_raise(&f->unknown_floor[t], lsn);
+        atomic_raise(&f->unknown_cleared[t], marks[t]);
+        log_info("fences: the %s table's unknown commit LSNs are at or below %" PRIX64 ": its reads may use "
+                 "replicas again", t == FENCE_USERS ? "users" : "posts", lsn);
+    }
 }
 
 void fences_cache_dirty_set(struct fences *f)

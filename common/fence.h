@@ -8,6 +8,9 @@
 
 enum fence_table { FENCE_USERS = 0, FENCE_POSTS, FENCE_COUNT };
 
+#define FENCE_LSN_NONE UINT64_MAX /* what a read gets while a table has an unresolved unknown commit:
+                                   * the primary only (the pool's POOL_LSN_NONE) */
+
 struct fences;
 
 /* Called by the master once, before the first fork; the mapping outlives worker generations. */
@@ -15,6 +18,7 @@ struct fences *fences_create(void);
 void fences_destroy(struct fences *f);
 /* Raises the table's fence to lsn (never lowers it). */
 void fences_raise(struct fences *f, enum fence_table t, uint64_t lsn);
+/* The table's fence; FENCE_LSN_NONE while it has an unknown commit not yet resolved. */
 uint64_t fences_get(const struct fences *f, enum fence_table t);
 
 /* Row fences: a read of one row waits only for writes to rows that hash to its bucket (and for deletes
@@ -26,6 +30,16 @@ void fences_raise_row(struct fences *f, enum fence_rowset s, int64_t id, uint64_
 /* Raises every row of the set at once (a cascade whose rows cannot be listed). */
 void fences_raise_rowset(struct fences *f, enum fence_rowset s, uint64_t lsn);
 uint64_t fences_get_row(const struct fences *f, enum fence_rowset s, int64_t id);
+
+/* A write to table t committed but its commit LSN could not be read (the connection went after the
+ * COMMIT): every read of t (rows and lists) goes to the primary until a position of the primary read
+ * after this call is known; that position then becomes a floor of t's fences (it is past the commit). */
+void fences_unknown_mark(struct fences *f, enum fence_table t);
+/* Before sending a read of the primary's position: how many unknown commits each table has had. */
+void fences_unknown_snapshot(const struct fences *f, uint64_t marks[FENCE_COUNT]);
+/* `lsn` was read on the primary after `marks` was taken: every unknown commit counted there is at or
+ * below it. */
+void fences_unknown_resolve(struct fences *f, const uint64_t marks[FENCE_COUNT], uint64_t lsn);
 
 /* Set by a worker whose cache invalidation failed: every worker bypasses Redis until one of them has
  * moved the cache to a new epoch (so nothing cached before the failure is served again). */

@@ -52,7 +52,7 @@ struct master {
     int listen_fd;
     int old_listen_fd;            /* previous socket while its workers drain after a port change */
     int sig_fd;
-    struct fences *fences;        /* shared memory the workers write; the master only maps it */
+    struct fences *fences;        /* shared memory the workers write; the master only sets cache-dirty */
     struct rooms *rooms;          /* shared: which workers have room for a connection */
     int ready_rd, ready_wr;       /* workers write their pid here once they serve */
     struct proc procs[MAX_PROCS];
@@ -259,6 +259,18 @@ static void child_log_exit(const struct proc *p, int status)
     }
 }
 
+/* A worker that died (a signal, a failed exit) may have committed writes whose cache invalidation never
+ * ran: their clients got no answer, but Redis would serve the old rows until the TTL. Every worker
+ * bypasses the cache until one of them has moved it to a new epoch, as after a failed invalidation. */
+static void cache_dirty_after_death(struct master *m, const struct proc *p, int status)
+{
+    bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (clean || !m->fences)
+        return;
+    fences_cache_dirty_set(m->fences);
+    log_warn("worker %d pid %d died: the cache is bypassed until it moves to a new epoch", p->slot, (int)p->pid);
+}
+
 static void children_reap(struct master *m)
 {
     int status;
@@ -269,6 +281,7 @@ static void children_reap(struct master *m)
             continue;
         child_log_exit(p, status);
         rooms_vacate(m->rooms, p->slot, p->generation); /* a crash left its room published */
+        cache_dirty_after_death(m, p, status);
         bool respawn = !m->stopping && p->generation == m->generation && p->state != PROC_RETIRING;
         if (respawn)
             respawn_schedule(m, p);

@@ -2,10 +2,34 @@
  * failure is logged here once, with the request id. */
 #include "worker/dbreply.h"
 
+#include <http_parser.h>
 #include <string.h>
 
 #include "common/log.h"
 #include "worker/reply.h"
+
+/* Reads have no side effect; anything else may have changed a row. */
+static bool request_writes(const struct http_request *req)
+{
+    return req->method != HTTP_GET && req->method != HTTP_HEAD;
+}
+
+/* Errors that say the link to the server went, not that the statement failed: a connection exception
+ * (08xxx, e.g. PgBouncer's "server conn crashed?") or the server terminating the session (57P01/57P02).
+ * The statement may have committed before the link went. */
+static bool sqlstate_link_lost(const char *st)
+{
+    return strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0;
+}
+
+/* A write sent to the primary whose answer never came: it may or may not have been applied, so the
+ * client must read before it writes again (it is never retried here). */
+static void outcome_unknown_reply(struct http_request *req, const char *why)
+{
+    log_warn("request %s: write outcome unknown: %s", req->request_id, why);
+    reply_error(req, 503, "write_outcome_unknown",
+                "%s: the write may or may not have been applied; read the resource before retrying", why);
+}
 
 static void sql_error_reply(struct http_request *req, const struct pool_result *r, const char *what)
 {
@@ -19,6 +43,8 @@ static void sql_error_reply(struct http_request *req, const struct pool_result *
     } else if (strcmp(st, "25006") == 0) {
         log_error("request %s: the primary refused a write as read-only: it moved", req->request_id);
         reply_error(req, 503, "primary_moved", "the primary database changed; retry shortly");
+    } else if (sqlstate_link_lost(st) && request_writes(req)) {
+        outcome_unknown_reply(req, r->message);
     } else if (strcmp(st, "57014") == 0 || strncmp(st, "40", 2) == 0 || strncmp(st, "08", 2) == 0 ||
                strncmp(st, "53", 2) == 0 || strncmp(st, "57P", 3) == 0) {
         log_warn("request %s: database refused (%s): %s", req->request_id, st, r->message);
@@ -43,9 +69,12 @@ bool dbreply_failed(struct http_request *req, const struct pool_result *r, const
         reply_error(req, 503, "database_unavailable", "%s", r->message);
         return true;
     case POOL_ERR_BROKEN:
+        if (request_writes(req)) {
+            outcome_unknown_reply(req, r->message);
+            return true;
+        }
         log_warn("request %s: %s", req->request_id, r->message);
-        reply_error(req, 503, "database_unavailable", "%s; a write may or may not have been applied",
-                    r->message);
+        reply_error(req, 503, "database_unavailable", "%s", r->message);
         return true;
     }
     return true;

@@ -20,6 +20,7 @@
 #include "common/log.h"
 
 #define LINGER_MS 2000
+#define DRAIN_IDLE_MS 1000 /* how long a kept-alive connection may stay idle once its worker drains */
 #define READ_CHUNK 16384
 #define FIELD_MAX 32
 #define BODY_KEEP 4096   /* request buffers larger than these are freed between requests */
@@ -71,7 +72,7 @@ struct http_server {
     struct http_conn *dead;
     int nconns;
     struct event *reap_ev;
-    const struct timeval *tv_keepalive, *tv_request, *tv_linger;
+    const struct timeval *tv_keepalive, *tv_request, *tv_linger, *tv_drain_idle;
     http_parser_settings settings;
     bool draining;
     void (*on_empty)(void *);
@@ -652,6 +653,7 @@ static void conn_dispatch(struct http_conn *c)
 {
     http_parser_pause(&c->parser, 0);
     c->request_ready = false;
+    request_id_ensure(c); /* before the handler: what it logs names the request */
     conn_state_set(c, CONN_HANDLING);
     c->srv->handler(&c->req);
 }
@@ -820,7 +822,9 @@ struct http_server *http_server_new(struct event_base *base, const struct config
     srv->tv_keepalive = common_timeout(base, cfg->keepalive_timeout_ms > 0 ? cfg->keepalive_timeout_ms : 1);
     srv->tv_request = common_timeout(base, cfg->request_timeout_ms);
     srv->tv_linger = common_timeout(base, LINGER_MS);
-    if (!srv->reap_ev || !srv->tv_keepalive || !srv->tv_request || !srv->tv_linger) {
+    int keepalive_ms = cfg->keepalive_timeout_ms > 0 ? cfg->keepalive_timeout_ms : 1;
+    srv->tv_drain_idle = common_timeout(base, keepalive_ms < DRAIN_IDLE_MS ? keepalive_ms : DRAIN_IDLE_MS);
+    if (!srv->reap_ev || !srv->tv_keepalive || !srv->tv_request || !srv->tv_linger || !srv->tv_drain_idle) {
         http_server_free(srv);
         return NULL;
     }
@@ -857,16 +861,6 @@ void http_server_free(struct http_server *srv)
     free(srv);
 }
 
-/* Reads what an idle connection may already have sent, so a request racing the drain is served. */
-static void conn_drain_idle(struct http_conn *c)
-{
-    ssize_t n = conn_read(c);
-    if (n > 0)
-        conn_process(c);
-    else
-        conn_close(c);
-}
-
 void http_server_drain(struct http_server *srv, void (*on_empty)(void *), void *arg)
 {
     srv->draining = true;
@@ -876,10 +870,12 @@ void http_server_drain(struct http_server *srv, void (*on_empty)(void *), void *
     for (struct http_conn *c = srv->conns; c; c = next) {
         next = c->next;
         c->close_after = true;
-        /* A kept-alive connection between requests may close (clients retry that race, RFC 9112
-         * 9.3.1); a new one has a request on its way: serve it, within the idle timer. */
+        /* A kept-alive connection between requests is not closed at once: a client may be sending its
+         * next request right now, and a close racing it loses that request (a POST cannot be retried
+         * blindly). Its next request is answered with "Connection: close"; if none comes within
+         * DRAIN_IDLE_MS, the client was idle and the close is the usual keep-alive expiry. */
         if (c->state == CONN_IDLE && c->served > 0)
-            conn_drain_idle(c);
+            conn_timer_set(c, srv->tv_drain_idle);
     }
     event_active(srv->reap_ev, EV_TIMEOUT, 0);
 }

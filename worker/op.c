@@ -234,11 +234,25 @@ static void invalidate_done(void *arg, bool ok)
     state_free(s);
 }
 
+/* The fences a committed write raises before its answer. Its commit LSN unknown (the connection went
+ * after the COMMIT): the tables it changed read from the primary until the pool has read the primary's
+ * position again (fences_unknown_mark). */
+static void write_fences_raise(const struct op_state *s, const PGresult *res, uint64_t lsn)
+{
+    if (lsn == POOL_LSN_NONE) {
+        for (int t = 0; t < FENCE_COUNT; t++)
+            if (tables_of(s) & OP_TABLE(t))
+                fences_unknown_mark(s->o.w->fences, (enum fence_table)t);
+        return;
+    }
+    fences_raise_tables(s, lsn);
+    row_fences_raise(s, res, lsn);
+}
+
 /* A committed write: fences raised, then the cache invalidated, then the answer. */
 static void write_committed(struct op_state *s, const struct pool_result *r)
 {
-    fences_raise_tables(s, r->commit_lsn);
-    row_fences_raise(s, r->res, r->commit_lsn);
+    write_fences_raise(s, r->res, r->commit_lsn);
     if (cache_state(s->o.w->cache) == CACHE_DISABLED) {
         answer(s, PQgetvalue(r->res, 0, 0), PQgetvalue(r->res, 0, 1), (size_t)PQgetlength(r->res, 0, 1));
         state_free(s);

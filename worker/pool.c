@@ -11,13 +11,14 @@
 #include <time.h>
 
 #include "common/config.h"
+#include "common/fence.h"
 #include "common/log.h"
 #include "worker/batch.h"
 
 #define POOL_MAX_CONNS 256
 #define POOL_MAX_PARAMS 8 /* of a batched statement */
 #define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
+#define BACKOFF_MAX_MS 1000 /* reconnecting to a local PgBouncer is cheap; a returning server is used at once */
 #define SWEEP_MS 50
 
 static const char SQL_WRITE_LSN[] = "SELECT pg_current_wal_lsn()::text";
@@ -99,6 +100,10 @@ struct pool {
      * every write that committed before it was sent, so a busy primary does not read it per write. */
     struct job *lsn_waiting, *lsn_waiting_tail;
     bool lsn_inflight;
+    /* Unknown commits counted (fence.h) when the primary position read now in flight was sent, by the
+     * health check and by the commit-LSN read: its answer resolves them. */
+    struct fences *fences;
+    uint64_t health_marks[FENCE_COUNT], lsn_marks[FENCE_COUNT];
     struct pool_side_stats stats[2];
 };
 
@@ -281,8 +286,34 @@ static int backend_connected(const struct backend *be)
 static void backend_reroute(struct pool *p);
 static void health_send(struct backend *be);
 
+static void conn_reset(struct pgconn *c, const char *why);
+
+/* A replica that failed (not one that lags): the reads still running on it are likely held behind it
+ * (PgBouncer keeps a query waiting while it cannot reach the server). They have no side effect: each
+ * runs again elsewhere at once rather than after the statement bound. */
+static void backend_abandon_reads(struct backend *be)
+{
+    for (int i = 0; i < be->nconns; i++) {
+        struct pgconn *c = &be->conns[i];
+        if (c->state == PGC_BUSY && c->job && c->job->kind == JOB_READ)
+            conn_reset(c, "its replica left rotation");
+    }
+}
+
+/* Out of rotation until a health check passes again (conn_ready sends one on a new connection). */
+static void backend_down(struct backend *be, const char *why)
+{
+    if (!be->healthy)
+        return;
+    be->healthy = false;
+    log_warn("%s: out of rotation: %s", be_name(be), why);
+    if (be->side == POOL_REPLICA)
+        backend_abandon_reads(be);
+}
+
 /* Drops the connection. Its job gets POOL_ERR_BROKEN, except a read and a commit-LSN read: retried once
- * elsewhere (the writes waiting for an LSN that stays unknown succeed with a primary-only fence). */
+ * elsewhere (the writes waiting for an LSN that stays unknown succeed with a primary-only fence). A
+ * broken read or health check takes its backend out of rotation, so the retry goes elsewhere. */
 static void conn_reset(struct pgconn *c, const char *why)
 {
     struct backend *be = c->be;
@@ -305,13 +336,15 @@ static void conn_reset(struct pgconn *c, const char *why)
     c->failures++;
     be->failures++;
     conn_timer(c, backoff_ms(c->failures));
-    if (backend_connected(be) == 0 && be->healthy) {
-        be->healthy = false;
-        log_warn("%s: no connection left: out of rotation", be_name(be));
-    }
+    if (backend_connected(be) == 0)
+        backend_down(be, "no connection left");
     if (j) {
-        if (j->kind == JOB_HEALTH)
+        if (j->kind == JOB_HEALTH) {
             be->health_inflight = false;
+            backend_down(be, "health check lost its connection");
+        }
+        if (j->kind == JOB_READ && be->side == POOL_REPLICA)
+            backend_down(be, "a read lost its connection");
         if (j->kind == JOB_READ && j->batch) {
             for (struct job *k = j->batch; k; k = k->next)
                 k->retries = j->retries > k->retries ? j->retries : k->retries;
@@ -331,6 +364,17 @@ static void conn_reset(struct pgconn *c, const char *why)
     backend_reroute(p);
 }
 
+/* A statement completed on the connection: the link works (a PgBouncer that cannot reach its server
+ * accepts connections and then closes them, so connecting alone proves nothing). */
+static void conn_proven(struct pgconn *c)
+{
+    struct backend *be = c->be;
+    if (be->failures)
+        log_info("%s: connected again", be_name(be));
+    c->failures = 0;
+    be->failures = 0;
+}
+
 static void conn_ready(struct pgconn *c)
 {
     struct backend *be = c->be;
@@ -338,10 +382,6 @@ static void conn_ready(struct pgconn *c)
         conn_reset(c, PQerrorMessage(c->conn));
         return;
     }
-    if (be->failures)
-        log_info("%s: connected again", be_name(be));
-    c->failures = 0;
-    be->failures = 0;
     c->state = PGC_IDLE;
     conn_timer(c, 0);
     conn_wait(c, EV_READ); /* notices and server-side closes arrive while idle */
@@ -385,15 +425,23 @@ static void conn_connect(struct pgconn *c)
 
 /* ---- queries --------------------------------------------------------------------------------- */
 
-static void conn_send(struct pgconn *c, const char *sql, int nparams, char *const *params, const int *lengths)
+/* Backstop for a statement the server does not time out itself (role statement_timeout). A health check
+ * is a probe: a server that cannot answer it within the connect bound is down. */
+static int statement_bound_ms(const struct pgconn *c)
 {
     const struct config *cfg = c->be->pool->cfg;
+    if (c->job && c->job->kind == JOB_HEALTH)
+        return cfg->connect_timeout_ms;
+    return cfg->statement_timeout_ms > 0 ? cfg->statement_timeout_ms + 1000 : 0;
+}
+
+static void conn_send(struct pgconn *c, const char *sql, int nparams, char *const *params, const int *lengths)
+{
     if (!PQsendQueryParams(c->conn, sql, nparams, NULL, (const char *const *)params, lengths, NULL, 0)) {
         conn_reset(c, PQerrorMessage(c->conn));
         return;
     }
-    /* Backstop for a statement the server does not time out itself (role statement_timeout). */
-    conn_timer(c, cfg->statement_timeout_ms > 0 ? cfg->statement_timeout_ms + 1000 : 0);
+    conn_timer(c, statement_bound_ms(c));
     c->flushing = true;
     conn_io_cb(c->io_fd, EV_WRITE, c);
 }
@@ -560,6 +608,9 @@ static void conn_deliver(struct pgconn *c)
         r.sqlstate = st ? st : "";
         r.message = msg ? msg : PQerrorMessage(c->conn);
     }
+    bool bad = PQstatus(c->conn) == CONNECTION_BAD;
+    if (!bad)
+        conn_proven(c);
     if (j->kind == JOB_HEALTH)
         health_apply(be, &r);
     if (j->kind == JOB_LSN) {
@@ -573,7 +624,6 @@ static void conn_deliver(struct pgconn *c)
         j = NULL;
     }
     bool moved = strcmp(r.sqlstate, "25006") == 0 && be->side == POOL_PRIMARY;
-    bool bad = PQstatus(c->conn) == CONNECTION_BAD;
     if (moved)
         log_error("primary: statement refused as read-only (25006): the primary moved; reconnecting");
     if (!moved && !bad)
@@ -611,6 +661,8 @@ static void lsn_group_take(struct pool *p, struct job *g, const struct pool_resu
     if (r->status != POOL_OK || PQntuples(r->res) != 1 || pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) != 0) {
         log_warn("primary: cannot read pg_current_wal_lsn() after a commit; reads of it go to the primary");
         lsn = POOL_LSN_NONE;
+    } else if (p->fences) {
+        fences_unknown_resolve(p->fences, p->lsn_marks, lsn);
     }
     lsn_group_deliver(p, g, lsn);
 }
@@ -636,6 +688,8 @@ static void lsn_kick(struct pool *p)
         return;
     }
     g->batch = waiting;
+    if (p->fences)
+        fences_unknown_snapshot(p->fences, p->lsn_marks);
     job_submit(p, g);
 }
 
@@ -680,8 +734,10 @@ static void conn_write_committed(struct pgconn *c)
     c->state = PGC_IDLE;
     conn_timer(c, 0);
     bool bad = PQstatus(c->conn) == CONNECTION_BAD;
-    if (!bad)
+    if (!bad) {
+        conn_proven(c);
         conn_wait(c, EV_READ);
+    }
     if (j->batch) {
         batch_committed(p, j, res);
     } else {
@@ -695,17 +751,32 @@ static void conn_write_committed(struct pgconn *c)
         conn_pump(c);
 }
 
-/* The statement's results are all in: a committed write waits for its commit LSN, anything else is
- * handed over. */
+/* The error says the server (or PgBouncer's link to it) went or cannot serve now, not that the
+ * statement was wrong: a connection exception (PgBouncer's "server conn crashed?"), the session
+ * terminated, or the server shutting down or starting up. */
+static bool result_link_lost(const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return st && (strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0 ||
+                  strcmp(st, "57P03") == 0);
+}
+
+/* The statement's results are all in: a committed write waits for its commit LSN; a statement without
+ * side effect that lost its server runs again elsewhere; anything else is handed over (a write that lost
+ * its server: dbreply tells the client its outcome is unknown). */
 static void conn_statement_done(struct pgconn *c)
 {
     if (c->job->kind == JOB_WRITE && result_status(c->result) == POOL_OK)
         conn_write_committed(c);
+    else if (c->job->kind != JOB_WRITE && result_link_lost(c->result))
+        conn_reset(c, PQresultErrorField(c->result, PG_DIAG_MESSAGE_PRIMARY));
     else
         conn_deliver(c);
 }
 
-/* Collects results; the first one of a statement is kept, later ones (none for one statement) dropped. */
+/* Collects results; the first one of a statement is kept, later ones dropped, except an error after a
+ * success: the statement ran, but its implicit transaction ends at Sync, and an error there (the session
+ * terminated, a deferred constraint) means it did not commit. */
 static void conn_read_results(struct pgconn *c)
 {
     if (!PQconsumeInput(c->conn)) {
@@ -719,6 +790,9 @@ static void conn_read_results(struct pgconn *c)
             return;
         }
         if (!c->result) {
+            c->result = res;
+        } else if (result_status(c->result) == POOL_OK && result_status(res) != POOL_OK) {
+            PQclear(c->result);
             c->result = res;
         } else {
             PQclear(res);
@@ -784,6 +858,10 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         conn_reset(c, "connect_timeout passed");
         break;
     case PGC_BUSY:
+        if (c->job && c->job->kind == JOB_HEALTH) {
+            conn_reset(c, "health check not answered within connect_timeout");
+            break;
+        }
         c->be->pool->stats[c->be->side].timeouts++;
         if (c->job)
             c->job->retries = 1; /* a read that timed out is not tried again */
@@ -865,6 +943,14 @@ static void queue_or_fail(struct pool *p, enum pool_side side, struct job *j)
     event_add(p->sweep_ev, &(struct timeval){ 0, SWEEP_MS * 1000 });
 }
 
+/* A read that no replica has replayed far enough for yet, while the primary is down: it waits in the
+ * primary's queue (up to queue_timeout) for a healthy replica's next sample to pass its fence, and then
+ * moves there (backend_reroute). */
+static bool read_may_wait_for_replica(const struct pool *p, const struct job *j)
+{
+    return j->kind == JOB_READ && j->fence != POOL_LSN_NONE && pool_replicas_up(p) > 0;
+}
+
 static void job_submit(struct pool *p, struct job *j)
 {
     struct pgconn *c = NULL;
@@ -876,7 +962,7 @@ static void job_submit(struct pool *p, struct job *j)
         return;
     }
     struct backend *be = &p->primary;
-    if (backend_connected(be) == 0 && be->failures >= be->nconns) {
+    if (backend_connected(be) == 0 && be->failures >= be->nconns && !read_may_wait_for_replica(p, j)) {
         /* known down: answer now rather than after the queue timeout */
         job_fail(p, j, POOL_PRIMARY, POOL_ERR_UNAVAILABLE, "primary database unavailable");
         return;
@@ -888,17 +974,17 @@ static void job_submit(struct pool *p, struct job *j)
         queue_or_fail(p, POOL_PRIMARY, j);
 }
 
-/* Replica reads queued for a replica that left rotation move to the primary. */
-static void backend_reroute(struct pool *p)
+/* Takes every job of the side's queue that `moves` picks out of it, keeping the others in order, and
+ * submits each again (with its first enqueue time: the queue timeout still counts from then). */
+static void queue_resubmit(struct pool *p, enum pool_side side, bool (*moves)(struct pool *, const struct job *))
 {
-    struct side_queue *q = &p->queue[POOL_REPLICA];
+    struct side_queue *q = &p->queue[side];
     struct job *keep = NULL, **tail = &keep, *j = q->head;
     struct side_queue moved = { 0 };
     int kept = 0;
     while (j) {
         struct job *next = j->next;
-        struct pgconn *idle;
-        if (j->kind == JOB_READ && !replica_pick(p, j->fence, &idle)) {
+        if (moves(p, j)) {
             queue_push(&moved, j);
         } else {
             j->next = NULL;
@@ -917,6 +1003,27 @@ static void backend_reroute(struct pool *p)
         moved.head = j->next;
         job_submit(p, j);
     }
+}
+
+static bool read_lost_its_replica(struct pool *p, const struct job *j)
+{
+    struct pgconn *idle;
+    return j->kind == JOB_READ && !replica_pick(p, j->fence, &idle);
+}
+
+static bool read_has_a_replica(struct pool *p, const struct job *j)
+{
+    struct pgconn *idle;
+    return j->kind == JOB_READ && replica_pick(p, j->fence, &idle);
+}
+
+/* Replica reads queued for a replica that left rotation move to the primary; reads queued for the
+ * primary (no replica had replayed past their fence) move to a replica that now has: the primary may be
+ * saturated, or gone. */
+static void backend_reroute(struct pool *p)
+{
+    queue_resubmit(p, POOL_REPLICA, read_lost_its_replica);
+    queue_resubmit(p, POOL_PRIMARY, read_has_a_replica);
 }
 
 static void queue_expire(struct pool *p, enum pool_side side, uint64_t now)
@@ -963,6 +1070,8 @@ static void health_apply(struct backend *be, const struct pool_result *r)
         be->healthy = !recovery;
         if (p->floor_lsn == 0 && be->lsn != 0)
             p->floor_lsn = be->lsn;
+        if (p->fences)
+            fences_unknown_resolve(p->fences, p->health_marks, be->lsn);
     } else if (ok) {
         long long ts_lag = atoll(PQgetvalue(r->res, 0, 1));
         be->lag_ms = be->lsn >= p->primary.lsn ? 0 : (int)(ts_lag > INT32_MAX ? INT32_MAX : ts_lag);
@@ -970,8 +1079,7 @@ static void health_apply(struct backend *be, const struct pool_result *r)
         if (!be->healthy && was)
             log_warn("%s: lag %dms over max_replica_lag: out of rotation", be_name(be), be->lag_ms);
     } else {
-        be->healthy = false;
-        log_warn("%s: health check failed: %s", be_name(be), r->message ? r->message : "bad answer");
+        backend_down(be, r->message && r->message[0] ? r->message : "health check failed");
     }
     if (be->healthy && !was)
         log_info("%s: healthy (lsn %" PRIX64 ", lag %dms): in rotation", be_name(be), be->lsn, be->lag_ms);
@@ -993,6 +1101,8 @@ static void health_send(struct backend *be)
         return;
     j->target = be;
     be->health_inflight = true;
+    if (be->side == POOL_PRIMARY && be->pool->fences)
+        fences_unknown_snapshot(be->pool->fences, be->pool->health_marks);
     conn_start(c, j);
 }
 
@@ -1046,13 +1156,14 @@ static int backend_init(struct pool *p, struct backend *be, enum pool_side side,
     return 0;
 }
 
-struct pool *pool_new(struct event_base *base, const struct config *cfg)
+struct pool *pool_new(struct event_base *base, const struct config *cfg, struct fences *fences)
 {
     struct pool *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
     p->base = base;
     p->cfg = cfg;
+    p->fences = fences;
     p->nreplicas = cfg->replica_count;
     p->sweep_ev = evtimer_new(base, sweep_cb, p);
     p->health_ev = event_new(base, -1, EV_PERSIST, health_cb, p);

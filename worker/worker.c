@@ -235,7 +235,7 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, int
         goto done;
     }
     w.http = http_server_new(w.base, cfg, router_dispatch, &w);
-    w.pool = pool_new(w.base, cfg);
+    w.pool = pool_new(w.base, cfg, w.fences);
     w.cache = cache_new(w.base, cfg, w.fences);
     if (cfg->redis_enabled && cfg->local_cache_entries > 0) {
         w.local = local_cache_new(cfg->local_cache_entries, cfg->local_cache_bytes, cfg->cache_ttl_s);

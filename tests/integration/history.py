@@ -43,6 +43,9 @@ Key = Tuple[str, int]
 
 CREATE, UPDATE, DELETE = "create", "update", "delete"
 ACKED, FAILED, UNKNOWN = "acked", "failed", "unknown"
+# 5xx error codes that say the write was not applied (never sent, or refused before it could commit);
+# any other 5xx (write_outcome_unknown above all) or no answer leaves the outcome unknown.
+DEFINITE_FAILURE_CODES = frozenset({"database_unavailable", "primary_moved"})
 
 
 def key_str(key):
@@ -122,18 +125,14 @@ class History:
         self.groups: Dict[Any, set] = collections.defaultdict(set)
 
     # -- logging --------------------------------------------------------------------------------
-    def write(self, key, kind, route, t_send, t_end, status=None, version=None, detail=""):
+    def write(self, key, kind, route, t_send, t_end, status=None, version=None, detail="", code=None):
         """Logs a write. status 2xx: acknowledged (version: what the answer said; creates default to 1);
-        4xx: refused, did not happen; None or 5xx: unknown outcome. A 404 on a write of a key is also
-        logged as a read that saw the key absent."""
-        if status is not None and 200 <= status < 300:
-            outcome = ACKED
-            if kind == CREATE and version is None:
-                version = 1
-        elif status is not None and 400 <= status < 500:
-            outcome = FAILED
-        else:
-            outcome = UNKNOWN
+        4xx, or 5xx with an error `code` in DEFINITE_FAILURE_CODES: refused, did not happen; None or any
+        other 5xx: unknown outcome. A 404 on a write of a key is also logged as a read that saw the key
+        absent."""
+        outcome = write_outcome(status, code)
+        if outcome == ACKED and kind == CREATE and version is None:
+            version = 1
         w = Write(key, kind, route, t_send, t_end, outcome, version if outcome == ACKED else None, status, detail)
         with self._lock:
             self.writes.append(w)
@@ -156,6 +155,15 @@ class History:
         """key belongs to group (e.g. ("posts_of", user_id)) from now on."""
         with self._lock:
             self.groups[group].add(key)
+
+
+def write_outcome(status, code=None):
+    """ACKED, FAILED or UNKNOWN for a write answered `status` (None: no answer) with error `code`."""
+    if status is not None and 200 <= status < 300:
+        return ACKED
+    if status is not None and (400 <= status < 500 or code in DEFINITE_FAILURE_CODES):
+        return FAILED
+    return UNKNOWN
 
 
 class _KeyState:

@@ -6,10 +6,12 @@ acknowledged write, the replica must really have served reads and really have be
 primary must hold every acknowledged version."""
 
 import bisect
+import contextlib
 import http.client
 import json
 import os
 import random
+import select
 import threading
 import time
 import uuid
@@ -66,18 +68,27 @@ class Schedule:
 
 
 class Client:
-    """One keep-alive HTTP connection; a request that gets no answer closes it (the next one reconnects)."""
+    """One keep-alive HTTP connection; a request that gets no answer closes it (the next one reconnects).
+    Like urllib3, a kept-alive connection the server has closed meanwhile (readable while idle: EOF) is
+    replaced before the next request rather than written to."""
 
-    def __init__(self, port):
+    def __init__(self, port, timeout=REQUEST_TIMEOUT_S):
         self.port = port
+        self.timeout = timeout
         self.conn = None
         self.cache = ""
+
+    def drop_if_closed(self):
+        sock = self.conn.sock if self.conn is not None else None
+        if sock is not None and select.select([sock], [], [], 0)[0]:
+            self.close()
 
     def call(self, method, path, body=None):
         """-> (status, parsed JSON body or None, t_send, t_end); raises when there is no answer. The
         answer's X-Cache header (HIT/MISS/BYPASS) is left in self.cache."""
+        self.drop_if_closed()
         if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT_S)
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
         headers, data = {}, None
         if body is not None:
             data = json.dumps(body)
@@ -467,12 +478,13 @@ def start_server(server, schema):
     return s
 
 
-def cache_mismatches(srv, schema):
-    """Every value cached in the server's current epoch, compared with the primary: a cached row must
-    exist there with the same version; an embedded or listed post likewise. Returns (checked, problems)."""
+def cache_mismatches(srv, schema, redis_port=None):
+    """Every value cached in the server's current epoch (in the topology's Redis, or the one on
+    `redis_port`), compared with the primary: a cached row must exist there with the same version; an
+    embedded or listed post likewise. Returns (checked, problems)."""
     import json as _json
     import redis as redis_lib
-    r = redis_lib.Redis(port=schema.redis_port)
+    r = redis_lib.Redis(port=redis_port or schema.redis_port)
     epoch = (r.get(f"{srv.prefix}:epoch") or b"0").decode()
     rows = []  # (what, table, id, version seen)
     for k in r.scan_iter(f"{srv.prefix}:e{epoch}:v:*"):
@@ -583,29 +595,38 @@ def test_read_your_writes_while_replay_pauses_at_random(server, schema):
         wait_replica_caught_up(schema)
 
 
-def test_read_your_writes_with_steady_replica_delay(server, schema):
-    seed = seed_of_run()
-    srv = start_server(server, schema)
-    # quiet phases must outlast the 1 s delay for the replica to catch up with a table's fence
-    schedule = Schedule(random.Random(seed), LOAD_SECONDS, 0.4, 2.0, (3, 3, 1, 2), quiet_every=3,
-                        quiet_len=(1.5, 2.0))
-    watch = ReplicaWatch(schema, seed, pause=False)
-    with closing(schema.replica_admin()) as conn, conn.cursor() as cur:
+@contextlib.contextmanager
+def replica_apply_delay(topology, delay="1s"):
+    """recovery_min_apply_delay on the replica for the block (reset, and the replica caught up, after)."""
+    with closing(topology.replica_admin()) as conn, conn.cursor() as cur:
         try:
-            cur.execute("ALTER SYSTEM SET recovery_min_apply_delay = '1s'")
+            cur.execute(f"ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'")
             cur.execute("SELECT pg_reload_conf()")
             deadline = time.monotonic() + 5
             while True:
                 cur.execute("SHOW recovery_min_apply_delay")
-                if cur.fetchone()[0] == "1s":
+                if cur.fetchone()[0] == delay:
                     break
-                assert time.monotonic() < deadline, "expected recovery_min_apply_delay to become 1s after reload"
+                assert time.monotonic() < deadline, f"expected recovery_min_apply_delay to become {delay} after reload"
                 time.sleep(0.05)
-            run_and_check(srv, schema, watch, schedule, seed)
+            yield
         finally:
             cur.execute("ALTER SYSTEM RESET recovery_min_apply_delay")
             cur.execute("SELECT pg_reload_conf()")
-            wait_replica_caught_up(schema)
+            wait_replica_caught_up(topology)
+
+
+def delayed_schedule(seed):
+    """Quiet phases that outlast a 1 s apply delay, for the replica to catch up with a table's fence."""
+    return Schedule(random.Random(seed), LOAD_SECONDS, 0.4, 2.0, (3, 3, 1, 2), quiet_every=3, quiet_len=(1.5, 2.0))
+
+
+def test_read_your_writes_with_steady_replica_delay(server, schema):
+    seed = seed_of_run()
+    srv = start_server(server, schema)
+    watch = ReplicaWatch(schema, seed, pause=False)
+    with replica_apply_delay(schema, "1s"):
+        run_and_check(srv, schema, watch, delayed_schedule(seed), seed)
 
 
 # -- the checker itself, on small hand-made histories (no server): each rule fires, and only when it must --

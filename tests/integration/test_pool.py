@@ -171,7 +171,10 @@ def test_queue_full_and_queue_timeout_give_503_fast(schema, server):
         bouncer_admin_run(schema, "RESUME pgapi_rw")
     statuses = sorted(r[0] for r in results)
     assert statuses == [503] * 6, f"expected every write to fail with 503 while PgBouncer is paused, got {results}"
-    assert all(r[1] == "database_unavailable" for r in results), results
+    # queued ones were never sent (database_unavailable); one sent and held by PgBouncer past the statement
+    # bound may or may not have been applied, as far as the server can tell (write_outcome_unknown)
+    assert all(r[1] in ("database_unavailable", "write_outcome_unknown") for r in results), results
+    assert sum(r[1] == "database_unavailable" for r in results) >= 4, results
     assert max(r[2] for r in results) < 5, f"a request hung past its bound: {results}"
     # queue_size 2 on a pool of 1: at least three of six were refused at once (queue full)
     assert sum(1 for r in results if r[2] < 0.4) >= 3, f"expected immediate refusals when the queue is full: {results}"

@@ -1,5 +1,6 @@
 /* Unit tests for the pieces of the fast paths that need no server: the array parameters and the result
- * split of shared statements (worker/batch) and the workers' local cache (worker/local_cache). */
+ * split of shared statements (worker/batch), the workers' local cache (worker/local_cache) and the
+ * shared fences' unknown commits (common/fence). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "common/fence.h"
 #include "worker/batch.h"
 #include "worker/local_cache.h"
 
@@ -89,12 +91,43 @@ static void test_local_cache_stamps_and_bounds(void **state)
     local_cache_free(lc);
 }
 
+/* A commit whose LSN is unknown sends its table's reads to the primary until a primary position read
+ * after it resolves it; a position read before it (snapshot taken earlier) does not. */
+static void test_fences_unknown_commit_resolved_by_a_later_position(void **state)
+{
+    (void)state;
+    struct fences *f = fences_create();
+    assert_non_null(f);
+    fences_raise(f, FENCE_USERS, 100);
+    fences_raise_row(f, FENCE_ROW_USER, 7, 90);
+    uint64_t before[FENCE_COUNT], after[FENCE_COUNT];
+    fences_unknown_snapshot(f, before);
+    fences_unknown_mark(f, FENCE_USERS);
+    assert_true(fences_get(f, FENCE_USERS) == FENCE_LSN_NONE);
+    assert_true(fences_get_row(f, FENCE_ROW_USER, 7) == FENCE_LSN_NONE);
+    assert_true(fences_get(f, FENCE_POSTS) == 0); /* other tables unaffected */
+    assert_true(fences_get_row(f, FENCE_ROW_USER_POSTS, 7) == 0);
+    fences_unknown_resolve(f, before, 500); /* read before the mark: proves nothing */
+    assert_true(fences_get(f, FENCE_USERS) == FENCE_LSN_NONE);
+    fences_unknown_snapshot(f, after);
+    fences_unknown_resolve(f, after, 400);
+    assert_true(fences_get(f, FENCE_USERS) == 400);
+    assert_true(fences_get_row(f, FENCE_ROW_USER, 7) == 400);
+    assert_true(fences_get_row(f, FENCE_ROW_USER, 8) == 400);
+    fences_raise(f, FENCE_USERS, 600);
+    assert_true(fences_get(f, FENCE_USERS) == 600);
+    fences_unknown_resolve(f, after, 900); /* nothing new to resolve: the floor stays */
+    assert_true(fences_get_row(f, FENCE_ROW_USER, 8) == 400);
+    fences_destroy(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_array_text_quotes_and_nulls),
         cmocka_unit_test(test_result_pick_by_first_column),
         cmocka_unit_test(test_local_cache_stamps_and_bounds),
+        cmocka_unit_test(test_fences_unknown_commit_resolved_by_a_later_position),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
