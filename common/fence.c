@@ -21,6 +21,7 @@ struct fences {
     _Atomic uint64_t row[FENCE_ROWSETS][FENCE_BUCKETS];
     _Atomic uint64_t unknown_marks[FENCE_COUNT], unknown_cleared[FENCE_COUNT], unknown_floor[FENCE_COUNT];
     _Atomic bool cache_dirty;
+    _Atomic uint64_t cache_troubles; /* how many times cache_dirty was set: local copies older are dropped */
 };
 
 struct fences *fences_create(void)
@@ -43,6 +44,7 @@ struct fences *fences_create(void)
             atomic_init(&f->row[s][b], 0);
     }
     atomic_init(&f->cache_dirty, false);
+    atomic_init(&f->cache_troubles, 0);
     return f;
 }
 
@@ -136,6 +138,7 @@ void fences_unknown_resolve(struct fences *f, const uint64_t marks[FENCE_COUNT],
 
 void fences_cache_dirty_set(struct fences *f)
 {
+    atomic_fetch_add(&f->cache_troubles, 1);
     atomic_store(&f->cache_dirty, true);
 }
 
@@ -147,4 +150,9 @@ bool fences_cache_dirty(const struct fences *f)
 void fences_cache_dirty_clear(struct fences *f)
 {
     atomic_store(&f->cache_dirty, false);
+}
+
+uint64_t fences_cache_troubles(const struct fences *f)
+{
+    return atomic_load(&f->cache_troubles);
 }

@@ -45,6 +45,9 @@ void fences_unknown_resolve(struct fences *f, const uint64_t marks[FENCE_COUNT],
  * moved the cache to a new epoch (so nothing cached before the failure is served again). */
 void fences_cache_dirty_set(struct fences *f);
 bool fences_cache_dirty(const struct fences *f);
+/* Counts the times the cache was marked dirty (a failed invalidation, a worker that died): the workers'
+ * local copies taken before the last one are never served. */
+uint64_t fences_cache_troubles(const struct fences *f);
 void fences_cache_dirty_clear(struct fences *f);
 
 #endif

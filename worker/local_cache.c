@@ -8,7 +8,7 @@
 
 struct slot {
     uint64_t hash;
-    uint64_t stamp;
+    struct local_stamp stamp;
     time_t expires;
     char *blob;          /* key NUL value */
     size_t klen, vlen;
@@ -78,7 +78,8 @@ void local_cache_free(struct local_cache *lc)
     free(lc);
 }
 
-bool local_cache_get(struct local_cache *lc, const char *key, uint64_t stamp, const char **value, size_t *len)
+bool local_cache_get(struct local_cache *lc, const char *key, const struct local_stamp *stamp, const char **value,
+                     size_t *len)
 {
     if (!lc)
         return false;
@@ -86,7 +87,7 @@ bool local_cache_get(struct local_cache *lc, const char *key, uint64_t stamp, co
     struct slot *s = &lc->slots[h & lc->mask];
     if (!s->blob || s->hash != h || strcmp(s->blob, key) != 0)
         return false;
-    if (s->stamp != stamp || s->expires <= now_s()) {
+    if (s->stamp.fence != stamp->fence || s->stamp.troubles != stamp->troubles || s->expires <= now_s()) {
         slot_clear(lc, s); /* its row was written since, or it is too old: never valid again */
         return false;
     }
@@ -96,7 +97,8 @@ bool local_cache_get(struct local_cache *lc, const char *key, uint64_t stamp, co
     return true;
 }
 
-void local_cache_put(struct local_cache *lc, const char *key, uint64_t stamp, const char *value, size_t len)
+void local_cache_put(struct local_cache *lc, const char *key, const struct local_stamp *stamp, const char *value,
+                     size_t len)
 {
     if (!lc)
         return;
@@ -111,7 +113,7 @@ void local_cache_put(struct local_cache *lc, const char *key, uint64_t stamp, co
         return;
     memcpy(blob, key, klen + 1);
     memcpy(blob + klen + 1, value, len);
-    *s = (struct slot){ .hash = h, .stamp = stamp, .expires = now_s() + lc->ttl_s, .blob = blob, .klen = klen,
+    *s = (struct slot){ .hash = h, .stamp = *stamp, .expires = now_s() + lc->ttl_s, .blob = blob, .klen = klen,
                         .vlen = len };
     lc->bytes += need;
     lc->entries++;

@@ -47,7 +47,7 @@ struct op_state {
     uint64_t key_fence;         /* cached reads: the key's fence from Redis */
     int waits;
     bool row_read;              /* op_get: waits for the row's fence, not the whole table's */
-    uint64_t local_stamp;       /* op_get: the row's fence before anything was read (local_cache.h) */
+    struct local_stamp local_stamp; /* op_get: the row's fence before anything was read (local_cache.h) */
     void (*db_read)(struct op_state *s); /* cached reads: the database step after a miss or bypass */
     struct event *wait_ev;
     char *row_json;             /* writes waiting for their invalidation: the answer, copied */
@@ -278,8 +278,8 @@ static void write_committed(struct op_state *s, const struct pool_result *r)
  * the stamp was taken, and the entry is never served. */
 static void local_fill(const struct op_state *s, const char *value, size_t len, uint64_t data_lsn)
 {
-    if (s->row_read && s->key[0] && data_lsn != POOL_LSN_NEWEST && data_lsn >= s->local_stamp)
-        local_cache_put(s->o.w->local, s->key, s->local_stamp, value, len);
+    if (s->row_read && s->key[0] && data_lsn != POOL_LSN_NEWEST && data_lsn >= s->local_stamp.fence)
+        local_cache_put(s->o.w->local, s->key, &s->local_stamp, value, len);
 }
 
 static void row_done(void *arg, const struct pool_result *r)
@@ -388,10 +388,11 @@ void op_get(const struct op *o, const char *sql, const char *sql_many)
     s->db_read = by_id_run;
     if (o->cache)
         snprintf(s->key, sizeof(s->key), "%s:%" PRId64, o->cache, o->id);
-    s->local_stamp = row_fence_of(s);
+    s->local_stamp = (struct local_stamp){ .fence = row_fence_of(s),
+                                           .troubles = fences_cache_troubles(o->w->fences) };
     const char *value;
     size_t len;
-    if (s->key[0] && local_cache_get(o->w->local, s->key, s->local_stamp, &value, &len)) {
+    if (s->key[0] && local_cache_get(o->w->local, s->key, &s->local_stamp, &value, &len)) {
         o->req->cache_status = "HIT";
         http_respond(o->req, 200, "application/json", value, len);
         state_free(s);
