@@ -98,7 +98,7 @@ struct pool {
     uint64_t floor_lsn;
     /* Committed writes waiting for a commit-LSN read, and whether one is under way: one read serves
      * every write that committed before it was sent, so a busy primary does not read it per write. */
-    struct job *lsn_waiting, *lsn_waiting_tail;
+    struct side_queue lsn_waiting;
     bool lsn_inflight;
     /* Unknown commits counted (fence.h) when the primary position read now in flight was sent, by the
      * health check and by the commit-LSN read: its answer resolves them. */
@@ -671,11 +671,11 @@ static void lsn_group_take(struct pool *p, struct job *g, const struct pool_resu
  * their commits: they wait for the next). */
 static void lsn_kick(struct pool *p)
 {
-    if (p->lsn_inflight || !p->lsn_waiting)
+    if (p->lsn_inflight || !p->lsn_waiting.head)
         return;
     struct job *g = job_new(&(struct pool_query){ .sql = SQL_WRITE_LSN }, JOB_LSN, NULL, NULL);
-    struct job *waiting = p->lsn_waiting;
-    p->lsn_waiting = p->lsn_waiting_tail = NULL;
+    struct job *waiting = p->lsn_waiting.head;
+    p->lsn_waiting = (struct side_queue){ 0 };
     p->lsn_inflight = true;
     if (!g) {
         log_warn("primary: out of memory reading a commit LSN: fencing with a primary-only LSN");
@@ -693,15 +693,6 @@ static void lsn_kick(struct pool *p)
     job_submit(p, g);
 }
 
-static void lsn_wait(struct pool *p, struct job *j)
-{
-    j->next = NULL;
-    if (p->lsn_waiting_tail)
-        p->lsn_waiting_tail->next = j;
-    else
-        p->lsn_waiting = j;
-    p->lsn_waiting_tail = j;
-}
 
 /* A shared write committed every job's row: the rows whose first column is the job's 1-based place. */
 static void batch_committed(struct pool *p, struct job *j, PGresult *res)
@@ -715,7 +706,7 @@ static void batch_committed(struct pool *p, struct job *j, PGresult *res)
         snprintf(key, sizeof(key), "%d", place);
         k->held = batch_result_pick(res, key, 1);
         if (k->held)
-            lsn_wait(p, k);
+            queue_push(&p->lsn_waiting, k);
         else
             job_finish(p, k, &(struct pool_result){ .status = POOL_ERR_BROKEN, .sqlstate = "", .side = POOL_PRIMARY,
                                                     .backend = -1, .message = "out of memory after the commit" });
@@ -742,7 +733,7 @@ static void conn_write_committed(struct pgconn *c)
         batch_committed(p, j, res);
     } else {
         j->held = res;
-        lsn_wait(p, j);
+        queue_push(&p->lsn_waiting, j);
     }
     lsn_kick(p);
     if (bad)
@@ -1226,7 +1217,7 @@ void pool_free(struct pool *p)
         return;
     queue_fail_all(p, POOL_PRIMARY);
     queue_fail_all(p, POOL_REPLICA);
-    for (struct job *w = p->lsn_waiting, *next; w; w = next) {
+    for (struct job *w = p->lsn_waiting.head, *next; w; w = next) {
         next = w->next;
         job_discard(w);
     }
