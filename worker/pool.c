@@ -591,15 +591,23 @@ static void batch_requeue(struct pool *p, struct job *j, enum pool_side side)
     }
 }
 
-static void conn_deliver(struct pgconn *c)
+/* Takes a finished statement's job and result off its connection, which is idle again. */
+static struct job *conn_statement_take(struct pgconn *c, PGresult **res)
 {
-    struct backend *be = c->be;
     struct job *j = c->job;
-    PGresult *res = c->result;
+    *res = c->result;
     c->result = NULL;
     c->job = NULL;
     c->state = PGC_IDLE;
     conn_timer(c, 0);
+    return j;
+}
+
+static void conn_deliver(struct pgconn *c)
+{
+    struct backend *be = c->be;
+    PGresult *res;
+    struct job *j = conn_statement_take(c, &res);
     struct pool_result r = { .status = result_status(res), .res = res, .sqlstate = "", .message = "",
                              .side = be->side, .backend = be->index, .data_lsn = j->data_lsn };
     if (r.status == POOL_ERR_SQL) {
@@ -718,12 +726,8 @@ static void batch_committed(struct pool *p, struct job *j, PGresult *res)
 static void conn_write_committed(struct pgconn *c)
 {
     struct pool *p = c->be->pool;
-    struct job *j = c->job;
-    PGresult *res = c->result;
-    c->result = NULL;
-    c->job = NULL;
-    c->state = PGC_IDLE;
-    conn_timer(c, 0);
+    PGresult *res;
+    struct job *j = conn_statement_take(c, &res);
     bool bad = PQstatus(c->conn) == CONNECTION_BAD;
     if (!bad) {
         conn_proven(c);
