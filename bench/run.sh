@@ -79,8 +79,8 @@ start() { # target command...
     cat "$STATE/$t.log" >&2
     exit 1
 }
-start pgapi env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi]}" build/pgapi
-start pgapi_nocache env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_nocache]}" PGAPI_REDIS_ENABLED=off build/pgapi
+start pgapi env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi]}" PGAPI_METRICS_LISTEN="127.0.0.1:$((BASE + 12))" build/pgapi
+start pgapi_nocache env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_nocache]}" PGAPI_METRICS_LISTEN=off PGAPI_REDIS_ENABLED=off build/pgapi
 WORKERS=$(pgrep -c -P "${PID[pgapi]}")
 cd "$STATE/peer"
 start peer env PORT="${PORT[peer]}" node src/index-redis.js

@@ -27,7 +27,7 @@ struct config_key {
 #define OFF(f) offsetof(struct config, f), sizeof(((struct config *)0)->f)
 
 static const struct config_key config_keys[] = {
-    { "server", "listen", KT_LISTEN, OFF(listen_host), 0, 0, "127.0.0.1:3000",
+    { "server", "listen", KT_LISTEN, OFF(listen), 1, 0, "127.0.0.1:3000",
       "address:port to accept HTTP on (IPv4 address or hostname-free literal)" },
     { "server", "workers", KT_INT, OFF(workers), 0, 256, "0", "worker processes; 0 = one per CPU" },
     { "server", "backlog", KT_INT, OFF(backlog), 1, 65535, "1024", "listen(2) backlog" },
@@ -80,6 +80,9 @@ static const struct config_key config_keys[] = {
       "memory those values may take per worker; units k, m" },
     { "redis", "prefix", KT_STR, OFF(redis_prefix), 0, 0, "pgapi:v2",
       "namespace of every key; bump the version after a schema change" },
+    { "metrics", "listen", KT_LISTEN, OFF(metrics_listen), 0, 0, "127.0.0.1:3001",
+      "address:port serving GET /metrics (Prometheus text format, every worker's series with a worker "
+      "label); keep it off the public interface; \"off\" disables it" },
     { "log", "level", KT_LEVEL, OFF(log_level), 0, 0, "info", "error, warn, info or debug" },
     { "log", "format", KT_FORMAT, OFF(log_format), 0, 0, "text", "text or json (one JSON object a line)" },
     { "log", "access", KT_BOOL, OFF(access_log), 0, 0, "on", "one line per request" },
@@ -176,23 +179,30 @@ static int set_string(char *dst, size_t cap, const char *v, char *err, size_t er
     return 0;
 }
 
-static int set_listen(struct config *cfg, const char *v, char *err, size_t errlen)
+/* KT_LISTEN: "address:port" into a struct config_addr; "off" (port 0) where the key's min is 0. */
+static int set_listen(const struct config_key *k, struct config *cfg, const char *v, char *err, size_t errlen)
 {
+    struct config_addr *a = (struct config_addr *)((char *)cfg + k->offset);
+    if (k->min == 0 && strcasecmp(v, "off") == 0) {
+        *a = (struct config_addr){ .host = "", .port = 0 };
+        return 0;
+    }
     const char *colon = strrchr(v, ':');
     long long port;
     const char *rest;
     if (!colon || colon == v || parse_ll(colon + 1, &port, &rest) < 0 || *rest || port < 1 || port > 65535) {
-        snprintf(err, errlen, "expected address:port with a port in 1..65535, got \"%s\"", v);
+        snprintf(err, errlen, "expected address:port with a port in 1..65535%s, got \"%s\"",
+                 k->min == 0 ? " (or off)" : "", v);
         return -1;
     }
     size_t hl = (size_t)(colon - v);
-    if (hl >= sizeof(cfg->listen_host)) {
+    if (hl >= sizeof(a->host)) {
         snprintf(err, errlen, "address too long");
         return -1;
     }
-    memcpy(cfg->listen_host, v, hl);
-    cfg->listen_host[hl] = '\0';
-    cfg->listen_port = (int)port;
+    memcpy(a->host, v, hl);
+    a->host[hl] = '\0';
+    a->port = (int)port;
     return 0;
 }
 
@@ -253,7 +263,7 @@ static int key_set(const struct config_key *k, struct parse_ctx *ctx, const char
     case KT_STR: case KT_DSN:
         return set_string(dst, k->size, v, err, errlen);
     case KT_LISTEN:
-        return set_listen(cfg, v, err, errlen);
+        return set_listen(k, cfg, v, err, errlen);
     case KT_REPLICA:
         return set_replica(ctx, v, err, errlen);
     case KT_LEVEL:
@@ -355,6 +365,11 @@ static int config_validate(struct config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "[database] primary must not be empty");
         return -1;
     }
+    if (cfg->metrics_listen.port == cfg->listen.port && strcmp(cfg->metrics_listen.host, cfg->listen.host) == 0) {
+        snprintf(err, errlen, "[metrics] listen must differ from [server] listen (%s:%d)", cfg->listen.host,
+                 cfg->listen.port);
+        return -1;
+    }
     if (cfg->redis_enabled && cfg->redis_host[0] == '\0') {
         snprintf(err, errlen, "[redis] host must not be empty when the cache is enabled");
         return -1;
@@ -405,10 +420,13 @@ static void dsn_print_masked(FILE *f, const char *name, const char *dsn)
 void config_print(const struct config *c, FILE *f)
 {
     static const char *lv[] = { "error", "warn", "info", "debug" };
+    char metrics_addr[80] = "off";
+    if (c->metrics_listen.port)
+        snprintf(metrics_addr, sizeof(metrics_addr), "%s:%d", c->metrics_listen.host, c->metrics_listen.port);
     fprintf(f, "[server]\nlisten = %s:%d\nworkers = %d\nbacklog = %d\nkeepalive_timeout = %dms\n"
                "request_timeout = %dms\ndrain_timeout = %dms\nmax_connections = %d\nmax_body_bytes = %zu\n"
                "max_header_bytes = %zu\n\n[database]\n",
-            c->listen_host, c->listen_port, c->workers, c->backlog, c->keepalive_timeout_ms,
+            c->listen.host, c->listen.port, c->workers, c->backlog, c->keepalive_timeout_ms,
             c->request_timeout_ms, c->drain_timeout_ms, c->max_connections, c->max_body_bytes,
             c->max_header_bytes);
     dsn_print_masked(f, "primary", c->primary_dsn);
@@ -417,12 +435,12 @@ void config_print(const struct config *c, FILE *f)
     fprintf(f, "pool_size = %d\nstatement_timeout = %dms\nconnect_timeout = %dms\nqueue_size = %d\n"
                "queue_timeout = %dms\nmax_replica_lag = %dms\nhealth_interval = %dms\nmigrations_dir = %s\n\n"
                "[redis]\nenabled = %s\nhost = %s\nport = %d\nttl = %ds\nconnect_timeout = %dms\n"
-               "command_timeout = %dms\nprefix = %s\nlocal_entries = %d\nlocal_bytes = %zu\n\n[log]\nlevel = %s\nformat = %s\naccess = %s\n",
+               "command_timeout = %dms\nprefix = %s\nlocal_entries = %d\nlocal_bytes = %zu\n\n[metrics]\nlisten = %s\n\n[log]\nlevel = %s\nformat = %s\naccess = %s\n",
             c->pool_size, c->statement_timeout_ms, c->connect_timeout_ms, c->queue_size,
             c->queue_timeout_ms, c->max_replica_lag_ms, c->health_interval_ms, c->migrations_dir,
             c->redis_enabled ? "on" : "off", c->redis_host, c->redis_port, c->cache_ttl_s,
             c->redis_connect_timeout_ms, c->redis_command_timeout_ms, c->redis_prefix,
-            c->local_cache_entries, c->local_cache_bytes,
+            c->local_cache_entries, c->local_cache_bytes, metrics_addr,
             lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off");
 }
 

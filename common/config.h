@@ -13,11 +13,16 @@
 #define CONFIG_DSN_MAX 512
 #define CONFIG_ERR_MAX 512
 
+/* An address:port to listen on; port 0 = off (only where the key allows it). */
+struct config_addr {
+    char host[64];
+    int port;
+};
+
 struct config {
     char path[512];            /* "" when running on the embedded defaults */
     /* [server] */
-    char listen_host[64];
-    int listen_port;
+    struct config_addr listen;
     int workers;               /* 0 in the file means one per CPU; resolved at load time */
     int backlog;
     int keepalive_timeout_ms;
@@ -48,6 +53,8 @@ struct config {
     char redis_prefix[64];
     int local_cache_entries;
     size_t local_cache_bytes;
+    /* [metrics] */
+    struct config_addr metrics_listen; /* GET /metrics (Prometheus text); port 0 = off */
     /* [log] */
     enum log_level log_level;
     enum log_format log_format;

@@ -22,6 +22,7 @@ struct fences {
     _Atomic uint64_t unknown_marks[FENCE_COUNT], unknown_cleared[FENCE_COUNT], unknown_floor[FENCE_COUNT];
     _Atomic bool cache_dirty;
     _Atomic uint64_t cache_troubles; /* how many times cache_dirty was set: local copies older are dropped */
+    _Atomic uint64_t primary_identity; /* 0 until a worker has seen the primary */
 };
 
 struct fences *fences_create(void)
@@ -155,4 +156,14 @@ void fences_cache_dirty_clear(struct fences *f)
 uint64_t fences_cache_troubles(const struct fences *f)
 {
     return atomic_load(&f->cache_troubles);
+}
+
+bool fences_primary_seen(struct fences *f, uint64_t identity)
+{
+    uint64_t known = atomic_load(&f->primary_identity);
+    while (known != identity) {
+        if (atomic_compare_exchange_weak(&f->primary_identity, &known, identity))
+            return known != 0; /* this caller made the change: a first sighting is no change */
+    }
+    return false;
 }

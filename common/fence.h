@@ -50,4 +50,10 @@ bool fences_cache_dirty(const struct fences *f);
 uint64_t fences_cache_troubles(const struct fences *f);
 void fences_cache_dirty_clear(struct fences *f);
 
+/* The primary's identity (its system identifier and timeline) as a worker sampled it. Returns true to
+ * exactly one caller when it differs from the one seen before: a promotion (new timeline) or another
+ * cluster behind the same address. That caller acts on it (the cache may hold rows the new primary
+ * never got, if the old one's last commits were not replicated). */
+bool fences_primary_seen(struct fences *f, uint64_t identity);
+
 #endif

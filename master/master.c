@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common/fence.h"
+#include "common/metrics.h"
 #include "common/room.h"
 #include "master/listener.h"
 #include "master/notify.h"
@@ -49,11 +50,12 @@ struct master {
     struct config cfg;
     const char *config_path;
     unsigned generation;
-    int listen_fd;
-    int old_listen_fd;            /* previous socket while its workers drain after a port change */
+    struct worker_sockets socks;  /* the current generation's listening sockets */
+    struct worker_sockets old;    /* previous ones while their workers drain after an address change */
     int sig_fd;
     struct fences *fences;        /* shared memory the workers write; the master only sets cache-dirty */
     struct rooms *rooms;          /* shared: which workers have room for a connection */
+    struct metrics *metrics;      /* shared: what GET /metrics shows; the master counts restarts, reloads */
     int ready_rd, ready_wr;       /* workers write their pid here once they serve */
     struct proc procs[MAX_PROCS];
     struct respawn respawns[MAX_PROCS];
@@ -103,17 +105,71 @@ static int procs_alive(const struct master *m)
     return n;
 }
 
+/* What GET /metrics shows of the master's state. */
+static void metrics_publish_master(struct master *m)
+{
+    atomic_store(&m->metrics->generation, m->generation);
+    atomic_store(&m->metrics->workers, (uint64_t)m->cfg.workers);
+}
+
+static void sockets_close(struct worker_sockets *s)
+{
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    if (s->metrics_fd >= 0)
+        close(s->metrics_fd);
+    *s = (struct worker_sockets){ -1, -1 };
+}
+
+static bool addr_same(const struct config_addr *a, const struct config_addr *b)
+{
+    return a->port == b->port && strcmp(a->host, b->host) == 0;
+}
+
+/* A socket for addr: the current one if the address is unchanged (*reused set), else a new one; -1 for
+ * an address that is off. Returns -2 when a needed socket cannot be opened (logged by listener_open). */
+static int socket_for(const struct config_addr *addr, const struct config_addr *cur_addr, int cur_fd, int backlog,
+                      bool *reused)
+{
+    *reused = cur_fd >= 0 && addr_same(addr, cur_addr);
+    if (*reused)
+        return cur_fd;
+    if (addr->port == 0)
+        return -1;
+    int fd = listener_open(addr->host, addr->port, backlog);
+    return fd < 0 ? -2 : fd;
+}
+
+/* The sockets the configuration `next` needs. Unchanged addresses keep their socket (no connection is
+ * refused across a reload); the sockets replaced stay open in m->old until the old workers have left. */
+static int sockets_prepare(struct master *m, const struct config *next)
+{
+    bool keep_listen, keep_metrics;
+    int lfd = socket_for(&next->listen, &m->cfg.listen, m->socks.listen_fd, next->backlog, &keep_listen);
+    if (lfd == -2)
+        return -1;
+    int mfd = socket_for(&next->metrics_listen, &m->cfg.metrics_listen, m->socks.metrics_fd, next->backlog, &keep_metrics);
+    if (mfd == -2) {
+        if (!keep_listen)
+            close(lfd);
+        return -1;
+    }
+    sockets_close(&m->old);
+    m->old = (struct worker_sockets){ keep_listen ? -1 : m->socks.listen_fd, keep_metrics ? -1 : m->socks.metrics_fd };
+    m->socks = (struct worker_sockets){ lfd, mfd };
+    return 0;
+}
+
 /* The child: restores the signal mask, drops the master's descriptors and becomes a worker. */
 static void child_become_worker(struct master *m, int slot)
 {
     prctl(PR_SET_PDEATHSIG, SIGQUIT);
     close(m->sig_fd);
     close(m->ready_rd);
-    if (m->old_listen_fd >= 0)
-        close(m->old_listen_fd);
+    sockets_close(&m->old);
     sigprocmask(SIG_SETMASK, &m->old_mask, NULL);
-    struct worker_shared shared = { .fences = m->fences, .rooms = m->rooms };
-    int rc = worker_run(&m->cfg, &shared, m->listen_fd, slot, m->generation, m->ready_wr);
+    struct worker_shared shared = { .fences = m->fences, .rooms = m->rooms, .metrics = m->metrics };
+    int rc = worker_run(&m->cfg, &shared, &m->socks, slot, m->generation, m->ready_wr);
     free(m);
     exit(rc); /* exit, not _exit: sanitizer builds check the worker for leaks at exit */
 }
@@ -132,6 +188,7 @@ static int worker_spawn(struct master *m, int slot)
     }
     if (pid == 0)
         child_become_worker(m, slot);
+    metrics_add(&m->metrics->worker_starts, 1);
     *p = (struct proc){ .state = PROC_STARTING, .pid = pid, .slot = slot, .generation = m->generation,
                         .started_ms = now_ms() };
     log_info("worker %d started: pid %d generation %u", slot, (int)pid, m->generation);
@@ -169,10 +226,7 @@ static bool proc_is_old(const struct master *m, const struct proc *p)
 static void reload_finish(struct master *m)
 {
     procs_signal(m, SIGQUIT, proc_is_old);
-    if (m->old_listen_fd >= 0) {
-        close(m->old_listen_fd);
-        m->old_listen_fd = -1;
-    }
+    sockets_close(&m->old);
     m->reloading = false;
     log_info("reload complete: generation %u serving with %d workers", m->generation, m->cfg.workers);
     notify_send("READY=1\nSTATUS=serving");
@@ -185,29 +239,25 @@ static void reload_start(struct master *m)
     notify_send("RELOADING=1");
     if (config_load(&next, m->config_path, err, sizeof(err)) < 0) {
         log_error("reload refused, keeping generation %u: %s", m->generation, err);
+        metrics_add(&m->metrics->reloads_refused, 1);
         notify_send("READY=1\nSTATUS=reload refused: bad configuration");
         return;
     }
-    if (strcmp(next.listen_host, m->cfg.listen_host) != 0 || next.listen_port != m->cfg.listen_port) {
-        int fd = listener_open(next.listen_host, next.listen_port, next.backlog);
-        if (fd < 0) {
-            log_error("reload refused, keeping generation %u: cannot listen on %s:%d", m->generation,
-                      next.listen_host, next.listen_port);
-            notify_send("READY=1\nSTATUS=reload refused: cannot listen");
-            return;
-        }
-        if (m->old_listen_fd >= 0)
-            close(m->old_listen_fd);
-        m->old_listen_fd = m->listen_fd;
-        m->listen_fd = fd;
+    if (sockets_prepare(m, &next) < 0) {
+        log_error("reload refused, keeping generation %u: cannot listen on a new address", m->generation);
+        metrics_add(&m->metrics->reloads_refused, 1);
+        notify_send("READY=1\nSTATUS=reload refused: cannot listen");
+        return;
     }
     /* A reload during a reload: the half-started generation is retired like any old one. */
     m->cfg = next;
     m->generation++;
+    metrics_add(&m->metrics->reloads, 1);
+    metrics_publish_master(m);
     log_configure(m->cfg.log_level, m->cfg.log_format, m->cfg.access_log);
     log_set_process("master", -1, m->generation);
     log_info("reloading: generation %u with %d workers on %s:%d", m->generation, m->cfg.workers,
-             m->cfg.listen_host, m->cfg.listen_port);
+             m->cfg.listen.host, m->cfg.listen.port);
     m->reloading = true;
     generation_spawn(m);
 }
@@ -281,10 +331,13 @@ static void children_reap(struct master *m)
             continue;
         child_log_exit(p, status);
         rooms_vacate(m->rooms, p->slot, p->generation); /* a crash left its room published */
+        metrics_gauges_vacate(m->metrics, p->slot, p->generation);
         cache_dirty_after_death(m, p, status);
         bool respawn = !m->stopping && p->generation == m->generation && p->state != PROC_RETIRING;
-        if (respawn)
+        if (respawn) {
+            metrics_add(&m->metrics->worker_restarts, 1);
             respawn_schedule(m, p);
+        }
         p->state = PROC_FREE;
     }
 }
@@ -367,10 +420,14 @@ static int master_setup(struct master *m)
     m->ready_wr = p[1];
     m->fences = fences_create();
     m->rooms = rooms_create();
-    if (!m->fences || !m->rooms)
+    m->metrics = metrics_create();
+    if (!m->fences || !m->rooms || !m->metrics)
         return -1;
-    m->listen_fd = listener_open(m->cfg.listen_host, m->cfg.listen_port, m->cfg.backlog);
-    return m->listen_fd < 0 ? -1 : 0;
+    metrics_publish_master(m);
+    bool unused;
+    m->socks.listen_fd = listener_open(m->cfg.listen.host, m->cfg.listen.port, m->cfg.backlog);
+    m->socks.metrics_fd = socket_for(&m->cfg.metrics_listen, &m->cfg.metrics_listen, -1, m->cfg.backlog, &unused);
+    return m->socks.listen_fd < 0 || m->socks.metrics_fd == -2 ? -1 : 0;
 }
 
 static void master_loop(struct master *m)
@@ -390,7 +447,7 @@ static void master_loop(struct master *m)
             respawns_run(m);
         if (!announced && !m->stopping && generation_ready(m)) {
             announced = true;
-            log_info("serving on %s:%d with %d workers", m->cfg.listen_host, m->cfg.listen_port, m->cfg.workers);
+            log_info("serving on %s:%d with %d workers", m->cfg.listen.host, m->cfg.listen.port, m->cfg.workers);
             notify_send("READY=1\nSTATUS=serving");
         }
         if (m->reloading && generation_ready(m))
@@ -413,9 +470,10 @@ int master_run(const struct config *cfg, const char *config_path)
     m->cfg = *cfg;
     m->config_path = config_path;
     m->generation = 1;
-    m->old_listen_fd = -1;
+    m->socks = m->old = (struct worker_sockets){ -1, -1 };
     log_set_process("master", -1, m->generation);
     if (master_setup(m) < 0) {
+        sockets_close(&m->socks);
         free(m);
         return 1;
     }
@@ -424,6 +482,9 @@ int master_run(const struct config *cfg, const char *config_path)
     log_info("stopped");
     fences_destroy(m->fences);
     rooms_destroy(m->rooms);
+    metrics_destroy(m->metrics);
+    sockets_close(&m->socks);
+    sockets_close(&m->old);
     free(m);
     return 0;
 }

@@ -79,6 +79,8 @@ struct http_server {
     void *on_empty_arg;
     uint64_t seq;
     unsigned pid;            /* request ids: pid-seq */
+    http_observer_fn observer;
+    void *observer_arg;
     time_t date_sec;
     char date[40];
 };
@@ -163,7 +165,7 @@ static void conn_state_set(struct http_conn *c, enum conn_state state)
 static void request_reset(struct http_conn *c)
 {
     char *body = c->req.body;
-    c->req = (struct http_request){ .conn = c, .ctx = c->srv->ctx, .body = body };
+    c->req = (struct http_request){ .conn = c, .ctx = c->srv->ctx, .body = body, .route = -1 };
     /* An idle connection keeps only small buffers: one large request each must not pin max_body_bytes
      * (and a long URL) on every one of max_connections kept-alive connections. */
     if (c->body_cap > BODY_KEEP) {
@@ -424,7 +426,8 @@ static void response_write_head(struct http_conn *c, int status, const char *cty
     evbuffer_add(c->out, "\r\n", 2);
 }
 
-static void access_log_write(struct http_conn *c, size_t len)
+/* The request is answered: one access log line, and the observer's count. */
+static void request_account(struct http_conn *c, size_t len)
 {
     struct http_request *r = &c->req;
     struct access_entry e = {
@@ -437,6 +440,8 @@ static void access_log_write(struct http_conn *c, size_t len)
         .bytes = len,
     };
     log_access(&e);
+    if (c->srv->observer)
+        c->srv->observer(c->srv->observer_arg, r, e.duration_us);
 }
 
 /* A strong validator computed from the body itself (FNV-1a, 64 bits): the same bytes give the same tag
@@ -474,7 +479,7 @@ void http_respond(struct http_request *req, int status, const char *ctype, const
      * conn_fail, which closes. */
     if (c->srv->draining || status == 408 || status == 413 || status == 414 || status == 431)
         c->close_after = true;
-    access_log_write(c, len);
+    request_account(c, len);
     if (c->state == CONN_DEAD) { /* the client left while we worked: nothing to send */
         conn_close(c);
         return;
@@ -838,6 +843,12 @@ struct http_server *http_server_new(struct event_base *base, const struct config
         .on_message_complete = on_message_complete,
     };
     return srv;
+}
+
+void http_server_observe(struct http_server *srv, http_observer_fn fn, void *arg)
+{
+    srv->observer = fn;
+    srv->observer_arg = arg;
 }
 
 void http_server_free(struct http_server *srv)

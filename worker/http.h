@@ -34,6 +34,7 @@ struct http_request {
     char extra_headers[768];      /* "Name: value\r\n" lines added by http_header_add() */
     size_t extra_len;
     int status;
+    int route;                    /* set by the handler side for metrics: its route index, -1 = none */
     bool responded;
 };
 
@@ -42,6 +43,9 @@ typedef void (*http_handler_fn)(struct http_request *req);
 struct http_server *http_server_new(struct event_base *base, const struct config *cfg,
                                     http_handler_fn handler, void *ctx);
 void http_server_free(struct http_server *srv);
+/* Called once per answered request, with how long it took from its first byte. */
+typedef void (*http_observer_fn)(void *arg, const struct http_request *req, uint64_t duration_us);
+void http_server_observe(struct http_server *srv, http_observer_fn fn, void *arg);
 /* Takes ownership of an accepted, non-blocking socket. */
 void http_server_adopt(struct http_server *srv, int fd);
 /* Graceful stop: idle keep-alive connections close now, busy ones after their response. `on_empty`

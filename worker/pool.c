@@ -22,7 +22,12 @@
 #define SWEEP_MS 50
 
 static const char SQL_WRITE_LSN[] = "SELECT pg_current_wal_lsn()::text";
-static const char SQL_PRIMARY_HEALTH[] = "SELECT pg_current_wal_lsn()::text, pg_is_in_recovery()";
+/* Position, whether it is (still or now) a standby, and its identity: system identifier and the timeline
+ * WAL is written on (a promotion starts a new one; pg_walfile_name's first 8 hex digits). */
+static const char SQL_PRIMARY_HEALTH[] =
+    "SELECT CASE WHEN pg_is_in_recovery() THEN '0/0' ELSE pg_current_wal_lsn()::text END, pg_is_in_recovery(),"
+    " (SELECT system_identifier FROM pg_control_system())::text,"
+    " CASE WHEN pg_is_in_recovery() THEN '' ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
 static const char SQL_REPLICA_HEALTH[] =
     "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text,"
     " COALESCE((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)";
@@ -77,6 +82,9 @@ struct backend {
     int failures;             /* consecutive failed or lost connections; 0 once one connects */
     uint64_t lsn;             /* primary: current WAL position; replica: replay position */
     int lag_ms;
+    uint64_t queries, errors; /* statements answered here, and how many of them failed */
+    uint64_t outages;         /* times it left rotation (broken connection or failed health check) */
+    bool in_recovery;         /* the primary's last health check found a standby (logged on the change) */
 };
 
 struct side_queue {
@@ -174,13 +182,26 @@ static struct job *job_new(const struct pool_query *q, enum job_kind kind, pool_
     return j;
 }
 
+/* Where a result came from; NULL for a replica-side failure that never reached a replica. */
+static struct backend *result_backend(struct pool *p, const struct pool_result *r)
+{
+    if (r->side == POOL_PRIMARY)
+        return &p->primary;
+    return r->backend >= 0 && r->backend < p->nreplicas ? &p->replicas[r->backend] : NULL;
+}
+
 static void job_finish(struct pool *p, struct job *j, const struct pool_result *r)
 {
     enum pool_side side = r->side;
     if (j->kind != JOB_HEALTH && j->kind != JOB_LSN) {
+        bool failed = r->status != POOL_OK;
         p->stats[side].queries++;
-        if (r->status != POOL_OK)
-            p->stats[side].errors++;
+        p->stats[side].errors += failed;
+        struct backend *be = result_backend(p, r);
+        if (be) {
+            be->queries++;
+            be->errors += failed;
+        }
     }
     if (j->cb)
         j->cb(j->arg, r);
@@ -306,6 +327,7 @@ static void backend_down(struct backend *be, const char *why)
     if (!be->healthy)
         return;
     be->healthy = false;
+    be->outages++;
     log_warn("%s: out of rotation: %s", be_name(be), why);
     if (be->side == POOL_REPLICA)
         backend_abandon_reads(be);
@@ -1051,23 +1073,69 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- health ---------------------------------------------------------------------------------- */
 
+/* The primary's address now leads to a standby (a failover demoted it, or PgBouncer or a multi-host
+ * conninfo points at the wrong node): out of rotation, and its idle connections are dropped so that
+ * new ones are made (a conninfo with target_session_attrs=read-write then finds the new primary). */
+static void primary_in_recovery(struct backend *be)
+{
+    if (!be->in_recovery)
+        log_error("primary: the server is in recovery (a standby): writes fail until it is a primary again; "
+                  "reconnecting");
+    be->in_recovery = true;
+    backend_down(be, "in recovery");
+    for (int i = 0; i < be->nconns; i++)
+        if (be->conns[i].state == PGC_IDLE)
+            conn_reset(&be->conns[i], "the primary's address leads to a standby");
+}
+
+/* A new primary identity (promotion, another cluster): rows its predecessor acknowledged but never
+ * shipped may sit in the cache; it is bypassed until it moves to a new epoch. */
+static void primary_identity_check(struct pool *p, const PGresult *res)
+{
+    const char *sysid = PQgetvalue(res, 0, 2), *timeline = PQgetvalue(res, 0, 3);
+    uint64_t id = strtoull(sysid, NULL, 10) ^ (strtoull(timeline, NULL, 16) * 0x9E3779B97F4A7C15ULL);
+    if (p->fences && fences_primary_seen(p->fences, id)) {
+        log_warn("primary: a new primary (system %s, timeline %s): the cache is bypassed until it moves to "
+                 "a new epoch", sysid, timeline);
+        fences_cache_dirty_set(p->fences);
+    }
+}
+
+static void primary_health_apply(struct backend *be, const struct pool_result *r, bool was)
+{
+    struct pool *p = be->pool;
+    uint64_t lsn;
+    if (r->status != POOL_OK || PQntuples(r->res) != 1 || PQnfields(r->res) != 4 ||
+        pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) < 0) {
+        backend_down(be, r->message && r->message[0] ? r->message : "health check failed");
+        return;
+    }
+    if (PQgetvalue(r->res, 0, 1)[0] == 't') {
+        primary_in_recovery(be);
+        return;
+    }
+    be->lsn = lsn;
+    be->healthy = true;
+    be->in_recovery = false;
+    primary_identity_check(p, r->res);
+    if (p->floor_lsn == 0 && be->lsn != 0)
+        p->floor_lsn = be->lsn;
+    if (p->fences)
+        fences_unknown_resolve(p->fences, p->health_marks, be->lsn);
+    if (!was)
+        log_info("primary: healthy (lsn %" PRIX64 "): in rotation", be->lsn);
+}
+
 static void health_apply(struct backend *be, const struct pool_result *r)
 {
     struct pool *p = be->pool;
     be->health_inflight = false;
-    bool ok = r->status == POOL_OK && PQntuples(r->res) == 1 &&
-              pool_lsn_parse(PQgetvalue(r->res, 0, 0), &be->lsn) == 0;
     bool was = be->healthy;
-    if (ok && be->side == POOL_PRIMARY) {
-        bool recovery = PQgetvalue(r->res, 0, 1)[0] == 't';
-        if (recovery)
-            log_error("primary: the server is in recovery (a standby): writes will fail");
-        be->healthy = !recovery;
-        if (p->floor_lsn == 0 && be->lsn != 0)
-            p->floor_lsn = be->lsn;
-        if (p->fences)
-            fences_unknown_resolve(p->fences, p->health_marks, be->lsn);
-    } else if (ok) {
+    if (be->side == POOL_PRIMARY) {
+        primary_health_apply(be, r, was);
+        return;
+    }
+    if (r->status == POOL_OK && PQntuples(r->res) == 1 && pool_lsn_parse(PQgetvalue(r->res, 0, 0), &be->lsn) == 0) {
         long long ts_lag = atoll(PQgetvalue(r->res, 0, 1));
         be->lag_ms = be->lsn >= p->primary.lsn ? 0 : (int)(ts_lag > INT32_MAX ? INT32_MAX : ts_lag);
         be->healthy = be->lag_ms <= p->cfg->max_replica_lag_ms;
@@ -1256,6 +1324,17 @@ void pool_stats(const struct pool *p, enum pool_side side, struct pool_side_stat
     else
         for (int i = 0; i < p->nreplicas; i++)
             backend_stats(&p->replicas[i], out);
+}
+
+void pool_backend_stats(const struct pool *p, int backend, struct pool_backend_stats *out)
+{
+    const struct backend *be = backend < 0 ? &p->primary : &p->replicas[backend];
+    struct pool_side_stats s = { 0 };
+    backend_stats(be, &s);
+    *out = (struct pool_backend_stats){ .queries = be->queries, .errors = be->errors, .outages = be->outages,
+                                        .in_use = s.in_use, .idle = s.idle, .connecting = s.connecting,
+                                        .down = s.down, .lsn = be->lsn, .lag_ms = be->lag_ms,
+                                        .up = be->healthy && backend_connected(be) > 0 };
 }
 
 bool pool_primary_up(const struct pool *p)

@@ -72,6 +72,15 @@ void pool_write(struct pool *p, const struct pool_query *q, pool_cb cb, void *ar
 void pool_read(struct pool *p, const struct pool_query *q, uint64_t fence_lsn, pool_cb cb, void *arg);
 
 void pool_stats(const struct pool *p, enum pool_side side, struct pool_side_stats *out);
+/* One backend: -1 the primary, else replica i (< pool_replica_count). */
+struct pool_backend_stats {
+    uint64_t queries, errors, outages;
+    int in_use, idle, connecting, down;
+    bool up;                  /* in rotation: healthy (lag within max_replica_lag) and connected */
+    uint64_t lsn;             /* primary: WAL position; replica: replay position; as last sampled */
+    int lag_ms;
+};
+void pool_backend_stats(const struct pool *p, int backend, struct pool_backend_stats *out);
 /* Health as last seen: the primary answered, and how many replicas are in rotation. */
 bool pool_primary_up(const struct pool *p);
 int pool_replicas_up(const struct pool *p);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/metrics.h"
 #include "worker/handlers.h"
 #include "worker/reply.h"
 #include "worker/worker.h"
@@ -37,6 +38,7 @@ static const struct route routes[] = {
 };
 
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
+_Static_assert(NROUTES <= METRICS_ROUTE_SCRAPE, "the metrics table needs a row per route");
 #define ID_MAX_DIGITS 19
 
 static bool segment_id_parse(const char *s, size_t len, int64_t *out)
@@ -100,15 +102,28 @@ void router_dispatch(struct http_request *req)
         if (!route_match(routes[i].pattern, req->path, &args))
             continue;
         if (routes[i].method == method) {
+            req->route = (int)i;
             routes[i].fn(w, req, &args);
             return;
         }
         allow_add(allow, sizeof(allow), routes[i].method);
     }
+    req->route = METRICS_ROUTE_UNMATCHED;
     if (allow[0]) {
         http_header_add(req, "Allow", allow);
         reply_error(req, 405, "method_not_allowed", "%s is not allowed here; allowed: %s", req->method_name, allow);
         return;
     }
     reply_error(req, 404, "not_found", "no route for %s %.200s", req->method_name, req->path);
+}
+
+int router_route_count(void)
+{
+    return (int)NROUTES;
+}
+
+void router_route_label(int i, const char **method, const char **pattern)
+{
+    *method = http_method_str((enum http_method)routes[i].method);
+    *pattern = routes[i].pattern;
 }

@@ -19,4 +19,8 @@ typedef void (*route_fn)(struct worker *w, struct http_request *req, const struc
 /* The http_server handler: finds the route and calls it. */
 void router_dispatch(struct http_request *req);
 
+/* For metrics labels: route i (0 <= i < router_route_count()) as method and pattern ("/users/:id"). */
+int router_route_count(void);
+void router_route_label(int i, const char **method, const char **pattern);
+
 #endif

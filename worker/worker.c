@@ -18,6 +18,8 @@
 #include "worker/cache.h"
 #include "worker/local_cache.h"
 #include "worker/http.h"
+#include "worker/metrics_page.h"
+#include "worker/telemetry.h"
 #include "worker/pool.h"
 #include "worker/router.h"
 
@@ -90,6 +92,7 @@ static void refusals_log(struct worker *w, unsigned long n)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     w->refused += n;
+    w->refused_total += n;
     if (w->refused == 0 || ts.tv_sec == w->refused_logged_s)
         return;
     log_warn("at max_connections (%d): %lu connection(s) refused with 503", w->cfg->max_connections, w->refused);
@@ -134,9 +137,33 @@ static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
     event_add(w->accept_ev, NULL);
 }
 
+/* The metrics listener: a scrape now and then, no room bookkeeping; past a small cap, closed at once. */
+#define METRICS_MAX_CONNECTIONS 16
+
+static void metrics_accept_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct worker *w = arg;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+                log_error("accept on the metrics listener: %s", strerror(errno));
+            return;
+        }
+        if (http_server_conn_count(w->metrics_http) >= METRICS_MAX_CONNECTIONS) {
+            http_refuse(cfd);
+            continue;
+        }
+        http_server_adopt(w->metrics_http, cfd);
+    }
+}
+
 static void drain_done(void *arg)
 {
     struct worker *w = arg;
+    if (--w->draining_servers > 0)
+        return;
     log_info("drained: no connection left, exiting");
     event_base_loopexit(w->base, NULL);
 }
@@ -160,10 +187,18 @@ static void worker_drain(struct worker *w)
     event_del(w->accept_retry_ev);
     close(w->listen_fd);
     w->listen_fd = -1;
+    if (w->metrics_accept_ev)
+        event_del(w->metrics_accept_ev);
+    if (w->metrics_fd >= 0)
+        close(w->metrics_fd);
+    w->metrics_fd = -1;
     struct timeval tv = { w->cfg->drain_timeout_ms / 1000, (w->cfg->drain_timeout_ms % 1000) * 1000 };
     event_add(w->drain_timer_ev, &tv);
     log_info("draining %d connection(s)", http_server_conn_count(w->http));
+    w->draining_servers = w->metrics_http ? 2 : 1;
     http_server_drain(w->http, drain_done, w);
+    if (w->metrics_http)
+        http_server_drain(w->metrics_http, drain_done, w);
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -194,8 +229,28 @@ static int worker_events_setup(struct worker *w)
     return 0;
 }
 
+/* The metrics listener's server and accept event; nothing when [metrics] listen is off. */
+static int metrics_listener_setup(struct worker *w)
+{
+    if (w->metrics_fd < 0)
+        return 0;
+    w->metrics_http = http_server_new(w->base, w->cfg, metrics_page_dispatch, w);
+    w->metrics_accept_ev = event_new(w->base, w->metrics_fd, EV_READ | EV_PERSIST, metrics_accept_cb, w);
+    if (!w->metrics_http || !w->metrics_accept_ev || event_add(w->metrics_accept_ev, NULL) < 0)
+        return -1;
+    if (w->telemetry)
+        http_server_observe(w->metrics_http, telemetry_observe, w->telemetry);
+    return 0;
+}
+
 static void worker_free(struct worker *w)
 {
+    telemetry_free(w->telemetry); /* publishes its last numbers: before the pool and cache go */
+    http_server_free(w->metrics_http);
+    if (w->metrics_accept_ev)
+        event_free(w->metrics_accept_ev);
+    if (w->metrics_fd >= 0)
+        close(w->metrics_fd);
     http_server_free(w->http);
     pool_free(w->pool);
     cache_free(w->cache);
@@ -218,12 +273,12 @@ static void ready_announce(int ready_fd)
     close(ready_fd);
 }
 
-int worker_run(const struct config *cfg, const struct worker_shared *shared, int listen_fd, int slot,
-               unsigned generation, int ready_fd)
+int worker_run(const struct config *cfg, const struct worker_shared *shared, const struct worker_sockets *socks,
+               int slot, unsigned generation, int ready_fd)
 {
-    struct worker w = { .cfg = cfg, .fences = shared->fences, .rooms = shared->rooms, .slot = slot,
-                        .generation = generation,
-                        .listen_fd = listen_fd, .exit_code = 1 };
+    struct worker w = { .cfg = cfg, .fences = shared->fences, .rooms = shared->rooms, .metrics = shared->metrics,
+                        .slot = slot, .generation = generation, .listen_fd = socks->listen_fd,
+                        .metrics_fd = socks->metrics_fd, .exit_code = 1 };
     log_set_process("worker", slot, generation);
     /* The terminal's Ctrl-C and a HUP reach the whole process group: only the master acts on them. */
     signal(SIGINT, SIG_IGN);
@@ -244,6 +299,13 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, int
     }
     if (!w.http || !w.pool || !w.cache) {
         log_error("cannot set up the HTTP server, the database pool or the cache client");
+        goto done;
+    }
+    w.telemetry = telemetry_new(&w);
+    if (w.telemetry)
+        http_server_observe(w.http, telemetry_observe, w.telemetry);
+    if (metrics_listener_setup(&w) < 0) {
+        log_error("cannot set up the metrics listener");
         goto done;
     }
     ready_announce(ready_fd);

@@ -14,11 +14,20 @@ struct pool;
 struct cache;
 struct fences;
 struct rooms;
+struct metrics;
+struct telemetry;
 
 /* What the master maps before the first fork and every worker shares. */
 struct worker_shared {
     struct fences *fences;
     struct rooms *rooms;
+    struct metrics *metrics;
+};
+
+/* The generation's listening sockets; metrics_fd -1 when [metrics] listen is off. */
+struct worker_sockets {
+    int listen_fd;
+    int metrics_fd;
 };
 
 struct worker {
@@ -31,6 +40,12 @@ struct worker {
     struct event *accept_retry_ev;
     struct event *sigquit_ev, *sigterm_ev, *drain_timer_ev;
     struct http_server *http;
+    int metrics_fd;             /* -1 when off */
+    struct event *metrics_accept_ev;
+    struct http_server *metrics_http;
+    struct metrics *metrics;    /* shared with every worker: what GET /metrics shows */
+    struct telemetry *telemetry;
+    int draining_servers;       /* HTTP servers still holding connections while draining */
     struct pool *pool;
     struct cache *cache;
     struct local_cache *local;  /* NULL when off: redis disabled or local_entries = 0 */
@@ -39,13 +54,14 @@ struct worker {
     bool draining;
     bool room_published;        /* what this worker last said in rooms */
     unsigned long refused;      /* connections refused at max_connections since the last log line */
+    unsigned long refused_total;
     long refused_logged_s;      /* when that line was written (monotonic seconds) */
     int exit_code;
 };
 
 /* Runs a worker until it is told to stop; returns the exit code. `ready_fd` receives this process's
  * pid once it accepts connections, then is closed. */
-int worker_run(const struct config *cfg, const struct worker_shared *shared, int listen_fd, int slot,
-               unsigned generation, int ready_fd);
+int worker_run(const struct config *cfg, const struct worker_shared *shared, const struct worker_sockets *socks,
+               int slot, unsigned generation, int ready_fd);
 
 #endif

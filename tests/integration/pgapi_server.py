@@ -79,6 +79,7 @@ class PgapiServer:
         self.workdir = workdir
         self.topology = topology
         self.port = port or free_port()
+        self.metrics_port = free_port()
         self.binary = binary
         self.wrapper = list(wrapper or [])  # e.g. valgrind and its options, run in front of the binary
         self.ini_path = os.path.join(workdir, "pgapi.ini")
@@ -95,6 +96,7 @@ class PgapiServer:
                        "drain_timeout": "10s", "keepalive_timeout": "5s"},
             "database": {"pool_size": 2, "migrations_dir": os.path.join(REPO_ROOT, "migrations")},
             "redis": {"enabled": "off"},
+            "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
             "log": {"level": "info"},
         }
         if self.topology is not None:

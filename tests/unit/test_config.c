@@ -38,8 +38,8 @@ static void test_defaults(void **state)
     struct config c;
     char err[CONFIG_ERR_MAX] = "";
     assert_int_equal(load(&c, NULL, err, sizeof(err)), 0);
-    assert_string_equal(c.listen_host, "127.0.0.1");
-    assert_int_equal(c.listen_port, 3000);
+    assert_string_equal(c.listen.host, "127.0.0.1");
+    assert_int_equal(c.listen.port, 3000);
     assert_true(c.workers >= 1);
     assert_int_equal(c.pool_size, 4);
     assert_int_equal(c.replica_count, 1);
@@ -58,7 +58,7 @@ static void test_units_and_lists(void **state)
                       "[redis]\nttl = 2m\n[log]\nformat = json\nlevel = debug\n",
                   err, sizeof(err));
     assert_int_equal(rc, 0);
-    assert_int_equal(c.listen_port, 8080);
+    assert_int_equal(c.listen.port, 8080);
     assert_int_equal(c.workers, 3);
     assert_int_equal(c.keepalive_timeout_ms, 250);
     assert_int_equal(c.max_body_bytes, 2 * 1024 * 1024);
@@ -113,7 +113,7 @@ static void test_env_overrides_file(void **state)
     unsetenv("PGAPI_SERVER_LISTEN");
     assert_int_equal(rc, 0);
     assert_int_equal(c.pool_size, 7);
-    assert_int_equal(c.listen_port, 4000);
+    assert_int_equal(c.listen.port, 4000);
     setenv("PGAPI_DATABASE_POOL_SIZE", "zero", 1);
     assert_int_equal(load(&c, NULL, err, sizeof(err)), -1);
     unsetenv("PGAPI_DATABASE_POOL_SIZE");

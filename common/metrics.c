@@ -1,0 +1,82 @@
+/* metrics: the shared table's life, and the fixed label sets (status codes, latency buckets) its arrays
+ * are indexed by. */
+#include "common/metrics.h"
+
+#include <sys/mman.h>
+#include <time.h>
+
+#include "common/log.h"
+
+static const int status_codes[METRICS_STATUSES - 1] = {
+    100, 200, 201, 204, 304, 400, 404, 405, 408, 409, 411, 412, 413, 414, 415, 422, 429, 431, 500, 501, 503, 504,
+};
+#define NSTATUS ((int)(sizeof(status_codes) / sizeof(status_codes[0])))
+
+static const uint64_t bucket_le_us[METRICS_BUCKETS - 1] = {
+    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
+};
+
+struct metrics *metrics_create(void)
+{
+    void *p = mmap(NULL, sizeof(struct metrics), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        log_error("cannot map the shared metrics table");
+        return NULL;
+    }
+    struct metrics *m = p; /* an anonymous mapping is zero-filled: every counter starts at 0 */
+    atomic_store(&m->start_time_s, (uint64_t)time(NULL));
+    return m;
+}
+
+void metrics_destroy(struct metrics *m)
+{
+    if (m)
+        munmap(m, sizeof(*m));
+}
+
+void metrics_gauges_vacate(struct metrics *m, int slot, unsigned generation)
+{
+    if (!m || slot < 0 || slot >= METRICS_SLOTS)
+        return;
+    struct metrics_gauges *g = &m->gauges[generation & 1][slot];
+    uint64_t had = generation;
+    if (!atomic_compare_exchange_strong(&g->generation, &had, 0))
+        return;
+    /* Readers skip a block whose generation is 0; the rest is cleared for the next owner. */
+    atomic_store(&g->connections, 0);
+    atomic_store(&g->waiting[0], 0);
+    atomic_store(&g->waiting[1], 0);
+    for (int b = 0; b < METRICS_BACKENDS; b++) {
+        atomic_store(&g->in_use[b], 0);
+        atomic_store(&g->idle[b], 0);
+        atomic_store(&g->connecting[b], 0);
+        atomic_store(&g->down[b], 0);
+        atomic_store(&g->up[b], 0);
+    }
+}
+
+int metrics_status_index(int status)
+{
+    for (int i = 0; i < NSTATUS; i++)
+        if (status_codes[i] == status)
+            return i;
+    return NSTATUS;
+}
+
+int metrics_status_code(int index)
+{
+    return index >= 0 && index < NSTATUS ? status_codes[index] : 0;
+}
+
+uint64_t metrics_bucket_le_us(int i)
+{
+    return i >= 0 && i < METRICS_BUCKETS - 1 ? bucket_le_us[i] : 0;
+}
+
+int metrics_bucket_index(uint64_t us)
+{
+    int i = 0;
+    while (i < METRICS_BUCKETS - 1 && us > bucket_le_us[i])
+        i++;
+    return i;
+}

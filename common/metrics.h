@@ -1,0 +1,79 @@
+/* metrics: the numbers GET /metrics shows, in a MAP_SHARED table the master maps before the first fork.
+ * Each worker adds to its slot's counters and publishes its gauges there; whichever worker takes a
+ * scrape renders every slot (worker/telemetry.c). Counters live as long as the master: a respawned or
+ * reloaded worker goes on counting in its slot, so a series never goes backwards. */
+#ifndef PGAPI_METRICS_H
+#define PGAPI_METRICS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "common/config.h"
+
+#define METRICS_SLOTS 256      /* config's maximum of workers */
+#define METRICS_ROUTES 24      /* the router's routes, then the ones below */
+#define METRICS_ROUTE_NONE (METRICS_ROUTES - 1)     /* answered before routing (bad framing, limits) */
+#define METRICS_ROUTE_UNMATCHED (METRICS_ROUTES - 2) /* 404 / 405 */
+#define METRICS_ROUTE_SCRAPE (METRICS_ROUTES - 3)    /* the metrics listener itself */
+#define METRICS_STATUSES 24    /* the codes of metrics_status_code, then "other" */
+#define METRICS_BUCKETS 14     /* latency bounds of metrics_bucket_le, the last one +Inf */
+#define METRICS_BACKENDS (1 + CONFIG_MAX_REPLICAS) /* 0: the primary, 1 + i: replica i */
+
+typedef _Atomic uint64_t metrics_counter;
+
+/* Per slot, only ever added to (by the slot's current and retiring workers at once, hence atomics). */
+struct metrics_counters {
+    metrics_counter requests[METRICS_ROUTES][METRICS_STATUSES];
+    metrics_counter latency[METRICS_ROUTES][METRICS_BUCKETS]; /* per bucket; rendered cumulative */
+    metrics_counter latency_us[METRICS_ROUTES];
+    metrics_counter queries[METRICS_BACKENDS], query_errors[METRICS_BACKENDS];
+    metrics_counter timeouts[2], queue_full[2], batches[2], wait_us[2];
+    metrics_counter cache_hits, cache_misses, cache_waits, cache_bypasses, cache_fills, cache_invalidations;
+    metrics_counter cache_epoch_bumps, cache_invalidation_failures, cache_ping_failures, cache_disconnects;
+    metrics_counter local_hits;
+    metrics_counter connections_refused;
+};
+
+/* Per (generation parity, slot): what one process last published; the master clears it when that
+ * process is reaped. generation 0 = nobody. */
+struct metrics_gauges {
+    _Atomic uint64_t generation;
+    _Atomic int64_t pid, connections, replicas, cache_up, local_entries, local_bytes;
+    _Atomic int64_t waiting[2];
+    _Atomic int64_t in_use[METRICS_BACKENDS], idle[METRICS_BACKENDS], connecting[METRICS_BACKENDS];
+    _Atomic int64_t down[METRICS_BACKENDS], up[METRICS_BACKENDS], lag_ms[METRICS_BACKENDS];
+    _Atomic uint64_t lsn[METRICS_BACKENDS];
+};
+
+struct metrics {
+    /* the master's */
+    metrics_counter worker_starts, worker_restarts, worker_crashes, reloads, reloads_refused;
+    _Atomic uint64_t generation, workers, start_time_s;
+    struct metrics_counters slot[METRICS_SLOTS];
+    struct metrics_gauges gauges[2][METRICS_SLOTS];
+};
+
+/* Called by the master once, before the first fork; NULL (logged) if the mapping fails. */
+struct metrics *metrics_create(void);
+void metrics_destroy(struct metrics *m);
+/* The master, for a worker it reaped: forgets its gauges unless the block is another process's now. */
+void metrics_gauges_vacate(struct metrics *m, int slot, unsigned generation);
+
+static inline void metrics_add(metrics_counter *c, uint64_t n)
+{
+    atomic_fetch_add_explicit(c, n, memory_order_relaxed);
+}
+
+static inline uint64_t metrics_get(const metrics_counter *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+/* Status code <-> index into requests[][]; an unlisted code counts as "other" (code 0). */
+int metrics_status_index(int status);
+int metrics_status_code(int index);
+/* Upper bound of latency bucket i in microseconds; 0 for the last (+Inf). */
+uint64_t metrics_bucket_le_us(int i);
+int metrics_bucket_index(uint64_t us);
+
+#endif

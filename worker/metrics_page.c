@@ -1,0 +1,442 @@
+/* metrics_page: renders the shared metrics table. A scrape reads every slot with relaxed loads: each
+ * number is one the slot really had, taken within the scrape (no lock, no worker waits for another). */
+#include "worker/metrics_page.h"
+
+#include <http_parser.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/metrics.h"
+#include "worker/reply.h"
+#include "worker/router.h"
+#include "worker/telemetry.h"
+#include "worker/worker.h"
+
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+struct page {
+    FILE *f;
+    const struct metrics *m;
+    int nslots;
+};
+
+static void family(struct page *pg, const char *name, const char *type, const char *help)
+{
+    fprintf(pg->f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void route_labels(int route, const char **method, const char **pattern)
+{
+    if (route < router_route_count()) {
+        router_route_label(route, method, pattern);
+        return;
+    }
+    *method = route == METRICS_ROUTE_SCRAPE ? "GET" : "";
+    *pattern = route == METRICS_ROUTE_SCRAPE ? "/metrics" : route == METRICS_ROUTE_UNMATCHED ? "unmatched" : "none";
+}
+
+static uint64_t route_count(const struct metrics_counters *c, int route)
+{
+    uint64_t n = 0;
+    for (int b = 0; b < METRICS_BUCKETS; b++)
+        n += metrics_get(&c->latency[route][b]);
+    return n;
+}
+
+static void requests_render(struct page *pg)
+{
+    family(pg, "pgapi_http_requests_total", "counter", "HTTP requests answered, by route and status.");
+    for (int w = 0; w < pg->nslots; w++)
+        for (int r = 0; r < METRICS_ROUTES; r++)
+            for (int s = 0; s < METRICS_STATUSES; s++) {
+                uint64_t n = metrics_get(&pg->m->slot[w].requests[r][s]);
+                if (!n)
+                    continue;
+                const char *method, *pattern;
+                route_labels(r, &method, &pattern);
+                int code = metrics_status_code(s);
+                char status[8] = "other";
+                if (code)
+                    snprintf(status, sizeof(status), "%d", code);
+                fprintf(pg->f, "pgapi_http_requests_total{worker=\"%d\",method=\"%s\",route=\"%s\",status=\"%s\"} %llu\n",
+                        w, method, pattern, status, (unsigned long long)n);
+            }
+}
+
+static void latency_render_route(struct page *pg, int w, int r)
+{
+    const struct metrics_counters *c = &pg->m->slot[w];
+    const char *method, *pattern;
+    route_labels(r, &method, &pattern);
+    uint64_t cumulative = 0;
+    for (int b = 0; b < METRICS_BUCKETS; b++) {
+        cumulative += metrics_get(&c->latency[r][b]);
+        uint64_t le = metrics_bucket_le_us(b);
+        char bound[24] = "+Inf";
+        if (le)
+            snprintf(bound, sizeof(bound), "%g", (double)le / 1e6);
+        fprintf(pg->f, "pgapi_http_request_duration_seconds_bucket{worker=\"%d\",method=\"%s\",route=\"%s\",le=\"%s\"} %llu\n",
+                w, method, pattern, bound, (unsigned long long)cumulative);
+    }
+    fprintf(pg->f, "pgapi_http_request_duration_seconds_sum{worker=\"%d\",method=\"%s\",route=\"%s\"} %.6f\n", w,
+            method, pattern, (double)metrics_get(&c->latency_us[r]) / 1e6);
+    fprintf(pg->f, "pgapi_http_request_duration_seconds_count{worker=\"%d\",method=\"%s\",route=\"%s\"} %llu\n", w,
+            method, pattern, (unsigned long long)cumulative);
+}
+
+static void latency_render(struct page *pg)
+{
+    family(pg, "pgapi_http_request_duration_seconds", "histogram",
+           "Time from a request's first byte to its answer being queued, by route.");
+    for (int w = 0; w < pg->nslots; w++)
+        for (int r = 0; r < METRICS_ROUTES; r++)
+            if (route_count(&pg->m->slot[w], r))
+                latency_render_route(pg, w, r);
+}
+
+/* The slot's gauge blocks that belong to a live process (a draining one and its successor may share
+ * the slot during a reload); newest first. Returns how many. */
+static int gauges_live(const struct metrics *m, int slot, const struct metrics_gauges *out[2])
+{
+    const struct metrics_gauges *a = &m->gauges[0][slot], *b = &m->gauges[1][slot];
+    uint64_t ga = LOAD(a->generation), gb = LOAD(b->generation);
+    int n = 0;
+    if (ga >= gb) {
+        if (ga)
+            out[n++] = a;
+        if (gb)
+            out[n++] = b;
+    } else {
+        out[n++] = b;
+        if (ga)
+            out[n++] = a;
+    }
+    return n;
+}
+
+static const char *backend_side(int b)
+{
+    return b == 0 ? "primary" : "replica";
+}
+
+static void backend_name(int b, char *buf, size_t cap)
+{
+    if (b == 0)
+        snprintf(buf, cap, "primary");
+    else
+        snprintf(buf, cap, "replica%d", b - 1);
+}
+
+/* A gauge summed over the slot's live processes. */
+#define GAUGE_SUM(live, n, field)                                                                         \
+    ({                                                                                                    \
+        int64_t sum_ = 0;                                                                                 \
+        for (int i_ = 0; i_ < (n); i_++)                                                                  \
+            sum_ += LOAD((live)[i_]->field);                                                              \
+        sum_;                                                                                             \
+    })
+
+static void gauge_line(struct page *pg, const char *name, int w, const char *labels, long long v)
+{
+    fprintf(pg->f, "%s{worker=\"%d\"%s%s} %lld\n", name, w, labels[0] ? "," : "", labels, v);
+}
+
+static int slot_backends(const struct page *pg, int w)
+{
+    const struct metrics_gauges *live[2];
+    int n = gauges_live(pg->m, w, live);
+    int replicas = n ? (int)LOAD(live[0]->replicas) : 0;
+    return 1 + (replicas < METRICS_BACKENDS - 1 ? replicas : METRICS_BACKENDS - 1);
+}
+
+static void pool_connections_render(struct page *pg)
+{
+    static const char *states[] = { "in_use", "idle", "connecting", "down" };
+    family(pg, "pgapi_pool_connections", "gauge", "Database connections of each worker's pool, by backend and state.");
+    for (int w = 0; w < pg->nslots; w++) {
+        const struct metrics_gauges *live[2];
+        int n = gauges_live(pg->m, w, live);
+        for (int b = 0; b < slot_backends(pg, w) && n; b++) {
+            long long v[4] = { GAUGE_SUM(live, n, in_use[b]), GAUGE_SUM(live, n, idle[b]),
+                               GAUGE_SUM(live, n, connecting[b]), GAUGE_SUM(live, n, down[b]) };
+            char name[24], labels[96];
+            backend_name(b, name, sizeof(name));
+            for (int s = 0; s < 4; s++) {
+                snprintf(labels, sizeof(labels), "side=\"%s\",backend=\"%s\",state=\"%s\"", backend_side(b), name, states[s]);
+                gauge_line(pg, "pgapi_pool_connections", w, labels, v[s]);
+            }
+        }
+    }
+}
+
+static void backend_counters_render(struct page *pg, const char *metric, const char *help, bool errors)
+{
+    family(pg, metric, "counter", help);
+    for (int w = 0; w < pg->nslots; w++)
+        for (int b = 0; b < slot_backends(pg, w); b++) {
+            const struct metrics_counters *c = &pg->m->slot[w];
+            char name[24];
+            backend_name(b, name, sizeof(name));
+            uint64_t v = metrics_get(errors ? &c->query_errors[b] : &c->queries[b]);
+            fprintf(pg->f, "%s{worker=\"%d\",side=\"%s\",backend=\"%s\"} %llu\n", metric, w, backend_side(b), name,
+                    (unsigned long long)v);
+        }
+}
+
+static void backend_state_render(struct page *pg)
+{
+    family(pg, "pgapi_backend_up", "gauge", "1 if the backend is in the worker's rotation (healthy, connected, lag within max_replica_lag).");
+    for (int w = 0; w < pg->nslots; w++) {
+        const struct metrics_gauges *live[2];
+        if (!gauges_live(pg->m, w, live))
+            continue;
+        for (int b = 0; b < slot_backends(pg, w); b++) {
+            char name[24], labels[64];
+            backend_name(b, name, sizeof(name));
+            snprintf(labels, sizeof(labels), "side=\"%s\",backend=\"%s\"", backend_side(b), name);
+            gauge_line(pg, "pgapi_backend_up", w, labels, LOAD(live[0]->up[b]));
+        }
+    }
+    family(pg, "pgapi_replica_lag_seconds", "gauge", "Replay lag of each replica as the worker last sampled it (0 when it has replayed everything).");
+    for (int w = 0; w < pg->nslots; w++) {
+        const struct metrics_gauges *live[2];
+        if (!gauges_live(pg->m, w, live))
+            continue;
+        for (int b = 1; b < slot_backends(pg, w); b++) {
+            char name[24];
+            backend_name(b, name, sizeof(name));
+            fprintf(pg->f, "pgapi_replica_lag_seconds{worker=\"%d\",backend=\"%s\"} %.3f\n", w, name,
+                    (double)LOAD(live[0]->lag_ms[b]) / 1000.0);
+        }
+    }
+    family(pg, "pgapi_backend_wal_lsn_bytes", "gauge", "WAL position as last sampled: the primary's current LSN, a replica's replay LSN.");
+    for (int w = 0; w < pg->nslots; w++) {
+        const struct metrics_gauges *live[2];
+        if (!gauges_live(pg->m, w, live))
+            continue;
+        for (int b = 0; b < slot_backends(pg, w); b++) {
+            char name[24];
+            backend_name(b, name, sizeof(name));
+            fprintf(pg->f, "pgapi_backend_wal_lsn_bytes{worker=\"%d\",side=\"%s\",backend=\"%s\"} %llu\n", w,
+                    backend_side(b), name, (unsigned long long)LOAD(live[0]->lsn[b]));
+        }
+    }
+}
+
+/* One counter per worker and side, from the slot's array of two. */
+static void side_counter_render(struct page *pg, const char *metric, const char *help, size_t offset, double scale)
+{
+    family(pg, metric, "counter", help);
+    for (int w = 0; w < pg->nslots; w++)
+        for (int side = 0; side < 2; side++) {
+            const metrics_counter *arr = (const metrics_counter *)((const char *)&pg->m->slot[w] + offset);
+            double v = (double)metrics_get(&arr[side]) * scale;
+            fprintf(pg->f, "%s{worker=\"%d\",side=\"%s\"} %.*f\n", metric, w, side ? "replica" : "primary",
+                    scale == 1.0 ? 0 : 6, v);
+        }
+}
+
+static void pool_render(struct page *pg)
+{
+    pool_connections_render(pg);
+    family(pg, "pgapi_pool_waiting", "gauge", "Statements queued for a free connection, by side.");
+    for (int w = 0; w < pg->nslots; w++) {
+        const struct metrics_gauges *live[2];
+        int n = gauges_live(pg->m, w, live);
+        if (!n)
+            continue;
+        gauge_line(pg, "pgapi_pool_waiting", w, "side=\"primary\"", GAUGE_SUM(live, n, waiting[0]));
+        gauge_line(pg, "pgapi_pool_waiting", w, "side=\"replica\"", GAUGE_SUM(live, n, waiting[1]));
+    }
+    backend_counters_render(pg, "pgapi_pool_queries_total", "Statements answered, by backend.", false);
+    backend_counters_render(pg, "pgapi_pool_errors_total", "Statements answered with an error (SQL, broken, timed out), by backend.", true);
+    side_counter_render(pg, "pgapi_pool_timeouts_total", "Statements or queue waits that ran out of time, by side.",
+                        offsetof(struct metrics_counters, timeouts), 1.0);
+    side_counter_render(pg, "pgapi_pool_queue_full_total", "Statements refused because the side's queue was full.",
+                        offsetof(struct metrics_counters, queue_full), 1.0);
+    side_counter_render(pg, "pgapi_pool_batches_total", "Statements that ran several queued requests at once.",
+                        offsetof(struct metrics_counters, batches), 1.0);
+    side_counter_render(pg, "pgapi_pool_wait_seconds_total", "Time statements spent queued for a connection.",
+                        offsetof(struct metrics_counters, wait_us), 1e-6);
+    backend_state_render(pg);
+}
+
+static void slot_counter_render(struct page *pg, const char *metric, const char *labels, size_t offset)
+{
+    for (int w = 0; w < pg->nslots; w++) {
+        const metrics_counter *c = (const metrics_counter *)((const char *)&pg->m->slot[w] + offset);
+        fprintf(pg->f, "%s{worker=\"%d\"%s%s} %llu\n", metric, w, labels[0] ? "," : "", labels,
+                (unsigned long long)metrics_get(c));
+    }
+}
+
+#define SLOT_COUNTER(pg, metric, labels, field) slot_counter_render(pg, metric, labels, offsetof(struct metrics_counters, field))
+
+static void cache_render(struct page *pg)
+{
+    family(pg, "pgapi_cache_lookups_total", "counter",
+           "Cache lookups by layer and result: local (the worker's own copies) hits; redis hit, miss (this "
+           "request fills it), wait (another fills it), bypass (Redis unusable or its epoch in doubt).");
+    SLOT_COUNTER(pg, "pgapi_cache_lookups_total", "layer=\"local\",result=\"hit\"", local_hits);
+    SLOT_COUNTER(pg, "pgapi_cache_lookups_total", "layer=\"redis\",result=\"hit\"", cache_hits);
+    SLOT_COUNTER(pg, "pgapi_cache_lookups_total", "layer=\"redis\",result=\"miss\"", cache_misses);
+    SLOT_COUNTER(pg, "pgapi_cache_lookups_total", "layer=\"redis\",result=\"wait\"", cache_waits);
+    SLOT_COUNTER(pg, "pgapi_cache_lookups_total", "layer=\"redis\",result=\"bypass\"", cache_bypasses);
+    family(pg, "pgapi_cache_errors_total", "counter", "Redis failures: failed invalidations (the cache then moves to a new epoch), failed pings, lost connections.");
+    SLOT_COUNTER(pg, "pgapi_cache_errors_total", "kind=\"invalidation\"", cache_invalidation_failures);
+    SLOT_COUNTER(pg, "pgapi_cache_errors_total", "kind=\"ping\"", cache_ping_failures);
+    SLOT_COUNTER(pg, "pgapi_cache_errors_total", "kind=\"disconnect\"", cache_disconnects);
+    family(pg, "pgapi_cache_fills_total", "counter", "Values written to Redis after a miss.");
+    SLOT_COUNTER(pg, "pgapi_cache_fills_total", "", cache_fills);
+    family(pg, "pgapi_cache_invalidations_total", "counter", "Invalidations sent after committed writes.");
+    SLOT_COUNTER(pg, "pgapi_cache_invalidations_total", "", cache_invalidations);
+    family(pg, "pgapi_cache_epoch_bumps_total", "counter", "Times the cache moved to a new epoch (everything cached before is dropped).");
+    SLOT_COUNTER(pg, "pgapi_cache_epoch_bumps_total", "", cache_epoch_bumps);
+    family(pg, "pgapi_http_connections_refused_total", "counter", "Connections answered 503 at max_connections.");
+    SLOT_COUNTER(pg, "pgapi_http_connections_refused_total", "", connections_refused);
+}
+
+static void process_gauges_render(struct page *pg)
+{
+    static const struct { const char *name, *help; size_t off; } g[] = {
+        { "pgapi_http_connections", "Open client connections.", offsetof(struct metrics_gauges, connections) },
+        { "pgapi_cache_up", "1 if the worker's Redis connection is up.", offsetof(struct metrics_gauges, cache_up) },
+        { "pgapi_local_cache_entries", "Values in the worker's local cache.", offsetof(struct metrics_gauges, local_entries) },
+        { "pgapi_local_cache_bytes", "Bytes the worker's local cache holds.", offsetof(struct metrics_gauges, local_bytes) },
+        { "pgapi_worker_pid", "Process id of the worker serving the slot (the newest when two share it in a reload).", offsetof(struct metrics_gauges, pid) },
+    };
+    for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
+        family(pg, g[i].name, "gauge", g[i].help);
+        for (int w = 0; w < pg->nslots; w++) {
+            const struct metrics_gauges *live[2];
+            int n = gauges_live(pg->m, w, live);
+            long long v = 0;
+            bool sum = i == 0; /* connections add up over a slot's two processes; the rest are the newest's */
+            for (int k = 0; k < (sum ? n : n > 0); k++)
+                v += LOAD(*(const _Atomic int64_t *)((const char *)live[k] + g[i].off));
+            if (n)
+                gauge_line(pg, g[i].name, w, "", v);
+        }
+    }
+}
+
+/* A label value: backslash, quote and newline escaped (Prometheus text format); bounded. */
+static void label_escape(char *out, size_t cap, const char *v)
+{
+    size_t n = 0;
+    for (; v && *v && n + 3 < cap; v++) {
+        if (*v == '\\' || *v == '"' || *v == '\n')
+            out[n++] = '\\';
+        out[n++] = *v == '\n' ? 'n' : *v;
+    }
+    out[n] = '\0';
+}
+
+/* host, port and dbname of a conninfo; never its password or other options. */
+static void backend_info_render(struct page *pg, int b, const char *dsn)
+{
+    char *err = NULL, host[160] = "", port[16] = "", db[160] = "", name[24];
+    PQconninfoOption *opts = PQconninfoParse(dsn, &err);
+    if (!opts) {
+        PQfreemem(err);
+        return;
+    }
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val)
+            continue;
+        if (strcmp(o->keyword, "host") == 0 || (strcmp(o->keyword, "hostaddr") == 0 && !host[0]))
+            label_escape(host, sizeof(host), o->val);
+        else if (strcmp(o->keyword, "port") == 0)
+            label_escape(port, sizeof(port), o->val);
+        else if (strcmp(o->keyword, "dbname") == 0)
+            label_escape(db, sizeof(db), o->val);
+    }
+    PQconninfoFree(opts);
+    backend_name(b, name, sizeof(name));
+    fprintf(pg->f, "pgapi_backend_info{side=\"%s\",backend=\"%s\",host=\"%s\",port=\"%s\",dbname=\"%s\"} 1\n",
+            backend_side(b), name, host, port, db);
+}
+
+static void master_render(struct page *pg, const struct config *cfg)
+{
+    const struct metrics *m = pg->m;
+    family(pg, "pgapi_build_info", "gauge", "Version of the running binary.");
+    fprintf(pg->f, "pgapi_build_info{version=\"%s\"} 1\n", PGAPI_VERSION);
+    family(pg, "pgapi_start_time_seconds", "gauge", "When the master started (Unix time).");
+    fprintf(pg->f, "pgapi_start_time_seconds %llu\n", (unsigned long long)LOAD(m->start_time_s));
+    family(pg, "pgapi_generation", "gauge", "Configuration generation serving (1 at start, +1 per accepted reload).");
+    fprintf(pg->f, "pgapi_generation %llu\n", (unsigned long long)LOAD(m->generation));
+    family(pg, "pgapi_workers", "gauge", "Worker processes the configuration asks for.");
+    fprintf(pg->f, "pgapi_workers %llu\n", (unsigned long long)LOAD(m->workers));
+    family(pg, "pgapi_worker_restarts_total", "counter", "Workers started again after one died unexpectedly (a signal or a failed exit).");
+    fprintf(pg->f, "pgapi_worker_restarts_total %llu\n", (unsigned long long)metrics_get(&m->worker_restarts));
+    family(pg, "pgapi_worker_starts_total", "counter", "Worker processes started (first start, restarts, reloads).");
+    fprintf(pg->f, "pgapi_worker_starts_total %llu\n", (unsigned long long)metrics_get(&m->worker_starts));
+    family(pg, "pgapi_reloads_total", "counter", "Reloads (SIGHUP) by result: ok, or refused (bad configuration, cannot listen).");
+    fprintf(pg->f, "pgapi_reloads_total{result=\"ok\"} %llu\npgapi_reloads_total{result=\"refused\"} %llu\n",
+            (unsigned long long)metrics_get(&m->reloads), (unsigned long long)metrics_get(&m->reloads_refused));
+    family(pg, "pgapi_backend_info", "gauge", "Where each backend points (from the configuration; no credentials).");
+    backend_info_render(pg, 0, cfg->primary_dsn);
+    for (int i = 0; i < cfg->replica_count; i++)
+        backend_info_render(pg, i + 1, cfg->replica_dsn[i]);
+}
+
+/* Slots to show: the configured workers, and any slot a live process still publishes in (after a
+ * reload to fewer workers, the old ones until they have drained). */
+static int slots_shown(const struct metrics *m, int workers)
+{
+    int n = workers < METRICS_SLOTS ? workers : METRICS_SLOTS;
+    for (int i = n; i < METRICS_SLOTS; i++)
+        if (LOAD(m->gauges[0][i].generation) || LOAD(m->gauges[1][i].generation))
+            n = i + 1;
+    return n;
+}
+
+static char *page_render(struct worker *w, size_t *len)
+{
+    char *buf = NULL;
+    struct page pg = { .f = open_memstream(&buf, len), .m = w->metrics };
+    if (!pg.f)
+        return NULL;
+    telemetry_publish(w->telemetry); /* this worker's own numbers as of now; the others' are <= 1 s old */
+    pg.nslots = slots_shown(w->metrics, w->cfg->workers);
+    master_render(&pg, w->cfg);
+    process_gauges_render(&pg);
+    requests_render(&pg);
+    latency_render(&pg);
+    pool_render(&pg);
+    cache_render(&pg);
+    if (fclose(pg.f) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+void metrics_page_dispatch(struct http_request *req)
+{
+    struct worker *w = req->ctx;
+    req->route = METRICS_ROUTE_SCRAPE;
+    if (strcmp(req->path, "/metrics") != 0) {
+        req->route = METRICS_ROUTE_UNMATCHED;
+        reply_error(req, 404, "not_found", "this listener serves GET /metrics only");
+        return;
+    }
+    if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
+        http_header_add(req, "Allow", "GET, HEAD");
+        reply_error(req, 405, "method_not_allowed", "%s is not allowed here; allowed: GET, HEAD", req->method_name);
+        return;
+    }
+    size_t len = 0;
+    char *body = w->metrics ? page_render(w, &len) : NULL;
+    if (!body) {
+        log_error("request %s: cannot render the metrics page", req->request_id);
+        reply_error(req, 500, "internal", "cannot render the metrics");
+        return;
+    }
+    http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", body, len);
+    free(body);
+}

@@ -1,0 +1,174 @@
+/* telemetry: counts into this worker's slot of the shared metrics table. Only the request counters are
+ * written on the request path (three relaxed atomic adds); everything the pool and the cache already
+ * count is copied over by a one-second timer, as deltas, so the slot's counters keep growing across
+ * worker restarts and reloads. */
+#include "worker/telemetry.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/metrics.h"
+#include "worker/cache.h"
+#include "worker/http.h"
+#include "worker/local_cache.h"
+#include "worker/pool.h"
+#include "worker/worker.h"
+
+#define PUBLISH_MS 1000
+
+/* The pool's and cache's counters as last copied into the slot. */
+struct published {
+    uint64_t queries[METRICS_BACKENDS], query_errors[METRICS_BACKENDS];
+    uint64_t timeouts[2], queue_full[2], batches[2], wait_us[2];
+    struct cache_stats cache;
+    uint64_t local_hits;
+    uint64_t refused;
+};
+
+struct telemetry {
+    struct worker *w;
+    struct metrics_counters *counters;
+    struct metrics_gauges *gauges;
+    struct event *timer;
+    struct published last;
+};
+
+void telemetry_observe(void *arg, const struct http_request *req, uint64_t duration_us)
+{
+    struct telemetry *t = arg;
+    int route = req->route >= 0 && req->route < METRICS_ROUTES ? req->route : METRICS_ROUTE_NONE;
+    metrics_add(&t->counters->requests[route][metrics_status_index(req->status)], 1);
+    metrics_add(&t->counters->latency[route][metrics_bucket_index(duration_us)], 1);
+    metrics_add(&t->counters->latency_us[route], duration_us);
+}
+
+/* Adds now - *last to the shared counter and remembers now. */
+static void delta_add(metrics_counter *c, uint64_t *last, uint64_t now)
+{
+    if (now > *last)
+        metrics_add(c, now - *last);
+    *last = now;
+}
+
+static void gauge_set(_Atomic int64_t *g, int64_t v)
+{
+    atomic_store_explicit(g, v, memory_order_relaxed);
+}
+
+static void backends_publish(struct telemetry *t)
+{
+    struct pool *p = t->w->pool;
+    int n = pool_replica_count(p);
+    gauge_set(&t->gauges->replicas, n);
+    for (int b = 0; b <= n && b < METRICS_BACKENDS; b++) {
+        struct pool_backend_stats s;
+        pool_backend_stats(p, b - 1, &s);
+        delta_add(&t->counters->queries[b], &t->last.queries[b], s.queries);
+        delta_add(&t->counters->query_errors[b], &t->last.query_errors[b], s.errors);
+        gauge_set(&t->gauges->in_use[b], s.in_use);
+        gauge_set(&t->gauges->idle[b], s.idle);
+        gauge_set(&t->gauges->connecting[b], s.connecting);
+        gauge_set(&t->gauges->down[b], s.down);
+        gauge_set(&t->gauges->up[b], s.up);
+        gauge_set(&t->gauges->lag_ms[b], s.lag_ms);
+        atomic_store_explicit(&t->gauges->lsn[b], s.lsn, memory_order_relaxed);
+    }
+}
+
+static void sides_publish(struct telemetry *t)
+{
+    for (int side = 0; side < 2; side++) {
+        struct pool_side_stats s;
+        pool_stats(t->w->pool, (enum pool_side)side, &s);
+        delta_add(&t->counters->timeouts[side], &t->last.timeouts[side], s.timeouts);
+        delta_add(&t->counters->queue_full[side], &t->last.queue_full[side], s.queue_full);
+        delta_add(&t->counters->batches[side], &t->last.batches[side], s.batches);
+        delta_add(&t->counters->wait_us[side], &t->last.wait_us[side], s.wait_us_total);
+        gauge_set(&t->gauges->waiting[side], s.waiting);
+    }
+}
+
+static void cache_publish(struct telemetry *t)
+{
+    struct cache_stats s;
+    struct cache_stats *last = &t->last.cache;
+    struct metrics_counters *c = t->counters;
+    cache_stats(t->w->cache, &s);
+    delta_add(&c->cache_hits, &last->hits, s.hits);
+    delta_add(&c->cache_misses, &last->misses, s.misses);
+    delta_add(&c->cache_waits, &last->waits, s.waits);
+    delta_add(&c->cache_bypasses, &last->bypasses, s.bypasses);
+    delta_add(&c->cache_fills, &last->fills, s.fills);
+    delta_add(&c->cache_invalidations, &last->invalidations, s.invalidations);
+    delta_add(&c->cache_epoch_bumps, &last->epoch_bumps, s.epoch_bumps);
+    delta_add(&c->cache_invalidation_failures, &last->invalidation_failures, s.invalidation_failures);
+    delta_add(&c->cache_ping_failures, &last->ping_failures, s.ping_failures);
+    delta_add(&c->cache_disconnects, &last->disconnects, s.disconnects);
+    gauge_set(&t->gauges->cache_up, cache_state(t->w->cache) == CACHE_UP);
+    uint64_t hits = 0, entries = 0;
+    size_t bytes = 0;
+    if (t->w->local)
+        local_cache_stats(t->w->local, &hits, &entries, &bytes);
+    delta_add(&c->local_hits, &t->last.local_hits, hits);
+    gauge_set(&t->gauges->local_entries, (int64_t)entries);
+    gauge_set(&t->gauges->local_bytes, (int64_t)bytes);
+}
+
+void telemetry_publish(struct telemetry *t)
+{
+    if (!t)
+        return;
+    struct worker *w = t->w;
+    int conns = (w->http ? http_server_conn_count(w->http) : 0) + (w->metrics_http ? http_server_conn_count(w->metrics_http) : 0);
+    gauge_set(&t->gauges->connections, conns);
+    delta_add(&t->counters->connections_refused, &t->last.refused, w->refused_total);
+    if (w->pool) {
+        backends_publish(t);
+        sides_publish(t);
+    }
+    if (w->cache)
+        cache_publish(t);
+    atomic_store_explicit(&t->gauges->generation, w->generation, memory_order_release);
+}
+
+static void publish_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    telemetry_publish(arg);
+}
+
+struct telemetry *telemetry_new(struct worker *w)
+{
+    if (!w->metrics || w->slot < 0 || w->slot >= METRICS_SLOTS)
+        return NULL;
+    struct telemetry *t = calloc(1, sizeof(*t));
+    if (!t) {
+        log_error("out of memory for the metrics publisher");
+        return NULL;
+    }
+    t->w = w;
+    t->counters = &w->metrics->slot[w->slot];
+    t->gauges = &w->metrics->gauges[w->generation & 1][w->slot];
+    t->timer = event_new(w->base, -1, EV_PERSIST, publish_cb, t);
+    if (!t->timer || event_add(t->timer, &(struct timeval){ PUBLISH_MS / 1000, (PUBLISH_MS % 1000) * 1000 }) < 0) {
+        log_error("cannot start the metrics publisher");
+        telemetry_free(t);
+        return NULL;
+    }
+    gauge_set(&t->gauges->pid, getpid());
+    telemetry_publish(t);
+    return t;
+}
+
+void telemetry_free(struct telemetry *t)
+{
+    if (!t)
+        return;
+    telemetry_publish(t);
+    if (t->timer)
+        event_free(t->timer);
+    free(t);
+}
