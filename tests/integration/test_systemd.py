@@ -254,7 +254,8 @@ def test_installed_unit_files_and_user(installed, tmp_path):
     user, group = unit_one(svc, "User"), unit_one(svc, "Group")
     with open(installed.sysusers) as f:
         entries = [l.split() for l in f if l.strip() and not l.startswith("#")]
-    assert ["u", user] in [e[:2] for e in entries], f"expected a 'u {user} ...' line in {installed.sysusers}, got {entries}"
+    assert ["u", user] in [e[:2] for e in entries], \
+        f"expected a 'u {user} ...' line in {installed.sysusers}, got {entries}"
     if shutil.which("systemd-sysusers"):  # otherwise the file is checked by its syntax only
         root = tmp_path / "sysroot"
         (root / "etc").mkdir(parents=True)
@@ -289,16 +290,21 @@ def notify_socket(kind, tmp_path):
     return sock, path
 
 
-def notify_recv(sock, until, timeout=30):
-    """[(sender pid, text)] until a message contains `until`."""
+def notify_recv(sock, until, proc, log_path, timeout=30):
+    """[(sender pid, text)] until a message contains `until`; fails (with the server's log) on a timeout or
+    when proc exits first, unless `until` came before."""
     deadline = time.monotonic() + timeout
     got = []
     while True:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        sock.settimeout(0.2)
         try:
             data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(struct.calcsize("3i")))
         except socket.timeout:
-            raise AssertionError(f"expected a notification with {until!r} within {timeout}s, got {got}")
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = f"the server exited {proc.returncode}" if proc.poll() is not None else f"{timeout}s passed"
+                raise AssertionError(f"expected a notification with {until!r}, got {got} before {why}; "
+                                     f"log:\n{log_tail(log_path)}")
+            continue
         pid = None
         for level, kind, cdata in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
@@ -394,7 +400,7 @@ def test_installed_unit_lifecycle_as_systemd_runs_it(installed, topology, tmp_pa
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(start, env=env, cwd=workdir, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         main_pid = proc.pid
-        got = notify_recv(sock, "READY=1")
+        got = notify_recv(sock, "READY=1", proc, log_path)
         assert all(pid == main_pid for pid, _ in got), \
             f"expected every notification from the main pid {main_pid}, got {got}\n{log_tail(log_path)}"
         status = http_status(port, "/healthz")
@@ -410,7 +416,7 @@ def test_installed_unit_lifecycle_as_systemd_runs_it(installed, topology, tmp_pa
         assert str(main_pid) in reload, f"expected ExecReload to address $MAINPID {main_pid}, got {reload}"
         p = run(reload, env=env_reload, cwd=workdir)
         assert p.returncode == 0, f"ExecReload {reload}: expected exit 0, got {p.returncode}:\n{p.stderr}"
-        got = notify_recv(sock, "READY=1")
+        got = notify_recv(sock, "READY=1", proc, log_path)
         assert "RELOADING=1" in got[0][1], f"expected RELOADING=1 first, then READY=1, got {got}"
         assert all(pid == main_pid for pid, _ in got), f"expected every notification from {main_pid}, got {got}"
         status = http_status(port, "/healthz")
@@ -419,7 +425,7 @@ def test_installed_unit_lifecycle_as_systemd_runs_it(installed, topology, tmp_pa
 
         t0 = time.monotonic()
         os.kill(main_pid, kill_signal)
-        got = notify_recv(sock, "STOPPING=1", timeout=stop_timeout)
+        got = notify_recv(sock, "STOPPING=1", proc, log_path, timeout=stop_timeout)
         assert all(pid == main_pid for pid, _ in got), f"expected every notification from {main_pid}, got {got}"
         try:
             rc = proc.wait(max(0.1, stop_timeout - (time.monotonic() - t0)))
@@ -618,7 +624,8 @@ def test_make_dist_tarball_builds_on_its_own(tmp_path):
         tar.extractall(tmp_path)
     src = tmp_path / top
     p = run(["make", "-s", f"-j{os.cpu_count() or 2}", "all"], cwd=src, timeout=900)
-    assert p.returncode == 0, f"make all in the extracted tarball exited {p.returncode}, expected 0:\n{p.stderr[-3000:]}"
+    assert p.returncode == 0, \
+        f"make all in the extracted tarball exited {p.returncode}, expected 0:\n{p.stderr[-3000:]}"
     p = run([str(src / "build" / "pgapi"), "--version"])
     assert p.returncode == 0 and p.stdout.strip() == f"pgapi {version}", \
         f"expected 'pgapi {version}' from the tarball's build, got {p.returncode} {p.stdout!r}"
