@@ -243,6 +243,20 @@ def test_installed_unit_files_and_user(installed, tmp_path):
                                               f"{installed.man}, got {p.stdout!r} {p.stderr!r}"
     mode = os.stat(installed.example).st_mode & 0o777
     assert mode == 0o640, f"expected the example ini installed mode 640, got {oct(mode)}"
+    # the example lists every key the binary has, with its default, so it can be edited in place
+    _, _, keys, _ = help_parse(run([BUILD_BINARY, "--help"]).stdout)
+    with open(installed.example) as f:
+        example = f.read()
+    have, section = set(), None
+    for line in example.splitlines():
+        m = re.match(r"\s*\[(\w+)\]", line) or re.match(r"(\w+)\s*=\s*(.*?)\s*$", line)
+        if m and m.lastindex == 1:
+            section = m.group(1)
+        elif m:
+            have.add((section, m.group(1), m.group(2)))
+    lacking = [f"[{section}] {key} = {default}" for section, key, default, _ in keys
+               if (section, key, default) not in have]
+    assert not lacking, f"expected these keys with their defaults in {installed.example}: {lacking}"
 
     # WorkingDirectory= holds the migrations, so the default relative migrations_dir finds them there
     workdir = unit_one(svc, "WorkingDirectory")
@@ -368,15 +382,22 @@ def test_installed_unit_lifecycle_as_systemd_runs_it(installed, topology, tmp_pa
     # the libpq password file where the unit's PGPASSFILE says.
     port = free_port()
     t = topology
+    settings = {
+        "server": {"listen": f"127.0.0.1:{port}", "workers": 2},
+        "database": {"primary": f"host=127.0.0.1 port={t.bouncer_port} dbname=pgapi_rw user=app",
+                     "replica": f"host=127.0.0.1 port={t.bouncer_port} dbname=pgapi_ro user=app"},
+        "redis": {"port": t.redis_port},
+    }
+    # any other listening address the binary has (e.g. [metrics] listen) gets a free port too, so that
+    # the example's fixed defaults never collide with another server on this machine
+    _, _, keys, _ = help_parse(run([start[0], "--help"]).stdout)
+    for section, key, _, _ in keys:
+        if key == "listen" and section != "server":
+            settings.setdefault(section, {})[key] = f"127.0.0.1:{free_port()}"
     with open(installed.example) as f:
         example = f.read()
     with open(ini_path, "w") as f:
-        f.write(ini_rewrite(example, {
-            "server": {"listen": f"127.0.0.1:{port}", "workers": 2},
-            "database": {"primary": f"host=127.0.0.1 port={t.bouncer_port} dbname=pgapi_rw user=app",
-                         "replica": f"host=127.0.0.1 port={t.bouncer_port} dbname=pgapi_ro user=app"},
-            "redis": {"port": t.redis_port},
-        }))
+        f.write(ini_rewrite(example, settings))
     os.chmod(ini_path, 0o640)
     assert "PGPASSFILE" in env, f"expected the unit to set PGPASSFILE, got Environment={svc.get('Environment')}"
     with open(os.path.join(t.dir, "pgpass")) as src, open(env["PGPASSFILE"], "w") as dst:
