@@ -3,12 +3,19 @@
 
 NAME      := pgapi
 VERSION   := 0.1.0
+# Install locations: `make install PREFIX=/usr DESTDIR=/tmp/root` for a package; each one can be set
+# on its own (SYSCONFDIR=/usr/local/etc, UNITDIR=/etc/systemd/system, ...). The unit file gets the
+# paths without DESTDIR, i.e. where the files end up on the target system.
 PREFIX    ?= /usr/local
 DESTDIR   ?=
-BINDIR    := $(PREFIX)/bin
-SHAREDIR  := $(PREFIX)/share/$(NAME)
+BINDIR    ?= $(PREFIX)/bin
+SHAREDIR  ?= $(PREFIX)/share/$(NAME)
+MANDIR    ?= $(PREFIX)/share/man
+DOCDIR    ?= $(PREFIX)/share/doc/$(NAME)
 SYSCONFDIR ?= /etc
 UNITDIR   ?= /lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+DOCS      := README.md $(wildcard docs/*.md docs/*.yaml)
 
 CC        ?= cc
 PKGS      := libevent libpq hiredis json-c inih
@@ -38,7 +45,7 @@ FUZZ_OBJS := $(FUZZ_SRCS:%.c=build/fuzz/obj/%.o)
 FUZZ_SECONDS ?= 60
 
 .PHONY: all asan deps build unit fuzz fuzz-run run test test-unit test-integration topology-up \
-        topology-down install dist clean bench check-config
+        topology-down install uninstall dist clean bench check-config
 
 all: build/$(NAME)
 build: all
@@ -111,19 +118,46 @@ test-integration: all asan
 bench: deps all
 	bench/run.sh
 
+# install: the binary, migrations, example ini (mode 640: it may get secrets added), the man page,
+# README and docs, the unit and the sysusers.d file that creates the `pgapi` user the unit runs as.
+# After a real install: systemd-sysusers; systemctl daemon-reload (see pgapi(8), EXAMPLES).
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SHAREDIR)/migrations $(DESTDIR)$(SYSCONFDIR)/$(NAME) \
-	           $(DESTDIR)$(UNITDIR)
+	           $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSUSERSDIR)
 	install -m 755 build/$(NAME) $(DESTDIR)$(BINDIR)/$(NAME)
 	install -m 644 migrations/*.sql $(DESTDIR)$(SHAREDIR)/migrations/
 	install -m 640 conf/$(NAME).ini $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example
-	sed 's|@BINDIR@|$(BINDIR)|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g; s|@SHAREDIR@|$(SHAREDIR)|g' \
+	gzip -9n < docs/$(NAME).8 > $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz
+	chmod 644 $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz
+	install -m 644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	install -m 644 systemd/$(NAME).sysusers $(DESTDIR)$(SYSUSERSDIR)/$(NAME).conf
+	sed 's|@BINDIR@|$(BINDIR)|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g; s|@SHAREDIR@|$(SHAREDIR)|g; s|@DOCDIR@|$(DOCDIR)|g' \
 	    systemd/$(NAME).service.in > $(DESTDIR)$(UNITDIR)/$(NAME).service
 	chmod 644 $(DESTDIR)$(UNITDIR)/$(NAME).service
 
+# uninstall: what install put there, with the same variables; the configuration a user wrote
+# ($(SYSCONFDIR)/pgapi/pgapi.ini, pgpass) and the `pgapi` user are left alone.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/$(NAME) $(DESTDIR)$(UNITDIR)/$(NAME).service \
+	      $(DESTDIR)$(SYSUSERSDIR)/$(NAME).conf $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz \
+	      $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example
+	rm -f $(addprefix $(DESTDIR)$(SHAREDIR)/migrations/,$(notdir $(wildcard migrations/*.sql))) \
+	      $(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(DOCS)))
+	rmdir $(DESTDIR)$(SHAREDIR)/migrations $(DESTDIR)$(SHAREDIR) $(DESTDIR)$(DOCDIR) \
+	      $(DESTDIR)$(SYSCONFDIR)/$(NAME) 2>/dev/null || true
+
+# dist: build/pgapi-VERSION.tar.gz, the source tree of a commit (DIST_REF, default HEAD), made by
+# `git archive`. A commit rather than the working tree: the tarball is then exactly a version that
+# history can name and rebuild (same files, same mtimes), never holds uncommitted edits or stray
+# untracked files, and var/ and build/ (ignored, untracked) cannot get in. So commit first: a dirty
+# tree (edits, or new files not yet added) only gets a warning.
+DIST_REF  ?= HEAD
+
 dist:
 	@mkdir -p build
-	git archive --format=tar.gz --prefix=$(NAME)-$(VERSION)/ -o build/$(NAME)-$(VERSION).tar.gz HEAD
+	@test -z "$$(git status --porcelain 2>/dev/null)" || \
+	    echo "dist: warning: uncommitted changes are not in the tarball (it is $(DIST_REF))" >&2
+	git archive --format=tar.gz --prefix=$(NAME)-$(VERSION)/ -o build/$(NAME)-$(VERSION).tar.gz $(DIST_REF)
 	@echo build/$(NAME)-$(VERSION).tar.gz
 
 clean:

@@ -1,13 +1,37 @@
-"""Issue 3 (systemd): the binary speaks sd_notify the way a Type=notify unit needs (READY=1 once the
-workers serve, RELOADING=1 then READY=1 around SIGHUP, STOPPING=1), and `make install` honours PREFIX and
-DESTDIR, producing a unit whose ExecStart/ExecReload are right."""
+"""Issue 3 (systemd) and issue 9 (packaging): the binary speaks sd_notify the way a Type=notify unit needs
+(READY=1 once the workers serve, RELOADING=1 then READY=1 around SIGHUP, STOPPING=1); `make install` honours
+PREFIX, DESTDIR, SYSCONFDIR and UNITDIR and installs a unit whose command lines work when run the way
+systemd runs them; the man page documents every option, command, ini key and route the binary has; and
+`make dist` makes a tarball that builds on its own."""
 
+import gzip
+import http.client
 import os
+import re
+import shlex
+import shutil
 import signal
 import socket
+import struct
 import subprocess
+import tarfile
+import time
+import uuid
 
-from pgapi_server import REPO_ROOT, PgapiServer
+import pytest
+
+from helpers import pid_alive, wait_until
+from pgapi_server import BAD_LOG_MARKERS, REPO_ROOT, PgapiServer, children_of, free_port
+
+BUILD_BINARY = os.path.join(REPO_ROOT, "build", "pgapi")
+MAN_SOURCE = os.path.join(REPO_ROOT, "docs", "pgapi.8")
+# What systemd gives a service before Environment= (systemd.exec(5), "Environment variables in spawned
+# processes"): no inherited environment, so nothing of the test's own environment may leak in.
+SYSTEMD_BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+
+def run(argv, timeout=120, **kw):
+    return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout, **kw)
 
 
 def notify_messages(sock, until, timeout=20):
@@ -63,11 +87,566 @@ def test_make_install_honours_prefix_and_destdir(tmp_path):
     assert binary.exists() and os.access(binary, os.X_OK)
     assert (dest / "usr/share/pgapi/migrations/0001_create_users.sql").exists()
     assert (dest / "etc/pgapi/pgapi.ini.example").exists()
+    for f in ["usr/share/man/man8/pgapi.8.gz", "usr/share/doc/pgapi/README.md", "usr/share/doc/pgapi/openapi.yaml",
+              "usr/lib/sysusers.d/pgapi.conf"]:
+        assert (dest / f).is_file(), f"expected {dest / f} after make install PREFIX=/usr DESTDIR={dest}"
     text = unit.read_text()
     for want in ["Type=notify", "ExecStart=/usr/bin/pgapi --config /etc/pgapi/pgapi.ini",
                  "ExecReload=/bin/kill -HUP $MAINPID", "User=pgapi", "NoNewPrivileges=yes",
-                 "ProtectSystem=strict", "PrivateTmp=yes"]:
+                 "ProtectSystem=strict", "PrivateTmp=yes",
+                 "Documentation=man:pgapi(8) file:///usr/share/doc/pgapi/README.md"]:
         assert want in text, f"unit lacks {want!r}:\n{text}"
     assert "@" not in text.replace("@system-service", ""), f"unsubstituted placeholder in unit:\n{text}"
     out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.startswith("pgapi")
+
+    # make uninstall, same variables: every file install put there is gone (directories may stay)
+    p = run(["make", "-s", "uninstall", "PREFIX=/usr", f"DESTDIR={dest}"], cwd=REPO_ROOT)
+    assert p.returncode == 0, f"make uninstall exited {p.returncode}, expected 0:\n{p.stderr}"
+    left = sorted(str(f.relative_to(dest)) for f in dest.rglob("*") if not f.is_dir())
+    assert left == [], f"expected no file left after make uninstall, got {left}"
+
+
+# ---------------------------------------------------------------------------------------- the unit
+
+def unit_parse(text):
+    """A unit file -> {section: {key: [values in order]}} (systemd.syntax(7): comments, continuations)."""
+    sections, current, pending = {}, None, ""
+    for raw in text.splitlines():
+        line = pending + raw.strip() if pending else raw.strip()
+        pending = ""
+        if not line or line[0] in "#;":
+            continue
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        key, sep, value = line.partition("=")
+        assert sep and current is not None, f"unit line {raw!r} is neither a section nor Key=Value"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def unit_one(service, key):
+    values = service.get(key, [])
+    assert len(values) == 1, f"expected exactly one {key}= in [Service], got {values}"
+    return values[0]
+
+
+def unit_environment(service):
+    """Environment= lines as systemd applies them: each a list of (quoted) VAR=value words."""
+    env = {}
+    for line in service.get("Environment", []):
+        for word in shlex.split(line):
+            name, sep, value = word.partition("=")
+            assert sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name), f"bad Environment= word {word!r}"
+            env[name] = value
+    return env
+
+
+def exec_argv(line, env):
+    """An Exec*= line -> argv, expanded the way systemd.service(5) describes: "$VAR" as a whole word
+    splits into words, "${VAR}" is replaced in place. Prefixes ("-", "+", "!", ":") are stripped: the
+    test demands exit 0 anyway, so "-" (failure ignored) only makes it stricter."""
+    assert "%" not in line, f"specifiers are not emulated by this test: {line!r}"
+    line = line.lstrip("-+!:")
+    assert not line.startswith("@"), f"'@' (argv[0] override) is not emulated by this test: {line!r}"
+    argv = []
+    for word in shlex.split(line):
+        whole = re.fullmatch(r"\$([A-Za-z_][A-Za-z0-9_]*)", word)
+        if whole:
+            assert whole.group(1) in env, f"{line!r} uses ${whole.group(1)}, which systemd would not set here"
+            argv.extend(env[whole.group(1)].split())
+            continue
+
+        def braced(m):
+            assert m.group(1) in env, f"{line!r} uses ${{{m.group(1)}}}, which systemd would not set here"
+            return env[m.group(1)]
+        argv.append(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", braced, word))
+    assert argv and os.path.isabs(argv[0]), f"systemd needs an absolute executable path, got {line!r}"
+    assert os.access(argv[0], os.X_OK), f"{argv[0]} (from {line!r}) is not an executable file"
+    return argv
+
+
+def seconds_parse(value):
+    """A systemd time span such as 30, 30s, 1min 30s or 500ms -> seconds."""
+    units = {"": 1, "s": 1, "sec": 1, "ms": 0.001, "m": 60, "min": 60, "h": 3600}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value):
+        assert unit in units, f"time span {value!r}: unit {unit!r} not handled by this test"
+        total += float(number) * units[unit]
+    assert total > 0, f"expected a positive time span, got {value!r}"
+    return total
+
+
+def ini_rewrite(text, values):
+    """The example ini with `key = value` lines replaced per section; every key must be in the example."""
+    out, section, done = [], None, set()
+    for line in text.splitlines():
+        m = re.match(r"\s*\[(\w+)\]", line)
+        if m:
+            section = m.group(1)
+        m = re.match(r"(\w+)\s*=", line)
+        if m and m.group(1) in values.get(section, {}):
+            line = f"{m.group(1)} = {values[section][m.group(1)]}"
+            done.add((section, m.group(1)))
+        out.append(line)
+    wanted = {(s, k) for s, keys in values.items() for k in keys}
+    assert done == wanted, f"the example ini lacks the keys {sorted(wanted - done)}"
+    return "\n".join(out) + "\n"
+
+
+class Installed:
+    """A `make install` into a temp tree without DESTDIR, so the unit names real paths."""
+
+    def __init__(self, root):
+        self.root = root
+        self.prefix = os.path.join(root, "usr")
+        self.sysconfdir = os.path.join(root, "etc")
+        self.unitdir = os.path.join(root, "unit")
+        self.unit_path = os.path.join(self.unitdir, "pgapi.service")
+        self.man = os.path.join(self.prefix, "share", "man", "man8", "pgapi.8.gz")
+        self.sysusers = os.path.join(self.prefix, "lib", "sysusers.d", "pgapi.conf")
+        self.example = os.path.join(self.sysconfdir, "pgapi", "pgapi.ini.example")
+
+    def install(self):
+        p = run(["make", "-s", "install", f"PREFIX={self.prefix}", f"SYSCONFDIR={self.sysconfdir}",
+                 f"UNITDIR={self.unitdir}"], timeout=600, cwd=REPO_ROOT)
+        assert p.returncode == 0, f"make install exited {p.returncode}, expected 0:\n{p.stdout}\n{p.stderr}"
+        with open(self.unit_path) as f:
+            self.unit_text = f.read()
+        self.unit = unit_parse(self.unit_text)
+        return self
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    return Installed(str(tmp_path_factory.mktemp("install"))).install()
+
+
+def test_installed_unit_files_and_user(installed, tmp_path):
+    unit, svc = installed.unit, installed.unit["Service"]
+    # Documentation= names the installed man page and files that exist
+    docs = " ".join(unit["Unit"].get("Documentation", [])).split()
+    assert "man:pgapi(8)" in docs, f"expected man:pgapi(8) in Documentation=, got {docs}"
+    files = [d[len("file://"):] for d in docs if d.startswith("file://")]
+    assert files, f"expected file:// documentation, got {docs}"
+    for f in files:
+        assert os.path.isfile(f), f"Documentation= names {f}, which make install did not install"
+    assert os.path.isfile(installed.man), f"expected the man page at {installed.man}"
+    with gzip.open(installed.man, "rb") as f, open(MAN_SOURCE, "rb") as src:
+        assert f.read() == src.read(), f"{installed.man} is not docs/pgapi.8"
+    p = run(["man", "-w", "pgapi"], env=dict(os.environ, MANPATH=os.path.join(installed.prefix, "share", "man")))
+    assert p.stdout.strip() == installed.man, f"`man -w pgapi` with MANPATH=PREFIX/share/man: expected " \
+                                              f"{installed.man}, got {p.stdout!r} {p.stderr!r}"
+    mode = os.stat(installed.example).st_mode & 0o777
+    assert mode == 0o640, f"expected the example ini installed mode 640, got {oct(mode)}"
+    # the example lists every key the binary has, with its default, so it can be edited in place
+    _, _, keys, _ = help_parse(run([BUILD_BINARY, "--help"]).stdout)
+    with open(installed.example) as f:
+        example = f.read()
+    have, section = set(), None
+    for line in example.splitlines():
+        m = re.match(r"\s*\[(\w+)\]", line) or re.match(r"(\w+)\s*=\s*(.*?)\s*$", line)
+        if m and m.lastindex == 1:
+            section = m.group(1)
+        elif m:
+            have.add((section, m.group(1), m.group(2)))
+    lacking = [f"[{section}] {key} = {default}" for section, key, default, _ in keys
+               if (section, key, default) not in have]
+    assert not lacking, f"expected these keys with their defaults in {installed.example}: {lacking}"
+
+    # WorkingDirectory= holds the migrations, so the default relative migrations_dir finds them there
+    workdir = unit_one(svc, "WorkingDirectory")
+    migrations = sorted(os.listdir(os.path.join(workdir, "migrations")))
+    assert migrations == sorted(f for f in os.listdir(os.path.join(REPO_ROOT, "migrations")) if f.endswith(".sql")), \
+        f"expected every migration under {workdir}/migrations, got {migrations}"
+
+    # the sysusers.d file creates the User= and Group= the unit runs as
+    user, group = unit_one(svc, "User"), unit_one(svc, "Group")
+    with open(installed.sysusers) as f:
+        entries = [l.split() for l in f if l.strip() and not l.startswith("#")]
+    assert ["u", user] in [e[:2] for e in entries], \
+        f"expected a 'u {user} ...' line in {installed.sysusers}, got {entries}"
+    if shutil.which("systemd-sysusers"):  # otherwise the file is checked by its syntax only
+        root = tmp_path / "sysroot"
+        (root / "etc").mkdir(parents=True)
+        p = run(["systemd-sysusers", f"--root={root}", installed.sysusers])
+        assert p.returncode == 0, f"systemd-sysusers exited {p.returncode}, expected 0:\n{p.stderr}"
+        passwd = {l.split(":")[0]: l.split(":") for l in (root / "etc/passwd").read_text().splitlines()}
+        groups = {l.split(":")[0]: l.split(":") for l in (root / "etc/group").read_text().splitlines()}
+        assert user in passwd and group in groups, \
+            f"expected user {user} and group {group}; got passwd {passwd}, group {groups}"
+        assert passwd[user][3] == groups[group][2], f"expected {user}'s primary group to be {group}: {passwd[user]}"
+        assert int(passwd[user][2]) < 1000, f"expected a system uid, got {passwd[user]}"
+
+    # systemd's own checker: directives, executables, man:pgapi(8) resolvable
+    if shutil.which("systemd-analyze"):
+        p = run(["systemd-analyze", "verify", installed.unit_path],
+                env=dict(os.environ, MANPATH=os.path.join(installed.prefix, "share", "man")))
+        assert p.returncode == 0 and not p.stderr.strip(), \
+            f"systemd-analyze verify: expected exit 0 and no complaint, got {p.returncode}:\n{p.stderr}"
+
+
+def notify_socket(kind, tmp_path):
+    """A datagram socket like the one systemd listens on, with SO_PASSCRED so each message carries its
+    sender's pid; returns (socket, $NOTIFY_SOCKET value)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    if kind == "abstract":
+        name = f"pgapi-test-notify-{uuid.uuid4().hex}"
+        sock.bind("\0" + name)
+        return sock, "@" + name
+    path = str(tmp_path / "notify.sock")
+    sock.bind(path)
+    return sock, path
+
+
+def notify_recv(sock, until, proc, log_path, timeout=30):
+    """[(sender pid, text)] until a message contains `until`; fails (with the server's log) on a timeout or
+    when proc exits first, unless `until` came before."""
+    deadline = time.monotonic() + timeout
+    got = []
+    while True:
+        sock.settimeout(0.2)
+        try:
+            data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(struct.calcsize("3i")))
+        except socket.timeout:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = f"the server exited {proc.returncode}" if proc.poll() is not None else f"{timeout}s passed"
+                raise AssertionError(f"expected a notification with {until!r}, got {got} before {why}; "
+                                     f"log:\n{log_tail(log_path)}")
+            continue
+        pid = None
+        for level, kind, cdata in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid = struct.unpack("3i", cdata[:struct.calcsize("3i")])[0]
+        got.append((pid, data.decode()))
+        if until in data.decode():
+            return got
+
+
+def notify_none_pending(sock):
+    sock.setblocking(False)
+    try:
+        data = sock.recv(4096)
+    except BlockingIOError:
+        return None
+    finally:
+        sock.setblocking(True)
+    return data
+
+
+def http_status(port, path):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    finally:
+        conn.close()
+
+
+def log_tail(path, n=40):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("kind", ["path", "abstract"])
+def test_installed_unit_lifecycle_as_systemd_runs_it(installed, topology, tmp_path, kind):
+    """ExecStartPre, ExecStart with $NOTIFY_SOCKET and Environment=, ExecReload with $MAINPID, KillSignal and
+    TimeoutStopSec, all from the installed unit: READY=1, RELOADING=1 + READY=1 and STOPPING=1 come from the
+    main pid (NotifyAccess=main drops anything else), and the stop exits 0 in time."""
+    svc = installed.unit["Service"]
+    assert unit_one(svc, "Type") == "notify", f"expected Type=notify, got {svc.get('Type')}"
+    assert unit_one(svc, "NotifyAccess") == "main"
+    env = dict(SYSTEMD_BASE_ENV)
+    env.update(unit_environment(svc))
+    workdir = unit_one(svc, "WorkingDirectory")
+    start = exec_argv(unit_one(svc, "ExecStart"), env)
+    pre = exec_argv(unit_one(svc, "ExecStartPre"), env)
+    assert "--config" in start, f"expected ExecStart to name its --config, got {start}"
+    ini_path = start[start.index("--config") + 1]
+    assert pre[pre.index("--config") + 1] == ini_path, f"ExecStartPre checks another file than ExecStart: {pre}"
+    assert ini_path.startswith(installed.sysconfdir + "/"), f"expected the ini under SYSCONFDIR, got {ini_path}"
+    kill_signal = getattr(signal, unit_one(svc, "KillSignal"))
+    stop_timeout = seconds_parse(unit_one(svc, "TimeoutStopSec"))
+
+    # The administrator's part: the ini at the unit's path, from the example, pointed at the topology, and
+    # the libpq password file where the unit's PGPASSFILE says.
+    port = free_port()
+    t = topology
+    settings = {
+        "server": {"listen": f"127.0.0.1:{port}", "workers": 2},
+        "database": {"primary": f"host=127.0.0.1 port={t.bouncer_port} dbname=pgapi_rw user=app",
+                     "replica": f"host=127.0.0.1 port={t.bouncer_port} dbname=pgapi_ro user=app"},
+        "redis": {"port": t.redis_port},
+    }
+    # any other listening address the binary has (e.g. [metrics] listen) gets a free port too, so that
+    # the example's fixed defaults never collide with another server on this machine
+    _, _, keys, _ = help_parse(run([start[0], "--help"]).stdout)
+    for section, key, _, _ in keys:
+        if key == "listen" and section != "server":
+            settings.setdefault(section, {})[key] = f"127.0.0.1:{free_port()}"
+    with open(installed.example) as f:
+        example = f.read()
+    with open(ini_path, "w") as f:
+        f.write(ini_rewrite(example, settings))
+    os.chmod(ini_path, 0o640)
+    assert "PGPASSFILE" in env, f"expected the unit to set PGPASSFILE, got Environment={svc.get('Environment')}"
+    with open(os.path.join(t.dir, "pgpass")) as src, open(env["PGPASSFILE"], "w") as dst:
+        dst.write(src.read())
+    os.chmod(env["PGPASSFILE"], 0o600)
+
+    sock, notify_addr = notify_socket(kind, tmp_path)
+    env["NOTIFY_SOCKET"] = notify_addr
+    log_path = str(tmp_path / "pgapi.log")
+    proc, workers = None, []
+    try:
+        p = run(pre, env=env, cwd=workdir)
+        assert p.returncode == 0, f"ExecStartPre {pre}: expected exit 0, got {p.returncode}:\n{p.stderr}"
+        assert f"listen = 127.0.0.1:{port}" in p.stdout, f"--check-config did not print the ini's listen:\n{p.stdout}"
+        drain = re.search(r"^drain_timeout = (\d+)ms$", p.stdout, re.M)
+        assert drain and stop_timeout > int(drain.group(1)) / 1000 + 2, \
+            f"expected TimeoutStopSec ({stop_timeout}s) above drain_timeout + 2 s, got {drain and drain.group(0)}"
+        stray = notify_none_pending(sock)
+        assert stray is None, f"expected no notification from ExecStartPre, got {stray!r}"
+
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(start, env=env, cwd=workdir, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        main_pid = proc.pid
+        got = notify_recv(sock, "READY=1", proc, log_path)
+        assert all(pid == main_pid for pid, _ in got), \
+            f"expected every notification from the main pid {main_pid}, got {got}\n{log_tail(log_path)}"
+        status = http_status(port, "/healthz")
+        assert status == 200, f"expected GET /healthz 200 once READY=1 was sent, got {status}"
+        # the database through the installed PGPASSFILE: /readyz is 200 once the primary answers
+        wait_until(lambda: http_status(port, "/readyz") == 200, 20, "GET /readyz 200 (the primary reachable "
+                   "with the unit's PGPASSFILE)")
+        workers = children_of(main_pid)
+        assert len(workers) == 2, f"expected 2 workers, got {workers}"
+
+        env_reload = dict(env, MAINPID=str(main_pid))
+        reload = exec_argv(unit_one(svc, "ExecReload"), env_reload)
+        assert str(main_pid) in reload, f"expected ExecReload to address $MAINPID {main_pid}, got {reload}"
+        p = run(reload, env=env_reload, cwd=workdir)
+        assert p.returncode == 0, f"ExecReload {reload}: expected exit 0, got {p.returncode}:\n{p.stderr}"
+        got = notify_recv(sock, "READY=1", proc, log_path)
+        assert "RELOADING=1" in got[0][1], f"expected RELOADING=1 first, then READY=1, got {got}"
+        assert all(pid == main_pid for pid, _ in got), f"expected every notification from {main_pid}, got {got}"
+        status = http_status(port, "/healthz")
+        assert status == 200, f"expected GET /healthz 200 after the reload, got {status}"
+        workers = sorted(set(workers) | set(children_of(main_pid)))
+
+        t0 = time.monotonic()
+        os.kill(main_pid, kill_signal)
+        got = notify_recv(sock, "STOPPING=1", proc, log_path, timeout=stop_timeout)
+        assert all(pid == main_pid for pid, _ in got), f"expected every notification from {main_pid}, got {got}"
+        try:
+            rc = proc.wait(max(0.1, stop_timeout - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"expected exit within TimeoutStopSec={stop_timeout}s after {kill_signal!r}; "
+                                 f"still running\n{log_tail(log_path)}")
+        assert rc == 0, f"expected exit 0 after {kill_signal!r}, got {rc}\n{log_tail(log_path)}"
+        left = [w for w in workers if pid_alive(w)]
+        assert not left, f"expected no worker left after the main pid exited (KillMode=mixed would SIGKILL " \
+                         f"them), got {left}"
+    finally:
+        sock.close()
+        if proc is not None and proc.poll() is None:
+            for pid in children_of(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait(10)
+    with open(log_path, errors="replace") as f:
+        bad = [l for l in f if any(m in l for m in BAD_LOG_MARKERS)]
+    assert not bad, f"expected no alert/sanitizer line in the log, got:\n{''.join(bad)}"
+
+
+# ------------------------------------------------------------------------------------- the man page
+
+def man_render():
+    """docs/pgapi.8 as plain text, one line per paragraph (no wrapping, so no hyphenation)."""
+    p = run(["groff", "-man", "-Tascii", "-P-c", "-P-b", "-P-u", "-rLL=3000n", MAN_SOURCE])
+    assert p.returncode == 0, f"groff exited {p.returncode}:\n{p.stderr}"
+    return p.stdout
+
+
+def man_sections(text):
+    """{SECTION: {subsection or "": [(tag, body)]}}: .SH headings start in column 0, .SS at 3, .TP tags at 7
+    (a short tag shares its line with the body, two blanks apart), bodies at 14."""
+    out, section, sub, entry = {}, None, "", None
+    for line in text.splitlines():
+        if re.match(r"^[A-Z][A-Z ]+$", line):
+            section, sub, entry = line.strip(), "", None
+            out.setdefault(section, {"": []})
+        elif section and re.match(r"^ {3}\S", line):
+            sub, entry = line.strip(), None
+            out[section].setdefault(sub, [])
+        elif section and re.match(r"^ {7}\S", line):
+            tag, _, rest = line.strip().partition("  ")
+            entry = [tag, rest.strip()]
+            out[section][sub].append(entry)
+        elif section and entry is not None and re.match(r"^ {14}\S", line):
+            entry[1] += " " + line.strip()
+    return out
+
+
+def help_parse(text):
+    """`pgapi --help` -> (usage lines, [(short, long)], [(section, key, default, env)], signal names)."""
+    usage = [re.sub(r"^(usage:)?\s*pgapi\s*", "", l.strip().split("  ")[0]) for l in text.splitlines()
+             if re.match(r"^(usage:|\s+)\s*pgapi ", l)]
+    options = re.findall(r"^\s+(-\w), (--[\w-]+)", text, re.M)
+    keys, section = [], None
+    for line in text.split("ini keys:", 1)[1].splitlines():
+        m = re.match(r"^  \[(\w+)\]$", line)
+        if m:
+            section = m.group(1)
+        m = re.match(r'^    (\w+)\s+default "(.*)" \(env (\w+)\)$', line)
+        if m:
+            keys.append((section, m.group(1), m.group(2), m.group(3)))
+    signals = re.findall(r"\b(HUP|TERM|INT|QUIT|USR1|USR2|WINCH)\b", text.split("signals", 1)[1].split("\n\n")[0])
+    return usage, options, keys, signals
+
+
+def usage_commands(usage):
+    """Usage lines -> command tags ("serve", "migrate up", ...) with the --options each one takes."""
+    commands = {}
+    for line in usage:
+        line = line.replace("[--config PATH]", "").strip()
+        alternatives = [a.strip() for a in line.split(" | ")]
+        words = alternatives[0].strip("[]").split()
+        if not words or words[0].startswith("-"):
+            continue
+        head = words[0]
+        if len(alternatives) == 1:
+            commands[head] = re.findall(r"--[\w-]+", line)
+            continue
+        commands[f"{head} {words[1]}"] = []
+        for alt in alternatives[1:]:
+            commands[f"{head} {alt.split()[0]}"] = []
+    return commands
+
+
+def test_man_page_documents_every_option_key_and_route(installed):
+    for argv in (["groff", "-man", "-Tutf8", "-ww", "-z", MAN_SOURCE],
+                 ["man", "--warnings", "-E", "UTF-8", "-l", MAN_SOURCE]):
+        p = run(argv, env=dict(os.environ, MANWIDTH="80", LC_ALL="C.UTF-8"))
+        assert p.returncode == 0 and not p.stderr.strip(), \
+            f"{' '.join(argv)}: expected exit 0 and no warning, got {p.returncode}:\n{p.stderr}"
+    assert os.path.isfile(installed.man), f"expected make install to put the man page at {installed.man}"
+
+    helptext = run([BUILD_BINARY, "--help"]).stdout
+    usage, options, keys, signals = help_parse(helptext)
+    assert options and keys and len(usage) >= 4 and all(usage), f"could not parse `pgapi --help`:\n{helptext}"
+    rendered = man_render()
+    man = man_sections(rendered)
+    problems = []
+
+    version = run([BUILD_BINARY, "--version"]).stdout.strip()
+    if version not in rendered:
+        problems.append(f"the man page's footer should name {version!r} (the .TH line)")
+
+    tags = [t for t, _ in man.get("OPTIONS", {}).get("", [])]
+    for short, long in options:
+        if not any(t.startswith(f"{short}, {long}") for t in tags):
+            problems.append(f"OPTIONS: expected an entry '{short}, {long}', have {tags}")
+
+    tags = [t for t, _ in man.get("COMMANDS", {}).get("", [])]
+    for command, opts in usage_commands(usage).items():
+        tag = next((t for t in tags if t == command or t.startswith(command + " ")), None)
+        if tag is None:
+            problems.append(f"COMMANDS: expected an entry for '{command}', have {tags}")
+            continue
+        problems += [f"COMMANDS: expected {o} in the entry '{tag}'" for o in opts if o not in tag]
+
+    synopsis = " ".join(t + " " + b for t, b in man.get("SYNOPSIS", {}).get("", []))
+    for word in set(re.findall(r"--[\w-]+|\b[a-z]{4,}\b", " ".join(usage))):
+        if word not in synopsis:
+            problems.append(f"SYNOPSIS: expected {word!r} (from `pgapi --help`'s usage)")
+
+    sig_text = " ".join(t + " " + b for t, b in man.get("SIGNALS", {}).get("", []))
+    problems += [f"SIGNALS: expected SIG{s}" for s in signals if f"SIG{s}" not in sig_text]
+
+    config = man.get("CONFIGURATION", {})
+    documented = {(sub[1:-1], t.split(" =")[0]) for sub, entries in config.items() if sub.startswith("[")
+                  for t, _ in entries}
+    for section, key, default, env in keys:
+        entry = next((e for e in config.get(f"[{section}]", []) if e[0].split(" =")[0] == key), None)
+        if entry is None:
+            problems.append(f"CONFIGURATION: expected an entry '{key} = ...' under the subsection [{section}] "
+                            f"(default {default!r}, env {env})")
+            continue
+        defaults = [f"Default: {default}."] + (['Default: "".', "Default: none.", "Default: empty."]
+                                               if default == "" else [])
+        if not any(d in entry[1] for d in defaults):
+            problems.append(f"[{section}] {key}: expected {defaults[0]!r} in {entry[1]!r}")
+        if f"Environment: {env}." not in entry[1]:
+            problems.append(f"[{section}] {key}: expected 'Environment: {env}.' in {entry[1]!r}")
+    stale = documented - {(s, k) for s, k, _, _ in keys}
+    problems += [f"CONFIGURATION: [{s}] {k} is documented but `pgapi --help` has no such key" for s, k in sorted(stale)]
+
+    # every route of the router is in HTTP API ("GET /users/:id", "PUT, PATCH, DELETE /users/:id"), and no other
+    with open(os.path.join(REPO_ROOT, "worker", "router.c")) as f:
+        routes = set(re.findall(r'\{\s*HTTP_([A-Z]+),\s*"(/[^"]*)"', f.read()))
+    assert routes, "could not read the route table of worker/router.c"
+    documented = set()
+    for tag, _ in man.get("HTTP API", {}).get("", []):
+        m = re.fullmatch(r"((?:[A-Z]+, )*[A-Z]+) (/\S*)", tag)
+        if m:
+            documented |= {(method, m.group(2)) for method in m.group(1).split(", ")}
+    problems += [f"HTTP API: expected an entry for {m} {p}" for m, p in sorted(routes - documented)]
+    problems += [f"HTTP API: {m} {p} is documented but worker/router.c has no such route"
+                 for m, p in sorted(documented - routes)]
+
+    for wanted in ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "COMMANDS", "SIGNALS", "CONFIGURATION",
+                   "HTTP API", "ENVIRONMENT", "FILES", "EXIT STATUS", "SEE ALSO"]:
+        if wanted not in man:
+            problems.append(f"expected a section {wanted}, have {list(man)}")
+    env_tags = " ".join(t for t, _ in man.get("ENVIRONMENT", {}).get("", []))
+    problems += [f"ENVIRONMENT: expected {v}" for v in ["PGAPI_CONFIG", "PGPASSFILE", "PGPASSWORD", "NOTIFY_SOCKET"]
+                 if v not in env_tags]
+    assert not problems, "docs/pgapi.8 is out of step with the binary:\n" + "\n".join(problems)
+
+
+# --------------------------------------------------------------------------------------- make dist
+
+def test_make_dist_tarball_builds_on_its_own(tmp_path):
+    if run(["git", "-C", REPO_ROOT, "rev-parse", "--git-dir"]).returncode != 0:
+        pytest.skip("not a git checkout (make dist archives a commit)")
+    p = run(["make", "-s", "dist"], cwd=REPO_ROOT)
+    assert p.returncode == 0, f"make dist exited {p.returncode}, expected 0:\n{p.stderr}"
+    tarball = os.path.join(REPO_ROOT, p.stdout.strip().splitlines()[-1])
+    version = run([BUILD_BINARY, "--version"]).stdout.split()[-1]
+    top = f"pgapi-{version}"
+    assert os.path.basename(tarball) == f"{top}.tar.gz", f"expected build/{top}.tar.gz, got {tarball}"
+    with tarfile.open(tarball) as tar:
+        members = tar.getmembers()
+        names = [m.name for m in members]
+        outside = [n for n in names if n != top and not n.startswith(top + "/")]
+        assert not outside, f"expected every member under {top}/, got {outside[:10]}"
+        unwanted = [n for n in names if n.split("/")[1:2] in (["var"], ["build"]) or ".git" in n.split("/")]
+        assert not unwanted, f"expected no var/, build/ or .git in the tarball, got {unwanted[:10]}"
+        files = {m.name[len(top) + 1:] for m in members if m.isfile()}
+        needed = ["Makefile", "README.md", "conf/pgapi.ini", "docs/pgapi.8", "docs/openapi.yaml",
+                  "systemd/pgapi.service.in", "systemd/pgapi.sysusers", "scripts/deps.sh", "scripts/topology.sh",
+                  "tests/run.sh", "tests/integration/conftest.py", "master/main.c"]
+        missing = [f for f in needed if f not in files]
+        assert not missing, f"expected {missing} in the tarball"
+        committed = set(run(["git", "-C", REPO_ROOT, "ls-tree", "-r", "--name-only", "HEAD"]).stdout.split())
+        assert files == committed, f"expected the tarball to hold exactly HEAD's files; only in the tarball: " \
+                                   f"{sorted(files - committed)[:10]}, only in HEAD: {sorted(committed - files)[:10]}"
+        tar.extractall(tmp_path)
+    src = tmp_path / top
+    p = run(["make", "-s", f"-j{os.cpu_count() or 2}", "all"], cwd=src, timeout=900)
+    assert p.returncode == 0, \
+        f"make all in the extracted tarball exited {p.returncode}, expected 0:\n{p.stderr[-3000:]}"
+    p = run([str(src / "build" / "pgapi"), "--version"])
+    assert p.returncode == 0 and p.stdout.strip() == f"pgapi {version}", \
+        f"expected 'pgapi {version}' from the tarball's build, got {p.returncode} {p.stdout!r}"
