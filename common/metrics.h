@@ -42,7 +42,7 @@ struct metrics_gauges {
     _Atomic int64_t waiting[2];
     _Atomic int64_t in_use[METRICS_BACKENDS], idle[METRICS_BACKENDS], connecting[METRICS_BACKENDS];
     _Atomic int64_t down[METRICS_BACKENDS], up[METRICS_BACKENDS], lag_ms[METRICS_BACKENDS];
-    _Atomic uint64_t lsn[METRICS_BACKENDS];
+    _Atomic int64_t lsn[METRICS_BACKENDS];
 };
 
 struct metrics {

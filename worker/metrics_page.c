@@ -186,42 +186,38 @@ static void backend_counters_render(struct page *pg, const char *metric, const c
         }
 }
 
+/* Per-backend gauges, as the slot's newest process last published them. */
+static const struct backend_gauge {
+    const char *name, *help;
+    size_t offset;   /* of an int64 array [METRICS_BACKENDS] in struct metrics_gauges */
+    int first;       /* 1: replicas only */
+    double scale;
+    int decimals;
+} backend_gauges[] = {
+    { "pgapi_backend_up", "1 if the backend is in the worker's rotation (healthy, connected, lag within max_replica_lag).",
+      offsetof(struct metrics_gauges, up), 0, 1.0, 0 },
+    { "pgapi_replica_lag_seconds", "Replay lag of each replica as the worker last sampled it (0 when it has replayed everything).",
+      offsetof(struct metrics_gauges, lag_ms), 1, 0.001, 3 },
+    { "pgapi_backend_wal_lsn_bytes", "WAL position as last sampled: the primary's current LSN, a replica's replay LSN.",
+      offsetof(struct metrics_gauges, lsn), 0, 1.0, 0 },
+};
+
 static void backend_state_render(struct page *pg)
 {
-    family(pg, "pgapi_backend_up", "gauge", "1 if the backend is in the worker's rotation (healthy, connected, lag within max_replica_lag).");
-    for (int w = 0; w < pg->nslots; w++) {
-        const struct metrics_gauges *live[2];
-        if (!gauges_live(pg->m, w, live))
-            continue;
-        for (int b = 0; b < slot_backends(pg, w); b++) {
-            char name[24], labels[64];
-            backend_name(b, name, sizeof(name));
-            snprintf(labels, sizeof(labels), "side=\"%s\",backend=\"%s\"", backend_side(b), name);
-            gauge_line(pg, "pgapi_backend_up", w, labels, LOAD(live[0]->up[b]));
-        }
-    }
-    family(pg, "pgapi_replica_lag_seconds", "gauge", "Replay lag of each replica as the worker last sampled it (0 when it has replayed everything).");
-    for (int w = 0; w < pg->nslots; w++) {
-        const struct metrics_gauges *live[2];
-        if (!gauges_live(pg->m, w, live))
-            continue;
-        for (int b = 1; b < slot_backends(pg, w); b++) {
-            char name[24];
-            backend_name(b, name, sizeof(name));
-            fprintf(pg->f, "pgapi_replica_lag_seconds{worker=\"%d\",backend=\"%s\"} %.3f\n", w, name,
-                    (double)LOAD(live[0]->lag_ms[b]) / 1000.0);
-        }
-    }
-    family(pg, "pgapi_backend_wal_lsn_bytes", "gauge", "WAL position as last sampled: the primary's current LSN, a replica's replay LSN.");
-    for (int w = 0; w < pg->nslots; w++) {
-        const struct metrics_gauges *live[2];
-        if (!gauges_live(pg->m, w, live))
-            continue;
-        for (int b = 0; b < slot_backends(pg, w); b++) {
-            char name[24];
-            backend_name(b, name, sizeof(name));
-            fprintf(pg->f, "pgapi_backend_wal_lsn_bytes{worker=\"%d\",side=\"%s\",backend=\"%s\"} %llu\n", w,
-                    backend_side(b), name, (unsigned long long)LOAD(live[0]->lsn[b]));
+    for (size_t i = 0; i < sizeof(backend_gauges) / sizeof(backend_gauges[0]); i++) {
+        const struct backend_gauge *g = &backend_gauges[i];
+        family(pg, g->name, "gauge", g->help);
+        for (int w = 0; w < pg->nslots; w++) {
+            const struct metrics_gauges *live[2];
+            if (!gauges_live(pg->m, w, live))
+                continue;
+            const _Atomic int64_t *arr = (const _Atomic int64_t *)((const char *)live[0] + g->offset);
+            for (int b = g->first; b < slot_backends(pg, w); b++) {
+                char name[24];
+                backend_name(b, name, sizeof(name));
+                fprintf(pg->f, "%s{worker=\"%d\",side=\"%s\",backend=\"%s\"} %.*f\n", g->name, w, backend_side(b),
+                        name, g->decimals, (double)LOAD(arr[b]) * g->scale);
+            }
         }
     }
 }

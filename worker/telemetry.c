@@ -73,7 +73,7 @@ static void backends_publish(struct telemetry *t)
         gauge_set(&t->gauges->down[b], s.down);
         gauge_set(&t->gauges->up[b], s.up);
         gauge_set(&t->gauges->lag_ms[b], s.lag_ms);
-        atomic_store_explicit(&t->gauges->lsn[b], s.lsn, memory_order_relaxed);
+        gauge_set(&t->gauges->lsn[b], (int64_t)s.lsn);
     }
 }
 
