@@ -1,0 +1,235 @@
+"""Issue 9: topologies with two replicas, and failover with the server running. One topology of its own
+(the steps change its roles), three servers on it, each following the primary its own way:
+
+  bouncer    writes through PgBouncer's pgapi_rw, reads from pgapi_ro and pgapi_ro2 (round-robin),
+             Redis on: `topology.sh promote` re-points PgBouncer; the server notices the new timeline
+             and bypasses the cache until a new epoch, with no restart and no reload
+  multihost  writes straight to both PostgreSQL ports with target_session_attrs=read-write: libpq finds
+             whichever is the primary when it reconnects
+  reload     writes straight to the old primary's port: after the promote, the ini is pointed at the new
+             one and the server gets a SIGHUP
+
+Tests run in file order and share the topology."""
+
+import http.client
+import json
+import os
+import re
+import signal
+import threading
+import time
+from contextlib import closing
+
+import psycopg2
+import pytest
+
+from conftest import port_base, start_topology, stop_topology
+from helpers import wait_until
+from pgapi_fixtures import migrate_env
+from pgapi_server import BINARY, REPO_ROOT, PgapiServer
+from test_metrics import scrape, total, value
+
+OFFSET = 60  # this module's topology: base + 60 .. + 64
+
+
+def admin_sql(topo, port, sql):
+    """As postgres over the unix socket of whichever data dir listens on `port`."""
+    sock = next(v for k, v in topo.vars.items() if k.endswith("SOCKET_DIR") and os.path.exists(os.path.join(v, f".s.PGSQL.{port}")))
+    with closing(psycopg2.connect(host=sock, port=port, dbname="pgapi", user="postgres", connect_timeout=5)) as c:
+        c.autocommit = True
+        with c.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall() if cur.description else None
+
+
+def rw_sql(topo, sql, args=()):
+    with closing(psycopg2.connect(host="127.0.0.1", port=topo.bouncer_port, dbname="pgapi_rw", user="app",
+                                  passfile=os.path.join(topo.dir, "pgpass"), connect_timeout=5)) as c:
+        c.autocommit = True
+        with c.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+
+
+@pytest.fixture(scope="module")
+def topo():
+    if os.geteuid() != 0:
+        pytest.skip("the local topology needs root")
+    t = start_topology(port_base() + OFFSET)
+    try:
+        t.run("add-replica")
+        t.load_env()
+        import subprocess
+        p = subprocess.run([BINARY, "migrate", "up"], env=migrate_env(t), cwd=REPO_ROOT, capture_output=True,
+                           text=True, stdin=subprocess.DEVNULL, timeout=120)
+        assert p.returncode == 0, p.stderr
+        yield t
+    finally:
+        stop_topology(t)
+
+
+@pytest.fixture(scope="module")
+def servers(topo, tmp_path_factory):
+    v = topo.vars
+    p_port, r_port = int(v["PGAPI_PRIMARY_PORT"]), int(v["PGAPI_REPLICA_PORT"])
+    bouncer = f"host=127.0.0.1 port={topo.bouncer_port} user=app dbname="
+    common = {"health_interval": "200ms", "migrations_dir": os.path.join(REPO_ROOT, "migrations")}
+    made = {
+        "bouncer": {"database": {**common, "primary": bouncer + "pgapi_rw",
+                                 "replica": [bouncer + "pgapi_ro", bouncer + "pgapi_ro2"]}},
+        "multihost": {"database": {**common, "replica": bouncer + "pgapi_ro",
+                                   "primary": f"host=127.0.0.1,127.0.0.1 port={p_port},{r_port} dbname=pgapi "
+                                              "user=app target_session_attrs=read-write connect_timeout=2"},
+                      "redis": {"enabled": "off"}},
+        "reload": {"database": {**common, "replica": bouncer + "pgapi_ro",
+                                "primary": f"host=127.0.0.1 port={p_port} dbname=pgapi user=app connect_timeout=2"},
+                   "redis": {"enabled": "off"}},
+    }
+    out = {}
+    try:
+        for name, overrides in made.items():
+            s = PgapiServer(str(tmp_path_factory.mktemp(name)), topology=topo, workers=2, overrides=overrides)
+            s.start()
+            s.wait_for(lambda: s.get("/readyz").status == 200, 20, f"{name}: /readyz 200")
+            out[name] = s
+        yield out
+    finally:
+        problems = []
+        for name, s in out.items():
+            rc = s.stop(signal.SIGTERM)
+            bad = s.bad_log_lines()
+            if rc != 0 or bad:
+                problems.append(f"{name}: exit {rc}, bad log lines {bad[:5]}\n{s.log_tail(40)}")
+        assert not problems, "\n".join(problems)
+
+
+def create_user(s, tag):
+    r = s.request("POST", "/users", body={"name": tag, "email": f"{tag}-{time.monotonic_ns()}@failover.test"})
+    return r
+
+
+def test_reads_are_balanced_over_both_replicas(servers):
+    s = servers["bouncer"]
+    ids = [create_user(s, f"bal{i}").json()["id"] for i in range(5)]
+    time.sleep(1.5)  # both replicas replay the inserts; the workers sample their positions
+    before = scrape(s)
+    for i in range(300):
+        assert s.get(f"/users?limit=5&after_id={ids[0] - 1}").status == 200
+    time.sleep(1.3)
+    after = scrape(s)
+    got = {b: total(after, "pgapi_pool_queries_total", backend=b) - total(before, "pgapi_pool_queries_total", backend=b)
+           for b in ("replica0", "replica1", "primary")}
+    assert got["replica0"] + got["replica1"] >= 250, f"list reads should go to the replicas: {got}"
+    for b in ("replica0", "replica1"):
+        assert got[b] >= 60, f"reads must be spread over both replicas (round-robin), got {got}"
+
+
+class Writer(threading.Thread):
+    """POSTs users through one server until stopped; records what it was told."""
+
+    def __init__(self, s):
+        super().__init__(daemon=True)
+        self.s, self.stop_flag = s, threading.Event()
+        self.acked, self.failed, self.unknown = [], [], 0
+
+    def run(self):
+        i = 0
+        while not self.stop_flag.is_set():
+            i += 1
+            try:
+                r = create_user(self.s, f"w{i}")
+            except (OSError, http.client.HTTPException):
+                self.unknown += 1
+                continue
+            if r.status == 201:
+                self.acked.append(r.json()["id"])
+            else:
+                self.failed.append((r.status, r.json().get("error", {}).get("code")))
+                time.sleep(0.05)
+
+
+def test_promote_with_servers_running(topo, servers):
+    b, mh, rl = servers["bouncer"], servers["multihost"], servers["reload"]
+    old_primary_port = int(topo.vars["PGAPI_PRIMARY_PORT"])
+    new_primary_port = int(topo.vars["PGAPI_REPLICA_PORT"])
+    before = {name: [create_user(s, f"pre-{name}-{i}").json()["id"] for i in range(5)] for name, s in servers.items()}
+    warm = before["bouncer"][0]
+    for _ in range(3):
+        b.get(f"/users/{warm}")
+    pids = {name: s.pid for name, s in servers.items()}
+    writer = Writer(b)
+    writer.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    topo.run("promote")
+    promote_s = time.monotonic() - t0
+    topo.load_env()
+    assert int(topo.vars["PGAPI_PRIMARY_PORT"]) == new_primary_port, topo.vars
+
+    # through PgBouncer: writes go on with no reload; PgBouncer held them during the switch
+    wait_until(lambda: create_user(b, "after-b").status == 201, 30, "a write through PgBouncer after promote")
+    time.sleep(0.5)
+    writer.stop_flag.set()
+    writer.join(30)
+    on_new = rw_sql(topo, "SELECT inet_server_port(), pg_is_in_recovery()")[0]
+    assert on_new == (new_primary_port, False), f"pgapi_rw should reach the promoted replica: {on_new}"
+    acked = [i for ids in before.values() for i in ids] + writer.acked
+    rows = {r[0] for r in rw_sql(topo, "SELECT id FROM users WHERE id = ANY(%s)", (acked,))}
+    lost = sorted(set(acked) - rows)
+    assert not lost, f"acknowledged writes missing on the new primary after a planned switchover: {lost}"
+    print(f"promote took {promote_s:.1f}s; writer: {len(writer.acked)} acknowledged, failures {writer.failed[:10]} "
+          f"({len(writer.failed)}), {writer.unknown} transport errors")
+    assert all(code in ("database_unavailable", "write_outcome_unknown", "primary_moved") for _, code in writer.failed), writer.failed
+
+    # the new timeline was noticed; the cache comes back under a new epoch
+    wait_until(lambda: "a new primary" in b.log_text(), 10, "the bouncer server to notice the new primary")
+    r = b.request("PATCH", f"/users/{warm}", body={"name": "after-failover"})
+    assert r.status == 200, r
+    for _ in range(5):
+        got = b.get(f"/users/{warm}")
+        assert got.status == 200 and got.json()["name"] == "after-failover", got
+    wait_until(lambda: b.get(f"/users/{warm}").headers.get("x-cache") == "HIT", 15, "cache hits again after the new epoch")
+
+    # multi-host conninfo: reconnects find the new primary, no reload
+    wait_until(lambda: create_user(mh, "after-mh").status == 201, 30, "a write through the multi-host conninfo")
+    assert value(scrape(mh), "pgapi_generation") == 1, "the multi-host server needed no reload"
+
+    # direct conninfo of the old primary: writes fail until the ini follows and a SIGHUP applies it
+    r = create_user(rl, "before-reload")
+    assert r.status == 503, f"the old primary is down: expected 503, got {r}"
+    rl.settings["database"]["primary"] = f"host=127.0.0.1 port={new_primary_port} dbname=pgapi user=app connect_timeout=2"
+    rl.write_ini()
+    rl.signal(signal.SIGHUP)
+    wait_until(lambda: create_user(rl, "after-reload").status == 201, 30, "a write after the reload")
+
+    for name, s in servers.items():
+        assert s.pid == pids[name] and s.alive(), f"{name}: the master must not restart"
+        assert value(scrape(s), "pgapi_worker_restarts_total") == 0, f"{name}: no worker may have died"
+    assert old_primary_port != new_primary_port
+
+
+def test_replica2_follows_the_new_primary_and_reads_stay_balanced(topo, servers):
+    b = servers["bouncer"]
+    u = create_user(b, "follow").json()
+    with closing(psycopg2.connect(host="127.0.0.1", port=topo.bouncer_port, dbname="pgapi_ro2", user="app",
+                                  passfile=os.path.join(topo.dir, "pgpass"), connect_timeout=5)) as c:
+        c.autocommit = True
+        with c.cursor() as cur:
+            wait_until(lambda: (cur.execute("SELECT count(*) FROM users WHERE id = %s", (u["id"],)), cur.fetchone()[0])[1] == 1,
+                       15, "replica2 to replay a write made on the new primary")
+    fams = wait_until(lambda: (lambda f: f if all(value(f, "pgapi_backend_up", worker=w, backend=bk) == 1
+                                                  for w in ("0", "1") for bk in ("primary", "replica0", "replica1")) else None)(scrape(b)),
+                      20, "every backend back in rotation after the promote")
+    assert value(fams, "pgapi_replica_lag_seconds", worker="0", backend="replica1") < 5
+
+
+def test_rejoin_brings_the_old_primary_back_as_a_replica(topo, servers):
+    b = servers["bouncer"]
+    topo.run("rejoin")
+    topo.load_env()
+    port = int(topo.vars["PGAPI_REPLICA_PORT"])
+    assert admin_sql(topo, port, "SELECT pg_is_in_recovery()")[0][0] is True
+    u = create_user(b, "rejoined").json()
+    wait_until(lambda: admin_sql(topo, port, f"SELECT count(*) FROM users WHERE id = {int(u['id'])}")[0][0] == 1, 15,
+               "the rejoined replica to replay a new write")
+    assert b.get(f"/users/{u['id']}").status == 200
