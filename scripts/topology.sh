@@ -14,7 +14,7 @@
 #                     shutdown: it sends all its WAL first; the replica must have replayed its
 #                     shutdown checkpoint), promote the replica, make the other replicas follow it,
 #                     re-point PgBouncer (PAUSE pgapi_rw, RELOAD, RESUME: clients keep their
-#                     connections). The old primary stays stopped ("former"), never started again
+#                     connections). The old primary stays stopped ("former"): up never starts it
 #   rejoin            rebuild the former primary as a replica of the current one (fresh
 #                     pg_basebackup into its data dir, same port); pgapi_ro then reads from it
 #   psql-primary|psql-replica|psql-replica2 [DIR] [--] [psql args...]
@@ -27,6 +27,8 @@
 #   A port belongs to a data dir: once a promote has moved the roles, PGAPI_PRIMARY_PORT and
 #   PGAPI_REPLICA_PORT no longer name the data dirs they were given for and are ignored
 #   (topology.env, which describes the current roles, can still be sourced).
+# pgapi reads through several replicas with repeated `replica = <conninfo>` lines in its ini's
+# [database] section: here $PGAPI_RO_DSN and $PGAPI_RO2_DSN (both PgBouncer databases).
 # Other env: PGAPI_PURGE=1 (same as down --purge), PGAPI_WAIT_SECS (default 30).
 #
 # Files written in DIR:
@@ -692,14 +694,21 @@ wait_pg_ready() { # name port sock logfile
 }
 
 # A data dir with standby.signal starts as a replica, one without it as a primary: refuse to start
-# one whose kind does not match its recorded role (above all, never a second primary).
-check_standby_signal() { # node
-    local node=$1 data=${NODE_DATA[$1]}
+# one whose kind does not match its recorded role (above all, never a second primary). A running
+# server is asked pg_is_in_recovery() instead.
+check_node_kind() { # node
+    local node=$1 data=${NODE_DATA[$1]} want=t got
+    [[ $node != "$PRIMARY_NODE" ]] || want=f
+    if pg_pid "$data" >/dev/null; then
+        got=$(node_sql "$node" 'SELECT pg_is_in_recovery()' 2>/dev/null) || return 0
+        [[ $got == "$want" ]] \
+            || die "$(node_label "$node") runs with pg_is_in_recovery()=$got, but $ROLES_FILE says it is a $(node_role "$node") (primary: data dir $PRIMARY_NODE); was it promoted or started by hand? Fix that before running topology.sh again"
+        return 0
+    fi
     [[ -f $data/PG_VERSION ]] || return 0
-    if [[ $node == "$PRIMARY_NODE" ]]; then
-        [[ ! -e $data/standby.signal ]] \
-            || die "$(node_label "$node"): $data has a standby.signal, so it would start read-only; $ROLES_FILE says it is the primary"
-    elif [[ ! -e $data/standby.signal ]]; then
+    if [[ $want == f && -e $data/standby.signal ]]; then
+        die "$(node_label "$node"): $data has a standby.signal, so it would start read-only; $ROLES_FILE says it is the primary"
+    elif [[ $want == t && ! -e $data/standby.signal ]]; then
         die "$(node_label "$node"): $data has no standby.signal, so it would start as a second primary; refusing (was it promoted by hand? $ROLES_FILE says the primary is data dir $PRIMARY_NODE)"
     fi
 }
@@ -718,7 +727,7 @@ start_pg() { # node
         fi
         return 0
     fi
-    check_standby_signal "$node"
+    check_node_kind "$node"
     if stale=$(read_pid "$data/postmaster.pid" 2>/dev/null); then
         log "$name: removing stale postmaster.pid (pid $stale is not this server)"
         rm -f -- "$data/postmaster.pid"
@@ -1144,10 +1153,8 @@ cmd_up() {
     # fail fast, before starting anything, if a port we need is taken by a stranger, a data dir
     # is of the wrong kind for its role, or the former primary runs
     for n in "$PRIMARY_NODE" "${REPLICAS[@]}"; do
-        if ! pg_pid "${NODE_DATA[$n]}" >/dev/null; then
-            check_port_free "$(node_label "$n")" "${NODE_PORT[$n]}"
-            check_standby_signal "$n"
-        fi
+        pg_pid "${NODE_DATA[$n]}" >/dev/null || check_port_free "$(node_label "$n")" "${NODE_PORT[$n]}"
+        check_node_kind "$n"
     done
     bouncer_pid >/dev/null || check_port_free pgbouncer "$BOUNCER_PORT"
     redis_pid >/dev/null || check_port_free redis "$REDIS_PORT"

@@ -325,7 +325,7 @@ def test_replica2_survives_down_up_and_goes_with_purge(make_topology):
 
 
 class Writer(threading.Thread):
-    """Writes one row a 20 ms on ONE PgBouncer connection to pgapi_rw opened before the
+    """Writes rows back to back (5 ms apart) on ONE PgBouncer connection to pgapi_rw opened before the
     promote, retrying a failed statement on the same connection; records what it saw."""
 
     def __init__(self, topo, table, first_id):
@@ -348,7 +348,7 @@ class Writer(threading.Thread):
                 self.errors.append(f"{time.monotonic() - t:.2f}s {type(exc).__name__}: {str(exc).strip()}")
                 if self.conn.closed:
                     return
-            time.sleep(0.02)
+            time.sleep(0.005)
 
     def report(self):
         return (f"{len(self.ids)} writes, {len(self.errors)} errors {self.errors[:5]}, "
@@ -422,7 +422,11 @@ def test_promote_switches_over_with_replica2_and_rejoin(make_topology):
     row, failures = retry_statement(idle, "SELECT pg_is_in_recovery(), current_setting('port')::int")
     print(f"idle client on pgapi_rw after promote: {row}, failed attempts first: {failures}")
     assert row == (False, topo.replica_port), f"expected the idle pre-promote connection to reach the new primary, got {row}"
-    assert not writer.conn.closed, f"expected the busy pre-promote connection to stay open, got: {writer.report()}"
+    # promote PAUSEs pgapi_rw before stopping the old primary: the busy client's statements wait
+    # (about half a second here) instead of failing (without the PAUSE, the statement in flight
+    # fails and PgBouncer drops that client connection)
+    assert not writer.conn.closed and not writer.errors, (
+        f"expected the busy pre-promote connection to stay open without errors, got: {writer.report()}")
     row, failures = retry_statement(writer.conn, f"SELECT count(*) FROM {table}")
     print(f"busy client after promote: {row}, failed attempts first: {failures}")
 
