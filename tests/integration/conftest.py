@@ -3,8 +3,9 @@
 `topology` (session scope) brings up a throw-away topology with
 scripts/topology.sh in a fresh temp dir under /tmp on private ports:
 PGAPI_TEST_PORT_BASE (default 27000, below the ephemeral port range so no client socket in TIME-WAIT can hold one) + 0 primary, +1 replica, +2 pgbouncer,
-+3 redis; teardown runs `topology.sh down --purge` for that dir.
-Tests that need more topologies use base+10 and up.
++3 redis (+4 a second replica, after `topology.sh add-replica`); teardown runs
+`topology.sh down --purge` for that dir. Tests that need more topologies use base+10 and up,
+in steps of 10.
 """
 
 import os

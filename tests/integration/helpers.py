@@ -95,14 +95,16 @@ def parse_env_file(path):
 
 
 class Topology:
-    """One topology: a state dir and four ports."""
+    """One topology: a state dir and four ports, plus the port a second replica gets
+    (`topology.sh add-replica`)."""
 
-    def __init__(self, state_dir, primary_port, replica_port, bouncer_port, redis_port):
+    def __init__(self, state_dir, primary_port, replica_port, bouncer_port, redis_port, replica2_port):
         self.dir = state_dir
         self.primary_port = primary_port
         self.replica_port = replica_port
         self.bouncer_port = bouncer_port
         self.redis_port = redis_port
+        self.replica2_port = replica2_port
         self.vars = {}
         self._conns = []
         self._redis = []
@@ -111,7 +113,7 @@ class Topology:
     def in_temp_dir(cls, port_base):
         d = tempfile.mkdtemp(prefix="pgapi-test-", dir="/tmp")
         os.chmod(d, 0o755)
-        return cls(d, port_base, port_base + 1, port_base + 2, port_base + 3)
+        return cls(d, port_base, port_base + 1, port_base + 2, port_base + 3, port_base + 4)
 
     @property
     def ports(self):
@@ -125,6 +127,7 @@ class Topology:
             "PGAPI_REPLICA_PORT": str(self.replica_port),
             "PGAPI_BOUNCER_PORT": str(self.bouncer_port),
             "PGAPI_REDIS_PORT": str(self.redis_port),
+            "PGAPI_REPLICA2_PORT": str(self.replica2_port),
         })
         env.pop("PGAPI_STATE_DIR", None)
         env.pop("PGAPI_PURGE", None)
@@ -170,13 +173,18 @@ class Topology:
 
     # ------------------------------------------------------------ processes
     def pid_files(self):
+        """Pid file of each server, by its role in topology.env (after a promote without a second
+        replica, "replica" is the primary: pgapi_ro reads from it)."""
         v = self.vars
-        return {
+        files = {
             "primary": os.path.join(v["PGAPI_PRIMARY_PGDATA"], "postmaster.pid"),
             "replica": os.path.join(v["PGAPI_REPLICA_PGDATA"], "postmaster.pid"),
             "pgbouncer": v["PGAPI_BOUNCER_PIDFILE"],
             "redis": v["PGAPI_REDIS_PIDFILE"],
         }
+        if "PGAPI_REPLICA2_PGDATA" in v:
+            files["replica2"] = os.path.join(v["PGAPI_REPLICA2_PGDATA"], "postmaster.pid")
+        return files
 
     def pids(self):
         return {name: read_pid(path) for name, path in self.pid_files().items()}
@@ -199,16 +207,23 @@ class Topology:
     def ro(self):
         return self._bouncer("pgapi_ro")
 
+    def ro2(self):
+        return self._bouncer("pgapi_ro2")
+
     def bouncer_admin(self):
         return self._bouncer("pgbouncer", user="pgbadmin")
 
-    def primary_admin(self):
-        return self._pg(host=self.vars["PGAPI_PRIMARY_SOCKET_DIR"], port=self.primary_port,
+    def admin(self, role):
+        """postgres superuser on the server that has `role` (PRIMARY, REPLICA, REPLICA2,
+        FORMER_PRIMARY) in topology.env, over its unix socket."""
+        return self._pg(host=self.vars[f"PGAPI_{role}_SOCKET_DIR"], port=int(self.vars[f"PGAPI_{role}_PORT"]),
                         dbname="postgres", user="postgres")
 
+    def primary_admin(self):
+        return self.admin("PRIMARY")
+
     def replica_admin(self):
-        return self._pg(host=self.vars["PGAPI_REPLICA_SOCKET_DIR"], port=self.replica_port,
-                        dbname="postgres", user="postgres")
+        return self.admin("REPLICA")
 
     def redis(self):
         client = redis_lib.Redis(host=HOST, port=self.redis_port, socket_timeout=5,

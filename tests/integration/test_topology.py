@@ -1,14 +1,19 @@
 """Integration tests for scripts/topology.sh: the local PostgreSQL primary +
-replica behind PgBouncer (pgapi_rw / pgapi_ro), and Redis."""
+replica behind PgBouncer (pgapi_rw / pgapi_ro), and Redis; a second replica
+(add-replica, pgapi_ro2), a switchover (promote) and the old primary's rebuild
+(rejoin)."""
 
 import os
 import socket
+import threading
+import time
 import uuid
+from contextlib import closing
 
 import psycopg2
 import pytest
 
-from helpers import HOST, listening_ports, pid_alive, wait_until
+from helpers import HOST, listening_ports, pid_alive, read_pid, wait_until
 
 
 def fetch_one(conn, sql, args=None):
@@ -178,3 +183,341 @@ def test_port_taken_by_a_stranger_is_a_clear_error(topology, make_topology):
     finally:
         stranger.close()
     assert_first_still_works(topology)
+
+
+# ---------------------------------------------------------------- add-replica, promote, rejoin
+# Each test below brings up its own topology (make_topology: ports base+30.. in steps of 10, the
+# second replica on +4), so they can change roles without disturbing the shared one.
+
+def fetch_all(conn, sql, args=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall()
+
+
+def streaming_names(topo):
+    """application_name of every streaming replica of the current primary, sorted."""
+    with closing(topo.admin("PRIMARY")) as conn:
+        return sorted(r[0] for r in fetch_all(
+            conn, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"))
+
+
+def wait_streaming(topo, want):
+    return wait_until(lambda: streaming_names(topo) == want, 20,
+                      f"pg_stat_replication on the primary (port {topo.vars['PGAPI_PRIMARY_PORT']}) "
+                      f"to list exactly {want} as streaming")
+
+
+def bouncer_database_ports(topo):
+    with closing(topo.bouncer_admin()) as conn, conn.cursor() as cur:
+        cur.execute("SHOW DATABASES")
+        cols = [d[0] for d in cur.description]
+        return {r[cols.index("name")]: r[cols.index("port")] for r in cur.fetchall()
+                if r[cols.index("name")].startswith("pgapi_")}
+
+
+def server_of(conn_factory):
+    """(pg_is_in_recovery(), port) of the server a fresh PgBouncer connection reaches."""
+    with closing(conn_factory()) as conn:
+        return fetch_one(conn, "SELECT pg_is_in_recovery(), current_setting('port')::int")
+
+
+def make_table(topo, rows):
+    table = "topology_test_" + uuid.uuid4().hex[:12]
+    with closing(topo.rw()) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, token text NOT NULL)")
+        cur.executemany(f"INSERT INTO {table} VALUES (%s, %s)", [(i, f"row-{i}") for i in range(1, rows + 1)])
+    return table
+
+
+def insert_row(topo, table, row_id):
+    with closing(topo.rw()) as conn, conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {table} VALUES (%s, %s)", (row_id, f"row-{row_id}"))
+
+
+def wait_row(conn_factory, table, row_id, what):
+    def seen():
+        with closing(conn_factory()) as conn:
+            try:
+                return fetch_one(conn, f"SELECT token FROM {table} WHERE id = %s", (row_id,))
+            except psycopg2.errors.UndefinedTable:
+                return None
+    got = wait_until(seen, 20, f"row {row_id} of {table} to show up through {what}")
+    assert got == (f"row-{row_id}",), f"expected ('row-{row_id}',) through {what}, got {got!r}"
+
+
+def up_with_replica2(topo):
+    topo.up()
+    proc = topo.run("add-replica")
+    topo.load_env()
+    return proc
+
+
+def assert_not_running(topo, data_dir, port, what):
+    pid = read_pid(os.path.join(data_dir, "postmaster.pid"))
+    assert pid is None or not pid_alive(pid), f"expected {what} ({data_dir}) not running, got live pid {pid}"
+    assert port not in listening_ports(), f"expected nothing listening on {what}'s port {port}, got a listener"
+
+
+def test_add_replica_streams_and_serves_pgapi_ro2(make_topology):
+    topo = make_topology(30)
+    up_with_replica2(topo)
+    wait_streaming(topo, ["pgapi_replica", "pgapi_replica2"])
+    v = topo.vars
+    want = {"PGAPI_REPLICA2_PORT": str(topo.replica2_port),
+            "PGAPI_REPLICA2_PGDATA": os.path.join(v["PGAPI_PGDATA_BASE"], "replica2"),
+            "PGAPI_RO2_DSN": f"host={HOST} port={topo.bouncer_port} dbname=pgapi_ro2 user=app"}
+    got = {k: v.get(k) for k in want}
+    assert got == want, f"expected in topology.env {want}, got {got}"
+    with open(os.path.join(topo.dir, "pgpass")) as f:
+        pgpass = f.read()
+    for line in (f"{HOST}:{topo.replica2_port}:*:app:", f"{HOST}:{topo.bouncer_port}:pgapi_ro2:app:"):
+        assert line in pgpass, f"expected a pgpass line starting {line!r}, got:\n{pgpass}"
+    ports = bouncer_database_ports(topo)
+    want_ports = {"pgapi_rw": topo.primary_port, "pgapi_ro": topo.replica_port, "pgapi_ro2": topo.replica2_port}
+    assert ports == want_ports, f"expected PgBouncer databases {want_ports}, got {ports}"
+    got = server_of(topo.ro2)
+    assert got == (True, topo.replica2_port), f"expected pgapi_ro2 to reach a replica on {topo.replica2_port}, got {got}"
+
+    table = make_table(topo, 3)
+    insert_row(topo, table, 4)
+    wait_row(topo.ro2, table, 4, "pgapi_ro2")
+    wait_row(topo.ro, table, 4, "pgapi_ro")
+
+    status = topo.run("status").stdout
+    assert any(line.startswith("replica2") and " running " in line and f"port={topo.replica2_port}" in line
+               for line in status.splitlines()), f"expected a running replica2 line in status, got:\n{status}"
+
+    # a second add-replica changes nothing: same processes, no PgBouncer reload
+    before = topo.pids()
+    proc = topo.run("add-replica")
+    after = topo.pids()
+    assert after == before, f"expected the same pids after a second add-replica, got {before} -> {after}"
+    for want_line in ("replica2: already part of the topology", "replica2: already running"):
+        assert want_line in proc.stderr, f"expected {want_line!r} in the second add-replica's output, got:\n{proc.stderr}"
+    assert "reloaded" not in proc.stderr, f"expected no PgBouncer reload on a second add-replica, got:\n{proc.stderr}"
+    wait_streaming(topo, ["pgapi_replica", "pgapi_replica2"])
+
+
+def test_replica2_survives_down_up_and_goes_with_purge(make_topology):
+    topo = make_topology(40)
+    up_with_replica2(topo)
+    table = make_table(topo, 1)
+    pids = topo.pids()
+    topo.down()
+    assert_not_running(topo, topo.vars["PGAPI_REPLICA2_PGDATA"], topo.replica2_port, "replica2")
+    busy = set(topo.ports) & listening_ports()
+    assert not busy, f"expected nothing listening on {topo.ports} after down, got {sorted(busy)}"
+
+    proc = topo.up()
+    assert "replica2: starting" in proc.stderr, f"expected up to start replica2 again, got:\n{proc.stderr}"
+    new_pids = topo.pids()
+    assert new_pids["replica2"] and new_pids["replica2"] != pids["replica2"] and pid_alive(new_pids["replica2"]), (
+        f"expected a new live replica2 after down/up, got {pids} -> {new_pids}")
+    wait_streaming(topo, ["pgapi_replica", "pgapi_replica2"])
+    insert_row(topo, table, 2)
+    wait_row(topo.ro2, table, 2, "pgapi_ro2 after down/up")
+
+    topo.down(purge=True)
+    assert_stopped(topo, new_pids)
+    assert topo.replica2_port not in listening_ports(), f"expected replica2's port {topo.replica2_port} free after purge"
+    assert not os.path.exists(topo.dir), f"expected {topo.dir} to be gone after down --purge"
+
+
+class Writer(threading.Thread):
+    """Writes rows back to back (5 ms apart) on ONE PgBouncer connection to pgapi_rw opened before the
+    promote, retrying a failed statement on the same connection; records what it saw."""
+
+    def __init__(self, topo, table, first_id):
+        super().__init__(daemon=True)
+        self.conn = topo.rw()
+        self.table, self.next_id = table, first_id
+        self.stop = threading.Event()
+        self.errors, self.latencies, self.ids = [], [], []
+
+    def run(self):
+        while not self.stop.is_set():
+            t = time.monotonic()
+            try:
+                with self.conn.cursor() as cur:
+                    cur.execute(f"INSERT INTO {self.table} VALUES (%s, 'w')", (self.next_id,))
+                self.ids.append(self.next_id)
+                self.next_id += 1
+                self.latencies.append(time.monotonic() - t)
+            except psycopg2.Error as exc:
+                self.errors.append(f"{time.monotonic() - t:.2f}s {type(exc).__name__}: {str(exc).strip()}")
+                if self.conn.closed:
+                    return
+            time.sleep(0.005)
+
+    def report(self):
+        return (f"{len(self.ids)} writes, {len(self.errors)} errors {self.errors[:5]}, "
+                f"slowest {max(self.latencies, default=0):.2f}s, conn closed={bool(self.conn.closed)}")
+
+
+def retry_statement(conn, sql, attempts=10):
+    """Run sql on conn, retrying a failed statement; returns (row, failures)."""
+    failures = []
+    for _ in range(attempts):
+        try:
+            return fetch_one(conn, sql), failures
+        except psycopg2.Error as exc:
+            failures.append(f"{type(exc).__name__}: {str(exc).strip()}")
+            if conn.closed:
+                break
+            time.sleep(0.5)
+    raise AssertionError(f"expected {sql!r} to succeed within {attempts} attempts on a connection opened "
+                         f"before promote, got only failures: {failures}")
+
+
+def test_promote_switches_over_with_replica2_and_rejoin(make_topology):
+    topo = make_topology(50)
+    up_with_replica2(topo)
+    old = dict(topo.vars)
+    table = make_table(topo, 500)
+    idle = topo.rw()                  # opened before promote, idle across it
+    fetch_one(idle, "SELECT 1")
+    writer = Writer(topo, table, 1000)  # busy across it
+    writer.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    proc = topo.run("promote")
+    took = time.monotonic() - started
+    time.sleep(0.5)
+    writer.stop.set()
+    writer.join(10)
+    print(f"promote took {took:.2f}s; busy client on pgapi_rw: {writer.report()}")
+    assert "replayed past it: no transaction is lost" in proc.stderr, (
+        f"expected promote to confirm the replica replayed the old primary's shutdown checkpoint, got:\n{proc.stderr}")
+    topo.load_env()
+    v = topo.vars
+
+    # topology.env: the old replica is the primary, replica2 the read side, the old primary former
+    want = {"PGAPI_PRIMARY_PORT": old["PGAPI_REPLICA_PORT"], "PGAPI_PRIMARY_PGDATA": old["PGAPI_REPLICA_PGDATA"],
+            "PGAPI_PRIMARY_SOCKET_DIR": old["PGAPI_REPLICA_SOCKET_DIR"],
+            "PGAPI_REPLICA_PORT": old["PGAPI_REPLICA2_PORT"], "PGAPI_REPLICA2_PORT": old["PGAPI_REPLICA2_PORT"],
+            "PGAPI_FORMER_PRIMARY_PORT": old["PGAPI_PRIMARY_PORT"],
+            "PGAPI_FORMER_PRIMARY_PGDATA": old["PGAPI_PRIMARY_PGDATA"]}
+    got = {k: v.get(k) for k in want}
+    assert got == want, f"expected topology.env after promote to have {want}, got {got}"
+    assert_not_running(topo, old["PGAPI_PRIMARY_PGDATA"], topo.primary_port, "the old primary")
+
+    got = server_of(topo.rw)
+    assert got == (False, topo.replica_port), f"expected pgapi_rw to reach a primary on {topo.replica_port}, got {got}"
+    got = server_of(topo.ro2)
+    assert got == (True, topo.replica2_port), f"expected pgapi_ro2 to stay on replica2 {topo.replica2_port}, got {got}"
+    ports = bouncer_database_ports(topo)
+    want_ports = {"pgapi_rw": topo.replica_port, "pgapi_ro": topo.replica2_port, "pgapi_ro2": topo.replica2_port}
+    assert ports == want_ports, f"expected PgBouncer databases {want_ports} after promote, got {ports}"
+
+    # nothing written before the promote is missing on the new primary
+    with closing(topo.rw()) as conn:
+        got = fetch_one(conn, f"SELECT count(*), max(id) FROM {table} WHERE id <= 500")
+        assert got == (500, 500), f"expected the 500 rows written before promote on the new primary, got {got}"
+        got = sorted(r[0] for r in fetch_all(conn, f"SELECT id FROM {table} WHERE id >= 1000"))
+    assert set(writer.ids) <= set(got), (
+        f"expected every write acknowledged to the busy client on the new primary, missing {sorted(set(writer.ids) - set(got))[:10]}")
+
+    # connections opened before the promote keep working once PgBouncer has reconnected
+    row, failures = retry_statement(idle, "SELECT pg_is_in_recovery(), current_setting('port')::int")
+    print(f"idle client on pgapi_rw after promote: {row}, failed attempts first: {failures}")
+    assert row == (False, topo.replica_port), f"expected the idle pre-promote connection to reach the new primary, got {row}"
+    # promote PAUSEs pgapi_rw before stopping the old primary: the busy client's statements wait
+    # (about half a second here) instead of failing (without the PAUSE, the statement in flight
+    # fails and PgBouncer drops that client connection)
+    assert not writer.conn.closed and not writer.errors, (
+        f"expected the busy pre-promote connection to stay open without errors, got: {writer.report()}")
+    row, failures = retry_statement(writer.conn, f"SELECT count(*) FROM {table}")
+    print(f"busy client after promote: {row}, failed attempts first: {failures}")
+
+    # writes after the promote succeed and reach replica2, which follows the new primary
+    insert_row(topo, table, 501)
+    wait_streaming(topo, ["pgapi_replica2"])
+    wait_row(topo.ro2, table, 501, "pgapi_ro2 (replica2 following the new primary)")
+    wait_row(topo.ro, table, 501, "pgapi_ro")
+
+    # up after promote starts no second primary, also after a full down
+    topo.up()
+    assert_not_running(topo, old["PGAPI_PRIMARY_PGDATA"], topo.primary_port, "the old primary after up")
+    topo.down()
+    proc = topo.up()
+    assert_not_running(topo, old["PGAPI_PRIMARY_PGDATA"], topo.primary_port, "the old primary after down/up")
+    assert "former primary (data dir primary" in proc.stderr, f"expected up to say the former primary stays stopped, got:\n{proc.stderr}"
+    got = server_of(topo.rw)
+    assert got == (False, topo.replica_port), f"expected pgapi_rw on the new primary {topo.replica_port} after down/up, got {got}"
+    status = topo.run("status", check=False).stdout
+    lines = {line.split()[0]: line for line in status.splitlines()}
+    assert "stopped" in lines.get("former", "") and f"port={topo.replica_port}" in lines.get("primary", ""), (
+        f"expected status to list the primary on {topo.replica_port} and a stopped former, got:\n{status}")
+
+    # rejoin: the old primary streams from the new one, and pgapi_ro reads from it again
+    topo.run("rejoin")
+    topo.load_env()
+    wait_streaming(topo, ["pgapi_primary", "pgapi_replica2"])
+    got = server_of(topo.ro)
+    assert got == (True, topo.primary_port), f"expected pgapi_ro on the rejoined old primary {topo.primary_port}, got {got}"
+    wait_row(topo.ro, table, 501, "pgapi_ro (the rejoined old primary)")
+    got = {k: topo.vars.get(k) for k in ("PGAPI_REPLICA_PORT", "PGAPI_FORMER_PRIMARY_PORT")}
+    assert got == {"PGAPI_REPLICA_PORT": str(topo.primary_port), "PGAPI_FORMER_PRIMARY_PORT": None}, (
+        f"expected topology.env to name the rejoined node as the replica and no former primary, got {got}")
+
+
+def test_promote_without_second_replica(make_topology):
+    topo = make_topology(60)
+    topo.up()
+    table = make_table(topo, 100)
+    held = topo.rw()
+    fetch_one(held, "SELECT 1")
+    topo.run("promote")
+    topo.load_env()
+
+    # pgapi_ro has no replica left: it reads from the new primary
+    got = {k: topo.vars.get(k) for k in ("PGAPI_PRIMARY_PORT", "PGAPI_REPLICA_PORT", "PGAPI_FORMER_PRIMARY_PORT")}
+    want = {"PGAPI_PRIMARY_PORT": str(topo.replica_port), "PGAPI_REPLICA_PORT": str(topo.replica_port),
+            "PGAPI_FORMER_PRIMARY_PORT": str(topo.primary_port)}
+    assert got == want, f"expected topology.env {want} after promote, got {got}"
+    for factory, name in ((topo.rw, "pgapi_rw"), (topo.ro, "pgapi_ro")):
+        got = server_of(factory)
+        assert got == (False, topo.replica_port), f"expected {name} on the new primary {topo.replica_port}, got {got}"
+    row, failures = retry_statement(held, f"SELECT count(*) FROM {table}")
+    print(f"pre-promote connection after promote: {row}, failed attempts first: {failures}")
+    assert row == (100,), f"expected the 100 rows through the pre-promote connection, got {row}"
+    insert_row(topo, table, 101)
+
+    # a second promote has no replica to promote, and changes nothing
+    proc = topo.run("promote", check=False)
+    assert proc.returncode != 0 and "no replica to promote" in proc.stderr, (
+        f"expected a second promote to fail with 'no replica to promote', got rc {proc.returncode}:\n{proc.stderr}")
+    got = server_of(topo.rw)
+    assert got == (False, topo.replica_port), f"expected pgapi_rw still on {topo.replica_port}, got {got}"
+
+    topo.down()
+    topo.up()
+    assert_not_running(topo, topo.vars["PGAPI_FORMER_PRIMARY_PGDATA"], topo.primary_port, "the old primary after down/up")
+
+    topo.run("rejoin")
+    topo.load_env()
+    wait_streaming(topo, ["pgapi_primary"])
+    got = server_of(topo.ro)
+    assert got == (True, topo.primary_port), f"expected pgapi_ro on the rejoined old primary {topo.primary_port}, got {got}"
+    wait_row(topo.ro, table, 101, "pgapi_ro (the rejoined old primary)")
+
+
+def test_promote_after_the_primary_crashed(make_topology):
+    topo = make_topology(70)
+    topo.up()
+    table = make_table(topo, 10)
+    wait_row(topo.ro, table, 10, "pgapi_ro")
+    pid = topo.pids()["primary"]
+    os.kill(pid, 9)
+    wait_until(lambda: not pid_alive(pid), 10, f"the killed primary (pid {pid}) to die")
+    proc = topo.run("promote")
+    assert "did not shut down cleanly" in proc.stderr, (
+        f"expected promote to warn that the crashed primary's WAL cannot be checked, got:\n{proc.stderr}")
+    topo.load_env()
+    got = server_of(topo.rw)
+    assert got == (False, topo.replica_port), f"expected pgapi_rw on the promoted replica {topo.replica_port}, got {got}"
+    insert_row(topo, table, 11)
+    # the crashed primary's postmaster children may linger a moment; up must not start it
+    topo.up()
+    assert_not_running(topo, topo.vars["PGAPI_FORMER_PRIMARY_PGDATA"], topo.primary_port, "the crashed old primary after up")
