@@ -26,20 +26,18 @@ import pytest
 from conftest import port_base, start_topology, stop_topology
 from helpers import wait_until
 from pgapi_fixtures import migrate_env
-from pgapi_server import BINARY, REPO_ROOT, PgapiServer
+from pgapi_server import BINARY, REPO_ROOT, PgapiServer, children_of
 from test_metrics import scrape, total, value
 
-OFFSET = 60  # this module's topology: base + 60 .. + 64
+OFFSET = 90  # this module's topology: base + 90 .. + 94
 
 
-def admin_sql(topo, port, sql):
-    """As postgres over the unix socket of whichever data dir listens on `port`."""
-    sock = next(v for k, v in topo.vars.items() if k.endswith("SOCKET_DIR") and os.path.exists(os.path.join(v, f".s.PGSQL.{port}")))
-    with closing(psycopg2.connect(host=sock, port=port, dbname="pgapi", user="postgres", connect_timeout=5)) as c:
-        c.autocommit = True
-        with c.cursor() as cur:
-            cur.execute(sql)
-            return cur.fetchall() if cur.description else None
+def admin_sql(topo, role, sql):
+    """As postgres on the server that has `role` (PRIMARY, REPLICA, REPLICA2) in topology.env."""
+    conn = topo.admin(role)
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchall() if cur.description else None
 
 
 def rw_sql(topo, sql, args=()):
@@ -113,8 +111,8 @@ def test_reads_are_balanced_over_both_replicas(servers):
     ids = [create_user(s, f"bal{i}").json()["id"] for i in range(5)]
     time.sleep(1.5)  # both replicas replay the inserts; the workers sample their positions
     before = scrape(s)
-    for i in range(300):
-        assert s.get(f"/users?limit=5&after_id={ids[0] - 1}").status == 200
+    for i in range(300):  # distinct pages: each a cache miss, so a statement
+        assert s.get(f"/users?limit=5&after_id={ids[0] + 1000 + i}").status == 200
     time.sleep(1.3)
     after = scrape(s)
     got = {b: total(after, "pgapi_pool_queries_total", backend=b) - total(before, "pgapi_pool_queries_total", backend=b)
@@ -227,9 +225,55 @@ def test_rejoin_brings_the_old_primary_back_as_a_replica(topo, servers):
     b = servers["bouncer"]
     topo.run("rejoin")
     topo.load_env()
-    port = int(topo.vars["PGAPI_REPLICA_PORT"])
-    assert admin_sql(topo, port, "SELECT pg_is_in_recovery()")[0][0] is True
+    assert admin_sql(topo, "REPLICA", "SELECT pg_is_in_recovery()")[0][0] is True
     u = create_user(b, "rejoined").json()
-    wait_until(lambda: admin_sql(topo, port, f"SELECT count(*) FROM users WHERE id = {int(u['id'])}")[0][0] == 1, 15,
-               "the rejoined replica to replay a new write")
+    with closing(psycopg2.connect(host=topo.vars["PGAPI_REPLICA_SOCKET_DIR"], port=int(topo.vars["PGAPI_REPLICA_PORT"]),
+                                  dbname="pgapi", user="postgres", connect_timeout=5)) as c:
+        c.autocommit = True
+        with c.cursor() as cur:
+            wait_until(lambda: (cur.execute("SELECT count(*) FROM users WHERE id = %s", (u["id"],)), cur.fetchone()[0])[1] == 1,
+                       15, "the rejoined replica to replay a new write")
     assert b.get(f"/users/{u['id']}").status == 200
+
+
+def walsender_pids(topo):
+    rows = admin_sql(topo, "PRIMARY", "SELECT pid FROM pg_stat_replication")
+    assert len(rows) == 2, f"expected two walsenders (two replicas), got {rows}"
+    return [r[0] for r in rows]
+
+
+def test_unplanned_failover_never_serves_a_lost_write_from_the_cache(topo, servers):
+    """The primary dies with an acknowledged write no replica received (asynchronous replication), which
+    the cache already holds. After the promote, the server must notice the new timeline and answer what
+    the new primary has, not the cached row of the lost write."""
+    b = servers["bouncer"]
+    u = create_user(b, "doomed").json()
+    time.sleep(1.0)  # every replica has the row
+    with open(os.path.join(topo.vars["PGAPI_PRIMARY_PGDATA"], "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+    frozen = walsender_pids(topo)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)  # nothing the primary writes from now on leaves it
+    try:
+        r = b.request("PATCH", f"/users/{u['id']}", body={"name": "lost-in-failover"})
+        assert r.status == 200, r
+        wait_until(lambda: (lambda g: g.headers.get("x-cache") == "HIT" and g.json()["name"] == "lost-in-failover")(
+            b.get(f"/users/{u['id']}")), 10, "the acknowledged write cached")
+    finally:
+        # the primary dies at once, its stopped walsenders with it: their unsent WAL is gone
+        for pid in [postmaster] + children_of(postmaster):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    seen = b.log_text().count("a new primary")
+    topo.run("promote")
+    topo.load_env()
+    wait_until(lambda: b.log_text().count("a new primary") > seen, 15, "the server to notice the second new primary")
+    db = rw_sql(topo, "SELECT name FROM users WHERE id = %s", (u["id"],))
+    assert db == [("doomed",)], f"the new primary should not have the unreplicated write: {db}"
+    for _ in range(10):
+        got = b.get(f"/users/{u['id']}")
+        assert got.status == 200 and got.json()["name"] == "doomed", \
+            f"after the failover the server must answer what the new primary has, got {got} (x-cache {got.headers.get('x-cache')})"
+    wait_until(lambda: create_user(b, "after-crash").status == 201, 30, "writes after the unplanned failover")
