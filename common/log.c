@@ -147,6 +147,21 @@ static void line_flatten(char *s)
     *end = '\0';
 }
 
+/* Lines about one request start "request <id>: " (the convention every caller follows); in JSON the id
+ * is also a field of its own, so that `jq 'select(.request_id == ...)'` finds the access line and the
+ * error lines of a request alike. Returns the id's length, 0 if msg does not start that way. */
+#define REQUEST_PREFIX "request "
+#define REQUEST_PREFIX_LEN (sizeof(REQUEST_PREFIX) - 1)
+
+static size_t request_id_of(const char *msg)
+{
+    if (strncmp(msg, REQUEST_PREFIX, REQUEST_PREFIX_LEN) != 0)
+        return 0;
+    const char *id = msg + REQUEST_PREFIX_LEN;
+    size_t n = strcspn(id, ": ");
+    return n > 0 && n <= 64 && id[n] == ':' ? n : 0;
+}
+
 void log_write(enum log_level level, const char *fmt, ...)
 {
     char msg[LOG_LINE_MAX], buf[LOG_LINE_MAX + 256];
@@ -158,6 +173,15 @@ void log_write(enum log_level level, const char *fmt, ...)
     size_t n;
     if (log_state.format == LOGF_JSON) {
         n = prefix_json(buf, sizeof(buf), level);
+        size_t rid = request_id_of(msg);
+        if (rid) {
+            char id[72];
+            memcpy(id, msg + REQUEST_PREFIX_LEN, rid);
+            id[rid] = '\0';
+            n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\"request_id\":\"");
+            n = json_escape_into(buf, n, sizeof(buf) - 3, id);
+            n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\",");
+        }
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\"msg\":\"");
         n = json_escape_into(buf, n, sizeof(buf) - 3, msg);
         buf[n++] = '"';

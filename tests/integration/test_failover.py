@@ -235,6 +235,22 @@ def test_rejoin_brings_the_old_primary_back_as_a_replica(topo, servers):
                        15, "the rejoined replica to replay a new write")
     assert b.get(f"/users/{u['id']}").status == 200
 
+    # a primary conninfo that now leads to a standby (the rejoined node): found by pg_is_in_recovery()
+    rl = servers["reload"]
+    good = rl.settings["database"]["primary"]
+    rl.settings["database"]["primary"] = (f"host=127.0.0.1 port={int(topo.vars['PGAPI_REPLICA_PORT'])} dbname=pgapi "
+                                          "user=app connect_timeout=2")
+    rl.write_ini()
+    rl.signal(signal.SIGHUP)
+    wait_until(lambda: "the server is in recovery" in rl.log_text(), 20, "the standby found in the primary's place")
+    r = create_user(rl, "to-a-standby")
+    assert r.status == 503 and r.json()["error"]["code"] in ("primary_moved", "database_unavailable"), r
+    assert rl.get("/readyz").status == 503, "not ready without a primary"
+    rl.settings["database"]["primary"] = good
+    rl.write_ini()
+    rl.signal(signal.SIGHUP)
+    wait_until(lambda: create_user(rl, "back").status == 201, 30, "writes once the conninfo leads to the primary again")
+
 
 def walsender_pids(topo):
     rows = admin_sql(topo, "PRIMARY", "SELECT pid FROM pg_stat_replication")
