@@ -15,7 +15,7 @@ DOCDIR    ?= $(PREFIX)/share/doc/$(NAME)
 SYSCONFDIR ?= /etc
 UNITDIR   ?= /lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
-DOCS      := README.md $(wildcard docs/*.md docs/*.yaml)
+DOCS      := README.md $(wildcard docs/*.md docs/*.yaml) conf/prometheus-rules.yml
 
 CC        ?= cc
 PKGS      := libevent libpq hiredis json-c inih

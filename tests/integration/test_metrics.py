@@ -273,3 +273,20 @@ def _serves(port):
         return ok
     except OSError:
         return False
+
+
+def test_alert_rules_name_only_metrics_the_server_exposes(cached):
+    import yaml
+    from pgapi_server import REPO_ROOT
+    with open(os.path.join(REPO_ROOT, "conf", "prometheus-rules.yml")) as f:
+        rules = yaml.safe_load(f)
+    fams = scrape(cached)
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    assert len(exprs) >= 8
+    for expr in exprs:
+        for name in re.findall(r"\b(pgapi_[a-z_]+)", expr):
+            base = re.sub(r"_bucket$", "", name)
+            assert base in fams, f"rule {expr.strip()!r} names {name}, which /metrics does not expose"
+        for label in re.findall(r'\b([a-z_]+)=~?"', expr):
+            assert any(label in l for fam in fams.values() for _, l, _ in fam["samples"]), \
+                f"rule {expr.strip()!r} filters on label {label}, which no series has"
