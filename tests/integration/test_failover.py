@@ -24,6 +24,7 @@ import psycopg2
 import pytest
 
 from conftest import port_base, start_topology, stop_topology
+from faultload import FaultLoad
 from helpers import wait_until
 from pgapi_fixtures import migrate_env
 from pgapi_server import BINARY, REPO_ROOT, PgapiServer, children_of
@@ -157,18 +158,28 @@ def test_promote_with_servers_running(topo, servers):
     pids = {name: s.pid for name, s in servers.items()}
     writer = Writer(b)
     writer.start()
-    time.sleep(0.5)
-    t0 = time.monotonic()
+    # beside the flat-out writer, the fault tests' mixed load (creates, updates, deletes, reads, lists)
+    # recorded as a history: no read may contradict an acknowledged write across the switch
+    load = FaultLoad(b, seed=9)
+    load.start().steady()
+    t0 = load.mark("promote")
     topo.run("promote")
     promote_s = time.monotonic() - t0
+    load.mark("promoted")
     topo.load_env()
     assert int(topo.vars["PGAPI_PRIMARY_PORT"]) == new_primary_port, topo.vars
 
     # through PgBouncer: writes go on with no reload; PgBouncer held them during the switch
     wait_until(lambda: create_user(b, "after-b").status == 201, 30, "a write through PgBouncer after promote")
-    time.sleep(0.5)
+    load.wait_requests(100, time.monotonic(), what="requests after the promote")
+    load.stop()
     writer.stop_flag.set()
     writer.join(30)
+    problems, facts = load.verify(topo)
+    print("\n" + load.report("planned switchover (topology.sh promote)"))
+    assert not problems, f"expected the new primary to match what clients were told:\n" + "\n".join(problems[:20])
+    bad = [o for o in load.records() if o.failed and o.code not in ("database_unavailable", "write_outcome_unknown", "primary_moved")]
+    assert not bad, f"unexpected failures across the switch: {[str(o) for o in bad[:8]]}"
     on_new = rw_sql(topo, "SELECT inet_server_port(), pg_is_in_recovery()")[0]
     assert on_new == (new_primary_port, False), f"pgapi_rw should reach the promoted replica: {on_new}"
     acked = [i for ids in before.values() for i in ids] + writer.acked
