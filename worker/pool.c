@@ -625,11 +625,20 @@ static struct job *conn_statement_take(struct pgconn *c, PGresult **res)
     return j;
 }
 
+/* The primary moved: every idle connection to its address is dropped (busy ones go when they answer). */
+static void backend_idle_reset(struct backend *be, const char *why)
+{
+    for (int i = 0; i < be->nconns; i++)
+        if (be->conns[i].state == PGC_IDLE)
+            conn_reset(&be->conns[i], why);
+}
+
 static void conn_deliver(struct pgconn *c)
 {
     struct backend *be = c->be;
     PGresult *res;
     struct job *j = conn_statement_take(c, &res);
+    bool health = j->kind == JOB_HEALTH;
     struct pool_result r = { .status = result_status(res), .res = res, .sqlstate = "", .message = "",
                              .side = be->side, .backend = be->index, .data_lsn = j->data_lsn };
     if (r.status == POOL_ERR_SQL) {
@@ -653,8 +662,9 @@ static void conn_deliver(struct pgconn *c)
         batch_deliver(be->pool, j, &r);
         j = NULL;
     }
-    bool moved = strcmp(r.sqlstate, "25006") == 0 && be->side == POOL_PRIMARY;
-    if (moved)
+    bool refused = strcmp(r.sqlstate, "25006") == 0;
+    bool moved = be->side == POOL_PRIMARY && (refused || (health && be->in_recovery));
+    if (moved && refused)
         log_error("primary: statement refused as read-only (25006): the primary moved; reconnecting");
     if (!moved && !bad)
         conn_wait(c, EV_READ);
@@ -662,9 +672,11 @@ static void conn_deliver(struct pgconn *c)
         job_finish(be->pool, j, &r);
     PQclear(res);
     if (moved || bad)
-        conn_reset(c, moved ? "server is read-only" : PQerrorMessage(c->conn));
+        conn_reset(c, moved ? "the primary's address leads to a standby" : PQerrorMessage(c->conn));
     else if (c->state == PGC_IDLE)
         conn_pump(c);
+    if (moved)
+        backend_idle_reset(be, "the primary's address leads to a standby");
 }
 
 /* ---- commit LSNs ----------------------------------------------------------------------------- */
@@ -1074,8 +1086,9 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 /* ---- health ---------------------------------------------------------------------------------- */
 
 /* The primary's address now leads to a standby (a failover demoted it, or PgBouncer or a multi-host
- * conninfo points at the wrong node): out of rotation, and its idle connections are dropped so that
- * new ones are made (a conninfo with target_session_attrs=read-write then finds the new primary). */
+ * conninfo points at the wrong node): out of rotation. conn_deliver then drops the primary's idle
+ * connections so that new ones are made (a conninfo with target_session_attrs=read-write then finds
+ * the new primary). */
 static void primary_in_recovery(struct backend *be)
 {
     if (!be->in_recovery)
@@ -1083,9 +1096,6 @@ static void primary_in_recovery(struct backend *be)
                   "reconnecting");
     be->in_recovery = true;
     backend_down(be, "in recovery");
-    for (int i = 0; i < be->nconns; i++)
-        if (be->conns[i].state == PGC_IDLE)
-            conn_reset(&be->conns[i], "the primary's address leads to a standby");
 }
 
 /* A new primary identity (promotion, another cluster): rows its predecessor acknowledged but never
