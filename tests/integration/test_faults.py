@@ -359,7 +359,9 @@ def test_history_with_replica_delay_and_random_pauses(server, schema):
     watch = ReplicaWatch(schema, seed, pause=True)
     try:
         with replica_apply_delay(schema, "1s"):
-            result, _ = run_and_check(srv, schema, watch, delayed_schedule(seed), seed)
+            # replay frozen at random on top of the 1 s delay can cover the quiet phases the replica needs to
+            # pass the hot rows' fences: fewer of its reads can be required (each statement may carry 32)
+            result, _ = run_and_check(srv, schema, watch, delayed_schedule(seed), seed, min_replica_reads=3)
     finally:
         replay_resume(schema)
     sm = result.summary
