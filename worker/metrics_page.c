@@ -130,14 +130,16 @@ static void backend_name(int b, char *buf, size_t cap)
         snprintf(buf, cap, "replica%d", b - 1);
 }
 
-/* A gauge summed over the slot's live processes. */
-#define GAUGE_SUM(live, n, field)                                                                         \
-    ({                                                                                                    \
-        int64_t sum_ = 0;                                                                                 \
-        for (int i_ = 0; i_ < (n); i_++)                                                                  \
-            sum_ += LOAD((live)[i_]->field);                                                              \
-        sum_;                                                                                             \
-    })
+/* Element i of the int64 gauge array at `offset`, summed over the slot's live processes. */
+static int64_t gauge_sum(const struct metrics_gauges *const live[2], int n, size_t offset, int i)
+{
+    int64_t sum = 0;
+    for (int k = 0; k < n; k++)
+        sum += LOAD(((const _Atomic int64_t *)((const char *)live[k] + offset))[i]);
+    return sum;
+}
+
+#define GAUGE_OFF(field) offsetof(struct metrics_gauges, field)
 
 static void gauge_line(struct page *pg, const char *name, int w, const char *labels, long long v)
 {
@@ -160,8 +162,8 @@ static void pool_connections_render(struct page *pg)
         const struct metrics_gauges *live[2];
         int n = gauges_live(pg->m, w, live);
         for (int b = 0; b < slot_backends(pg, w) && n; b++) {
-            long long v[4] = { GAUGE_SUM(live, n, in_use[b]), GAUGE_SUM(live, n, idle[b]),
-                               GAUGE_SUM(live, n, connecting[b]), GAUGE_SUM(live, n, down[b]) };
+            long long v[4] = { gauge_sum(live, n, GAUGE_OFF(in_use), b), gauge_sum(live, n, GAUGE_OFF(idle), b),
+                               gauge_sum(live, n, GAUGE_OFF(connecting), b), gauge_sum(live, n, GAUGE_OFF(down), b) };
             char name[24], labels[96];
             backend_name(b, name, sizeof(name));
             for (int s = 0; s < 4; s++) {
@@ -244,8 +246,8 @@ static void pool_render(struct page *pg)
         int n = gauges_live(pg->m, w, live);
         if (!n)
             continue;
-        gauge_line(pg, "pgapi_pool_waiting", w, "side=\"primary\"", GAUGE_SUM(live, n, waiting[0]));
-        gauge_line(pg, "pgapi_pool_waiting", w, "side=\"replica\"", GAUGE_SUM(live, n, waiting[1]));
+        gauge_line(pg, "pgapi_pool_waiting", w, "side=\"primary\"", gauge_sum(live, n, GAUGE_OFF(waiting), 0));
+        gauge_line(pg, "pgapi_pool_waiting", w, "side=\"replica\"", gauge_sum(live, n, GAUGE_OFF(waiting), 1));
     }
     backend_counters_render(pg, "pgapi_pool_queries_total", "Statements answered, by backend.", false);
     backend_counters_render(pg, "pgapi_pool_errors_total", "Statements answered with an error (SQL, broken, timed out), by backend.", true);
@@ -309,12 +311,9 @@ static void process_gauges_render(struct page *pg)
         for (int w = 0; w < pg->nslots; w++) {
             const struct metrics_gauges *live[2];
             int n = gauges_live(pg->m, w, live);
-            long long v = 0;
-            bool sum = i == 0; /* connections add up over a slot's two processes; the rest are the newest's */
-            for (int k = 0; k < (sum ? n : n > 0); k++)
-                v += LOAD(*(const _Atomic int64_t *)((const char *)live[k] + g[i].off));
+            /* connections add up over a slot's two processes; the rest are the newest's */
             if (n)
-                gauge_line(pg, g[i].name, w, "", v);
+                gauge_line(pg, g[i].name, w, "", gauge_sum(live, i == 0 ? n : 1, g[i].off, 0));
         }
     }
 }
