@@ -40,19 +40,9 @@ void metrics_gauges_vacate(struct metrics *m, int slot, unsigned generation)
         return;
     struct metrics_gauges *g = &m->gauges[generation & 1][slot];
     uint64_t had = generation;
-    if (!atomic_compare_exchange_strong(&g->generation, &had, 0))
-        return;
-    /* Readers skip a block whose generation is 0; the rest is cleared for the next owner. */
-    atomic_store(&g->connections, 0);
-    atomic_store(&g->waiting[0], 0);
-    atomic_store(&g->waiting[1], 0);
-    for (int b = 0; b < METRICS_BACKENDS; b++) {
-        atomic_store(&g->in_use[b], 0);
-        atomic_store(&g->idle[b], 0);
-        atomic_store(&g->connecting[b], 0);
-        atomic_store(&g->down[b], 0);
-        atomic_store(&g->up[b], 0);
-    }
+    /* Readers skip a block whose generation is 0, and the next owner writes every gauge it shows before
+     * it sets its generation: nothing else needs clearing. */
+    atomic_compare_exchange_strong(&g->generation, &had, 0);
 }
 
 int metrics_status_index(int status)

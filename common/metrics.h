@@ -47,7 +47,7 @@ struct metrics_gauges {
 
 struct metrics {
     /* the master's */
-    metrics_counter worker_starts, worker_restarts, worker_crashes, reloads, reloads_refused;
+    metrics_counter worker_starts, worker_restarts, reloads, reloads_refused;
     _Atomic uint64_t generation, workers, start_time_s;
     struct metrics_counters slot[METRICS_SLOTS];
     struct metrics_gauges gauges[2][METRICS_SLOTS];

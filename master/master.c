@@ -424,10 +424,7 @@ static int master_setup(struct master *m)
     if (!m->fences || !m->rooms || !m->metrics)
         return -1;
     metrics_publish_master(m);
-    bool unused;
-    m->socks.listen_fd = listener_open(m->cfg.listen.host, m->cfg.listen.port, m->cfg.backlog);
-    m->socks.metrics_fd = socket_for(&m->cfg.metrics_listen, &m->cfg.metrics_listen, -1, m->cfg.backlog, &unused);
-    return m->socks.listen_fd < 0 || m->socks.metrics_fd == -2 ? -1 : 0;
+    return sockets_prepare(m, &m->cfg); /* no socket yet: opens each one the configuration asks for */
 }
 
 static void master_loop(struct master *m)

@@ -29,16 +29,14 @@ void handle_healthz(struct worker *w, struct http_request *req, const struct rou
 
 static struct json_object *replica_json(const struct pool *p, int i)
 {
-    uint64_t lsn;
-    int lag;
-    bool up;
+    struct pool_backend_stats s;
     char buf[32];
-    pool_replica_state(p, i, &lsn, &lag, &up);
-    snprintf(buf, sizeof(buf), "%" PRIX64 "/%" PRIX64, lsn >> 32, lsn & 0xffffffffu);
+    pool_backend_stats(p, i, &s);
+    snprintf(buf, sizeof(buf), "%" PRIX64 "/%" PRIX64, s.lsn >> 32, s.lsn & 0xffffffffu);
     struct json_object *o = json_object_new_object();
-    json_object_object_add(o, "up", json_object_new_boolean(up));
+    json_object_object_add(o, "up", json_object_new_boolean(s.up));
     json_object_object_add(o, "replay_lsn", json_object_new_string(buf));
-    json_object_object_add(o, "lag_ms", json_object_new_int(lag));
+    json_object_object_add(o, "lag_ms", json_object_new_int(s.lag_ms));
     return o;
 }
 

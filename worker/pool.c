@@ -1364,11 +1364,3 @@ int pool_replica_count(const struct pool *p)
 {
     return p->nreplicas;
 }
-
-void pool_replica_state(const struct pool *p, int i, uint64_t *replay_lsn, int *lag_ms, bool *up)
-{
-    const struct backend *be = &p->replicas[i];
-    *replay_lsn = be->lsn;
-    *lag_ms = be->lag_ms;
-    *up = be->healthy && backend_connected(be) > 0;
-}

@@ -85,8 +85,6 @@ void pool_backend_stats(const struct pool *p, int backend, struct pool_backend_s
 bool pool_primary_up(const struct pool *p);
 int pool_replicas_up(const struct pool *p);
 int pool_replica_count(const struct pool *p);
-/* Replay LSN and lag of replica i as last sampled. */
-void pool_replica_state(const struct pool *p, int i, uint64_t *replay_lsn, int *lag_ms, bool *up);
 
 /* "16/B374D848" -> 64-bit LSN; returns 0 on failure. */
 int pool_lsn_parse(const char *s, uint64_t *out);

@@ -142,13 +142,11 @@ int pool_replica_count(const struct pool *p)
     return 0;
 }
 
-void pool_replica_state(const struct pool *p, int i, uint64_t *replay_lsn, int *lag_ms, bool *up)
+void pool_backend_stats(const struct pool *p, int backend, struct pool_backend_stats *out)
 {
     (void)p;
-    (void)i;
-    *replay_lsn = 0;
-    *lag_ms = 0;
-    *up = false;
+    (void)backend;
+    *out = (struct pool_backend_stats){ 0 };
 }
 
 /* ---- the cache: disabled, so op.c never looks anything up; the rest answers as when Redis is down -- */
