@@ -5,9 +5,9 @@
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stddef.h>
-#include <sys/mman.h>
 
 #include "common/log.h"
+#include "common/shm.h"
 
 #define FENCE_BUCKETS 4096
 
@@ -27,32 +27,12 @@ struct fences {
 
 struct fences *fences_create(void)
 {
-    void *p = mmap(NULL, sizeof(struct fences), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        log_error("cannot map the shared fence table");
-        return NULL;
-    }
-    struct fences *f = p;
-    for (int i = 0; i < FENCE_COUNT; i++) {
-        atomic_init(&f->lsn[i], 0);
-        atomic_init(&f->unknown_marks[i], 0);
-        atomic_init(&f->unknown_cleared[i], 0);
-        atomic_init(&f->unknown_floor[i], 0);
-    }
-    for (int s = 0; s < FENCE_ROWSETS; s++) {
-        atomic_init(&f->rowset[s], 0);
-        for (int b = 0; b < FENCE_BUCKETS; b++)
-            atomic_init(&f->row[s][b], 0);
-    }
-    atomic_init(&f->cache_dirty, false);
-    atomic_init(&f->cache_troubles, 0);
-    return f;
+    return shm_map(sizeof(struct fences), "fence table"); /* zero-filled: every fence starts at 0 */
 }
 
 void fences_destroy(struct fences *f)
 {
-    if (f)
-        munmap(f, sizeof(*f));
+    shm_unmap(f, sizeof(*f));
 }
 
 static void atomic_raise(_Atomic uint64_t *v, uint64_t lsn)

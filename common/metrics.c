@@ -2,10 +2,9 @@
  * are indexed by. */
 #include "common/metrics.h"
 
-#include <sys/mman.h>
 #include <time.h>
 
-#include "common/log.h"
+#include "common/shm.h"
 
 static const int status_codes[METRICS_STATUSES - 1] = {
     100, 200, 201, 204, 304, 400, 404, 405, 408, 409, 411, 412, 413, 414, 415, 422, 429, 431, 500, 501, 503, 504,
@@ -18,20 +17,15 @@ static const uint64_t bucket_le_us[METRICS_BUCKETS - 1] = {
 
 struct metrics *metrics_create(void)
 {
-    void *p = mmap(NULL, sizeof(struct metrics), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        log_error("cannot map the shared metrics table");
-        return NULL;
-    }
-    struct metrics *m = p; /* an anonymous mapping is zero-filled: every counter starts at 0 */
-    atomic_store(&m->start_time_s, (uint64_t)time(NULL));
+    struct metrics *m = shm_map(sizeof(struct metrics), "metrics table"); /* zero-filled: counters at 0 */
+    if (m)
+        atomic_store(&m->start_time_s, (uint64_t)time(NULL));
     return m;
 }
 
 void metrics_destroy(struct metrics *m)
 {
-    if (m)
-        munmap(m, sizeof(*m));
+    shm_unmap(m, sizeof(*m));
 }
 
 void metrics_gauges_vacate(struct metrics *m, int slot, unsigned generation)

@@ -6,9 +6,8 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/mman.h>
 
-#include "common/log.h"
+#include "common/shm.h"
 
 #define ROOM_SLOTS 256 /* config's maximum of workers */
 
@@ -18,22 +17,12 @@ struct rooms {
 
 struct rooms *rooms_create(void)
 {
-    void *p = mmap(NULL, sizeof(struct rooms), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        log_error("cannot map the shared table of workers' room");
-        return NULL;
-    }
-    struct rooms *r = p;
-    for (int h = 0; h < 2; h++)
-        for (int i = 0; i < ROOM_SLOTS; i++)
-            atomic_init(&r->entry[h][i], 0);
-    return r;
+    return shm_map(sizeof(struct rooms), "table of workers' room"); /* zero-filled: nobody has room */
 }
 
 void rooms_destroy(struct rooms *r)
 {
-    if (r)
-        munmap(r, sizeof(*r));
+    shm_unmap(r, sizeof(*r));
 }
 
 void rooms_set(struct rooms *r, int slot, unsigned generation, bool room)
