@@ -40,7 +40,7 @@ FUZZ_CC   ?= clang-14
 FUZZ_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1 -g
 FUZZ_SRCS := common/config.c common/fence.c common/log.c common/shm.c common/utf8.c $(addprefix worker/,http.c router.c \
              handlers_health.c handlers_posts.c handlers_users.c op.c body.c query.c reply.c rows.c \
-             dbreply.c local_cache.c) tests/fuzz/fake_db.c tests/fuzz/fuzz_request.c
+             dbreply.c local_cache.c id_list.c) tests/fuzz/fake_db.c tests/fuzz/fuzz_request.c
 FUZZ_OBJS := $(FUZZ_SRCS:%.c=build/fuzz/obj/%.o)
 FUZZ_SECONDS ?= 60
 

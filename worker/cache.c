@@ -108,6 +108,7 @@ struct cache_cmd {
     void *arg;
     char gen[64], base[64];       /* lookups: the list's generation name and the page's key */
     enum script_id script;        /* SCRIPT LOAD */
+    bool moves_epoch;             /* an invalidation of rows that could not be named */
 };
 
 struct cache {
@@ -432,6 +433,8 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
             lookup_deliver(cmd, r);
         } else if (cmd->kind == CMD_INVALIDATE) {
             cmd->c->stats.invalidations++;
+            if (ok && cmd->moves_epoch)
+                cmd->c->stats.epoch_bumps++;
             if (!ok) {
                 cmd->c->stats.invalidation_failures++;
                 log_warn("redis: invalidation failed: %s", r ? r->str : "connection lost");
@@ -554,35 +557,63 @@ void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *v
         c->stats.fills++;
 }
 
+/* The invalidation script's arguments: the fixed ones, the generations, the keys, then the ids as keys.
+ * Returns argc, or -1 when out of memory; *ids_text is the ids' keys (freed by the caller). */
+static int invalidate_argv(const struct cache *c, const struct cache_change *ch, const char **argv,
+                           const char *fixed[], int nfixed, char **ids_text)
+{
+    int ngens = ch->ngens, nkeys = ch->nkeys, nids = ch->nids < CACHE_CHANGE_IDS_MAX ? ch->nids : CACHE_CHANGE_IDS_MAX;
+    int argc = 0;
+    for (int i = 0; i < nfixed; i++)
+        argv[argc++] = fixed[i];
+    script_argv(c, SCRIPT_INVALIDATE, argv);
+    for (int i = 0; i < ngens; i++)
+        argv[argc++] = ch->gens[i];
+    for (int i = 0; i < nkeys; i++)
+        argv[argc++] = ch->keys[i];
+    *ids_text = NULL;
+    if (nids > 0) {
+        *ids_text = malloc((size_t)nids * CACHE_KEY_MAX);
+        if (!*ids_text)
+            return -1;
+        for (int i = 0; i < nids; i++) {
+            char *k = *ids_text + (size_t)i * CACHE_KEY_MAX;
+            snprintf(k, CACHE_KEY_MAX, "%s%" PRId64, ch->id_prefix, ch->ids[i]);
+            argv[argc++] = k;
+        }
+    }
+    return argc;
+}
+
 void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb, void *arg)
 {
-    enum { FIXED = 8, MAXKEYS = 8 };
+    enum { FIXED = 8, MAXARGS = FIXED + 3 + 2 + CACHE_CHANGE_IDS_MAX };
     if (c->state == CACHE_DISABLED) {
         cb(arg, true);
         return;
     }
-    char lsn_s[LSN_HEX], ttl[16];
+    char lsn_s[LSN_HEX], ttl[16], ngens_s[12];
     lsn_hex(lsn, lsn_s);
     int fence_ttl = c->cfg->max_replica_lag_ms * 6;
     snprintf(ttl, sizeof(ttl), "%d", fence_ttl > FENCE_TTL_MIN_MS ? fence_ttl : FENCE_TTL_MIN_MS);
-    int ngens = ch->ngens < MAXKEYS ? ch->ngens : MAXKEYS;
-    int nkeys = ch->nkeys < MAXKEYS - ngens ? ch->nkeys : MAXKEYS - ngens;
-    char ngens_s[12];
-    snprintf(ngens_s, sizeof(ngens_s), "%d", ngens);
-    const char *argv[FIXED + MAXKEYS] = { NULL, NULL, "0", c->cfg->redis_prefix, lsn_s, ttl,
-                                          ch->all ? "1" : "0", ngens_s };
-    script_argv(c, SCRIPT_INVALIDATE, argv);
-    int n = ngens + nkeys;
-    for (int i = 0; i < ngens; i++)
-        argv[FIXED + i] = ch->gens[i];
-    for (int i = 0; i < nkeys; i++)
-        argv[FIXED + ngens + i] = ch->keys[i];
-    size_t lens[FIXED + MAXKEYS];
-    eval_lens(FIXED + n, argv, lens, SIZE_MAX, 0);
-    if (c->state != CACHE_UP || !c->ac || !cmd_send(c, CMD_INVALIDATE, FIXED + n, argv, lens, NULL, cb, arg)) {
+    snprintf(ngens_s, sizeof(ngens_s), "%d", ch->ngens);
+    const char *fixed[FIXED] = { NULL, NULL, "0", c->cfg->redis_prefix, lsn_s, ttl, ch->all ? "1" : "0", ngens_s };
+    const char *argv[MAXARGS];
+    size_t lens[MAXARGS];
+    char *ids_text;
+    int argc = invalidate_argv(c, ch, argv, fixed, FIXED, &ids_text);
+    if (argc > 0)
+        eval_lens(argc, argv, lens, SIZE_MAX, 0);
+    struct cache_cmd *cmd = argc > 0 && c->state == CACHE_UP && c->ac
+                                ? cmd_send(c, CMD_INVALIDATE, argc, argv, lens, NULL, cb, arg)
+                                : NULL;
+    free(ids_text);
+    if (!cmd) {
         c->stats.invalidation_failures++;
         cb(arg, false);
+        return;
     }
+    cmd->moves_epoch = ch->all;
 }
 
 /* Ends a bypass: a new epoch makes every value cached before the failure unreachable. */

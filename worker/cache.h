@@ -49,11 +49,17 @@ struct cache_lookup {
 
 #define CACHE_KEY_MAX 64
 
-/* What a committed write changes: single keys, and lists (every page of a generation). */
+#define CACHE_CHANGE_IDS_MAX 256
+
+/* What a committed write changes: single keys, lists (every page of a generation), and the rows a
+ * cascade took with it, by id (keys "<id_prefix><id>"). */
 struct cache_change {
     char keys[2][CACHE_KEY_MAX];
-    char gens[2][CACHE_KEY_MAX];
+    char gens[3][CACHE_KEY_MAX];
     int nkeys, ngens;
+    const char *id_prefix;    /* "post:" */
+    const int64_t *ids;       /* 0..CACHE_CHANGE_IDS_MAX of them; the caller's, read during the call */
+    int nids;
     bool all;                 /* rows that cannot be listed changed: move the whole cache to a new epoch */
 };
 

@@ -27,6 +27,7 @@ static const struct op_resource POSTS = {
     .what = "post", .path = "/posts", .table = FENCE_POSTS, .fields = POST_FIELDS, .nfields = 2,
     OP_SQL_STATEMENTS("posts", "p", POST_JSON, "title = $2, content = $3",
                       "title = COALESCE($2, p.title), content = COALESCE($3, p.content)"),
+    OP_SQL_DELETE("posts", "p", POST_JSON),
 };
 
 /* ---- a user's posts: the path's id is the user's -------------------------------------------- */

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "common/fence.h"
+#include "worker/cache.h"
 #include "worker/body.h"
 #include "worker/handlers.h"
 #include "worker/op.h"
@@ -30,6 +31,10 @@ static const struct op_resource USERS = {
     .cascade = OP_TABLE(FENCE_POSTS), /* posts.user_id ON DELETE CASCADE */
     OP_SQL_STATEMENTS("users", "u", USER_JSON, "name = $2, email = $3",
                       "name = COALESCE($2, u.name), email = COALESCE($3, u.email)"),
+    /* user_delete() (migration 0004) locks the user, deletes its posts and names them: (id, no body: the
+     * answer is 204, the post ids, or NULL when more than the cache drops one by one) */
+    .sql_delete = "SELECT d.id, '{}'::text, CASE WHEN cardinality(d.post_ids) <= " OP_STR(CACHE_CHANGE_IDS_MAX)
+                  " THEN d.post_ids::text END FROM user_delete($1) d",
 };
 
 /* ?include=posts embeds the user's posts, so the read waits for both tables' fences */

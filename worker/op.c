@@ -16,6 +16,7 @@
 #include "worker/body.h"
 #include "worker/cache.h"
 #include "worker/dbreply.h"
+#include "worker/id_list.h"
 #include "worker/local_cache.h"
 #include "worker/pool.h"
 #include "worker/query.h"
@@ -53,6 +54,8 @@ struct op_state {
     char *row_json;             /* writes waiting for their invalidation: the answer, copied */
     size_t row_len;
     char row_id[ID_TEXT_MAX];
+    int64_t *cascade;           /* a user's deletion: the ids of the posts that went with it */
+    int ncascade;               /* how many; -1 when they are not known (every post counts as changed) */
 };
 
 static void state_free(struct op_state *s)
@@ -60,6 +63,7 @@ static void state_free(struct op_state *s)
     if (s->wait_ev)
         event_free(s->wait_ev);
     free(s->row_json);
+    free(s->cascade);
     free(s);
 }
 
@@ -171,6 +175,26 @@ static int64_t post_user_id(const PGresult *res)
     return user_id;
 }
 
+static bool is_user_delete(const struct op_state *s)
+{
+    return s->o.res->table == FENCE_USERS && s->o.req->method == HTTP_DELETE;
+}
+
+/* The posts a user's deletion took with it: the statement's third column (its sql_delete), when the
+ * statement could name them. */
+static void cascade_read(struct op_state *s, const PGresult *res)
+{
+    s->ncascade = -1;
+    if (!is_user_delete(s) || PQnfields(res) < 3 || PQgetisnull(res, 0, 2))
+        return;
+    s->cascade = malloc(CACHE_CHANGE_IDS_MAX * sizeof(*s->cascade));
+    if (s->cascade)
+        s->ncascade = id_list_parse(PQgetvalue(res, 0, 2), s->cascade, CACHE_CHANGE_IDS_MAX);
+    if (s->ncascade < 0)
+        log_warn("request %s: a user's deletion did not name its posts: every post counts as changed",
+                 s->o.req->request_id);
+}
+
 /* The row fences a committed write raises, before it is answered (see row_fence_of). */
 static void row_fences_raise(const struct op_state *s, const PGresult *res, uint64_t lsn)
 {
@@ -180,7 +204,10 @@ static void row_fences_raise(const struct op_state *s, const PGresult *res, uint
         fences_raise_row(f, FENCE_ROW_USER, id, lsn);
         if (s->o.req->method == HTTP_DELETE) {
             fences_raise_row(f, FENCE_ROW_USER_POSTS, id, lsn);
-            fences_raise_rowset(f, FENCE_ROW_POST, lsn); /* its posts went with it, ids unknown */
+            for (int i = 0; i < s->ncascade; i++) /* its posts went with it */
+                fences_raise_row(f, FENCE_ROW_POST, s->cascade[i], lsn);
+            if (s->ncascade < 0)
+                fences_raise_rowset(f, FENCE_ROW_POST, lsn); /* which ones is not known */
         }
         return;
     }
@@ -193,7 +220,8 @@ static void row_fences_raise(const struct op_state *s, const PGresult *res, uint
 }
 
 /* What a committed write changes in the cache: its rows' keys and the lists holding them. A user's
- * deletion takes its posts with it (ids unknown): the whole cache moves to a new epoch then. */
+ * deletion takes its posts with it: by id, or (when they could not be named) the whole cache moves to a
+ * new epoch. */
 static void write_change(const struct op_state *s, const PGresult *res, struct cache_change *ch)
 {
     const struct op *o = &s->o;
@@ -201,7 +229,15 @@ static void write_change(const struct op_state *s, const PGresult *res, struct c
     *ch = (struct cache_change){ .ngens = 1 };
     if (o->res->table == FENCE_USERS) {
         snprintf(ch->gens[0], CACHE_KEY_MAX, "users");
-        ch->all = o->req->method == HTTP_DELETE;
+        if (is_user_delete(s)) { /* its posts: their keys, every posts list and its own */
+            snprintf(ch->gens[1], CACHE_KEY_MAX, "posts");
+            snprintf(ch->gens[2], CACHE_KEY_MAX, "uposts:%s", id);
+            ch->ngens = 3;
+            ch->id_prefix = "post:";
+            ch->ids = s->cascade;
+            ch->nids = s->ncascade > 0 ? s->ncascade : 0;
+            ch->all = s->ncascade < 0;
+        }
         if (!o->created) {
             snprintf(ch->keys[0], CACHE_KEY_MAX, "user:%s", id);
             snprintf(ch->keys[1], CACHE_KEY_MAX, "userp:%s", id);
@@ -252,6 +288,7 @@ static void write_fences_raise(const struct op_state *s, const PGresult *res, ui
 /* A committed write: fences raised, then the cache invalidated, then the answer. */
 static void write_committed(struct op_state *s, const struct pool_result *r)
 {
+    cascade_read(s, r->res);
     write_fences_raise(s, r->res, r->commit_lsn);
     if (cache_state(s->o.w->cache) == CACHE_DISABLED) {
         answer(s, PQgetvalue(r->res, 0, 0), PQgetvalue(r->res, 0, 1), (size_t)PQgetlength(r->res, 0, 1));

@@ -31,6 +31,8 @@ struct op_resource {
     unsigned cascade;              /* tables whose rows a DELETE removes too (their fences rise too) */
     const struct op_field *fields; /* the body of PUT and PATCH, in parameter order from $2 */
     int nfields;                   /* 1..OP_FIELDS_MAX */
+    /* sql_delete of a table with cascade may return a third column: the ids of the rows the cascade
+     * removed, as bigint[] text, or NULL when there are too many to name (see op.c, cascade_read) */
     const char *sql_get, *sql_get_many, *sql_list, *sql_replace, *sql_patch, *sql_delete;
 };
 
@@ -43,10 +45,13 @@ struct op_resource {
     "made.id, made.body FROM made JOIN input USING (id)"
 /* The batched form of "id = $1" (pool_query.batch_sql) */
 #define OP_SQL_ANY_ID "ANY($1::bigint[])"
+/* A number macro as SQL text */
+#define OP_STR_(x) #x
+#define OP_STR(x) OP_STR_(x)
 /* A row as its (id, json text) columns, for RETURNING. */
 #define OP_SQL_ROW(a, json) a ".id, " json "::text"
-/* The statements of struct op_resource for table t aliased a whose row is the JSON expression json, in
- * op's parameter order: get/replace/patch/delete $1 = id, replace and patch the fields from $2 (their SET
+/* The statements of struct op_resource (but sql_delete) for table t aliased a whose row is the JSON
+ * expression json, in op's parameter order: get/replace/patch $1 = id, replace and patch the fields from $2 (their SET
  * lists given), list $1 = after_id and $2 = limit. */
 #define OP_SQL_STATEMENTS(t, a, json, replace_set, patch_set)                                        \
     .sql_get = "SELECT " OP_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = $1",                \
@@ -56,8 +61,9 @@ struct op_resource {
     .sql_replace = "UPDATE " t " AS " a " SET " replace_set " WHERE " a ".id = $1 RETURNING "        \
                    OP_SQL_ROW(a, json),                                                              \
     .sql_patch = "UPDATE " t " AS " a " SET " patch_set " WHERE " a ".id = $1 RETURNING "            \
-                 OP_SQL_ROW(a, json),                                                                \
-    .sql_delete = "DELETE FROM " t " " a " WHERE " a ".id = $1 RETURNING " OP_SQL_ROW(a, json)
+                 OP_SQL_ROW(a, json)
+/* struct op_resource.sql_delete of a table whose deletion cascades nowhere */
+#define OP_SQL_DELETE(t, a, json) .sql_delete = "DELETE FROM " t " " a " WHERE " a ".id = $1 RETURNING " OP_SQL_ROW(a, json)
 
 /* One request's step; callers fill it (often as a compound literal) and the op copies it. */
 struct op {

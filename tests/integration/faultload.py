@@ -75,7 +75,7 @@ class FaultLoad:
         self.max_seconds = max_seconds
         self.max_per_thread = max_requests // threads
         self.pace_s = pace_s
-        self.deletes = deletes       # off: no user is deleted (a deletion moves the whole cache to a new epoch)
+        self.deletes = deletes       # off: no user is deleted
         self.timeout_s = timeout_s
         self.seed = seed if seed is not None else random.randrange(1 << 30)
         self.tag = uuid.uuid4().hex[:10]

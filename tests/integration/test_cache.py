@@ -357,3 +357,109 @@ def test_local_cache_serves_hits_and_never_outlives_a_write(server, schema):
     assert s.request("DELETE", paths[0]).status == 204
     for _ in range(6):
         assert get(s, paths[0])[0] == 404 and get(s, paths[1])[0] == 404 and get(s, paths[2])[0] == 404
+
+
+def epoch_of(s, schema):
+    return int(redis_lib.Redis(port=schema.redis_port).get(f"{s.prefix}:epoch") or 0)
+
+
+def make_posts(s, uid, n):
+    ids = []
+    for i in range(n):
+        r = s.request("POST", f"/users/{uid}/posts", body={"title": f"p{i}", "content": ""})
+        assert r.status == 201, r
+        ids.append(r.json()["id"])
+    return ids
+
+
+def test_user_delete_drops_its_posts_and_nothing_else(server, schema):
+    """A user's deletion names the posts that went with it (user_delete(), migration 0004): exactly those
+    keys, the user's and the lists go; every other cached value stays, in the same epoch."""
+    s = cached_server(server, schema)
+    u, v = make_user(s), make_user(s, with_post=True)
+    uid, pids = u["id"], make_posts(s, u["id"], 3)
+    gone = [f"/posts/{p}" for p in pids] + [f"/users/{uid}", f"/users/{uid}?include=posts",
+                                            f"/users/{uid}/posts?limit=10"]
+    kept = [f"/users/{v['id']}", f"/users/{v['id']}?include=posts", f"/posts/{v['post']['id']}"]
+    posts_page = f"/posts?after_id={pids[0] - 1}&limit=1"
+    for p in gone + kept + [posts_page]:
+        until_hit(s, p)
+    epoch = epoch_of(s, schema)
+    assert s.request("DELETE", f"/users/{uid}").status == 204
+    for p in gone:
+        status, xc, _ = get(s, p)
+        assert status == 404, f"expected 404 for {p} after its user's deletion, got {status} ({xc})"
+    page = get(s, posts_page)[2]["data"]
+    assert not [x for x in page if x["id"] in pids], f"expected the posts list without the deleted posts, got {page}"
+    for p in kept:
+        assert get(s, p)[1] == "HIT", f"expected {p} still cached: the deletion did not change it"
+    assert epoch_of(s, schema) == epoch, "expected the cache to stay in its epoch"
+    time.sleep(1.1)  # the workers publish their cache counters every second
+    assert epoch_bumps(s) == 0
+    assert "did not name its posts" not in s.log_text(), s.log_tail()
+
+
+def test_user_delete_with_more_posts_than_it_names_moves_the_epoch(server, schema):
+    """Past 256 posts the deletion does not list them: the whole cache moves to a new epoch instead."""
+    s = cached_server(server, schema)
+    u, v = make_user(s), make_user(s)
+    pids = make_posts(s, u["id"], 257)
+    for p in (f"/posts/{pids[0]}", f"/posts/{pids[-1]}", f"/users/{v['id']}"):
+        until_hit(s, p)
+    epoch = epoch_of(s, schema)
+    assert s.request("DELETE", f"/users/{u['id']}").status == 204
+    assert epoch_of(s, schema) == epoch + 1, "expected a new epoch"
+    assert get(s, f"/posts/{pids[0]}")[0] == 404 and get(s, f"/posts/{pids[-1]}")[0] == 404
+    assert get(s, f"/users/{v['id']}")[1] == "MISS", "expected nothing of the old epoch served"
+    s.wait_for(lambda: epoch_bumps(s) == 1, 5, "pgapi_cache_epoch_bumps_total at 1")
+
+
+def epoch_bumps(s):
+    from test_metrics import scrape, total
+    return total(scrape(s), "pgapi_cache_epoch_bumps_total")
+
+
+def test_posts_created_while_their_user_is_deleted_never_outlive_it(server, schema):
+    """Posts are created for a user, and read (so cached), while the user is deleted: whatever the
+    interleaving, no post of the user is served or left in the cache after the deletion's 204."""
+    import random
+    s = cached_server(server, schema)
+    rng = random.Random(7)
+    for _ in range(15):
+        uid = make_user(s)["id"]
+        created, problems, stop = [], [], threading.Event()
+
+        def creator():
+            while not stop.is_set():
+                r = s.request("POST", f"/users/{uid}/posts", body={"title": "race", "content": ""})
+                if r.status != 201:
+                    if r.status != 404:  # 404: the user went first
+                        problems.append(f"POST a post: {r}")
+                    return
+                created.append(r.json()["id"])
+
+        def reader():
+            while not stop.is_set():
+                if created:
+                    s.get(f"/posts/{created[-1]}")
+                    s.get(f"/users/{uid}/posts?limit=1000")
+
+        threads = [threading.Thread(target=f) for f in (creator, reader, reader)]
+        for t in threads:
+            t.start()
+        time.sleep(rng.uniform(0.02, 0.15))
+        try:
+            r = s.request("DELETE", f"/users/{uid}")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        assert r.status == 204, r
+        assert not problems and created, (problems, created)
+        for pid in created:
+            status, xc, _ = get(s, f"/posts/{pid}")
+            assert status == 404, f"post {pid} of deleted user {uid}: {status} ({xc})"
+        assert get(s, f"/users/{uid}/posts?limit=1000")[0] == 404
+        cached = cache_entries(s, schema.redis_port)
+        left = [k for k in cached if k.startswith("post:") and int(k.split(":")[1]) in created]
+        assert not left, f"expected no post of deleted user {uid} cached, got {left}"

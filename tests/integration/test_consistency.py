@@ -514,6 +514,25 @@ def cache_mismatches(srv, schema, redis_port=None):
     return len(rows), problems
 
 
+def cache_diagnosis(srv, schema):
+    """What the cache looked like: keys per epoch and kind in Redis, the servers' cache counters and
+    its Redis log lines (for a failure message)."""
+    import collections
+    import redis as redis_lib
+    from test_metrics import scrape
+    r = redis_lib.Redis(port=schema.redis_port)
+    kinds = collections.Counter(k.decode().split(":", 1)[1].rsplit(":", 1)[0] for k in r.scan_iter(f"{srv.prefix}:*"))
+    series = collections.Counter()
+    for fam_name, fam in scrape(srv).items():
+        if fam_name.startswith("pgapi_cache_"):
+            for name, labels, value in fam["samples"]:
+                series[name + "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "worker") + "}"] += value
+    with open(srv.log_path, errors="replace") as f:
+        lines = [line.rstrip() for line in f if "redis" in line][-10:]
+    return (f"epoch={(r.get(f'{srv.prefix}:epoch') or b'0').decode()} keys={dict(kinds)} "
+            f"counters={series} log={lines}")
+
+
 def replica_statements(srv):
     from test_metrics import scrape, total
     return total(scrape(srv), "pgapi_pool_queries_total", side="replica")
@@ -556,7 +575,7 @@ def run_and_check(srv, schema, watch, schedule, seed, min_replica_reads=MIN_REPL
                       + "\n".join(lost[:20]) + f"\n{numbers}")
     checked, stale = cache_mismatches(srv, schema)
     assert not stale, f"expected every cached entry to equal the primary's row, got:\n" + "\n".join(stale[:20])
-    assert checked >= 1, "expected something in the cache to check"
+    assert checked >= 1, f"expected something in the cache to check, got nothing: {cache_diagnosis(srv, schema)}"
 
     # not vacuous: enough traffic, every route exercised, every check had reads it could have failed
     assert s["reads"] >= MIN_READS, f"expected at least {MIN_READS} reads, got {s['reads']}\n{numbers}"

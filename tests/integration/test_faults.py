@@ -290,7 +290,7 @@ def test_worker_killed_mid_request(schema, server):
     that commit (the master moves the cache to a new epoch after a worker dies)."""
     s = fault_server(server, schema, local_entries=0)  # X-Cache HIT: Redis's answer
     victim_conn = Client(s.port, timeout=10)
-    with FaultLoad(s, deletes=False) as load:   # a deletion would move the cache to a new epoch anyway
+    with FaultLoad(s) as load:
         victim = victim_conn.call("GET", "/healthz")[1]["pid"]
         assert victim in s.worker_pids(), f"expected /healthz to name a worker: {victim} {s.worker_pids()}"
         uid = load.create(victim_conn, "victim", 0).resp["id"]

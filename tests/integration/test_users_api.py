@@ -145,6 +145,49 @@ def test_concurrent_creates_with_same_email(api):
     assert statuses.count(201) == 1 and statuses.count(409) == 19, f"expected one 201 and 19 409, got {statuses}"
 
 
+def test_user_delete_names_a_post_committed_while_it_waited(api, schema):
+    """user_delete() (migration 0004), which DELETE /users/:id runs, lists every post it removes, even
+    one whose insert was in flight when the deletion began: the server drops exactly those posts from
+    the cache. A single statement would not see it (its snapshot is older than the insert's commit),
+    which the last part shows, so the function is what makes the list whole."""
+    import threading
+
+    def race(delete_sql):
+        uid = create_user(api)["id"]
+        with closing(schema.rw()) as ins, closing(schema.rw()) as dele:
+            ins.autocommit = dele.autocommit = True
+            with ins.cursor() as c:
+                c.execute("INSERT INTO posts(title, content, user_id) VALUES ('old', '', %s) RETURNING id", (uid,))
+                old = c.fetchone()[0]
+                c.execute("BEGIN")
+                c.execute("INSERT INTO posts(title, content, user_id) VALUES ('new', '', %s) RETURNING id", (uid,))
+                new = c.fetchone()[0]
+            got = []
+            t = threading.Thread(target=lambda: got.append(_fetch(dele, delete_sql, uid)))
+            t.start()
+            t.join(1.0)
+            assert t.is_alive(), "expected the deletion to wait for the insert's lock on the user"
+            with ins.cursor() as c:
+                c.execute("COMMIT")
+            t.join(10)
+            with dele.cursor() as c:
+                c.execute("SELECT count(*) FROM posts WHERE user_id = %s", (uid,))
+                assert c.fetchone()[0] == 0, "expected every post of the user deleted"
+        return sorted(got[0] or []), sorted([old, new])
+
+    listed, posts = race("SELECT post_ids FROM user_delete(%s)")
+    assert listed == posts, f"expected user_delete() to name both posts {posts}, got {listed}"
+    listed, posts = race("WITH p AS (SELECT array_agg(id) AS ids FROM posts WHERE user_id = %s) "
+                         "DELETE FROM users u USING p WHERE u.id = %s RETURNING p.ids")
+    assert listed == posts[:1], f"expected one statement to miss the post committed meanwhile, got {listed}"
+
+
+def _fetch(conn, sql, uid):
+    with conn.cursor() as c:
+        c.execute(sql, (uid,) * sql.count("%s"))
+        return c.fetchone()[0]
+
+
 def test_delete_user_removes_posts(api, schema):
     u = create_user(api)
     with closing(schema.rw()) as conn, conn.cursor() as cur:

@@ -1,5 +1,5 @@
 /* Unit tests for the small parsers on the request path: query strings (worker/query), the email check
- * (worker/body) and LSN text (worker/pool). */
+ * (worker/body), LSN text (worker/pool) and bigint[] text (worker/id_list). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "worker/body.h"
+#include "worker/id_list.h"
 #include "worker/pool.h"
 #include "worker/query.h"
 
@@ -65,12 +66,32 @@ static void test_lsn_parse(void **state)
     assert_int_equal(pool_lsn_parse(NULL, &v), -1);
 }
 
+static void test_id_list_parse(void **state)
+{
+    (void)state;
+    int64_t ids[3] = { 0 };
+    assert_int_equal(id_list_parse("{}", ids, 3), 0);
+    assert_int_equal(id_list_parse("{7}", ids, 3), 1);
+    assert_int_equal(ids[0], 7);
+    assert_int_equal(id_list_parse("{1,22,9223372036854775807}", ids, 3), 3);
+    assert_int_equal(ids[1], 22);
+    assert_int_equal(ids[2], INT64_MAX);
+    const char *bad[] = { "", "{", "}", "{1,2,3,4}", "{1,}", "{,1}", "{1 ,2}", "{1}x", "{-1}", "{0}", "{1.5}",
+                          "{9223372036854775808}", "{NULL}", "{{1}}", "1,2", "{+1}" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (id_list_parse(bad[i], ids, 3) != -1)
+            fail_msg("accepted \"%s\"", bad[i]);
+    assert_int_equal(id_list_parse(NULL, ids, 3), -1);
+    assert_int_equal(id_list_parse("{1}", ids, 0), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_query_get),
         cmocka_unit_test(test_email),
         cmocka_unit_test(test_lsn_parse),
+        cmocka_unit_test(test_id_list_parse),
     };
     return cmocka_run_group_tests_name("parsing", tests, NULL, NULL);
 }
