@@ -557,57 +557,47 @@ void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *v
         c->stats.fills++;
 }
 
-/* The invalidation script's arguments: the fixed ones, the generations, the keys, then the ids as keys.
- * Returns argc, or -1 when out of memory; *ids_text is the ids' keys (freed by the caller). */
-static int invalidate_argv(const struct cache *c, const struct cache_change *ch, const char **argv,
-                           const char *fixed[], int nfixed, char **ids_text)
+/* Sends the invalidation script: its fixed arguments, then the change's generations, keys, and ids as
+ * keys (written into id_keys, nids of them). NULL when it could not be sent. */
+static struct cache_cmd *invalidate_send(struct cache *c, const struct cache_change *ch, uint64_t lsn, int nids,
+                                         char (*id_keys)[CACHE_KEY_MAX], cache_done_cb cb, void *arg)
 {
-    int ngens = ch->ngens, nkeys = ch->nkeys, nids = ch->nids < CACHE_CHANGE_IDS_MAX ? ch->nids : CACHE_CHANGE_IDS_MAX;
-    int argc = 0;
-    for (int i = 0; i < nfixed; i++)
-        argv[argc++] = fixed[i];
-    script_argv(c, SCRIPT_INVALIDATE, argv);
-    for (int i = 0; i < ngens; i++)
-        argv[argc++] = ch->gens[i];
-    for (int i = 0; i < nkeys; i++)
-        argv[argc++] = ch->keys[i];
-    *ids_text = NULL;
-    if (nids > 0) {
-        *ids_text = malloc((size_t)nids * CACHE_KEY_MAX);
-        if (!*ids_text)
-            return -1;
-        for (int i = 0; i < nids; i++) {
-            char *k = *ids_text + (size_t)i * CACHE_KEY_MAX;
-            snprintf(k, CACHE_KEY_MAX, "%s%" PRId64, ch->id_prefix, ch->ids[i]);
-            argv[argc++] = k;
-        }
-    }
-    return argc;
-}
-
-void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb, void *arg)
-{
-    enum { FIXED = 8, MAXARGS = FIXED + 3 + 2 + CACHE_CHANGE_IDS_MAX };
-    if (c->state == CACHE_DISABLED) {
-        cb(arg, true);
-        return;
-    }
+    enum { FIXED = 8, MAXARGS = FIXED + CACHE_CHANGE_GENS_MAX + CACHE_CHANGE_KEYS_MAX + CACHE_CHANGE_IDS_MAX };
     char lsn_s[LSN_HEX], ttl[16], ngens_s[12];
     lsn_hex(lsn, lsn_s);
     int fence_ttl = c->cfg->max_replica_lag_ms * 6;
     snprintf(ttl, sizeof(ttl), "%d", fence_ttl > FENCE_TTL_MIN_MS ? fence_ttl : FENCE_TTL_MIN_MS);
     snprintf(ngens_s, sizeof(ngens_s), "%d", ch->ngens);
-    const char *fixed[FIXED] = { NULL, NULL, "0", c->cfg->redis_prefix, lsn_s, ttl, ch->all ? "1" : "0", ngens_s };
-    const char *argv[MAXARGS];
+    const char *argv[MAXARGS] = { NULL, NULL, "0", c->cfg->redis_prefix, lsn_s, ttl, ch->all ? "1" : "0", ngens_s };
+    script_argv(c, SCRIPT_INVALIDATE, argv);
+    int argc = FIXED;
+    for (int i = 0; i < ch->ngens; i++)
+        argv[argc++] = ch->gens[i];
+    for (int i = 0; i < ch->nkeys; i++)
+        argv[argc++] = ch->keys[i];
+    for (int i = 0; i < nids; i++) {
+        snprintf(id_keys[i], CACHE_KEY_MAX, "%s%" PRId64, ch->id_prefix, ch->ids[i]);
+        argv[argc++] = id_keys[i];
+    }
     size_t lens[MAXARGS];
-    char *ids_text;
-    int argc = invalidate_argv(c, ch, argv, fixed, FIXED, &ids_text);
-    if (argc > 0)
-        eval_lens(argc, argv, lens, SIZE_MAX, 0);
-    struct cache_cmd *cmd = argc > 0 && c->state == CACHE_UP && c->ac
-                                ? cmd_send(c, CMD_INVALIDATE, argc, argv, lens, NULL, cb, arg)
-                                : NULL;
-    free(ids_text);
+    eval_lens(argc, argv, lens, SIZE_MAX, 0);
+    return cmd_send(c, CMD_INVALIDATE, argc, argv, lens, NULL, cb, arg);
+}
+
+void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb, void *arg)
+{
+    if (c->state == CACHE_DISABLED) {
+        cb(arg, true);
+        return;
+    }
+    struct cache_cmd *cmd = NULL;
+    if (c->state == CACHE_UP && c->ac) {
+        int nids = ch->nids < CACHE_CHANGE_IDS_MAX ? ch->nids : CACHE_CHANGE_IDS_MAX;
+        char (*id_keys)[CACHE_KEY_MAX] = nids > 0 ? malloc((size_t)nids * sizeof(*id_keys)) : NULL;
+        if (nids == 0 || id_keys)
+            cmd = invalidate_send(c, ch, lsn, nids, id_keys, cb, arg);
+        free(id_keys);
+    }
     if (!cmd) {
         c->stats.invalidation_failures++;
         cb(arg, false);

@@ -49,13 +49,15 @@ struct cache_lookup {
 
 #define CACHE_KEY_MAX 64
 
+#define CACHE_CHANGE_KEYS_MAX 2
+#define CACHE_CHANGE_GENS_MAX 3
 #define CACHE_CHANGE_IDS_MAX 256
 
 /* What a committed write changes: single keys, lists (every page of a generation), and the rows a
  * cascade took with it, by id (keys "<id_prefix><id>"). */
 struct cache_change {
-    char keys[2][CACHE_KEY_MAX];
-    char gens[3][CACHE_KEY_MAX];
+    char keys[CACHE_CHANGE_KEYS_MAX][CACHE_KEY_MAX];
+    char gens[CACHE_CHANGE_GENS_MAX][CACHE_KEY_MAX];
     int nkeys, ngens;
     const char *id_prefix;    /* "post:" */
     const int64_t *ids;       /* 0..CACHE_CHANGE_IDS_MAX of them; the caller's, read during the call */

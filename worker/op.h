@@ -51,8 +51,8 @@ struct op_resource {
 /* A row as its (id, json text) columns, for RETURNING. */
 #define OP_SQL_ROW(a, json) a ".id, " json "::text"
 /* The statements of struct op_resource (but sql_delete) for table t aliased a whose row is the JSON
- * expression json, in op's parameter order: get/replace/patch $1 = id, replace and patch the fields from $2 (their SET
- * lists given), list $1 = after_id and $2 = limit. */
+ * expression json, in op's parameter order: get/replace/patch $1 = id, replace and patch the fields from
+ * $2 (their SET lists given), list $1 = after_id and $2 = limit. */
 #define OP_SQL_STATEMENTS(t, a, json, replace_set, patch_set)                                        \
     .sql_get = "SELECT " OP_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = $1",                \
     .sql_get_many = "SELECT " OP_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = " OP_SQL_ANY_ID,  \

@@ -94,7 +94,7 @@ def test_hit_miss_and_invalidation_of_every_route(server, schema):
 def cache_entries(s, redis_port):
     """{key: json} of every value cached under the server's prefix, current epoch only."""
     r = redis_lib.Redis(port=redis_port)
-    epoch = (r.get(f"{s.prefix}:epoch") or b"0").decode()
+    epoch = epoch_of(s, redis_port)
     out = {}
     for k in r.scan_iter(f"{s.prefix}:e{epoch}:v:*"):
         raw = r.get(k)
@@ -359,8 +359,14 @@ def test_local_cache_serves_hits_and_never_outlives_a_write(server, schema):
         assert get(s, paths[0])[0] == 404 and get(s, paths[1])[0] == 404 and get(s, paths[2])[0] == 404
 
 
-def epoch_of(s, schema):
-    return int(redis_lib.Redis(port=schema.redis_port).get(f"{s.prefix}:epoch") or 0)
+def epoch_of(s, redis_port):
+    """The cache epoch of the server's prefix in the Redis on redis_port."""
+    return int(redis_lib.Redis(port=redis_port).get(f"{s.prefix}:epoch") or 0)
+
+
+def epoch_bumps(s):
+    from test_metrics import scrape, total
+    return total(scrape(s), "pgapi_cache_epoch_bumps_total")
 
 
 def make_posts(s, uid, n):
@@ -384,7 +390,7 @@ def test_user_delete_drops_its_posts_and_nothing_else(server, schema):
     posts_page = f"/posts?after_id={pids[0] - 1}&limit=1"
     for p in gone + kept + [posts_page]:
         until_hit(s, p)
-    epoch = epoch_of(s, schema)
+    epoch = epoch_of(s, schema.redis_port)
     assert s.request("DELETE", f"/users/{uid}").status == 204
     for p in gone:
         status, xc, _ = get(s, p)
@@ -393,7 +399,7 @@ def test_user_delete_drops_its_posts_and_nothing_else(server, schema):
     assert not [x for x in page if x["id"] in pids], f"expected the posts list without the deleted posts, got {page}"
     for p in kept:
         assert get(s, p)[1] == "HIT", f"expected {p} still cached: the deletion did not change it"
-    assert epoch_of(s, schema) == epoch, "expected the cache to stay in its epoch"
+    assert epoch_of(s, schema.redis_port) == epoch, "expected the cache to stay in its epoch"
     time.sleep(1.1)  # the workers publish their cache counters every second
     assert epoch_bumps(s) == 0
     assert "did not name its posts" not in s.log_text(), s.log_tail()
@@ -406,17 +412,12 @@ def test_user_delete_with_more_posts_than_it_names_moves_the_epoch(server, schem
     pids = make_posts(s, u["id"], 257)
     for p in (f"/posts/{pids[0]}", f"/posts/{pids[-1]}", f"/users/{v['id']}"):
         until_hit(s, p)
-    epoch = epoch_of(s, schema)
+    epoch = epoch_of(s, schema.redis_port)
     assert s.request("DELETE", f"/users/{u['id']}").status == 204
-    assert epoch_of(s, schema) == epoch + 1, "expected a new epoch"
+    assert epoch_of(s, schema.redis_port) == epoch + 1, "expected a new epoch"
     assert get(s, f"/posts/{pids[0]}")[0] == 404 and get(s, f"/posts/{pids[-1]}")[0] == 404
     assert get(s, f"/users/{v['id']}")[1] == "MISS", "expected nothing of the old epoch served"
     s.wait_for(lambda: epoch_bumps(s) == 1, 5, "pgapi_cache_epoch_bumps_total at 1")
-
-
-def epoch_bumps(s):
-    from test_metrics import scrape, total
-    return total(scrape(s), "pgapi_cache_epoch_bumps_total")
 
 
 def test_posts_created_while_their_user_is_deleted_never_outlive_it(server, schema):

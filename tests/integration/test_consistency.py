@@ -18,6 +18,7 @@ import uuid
 from contextlib import closing
 
 from history import CREATE, DELETE, UPDATE, History, check, check_final, key_str
+from test_cache import epoch_of
 from test_pool import bouncer_queries, replay_resume
 
 LOAD_SECONDS = 7.0
@@ -503,7 +504,7 @@ def cache_mismatches(srv, schema, redis_port=None):
     import json as _json
     import redis as redis_lib
     r = redis_lib.Redis(port=redis_port or schema.redis_port)
-    epoch = (r.get(f"{srv.prefix}:epoch") or b"0").decode()
+    epoch = epoch_of(srv, redis_port or schema.redis_port)
     rows = []  # (what, table, id, version seen)
     for k in r.scan_iter(f"{srv.prefix}:e{epoch}:v:*"):
         key = k.decode().split(":v:", 1)[1]
@@ -546,7 +547,7 @@ def cache_diagnosis(srv, schema):
                 series[name + "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "worker") + "}"] += value
     with open(srv.log_path, errors="replace") as f:
         lines = [line.rstrip() for line in f if "redis" in line][-10:]
-    return (f"epoch={(r.get(f'{srv.prefix}:epoch') or b'0').decode()} keys={dict(kinds)} "
+    return (f"epoch={epoch_of(srv, schema.redis_port)} keys={dict(kinds)} "
             f"counters={series} log={lines}")
 
 
