@@ -4,7 +4,7 @@
 #   fuzz        build/fuzz/fuzz_request (tests/fuzz): replays its corpus, then fuzzes FUZZ_SECONDS
 #               (default 60); each is one test
 #   integration pytest against real PostgreSQL primary+replica, PgBouncer and Redis (tests/integration)
-# Usage: tests/run.sh [unit|fuzz|integration|all] [pytest args...]
+# Usage: tests/run.sh [unit|fuzz|integration|all] [pytest args or test files...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tier=${1:-all}
@@ -74,7 +74,13 @@ run_integration() {
     local xml=build/pytest-junit.xml
     mkdir -p build
     rm -f "$xml"
-    /usr/bin/python3 -m pytest -p no:cacheprovider -q -rfE --junitxml="$xml" tests/integration "$@" </dev/null
+    # the whole directory unless the arguments name test files or directories themselves (pytest would
+    # otherwise collect the directory and then those files a second time)
+    local where=tests/integration arg
+    for arg in "$@"; do
+        [ -e "${arg%%::*}" ] && where=
+    done
+    /usr/bin/python3 -m pytest -p no:cacheprovider -q -rfE --junitxml="$xml" $where "$@" </dev/null
     local status=$?
     if [ ! -f "$xml" ]; then
         echo "integration: pytest wrote no report (exit $status)"
