@@ -34,6 +34,7 @@
 
 /* One request in flight: the caller's op and what its callback needs. */
 struct op_state {
+    struct op_state *prev, *next; /* the worker's requests in flight (w->ops), for op_discard_all */
     struct op o;
     bool write;
     int status;                 /* success status: 200, 201 (with Location) or 204 (no body) */
@@ -60,6 +61,12 @@ struct op_state {
 
 static void state_free(struct op_state *s)
 {
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        s->o.w->ops = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
     if (s->wait_ev)
         event_free(s->wait_ev);
     free(s->row_json);
@@ -74,8 +81,17 @@ static struct op_state *state_new(const struct op *o, bool write, int status)
         reply_error(o->req, 503, "out_of_memory", "server out of memory");
         return NULL;
     }
-    *s = (struct op_state){ .o = *o, .write = write, .status = status };
+    *s = (struct op_state){ .o = *o, .write = write, .status = status, .next = o->w->ops };
+    if (s->next)
+        s->next->prev = s;
+    o->w->ops = s;
     return s;
+}
+
+void op_discard_all(struct worker *w)
+{
+    while (w->ops)
+        state_free(w->ops);
 }
 
 static void id_text(int64_t id, char *buf, size_t cap)

@@ -1255,30 +1255,35 @@ fail:
     return NULL;
 }
 
-static void queue_fail_all(struct pool *p, enum pool_side side)
+/* At exit, a job and the jobs it carries (a batch, a commit-LSN group) are freed without their callbacks:
+ * the requests they answer die with the process, and worker_free frees what those requests held (op.h).
+ * Returns true if it carried a write whose statement was sent (its outcome unknown) or had committed. */
+static bool job_discard(struct job *j, bool sent)
 {
-    struct job *j;
-    while ((j = p->queue[side].head)) {
-        p->queue[side].head = j->next;
-        job_fail(p, j, side, POOL_ERR_UNAVAILABLE, "server shutting down");
-    }
-    p->queue[side].tail = NULL;
-    p->queue[side].len = 0;
-}
-
-/* At exit: a job and the jobs it carries (a batch, a commit-LSN group), without callbacks. */
-static void job_discard(struct job *j)
-{
+    bool write = j->kind == JOB_WRITE && (sent || j->held);
     for (struct job *k = j->batch, *next; k; k = next) {
         next = k->next;
-        job_discard(k);
+        write |= job_discard(k, true); /* a statement's batch, or the commits waiting for an LSN */
     }
     PQclear(j->held);
     free(j);
+    return write;
 }
 
-static void backend_close(struct backend *be)
+static bool queue_discard(struct side_queue *q)
 {
+    bool write = false;
+    for (struct job *j = q->head, *next; j; j = next) {
+        next = j->next;
+        write |= job_discard(j, false);
+    }
+    *q = (struct side_queue){ 0 };
+    return write;
+}
+
+static bool backend_close(struct backend *be)
+{
+    bool write = false;
     for (int i = 0; i < be->nconns; i++) {
         struct pgconn *c = &be->conns[i];
         if (c->io_ev)
@@ -1288,24 +1293,29 @@ static void backend_close(struct backend *be)
         if (c->result)
             PQclear(c->result);
         if (c->job)
-            job_discard(c->job); /* callbacks are not run at exit: their requests die with the process */
+            write |= job_discard(c->job, true);
         PQfinish(c->conn);
     }
+    return write;
 }
 
+/* No callback runs from here (worker_free relies on it). A write sent or committed whose answer is lost
+ * may have changed rows the cache holds, and no invalidation will follow: every worker bypasses the
+ * cache until it moves to a new epoch, as after a worker's death. */
 void pool_free(struct pool *p)
 {
     if (!p)
         return;
-    queue_fail_all(p, POOL_PRIMARY);
-    queue_fail_all(p, POOL_REPLICA);
-    for (struct job *w = p->lsn_waiting.head, *next; w; w = next) {
-        next = w->next;
-        job_discard(w);
-    }
-    backend_close(&p->primary);
+    bool write = queue_discard(&p->queue[POOL_PRIMARY]);
+    write |= queue_discard(&p->queue[POOL_REPLICA]);
+    write |= queue_discard(&p->lsn_waiting);
+    write |= backend_close(&p->primary);
     for (int i = 0; i < p->nreplicas; i++)
-        backend_close(&p->replicas[i]);
+        write |= backend_close(&p->replicas[i]);
+    if (write && p->fences) {
+        log_warn("exiting with writes in flight: the cache is bypassed until it moves to a new epoch");
+        fences_cache_dirty_set(p->fences);
+    }
     if (p->sweep_ev)
         event_free(p->sweep_ev);
     if (p->health_ev)
