@@ -360,6 +360,8 @@ static void conn_reset(struct pgconn *c, const char *why)
     conn_timer(c, backoff_ms(c->failures));
     if (backend_connected(be) == 0)
         backend_down(be, "no connection left");
+    else if (be->side == POOL_REPLICA) /* one failed connection is enough: its queued reads move now */
+        backend_down(be, "one of its connections failed");
     if (j) {
         if (j->kind == JOB_HEALTH) {
             be->health_inflight = false;
@@ -903,10 +905,21 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- routing --------------------------------------------------------------------------------- */
 
+/* The primary may run any read. One of its connections free with nothing of its own waiting takes the
+ * oldest read queued for the replicas: a read never waits while a server that may serve it has an idle
+ * connection (a replica that went may hold its connections' statements in PgBouncer, unanswered, until
+ * the statement bound). */
+static bool primary_takes_reads(const struct pool *p)
+{
+    return p->primary.healthy && !p->primary.in_recovery;
+}
+
 static void conn_pump(struct pgconn *c)
 {
     struct pool *p = c->be->pool;
     struct job *j = queue_take(&p->queue[c->be->side], c->be);
+    if (!j && c->be->side == POOL_PRIMARY && primary_takes_reads(p))
+        j = queue_take(&p->queue[POOL_REPLICA], c->be);
     if (j)
         conn_start(c, j);
 }
@@ -984,6 +997,8 @@ static void job_submit(struct pool *p, struct job *j)
 {
     struct pgconn *c = NULL;
     if (j->kind == JOB_READ && replica_pick(p, j->fence, &c)) {
+        if (!c && primary_takes_reads(p))
+            c = backend_idle_conn(&p->primary); /* every replica connection busy: see conn_pump */
         if (c)
             conn_start(c, j);
         else
