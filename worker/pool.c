@@ -241,6 +241,18 @@ static void queue_push(struct side_queue *q, struct job *j)
     q->len++;
 }
 
+static struct job *queue_unlink(struct side_queue *q, struct job *prev, struct job *j)
+{
+    if (prev)
+        prev->next = j->next;
+    else
+        q->head = j->next;
+    if (q->tail == j)
+        q->tail = prev;
+    q->len--;
+    return j;
+}
+
 /* Removes and returns the first job that `be` may run, or NULL. */
 static struct job *queue_take(struct side_queue *q, const struct backend *be)
 {
@@ -250,16 +262,26 @@ static struct job *queue_take(struct side_queue *q, const struct backend *be)
             continue;
         if (be->side == POOL_REPLICA && !j->target && !replica_eligible(be, j->fence))
             continue;
-        if (prev)
-            prev->next = j->next;
-        else
-            q->head = j->next;
-        if (q->tail == j)
-            q->tail = prev;
-        q->len--;
-        return j;
+        return queue_unlink(q, prev, j);
     }
     return NULL;
+}
+
+static bool queue_cancel(struct side_queue *q, const void *arg)
+{
+    struct job *prev = NULL;
+    for (struct job *j = q->head; j; prev = j, j = j->next) {
+        if (j->kind == JOB_READ && j->arg == arg) {
+            free(queue_unlink(q, prev, j)); /* a queued read holds no result and no batch */
+            return true;
+        }
+    }
+    return false;
+}
+
+bool pool_cancel(struct pool *p, const void *arg)
+{
+    return queue_cancel(&p->queue[POOL_PRIMARY], arg) || queue_cancel(&p->queue[POOL_REPLICA], arg);
 }
 
 /* ---- connection events ----------------------------------------------------------------------- */
