@@ -124,6 +124,7 @@ struct cache {
     int failures;
     char sha[SCRIPT_COUNT][41];   /* "" until loaded */
     char epoch[24];               /* the epoch last seen: single-row lookups peek at it first */
+    bool closing;                 /* cache_free: replies run no callback */
     struct cache_stats stats;
 };
 
@@ -257,10 +258,13 @@ struct cache *cache_new(struct event_base *base, const struct config *cfg, struc
     return c;
 }
 
+/* No callback runs from here (worker_free relies on it): hiredis answers every pending command with
+ * NULL from redisAsyncFree, and on_cmd_reply only frees them. */
 void cache_free(struct cache *c)
 {
     if (!c)
         return;
+    c->closing = true;
     if (c->ac) {
         c->ac->data = NULL;
         redisAsyncFree(c->ac);
@@ -414,12 +418,27 @@ static void peek_deliver(struct cache_cmd *cmd, const redisReply *r)
     lookup_script_send(c, cmd->base, NULL, cmd->lookup_cb, cmd->arg);
 }
 
+/* At exit: the request a command answers dies with the process. An invalidation not confirmed may not
+ * have run: every worker bypasses the cache until it moves to a new epoch. */
+static void cmd_discard(struct cache_cmd *cmd)
+{
+    if (cmd->kind == CMD_INVALIDATE && !cmd->answered) {
+        log_warn("redis: exiting with an invalidation unconfirmed: the cache is bypassed until a new epoch");
+        fences_cache_dirty_set(cmd->c->fences);
+    }
+    free(cmd);
+}
+
 static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)ac;
     struct cache_cmd *cmd = priv;
     redisReply *r = reply;
     event_free(cmd->timer_ev);
+    if (cmd->c->closing) {
+        cmd_discard(cmd);
+        return;
+    }
     bool loaded = cmd->c->sha[0][0] || cmd->c->sha[1][0] || cmd->c->sha[2][0]; /* reload once, not per reply */
     if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 && cmd->c->ac && loaded) {
         log_warn("redis: scripts were flushed: loading them again");

@@ -472,7 +472,7 @@ void http_respond(struct http_request *req, int status, const char *ctype, const
     }
     req->responded = true;
     etag_apply(req, &status, body, len);
-    req->status = status;
+    req->status = c->state == CONN_DEAD ? HTTP_STATUS_CLIENT_GONE : status;
     request_id_ensure(c);
     /* A handler's 400 (bad JSON, a bad parameter) came with a complete, well-framed request: the
      * connection and the requests pipelined behind it go on. Errors in the framing itself come through
@@ -654,6 +654,22 @@ static bool conn_parse_buffered(struct http_conn *c)
     return ok;
 }
 
+void http_on_gone(struct http_request *req, http_gone_fn fn, void *arg)
+{
+    req->on_gone = fn;
+    req->on_gone_arg = arg;
+}
+
+/* The client closed (or half-closed) while its request is with the handler: gone, as nginx sees it
+ * (499). The socket closes now; the struct stays until the handler answers (conn_close). */
+static void conn_client_gone(struct http_conn *c)
+{
+    log_debug("fd %d: request %s: client gone before its answer", c->fd, c->req.request_id);
+    conn_close(c);
+    if (c->req.on_gone)
+        c->req.on_gone(c->req.on_gone_arg);
+}
+
 static void conn_dispatch(struct http_conn *c)
 {
     http_parser_pause(&c->parser, 0);
@@ -661,6 +677,8 @@ static void conn_dispatch(struct http_conn *c)
     request_id_ensure(c); /* before the handler: what it logs names the request */
     conn_state_set(c, CONN_HANDLING);
     c->srv->handler(&c->req);
+    if (c->state == CONN_HANDLING && c->peer_closed)
+        conn_client_gone(c); /* its EOF came with the request */
 }
 
 static void conn_process(struct http_conn *c)
@@ -725,6 +743,10 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     c->readable = true;
+    if (c->state == CONN_HANDLING && c->peer_closed) {
+        conn_client_gone(c);
+        return;
+    }
     if (c->state != CONN_IDLE && c->state != CONN_READING)
         return; /* busy with a request: read once it is answered */
     ssize_t n = conn_read(c);

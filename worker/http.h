@@ -13,6 +13,9 @@ struct http_conn;
 struct http_server;
 
 #define HTTP_REQUEST_ID_MAX 64
+#define HTTP_STATUS_CLIENT_GONE 499 /* accounted (not sent) when the client went before its answer, as nginx */
+
+typedef void (*http_gone_fn)(void *arg);
 
 /* One request; valid from the handler call until http_respond(). Handlers may answer later (after a
  * database reply) but must answer exactly once. */
@@ -36,6 +39,8 @@ struct http_request {
     int status;
     int route;                    /* set by the handler side for metrics: its route index, -1 = none */
     bool responded;
+    http_gone_fn on_gone;         /* http_on_gone */
+    void *on_gone_arg;
 };
 
 typedef void (*http_handler_fn)(struct http_request *req);
@@ -56,6 +61,11 @@ int http_server_conn_count(const struct http_server *srv);
  * nothing (a client that already sent a request may see a reset instead). */
 void http_refuse(int fd);
 
+/* fn(arg) runs once if the client goes while the request is with the handler: its EOF (a half-close
+ * counts, as nginx counts it: 499) or a reset, seen at dispatch or while the answer is awaited. The
+ * socket is closed then; the handler must still answer (http_respond), which sends nothing and accounts
+ * the request as HTTP_STATUS_CLIENT_GONE. */
+void http_on_gone(struct http_request *req, http_gone_fn fn, void *arg);
 /* Adds a response header; returns -1 if the header buffer is full (the header is dropped, logged). */
 int http_header_add(struct http_request *req, const char *name, const char *value);
 /* Sends the response (copying body) and finishes the request. */

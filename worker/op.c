@@ -34,6 +34,7 @@
 
 /* One request in flight: the caller's op and what its callback needs. */
 struct op_state {
+    struct op_state *prev, *next; /* the worker's requests in flight (w->ops), for op_discard_all */
     struct op o;
     bool write;
     int status;                 /* success status: 200, 201 (with Location) or 204 (no body) */
@@ -47,6 +48,7 @@ struct op_state {
     struct cache_lookup lease;  /* cached reads: CACHE_LEASE when this request fills the key */
     uint64_t key_fence;         /* cached reads: the key's fence from Redis */
     int waits;
+    bool gone;                  /* reads: the client went (client_gone) */
     bool row_read;              /* op_get: waits for the row's fence, not the whole table's */
     struct local_stamp local_stamp; /* op_get: the row's fence before anything was read (local_cache.h) */
     void (*db_read)(struct op_state *s); /* cached reads: the database step after a miss or bypass */
@@ -60,12 +62,20 @@ struct op_state {
 
 static void state_free(struct op_state *s)
 {
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        s->o.w->ops = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
     if (s->wait_ev)
         event_free(s->wait_ev);
     free(s->row_json);
     free(s->cascade);
     free(s);
 }
+
+static void client_gone(void *arg);
 
 static struct op_state *state_new(const struct op *o, bool write, int status)
 {
@@ -74,8 +84,41 @@ static struct op_state *state_new(const struct op *o, bool write, int status)
         reply_error(o->req, 503, "out_of_memory", "server out of memory");
         return NULL;
     }
-    *s = (struct op_state){ .o = *o, .write = write, .status = status };
+    *s = (struct op_state){ .o = *o, .write = write, .status = status, .next = o->w->ops };
+    if (s->next)
+        s->next->prev = s;
+    o->w->ops = s;
+    if (!write)
+        http_on_gone(o->req, client_gone, s);
     return s;
+}
+
+/* A read whose client went is answered with nothing (http accounts it as 499) and freed. */
+static void gone_drop(struct op_state *s)
+{
+    http_respond(s->o.req, HTTP_STATUS_CLIENT_GONE, NULL, NULL, 0);
+    state_free(s);
+}
+
+/* The client of a read went (http_on_gone). A read not yet sent is dropped now: out of the pool queue, or
+ * off its wait for another request's fill; one waiting in Redis is dropped when Redis answers
+ * (lookup_done); one sent to the database runs to its end, its answer going nowhere. Writes are not
+ * told: they complete and invalidate whatever their client does. */
+static void client_gone(void *arg)
+{
+    struct op_state *s = arg;
+    s->gone = true;
+    bool waiting = s->wait_ev && event_pending(s->wait_ev, EV_TIMEOUT, NULL);
+    if (waiting)
+        event_del(s->wait_ev);
+    if (waiting || pool_cancel(s->o.w->pool, s))
+        gone_drop(s);
+}
+
+void op_discard_all(struct worker *w)
+{
+    while (w->ops)
+        state_free(w->ops);
 }
 
 static void id_text(int64_t id, char *buf, size_t cap)
@@ -390,6 +433,10 @@ static void lookup_done(void *arg, const struct cache_lookup *l)
 {
     struct op_state *s = arg;
     struct http_request *req = s->o.req;
+    if (s->gone) {
+        gone_drop(s);
+        return;
+    }
     s->key_fence = l->fence;
     switch (l->kind) {
     case CACHE_HIT:

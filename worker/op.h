@@ -94,5 +94,8 @@ void op_write_body(const struct op *o, const char *sql, const char *sql_many, bo
 /* By the request's method: PUT replaces every field (200), PATCH changes the fields given (200),
  * DELETE removes the row (204). */
 void op_item_write(const struct op *o);
+/* At exit, after the pool and the cache are freed (they run no callback then): frees what the requests
+ * still in flight held, without answering them; their connections close with the process. */
+void op_discard_all(struct worker *w);
 
 #endif

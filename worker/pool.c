@@ -241,6 +241,18 @@ static void queue_push(struct side_queue *q, struct job *j)
     q->len++;
 }
 
+static struct job *queue_unlink(struct side_queue *q, struct job *prev, struct job *j)
+{
+    if (prev)
+        prev->next = j->next;
+    else
+        q->head = j->next;
+    if (q->tail == j)
+        q->tail = prev;
+    q->len--;
+    return j;
+}
+
 /* Removes and returns the first job that `be` may run, or NULL. */
 static struct job *queue_take(struct side_queue *q, const struct backend *be)
 {
@@ -250,16 +262,26 @@ static struct job *queue_take(struct side_queue *q, const struct backend *be)
             continue;
         if (be->side == POOL_REPLICA && !j->target && !replica_eligible(be, j->fence))
             continue;
-        if (prev)
-            prev->next = j->next;
-        else
-            q->head = j->next;
-        if (q->tail == j)
-            q->tail = prev;
-        q->len--;
-        return j;
+        return queue_unlink(q, prev, j);
     }
     return NULL;
+}
+
+static bool queue_cancel(struct side_queue *q, const void *arg)
+{
+    struct job *prev = NULL;
+    for (struct job *j = q->head; j; prev = j, j = j->next) {
+        if (j->kind == JOB_READ && j->arg == arg) {
+            free(queue_unlink(q, prev, j)); /* a queued read holds no result and no batch */
+            return true;
+        }
+    }
+    return false;
+}
+
+bool pool_cancel(struct pool *p, const void *arg)
+{
+    return queue_cancel(&p->queue[POOL_PRIMARY], arg) || queue_cancel(&p->queue[POOL_REPLICA], arg);
 }
 
 /* ---- connection events ----------------------------------------------------------------------- */
@@ -360,6 +382,8 @@ static void conn_reset(struct pgconn *c, const char *why)
     conn_timer(c, backoff_ms(c->failures));
     if (backend_connected(be) == 0)
         backend_down(be, "no connection left");
+    else if (be->side == POOL_REPLICA) /* one failed connection is enough: its queued reads move now */
+        backend_down(be, "one of its connections failed");
     if (j) {
         if (j->kind == JOB_HEALTH) {
             be->health_inflight = false;
@@ -903,10 +927,21 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- routing --------------------------------------------------------------------------------- */
 
+/* The primary may run any read. One of its connections free with nothing of its own waiting takes the
+ * oldest read queued for the replicas: a read never waits while a server that may serve it has an idle
+ * connection (a replica that went may hold its connections' statements in PgBouncer, unanswered, until
+ * the statement bound). */
+static bool primary_takes_reads(const struct pool *p)
+{
+    return p->primary.healthy && !p->primary.in_recovery;
+}
+
 static void conn_pump(struct pgconn *c)
 {
     struct pool *p = c->be->pool;
     struct job *j = queue_take(&p->queue[c->be->side], c->be);
+    if (!j && c->be->side == POOL_PRIMARY && primary_takes_reads(p))
+        j = queue_take(&p->queue[POOL_REPLICA], c->be);
     if (j)
         conn_start(c, j);
 }
@@ -984,6 +1019,8 @@ static void job_submit(struct pool *p, struct job *j)
 {
     struct pgconn *c = NULL;
     if (j->kind == JOB_READ && replica_pick(p, j->fence, &c)) {
+        if (!c && primary_takes_reads(p))
+            c = backend_idle_conn(&p->primary); /* every replica connection busy: see conn_pump */
         if (c)
             conn_start(c, j);
         else
@@ -1255,30 +1292,35 @@ fail:
     return NULL;
 }
 
-static void queue_fail_all(struct pool *p, enum pool_side side)
+/* At exit, a job and the jobs it carries (a batch, a commit-LSN group) are freed without their callbacks:
+ * the requests they answer die with the process, and worker_free frees what those requests held (op.h).
+ * Returns true if it carried a write whose statement was sent (its outcome unknown) or had committed. */
+static bool job_discard(struct job *j, bool sent)
 {
-    struct job *j;
-    while ((j = p->queue[side].head)) {
-        p->queue[side].head = j->next;
-        job_fail(p, j, side, POOL_ERR_UNAVAILABLE, "server shutting down");
-    }
-    p->queue[side].tail = NULL;
-    p->queue[side].len = 0;
-}
-
-/* At exit: a job and the jobs it carries (a batch, a commit-LSN group), without callbacks. */
-static void job_discard(struct job *j)
-{
+    bool write = j->kind == JOB_WRITE && (sent || j->held);
     for (struct job *k = j->batch, *next; k; k = next) {
         next = k->next;
-        job_discard(k);
+        write |= job_discard(k, true); /* a statement's batch, or the commits waiting for an LSN */
     }
     PQclear(j->held);
     free(j);
+    return write;
 }
 
-static void backend_close(struct backend *be)
+static bool queue_discard(struct side_queue *q)
 {
+    bool write = false;
+    for (struct job *j = q->head, *next; j; j = next) {
+        next = j->next;
+        write |= job_discard(j, false);
+    }
+    *q = (struct side_queue){ 0 };
+    return write;
+}
+
+static bool backend_close(struct backend *be)
+{
+    bool write = false;
     for (int i = 0; i < be->nconns; i++) {
         struct pgconn *c = &be->conns[i];
         if (c->io_ev)
@@ -1288,24 +1330,29 @@ static void backend_close(struct backend *be)
         if (c->result)
             PQclear(c->result);
         if (c->job)
-            job_discard(c->job); /* callbacks are not run at exit: their requests die with the process */
+            write |= job_discard(c->job, true);
         PQfinish(c->conn);
     }
+    return write;
 }
 
+/* No callback runs from here (worker_free relies on it). A write sent or committed whose answer is lost
+ * may have changed rows the cache holds, and no invalidation will follow: every worker bypasses the
+ * cache until it moves to a new epoch, as after a worker's death. */
 void pool_free(struct pool *p)
 {
     if (!p)
         return;
-    queue_fail_all(p, POOL_PRIMARY);
-    queue_fail_all(p, POOL_REPLICA);
-    for (struct job *w = p->lsn_waiting.head, *next; w; w = next) {
-        next = w->next;
-        job_discard(w);
-    }
-    backend_close(&p->primary);
+    bool write = queue_discard(&p->queue[POOL_PRIMARY]);
+    write |= queue_discard(&p->queue[POOL_REPLICA]);
+    write |= queue_discard(&p->lsn_waiting);
+    write |= backend_close(&p->primary);
     for (int i = 0; i < p->nreplicas; i++)
-        backend_close(&p->replicas[i]);
+        write |= backend_close(&p->replicas[i]);
+    if (write && p->fences) {
+        log_warn("exiting with writes in flight: the cache is bypassed until it moves to a new epoch");
+        fences_cache_dirty_set(p->fences);
+    }
     if (p->sweep_ev)
         event_free(p->sweep_ev);
     if (p->health_ev)

@@ -71,6 +71,10 @@ void pool_write(struct pool *p, const struct pool_query *q, pool_cb cb, void *ar
  * reached it, else the primary (POOL_LSN_NONE forces the primary, 0 allows any healthy replica). */
 void pool_read(struct pool *p, const struct pool_query *q, uint64_t fence_lsn, pool_cb cb, void *arg);
 
+/* Drops a read still waiting in a queue, never sent, whose callback argument is arg: its callback never
+ * runs. False when there is none (sent, or answered): its callback runs as usual. */
+bool pool_cancel(struct pool *p, const void *arg);
+
 void pool_stats(const struct pool *p, enum pool_side side, struct pool_side_stats *out);
 /* One backend: -1 the primary, else replica i (< pool_replica_count). */
 struct pool_backend_stats {

@@ -19,6 +19,7 @@
 #include "worker/local_cache.h"
 #include "worker/http.h"
 #include "worker/metrics_page.h"
+#include "worker/op.h"
 #include "worker/telemetry.h"
 #include "worker/pool.h"
 #include "worker/router.h"
@@ -243,17 +244,21 @@ static int metrics_listener_setup(struct worker *w)
     return 0;
 }
 
+/* Requests still in flight (a second stop signal, an expired drain_timeout) are dropped, not answered:
+ * the pool and the cache free their jobs without running a callback, then op frees what the requests
+ * held, and only then go the HTTP connections those requests point to. */
 static void worker_free(struct worker *w)
 {
     telemetry_free(w->telemetry); /* publishes its last numbers: before the pool and cache go */
+    pool_free(w->pool);
+    cache_free(w->cache);
+    op_discard_all(w);
     http_server_free(w->metrics_http);
     if (w->metrics_accept_ev)
         event_free(w->metrics_accept_ev);
     if (w->metrics_fd >= 0)
         close(w->metrics_fd);
     http_server_free(w->http);
-    pool_free(w->pool);
-    cache_free(w->cache);
     local_cache_free(w->local);
     struct event *evs[] = { w->accept_ev, w->accept_retry_ev, w->sigquit_ev, w->sigterm_ev, w->drain_timer_ev };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)

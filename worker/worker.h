@@ -16,6 +16,7 @@ struct fences;
 struct rooms;
 struct metrics;
 struct telemetry;
+struct op_state;
 
 /* What the master maps before the first fork and every worker shares. */
 struct worker_shared {
@@ -49,6 +50,7 @@ struct worker {
     struct pool *pool;
     struct cache *cache;
     struct local_cache *local;  /* NULL when off: redis disabled or local_entries = 0 */
+    struct op_state *ops;       /* requests in flight in op.c (op_discard_all at exit) */
     struct fences *fences;      /* shared with every worker: commit LSNs of acknowledged writes */
     struct rooms *rooms;        /* shared with every worker: who has room under max_connections */
     bool draining;

@@ -19,6 +19,7 @@ struct pool {
     struct event_base *base;
     enum fake_answer answer;
     uint64_t lsn; /* raised by each write: the fake is one server, always up to date */
+    struct fake_job *pending; /* reads not answered yet: pool_cancel may drop them */
 };
 
 /* One statement's answer, due on the next loop turn. */
@@ -27,6 +28,8 @@ struct fake_job {
     pool_cb cb;
     void *arg;
     bool write;
+    bool cancelled;           /* pool_cancel: freed on its turn without a callback */
+    struct fake_job *next;    /* reads: the pool's pending list */
 };
 
 struct pool *fake_pool_new(struct event_base *base, enum fake_answer answer)
@@ -74,6 +77,16 @@ static void job_run(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct fake_job *j = arg;
     struct pool *p = j->pool;
+    for (struct fake_job **at = &p->pending; *at; at = &(*at)->next) {
+        if (*at == j) {
+            *at = j->next;
+            break;
+        }
+    }
+    if (j->cancelled) {
+        free(j);
+        return;
+    }
     if (p->answer == FAKE_DOWN) {
         answer_unavailable(j->cb, j->arg, "primary down");
         free(j);
@@ -109,7 +122,24 @@ static void job_queue(struct pool *p, pool_cb cb, void *arg, bool write)
     if (event_base_once(p->base, -1, EV_TIMEOUT, job_run, j, NULL) < 0) { /* no timeout: next turn */
         free(j);
         answer_unavailable(cb, arg, "cannot schedule the answer");
+        return;
     }
+    if (!write) {
+        j->next = p->pending;
+        p->pending = j;
+    }
+}
+
+/* A read still waiting for its turn counts as never sent, as one in the real pool's queue. */
+bool pool_cancel(struct pool *p, const void *arg)
+{
+    for (struct fake_job *j = p->pending; j; j = j->next) {
+        if (j->arg == arg && !j->cancelled) {
+            j->cancelled = true;
+            return true;
+        }
+    }
+    return false;
 }
 
 void pool_write(struct pool *p, const struct pool_query *q, pool_cb cb, void *arg)

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from helpers import wait_until
 from pgapi_server import PgapiServer
 
 
@@ -348,3 +349,43 @@ def test_concurrent_post_creates_with_a_missing_owner_fail_only_their_own(schema
     with closing(schema.rw()) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM posts WHERE user_id = ANY(%s)", (owners,))
         assert cur.fetchone()[0] == 300
+
+
+def bouncer_waiting_clients(topology, db):
+    """Client connections PgBouncer holds for db, waiting for a server (SHOW POOLS cl_waiting)."""
+    conn = topology.bouncer_admin()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW POOLS")
+            cols = [d[0] for d in cur.description]
+            return sum(row[cols.index("cl_waiting")] for row in cur.fetchall() if row[cols.index("database")] == db)
+    finally:
+        conn.close()
+
+
+def test_read_moves_to_the_primary_when_the_replica_holds_its_connection(schema, server):
+    """Issue 14: a replica that went can hold its connections' statements in PgBouncer, unanswered, until the
+    statement bound. A read arriving meanwhile must not wait behind them for queue_timeout while the primary
+    has an idle connection. PAUSE pgapi_ro holds the replica's only connection the same way."""
+    import threading
+    s = server(workers=1, topology=schema,
+               overrides={"redis": {"enabled": "off"},
+                          "database": {"pool_size": 1, "queue_timeout": "3s", "statement_timeout": "10s",
+                                       "health_interval": "10s"}}).start()
+    s.wait_for(lambda: s.get("/readyz").json().get("replicas_up") == 1, 15, "replica in rotation")
+    held = []
+    bouncer_admin_run(schema, "PAUSE pgapi_ro")
+    try:
+        t = threading.Thread(target=lambda: held.append(s.get("/users/9000000000001", timeout=30)))
+        t.start()
+        wait_until(lambda: bouncer_waiting_clients(schema, "pgapi_ro") >= 1, 10,
+                   "the first read held by PgBouncer on the replica's only connection")
+        t0 = time.monotonic()
+        r = s.get("/users/9000000000002")
+        took = time.monotonic() - t0
+    finally:
+        bouncer_admin_run(schema, "RESUME pgapi_ro")
+    t.join(30)
+    assert r.status == 404, f"expected the second read answered (404) by the primary, got {r}"
+    assert took < 1.0, f"expected the second read answered at once (queue_timeout is 3s), took {took:.2f}s"
+    assert held and held[0].status == 404, f"expected the held read answered after RESUME, got {held}"
