@@ -1,6 +1,6 @@
-/* body: json-c in strict mode behind a strict UTF-8 check, a small nesting limit and a duplicate-key check,
- * so hostile bodies (10,000-deep arrays, invalid UTF-8, repeated keys, trailing garbage) are refused before
- * any work is done. */
+/* body: json-c in strict mode behind a strict UTF-8 check (escaped lone surrogates included), a small
+ * nesting limit and a duplicate-key check, so hostile bodies (10,000-deep arrays, invalid UTF-8, repeated
+ * keys, trailing garbage) are refused before any work is done. */
 #include "worker/body.h"
 
 #include <stdio.h>
@@ -183,6 +183,14 @@ struct json_object *body_object(struct http_request *req)
                     err == json_tokener_success    ? "trailing data after the value"
                     : err == json_tokener_continue ? "unexpected end of input"
                                                    : json_tokener_error_desc(err));
+        return NULL;
+    }
+    /* only now: the scan relies on the text being valid JSON */
+    size_t lone = utf8_json_lone_surrogate_at(req->body, req->body_len);
+    if (lone < req->body_len) {
+        json_object_put(obj);
+        reply_error(req, 400, "malformed_json",
+                    "request body is not valid JSON: a \\u escape at byte %zu is a lone UTF-16 surrogate", lone);
         return NULL;
     }
     if (!json_object_is_type(obj, json_type_object)) {
