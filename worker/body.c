@@ -247,6 +247,27 @@ int body_string(struct http_request *req, struct json_object *obj, const char *k
     return 1;
 }
 
+bool body_name_listed(const char *name, const char *const *list)
+{
+    for (; list && *list; list++)
+        if (strcmp(name, *list) == 0)
+            return true;
+    return false;
+}
+
+const char *body_member_other(struct json_object *obj, const char *const *names, int n)
+{
+    json_object_object_foreach(obj, key, val) {
+        (void)val;
+        int i = 0;
+        while (i < n && strcmp(key, names[i]) != 0)
+            i++;
+        if (i == n)
+            return key;
+    }
+    return NULL;
+}
+
 bool body_email_valid(const char *s)
 {
     const char *at = strchr(s, '@');

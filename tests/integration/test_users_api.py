@@ -78,6 +78,51 @@ def test_create_validation_errors(api, body, ctype, status, code):
     assert r.json()["error"]["code"] == code, r
 
 
+def user_body_refused(api, method, path, body, code, field):
+    r = api.request(method, path, body=body)
+    assert r.status == 400, f"{method} {path} {body!r}: expected 400 {code}, got {r}"
+    err = r.json()["error"]
+    assert err["code"] == code and f'"{field}"' in err["message"], \
+        f"{method} {path} {body!r}: expected {code} naming {field!r}, got {err}"
+
+
+# every body of every /users route: a member that is not a field is refused, even null, even beside valid
+# fields; the members a row shows but only the server sets (echoed from a GET) are refused as read-only
+@pytest.mark.parametrize("extra,code", [
+    ({"nmae": "typo"}, "unknown_field"),
+    ({"role": None}, "unknown_field"),
+    ({"posts": []}, "unknown_field"),
+    ({"": 1}, "unknown_field"),
+    ({"id": 1}, "read_only_field"),
+    ({"version": 1}, "read_only_field"),
+    ({"created_at": "2024-01-01T00:00:00+00:00"}, "read_only_field"),
+    ({"updated_at": None}, "read_only_field"),
+])
+def test_unknown_and_read_only_fields_are_refused(api, schema, extra, code):
+    u = create_user(api)
+    field = next(iter(extra))
+    valid = {"name": "changed", "email": f"{uniq('m')}@example.com"}
+    user_body_refused(api, "POST", "/users", dict(valid, **extra), code, field)
+    user_body_refused(api, "PUT", f"/users/{u['id']}", dict(valid, **extra), code, field)
+    user_body_refused(api, "PATCH", f"/users/{u['id']}", dict({"name": "changed"}, **extra), code, field)
+    user_body_refused(api, "PATCH", f"/users/{u['id']}", extra, code, field)
+    assert api.get(f"/users/{u['id']}").json() == u, "a refused write changed the user"
+    with closing(schema.rw()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM users WHERE email = %s", (valid["email"],))
+        assert cur.fetchone()[0] == 0, "a refused POST created a user"
+
+
+def test_user_read_back_and_sent_whole_is_refused_as_read_only(api):
+    """The choice documented in docs/openapi.yaml: a row as read, sent back, is refused (read_only_field,
+    naming the first such member), not accepted with the read-only members ignored; without them it is
+    accepted."""
+    u = create_user(api)
+    got = api.get(f"/users/{u['id']}").json()
+    user_body_refused(api, "PUT", f"/users/{u['id']}", dict(got, name="echoed"), "read_only_field", "id")
+    r = api.request("PUT", f"/users/{u['id']}", body={"name": "echoed", "email": got["email"]})
+    assert r.status == 200 and r.json()["name"] == "echoed" and r.json()["version"] == 2, r
+
+
 def test_name_of_200_multibyte_characters_is_accepted(api):
     u = create_user(api, name="é" * 200)
     assert len(u["name"]) == 200
