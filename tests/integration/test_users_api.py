@@ -8,6 +8,8 @@ import uuid
 
 import pytest
 
+from helpers import wait_until
+
 
 def uniq(prefix="u"):
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -121,6 +123,65 @@ def test_user_read_back_and_sent_whole_is_refused_as_read_only(api):
     user_body_refused(api, "PUT", f"/users/{u['id']}", dict(got, name="echoed"), "read_only_field", "id")
     r = api.request("PUT", f"/users/{u['id']}", body={"name": "echoed", "email": got["email"]})
     assert r.status == 200 and r.json()["name"] == "echoed" and r.json()["version"] == 2, r
+
+
+# A trigger that refuses names of the form "pgapi-test-refuse|SQLSTATE|constraint|column|table|message" with
+# exactly those error fields, so each way the database can refuse a value is produced by the real server.
+REFUSE_TRIGGER = """
+CREATE OR REPLACE FUNCTION pgapi_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $f$
+DECLARE p text[];
+BEGIN
+    IF NEW.name LIKE 'pgapi-test-refuse|%' THEN
+        p := string_to_array(NEW.name, '|');
+        RAISE EXCEPTION USING ERRCODE = p[2], CONSTRAINT = p[3], COLUMN = p[4], TABLE = p[5], MESSAGE = p[6];
+    END IF;
+    RETURN NEW;
+END $f$;
+DROP TRIGGER IF EXISTS pgapi_test_refuse ON users;
+CREATE TRIGGER pgapi_test_refuse BEFORE INSERT OR UPDATE ON users FOR EACH ROW EXECUTE FUNCTION pgapi_test_refuse();
+"""
+
+
+@pytest.fixture
+def refusing_users(schema):
+    with closing(schema.rw()) as conn, conn.cursor() as cur:
+        cur.execute(REFUSE_TRIGGER)
+    try:
+        yield
+    finally:
+        with closing(schema.rw()) as conn, conn.cursor() as cur:
+            cur.execute("DROP TRIGGER IF EXISTS pgapi_test_refuse ON users; DROP FUNCTION IF EXISTS pgapi_test_refuse()")
+
+
+@pytest.mark.parametrize("sqlstate,constraint,column,status,code,words", [
+    ("23514", "users_name_check", "", 422, "invalid_value", 'field "name" has a value the database refuses'),
+    ("23514", "a_rule", "", 422, "invalid_value", "a value breaks a rule of the database"),
+    ("23502", "", "email", 422, "invalid_value", 'field "email" is required'),
+    ("22001", "", "", 422, "invalid_value", "a value is too long"),
+    ("22003", "", "", 422, "invalid_value", "a value is out of range or malformed"),
+    ("22021", "", "", 422, "invalid_value", "a value holds a character the database cannot store"),
+    ("57P01", "", "", 503, "write_outcome_unknown", "the database ended the session"),
+])
+def test_database_refusals_answer_our_own_message(api, refusing_users, sqlstate, constraint, column, status, code,
+                                                  words):
+    """The database's text never reaches the client (it may quote the row or name internals): the answer
+    says it in our words, by SQLSTATE and constraint, and the log has the database's text with the
+    request id."""
+    secret = f"SECRET-{uuid.uuid4().hex}"
+    name = f"pgapi-test-refuse|{sqlstate}|{constraint}|{column}|users|{secret} internal detail"
+    u = create_user(api)
+    for method, path in [("POST", "/users"), ("PUT", f"/users/{u['id']}"), ("PATCH", f"/users/{u['id']}")]:
+        rid = uniq("refuse")
+        r = api.request(method, path, body=json.dumps({"name": name, "email": f"{uniq('m')}@example.com"}).encode(),
+                        headers={"Content-Type": "application/json", "X-Request-Id": rid})
+        assert r.status == status, f"{method} {path} refused with {sqlstate}: expected {status}, got {r}"
+        err = r.json()["error"]
+        assert err["code"] == code and words in err["message"], \
+            f"{method} {path} refused with {sqlstate}: expected {code} saying {words!r}, got {err}"
+        assert secret not in r.body.decode(), f"the database's text reached the client: {r.body!r}"
+        wait_until(lambda: any(rid in line and secret in line for line in api.log_text().splitlines()), 10,
+                   f"a log line with the request id {rid} and the database's text")
+    assert api.get(f"/users/{u['id']}").json() == u, "a refused write changed the user"
 
 
 def test_name_of_200_multibyte_characters_is_accepted(api):
