@@ -154,6 +154,37 @@ static bool keys_duplicated(struct http_request *req, struct json_object *obj)
     return true;
 }
 
+/* Whether a key token (quotes included) holds a \u0000 escape. */
+static bool key_has_nul(const char *token, size_t len)
+{
+    size_t i = 0;
+    while (i + 1 < len) {
+        if (token[i] != '\\') {
+            i++;
+            continue;
+        }
+        if (token[i + 1] == 'u' && i + 6 <= len && memcmp(token + i + 2, "0000", 4) == 0)
+            return true;
+        i += 2; /* the escaped character starts nothing */
+    }
+    return false;
+}
+
+/* Answers 400 and returns true when a key holds a NUL: json-c cuts keys at the first NUL, so
+ * {"name\u0000x":"..."} would set "name" where whatever reads the text whole sees another key. */
+static bool keys_hold_nul(struct http_request *req)
+{
+    struct key_scan k = { .s = req->body, .len = req->body_len };
+    size_t start, end;
+    while (key_next(&k, &start, &end)) {
+        if (key_has_nul(req->body + start, end - start)) {
+            reply_error(req, 400, "unknown_field", "request body has a key holding a NUL character (\\u0000)");
+            return true;
+        }
+    }
+    return false;
+}
+
 struct json_object *body_object(struct http_request *req)
 {
     if (!content_type_json(req->content_type)) {
@@ -198,7 +229,7 @@ struct json_object *body_object(struct http_request *req)
         reply_error(req, 400, "malformed_json", "request body must be a JSON object");
         return NULL;
     }
-    if (keys_duplicated(req, obj)) {
+    if (keys_duplicated(req, obj) || keys_hold_nul(req)) {
         json_object_put(obj);
         return NULL;
     }

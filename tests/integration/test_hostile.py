@@ -698,6 +698,24 @@ def test_escaped_lone_surrogates_are_400(hostile, schema, name, where):
     assert cur.fetchone()[0] == 0, f"a refused body was stored: {body!r}"
 
 
+@pytest.mark.parametrize("key", [b"name\\u0000x", b"name\\u0000", b"\\u0000name"])
+def test_key_holding_nul_is_refused(hostile, schema, key):
+    """json-c cuts a key at its first NUL: {"name\\u0000x": ...} would set "name" while anything reading the
+    text whole (a proxy, a log) sees another key."""
+    user = create_user(hostile)
+    email = uniq("z").encode() + b"@example.com"
+    for method, path, body in [("POST", "/users", b'{"' + key + b'":"evil","email":"' + email + b'"}'),
+                               ("PATCH", f"/users/{user['id']}", b'{"' + key + b'":"evil"}')]:
+        status, payload = post_raw(hostile, path, body, method=method)
+        err = strict_json(payload)["error"]
+        assert status == 400 and err["code"] == "unknown_field" and "NUL" in err["message"], \
+            f"{method} {body!r}: expected 400 unknown_field naming the NUL, got {status} {payload!r}"
+    assert hostile.get(f"/users/{user['id']}").json()["name"] == user["name"], "a refused PATCH changed the user"
+    cur = schema.rw().cursor()
+    cur.execute("SELECT count(*) FROM users WHERE email = %s", (email.decode(),))
+    assert cur.fetchone()[0] == 0, "a refused POST created a user"
+
+
 def test_escaped_surrogate_pairs_and_escaped_backslashes_are_accepted(hostile):
     name = b"\\ud83d\\ude00 \\\\ud800 \\uD83D\\uDE00 \\ud7ff\\ue000"  # a pair, "\\ud800" as text, ...
     status, payload = post_raw(hostile, "/users", b'{"name":"' + name + b'","email":"' + uniq("p").encode() +
