@@ -15,6 +15,7 @@ DOCDIR    ?= $(PREFIX)/share/doc/$(NAME)
 SYSCONFDIR ?= /etc
 UNITDIR   ?= /lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 DOCS      := README.md $(wildcard docs/*.md docs/*.yaml) conf/prometheus-rules.yml
 
 CC        ?= cc
@@ -118,28 +119,41 @@ test-integration: all asan
 bench: deps all
 	bench/run.sh
 
-# install: the binary, migrations, example ini (mode 640: it may get secrets added), the man page,
-# README and docs, the unit and the sysusers.d file that creates the `pgapi` user the unit runs as.
-# After a real install: systemd-sysusers; systemctl daemon-reload (see pgapi(8), EXAMPLES).
+# install: the binary, migrations, example ini (mode 640, group pgapi: it may get secrets added), the man
+# page, README and docs, the unit, the sysusers.d file that creates the `pgapi` user and group the unit runs
+# as and the tmpfiles.d file that gives the ini that group. The group is set here only on a real install
+# (no DESTDIR) where it exists: a DESTDIR is another system, whose group ids this one cannot know.
+# After a real install: systemd-sysusers; systemd-tmpfiles --create pgapi.conf; systemctl daemon-reload
+# (see pgapi(8), EXAMPLES).
+SUBST := sed 's|@BINDIR@|$(BINDIR)|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g; s|@SHAREDIR@|$(SHAREDIR)|g; s|@DOCDIR@|$(DOCDIR)|g'
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SHAREDIR)/migrations $(DESTDIR)$(SYSCONFDIR)/$(NAME) \
-	           $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSUSERSDIR)
+	           $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSUSERSDIR) \
+	           $(DESTDIR)$(TMPFILESDIR)
 	install -m 755 build/$(NAME) $(DESTDIR)$(BINDIR)/$(NAME)
 	install -m 644 migrations/*.sql $(DESTDIR)$(SHAREDIR)/migrations/
 	install -m 640 conf/$(NAME).ini $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example
+	@if [ -z "$(DESTDIR)" ] && getent group $(NAME) >/dev/null; then \
+	    chgrp $(NAME) $(SYSCONFDIR)/$(NAME)/$(NAME).ini.example; \
+	else \
+	    echo "install: $(SYSCONFDIR)/$(NAME)/$(NAME).ini.example gets the group $(NAME) from" \
+	         "systemd-tmpfiles --create $(NAME).conf, after systemd-sysusers" >&2; \
+	fi
 	gzip -9n < docs/$(NAME).8 > $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz
 	chmod 644 $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz
 	install -m 644 $(DOCS) $(DESTDIR)$(DOCDIR)/
 	install -m 644 systemd/$(NAME).sysusers $(DESTDIR)$(SYSUSERSDIR)/$(NAME).conf
-	sed 's|@BINDIR@|$(BINDIR)|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g; s|@SHAREDIR@|$(SHAREDIR)|g; s|@DOCDIR@|$(DOCDIR)|g' \
-	    systemd/$(NAME).service.in > $(DESTDIR)$(UNITDIR)/$(NAME).service
+	$(SUBST) systemd/$(NAME).tmpfiles.in > $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf
+	chmod 644 $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf
+	$(SUBST) systemd/$(NAME).service.in > $(DESTDIR)$(UNITDIR)/$(NAME).service
 	chmod 644 $(DESTDIR)$(UNITDIR)/$(NAME).service
 
 # uninstall: what install put there, with the same variables; the configuration a user wrote
 # ($(SYSCONFDIR)/pgapi/pgapi.ini, pgpass) and the `pgapi` user are left alone.
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/$(NAME) $(DESTDIR)$(UNITDIR)/$(NAME).service \
-	      $(DESTDIR)$(SYSUSERSDIR)/$(NAME).conf $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz \
+	      $(DESTDIR)$(SYSUSERSDIR)/$(NAME).conf $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf \
+	      $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz \
 	      $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example
 	rm -f $(addprefix $(DESTDIR)$(SHAREDIR)/migrations/,$(notdir $(wildcard migrations/*.sql))) \
 	      $(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(DOCS)))

@@ -2,6 +2,7 @@
  * second byte's range depends on the first, which rules out overlong forms and surrogates. */
 #include "common/utf8.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 /* The allowed range of the second byte of a sequence led by b (lead bytes C2..F4 only). */
@@ -68,4 +69,62 @@ size_t utf8_sanitize(char *dst, size_t cap, const char *src)
     }
     dst[out] = '\0';
     return out;
+}
+
+/* The value of four hex digits at s (avail bytes there), or -1. */
+static long hex4(const char *s, size_t avail)
+{
+    long v = 0;
+    if (avail < 4)
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+static bool surrogate_high(long u)
+{
+    return u >= 0xD800 && u <= 0xDBFF;
+}
+
+static bool surrogate_low(long u)
+{
+    return u >= 0xDC00 && u <= 0xDFFF;
+}
+
+/* Valid JSON has backslashes only inside strings, each starting an escape, so a scan that steps over
+ * whole escapes ("\\" included) sees every \u escape and nothing else. */
+size_t utf8_json_lone_surrogate_at(const char *s, size_t len)
+{
+    size_t i = 0;
+    while (i + 1 < len) {
+        if (s[i] != '\\') {
+            i++;
+            continue;
+        }
+        long u = s[i + 1] == 'u' ? hex4(s + i + 2, len - i - 2) : -1;
+        if (u < 0) {
+            i += 2; /* \" \\ \n ...: the escaped character starts nothing */
+            continue;
+        }
+        if (surrogate_low(u))
+            return i;
+        if (!surrogate_high(u)) {
+            i += 6;
+            continue;
+        }
+        long low = i + 7 < len && s[i + 6] == '\\' && s[i + 7] == 'u' ? hex4(s + i + 8, len - i - 8) : -1;
+        if (!surrogate_low(low))
+            return i;
+        i += 12;
+    }
+    return len;
 }

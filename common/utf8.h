@@ -1,5 +1,6 @@
 /* utf8: one definition of well-formed UTF-8 (RFC 3629: shortest form, no surrogates, at most U+10FFFF)
- * for whatever echoes bytes a client sent into JSON text: error messages and JSON log lines. */
+ * for whatever echoes bytes a client sent into JSON text (error messages and JSON log lines), and the
+ * check that a JSON text's \u escapes name characters too. */
 #ifndef PGAPI_UTF8_H
 #define PGAPI_UTF8_H
 
@@ -19,5 +20,11 @@ size_t utf8_invalid_at(const char *s, size_t len);
  * part of a well-formed sequence replaced by U+FFFD; a sequence that does not fit whole is left out, so
  * the copy is well-formed however short cap is. Returns the length written. */
 size_t utf8_sanitize(char *dst, size_t cap, const char *src);
+
+/* The offset of the first \u escape in the JSON text s[0..len) that stands for a lone UTF-16 surrogate
+ * (a \uD800-\uDBFF not followed at once by a \uDC00-\uDFFF escape, or a \uDC00-\uDFFF not preceded by
+ * one), or len if there is none. Such an escape names no character: json-c would store U+FFFD for it,
+ * where the same surrogate sent as raw bytes is refused. */
+size_t utf8_json_lone_surrogate_at(const char *s, size_t len);
 
 #endif

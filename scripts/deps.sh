@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages pgapi needs to build, test (valgrind: the leak check
 # in tests/integration/test_hostile.py; clang-14 and libclang-rt-14-dev: libFuzzer
-# for tests/fuzz; groff-base and man-db: the man page check in test_systemd.py)
+# for tests/fuzz; groff-base and man-db: the man page check in test_systemd.py; systemd
+# and libseccomp2: systemd-analyze/-sysusers/-tmpfiles and the unit's system call filter there)
 # and run its local topology (with --bench: also nginx, Node.js, npm
 # and perf for bench/run.sh). Idempotent and silent when everything is already
 # installed.
@@ -17,7 +18,7 @@ PACKAGES=(
     libevent-dev libpq-dev libhiredis-dev libjson-c-dev libinih-dev libhttp-parser-dev
     libcmocka-dev pkg-config gcc make clang-14 libclang-rt-14-dev postgresql pgbouncer redis-server
     python3-pytest python3-psycopg2 python3-redis python3-yaml socat wrk curl procps iproute2 valgrind
-    groff-base man-db
+    groff-base man-db systemd libseccomp2
 )
 
 log() { printf 'deps: %s\n' "$*" >&2; }

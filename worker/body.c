@@ -1,6 +1,6 @@
-/* body: json-c in strict mode behind a strict UTF-8 check, a small nesting limit and a duplicate-key check,
- * so hostile bodies (10,000-deep arrays, invalid UTF-8, repeated keys, trailing garbage) are refused before
- * any work is done. */
+/* body: json-c in strict mode behind a strict UTF-8 check (escaped lone surrogates included), a small
+ * nesting limit and a duplicate-key check, so hostile bodies (10,000-deep arrays, invalid UTF-8, repeated
+ * keys, trailing garbage) are refused before any work is done. */
 #include "worker/body.h"
 
 #include <stdio.h>
@@ -154,6 +154,37 @@ static bool keys_duplicated(struct http_request *req, struct json_object *obj)
     return true;
 }
 
+/* Whether a key token (quotes included) holds a \u0000 escape. */
+static bool key_has_nul(const char *token, size_t len)
+{
+    size_t i = 0;
+    while (i + 1 < len) {
+        if (token[i] != '\\') {
+            i++;
+            continue;
+        }
+        if (token[i + 1] == 'u' && i + 6 <= len && memcmp(token + i + 2, "0000", 4) == 0)
+            return true;
+        i += 2; /* the escaped character starts nothing */
+    }
+    return false;
+}
+
+/* Answers 400 and returns true when a key holds a NUL: json-c cuts keys at the first NUL, so
+ * {"name\u0000x":"..."} would set "name" where whatever reads the text whole sees another key. */
+static bool keys_hold_nul(struct http_request *req)
+{
+    struct key_scan k = { .s = req->body, .len = req->body_len };
+    size_t start, end;
+    while (key_next(&k, &start, &end)) {
+        if (key_has_nul(req->body + start, end - start)) {
+            reply_error(req, 400, "unknown_field", "request body has a key holding a NUL character (\\u0000)");
+            return true;
+        }
+    }
+    return false;
+}
+
 struct json_object *body_object(struct http_request *req)
 {
     if (!content_type_json(req->content_type)) {
@@ -185,12 +216,20 @@ struct json_object *body_object(struct http_request *req)
                                                    : json_tokener_error_desc(err));
         return NULL;
     }
+    /* only now: the scan relies on the text being valid JSON */
+    size_t lone = utf8_json_lone_surrogate_at(req->body, req->body_len);
+    if (lone < req->body_len) {
+        json_object_put(obj);
+        reply_error(req, 400, "malformed_json",
+                    "request body is not valid JSON: a \\u escape at byte %zu is a lone UTF-16 surrogate", lone);
+        return NULL;
+    }
     if (!json_object_is_type(obj, json_type_object)) {
         json_object_put(obj);
         reply_error(req, 400, "malformed_json", "request body must be a JSON object");
         return NULL;
     }
-    if (keys_duplicated(req, obj)) {
+    if (keys_duplicated(req, obj) || keys_hold_nul(req)) {
         json_object_put(obj);
         return NULL;
     }
@@ -237,6 +276,27 @@ int body_string(struct http_request *req, struct json_object *obj, const char *k
     }
     *out = s;
     return 1;
+}
+
+bool body_name_listed(const char *name, const char *const *list)
+{
+    for (; list && *list; list++)
+        if (strcmp(name, *list) == 0)
+            return true;
+    return false;
+}
+
+const char *body_member_other(struct json_object *obj, const char *const *names, int n)
+{
+    json_object_object_foreach(obj, key, val) {
+        (void)val;
+        int i = 0;
+        while (i < n && strcmp(key, names[i]) != 0)
+            i++;
+        if (i == n)
+            return key;
+    }
+    return NULL;
 }
 
 bool body_email_valid(const char *s)

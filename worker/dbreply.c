@@ -1,5 +1,6 @@
 /* dbreply: one mapping from SQLSTATE and pool status to HTTP, so every route fails the same way. The
- * failure is logged here once, with the request id. */
+ * failure is logged here once, with the request id. A client gets our own message, never the database's
+ * text; the pool's messages (POOL_ERR_UNAVAILABLE, POOL_ERR_BROKEN) are ours too. */
 #include "worker/dbreply.h"
 
 #include <http_parser.h>
@@ -24,11 +25,56 @@ static bool sqlstate_link_lost(const char *st)
 
 /* A write sent to the primary whose answer never came: it may or may not have been applied, so the
  * client must read before it writes again (it is never retried here). */
-static void outcome_unknown_reply(struct http_request *req, const char *why)
+static void outcome_unknown_reply(struct http_request *req, const char *why, const char *detail)
 {
-    log_warn("request %s: write outcome unknown: %s", req->request_id, why);
+    log_warn("request %s: write outcome unknown: %s%s%s", req->request_id, why, detail[0] ? ": " : "", detail);
     reply_error(req, 503, "write_outcome_unknown",
                 "%s: the write may or may not have been applied; read the resource before retrying", why);
+}
+
+/* A field of the error (PG_DIAG_*), or "" when the result or the field is missing. */
+static const char *error_field(const struct pool_result *r, int field)
+{
+    const char *v = r->res ? PQresultErrorField(r->res, field) : NULL;
+    return v ? v : "";
+}
+
+/* The column a CHECK constraint guards, from its name: the migrations name them as PostgreSQL does by
+ * default, "<table>_<column>_check". False when the name does not have that shape. */
+static bool check_column(const struct pool_result *r, char *col, size_t cap)
+{
+    const char *table = error_field(r, PG_DIAG_TABLE_NAME), *name = error_field(r, PG_DIAG_CONSTRAINT_NAME);
+    size_t tlen = strlen(table), nlen = strlen(name), suffix = strlen("_check");
+    if (tlen == 0 || nlen <= tlen + 1 + suffix || strncmp(name, table, tlen) != 0 || name[tlen] != '_' ||
+        strcmp(name + nlen - suffix, "_check") != 0 || nlen - suffix - tlen - 1 >= cap)
+        return false;
+    memcpy(col, name + tlen + 1, nlen - suffix - tlen - 1);
+    col[nlen - suffix - tlen - 1] = '\0';
+    return true;
+}
+
+/* Our own words for a value the database refused (class 22, or a CHECK / NOT NULL violation). The
+ * database's text may quote the row or name internals: it goes to the log, with the request id, only. */
+static void invalid_value_reply(struct http_request *req, const struct pool_result *r, const char *what)
+{
+    const char *st = r->sqlstate, *column = error_field(r, PG_DIAG_COLUMN_NAME);
+    char col[64];
+    log_warn("request %s: the database refused a value (%s, constraint \"%s\", column \"%s\"): %s",
+             req->request_id, st, error_field(r, PG_DIAG_CONSTRAINT_NAME), column, r->message);
+    if (strcmp(st, "23514") == 0 && check_column(r, col, sizeof(col)))
+        reply_error(req, 422, "invalid_value", "%s: field \"%s\" has a value the database refuses", what, col);
+    else if (strcmp(st, "23502") == 0 && column[0])
+        reply_error(req, 422, "invalid_value", "%s: field \"%s\" is required", what, column);
+    else if (strcmp(st, "23514") == 0)
+        reply_error(req, 422, "invalid_value", "%s: a value breaks a rule of the database", what);
+    else if (strcmp(st, "23502") == 0)
+        reply_error(req, 422, "invalid_value", "%s: a required value is missing", what);
+    else if (strcmp(st, "22001") == 0)
+        reply_error(req, 422, "invalid_value", "%s: a value is too long", what);
+    else if (strcmp(st, "22021") == 0)
+        reply_error(req, 422, "invalid_value", "%s: a value holds a character the database cannot store", what);
+    else
+        reply_error(req, 422, "invalid_value", "%s: a value is out of range or malformed", what);
 }
 
 static void sql_error_reply(struct http_request *req, const struct pool_result *r, const char *what)
@@ -39,12 +85,12 @@ static void sql_error_reply(struct http_request *req, const struct pool_result *
     } else if (strcmp(st, "23503") == 0) {
         reply_error(req, 404, "not_found", "%s: the referenced record does not exist", what);
     } else if (strncmp(st, "22", 2) == 0 || strcmp(st, "23514") == 0 || strcmp(st, "23502") == 0) {
-        reply_error(req, 422, "invalid_value", "%s: %s", what, r->message);
+        invalid_value_reply(req, r, what);
     } else if (strcmp(st, "25006") == 0) {
         log_error("request %s: the primary refused a write as read-only: it moved", req->request_id);
         reply_error(req, 503, "primary_moved", "the primary database changed; retry shortly");
     } else if (sqlstate_link_lost(st) && request_writes(req)) {
-        outcome_unknown_reply(req, r->message);
+        outcome_unknown_reply(req, "the database ended the session", r->message); /* its text: logged only */
     } else if (strcmp(st, "57014") == 0 || strncmp(st, "40", 2) == 0 || strncmp(st, "08", 2) == 0 ||
                strncmp(st, "53", 2) == 0 || strncmp(st, "57P", 3) == 0) {
         log_warn("request %s: database refused (%s): %s", req->request_id, st, r->message);
@@ -70,7 +116,7 @@ bool dbreply_failed(struct http_request *req, const struct pool_result *r, const
         return true;
     case POOL_ERR_BROKEN:
         if (request_writes(req)) {
-            outcome_unknown_reply(req, r->message);
+            outcome_unknown_reply(req, r->message, ""); /* the pool's own words */
             return true;
         }
         log_warn("request %s: %s", req->request_id, r->message);

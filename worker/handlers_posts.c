@@ -23,8 +23,11 @@ static const struct op_field POST_FIELDS[] = {
     { .name = "title", .min = 1, .max = 200 },
     { .name = "content", .min = 0, .max = 10000 },
 };
+/* what a row shows but only the server sets (resources.h): refused in a body, see op.h */
+static const char *const POST_READ_ONLY[] = { "id", "user_id", "version", "created_at", "updated_at", NULL };
 static const struct op_resource POSTS = {
     .what = "post", .path = "/posts", .table = FENCE_POSTS, .fields = POST_FIELDS, .nfields = 2,
+    .read_only = POST_READ_ONLY,
     OP_SQL_STATEMENTS("posts", "p", POST_JSON, "title = $2, content = $3",
                       "title = COALESCE($2, p.title), content = COALESCE($3, p.content)"),
     OP_SQL_DELETE("posts", "p", POST_JSON),

@@ -26,8 +26,11 @@ static const struct op_field USER_FIELDS[] = {
     { .name = "name", .min = 1, .max = 200 },
     { .name = "email", .min = 3, .max = 254, .valid = body_email_valid, .valid_desc = "an email address" },
 };
+/* what a row shows but only the server sets (resources.h): refused in a body, see op.h */
+static const char *const USER_READ_ONLY[] = { "id", "version", "created_at", "updated_at", NULL };
 static const struct op_resource USERS = {
     .what = "user", .path = "/users", .table = FENCE_USERS, .fields = USER_FIELDS, .nfields = 2,
+    .read_only = USER_READ_ONLY,
     .cascade = OP_TABLE(FENCE_POSTS), /* posts.user_id ON DELETE CASCADE */
     OP_SQL_STATEMENTS("users", "u", USER_JSON, "name = $2, email = $3",
                       "name = COALESCE($2, u.name), email = COALESCE($3, u.email)"),

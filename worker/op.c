@@ -601,6 +601,27 @@ static int fields_read(struct http_request *req, struct json_object *obj, const 
     return 0;
 }
 
+/* Refuses a body with a member that is not one of the resource's fields (PostgREST refuses unknown
+ * columns too): a misspelt field would otherwise be dropped without a word. Returns -1 after answering. */
+static int members_check(struct http_request *req, struct json_object *obj, const struct op_resource *res)
+{
+    const char *names[OP_FIELDS_MAX];
+    for (int i = 0; i < res->nfields; i++)
+        names[i] = res->fields[i].name;
+    const char *key = body_member_other(obj, names, res->nfields);
+    if (!key)
+        return 0;
+    char list[128];
+    names_list(res->fields, res->nfields, list, sizeof(list));
+    if (body_name_listed(key, res->read_only))
+        reply_error(req, 400, "read_only_field", "field \"%s\" is read-only: a %s's body takes only %s", key,
+                    res->what, list);
+    else
+        reply_error(req, 400, "unknown_field", "unknown field \"%.64s\": a %s's body takes only %s", key,
+                    res->what, list);
+    return -1;
+}
+
 void op_write_body(const struct op *o, const char *sql, const char *sql_many, bool required)
 {
     const struct op_resource *res = o->res;
@@ -616,7 +637,8 @@ void op_write_body(const struct op *o, const char *sql, const char *sql_many, bo
     char id[ID_TEXT_MAX];
     const char *params[1 + OP_FIELDS_MAX] = { id };
     id_text(o->id, id, sizeof(id));
-    if (fields_read(o->req, obj, res->fields, res->nfields, required, params + 1) == 0) {
+    if (members_check(o->req, obj, res) == 0 &&
+        fields_read(o->req, obj, res->fields, res->nfields, required, params + 1) == 0) {
         struct op_state *s = state_new(o, true, o->created ? 201 : 200);
         int first = o->id ? 0 : 1;
         if (s) {

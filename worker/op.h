@@ -31,6 +31,10 @@ struct op_resource {
     unsigned cascade;              /* tables whose rows a DELETE removes too (their fences rise too) */
     const struct op_field *fields; /* the body of PUT and PATCH, in parameter order from $2 */
     int nfields;                   /* 1..OP_FIELDS_MAX */
+    /* NULL-terminated: the members a row shows that no body sets ("id", "version", ...). A body naming
+     * one is refused (read_only_field) like any other member that is not a field (unknown_field): a
+     * client that echoes a row it read must drop them, so no write is ever mistaken for one it is not. */
+    const char *const *read_only;
     /* sql_delete of a table with cascade may return a third column: the ids of the rows the cascade
      * removed, as bigint[] text, or NULL when there are too many to name (see op.c, cascade_read) */
     const char *sql_get, *sql_get_many, *sql_list, *sql_replace, *sql_patch, *sql_delete;

@@ -106,6 +106,10 @@ def check_response(op, what, r, responses=None):
     if ctype == "application/json":
         problems = schema_problems(content[ctype]["schema"], r.json())
         assert not problems, f"{what}: body does not match the documented schema:\n" + "\n".join(problems[:10])
+        code = r.json().get("error", {}).get("code") if isinstance(r.json(), dict) else None
+        if code is not None:  # every error code is named where its status is documented (or at the top)
+            assert f"`{code}`" in doc.get("description", "") + DOC["info"]["description"], \
+                f"{what}: error code {code!r} is documented neither for {status} nor at the top"
     return status
 
 
@@ -158,11 +162,14 @@ def valid_queries(params):
 
 
 def invalid_bodies(schema, other_email):
-    """(bytes, content type) pairs: malformed, not JSON, too large, empty, each field too long, a taken email."""
+    """(bytes, content type) pairs: malformed, not JSON, too large, empty, a member the schema does not allow,
+    each field too long, a taken email."""
     example = example_body(schema)
     out = [(b'{"x":', "application/json"), (json.dumps(example).encode(), "text/plain"),
            (b'{"x":"' + b"y" * 70000 + b'"}', "application/json"), (b"{}", "application/json"),
            (b"[]", "application/json")]
+    if schema.get("additionalProperties") is False:  # a member the schema does not list
+        out.append((json.dumps(dict(example, undocumented_member=1)).encode(), "application/json"))
     for k, prop in schema.get("properties", {}).items():
         prop = resolve(prop)
         if "maxLength" in prop:

@@ -94,7 +94,7 @@ def test_version_increments_on_put_and_patch(api):
     got = expect(api.request("PATCH", f"/posts/{p['id']}", body={"content": ""}), 200)
     assert (got["title"], got["content"], got["version"]) == ("v4", "", 5), got
     expect(api.request("PATCH", f"/posts/{p['id']}", body={}), 400, "missing_field")
-    expect(api.request("PATCH", f"/posts/{p['id']}", body={"user_id": 1}), 400, "missing_field")
+    expect(api.request("PATCH", f"/posts/{p['id']}", body={"user_id": 1}), 400, "read_only_field")
     assert expect(api.get(f"/posts/{p['id']}"), 200)["version"] == 5, "a refused PATCH changed the post"
 
 
@@ -130,6 +130,14 @@ FIELD_ERRORS = [
     ({"title": "x" * 201, "content": "c"}, 422, "invalid_value"),
     ({"title": "t", "content": "x" * 10001}, 422, "invalid_value"),
     ({"title": "a\0b", "content": "c"}, 422, "invalid_value"),
+    ({"title": "t", "content": "c", "tags": ["x"]}, 400, "unknown_field"),
+    ({"title": "t", "content": "c", "Title": "t"}, 400, "unknown_field"),   # names are case-sensitive
+    ({"title": "t", "content": "c", "body": None}, 400, "unknown_field"),
+    ({"title": "t", "content": "c", "id": 1}, 400, "read_only_field"),
+    ({"title": "t", "content": "c", "user_id": 1}, 400, "read_only_field"),
+    ({"title": "t", "content": "c", "version": 1}, 400, "read_only_field"),
+    ({"title": "t", "content": "c", "created_at": "2024-01-01T00:00:00+00:00"}, 400, "read_only_field"),
+    ({"title": "t", "content": "c", "updated_at": "2024-01-01T00:00:00+00:00"}, 400, "read_only_field"),
 ]
 # (raw body, content type, status, error code): bodies refused before their fields are looked at
 RAW_ERRORS = [
@@ -149,8 +157,14 @@ def test_write_validation_errors(api, method, body, ctype, status, code):
     p = create_post(api, u["id"])
     path = f"/users/{u['id']}/posts" if method == "POST" else f"/posts/{p['id']}"
     r = api.request(method, path, body=body, headers={"Content-Type": ctype})
-    expect(r, status, code)
+    err = expect(r, status, code)["error"]
+    if code in ("unknown_field", "read_only_field"):  # the message names the member
+        member = next(k for k in json.loads(body) if k not in ("title", "content"))
+        assert f'"{member}"' in err["message"], f"expected {member!r} named in {err}"
     assert expect(api.get(f"/posts/{p['id']}"), 200) == p, "a refused write changed the post"
+    if method == "POST":
+        assert [x["id"] for x in expect(api.get(f"/users/{u['id']}/posts"), 200)["data"]] == [p["id"]], \
+            "a refused POST created a post"
 
 
 @pytest.mark.parametrize("fields,status,code", [
@@ -159,12 +173,30 @@ def test_write_validation_errors(api, method, body, ctype, status, code):
     ({"title": ""}, 422, "invalid_value"),
     ({"content": 5}, 400, "wrong_type"),
     ({"content": "x" * 10001}, 422, "invalid_value"),
+    ({"titel": "typo"}, 400, "unknown_field"),
+    ({"title": "t", "draft": True}, 400, "unknown_field"),
+    ({"user_id": 1}, 400, "read_only_field"),
+    ({"title": "t", "version": 1}, 400, "read_only_field"),
 ])
 def test_patch_validation_errors(api, fields, status, code):
     u = create_user(api)
     p = create_post(api, u["id"])
     expect(api.request("PATCH", f"/posts/{p['id']}", body=fields), status, code)
     assert expect(api.get(f"/posts/{p['id']}"), 200) == p, "a refused PATCH changed the post"
+
+
+def test_post_read_back_and_sent_whole_is_refused_as_read_only(api):
+    """The documented choice: a post as read (id, user_id, version, timestamps included) sent back by PUT
+    or PATCH is refused with read_only_field, never applied with those members silently ignored."""
+    u = create_user(api)
+    p = create_post(api, u["id"])
+    for method in ("PUT", "PATCH"):
+        err = expect(api.request(method, f"/posts/{p['id']}", body=dict(p, title="echoed")), 400,
+                     "read_only_field")["error"]
+        assert '"id"' in err["message"], err
+    assert expect(api.get(f"/posts/{p['id']}"), 200) == p, "a refused write changed the post"
+    got = expect(api.request("PUT", f"/posts/{p['id']}", body={"title": "echoed", "content": p["content"]}), 200)
+    assert (got["title"], got["version"]) == ("echoed", 2), got
 
 
 def test_limits_are_inclusive(api):

@@ -4,6 +4,8 @@ PREFIX, DESTDIR, SYSCONFDIR and UNITDIR and installs a unit whose command lines 
 systemd runs them; the man page documents every option, command, ini key and route the binary has; and
 `make dist` makes a tarball that builds on its own."""
 
+import ctypes
+import grp
 import gzip
 import http.client
 import os
@@ -14,6 +16,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tarfile
 import time
 import uuid
@@ -88,15 +91,22 @@ def test_make_install_honours_prefix_and_destdir(tmp_path):
     assert (dest / "usr/share/pgapi/migrations/0001_create_users.sql").exists()
     assert (dest / "etc/pgapi/pgapi.ini.example").exists()
     for f in ["usr/share/man/man8/pgapi.8.gz", "usr/share/doc/pgapi/README.md", "usr/share/doc/pgapi/openapi.yaml",
-              "usr/lib/sysusers.d/pgapi.conf"]:
+              "usr/lib/sysusers.d/pgapi.conf", "usr/lib/tmpfiles.d/pgapi.conf"]:
         assert (dest / f).is_file(), f"expected {dest / f} after make install PREFIX=/usr DESTDIR={dest}"
+    # a DESTDIR is another system: its group ids are unknown here, so the example keeps the installer's
+    # group and the tmpfiles.d file (with the target's paths) gives it the pgapi group there
+    st = os.stat(dest / "etc/pgapi/pgapi.ini.example")
+    assert (st.st_mode & 0o777, st.st_gid) == (0o640, os.getgid()), \
+        f"expected the example mode 640 with the installer's group {os.getgid()}, got {oct(st.st_mode)} {st.st_gid}"
+    lines = tmpfiles_lines(dest / "usr/lib/tmpfiles.d/pgapi.conf")
+    assert ["z", "/etc/pgapi/pgapi.ini.example", "0640", "root", "pgapi", "-"] in lines, lines
     text = unit.read_text()
     for want in ["Type=notify", "ExecStart=/usr/bin/pgapi --config /etc/pgapi/pgapi.ini",
                  "ExecReload=/bin/kill -HUP $MAINPID", "User=pgapi", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "PrivateTmp=yes",
                  "Documentation=man:pgapi(8) file:///usr/share/doc/pgapi/README.md"]:
         assert want in text, f"unit lacks {want!r}:\n{text}"
-    assert "@" not in text.replace("@system-service", ""), f"unsubstituted placeholder in unit:\n{text}"
+    assert not re.search(r"@[A-Z]+@", text), f"unsubstituted placeholder in unit:\n{text}"
     out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.startswith("pgapi")
 
@@ -108,6 +118,11 @@ def test_make_install_honours_prefix_and_destdir(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- the unit
+
+def tmpfiles_lines(path):
+    with open(path) as f:
+        return [l.split() for l in f if l.strip() and not l.startswith("#")]
+
 
 def unit_parse(text):
     """A unit file -> {section: {key: [values in order]}} (systemd.syntax(7): comments, continuations)."""
@@ -209,6 +224,7 @@ class Installed:
         self.unit_path = os.path.join(self.unitdir, "pgapi.service")
         self.man = os.path.join(self.prefix, "share", "man", "man8", "pgapi.8.gz")
         self.sysusers = os.path.join(self.prefix, "lib", "sysusers.d", "pgapi.conf")
+        self.tmpfiles = os.path.join(self.prefix, "lib", "tmpfiles.d", "pgapi.conf")
         self.example = os.path.join(self.sysconfdir, "pgapi", "pgapi.ini.example")
 
     def install(self):
@@ -243,6 +259,18 @@ def test_installed_unit_files_and_user(installed, tmp_path):
                                               f"{installed.man}, got {p.stdout!r} {p.stderr!r}"
     mode = os.stat(installed.example).st_mode & 0o777
     assert mode == 0o640, f"expected the example ini installed mode 640, got {oct(mode)}"
+    # readable by the unit's group: make install sets it where the group exists (a real install), and the
+    # tmpfiles.d file sets it once systemd-sysusers has created it (checked in a root of its own below)
+    group = unit_one(installed.unit["Service"], "Group")
+    try:
+        want_gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        want_gid = os.getgid()
+    gid = os.stat(installed.example).st_gid
+    assert gid == want_gid, f"expected the example ini's group {want_gid} ({group} if it exists here), got {gid}"
+    lines = tmpfiles_lines(installed.tmpfiles)
+    assert ["z", installed.example, "0640", "root", group, "-"] in lines, \
+        f"expected a tmpfiles.d line giving {installed.example} 0640 root:{group}, got {lines}"
     # the example lists every key the binary has, with its default, so it can be edited in place
     _, _, keys, _ = help_parse(run([BUILD_BINARY, "--help"]).stdout)
     with open(installed.example) as f:
@@ -282,12 +310,131 @@ def test_installed_unit_files_and_user(installed, tmp_path):
         assert passwd[user][3] == groups[group][2], f"expected {user}'s primary group to be {group}: {passwd[user]}"
         assert int(passwd[user][2]) < 1000, f"expected a system uid, got {passwd[user]}"
 
+        # then the tmpfiles.d file, as a package's postinst runs it after systemd-sysusers, gives the example
+        # (copied into that root as make install left it) mode 640, owner root, group pgapi of that root
+        assert shutil.which("systemd-tmpfiles"), "systemd-sysusers without systemd-tmpfiles"
+        example = root / installed.example.lstrip("/")
+        example.parent.mkdir(parents=True)
+        shutil.copy2(installed.example, example)
+        os.chmod(example, 0o600)
+        p = run(["systemd-tmpfiles", f"--root={root}", "--create", installed.tmpfiles])
+        assert p.returncode == 0, f"systemd-tmpfiles exited {p.returncode}, expected 0:\n{p.stderr}"
+        st = os.stat(example)
+        assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o640, 0, int(groups[group][2])), \
+            f"expected the example 0640 root:{group} ({groups[group][2]}) after systemd-tmpfiles, got " \
+            f"{oct(st.st_mode & 0o777)} {st.st_uid}:{st.st_gid}"
+
     # systemd's own checker: directives, executables, man:pgapi(8) resolvable
     if shutil.which("systemd-analyze"):
         p = run(["systemd-analyze", "verify", installed.unit_path],
                 env=dict(os.environ, MANPATH=os.path.join(installed.prefix, "share", "man")))
         assert p.returncode == 0 and not p.stderr.strip(), \
             f"systemd-analyze verify: expected exit 0 and no complaint, got {p.returncode}:\n{p.stderr}"
+
+
+def unit_security(unit_path):
+    """`systemd-analyze security --offline=yes` of a unit file: (exposure score, names of the failed checks)."""
+    assert shutil.which("systemd-analyze"), "systemd-analyze is needed to rate the unit (Debian: systemd)"
+    p = run(["systemd-analyze", "security", "--offline=yes", "--no-pager", unit_path])
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", p.stdout)
+    assert m, f"systemd-analyze security exited {p.returncode} without a score:\n{p.stdout}\n{p.stderr}"
+    failed = [line.split()[1] for line in p.stdout.splitlines() if line.startswith("\u2717")]
+    return float(m.group(1)), failed
+
+
+# the unit scored 1.8 before issue 14; ProtectProc, ProcSubset, RemoveIPC, PrivateMounts and the narrower
+# SystemCallFilter bring it to 1.2
+UNIT_EXPOSURE_MAX = 1.2
+
+
+def test_unit_hardening_as_systemd_rates_it(installed):
+    score, failed = unit_security(installed.unit_path)
+    wanted = ["ProtectProc=", "ProcSubset=", "RemoveIPC=", "PrivateMounts=", "SystemCallFilter=~@privileged",
+              "SystemCallFilter=~@resources", "NoNewPrivileges=", "ProtectSystem=", "CapabilityBoundingSet=~CAP_SYS_ADMIN"]
+    lacking = [w for w in wanted if w in failed]
+    assert not lacking, f"systemd-analyze security: expected these checks passed, they failed: {lacking}"
+    assert score <= UNIT_EXPOSURE_MAX, f"expected an exposure level of at most {UNIT_EXPOSURE_MAX}, got {score} " \
+                                       f"(failed checks: {failed})"
+    assert unit_one(installed.unit["Service"], "ProtectProc") == "invisible"
+    assert unit_one(installed.unit["Service"], "ProcSubset") == "pid"
+
+
+# ---- the unit's SystemCallFilter=, applied for real with libseccomp (systemd itself cannot run units
+# here: PID 1 is not systemd), so a system call outside it kills the process with SIGSYS as under systemd
+
+SCMP_ACT_KILL_PROCESS = 0x80000000
+SCMP_ACT_ALLOW = 0x7FFF0000
+
+
+def syscall_groups():
+    """`systemd-analyze syscall-filter`: {"@group": [members: names and "@groups"]}."""
+    p = run(["systemd-analyze", "syscall-filter", "--no-pager"])
+    groups, current = {}, None
+    for line in p.stdout.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), [])
+        elif current is not None and line.startswith("    ") and not line.strip().startswith("#"):
+            current.append(line.strip())
+    assert "@system-service" in groups and "@default" in groups, f"cannot read systemd's groups:\n{p.stdout[:500]}"
+    return groups
+
+
+def syscalls_of(items, groups):
+    out = set()
+    for item in items:
+        if item.startswith("@"):
+            assert item in groups, f"unknown system call group {item}"
+            out |= syscalls_of(groups[item], groups)
+        else:
+            out.add(item)
+    return out
+
+
+def unit_syscalls(service):
+    """The system calls SystemCallFilter= lines allow, as systemd.exec(5) combines them: an allow list
+    (which always holds @default), then "~" lines remove from it."""
+    groups = syscall_groups()
+    allowed = syscalls_of(["@default"], groups)
+    lines = service.get("SystemCallFilter", [])
+    assert lines and not lines[0].startswith("~"), f"expected an allow list first, got {lines}"
+    for line in lines:
+        names = syscalls_of(line.lstrip("~").split(), groups)
+        allowed = allowed - names if line.startswith("~") else allowed | names
+    return allowed
+
+
+def seccomp_preexec(allowed):
+    """A preexec_fn that loads a filter allowing exactly `allowed` (the rest: SIGSYS) before exec."""
+    lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    ctx = lib.seccomp_init(SCMP_ACT_KILL_PROCESS)
+    assert ctx, "seccomp_init failed"
+    for name in sorted(allowed):
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr >= 0:  # names of other architectures resolve to nothing here
+            assert lib.seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0) == 0, f"seccomp_rule_add({name}) failed"
+
+    def preexec():
+        if lib.seccomp_load(ctx) != 0:
+            os._exit(126)
+    return preexec
+
+
+def test_syscall_filter_kills_what_it_does_not_allow(installed, tmp_path):
+    """The filter harness above really filters: a call the unit refuses (setpriority, in @resources) kills
+    the process with SIGSYS, one it allows (getpriority) does not."""
+    preexec = seccomp_preexec(unit_syscalls(installed.unit["Service"]))
+    code = "import os; os.{}(os.PRIO_PROCESS, 0{}); print('alive')"
+    p = subprocess.run([sys.executable, "-c", code.format("getpriority", "")], preexec_fn=preexec,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "alive" in p.stdout, f"getpriority under the filter: {p.returncode} {p.stderr}"
+    p = subprocess.run([sys.executable, "-c", code.format("setpriority", ", 1")], preexec_fn=preexec,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == -signal.SIGSYS, f"expected setpriority to be killed by SIGSYS, got {p.returncode}"
 
 
 def notify_socket(kind, tmp_path):
@@ -358,12 +505,37 @@ def log_tail(path, n=40):
         return ""
 
 
+def api_round(port):
+    """Writes, reads (database, Redis and the local cache), a list, errors: every path a worker serves."""
+    def call(method, path, body=None):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+    status, body = call("POST", "/users", f'{{"name":"sc","email":"sc-{uuid.uuid4().hex[:12]}@example.com"}}')
+    assert status == 201, f"POST /users under the unit: expected 201, got {status} {body!r}"
+    uid = re.search(rb'"id":\s*(\d+)', body).group(1).decode()
+    got = [call("GET", f"/users/{uid}")[0], call("GET", f"/users/{uid}")[0],
+           call("PATCH", f"/users/{uid}", '{"name":"sc2"}')[0], call("GET", "/users?limit=5")[0],
+           call("POST", f"/users/{uid}/posts", '{"title":"t","content":"c"}')[0],
+           call("GET", f"/users/{uid}?include=posts")[0], call("POST", "/users", '{"x":')[0],
+           call("DELETE", f"/users/{uid}")[0]]
+    assert got[:6] == [200, 200, 200, 200, 201, 200] and got[6:8] == [400, 204], f"statuses under the unit: {got}"
+
+
 @pytest.mark.parametrize("kind", ["path", "abstract"])
-def test_installed_unit_lifecycle_as_systemd_runs_it(installed, topology, tmp_path, kind):
+def test_installed_unit_lifecycle_as_systemd_runs_it(installed, schema, tmp_path, kind):
     """ExecStartPre, ExecStart with $NOTIFY_SOCKET and Environment=, ExecReload with $MAINPID, KillSignal and
     TimeoutStopSec, all from the installed unit: READY=1, RELOADING=1 + READY=1 and STOPPING=1 come from the
-    main pid (NotifyAccess=main drops anything else), and the stop exits 0 in time."""
+    main pid (NotifyAccess=main drops anything else), and the stop exits 0 in time. Each command runs under
+    the unit's SystemCallFilter= (seccomp_preexec), and the workers serve API requests before and after the
+    reload: no process of it may be killed by the filter."""
+    topology = schema
     svc = installed.unit["Service"]
+    preexec = seccomp_preexec(unit_syscalls(svc))
     assert unit_one(svc, "Type") == "notify", f"expected Type=notify, got {svc.get('Type')}"
     assert unit_one(svc, "NotifyAccess") == "main"
     env = dict(SYSTEMD_BASE_ENV)
@@ -409,7 +581,7 @@ def test_installed_unit_lifecycle_as_systemd_runs_it(installed, topology, tmp_pa
     log_path = str(tmp_path / "pgapi.log")
     proc, workers = None, []
     try:
-        p = run(pre, env=env, cwd=workdir)
+        p = run(pre, env=env, cwd=workdir, preexec_fn=preexec)
         assert p.returncode == 0, f"ExecStartPre {pre}: expected exit 0, got {p.returncode}:\n{p.stderr}"
         assert f"listen = 127.0.0.1:{port}" in p.stdout, f"--check-config did not print the ini's listen:\n{p.stdout}"
         drain = re.search(r"^drain_timeout = (\d+)ms$", p.stdout, re.M)
@@ -419,7 +591,8 @@ def test_installed_unit_lifecycle_as_systemd_runs_it(installed, topology, tmp_pa
         assert stray is None, f"expected no notification from ExecStartPre, got {stray!r}"
 
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(start, env=env, cwd=workdir, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(start, env=env, cwd=workdir, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                    preexec_fn=preexec)
         main_pid = proc.pid
         got = notify_recv(sock, "READY=1", proc, log_path)
         assert all(pid == main_pid for pid, _ in got), \
@@ -431,17 +604,20 @@ def test_installed_unit_lifecycle_as_systemd_runs_it(installed, topology, tmp_pa
                    "with the unit's PGPASSFILE)")
         workers = children_of(main_pid)
         assert len(workers) == 2, f"expected 2 workers, got {workers}"
+        api_round(port)
 
         env_reload = dict(env, MAINPID=str(main_pid))
         reload = exec_argv(unit_one(svc, "ExecReload"), env_reload)
         assert str(main_pid) in reload, f"expected ExecReload to address $MAINPID {main_pid}, got {reload}"
-        p = run(reload, env=env_reload, cwd=workdir)
+        p = run(reload, env=env_reload, cwd=workdir, preexec_fn=preexec)
         assert p.returncode == 0, f"ExecReload {reload}: expected exit 0, got {p.returncode}:\n{p.stderr}"
         got = notify_recv(sock, "READY=1", proc, log_path)
         assert "RELOADING=1" in got[0][1], f"expected RELOADING=1 first, then READY=1, got {got}"
         assert all(pid == main_pid for pid, _ in got), f"expected every notification from {main_pid}, got {got}"
         status = http_status(port, "/healthz")
         assert status == 200, f"expected GET /healthz 200 after the reload, got {status}"
+        wait_until(lambda: http_status(port, "/readyz") == 200, 20, "GET /readyz 200 after the reload")
+        api_round(port)
         workers = sorted(set(workers) | set(children_of(main_pid)))
 
         t0 = time.monotonic()
@@ -465,8 +641,9 @@ def test_installed_unit_lifecycle_as_systemd_runs_it(installed, topology, tmp_pa
             proc.kill()
             proc.wait(10)
     with open(log_path, errors="replace") as f:
-        bad = [l for l in f if any(m in l for m in BAD_LOG_MARKERS)]
-    assert not bad, f"expected no alert/sanitizer line in the log, got:\n{''.join(bad)}"
+        bad = [l for l in f if any(m in l for m in BAD_LOG_MARKERS + ("killed by signal",))]
+    assert not bad, f"expected no alert/sanitizer line and no worker killed (SIGSYS: the filter) in the log, " \
+                    f"got:\n{''.join(bad)}"
 
 
 # ------------------------------------------------------------------------------------- the man page

@@ -1,5 +1,5 @@
 /* Unit tests for the small parsers on the request path: query strings (worker/query), the email check
- * (worker/body), LSN text (worker/pool) and bigint[] text (worker/id_list). */
+ * and the body's member check (worker/body), LSN text (worker/pool) and bigint[] text (worker/id_list). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -50,6 +50,34 @@ static void test_email(void **state)
             fail_msg("accepted an invalid email: \"%s\"", bad[i]);
 }
 
+static void test_member_other(void **state)
+{
+    (void)state;
+    const char *names[] = { "name", "email" };
+    const char *read_only[] = { "id", "version", NULL };
+    struct { const char *json; const char *other; } cases[] = {
+        { "{}", NULL },
+        { "{\"name\":\"n\",\"email\":\"e\"}", NULL },
+        { "{\"email\":null}", NULL },
+        { "{\"name\":\"n\",\"nmae\":1}", "nmae" },
+        { "{\"Name\":\"n\"}", "Name" },             /* names are case-sensitive */
+        { "{\"\":1,\"name\":\"n\"}", "" },
+        { "{\"id\":1,\"extra\":2}", "id" },           /* the first one, in the body's order */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct json_object *obj = json_tokener_parse(cases[i].json);
+        assert_non_null(obj);
+        const char *got = body_member_other(obj, names, 2);
+        if (cases[i].other ? !got || strcmp(got, cases[i].other) != 0 : got != NULL)
+            fail_msg("%s: expected %s, got %s", cases[i].json, cases[i].other ? cases[i].other : "none",
+                     got ? got : "none");
+        json_object_put(obj);
+    }
+    assert_true(body_name_listed("version", read_only));
+    assert_false(body_name_listed("versions", read_only));
+    assert_false(body_name_listed("id", NULL));
+}
+
 static void test_lsn_parse(void **state)
 {
     (void)state;
@@ -90,6 +118,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_query_get),
         cmocka_unit_test(test_email),
+        cmocka_unit_test(test_member_other),
         cmocka_unit_test(test_lsn_parse),
         cmocka_unit_test(test_id_list_parse),
     };

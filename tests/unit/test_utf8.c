@@ -1,4 +1,5 @@
-/* Unit tests for common/utf8: well-formed UTF-8 after the Unicode standard's table 3-7. */
+/* Unit tests for common/utf8: well-formed UTF-8 after the Unicode standard's table 3-7, and JSON \u
+ * escapes that name no character (lone surrogates). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -59,12 +60,39 @@ static void test_sanitize(void **state)
     assert_string_equal(out, "");
 }
 
+static void test_json_lone_surrogate_at(void **state)
+{
+    (void)state;
+    struct { const char *s; size_t at; } cases[] = {
+        { "\"\\ud800\"", 1 },                    /* a lone high surrogate */
+        { "\"\\uDC00\"", 1 },                    /* a lone low surrogate, upper-case hex */
+        { "\"ab\\ud83d\\u0041\"", 3 },             /* high, then an escape that is not a low one */
+        { "\"\\ud83dx\\ude00\"", 1 },              /* high, then not at once its low half */
+        { "\"\\ud83d\"", 1 },                    /* high at the end of the string */
+        { "\"\\ude00\\ud83d\"", 1 },               /* a pair the wrong way round */
+        { "{\"k\\udfff\":1}", 3 },               /* in a key */
+        { "\"\\ud83d\\ude00\"", 14 },              /* a proper pair (U+1F600) */
+        { "\"\\u00e9\\uffff\\ud7ff\\ue000\"", 26 },   /* around the surrogate range */
+        { "\"\\\\ud800\"", 9 },                   /* an escaped backslash, then the text "ud800" */
+        { "\"\\\\\\ud800\"", 3 },                 /* an escaped backslash, then a lone surrogate */
+        { "\"\\\"\\n\\t\"", 8 },
+        { "\"\\ud800", 1 },                       /* truncated: still a lone surrogate */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t got = utf8_json_lone_surrogate_at(cases[i].s, strlen(cases[i].s));
+        if (got != cases[i].at)
+            fail_msg("case %zu (%s): expected %zu, got %zu", i, cases[i].s, cases[i].at, got);
+    }
+    assert_int_equal(utf8_json_lone_surrogate_at("\"\\ud83d\\ude00\"", 8), 1); /* its low half cut off */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sequence_len),
         cmocka_unit_test(test_invalid_at),
         cmocka_unit_test(test_sanitize),
+        cmocka_unit_test(test_json_lone_surrogate_at),
     };
     return cmocka_run_group_tests_name("utf8", tests, NULL, NULL);
 }
