@@ -35,6 +35,17 @@ enum conn_state {
     CONN_DEAD       /* closed, waiting to be freed */
 };
 
+/* The lexical check of a request head that http-parser (built lenient, HTTP_PARSER_STRICT=0) leaves out:
+ * RFC 9112 line endings, no obsolete line folding, no whitespace between a field name and its colon. */
+enum head_state {
+    HEAD_START,         /* before the request line: empty lines (CRLF) are skipped, as the parser does */
+    HEAD_REQUEST_LINE,
+    HEAD_LINE_START,    /* first byte of a field line, or the empty line that ends the head */
+    HEAD_NAME,
+    HEAD_VALUE,
+    HEAD_DONE           /* the empty line seen: the body (or the next request) is not ours to check */
+};
+
 struct http_conn {
     struct http_server *srv;
     struct http_conn *prev, *next;
@@ -55,6 +66,12 @@ struct http_conn {
     char *value_dst;
     size_t value_cap;
     int error_status;        /* status to answer when the parser stops on a limit */
+    const char *error_text;  /* with error_status 400: what was wrong with the framing */
+    enum head_state head;
+    bool head_cr;            /* the last head byte was CR: LF must follow */
+    int hosts;               /* Host fields in this request */
+    bool headers_done;       /* later field callbacks are a chunked body's trailers */
+    bool method_unknown;     /* the parser refused the method: 400 or 501 once the request line is in */
     bool request_ready;
     bool close_after;
     bool in_process;         /* conn_process() on the stack: a synchronous answer must not recurse */
@@ -185,6 +202,12 @@ static void request_reset(struct http_conn *c)
     c->expect[0] = '\0';
     c->value_dst = NULL;
     c->error_status = 0;
+    c->error_text = NULL;
+    c->head = HEAD_START;
+    c->head_cr = false;
+    c->hosts = 0;
+    c->headers_done = false;
+    c->method_unknown = false;
     c->request_ready = false;
 }
 
@@ -211,6 +234,101 @@ static int header_count(struct http_conn *c, size_t len)
         return -1;
     }
     return 0;
+}
+
+/* ---- the head's lexical check ---------------------------------------------------------------- */
+
+/* Runs over the bytes about to go to the parser, up to the empty line that ends the head, and returns
+ * NULL or why the head is refused. The parser accepts each of these, and each one lets a front proxy
+ * and pgapi disagree about where a request ends (request smuggling): a bare LF (we chose to refuse it,
+ * as RFC 9112 2.2 allows, since a proxy may not end lines there), a bare CR, a field line that starts
+ * with whitespace (obsolete folding, RFC 9112 5.2), whitespace before a colon (RFC 9112 5.1). */
+static const char *head_check(struct http_conn *c, const char *p, size_t len)
+{
+    for (size_t i = 0; i < len && c->head != HEAD_DONE; i++) {
+        char ch = p[i];
+        if (c->head_cr) {
+            if (ch != '\n')
+                return "bare CR in the request head";
+            c->head_cr = false;
+            if (c->head == HEAD_NAME)
+                return "header line without a colon";
+            if (c->head == HEAD_LINE_START)
+                c->head = HEAD_DONE;
+            else if (c->head != HEAD_START)
+                c->head = HEAD_LINE_START;
+            continue;
+        }
+        if (ch == '\r') {
+            c->head_cr = true;
+            continue;
+        }
+        if (ch == '\n')
+            return "bare LF in the request head: lines end with CRLF";
+        switch (c->head) {
+        case HEAD_START:
+            c->head = HEAD_REQUEST_LINE;
+            break;
+        case HEAD_LINE_START:
+            if (ch == ' ' || ch == '\t')
+                return "obsolete line folding or a line starting with whitespace";
+            c->head = ch == ':' ? HEAD_VALUE : HEAD_NAME;
+            break;
+        case HEAD_NAME:
+            if (ch == ' ' || ch == '\t')
+                return "whitespace between a header name and its colon";
+            if (ch == ':')
+                c->head = HEAD_VALUE;
+            break;
+        case HEAD_REQUEST_LINE:
+        case HEAD_VALUE:
+        case HEAD_DONE:
+            break;
+        }
+    }
+    return NULL;
+}
+
+enum line_kind { LINE_PARTIAL, LINE_HTTP, LINE_NOT_HTTP };
+
+static bool is_tchar(unsigned char ch)
+{
+    return ch > 0x20 && ch < 0x7f && !strchr("\"(),/:;<=>?@[\\]{}", ch);
+}
+
+/* Whether the buffered bytes begin with a well-formed request line (method SP target SP HTTP/d.d EOL),
+ * cannot be one, or may still become one. Tells an unknown method (501) from bytes that are not HTTP at
+ * all (400): a TLS ClientHello, a random probe. */
+static enum line_kind request_line_kind(const unsigned char *s, size_t n)
+{
+    static const char version[] = "HTTP/d.d";
+    size_t i = 0;
+    while (i < n && (s[i] == '\r' || s[i] == '\n')) /* empty lines first: their endings are the head check's */
+        i++;
+    size_t start = i;
+    while (i < n && is_tchar(s[i]))
+        i++;
+    if (i == n)
+        return LINE_PARTIAL;
+    if (i == start || s[i++] != ' ')
+        return LINE_NOT_HTTP;
+    start = i;
+    while (i < n && s[i] > 0x20 && s[i] != 0x7f)
+        i++;
+    if (i == n)
+        return LINE_PARTIAL;
+    if (i == start || s[i++] != ' ')
+        return LINE_NOT_HTTP;
+    for (size_t k = 0; version[k]; k++, i++) {
+        if (i == n)
+            return LINE_PARTIAL;
+        bool ok = version[k] == 'd' ? s[i] >= '0' && s[i] <= '9' : s[i] == (unsigned char)version[k];
+        if (!ok)
+            return LINE_NOT_HTTP;
+    }
+    if (i == n)
+        return LINE_PARTIAL;
+    return s[i] == '\r' || s[i] == '\n' ? LINE_HTTP : LINE_NOT_HTTP; /* a bare LF is the head check's */
 }
 
 /* ---- parser callbacks ----------------------------------------------------------------------- */
@@ -256,6 +374,8 @@ static void value_target_pick(struct http_conn *c)
     } else if (strcasecmp(c->field, "x-request-id") == 0) {
         c->value_dst = r->request_id;
         c->value_cap = sizeof(r->request_id);
+    } else if (strcasecmp(c->field, "host") == 0) {
+        c->hosts++;
     }
     if (c->value_dst)
         c->value_dst[0] = '\0';
@@ -266,6 +386,8 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
     struct http_conn *c = p->data;
     if (header_count(c, len + 4) < 0)
         return -1;
+    if (c->headers_done)
+        return 0; /* a trailer: counted against max_header_bytes, never taken for a request header */
     if (c->in_value) {
         c->in_value = false;
         c->field_len = 0;
@@ -283,6 +405,8 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     struct http_conn *c = p->data;
     if (header_count(c, len) < 0)
         return -1;
+    if (c->headers_done)
+        return 0;
     if (!c->in_value) {
         c->in_value = true;
         value_target_pick(c);
@@ -312,10 +436,25 @@ static void url_split(struct http_conn *c)
     }
 }
 
+/* RFC 9112 3.2: an HTTP/1.1 request has exactly one Host field, and no request has two. */
+static int host_check(struct http_conn *c, const http_parser *p)
+{
+    bool http11 = p->http_major > 1 || (p->http_major == 1 && p->http_minor >= 1);
+    if (c->hosts > 1)
+        c->error_text = "more than one Host header";
+    else if (c->hosts == 0 && http11)
+        c->error_text = "HTTP/1.1 request without a Host header";
+    else
+        return 0;
+    c->error_status = 400;
+    return -1;
+}
+
 static int on_headers_complete(http_parser *p)
 {
     struct http_conn *c = p->data;
     const struct config *cfg = c->srv->cfg;
+    c->headers_done = true;
     url_split(c);
     if (c->req.path == NULL) {
         c->error_status = 503;
@@ -325,6 +464,11 @@ static int on_headers_complete(http_parser *p)
         c->error_status = 413;
         return -1;
     }
+    if (host_check(c, p) < 0)
+        return -1;
+    /* RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing: answered, then closed */
+    if (p->uses_transfer_encoding && p->http_major == 1 && p->http_minor == 0)
+        c->close_after = true;
     c->req.method = (int)p->method;
     c->req.method_name = http_method_str((enum http_method)p->method);
     c->req.head = p->method == HTTP_HEAD;
@@ -626,32 +770,72 @@ static void parse_error_answer(struct http_conn *c)
         conn_fail(c, 414, "uri_too_long", "request target exceeds max_header_bytes");
     else if (st == 503)
         conn_fail(c, 503, "out_of_memory", "server out of memory");
+    else if (st == 400 && c->error_text)
+        conn_fail(c, 400, "bad_request", c->error_text);
     else if (err == HPE_HEADER_OVERFLOW)
         conn_fail(c, 431, "headers_too_large", "request headers too large");
-    else if (err == HPE_INVALID_METHOD)
+    else if (st == 501)
         conn_fail(c, 501, "not_implemented", "unknown method");
+    else if (c->method_unknown)
+        conn_fail(c, 400, "bad_request", "request line is not HTTP");
     else
         conn_fail(c, 400, "bad_request", http_errno_description(err));
 }
 
-/* Feeds buffered input to the parser; returns false when parsing must stop for now. */
+/* For a head refused in its first line: whether that line is HTTP at all, to say which fault it has. */
+static bool request_line_is_http(struct http_conn *c)
+{
+    size_t n = evbuffer_get_length(c->in);
+    const unsigned char *line = evbuffer_pullup(c->in, (ev_ssize_t)n);
+    return line && request_line_kind(line, n) == LINE_HTTP;
+}
+
+/* The parser refused the method. A well-formed request line with a method we do not know is a 501; bytes
+ * that are not HTTP at all are a 400. Returns false while the line is too short to tell (the request
+ * timeout bounds the wait). The input still starts at the refused request: nothing of it was drained. */
+static bool method_error_classify(struct http_conn *c)
+{
+    size_t n = evbuffer_get_length(c->in);
+    size_t max = c->srv->cfg->max_header_bytes;
+    if (n > max)
+        n = max;
+    const unsigned char *line = evbuffer_pullup(c->in, (ev_ssize_t)n);
+    enum line_kind kind = line ? request_line_kind(line, n) : LINE_NOT_HTTP;
+    if (kind == LINE_PARTIAL && n < max)
+        return false;
+    c->error_status = kind == LINE_HTTP ? 501 : 400;
+    return true;
+}
+
+/* Feeds buffered input to the parser; returns false when parsing must stop for now (then error_status or
+ * the parser's errno says why, unless method_unknown waits for the rest of the request line). */
 static bool conn_parse_buffered(struct http_conn *c)
 {
+    if (c->method_unknown)
+        return false;
     struct evbuffer_iovec vec[8];
     int nvec = evbuffer_peek(c->in, -1, NULL, vec, 8);
     size_t consumed = 0;
-    bool ok = true;
-    for (int i = 0; i < nvec && i < 8 && ok; i++) {
+    for (int i = 0; i < nvec && i < 8; i++) {
+        c->error_text = head_check(c, vec[i].iov_base, vec[i].iov_len);
+        if (c->error_text) {
+            c->error_status = 400;
+            if (c->head <= HEAD_REQUEST_LINE && !request_line_is_http(c))
+                c->error_text = "request line is not HTTP";
+            return false; /* the connection closes: what it sent is not drained */
+        }
         size_t n = http_parser_execute(&c->parser, &c->srv->settings, vec[i].iov_base, vec[i].iov_len);
         consumed += n;
         enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
         if (err == HPE_PAUSED)
             break;
-        if (err != HPE_OK || n != vec[i].iov_len)
-            ok = false;
+        if (err != HPE_OK || n != vec[i].iov_len) {
+            c->method_unknown = err == HPE_INVALID_METHOD;
+            return false;
+        }
     }
     evbuffer_drain(c->in, consumed);
-    return ok;
+    return true;
 }
 
 static void conn_dispatch(struct http_conn *c)
@@ -670,6 +854,8 @@ static void conn_process(struct http_conn *c)
         if (c->state == CONN_IDLE)
             conn_state_set(c, CONN_READING);
         bool ok = conn_parse_buffered(c);
+        if (!ok && c->method_unknown && !method_error_classify(c))
+            break; /* more of the request line to come */
         if (!ok) {
             parse_error_answer(c);
             break;

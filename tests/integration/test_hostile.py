@@ -20,7 +20,7 @@ import pytest
 
 from helpers import wait_until
 from pgapi_fixtures import module_server
-from pgapi_server import REPO_ROOT
+from pgapi_server import REPO_ROOT, PgapiServer
 
 PLAIN_BINARY = os.environ.get("PGAPI_TEST_PLAIN_BINARY", os.path.join(REPO_ROOT, "build", "pgapi"))  # no ASan shadow
 
@@ -479,6 +479,171 @@ def test_framing_attacks_get_400_and_close(hostile, raw, message):
     assert data.count(b"HTTP/1.1 ") == 1, f"a request after the bad one was answered: {data!r}"
     err = strict_json(payload)["error"]
     assert err["code"] == "bad_request" and message in err["message"], err
+
+
+# ---- RFC 9112 framing: what http-parser lets through and pgapi refuses itself ---------------------------
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """A server without a database: framing is decided before any handler runs."""
+    s = PgapiServer(str(tmp_path_factory.mktemp("plain")), workers=1)
+    s.start()
+    yield s
+    rc = s.stop(signal.SIGTERM)
+    bad = s.bad_log_lines()
+    assert rc == 0 and not bad, f"server exit {rc}; bad log lines: {bad[:10]}\n{s.log_tail(60)}"
+
+
+def exchange(s, data, pause_after=None, timeout=5):
+    """Sends data (after pause_after bytes, waits 0.3 s: a request split across reads) and reads until the
+    server closes. Returns (every byte read, whether the server closed): a connection the server keeps
+    open shows as closed=False after timeout."""
+    with socket.create_connection(("127.0.0.1", s.port), timeout=timeout) as sock:
+        if pause_after:
+            sock.sendall(data[:pause_after])
+            time.sleep(0.3)  # not a synchronisation: the two parts must arrive in two reads
+            data = data[pause_after:]
+        sock.sendall(data)
+        got = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                return got, True
+            if not chunk:
+                return got, True
+            got += chunk
+        return got, False
+
+
+def answers(data):
+    """The (status, headers, body) of each response in data, in order."""
+    out, rest = [], data
+    while rest.startswith(b"HTTP/1.1 "):
+        head, _, rest = rest.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+        n = int(headers.get("content-length", "0"))
+        out.append((int(lines[0].split(" ")[1]), headers, rest[:n]))
+        rest = rest[n:]
+    return out
+
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def assert_refused(s, raw, status, code, message, pause_after=None):
+    data, closed = exchange(s, raw, pause_after)
+    got = answers(data)
+    assert len(got) == 1 and got[0][0] == status, f"expected one {status} for {raw[:90]!r}, got {data[:300]!r}"
+    err = strict_json(got[0][2])["error"]
+    assert err["code"] == code and message in err["message"], f"expected {code} '{message}', got {err}"
+    assert got[0][1].get("connection") == "close" and closed, f"the connection stayed open after {data[:200]!r}"
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length : 40\r\n\r\n" + SMUGGLED,
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length\t: 40\r\n\r\n" + SMUGGLED,
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+    b"POST / HTTP/1.1\r\nHost : x\r\n\r\n",
+], ids=["content-length", "content-length-tab", "transfer-encoding", "host"])
+def test_whitespace_before_a_colon_is_400_and_closes(plain, raw):
+    assert_refused(plain, raw, 400, "bad_request", "whitespace between a header name and its colon")
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n 40\r\n\r\n" + SMUGGLED,
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+    b"POST / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\tb\r\n\r\n",
+    b"POST / HTTP/1.1\r\n Host: x\r\n\r\n",  # whitespace before the first field line
+], ids=["content-length", "transfer-encoding", "tab", "first-line"])
+def test_obsolete_line_folding_is_400_and_closes(plain, raw):
+    assert_refused(plain, raw, 400, "bad_request", "line folding")
+
+
+def test_obsolete_line_folding_split_across_reads_is_400(plain):
+    raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n 40\r\n\r\n" + SMUGGLED
+    assert_refused(plain, raw, 400, "bad_request", "line folding", pause_after=raw.index(b" 40") - 1)
+
+
+def test_http10_with_transfer_encoding_is_answered_then_closed(plain):
+    raw = (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+           b"2\r\n{}\r\n0\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    data, closed = exchange(plain, raw)
+    got = answers(data)
+    assert [g[0] for g in got] == [405], f"expected the one request answered (405, / is GET only): {data!r}"
+    assert got[0][1].get("connection") == "close" and closed, f"expected Connection: close, then a close: {data!r}"
+    # without Transfer-Encoding the same HTTP/1.0 keep-alive connection stays open
+    data, closed = exchange(plain, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", timeout=1)
+    assert [g[0] for g in answers(data)] == [200] and not closed, data
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b"GET / HTTP/1.1\r\n\r\n", "without a Host header"),
+    (b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n", "without a Host header"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host header"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nhOST: a\r\n\r\n", "more than one Host header"),
+    (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host header"),
+])
+def test_host_missing_or_repeated_is_400(plain, raw, message):
+    assert_refused(plain, raw, 400, "bad_request", message)
+
+
+def test_host_rules_accept_what_rfc_9112_allows(plain):
+    data, _ = exchange(plain, b"GET / HTTP/1.0\r\n\r\n")  # HTTP/1.0 needs no Host
+    assert [g[0] for g in answers(data)] == [200], data
+    data, _ = exchange(plain, b"GET / HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n")  # empty: allowed
+    assert [g[0] for g in answers(data)] == [200], data
+    # a chunked body's trailer named Host is not a second Host header
+    data, _ = exchange(plain, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close"
+                              b"\r\n\r\n0\r\nHost: y\r\n\r\n")
+    assert [g[0] for g in answers(data)] == [405], data
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b"GET / HTTP/1.1\nHost: x\n\n", "bare LF"),
+    (b"GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n", "bare LF"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\n", "bare LF"),
+    (b"\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", "bare LF"),
+    (b"GET / HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n", "bare CR"),
+])
+def test_bare_lf_and_cr_are_400(plain, raw, message):
+    """Our choice (RFC 9112 2.2 lets a server accept a bare LF): refuse it, since a proxy in front may not end
+    the line there."""
+    assert_refused(plain, raw, 400, "bad_request", message)
+
+
+def test_crlf_before_a_request_and_a_pipelined_second_one_are_fine(plain):
+    data, _ = exchange(plain, b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n"
+                              b"Connection: close\r\n\r\n")
+    assert [g[0] for g in answers(data)] == [200, 200], data
+
+
+TLS_CLIENT_HELLO = bytes.fromhex("16030100f8010000f40303") + bytes(range(32)) + b"\x00\x02\x13\x01\x01\x00"
+
+
+@pytest.mark.parametrize("raw", [
+    b"THIS IS NOT HTTP\r\n\r\n",
+    b"THIS IS NOT HTTP",  # no line end: still told at once
+    b"GARBAGE\r\n\r\n",
+    TLS_CLIENT_HELLO,
+    bytes(range(256)),
+    b"\x00\x01\x02",
+    b"GET\t/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"BREW / HTTP/1.1 junk\r\n\r\n",
+], ids=["not-http", "not-http-no-crlf", "garbage", "tls-client-hello", "bytes", "nul", "tab", "bad-version"])
+def test_bytes_that_are_not_http_get_400(plain, raw):
+    assert_refused(plain, raw, 400, "bad_request", "not HTTP")
+
+
+@pytest.mark.parametrize("pause_after", [None, 2], ids=["one-read", "split"])
+def test_well_formed_unknown_method_gets_501(plain, pause_after):
+    assert_refused(plain, b"BREW /coffee HTTP/1.1\r\nHost: x\r\n\r\n", 501, "not_implemented", "unknown method",
+                   pause_after=pause_after)
 
 
 @pytest.mark.parametrize("body", [
