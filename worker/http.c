@@ -6,7 +6,9 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <arpa/inet.h>
 #include <http_parser.h>
+#include <netinet/in.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +80,7 @@ struct http_conn {
     bool readable;           /* edge-triggered: the kernel may hold bytes we have not read yet */
     bool peer_closed;        /* the client shut its side: its EOF waits behind the bytes we read */
     unsigned served;         /* responses completed on this connection */
+    char peer[INET6_ADDRSTRLEN]; /* the client's address, for the access log */
 };
 
 struct http_server {
@@ -582,6 +585,7 @@ static void request_account(struct http_conn *c, size_t len)
         .status = r->status,
         .duration_us = r->start_us ? http_now_us() - r->start_us : 0,
         .bytes = len,
+        .client = c->peer,
     };
     log_access(&e);
     if (c->srv->observer)
@@ -956,7 +960,20 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- server --------------------------------------------------------------------------------- */
 
-void http_server_adopt(struct http_server *srv, int fd)
+/* The peer's address as text: an IP address, "unix" for a Unix socket, "-" if unknown. */
+static void peer_format(char *dst, size_t cap, const struct sockaddr_storage *peer)
+{
+    const void *addr = NULL;
+    if (peer && peer->ss_family == AF_INET)
+        addr = &((const struct sockaddr_in *)peer)->sin_addr;
+    else if (peer && peer->ss_family == AF_INET6)
+        addr = &((const struct sockaddr_in6 *)peer)->sin6_addr;
+    if (addr && inet_ntop(peer->ss_family, addr, dst, (socklen_t)cap))
+        return;
+    snprintf(dst, cap, "%s", peer && peer->ss_family == AF_UNIX ? "unix" : "-");
+}
+
+void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_storage *peer)
 {
     struct http_conn *c = calloc(1, sizeof(*c));
     if (!c) {
@@ -966,6 +983,7 @@ void http_server_adopt(struct http_server *srv, int fd)
     }
     c->srv = srv;
     c->fd = fd;
+    peer_format(c->peer, sizeof(c->peer), peer);
     c->in = evbuffer_new();
     c->out = evbuffer_new();
     c->read_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST | EV_ET | EV_CLOSED, read_cb, c);

@@ -11,6 +11,7 @@ struct event_base;
 struct config;
 struct http_conn;
 struct http_server;
+struct sockaddr_storage;
 
 #define HTTP_REQUEST_ID_MAX 64
 
@@ -46,8 +47,9 @@ void http_server_free(struct http_server *srv);
 /* Called once per answered request, with how long it took from its first byte. */
 typedef void (*http_observer_fn)(void *arg, const struct http_request *req, uint64_t duration_us);
 void http_server_observe(struct http_server *srv, http_observer_fn fn, void *arg);
-/* Takes ownership of an accepted, non-blocking socket. */
-void http_server_adopt(struct http_server *srv, int fd);
+/* Takes ownership of an accepted, non-blocking socket; peer (NULL if unknown) is its client's address,
+ * logged on every access line. */
+void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_storage *peer);
 /* Graceful stop: idle keep-alive connections close now, busy ones after their response. `on_empty`
  * runs once no connection is left. */
 void http_server_drain(struct http_server *srv, void (*on_empty)(void *), void *arg);

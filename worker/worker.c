@@ -49,10 +49,13 @@ static void room_publish(struct worker *w, bool room)
 #define TAKE_NONE   (-1) /* nothing waiting (or an error that does not last) */
 #define TAKE_PAUSED (-2) /* out of descriptors or memory: accepts paused for a while */
 
-/* accept4 on the listening socket: a connection, TAKE_NONE or TAKE_PAUSED (logged here). */
-static int connection_take(struct worker *w)
+/* accept4 on the listening socket: a connection (its client's address in *peer), TAKE_NONE or
+ * TAKE_PAUSED (logged here). */
+static int connection_take(struct worker *w, struct sockaddr_storage *peer)
 {
-    int cfd = accept4(w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    socklen_t len = sizeof(*peer);
+    peer->ss_family = AF_UNSPEC;
+    int cfd = accept4(w->listen_fd, (struct sockaddr *)peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (cfd >= 0)
         return cfd;
     if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -77,12 +80,13 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
             accept_pause(w, CAP_DEFER_MS); /* leave the queue to workers with room */
             return;
         }
-        int cfd = connection_take(w);
+        struct sockaddr_storage peer;
+        int cfd = connection_take(w, &peer);
         if (cfd < 0)
             return;
         int one = 1;
         setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        http_server_adopt(w->http, cfd);
+        http_server_adopt(w->http, cfd, &peer);
     }
 }
 
@@ -107,7 +111,8 @@ static bool connections_refuse(struct worker *w)
     unsigned long n = 0;
     bool ok = true;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        int cfd = connection_take(w);
+        struct sockaddr_storage peer;
+        int cfd = connection_take(w, &peer);
         if (cfd < 0) {
             ok = cfd != TAKE_PAUSED;
             break;
@@ -145,7 +150,10 @@ static void metrics_accept_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct worker *w = arg;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+        peer.ss_family = AF_UNSPEC;
+        int cfd = accept4(fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
                 log_error("accept on the metrics listener: %s", strerror(errno));
@@ -155,7 +163,7 @@ static void metrics_accept_cb(evutil_socket_t fd, short what, void *arg)
             http_refuse(cfd);
             continue;
         }
-        http_server_adopt(w->metrics_http, cfd);
+        http_server_adopt(w->metrics_http, cfd, &peer);
     }
 }
 
