@@ -81,6 +81,9 @@ struct http_conn {
     bool peer_closed;        /* the client shut its side: its EOF waits behind the bytes we read */
     unsigned served;         /* responses completed on this connection */
     char peer[INET6_ADDRSTRLEN]; /* the client's address, for the access log */
+    size_t out_counted;      /* what of `out` is in the server's unsent sum */
+    bool stalled;            /* on the server's stalled list: the last write would have blocked */
+    struct http_conn *stall_prev, *stall_next;
 };
 
 struct http_server {
@@ -101,6 +104,9 @@ struct http_server {
     unsigned pid;            /* request ids: pid-seq */
     http_observer_fn observer;
     void *observer_arg;
+    size_t unsent;           /* bytes in every connection's output the kernel has not taken yet */
+    struct http_conn *stalled, *stalled_tail; /* writes that would block: longest without a read first */
+    unsigned long slow_closed; /* connections closed because their client did not read */
     time_t date_sec;
     char date[40];
 };
@@ -652,6 +658,49 @@ static void conn_fail(struct http_conn *c, int status, const char *code, const c
     http_respond(&c->req, status, "application/json", body, (size_t)n);
 }
 
+/* ---- unsent output ------------------------------------------------------------------------- */
+
+/* A connection holds at most one response: the next pipelined request waits until it is written. The
+ * server sums what the connections hold unsent (max_unsent_bytes bounds it) and lists the connections
+ * whose write would block, by how long their client has gone without reading, longest first. */
+static void out_account(struct http_conn *c)
+{
+    size_t now = c->fd >= 0 ? evbuffer_get_length(c->out) : 0;
+    c->srv->unsent = c->srv->unsent - c->out_counted + now;
+    c->out_counted = now;
+}
+
+static void stall_unlink(struct http_conn *c)
+{
+    struct http_server *srv = c->srv;
+    if (!c->stalled)
+        return;
+    if (c->stall_prev)
+        c->stall_prev->stall_next = c->stall_next;
+    else
+        srv->stalled = c->stall_next;
+    if (c->stall_next)
+        c->stall_next->stall_prev = c->stall_prev;
+    else
+        srv->stalled_tail = c->stall_prev;
+    c->stall_prev = c->stall_next = NULL;
+    c->stalled = false;
+}
+
+/* The client read something (or the write just began to block): it goes to the end of the line. */
+static void stall_renew(struct http_conn *c)
+{
+    struct http_server *srv = c->srv;
+    stall_unlink(c);
+    c->stall_prev = srv->stalled_tail;
+    if (srv->stalled_tail)
+        srv->stalled_tail->stall_next = c;
+    else
+        srv->stalled = c;
+    srv->stalled_tail = c;
+    c->stalled = true;
+}
+
 /* ---- closing -------------------------------------------------------------------------------- */
 
 static void conn_free(struct http_conn *c)
@@ -699,6 +748,7 @@ static void conn_unlink(struct http_conn *c)
  * connection whose request is still with the handler stays allocated until http_respond(). */
 static void conn_close(struct http_conn *c)
 {
+    stall_unlink(c);
     if (c->fd >= 0) {
         event_del(c->read_ev);
         event_del(c->write_ev);
@@ -706,6 +756,7 @@ static void conn_close(struct http_conn *c)
         close(c->fd);
         c->fd = -1;
     }
+    out_account(c); /* what it held is no longer anyone's to send */
     bool awaiting_handler = c->state == CONN_HANDLING && !c->req.responded;
     c->state = CONN_DEAD;
     if (awaiting_handler)
@@ -743,12 +794,32 @@ static void conn_response_done(struct http_conn *c)
         conn_process(c);
 }
 
+/* Past max_unsent_bytes, closes the connections whose client has gone longest without reading until the
+ * worker is back under it. A client that reads slowly but reads keeps its place behind those that stopped;
+ * the connection being flushed may be closed too, if it alone holds more than the budget. */
+static void unsent_enforce(struct http_server *srv)
+{
+    while (srv->unsent > srv->cfg->max_unsent_bytes && srv->stalled) {
+        struct http_conn *c = srv->stalled;
+        log_info("fd %d: client %s not reading its response (%zu bytes unsent): closed, the worker holds more "
+                 "than max_unsent_bytes (%zu) for such clients", c->fd, c->peer, c->out_counted,
+                 srv->cfg->max_unsent_bytes);
+        srv->slow_closed++;
+        conn_close(c);
+    }
+}
+
 static void conn_flush(struct http_conn *c)
 {
+    bool progressed = false;
     while (evbuffer_get_length(c->out) > 0) {
         int n = evbuffer_write(c->out, c->fd);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            out_account(c);
+            if (progressed || !c->stalled)
+                stall_renew(c);
             event_add(c->write_ev, NULL);
+            unsent_enforce(c->srv);
             return;
         }
         if (n <= 0) {
@@ -756,7 +827,10 @@ static void conn_flush(struct http_conn *c)
             conn_close(c);
             return;
         }
+        progressed = true;
     }
+    out_account(c);
+    stall_unlink(c);
     conn_response_done(c);
 }
 
@@ -1098,6 +1172,16 @@ void http_server_drain(struct http_server *srv, void (*on_empty)(void *), void *
 int http_server_conn_count(const struct http_server *srv)
 {
     return srv->nconns;
+}
+
+size_t http_server_unsent(const struct http_server *srv)
+{
+    return srv->unsent;
+}
+
+unsigned long http_server_slow_closed(const struct http_server *srv)
+{
+    return srv->slow_closed;
 }
 
 void http_refuse(int fd)

@@ -54,6 +54,10 @@ void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_st
  * runs once no connection is left. */
 void http_server_drain(struct http_server *srv, void (*on_empty)(void *), void *arg);
 int http_server_conn_count(const struct http_server *srv);
+/* Response bytes held for clients, not yet taken by the kernel (bounded by max_unsent_bytes). */
+size_t http_server_unsent(const struct http_server *srv);
+/* Connections closed because their client did not read while the worker was over max_unsent_bytes. */
+unsigned long http_server_slow_closed(const struct http_server *srv);
 /* A connection over max_connections: answers 503 with one non-blocking write and closes it, keeping
  * nothing (a client that already sent a request may see a reset instead). */
 void http_refuse(int fd);

@@ -276,6 +276,59 @@ def test_client_that_never_reads_is_closed_and_memory_stays_bounded(server, sche
           f"{closed_after:.1f} s; worker RSS {rss_before} -> {rss_after} kB")
 
 
+def test_clients_that_never_read_are_closed_past_the_worker_unsent_budget(server, schema):
+    """60 clients pipeline 100 requests each for a 100 kB answer and never read: each holds one answer
+    unsent once the socket buffers are full. With max_unsent_bytes = 1m the worker closes those that have
+    gone longest without reading, long before request_timeout (60 s), while a client that reads slowly
+    and a new client are served in full."""
+    budget = 1024 * 1024
+    s = server(workers=1, topology=schema, binary=PLAIN_BINARY,
+               overrides={"server": {"request_timeout": "60s", "keepalive_timeout": "60s",
+                                     "max_unsent_bytes": "1m"}}).start()
+    user = create_user(s)
+    for _ in range(10):
+        r = s.request("POST", f"/users/{user['id']}/posts", body={"title": "t", "content": "x" * 10000})
+        assert r.status == 201, r
+    path = f"/users/{user['id']}?include=posts"
+    size = len(s.get(path).body)
+    assert size > 90000, f"expected an answer of about 100 kB, got {size} B"
+    worker = s.worker_pids()[0]
+    rss_before = proc_status_kb(worker, "VmRSS")
+    n, per_conn = 60, 100
+    idle = []
+    for _ in range(n):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", s.port))
+        sock.sendall(request_bytes("GET", path) * per_conn)
+        idle.append(sock)
+    reader = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+    try:
+        t0 = time.monotonic()
+        # each holds at most one answer, less what the kernel took (a quarter here): what the budget holds,
+        # counted at half an answer each, plus the reader
+        may_stay = budget // (size // 2) + 1
+        held = wait_until(lambda: (lambda k: (k,) if k <= may_stay else None)(sum(server_side_connections(s).values())),
+                          20, f"the worker to close all but {may_stay} of {n} clients that never read", interval=0.05)[0]
+        took = time.monotonic() - t0
+        rss_during = proc_status_kb(worker, "VmRSS")
+        # a slow reader (a few reads of 16 kB a tick) keeps its place behind the ones that stopped
+        reader.sendall(request_bytes("GET", path) * 20)
+        got = ResponseReader(reader)
+        for i in range(20):
+            status, _, body = got.next(timeout=30)
+            assert status == 200 and len(body) == size, (i, status, len(body))
+        assert s.get("/healthz").status == 200
+    finally:
+        reader.close()
+        for sk in idle:
+            sk.close()
+    assert "not reading its response" in s.log_text(), s.log_tail()
+    print(f"never-reading clients: {n} x {per_conn} pipelined requests for {size} B; worker held {held} "
+          f"connections after {took:.1f} s (budget {budget} B); worker RSS {rss_before} -> {rss_during} kB")
+    assert rss_during - rss_before < 5 * 1024, f"worker RSS grew {rss_before} -> {rss_during} kB"
+
+
 # ---- 2. thousands of idle keep-alive connections, the per-worker cap, memory ---------------------------
 
 def open_idle(port, n, kept_alive_every=2):
