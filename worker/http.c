@@ -82,6 +82,7 @@ struct http_conn {
     unsigned served;         /* responses completed on this connection */
     char peer[INET6_ADDRSTRLEN]; /* the client's address, for the access log */
     size_t out_counted;      /* what of `out` is in the server's unsent sum */
+    uint64_t tag;            /* the adopter's, for the close hook */
     bool stalled;            /* on the server's stalled list: the last write would have blocked */
     struct http_conn *stall_prev, *stall_next;
 };
@@ -107,6 +108,8 @@ struct http_server {
     size_t unsent;           /* bytes in every connection's output the kernel has not taken yet */
     struct http_conn *stalled, *stalled_tail; /* writes that would block: longest without a read first */
     unsigned long slow_closed; /* connections closed because their client did not read */
+    void (*on_close)(void *arg, uint64_t tag);
+    void *on_close_arg;
     time_t date_sec;
     char date[40];
 };
@@ -755,6 +758,8 @@ static void conn_close(struct http_conn *c)
         event_del(c->timer_ev);
         close(c->fd);
         c->fd = -1;
+        if (c->srv->on_close)
+            c->srv->on_close(c->srv->on_close_arg, c->tag);
     }
     out_account(c); /* what it held is no longer anyone's to send */
     bool awaiting_handler = c->state == CONN_HANDLING && !c->req.responded;
@@ -1047,16 +1052,25 @@ static void peer_format(char *dst, size_t cap, const struct sockaddr_storage *pe
     snprintf(dst, cap, "%s", peer && peer->ss_family == AF_UNIX ? "unix" : "-");
 }
 
-void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_storage *peer)
+void http_server_on_close(struct http_server *srv, void (*fn)(void *arg, uint64_t tag), void *arg)
+{
+    srv->on_close = fn;
+    srv->on_close_arg = arg;
+}
+
+void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_storage *peer, uint64_t tag)
 {
     struct http_conn *c = calloc(1, sizeof(*c));
     if (!c) {
         log_error("out of memory: connection dropped");
         close(fd);
+        if (srv->on_close)
+            srv->on_close(srv->on_close_arg, tag);
         return;
     }
     c->srv = srv;
     c->fd = fd;
+    c->tag = tag;
     peer_format(c->peer, sizeof(c->peer), peer);
     c->in = evbuffer_new();
     c->out = evbuffer_new();
@@ -1071,6 +1085,8 @@ void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_st
         close(fd);
         c->fd = -1;
         conn_free(c);
+        if (srv->on_close)
+            srv->on_close(srv->on_close_arg, tag);
         return;
     }
     http_parser_init(&c->parser, HTTP_REQUEST);
@@ -1135,8 +1151,11 @@ void http_server_free(struct http_server *srv)
         return;
     while (srv->conns) {
         struct http_conn *c = srv->conns;
-        if (c->fd >= 0)
+        if (c->fd >= 0) {
             close(c->fd);
+            if (srv->on_close)
+                srv->on_close(srv->on_close_arg, c->tag);
+        }
         conn_unlink(c);
         conn_free(c);
     }
@@ -1184,15 +1203,14 @@ unsigned long http_server_slow_closed(const struct http_server *srv)
     return srv->slow_closed;
 }
 
-void http_refuse(int fd)
+void http_refuse(int fd, const char *message)
 {
-    static const char body[] =
-        "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"server at max_connections\"}}";
-    char answer[512];
+    char body[256], answer[512];
+    int len = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"%s\"}}",
+                       message);
     int n = snprintf(answer, sizeof(answer),
                      "HTTP/1.1 503 Service Unavailable\r\nServer: pgapi\r\nContent-Type: application/json\r\n"
-                     "Retry-After: 1\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
-                     sizeof(body) - 1, body);
+                     "Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len, body);
     if (send(fd, answer, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
         log_debug("fd %d: refused connection gone before its 503: %s", fd, strerror(errno));
     close(fd);

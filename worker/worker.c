@@ -2,6 +2,7 @@
  * never blocks; every socket it owns is non-blocking. */
 #include "worker/worker.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <netinet/in.h>
@@ -13,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clients.h"
 #include "common/log.h"
 #include "common/room.h"
 #include "worker/cache.h"
@@ -68,6 +70,24 @@ static int connection_take(struct worker *w, struct sockaddr_storage *peer)
     return TAKE_NONE;
 }
 
+/* A client at max_connections_per_client across the server: 503 and closed, at most one line a second. */
+static void client_refuse(struct worker *w, int cfd, const struct sockaddr_storage *peer)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    http_refuse(cfd, "client at max_connections_per_client");
+    w->client_refused_total++;
+    if (ts.tv_sec == w->client_refused_logged_s)
+        return;
+    w->client_refused_logged_s = ts.tv_sec;
+    char addr[INET6_ADDRSTRLEN] = "-";
+    const void *a = peer->ss_family == AF_INET6 ? (const void *)&((const struct sockaddr_in6 *)peer)->sin6_addr
+                                                : (const void *)&((const struct sockaddr_in *)peer)->sin_addr;
+    inet_ntop(peer->ss_family, a, addr, sizeof(addr));
+    log_warn("client %s at max_connections_per_client (%d): connection refused with 503 (%lu so far)", addr,
+             w->cfg->max_connections_per_client, w->client_refused_total);
+}
+
 static void accept_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -84,10 +104,22 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
         int cfd = connection_take(w, &peer);
         if (cfd < 0)
             return;
+        uint64_t key = clients_key(w->clients, &peer);
+        if (!clients_admit(w->clients, w->slot, w->generation, key, w->cfg->max_connections_per_client)) {
+            client_refuse(w, cfd, &peer);
+            continue;
+        }
         int one = 1;
         setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        http_server_adopt(w->http, cfd, &peer);
+        http_server_adopt(w->http, cfd, &peer, w->cfg->max_connections_per_client > 0 ? key : 0);
     }
+}
+
+/* A connection closed: its client's count goes down (tag: the key clients_admit counted, 0 if none). */
+static void client_gone(void *arg, uint64_t tag)
+{
+    struct worker *w = arg;
+    clients_release(w->clients, w->slot, w->generation, tag);
 }
 
 /* One warning a second at most, however fast connections are refused. */
@@ -117,7 +149,7 @@ static bool connections_refuse(struct worker *w)
             ok = cfd != TAKE_PAUSED;
             break;
         }
-        http_refuse(cfd);
+        http_refuse(cfd, "server at max_connections");
         n++;
     }
     refusals_log(w, n);
@@ -160,10 +192,10 @@ static void metrics_accept_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
         if (http_server_conn_count(w->metrics_http) >= METRICS_MAX_CONNECTIONS) {
-            http_refuse(cfd);
+            http_refuse(cfd, "server at max_connections");
             continue;
         }
-        http_server_adopt(w->metrics_http, cfd, &peer);
+        http_server_adopt(w->metrics_http, cfd, &peer, 0);
     }
 }
 
@@ -285,6 +317,7 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
                int slot, unsigned generation, int ready_fd)
 {
     struct worker w = { .cfg = cfg, .fences = shared->fences, .rooms = shared->rooms, .metrics = shared->metrics,
+                        .clients = shared->clients,
                         .slot = slot, .generation = generation, .listen_fd = socks->listen_fd,
                         .metrics_fd = socks->metrics_fd, .exit_code = 1 };
     log_set_process("worker", slot, generation);
@@ -298,6 +331,8 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
         goto done;
     }
     w.http = http_server_new(w.base, cfg, router_dispatch, &w);
+    if (w.http)
+        http_server_on_close(w.http, client_gone, &w);
     w.pool = pool_new(w.base, cfg, w.fences);
     w.cache = cache_new(w.base, cfg, w.fences);
     if (cfg->redis_enabled && cfg->local_cache_entries > 0) {

@@ -177,7 +177,7 @@ static int run_setup(struct fuzz_run *r, unsigned flags)
         socket_buffers_shrink(sv[0]);
         socket_buffers_shrink(sv[1]);
     }
-    http_server_adopt(r->w.http, sv[0], NULL);
+    http_server_adopt(r->w.http, sv[0], NULL, 0);
     return 0;
 }
 

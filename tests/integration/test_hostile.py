@@ -21,6 +21,7 @@ import pytest
 from helpers import wait_until
 from pgapi_fixtures import module_server
 from pgapi_server import REPO_ROOT, PgapiServer
+from test_metrics import scrape, total
 
 PLAIN_BINARY = os.environ.get("PGAPI_TEST_PLAIN_BINARY", os.path.join(REPO_ROOT, "build", "pgapi"))  # no ASan shadow
 
@@ -324,6 +325,9 @@ def test_clients_that_never_read_are_closed_past_the_worker_unsent_budget(server
         for sk in idle:
             sk.close()
     assert "not reading its response" in s.log_text(), s.log_tail()
+    closed = n - held + 1
+    wait_until(lambda: total(scrape(s), "pgapi_http_slow_readers_closed_total") >= closed, 5,
+               f"the metrics to count the {closed} connections closed")
     print(f"never-reading clients: {n} x {per_conn} pipelined requests for {size} B; worker held {held} "
           f"connections after {took:.1f} s (budget {budget} B); worker RSS {rss_before} -> {rss_during} kB")
     assert rss_during - rss_before < 5 * 1024, f"worker RSS grew {rss_before} -> {rss_during} kB"
@@ -416,6 +420,80 @@ def test_thousands_of_idle_connections_cap_and_memory(server, schema):
     assert s.get(f"/users/{user['id']}").status == 200
     print(f"idle: 3000 held, then 1300 more: held {held}, {len(refused)} refused 503 in {refuse_time:.1f} s; "
           f"RSS kB start {rss0}, 3000 open {rss_full}, after close {rss_after1}, after a 2nd round {rss_after2}")
+
+
+def client_conn(s, source="127.0.0.1"):
+    """A connection from source (any 127/8 address is this machine: another client address) that got one
+    answer, so the server holds it kept alive; or the 503 that refused it."""
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=10, source_address=(source, 0))
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = ResponseReader(sock).next(timeout=10)
+    return sock, status, headers, body
+
+
+def assert_client_refused(s, source="127.0.0.1"):
+    sock, status, headers, body = client_conn(s, source)
+    with sock:
+        err = strict_json(body)["error"]
+        assert (status, err["code"]) == (503, "too_many_connections"), (status, body)
+        assert "max_connections_per_client" in err["message"] and headers.get("connection") == "close", (headers, err)
+        sock.settimeout(5)
+        try:  # a reset is a close too: the server closed with our request unread
+            assert sock.recv(1) == b"", "the refused connection stayed open"
+        except ConnectionResetError:
+            pass
+
+
+def test_connections_per_client_are_limited_across_workers(server):
+    """max_connections = 3 per worker puts a client's 4 connections on both workers; the limit of 4 per
+    client holds for the server as a whole, so the 5th is refused by a worker that holds fewer than 4."""
+    s = server(workers=2, overrides={"server": {"max_connections": 3, "max_connections_per_client": 4}}).start()
+    held = []
+    try:
+        for _ in range(4):
+            sock, status, _, body = client_conn(s)
+            held.append(sock)
+            assert (status, body) == (200, b"Hello World!"), (status, body)
+        per_worker = wait_until(lambda: (lambda h: h if sum(h.values()) == 4 else None)(server_side_connections(s)),
+                                10, "the workers to hold the 4 connections")
+        assert min(per_worker.values()) >= 1, f"expected the connections on both workers: {per_worker}"
+        assert_client_refused(s)
+        sock, status, _, _ = client_conn(s, source="127.0.0.2")  # another client address is served
+        held.append(sock)
+        assert status == 200
+        held.pop(0).close()  # one fewer: the client may open another
+        wait_until(lambda: sum(server_side_connections(s).values()) == 4, 10, "the server to see the close")
+        sock, status, _, _ = client_conn(s)
+        held.append(sock)
+        assert status == 200, "a connection under the limit again was refused"
+        assert_client_refused(s)
+    finally:
+        for sk in held:
+            sk.close()
+    assert "at max_connections_per_client (4)" in s.log_text(), s.log_tail()
+    wait_until(lambda: total(scrape(s), "pgapi_http_client_connections_refused_total") == 2, 5,
+               "the metrics to count the 2 refusals")
+
+
+def test_connections_per_client_forgotten_when_a_worker_dies(server):
+    s = server(workers=1, overrides={"server": {"max_connections_per_client": 3}}).start()
+    held = [client_conn(s)[0] for _ in range(3)]
+    assert_client_refused(s)
+    worker = s.worker_pids()[0]
+    os.kill(worker, signal.SIGKILL)  # it never gets to release what it counted: the master forgets it
+    s.wait_for(lambda: len(s.worker_pids()) == 1 and worker not in s.worker_pids(), 10, "the worker respawned")
+    for sk in held:
+        sk.close()
+    again = []
+    try:
+        for _ in range(3):
+            sock, status, _, _ = client_conn(s)
+            again.append(sock)
+            assert status == 200, f"connection {len(again)} refused after the worker that counted them died"
+        assert_client_refused(s)
+    finally:
+        for sk in again:
+            sk.close()
 
 
 def test_idle_connections_after_large_requests_keep_little_memory(server):
