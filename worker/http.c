@@ -3,13 +3,13 @@
  * its own callback: closing moves it to a dead list that a zero-delay event reclaims afterwards. */
 #include "worker/http.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
-#include <arpa/inet.h>
 #include <http_parser.h>
-#include <netinet/in.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -865,12 +865,23 @@ static void parse_error_answer(struct http_conn *c)
         conn_fail(c, 400, "bad_request", http_errno_description(err));
 }
 
+/* What the buffered request line is (at most max_header_bytes of it are looked at); *whole says whether
+ * that was all of the input or the limit. Only on the error path: it may copy the input together. */
+static enum line_kind buffered_line_kind(struct http_conn *c, bool *whole)
+{
+    size_t n = evbuffer_get_length(c->in), max = c->srv->cfg->max_header_bytes;
+    *whole = n < max;
+    if (n > max)
+        n = max;
+    const unsigned char *line = evbuffer_pullup(c->in, (ev_ssize_t)n);
+    return line ? request_line_kind(line, n) : LINE_NOT_HTTP;
+}
+
 /* For a head refused in its first line: whether that line is HTTP at all, to say which fault it has. */
 static bool request_line_is_http(struct http_conn *c)
 {
-    size_t n = evbuffer_get_length(c->in);
-    const unsigned char *line = evbuffer_pullup(c->in, (ev_ssize_t)n);
-    return line && request_line_kind(line, n) == LINE_HTTP;
+    bool whole;
+    return buffered_line_kind(c, &whole) == LINE_HTTP;
 }
 
 /* The parser refused the method. A well-formed request line with a method we do not know is a 501; bytes
@@ -878,13 +889,9 @@ static bool request_line_is_http(struct http_conn *c)
  * timeout bounds the wait). The input still starts at the refused request: nothing of it was drained. */
 static bool method_error_classify(struct http_conn *c)
 {
-    size_t n = evbuffer_get_length(c->in);
-    size_t max = c->srv->cfg->max_header_bytes;
-    if (n > max)
-        n = max;
-    const unsigned char *line = evbuffer_pullup(c->in, (ev_ssize_t)n);
-    enum line_kind kind = line ? request_line_kind(line, n) : LINE_NOT_HTTP;
-    if (kind == LINE_PARTIAL && n < max)
+    bool whole;
+    enum line_kind kind = buffered_line_kind(c, &whole);
+    if (kind == LINE_PARTIAL && whole)
         return false;
     c->error_status = kind == LINE_HTTP ? 501 : 400;
     return true;
