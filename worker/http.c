@@ -72,6 +72,7 @@ struct http_conn {
     enum head_state head;
     bool head_cr;            /* the last head byte was CR: LF must follow */
     int hosts;               /* Host fields in this request */
+    char host[256];          /* the Host field's value (cut at 255 bytes), for allowed_hosts */
     bool headers_done;       /* later field callbacks are a chunked body's trailers */
     bool method_unknown;     /* the parser refused the method: 400 or 501 once the request line is in */
     bool request_ready;
@@ -143,6 +144,7 @@ const char *http_status_text(int status)
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 415: return "Unsupported Media Type";
+    case 421: return "Misdirected Request";
     case 422: return "Unprocessable Content";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
@@ -218,6 +220,7 @@ static void request_reset(struct http_conn *c)
     c->head = HEAD_START;
     c->head_cr = false;
     c->hosts = 0;
+    c->host[0] = '\0';
     c->headers_done = false;
     c->method_unknown = false;
     c->request_ready = false;
@@ -388,6 +391,8 @@ static void value_target_pick(struct http_conn *c)
         c->value_cap = sizeof(r->request_id);
     } else if (strcasecmp(c->field, "host") == 0) {
         c->hosts++;
+        c->value_dst = c->host;
+        c->value_cap = sizeof(c->host);
     }
     if (c->value_dst)
         c->value_dst[0] = '\0';
@@ -462,6 +467,28 @@ static int host_check(struct http_conn *c, const http_parser *p)
     return -1;
 }
 
+/* Whether host (a Host value: name or address, maybe a port) names this server under allowed_hosts. An IP
+ * literal always does: DNS rebinding works through a name, and a rebound page sends the attacker's. */
+static bool host_allowed(const char *list, const char *host)
+{
+    if (list[0] == '\0' || host[0] == '[')
+        return true;
+    char name[256];
+    size_t n = strcspn(host, ": \t");
+    snprintf(name, sizeof(name), "%.*s", (int)n, host);
+    struct in_addr v4;
+    if (inet_pton(AF_INET, name, &v4) == 1)
+        return true;
+    for (const char *p = list; *p;) {
+        p += strspn(p, ", \t");
+        size_t len = strcspn(p, ", \t");
+        if (len > 0 && len == n && strncasecmp(p, name, n) == 0)
+            return true;
+        p += len;
+    }
+    return false;
+}
+
 static int on_headers_complete(http_parser *p)
 {
     struct http_conn *c = p->data;
@@ -478,6 +505,10 @@ static int on_headers_complete(http_parser *p)
     }
     if (host_check(c, p) < 0)
         return -1;
+    if (!host_allowed(cfg->allowed_hosts, c->host)) {
+        c->error_status = 421;
+        return -1;
+    }
     /* RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing: answered, then closed */
     if (p->uses_transfer_encoding && p->http_major == 1 && p->http_minor == 0)
         c->close_after = true;
@@ -853,6 +884,8 @@ static void parse_error_answer(struct http_conn *c)
         conn_fail(c, 414, "uri_too_long", "request target exceeds max_header_bytes");
     else if (st == 503)
         conn_fail(c, 503, "out_of_memory", "server out of memory");
+    else if (st == 421)
+        conn_fail(c, 421, "misdirected_request", "Host names no host of allowed_hosts");
     else if (st == 400 && c->error_text)
         conn_fail(c, 400, "bad_request", c->error_text);
     else if (err == HPE_HEADER_OVERFLOW)

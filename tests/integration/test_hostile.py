@@ -754,6 +754,23 @@ def test_crlf_before_a_request_and_a_pipelined_second_one_are_fine(plain):
     assert [g[0] for g in answers(data)] == [200, 200], data
 
 
+def test_allowed_hosts_refuses_other_names_with_421(server, plain):
+    """Against DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1 sends Host:
+    evil.example. IP literals always pass (a rebound page never sends one)."""
+    s = server(workers=1, overrides={"server": {"allowed_hosts": "localhost, api.example.com"}}).start()
+    for host in ["localhost", f"LocalHost:{s.port}", "api.example.com", f"127.0.0.1:{s.port}", f"[::1]:{s.port}"]:
+        data, _ = exchange(s, f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        assert [g[0] for g in answers(data)] == [200], f"Host: {host}: {data[:200]!r}"
+    for raw in [b"GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n" + SMUGGLED,
+                b"GET / HTTP/1.1\r\nHost: localhost.evil.example:80\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: api.example.co\r\n\r\n",
+                b"GET / HTTP/1.0\r\n\r\n"]:  # no Host at all names none of them
+        assert_refused(s, raw, 421, "misdirected_request", "allowed_hosts")
+    # the default (empty) takes any name
+    data, _ = exchange(plain, b"GET / HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+    assert [g[0] for g in answers(data)] == [200], data
+
+
 TLS_CLIENT_HELLO = bytes.fromhex("16030100f8010000f40303") + bytes(range(32)) + b"\x00\x02\x13\x01\x01\x00"
 
 
