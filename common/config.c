@@ -43,6 +43,14 @@ static const struct config_key config_keys[] = {
       "largest request body (413 above); units k, m" },
     { "server", "max_header_bytes", KT_SIZE, OFF(max_header_bytes), 256, 1048576, "8k",
       "largest request line + headers (431 above); units k, m" },
+    { "server", "max_unsent_bytes", KT_SIZE, OFF(max_unsent_bytes), 65536, 1073741824, "32m",
+      "response bytes a worker may hold for clients that do not read them; past it, the connections that "
+      "have gone longest without reading are closed" },
+    { "server", "max_connections_per_client", KT_INT, OFF(max_connections_per_client), 0, 1000000, "0",
+      "open connections one client address may hold across all workers; past it, 503 and closed; 0 = no limit" },
+    { "server", "allowed_hosts", KT_STR, OFF(allowed_hosts), 0, 0, "",
+      "host names a request's Host may name, comma-separated (against DNS rebinding); others get 421; "
+      "IP literals always pass; empty = any" },
     { "database", "primary", KT_DSN, OFF(primary_dsn), 0, 0,
       "host=127.0.0.1 port=64320 dbname=pgapi_rw user=app",
       "libpq conninfo of the read-write side (PgBouncer database pointing at the primary); "
@@ -425,10 +433,10 @@ void config_print(const struct config *c, FILE *f)
         snprintf(metrics_addr, sizeof(metrics_addr), "%s:%d", c->metrics_listen.host, c->metrics_listen.port);
     fprintf(f, "[server]\nlisten = %s:%d\nworkers = %d\nbacklog = %d\nkeepalive_timeout = %dms\n"
                "request_timeout = %dms\ndrain_timeout = %dms\nmax_connections = %d\nmax_body_bytes = %zu\n"
-               "max_header_bytes = %zu\n\n[database]\n",
+               "max_header_bytes = %zu\nmax_unsent_bytes = %zu\nmax_connections_per_client = %d\nallowed_hosts = %s\n\n[database]\n",
             c->listen.host, c->listen.port, c->workers, c->backlog, c->keepalive_timeout_ms,
             c->request_timeout_ms, c->drain_timeout_ms, c->max_connections, c->max_body_bytes,
-            c->max_header_bytes);
+            c->max_header_bytes, c->max_unsent_bytes, c->max_connections_per_client, c->allowed_hosts);
     dsn_print_masked(f, "primary", c->primary_dsn);
     for (int i = 0; i < c->replica_count; i++)
         dsn_print_masked(f, "replica", c->replica_dsn[i]);

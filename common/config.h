@@ -31,6 +31,9 @@ struct config {
     int max_connections;       /* per worker */
     size_t max_body_bytes;
     size_t max_header_bytes;
+    size_t max_unsent_bytes;        /* per worker: responses queued for clients that do not read */
+    int max_connections_per_client; /* per client address, across all workers; 0 = no limit */
+    char allowed_hosts[512];        /* comma-separated host names; "" = any */
     /* [database] */
     char primary_dsn[CONFIG_DSN_MAX];
     char replica_dsn[CONFIG_MAX_REPLICAS][CONFIG_DSN_MAX];

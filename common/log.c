@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -79,26 +80,52 @@ static size_t format_time(char *buf, size_t cap)
     return n;
 }
 
-/* Appends s to buf as the inside of a JSON string; returns the new length (clamped to cap). Bytes that
- * are not well-formed UTF-8 (a client's path may hold any) become \ufffd, so every line stays JSON. */
-static size_t json_escape_into(char *buf, size_t len, size_t cap, const char *s)
+/* The code point of the well-formed sequence s of n (1 to 4) bytes. */
+static unsigned utf8_code_point(const char *s, size_t n)
 {
-    while (*s && len + 7 < cap) {
+    const unsigned char *u = (const unsigned char *)s;
+    static const unsigned lead_mask[] = { 0, 0x7f, 0x1f, 0x0f, 0x07 };
+    unsigned cp = u[0] & lead_mask[n];
+    for (size_t i = 1; i < n; i++)
+        cp = cp << 6 | (u[i] & 0x3fu);
+    return cp;
+}
+
+/* Characters a log reader takes for a line or field end: C0 controls, DEL, C1 controls (NEL among them),
+ * U+2028 and U+2029. */
+static bool is_line_breaking(unsigned cp)
+{
+    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029;
+}
+
+/* Appends s to buf with one escaping for text and JSON lines alike, so that a client's bytes can never
+ * forge a line: line-breaking characters become \uXXXX, bytes that are not well-formed UTF-8 become
+ * \ufffd, a backslash is doubled; in JSON (quote) a '"' is escaped too, so the result is the inside of
+ * a JSON string. Stops before cap or after max bytes of s; returns the new length. */
+static size_t escape_into(char *buf, size_t len, size_t cap, const char *s, size_t max, bool quote)
+{
+    const char *end = s + strnlen(s, max);
+    while (s < end && len + 7 < cap) {
         unsigned char c = (unsigned char)*s;
-        size_t n = c < 0x80 ? 1 : utf8_sequence_len(s, strnlen(s, 4));
-        if (c == '"' || c == '\\') {
+        size_t n = c < 0x80 ? 1 : utf8_sequence_len(s, (size_t)(end - s));
+        unsigned cp = n ? utf8_code_point(s, n) : 0xfffdu;
+        if (c == '\\' || (quote && c == '"')) {
             buf[len++] = '\\';
             buf[len++] = (char)c;
-        } else if (c < 0x20 || n == 0) {
-            len += (size_t)snprintf(buf + len, cap - len, "\\u%04x", n ? c : 0xfffdu);
-            n = 1;
+        } else if (n == 0 || is_line_breaking(cp)) {
+            len += (size_t)snprintf(buf + len, cap - len, "\\u%04x", cp);
         } else {
             memcpy(buf + len, s, n);
             len += n;
         }
-        s += n;
+        s += n ? n : 1;
     }
     return len;
+}
+
+static size_t json_escape_into(char *buf, size_t len, size_t cap, const char *s)
+{
+    return escape_into(buf, len, cap, s, SIZE_MAX, true);
 }
 
 static size_t prefix_text(char *buf, size_t cap, enum log_level level)
@@ -201,6 +228,7 @@ void log_access(const struct access_entry *e)
     size_t n;
     const char *rid = e->request_id ? e->request_id : "-";
     const char *cache = e->cache ? e->cache : "-";
+    const char *client = e->client ? e->client : "-";
     if (log_state.format == LOGF_JSON) {
         n = prefix_json(buf, sizeof(buf), LOGL_INFO);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\"msg\":\"access\",\"method\":\"");
@@ -210,14 +238,21 @@ void log_access(const struct access_entry *e)
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\",\"request_id\":\"");
         n = json_escape_into(buf, n, sizeof(buf) - 150, rid);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n,
-                              "\",\"status\":%d,\"duration_us\":%llu,\"bytes\":%llu,\"cache\":\"%s\"}",
+                              "\",\"status\":%d,\"duration_us\":%llu,\"bytes\":%llu,\"cache\":\"%s\",\"client\":\"",
                               e->status, (unsigned long long)e->duration_us,
                               (unsigned long long)e->bytes, cache);
+        n = json_escape_into(buf, n, sizeof(buf) - 3, client);
+        buf[n++] = '"';
+        buf[n++] = '}';
     } else {
         n = prefix_text(buf, sizeof(buf), LOGL_INFO);
-        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s %.512s %d %.3fms %llub cache=%s rid=%.64s",
-                              e->method, e->path, e->status, (double)e->duration_us / 1000.0,
-                              (unsigned long long)e->bytes, cache, rid);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s ", e->method);
+        n = escape_into(buf, n, sizeof(buf) - 200, e->path, 512, false);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, " %d %.3fms %llub cache=%s rid=", e->status,
+                              (double)e->duration_us / 1000.0, (unsigned long long)e->bytes, cache);
+        n = escape_into(buf, n, sizeof(buf) - 100, rid, 64, false);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, " client=");
+        n = escape_into(buf, n, sizeof(buf) - 2, client, 64, false);
     }
     line_emit(buf, n, sizeof(buf));
 }

@@ -14,6 +14,7 @@ struct access_entry {
     const char *path;
     const char *request_id;
     const char *cache;        /* "HIT", "MISS", "BYPASS" or NULL */
+    const char *client;       /* the peer's address, or NULL ("-") */
     int status;
     uint64_t duration_us;
     uint64_t bytes;

@@ -32,13 +32,15 @@ struct metrics_counters {
     metrics_counter cache_epoch_bumps, cache_invalidation_failures, cache_ping_failures, cache_disconnects;
     metrics_counter local_hits;
     metrics_counter connections_refused;
+    metrics_counter client_connections_refused; /* at max_connections_per_client */
+    metrics_counter slow_readers_closed;        /* closed past max_unsent_bytes */
 };
 
 /* Per (generation parity, slot): what one process last published; the master clears it when that
  * process is reaped. generation 0 = nobody. */
 struct metrics_gauges {
     _Atomic uint64_t generation;
-    _Atomic int64_t pid, connections, replicas, cache_up, local_entries, local_bytes;
+    _Atomic int64_t pid, connections, replicas, cache_up, local_entries, local_bytes, unsent_bytes;
     _Atomic int64_t waiting[2];
     _Atomic int64_t in_use[METRICS_BACKENDS], idle[METRICS_BACKENDS], connecting[METRICS_BACKENDS];
     _Atomic int64_t down[METRICS_BACKENDS], up[METRICS_BACKENDS], lag_ms[METRICS_BACKENDS];

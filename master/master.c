@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clients.h"
 #include "common/fence.h"
 #include "common/metrics.h"
 #include "common/room.h"
@@ -55,6 +56,7 @@ struct master {
     int sig_fd;
     struct fences *fences;        /* shared memory the workers write; the master only sets cache-dirty */
     struct rooms *rooms;          /* shared: which workers have room for a connection */
+    struct clients *clients;      /* shared: open connections per client address */
     struct metrics *metrics;      /* shared: what GET /metrics shows; the master counts restarts, reloads */
     int ready_rd, ready_wr;       /* workers write their pid here once they serve */
     struct proc procs[MAX_PROCS];
@@ -168,7 +170,8 @@ static void child_become_worker(struct master *m, int slot)
     close(m->ready_rd);
     sockets_close(&m->old);
     sigprocmask(SIG_SETMASK, &m->old_mask, NULL);
-    struct worker_shared shared = { .fences = m->fences, .rooms = m->rooms, .metrics = m->metrics };
+    struct worker_shared shared = { .fences = m->fences, .rooms = m->rooms, .metrics = m->metrics,
+                                    .clients = m->clients };
     int rc = worker_run(&m->cfg, &shared, &m->socks, slot, m->generation, m->ready_wr);
     free(m);
     exit(rc); /* exit, not _exit: sanitizer builds check the worker for leaks at exit */
@@ -331,6 +334,7 @@ static void children_reap(struct master *m)
             continue;
         child_log_exit(p, status);
         rooms_vacate(m->rooms, p->slot, p->generation); /* a crash left its room published */
+        clients_vacate(m->clients, p->slot, p->generation); /* and its connections counted */
         metrics_gauges_vacate(m->metrics, p->slot, p->generation);
         cache_dirty_after_death(m, p, status);
         bool respawn = !m->stopping && p->generation == m->generation && p->state != PROC_RETIRING;
@@ -421,7 +425,8 @@ static int master_setup(struct master *m)
     m->fences = fences_create();
     m->rooms = rooms_create();
     m->metrics = metrics_create();
-    if (!m->fences || !m->rooms || !m->metrics)
+    m->clients = clients_create();
+    if (!m->fences || !m->rooms || !m->metrics || !m->clients)
         return -1;
     metrics_publish_master(m);
     return sockets_prepare(m, &m->cfg); /* no socket yet: opens each one the configuration asks for */
@@ -480,6 +485,7 @@ int master_run(const struct config *cfg, const char *config_path)
     fences_destroy(m->fences);
     rooms_destroy(m->rooms);
     metrics_destroy(m->metrics);
+    clients_destroy(m->clients);
     sockets_close(&m->socks);
     sockets_close(&m->old);
     free(m);

@@ -3,11 +3,13 @@
  * its own callback: closing moves it to a dead list that a zero-delay event reclaims afterwards. */
 #include "worker/http.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <http_parser.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +37,17 @@ enum conn_state {
     CONN_DEAD       /* closed, waiting to be freed */
 };
 
+/* The lexical check of a request head that http-parser (built lenient, HTTP_PARSER_STRICT=0) leaves out:
+ * RFC 9112 line endings, no obsolete line folding, no whitespace between a field name and its colon. */
+enum head_state {
+    HEAD_START,         /* before the request line: empty lines (CRLF) are skipped, as the parser does */
+    HEAD_REQUEST_LINE,
+    HEAD_LINE_START,    /* first byte of a field line, or the empty line that ends the head */
+    HEAD_NAME,
+    HEAD_VALUE,
+    HEAD_DONE           /* the empty line seen: the body (or the next request) is not ours to check */
+};
+
 struct http_conn {
     struct http_server *srv;
     struct http_conn *prev, *next;
@@ -55,12 +68,24 @@ struct http_conn {
     char *value_dst;
     size_t value_cap;
     int error_status;        /* status to answer when the parser stops on a limit */
+    const char *error_text;  /* with error_status 400: what was wrong with the framing */
+    enum head_state head;
+    bool head_cr;            /* the last head byte was CR: LF must follow */
+    int hosts;               /* Host fields in this request */
+    char host[256];          /* the Host field's value (cut at 255 bytes), for allowed_hosts */
+    bool headers_done;       /* later field callbacks are a chunked body's trailers */
+    bool method_unknown;     /* the parser refused the method: 400 or 501 once the request line is in */
     bool request_ready;
     bool close_after;
     bool in_process;         /* conn_process() on the stack: a synchronous answer must not recurse */
     bool readable;           /* edge-triggered: the kernel may hold bytes we have not read yet */
     bool peer_closed;        /* the client shut its side: its EOF waits behind the bytes we read */
     unsigned served;         /* responses completed on this connection */
+    char peer[INET6_ADDRSTRLEN]; /* the client's address, for the access log */
+    size_t out_counted;      /* what of `out` is in the server's unsent sum */
+    uint64_t tag;            /* the adopter's, for the close hook */
+    bool stalled;            /* on the server's stalled list: the last write would have blocked */
+    struct http_conn *stall_prev, *stall_next;
 };
 
 struct http_server {
@@ -81,6 +106,11 @@ struct http_server {
     unsigned pid;            /* request ids: pid-seq */
     http_observer_fn observer;
     void *observer_arg;
+    size_t unsent;           /* bytes in every connection's output the kernel has not taken yet */
+    struct http_conn *stalled, *stalled_tail; /* writes that would block: longest without a read first */
+    unsigned long slow_closed; /* connections closed because their client did not read */
+    void (*on_close)(void *arg, uint64_t tag);
+    void *on_close_arg;
     time_t date_sec;
     char date[40];
 };
@@ -114,6 +144,7 @@ const char *http_status_text(int status)
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 415: return "Unsupported Media Type";
+    case 421: return "Misdirected Request";
     case 422: return "Unprocessable Content";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
@@ -185,6 +216,13 @@ static void request_reset(struct http_conn *c)
     c->expect[0] = '\0';
     c->value_dst = NULL;
     c->error_status = 0;
+    c->error_text = NULL;
+    c->head = HEAD_START;
+    c->head_cr = false;
+    c->hosts = 0;
+    c->host[0] = '\0';
+    c->headers_done = false;
+    c->method_unknown = false;
     c->request_ready = false;
 }
 
@@ -211,6 +249,101 @@ static int header_count(struct http_conn *c, size_t len)
         return -1;
     }
     return 0;
+}
+
+/* ---- the head's lexical check ---------------------------------------------------------------- */
+
+/* Runs over the bytes about to go to the parser, up to the empty line that ends the head, and returns
+ * NULL or why the head is refused. The parser accepts each of these, and each one lets a front proxy
+ * and pgapi disagree about where a request ends (request smuggling): a bare LF (we chose to refuse it,
+ * as RFC 9112 2.2 allows, since a proxy may not end lines there), a bare CR, a field line that starts
+ * with whitespace (obsolete folding, RFC 9112 5.2), whitespace before a colon (RFC 9112 5.1). */
+static const char *head_check(struct http_conn *c, const char *p, size_t len)
+{
+    for (size_t i = 0; i < len && c->head != HEAD_DONE; i++) {
+        char ch = p[i];
+        if (c->head_cr) {
+            if (ch != '\n')
+                return "bare CR in the request head";
+            c->head_cr = false;
+            if (c->head == HEAD_NAME)
+                return "header line without a colon";
+            if (c->head == HEAD_LINE_START)
+                c->head = HEAD_DONE;
+            else if (c->head != HEAD_START)
+                c->head = HEAD_LINE_START;
+            continue;
+        }
+        if (ch == '\r') {
+            c->head_cr = true;
+            continue;
+        }
+        if (ch == '\n')
+            return "bare LF in the request head: lines end with CRLF";
+        switch (c->head) {
+        case HEAD_START:
+            c->head = HEAD_REQUEST_LINE;
+            break;
+        case HEAD_LINE_START:
+            if (ch == ' ' || ch == '\t')
+                return "obsolete line folding or a line starting with whitespace";
+            c->head = ch == ':' ? HEAD_VALUE : HEAD_NAME;
+            break;
+        case HEAD_NAME:
+            if (ch == ' ' || ch == '\t')
+                return "whitespace between a header name and its colon";
+            if (ch == ':')
+                c->head = HEAD_VALUE;
+            break;
+        case HEAD_REQUEST_LINE:
+        case HEAD_VALUE:
+        case HEAD_DONE:
+            break;
+        }
+    }
+    return NULL;
+}
+
+enum line_kind { LINE_PARTIAL, LINE_HTTP, LINE_NOT_HTTP };
+
+static bool is_tchar(unsigned char ch)
+{
+    return ch > 0x20 && ch < 0x7f && !strchr("\"(),/:;<=>?@[\\]{}", ch);
+}
+
+/* Whether the buffered bytes begin with a well-formed request line (method SP target SP HTTP/d.d EOL),
+ * cannot be one, or may still become one. Tells an unknown method (501) from bytes that are not HTTP at
+ * all (400): a TLS ClientHello, a random probe. */
+static enum line_kind request_line_kind(const unsigned char *s, size_t n)
+{
+    static const char version[] = "HTTP/d.d";
+    size_t i = 0;
+    while (i < n && (s[i] == '\r' || s[i] == '\n')) /* empty lines first: their endings are the head check's */
+        i++;
+    size_t start = i;
+    while (i < n && is_tchar(s[i]))
+        i++;
+    if (i == n)
+        return LINE_PARTIAL;
+    if (i == start || s[i++] != ' ')
+        return LINE_NOT_HTTP;
+    start = i;
+    while (i < n && s[i] > 0x20 && s[i] != 0x7f)
+        i++;
+    if (i == n)
+        return LINE_PARTIAL;
+    if (i == start || s[i++] != ' ')
+        return LINE_NOT_HTTP;
+    for (size_t k = 0; version[k]; k++, i++) {
+        if (i == n)
+            return LINE_PARTIAL;
+        bool ok = version[k] == 'd' ? s[i] >= '0' && s[i] <= '9' : s[i] == (unsigned char)version[k];
+        if (!ok)
+            return LINE_NOT_HTTP;
+    }
+    if (i == n)
+        return LINE_PARTIAL;
+    return s[i] == '\r' || s[i] == '\n' ? LINE_HTTP : LINE_NOT_HTTP; /* a bare LF is the head check's */
 }
 
 /* ---- parser callbacks ----------------------------------------------------------------------- */
@@ -256,6 +389,10 @@ static void value_target_pick(struct http_conn *c)
     } else if (strcasecmp(c->field, "x-request-id") == 0) {
         c->value_dst = r->request_id;
         c->value_cap = sizeof(r->request_id);
+    } else if (strcasecmp(c->field, "host") == 0) {
+        c->hosts++;
+        c->value_dst = c->host;
+        c->value_cap = sizeof(c->host);
     }
     if (c->value_dst)
         c->value_dst[0] = '\0';
@@ -266,6 +403,8 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
     struct http_conn *c = p->data;
     if (header_count(c, len + 4) < 0)
         return -1;
+    if (c->headers_done)
+        return 0; /* a trailer: counted against max_header_bytes, never taken for a request header */
     if (c->in_value) {
         c->in_value = false;
         c->field_len = 0;
@@ -283,6 +422,8 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     struct http_conn *c = p->data;
     if (header_count(c, len) < 0)
         return -1;
+    if (c->headers_done)
+        return 0;
     if (!c->in_value) {
         c->in_value = true;
         value_target_pick(c);
@@ -312,10 +453,47 @@ static void url_split(struct http_conn *c)
     }
 }
 
+/* RFC 9112 3.2: an HTTP/1.1 request has exactly one Host field, and no request has two. */
+static int host_check(struct http_conn *c, const http_parser *p)
+{
+    bool http11 = p->http_major > 1 || (p->http_major == 1 && p->http_minor >= 1);
+    if (c->hosts > 1)
+        c->error_text = "more than one Host header";
+    else if (c->hosts == 0 && http11)
+        c->error_text = "HTTP/1.1 request without a Host header";
+    else
+        return 0;
+    c->error_status = 400;
+    return -1;
+}
+
+/* Whether host (a Host value: name or address, maybe a port) names this server under allowed_hosts. An IP
+ * literal always does: DNS rebinding works through a name, and a rebound page sends the attacker's. */
+static bool host_allowed(const char *list, const char *host)
+{
+    if (list[0] == '\0' || host[0] == '[')
+        return true;
+    char name[256];
+    size_t n = strcspn(host, ": \t");
+    snprintf(name, sizeof(name), "%.*s", (int)n, host);
+    struct in_addr v4;
+    if (inet_pton(AF_INET, name, &v4) == 1)
+        return true;
+    for (const char *p = list; *p;) {
+        p += strspn(p, ", \t");
+        size_t len = strcspn(p, ", \t");
+        if (len > 0 && len == n && strncasecmp(p, name, n) == 0)
+            return true;
+        p += len;
+    }
+    return false;
+}
+
 static int on_headers_complete(http_parser *p)
 {
     struct http_conn *c = p->data;
     const struct config *cfg = c->srv->cfg;
+    c->headers_done = true;
     url_split(c);
     if (c->req.path == NULL) {
         c->error_status = 503;
@@ -325,6 +503,15 @@ static int on_headers_complete(http_parser *p)
         c->error_status = 413;
         return -1;
     }
+    if (host_check(c, p) < 0)
+        return -1;
+    if (!host_allowed(cfg->allowed_hosts, c->host)) {
+        c->error_status = 421;
+        return -1;
+    }
+    /* RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing: answered, then closed */
+    if (p->uses_transfer_encoding && p->http_major == 1 && p->http_minor == 0)
+        c->close_after = true;
     c->req.method = (int)p->method;
     c->req.method_name = http_method_str((enum http_method)p->method);
     c->req.head = p->method == HTTP_HEAD;
@@ -438,6 +625,7 @@ static void request_account(struct http_conn *c, size_t len)
         .status = r->status,
         .duration_us = r->start_us ? http_now_us() - r->start_us : 0,
         .bytes = len,
+        .client = c->peer,
     };
     log_access(&e);
     if (c->srv->observer)
@@ -504,6 +692,49 @@ static void conn_fail(struct http_conn *c, int status, const char *code, const c
     http_respond(&c->req, status, "application/json", body, (size_t)n);
 }
 
+/* ---- unsent output ------------------------------------------------------------------------- */
+
+/* A connection holds at most one response: the next pipelined request waits until it is written. The
+ * server sums what the connections hold unsent (max_unsent_bytes bounds it) and lists the connections
+ * whose write would block, by how long their client has gone without reading, longest first. */
+static void out_account(struct http_conn *c)
+{
+    size_t now = c->fd >= 0 ? evbuffer_get_length(c->out) : 0;
+    c->srv->unsent = c->srv->unsent - c->out_counted + now;
+    c->out_counted = now;
+}
+
+static void stall_unlink(struct http_conn *c)
+{
+    struct http_server *srv = c->srv;
+    if (!c->stalled)
+        return;
+    if (c->stall_prev)
+        c->stall_prev->stall_next = c->stall_next;
+    else
+        srv->stalled = c->stall_next;
+    if (c->stall_next)
+        c->stall_next->stall_prev = c->stall_prev;
+    else
+        srv->stalled_tail = c->stall_prev;
+    c->stall_prev = c->stall_next = NULL;
+    c->stalled = false;
+}
+
+/* The client read something (or the write just began to block): it goes to the end of the line. */
+static void stall_renew(struct http_conn *c)
+{
+    struct http_server *srv = c->srv;
+    stall_unlink(c);
+    c->stall_prev = srv->stalled_tail;
+    if (srv->stalled_tail)
+        srv->stalled_tail->stall_next = c;
+    else
+        srv->stalled = c;
+    srv->stalled_tail = c;
+    c->stalled = true;
+}
+
 /* ---- closing -------------------------------------------------------------------------------- */
 
 static void conn_free(struct http_conn *c)
@@ -551,13 +782,17 @@ static void conn_unlink(struct http_conn *c)
  * connection whose request is still with the handler stays allocated until http_respond(). */
 static void conn_close(struct http_conn *c)
 {
+    stall_unlink(c);
     if (c->fd >= 0) {
         event_del(c->read_ev);
         event_del(c->write_ev);
         event_del(c->timer_ev);
         close(c->fd);
         c->fd = -1;
+        if (c->srv->on_close)
+            c->srv->on_close(c->srv->on_close_arg, c->tag);
     }
+    out_account(c); /* what it held is no longer anyone's to send */
     bool awaiting_handler = c->state == CONN_HANDLING && !c->req.responded;
     c->state = CONN_DEAD;
     if (awaiting_handler)
@@ -595,12 +830,32 @@ static void conn_response_done(struct http_conn *c)
         conn_process(c);
 }
 
+/* Past max_unsent_bytes, closes the connections whose client has gone longest without reading until the
+ * worker is back under it. A client that reads slowly but reads keeps its place behind those that stopped;
+ * the connection being flushed may be closed too, if it alone holds more than the budget. */
+static void unsent_enforce(struct http_server *srv)
+{
+    while (srv->unsent > srv->cfg->max_unsent_bytes && srv->stalled) {
+        struct http_conn *c = srv->stalled;
+        log_info("fd %d: client %s not reading its response (%zu bytes unsent): closed, the worker holds more "
+                 "than max_unsent_bytes (%zu) for such clients", c->fd, c->peer, c->out_counted,
+                 srv->cfg->max_unsent_bytes);
+        srv->slow_closed++;
+        conn_close(c);
+    }
+}
+
 static void conn_flush(struct http_conn *c)
 {
+    bool progressed = false;
     while (evbuffer_get_length(c->out) > 0) {
         int n = evbuffer_write(c->out, c->fd);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            out_account(c);
+            if (progressed || !c->stalled)
+                stall_renew(c);
             event_add(c->write_ev, NULL);
+            unsent_enforce(c->srv);
             return;
         }
         if (n <= 0) {
@@ -608,7 +863,10 @@ static void conn_flush(struct http_conn *c)
             conn_close(c);
             return;
         }
+        progressed = true;
     }
+    out_account(c);
+    stall_unlink(c);
     conn_response_done(c);
 }
 
@@ -626,32 +884,81 @@ static void parse_error_answer(struct http_conn *c)
         conn_fail(c, 414, "uri_too_long", "request target exceeds max_header_bytes");
     else if (st == 503)
         conn_fail(c, 503, "out_of_memory", "server out of memory");
+    else if (st == 421)
+        conn_fail(c, 421, "misdirected_request", "Host names no host of allowed_hosts");
+    else if (st == 400 && c->error_text)
+        conn_fail(c, 400, "bad_request", c->error_text);
     else if (err == HPE_HEADER_OVERFLOW)
         conn_fail(c, 431, "headers_too_large", "request headers too large");
-    else if (err == HPE_INVALID_METHOD)
+    else if (st == 501)
         conn_fail(c, 501, "not_implemented", "unknown method");
+    else if (c->method_unknown)
+        conn_fail(c, 400, "bad_request", "request line is not HTTP");
     else
         conn_fail(c, 400, "bad_request", http_errno_description(err));
 }
 
-/* Feeds buffered input to the parser; returns false when parsing must stop for now. */
+/* What the buffered request line is (at most max_header_bytes of it are looked at); *whole says whether
+ * that was all of the input or the limit. Only on the error path: it may copy the input together. */
+static enum line_kind buffered_line_kind(struct http_conn *c, bool *whole)
+{
+    size_t n = evbuffer_get_length(c->in), max = c->srv->cfg->max_header_bytes;
+    *whole = n < max;
+    if (n > max)
+        n = max;
+    const unsigned char *line = evbuffer_pullup(c->in, (ev_ssize_t)n);
+    return line ? request_line_kind(line, n) : LINE_NOT_HTTP;
+}
+
+/* For a head refused in its first line: whether that line is HTTP at all, to say which fault it has. */
+static bool request_line_is_http(struct http_conn *c)
+{
+    bool whole;
+    return buffered_line_kind(c, &whole) == LINE_HTTP;
+}
+
+/* The parser refused the method. A well-formed request line with a method we do not know is a 501; bytes
+ * that are not HTTP at all are a 400. Returns false while the line is too short to tell (the request
+ * timeout bounds the wait). The input still starts at the refused request: nothing of it was drained. */
+static bool method_error_classify(struct http_conn *c)
+{
+    bool whole;
+    enum line_kind kind = buffered_line_kind(c, &whole);
+    if (kind == LINE_PARTIAL && whole)
+        return false;
+    c->error_status = kind == LINE_HTTP ? 501 : 400;
+    return true;
+}
+
+/* Feeds buffered input to the parser; returns false when parsing must stop for now (then error_status or
+ * the parser's errno says why, unless method_unknown waits for the rest of the request line). */
 static bool conn_parse_buffered(struct http_conn *c)
 {
+    if (c->method_unknown)
+        return false;
     struct evbuffer_iovec vec[8];
     int nvec = evbuffer_peek(c->in, -1, NULL, vec, 8);
     size_t consumed = 0;
-    bool ok = true;
-    for (int i = 0; i < nvec && i < 8 && ok; i++) {
+    for (int i = 0; i < nvec && i < 8; i++) {
+        c->error_text = head_check(c, vec[i].iov_base, vec[i].iov_len);
+        if (c->error_text) {
+            c->error_status = 400;
+            if (c->head <= HEAD_REQUEST_LINE && !request_line_is_http(c))
+                c->error_text = "request line is not HTTP";
+            return false; /* the connection closes: what it sent is not drained */
+        }
         size_t n = http_parser_execute(&c->parser, &c->srv->settings, vec[i].iov_base, vec[i].iov_len);
         consumed += n;
         enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
         if (err == HPE_PAUSED)
             break;
-        if (err != HPE_OK || n != vec[i].iov_len)
-            ok = false;
+        if (err != HPE_OK || n != vec[i].iov_len) {
+            c->method_unknown = err == HPE_INVALID_METHOD;
+            return false;
+        }
     }
     evbuffer_drain(c->in, consumed);
-    return ok;
+    return true;
 }
 
 void http_on_gone(struct http_request *req, http_gone_fn fn, void *arg)
@@ -688,6 +995,8 @@ static void conn_process(struct http_conn *c)
         if (c->state == CONN_IDLE)
             conn_state_set(c, CONN_READING);
         bool ok = conn_parse_buffered(c);
+        if (!ok && c->method_unknown && !method_error_classify(c))
+            break; /* more of the request line to come */
         if (!ok) {
             parse_error_answer(c);
             break;
@@ -792,16 +1101,39 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- server --------------------------------------------------------------------------------- */
 
-void http_server_adopt(struct http_server *srv, int fd)
+/* The peer's address as text: an IP address, "unix" for a Unix socket, "-" if unknown. */
+static void peer_format(char *dst, size_t cap, const struct sockaddr_storage *peer)
+{
+    const void *addr = NULL;
+    if (peer && peer->ss_family == AF_INET)
+        addr = &((const struct sockaddr_in *)peer)->sin_addr;
+    else if (peer && peer->ss_family == AF_INET6)
+        addr = &((const struct sockaddr_in6 *)peer)->sin6_addr;
+    if (addr && inet_ntop(peer->ss_family, addr, dst, (socklen_t)cap))
+        return;
+    snprintf(dst, cap, "%s", peer && peer->ss_family == AF_UNIX ? "unix" : "-");
+}
+
+void http_server_on_close(struct http_server *srv, void (*fn)(void *arg, uint64_t tag), void *arg)
+{
+    srv->on_close = fn;
+    srv->on_close_arg = arg;
+}
+
+void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_storage *peer, uint64_t tag)
 {
     struct http_conn *c = calloc(1, sizeof(*c));
     if (!c) {
         log_error("out of memory: connection dropped");
         close(fd);
+        if (srv->on_close)
+            srv->on_close(srv->on_close_arg, tag);
         return;
     }
     c->srv = srv;
     c->fd = fd;
+    c->tag = tag;
+    peer_format(c->peer, sizeof(c->peer), peer);
     c->in = evbuffer_new();
     c->out = evbuffer_new();
     c->read_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST | EV_ET | EV_CLOSED, read_cb, c);
@@ -815,6 +1147,8 @@ void http_server_adopt(struct http_server *srv, int fd)
         close(fd);
         c->fd = -1;
         conn_free(c);
+        if (srv->on_close)
+            srv->on_close(srv->on_close_arg, tag);
         return;
     }
     http_parser_init(&c->parser, HTTP_REQUEST);
@@ -879,8 +1213,11 @@ void http_server_free(struct http_server *srv)
         return;
     while (srv->conns) {
         struct http_conn *c = srv->conns;
-        if (c->fd >= 0)
+        if (c->fd >= 0) {
             close(c->fd);
+            if (srv->on_close)
+                srv->on_close(srv->on_close_arg, c->tag);
+        }
         conn_unlink(c);
         conn_free(c);
     }
@@ -918,15 +1255,24 @@ int http_server_conn_count(const struct http_server *srv)
     return srv->nconns;
 }
 
-void http_refuse(int fd)
+size_t http_server_unsent(const struct http_server *srv)
 {
-    static const char body[] =
-        "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"server at max_connections\"}}";
-    char answer[512];
+    return srv->unsent;
+}
+
+unsigned long http_server_slow_closed(const struct http_server *srv)
+{
+    return srv->slow_closed;
+}
+
+void http_refuse(int fd, const char *message)
+{
+    char body[256], answer[512];
+    int len = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"%s\"}}",
+                       message);
     int n = snprintf(answer, sizeof(answer),
                      "HTTP/1.1 503 Service Unavailable\r\nServer: pgapi\r\nContent-Type: application/json\r\n"
-                     "Retry-After: 1\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
-                     sizeof(body) - 1, body);
+                     "Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len, body);
     if (send(fd, answer, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
         log_debug("fd %d: refused connection gone before its 503: %s", fd, strerror(errno));
     close(fd);

@@ -11,6 +11,7 @@ struct event_base;
 struct config;
 struct http_conn;
 struct http_server;
+struct sockaddr_storage;
 
 #define HTTP_REQUEST_ID_MAX 64
 #define HTTP_STATUS_CLIENT_GONE 499 /* accounted (not sent) when the client went before its answer, as nginx */
@@ -51,15 +52,24 @@ void http_server_free(struct http_server *srv);
 /* Called once per answered request, with how long it took from its first byte. */
 typedef void (*http_observer_fn)(void *arg, const struct http_request *req, uint64_t duration_us);
 void http_server_observe(struct http_server *srv, http_observer_fn fn, void *arg);
-/* Takes ownership of an accepted, non-blocking socket. */
-void http_server_adopt(struct http_server *srv, int fd);
+/* Takes ownership of an accepted, non-blocking socket; peer (NULL if unknown) is its client's address,
+ * logged on every access line; tag is handed back to the close hook. */
+void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_storage *peer, uint64_t tag);
+/* fn(arg, tag) runs once for every adopted connection, when its socket is closed (also when the server
+ * is freed, and when adopting fails). */
+void http_server_on_close(struct http_server *srv, void (*fn)(void *arg, uint64_t tag), void *arg);
 /* Graceful stop: idle keep-alive connections close now, busy ones after their response. `on_empty`
  * runs once no connection is left. */
 void http_server_drain(struct http_server *srv, void (*on_empty)(void *), void *arg);
 int http_server_conn_count(const struct http_server *srv);
-/* A connection over max_connections: answers 503 with one non-blocking write and closes it, keeping
- * nothing (a client that already sent a request may see a reset instead). */
-void http_refuse(int fd);
+/* Response bytes held for clients, not yet taken by the kernel (bounded by max_unsent_bytes). */
+size_t http_server_unsent(const struct http_server *srv);
+/* Connections closed because their client did not read while the worker was over max_unsent_bytes. */
+unsigned long http_server_slow_closed(const struct http_server *srv);
+/* A connection over max_connections or max_connections_per_client: answers 503 too_many_connections
+ * with `message`, in one non-blocking write, and closes it, keeping nothing (a client that already sent
+ * a request may see a reset instead). */
+void http_refuse(int fd, const char *message);
 
 /* fn(arg) runs once if the client goes while the request is with the handler: its EOF (a half-close
  * counts, as nginx counts it: 499) or a reset, seen at dispatch or while the answer is awaited. The

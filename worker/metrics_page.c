@@ -295,25 +295,33 @@ static void cache_render(struct page *pg)
     SLOT_COUNTER(pg, "pgapi_cache_epoch_bumps_total", "", cache_epoch_bumps);
     family(pg, "pgapi_http_connections_refused_total", "counter", "Connections answered 503 at max_connections.");
     SLOT_COUNTER(pg, "pgapi_http_connections_refused_total", "", connections_refused);
+    family(pg, "pgapi_http_client_connections_refused_total", "counter",
+           "Connections answered 503 because their client address was at max_connections_per_client.");
+    SLOT_COUNTER(pg, "pgapi_http_client_connections_refused_total", "", client_connections_refused);
+    family(pg, "pgapi_http_slow_readers_closed_total", "counter",
+           "Connections closed because their client did not read while the worker was over max_unsent_bytes.");
+    SLOT_COUNTER(pg, "pgapi_http_slow_readers_closed_total", "", slow_readers_closed);
 }
 
 static void process_gauges_render(struct page *pg)
 {
-    static const struct { const char *name, *help; size_t off; } g[] = {
-        { "pgapi_http_connections", "Open client connections.", offsetof(struct metrics_gauges, connections) },
-        { "pgapi_cache_up", "1 if the worker's Redis connection is up.", offsetof(struct metrics_gauges, cache_up) },
-        { "pgapi_local_cache_entries", "Values in the worker's local cache.", offsetof(struct metrics_gauges, local_entries) },
-        { "pgapi_local_cache_bytes", "Bytes the worker's local cache holds.", offsetof(struct metrics_gauges, local_bytes) },
-        { "pgapi_worker_pid", "Process id of the worker serving the slot (the newest when two share it in a reload).", offsetof(struct metrics_gauges, pid) },
+    static const struct { const char *name, *help; size_t off; bool sum; } g[] = {
+        { "pgapi_http_connections", "Open client connections.", offsetof(struct metrics_gauges, connections), true },
+        { "pgapi_http_unsent_bytes", "Response bytes held for clients, not yet taken by the kernel (bounded by max_unsent_bytes).",
+          offsetof(struct metrics_gauges, unsent_bytes), true },
+        { "pgapi_cache_up", "1 if the worker's Redis connection is up.", offsetof(struct metrics_gauges, cache_up), false },
+        { "pgapi_local_cache_entries", "Values in the worker's local cache.", offsetof(struct metrics_gauges, local_entries), false },
+        { "pgapi_local_cache_bytes", "Bytes the worker's local cache holds.", offsetof(struct metrics_gauges, local_bytes), false },
+        { "pgapi_worker_pid", "Process id of the worker serving the slot (the newest when two share it in a reload).", offsetof(struct metrics_gauges, pid), false },
     };
     for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
         family(pg, g[i].name, "gauge", g[i].help);
         for (int w = 0; w < pg->nslots; w++) {
             const struct metrics_gauges *live[2];
             int n = gauges_live(pg->m, w, live);
-            /* connections add up over a slot's two processes; the rest are the newest's */
+            /* connections and unsent bytes add up over a slot's two processes; the rest are the newest's */
             if (n)
-                gauge_line(pg, g[i].name, w, "", gauge_sum(live, i == 0 ? n : 1, g[i].off, 0));
+                gauge_line(pg, g[i].name, w, "", gauge_sum(live, g[i].sum ? n : 1, g[i].off, 0));
         }
     }
 }

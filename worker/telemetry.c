@@ -24,7 +24,7 @@ struct published {
     uint64_t timeouts[2], queue_full[2], batches[2], wait_us[2];
     struct cache_stats cache;
     uint64_t local_hits;
-    uint64_t refused;
+    uint64_t refused, client_refused, slow_closed;
 };
 
 struct telemetry {
@@ -124,6 +124,11 @@ void telemetry_publish(struct telemetry *t)
     int conns = (w->http ? http_server_conn_count(w->http) : 0) + (w->metrics_http ? http_server_conn_count(w->metrics_http) : 0);
     gauge_set(&t->gauges->connections, conns);
     delta_add(&t->counters->connections_refused, &t->last.refused, w->refused_total);
+    delta_add(&t->counters->client_connections_refused, &t->last.client_refused, w->client_refused_total);
+    if (w->http) {
+        delta_add(&t->counters->slow_readers_closed, &t->last.slow_closed, http_server_slow_closed(w->http));
+        gauge_set(&t->gauges->unsent_bytes, (int64_t)http_server_unsent(w->http));
+    }
     if (w->pool) {
         backends_publish(t);
         sides_publish(t);

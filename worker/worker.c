@@ -2,6 +2,7 @@
  * never blocks; every socket it owns is non-blocking. */
 #include "worker/worker.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <netinet/in.h>
@@ -13,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clients.h"
 #include "common/log.h"
 #include "common/room.h"
 #include "worker/cache.h"
@@ -50,10 +52,13 @@ static void room_publish(struct worker *w, bool room)
 #define TAKE_NONE   (-1) /* nothing waiting (or an error that does not last) */
 #define TAKE_PAUSED (-2) /* out of descriptors or memory: accepts paused for a while */
 
-/* accept4 on the listening socket: a connection, TAKE_NONE or TAKE_PAUSED (logged here). */
-static int connection_take(struct worker *w)
+/* accept4 on the listening socket: a connection (its client's address in *peer), TAKE_NONE or
+ * TAKE_PAUSED (logged here). */
+static int connection_take(struct worker *w, struct sockaddr_storage *peer)
 {
-    int cfd = accept4(w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    socklen_t len = sizeof(*peer);
+    peer->ss_family = AF_UNSPEC;
+    int cfd = accept4(w->listen_fd, (struct sockaddr *)peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (cfd >= 0)
         return cfd;
     if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -64,6 +69,24 @@ static int connection_take(struct worker *w)
     if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
         log_error("accept: %s", strerror(errno));
     return TAKE_NONE;
+}
+
+/* A client at max_connections_per_client across the server: 503 and closed, at most one line a second. */
+static void client_refuse(struct worker *w, int cfd, const struct sockaddr_storage *peer)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    http_refuse(cfd, "client at max_connections_per_client");
+    w->client_refused_total++;
+    if (ts.tv_sec == w->client_refused_logged_s)
+        return;
+    w->client_refused_logged_s = ts.tv_sec;
+    char addr[INET6_ADDRSTRLEN] = "-";
+    const void *a = peer->ss_family == AF_INET6 ? (const void *)&((const struct sockaddr_in6 *)peer)->sin6_addr
+                                                : (const void *)&((const struct sockaddr_in *)peer)->sin_addr;
+    inet_ntop(peer->ss_family, a, addr, sizeof(addr));
+    log_warn("client %s at max_connections_per_client (%d): connection refused with 503 (%lu so far)", addr,
+             w->cfg->max_connections_per_client, w->client_refused_total);
 }
 
 static void accept_cb(evutil_socket_t fd, short what, void *arg)
@@ -78,13 +101,26 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
             accept_pause(w, CAP_DEFER_MS); /* leave the queue to workers with room */
             return;
         }
-        int cfd = connection_take(w);
+        struct sockaddr_storage peer;
+        int cfd = connection_take(w, &peer);
         if (cfd < 0)
             return;
+        uint64_t key = clients_key(w->clients, &peer);
+        if (!clients_admit(w->clients, w->slot, w->generation, key, w->cfg->max_connections_per_client)) {
+            client_refuse(w, cfd, &peer);
+            continue;
+        }
         int one = 1;
         setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        http_server_adopt(w->http, cfd);
+        http_server_adopt(w->http, cfd, &peer, w->cfg->max_connections_per_client > 0 ? key : 0);
     }
+}
+
+/* A connection closed: its client's count goes down (tag: the key clients_admit counted, 0 if none). */
+static void client_gone(void *arg, uint64_t tag)
+{
+    struct worker *w = arg;
+    clients_release(w->clients, w->slot, w->generation, tag);
 }
 
 /* One warning a second at most, however fast connections are refused. */
@@ -108,12 +144,13 @@ static bool connections_refuse(struct worker *w)
     unsigned long n = 0;
     bool ok = true;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        int cfd = connection_take(w);
+        struct sockaddr_storage peer;
+        int cfd = connection_take(w, &peer);
         if (cfd < 0) {
             ok = cfd != TAKE_PAUSED;
             break;
         }
-        http_refuse(cfd);
+        http_refuse(cfd, "server at max_connections");
         n++;
     }
     refusals_log(w, n);
@@ -146,17 +183,20 @@ static void metrics_accept_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct worker *w = arg;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+        peer.ss_family = AF_UNSPEC;
+        int cfd = accept4(fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
                 log_error("accept on the metrics listener: %s", strerror(errno));
             return;
         }
         if (http_server_conn_count(w->metrics_http) >= METRICS_MAX_CONNECTIONS) {
-            http_refuse(cfd);
+            http_refuse(cfd, "server at max_connections");
             continue;
         }
-        http_server_adopt(w->metrics_http, cfd);
+        http_server_adopt(w->metrics_http, cfd, &peer, 0);
     }
 }
 
@@ -282,6 +322,7 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
                int slot, unsigned generation, int ready_fd)
 {
     struct worker w = { .cfg = cfg, .fences = shared->fences, .rooms = shared->rooms, .metrics = shared->metrics,
+                        .clients = shared->clients,
                         .slot = slot, .generation = generation, .listen_fd = socks->listen_fd,
                         .metrics_fd = socks->metrics_fd, .exit_code = 1 };
     log_set_process("worker", slot, generation);
@@ -295,6 +336,8 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
         goto done;
     }
     w.http = http_server_new(w.base, cfg, router_dispatch, &w);
+    if (w.http)
+        http_server_on_close(w.http, client_gone, &w);
     w.pool = pool_new(w.base, cfg, w.fences);
     w.cache = cache_new(w.base, cfg, w.fences);
     if (cfg->redis_enabled && cfg->local_cache_entries > 0) {

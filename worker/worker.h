@@ -17,12 +17,14 @@ struct rooms;
 struct metrics;
 struct telemetry;
 struct op_state;
+struct clients;
 
 /* What the master maps before the first fork and every worker shares. */
 struct worker_shared {
     struct fences *fences;
     struct rooms *rooms;
     struct metrics *metrics;
+    struct clients *clients;
 };
 
 /* The generation's listening sockets; metrics_fd -1 when [metrics] listen is off. */
@@ -53,6 +55,9 @@ struct worker {
     struct op_state *ops;       /* requests in flight in op.c (op_discard_all at exit) */
     struct fences *fences;      /* shared with every worker: commit LSNs of acknowledged writes */
     struct rooms *rooms;        /* shared with every worker: who has room under max_connections */
+    struct clients *clients;    /* shared with every worker: connections per client address */
+    unsigned long client_refused_total; /* connections refused at max_connections_per_client */
+    long client_refused_logged_s;       /* when the last such refusal was logged (monotonic seconds) */
     bool draining;
     bool room_published;        /* what this worker last said in rooms */
     unsigned long refused;      /* connections refused at max_connections since the last log line */

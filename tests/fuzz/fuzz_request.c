@@ -149,6 +149,8 @@ static int config_make(struct config *cfg, unsigned flags)
         cfg->max_header_bytes = SMALL_HEADER_BYTES;
         cfg->max_body_bytes = SMALL_BODY_BYTES;
     }
+    if (flags & FUZZ_SMALL_BUF)
+        cfg->max_unsent_bytes = 1; /* any write that would block closes: the slow-reader path */
     log_configure(LOGL_DEBUG, flags & FUZZ_LOG_JSON ? LOGF_JSON : LOGF_TEXT, true);
     return 0;
 }
@@ -177,7 +179,7 @@ static int run_setup(struct fuzz_run *r, unsigned flags)
         socket_buffers_shrink(sv[0]);
         socket_buffers_shrink(sv[1]);
     }
-    http_server_adopt(r->w.http, sv[0]);
+    http_server_adopt(r->w.http, sv[0], NULL, 0);
     return 0;
 }
 

@@ -20,7 +20,8 @@ import pytest
 
 from helpers import wait_until
 from pgapi_fixtures import module_server
-from pgapi_server import REPO_ROOT
+from pgapi_server import REPO_ROOT, PgapiServer
+from test_metrics import scrape, total
 
 PLAIN_BINARY = os.environ.get("PGAPI_TEST_PLAIN_BINARY", os.path.join(REPO_ROOT, "build", "pgapi"))  # no ASan shadow
 
@@ -276,6 +277,62 @@ def test_client_that_never_reads_is_closed_and_memory_stays_bounded(server, sche
           f"{closed_after:.1f} s; worker RSS {rss_before} -> {rss_after} kB")
 
 
+def test_clients_that_never_read_are_closed_past_the_worker_unsent_budget(server, schema):
+    """60 clients pipeline 100 requests each for a 100 kB answer and never read: each holds one answer
+    unsent once the socket buffers are full. With max_unsent_bytes = 1m the worker closes those that have
+    gone longest without reading, long before request_timeout (60 s), while a client that reads slowly
+    and a new client are served in full."""
+    budget = 1024 * 1024
+    s = server(workers=1, topology=schema, binary=PLAIN_BINARY,
+               overrides={"server": {"request_timeout": "60s", "keepalive_timeout": "60s",
+                                     "max_unsent_bytes": "1m"}}).start()
+    user = create_user(s)
+    for _ in range(10):
+        r = s.request("POST", f"/users/{user['id']}/posts", body={"title": "t", "content": "x" * 10000})
+        assert r.status == 201, r
+    path = f"/users/{user['id']}?include=posts"
+    size = len(s.get(path).body)
+    assert size > 90000, f"expected an answer of about 100 kB, got {size} B"
+    worker = s.worker_pids()[0]
+    rss_before = proc_status_kb(worker, "VmRSS")
+    n, per_conn = 60, 100
+    idle = []
+    for _ in range(n):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", s.port))
+        sock.sendall(request_bytes("GET", path) * per_conn)
+        idle.append(sock)
+    reader = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+    try:
+        t0 = time.monotonic()
+        # each holds at most one answer, less what the kernel took (a quarter here): what the budget holds,
+        # counted at half an answer each, plus the reader
+        may_stay = budget // (size // 2) + 1
+        held = wait_until(lambda: (lambda k: (k,) if k <= may_stay else None)(sum(server_side_connections(s).values())),
+                          20, f"the worker to close all but {may_stay} of {n} clients that never read", interval=0.05)[0]
+        took = time.monotonic() - t0
+        rss_during = proc_status_kb(worker, "VmRSS")
+        # a slow reader (a few reads of 16 kB a tick) keeps its place behind the ones that stopped
+        reader.sendall(request_bytes("GET", path) * 20)
+        got = ResponseReader(reader)
+        for i in range(20):
+            status, _, body = got.next(timeout=30)
+            assert status == 200 and len(body) == size, (i, status, len(body))
+        assert s.get("/healthz").status == 200
+    finally:
+        reader.close()
+        for sk in idle:
+            sk.close()
+    assert "not reading its response" in s.log_text(), s.log_tail()
+    closed = n - held + 1
+    wait_until(lambda: total(scrape(s), "pgapi_http_slow_readers_closed_total") >= closed, 5,
+               f"the metrics to count the {closed} connections closed")
+    print(f"never-reading clients: {n} x {per_conn} pipelined requests for {size} B; worker held {held} "
+          f"connections after {took:.1f} s (budget {budget} B); worker RSS {rss_before} -> {rss_during} kB")
+    assert rss_during - rss_before < 5 * 1024, f"worker RSS grew {rss_before} -> {rss_during} kB"
+
+
 # ---- 2. thousands of idle keep-alive connections, the per-worker cap, memory ---------------------------
 
 def open_idle(port, n, kept_alive_every=2):
@@ -363,6 +420,80 @@ def test_thousands_of_idle_connections_cap_and_memory(server, schema):
     assert s.get(f"/users/{user['id']}").status == 200
     print(f"idle: 3000 held, then 1300 more: held {held}, {len(refused)} refused 503 in {refuse_time:.1f} s; "
           f"RSS kB start {rss0}, 3000 open {rss_full}, after close {rss_after1}, after a 2nd round {rss_after2}")
+
+
+def client_conn(s, source="127.0.0.1"):
+    """A connection from source (any 127/8 address is this machine: another client address) that got one
+    answer, so the server holds it kept alive; or the 503 that refused it."""
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=10, source_address=(source, 0))
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = ResponseReader(sock).next(timeout=10)
+    return sock, status, headers, body
+
+
+def assert_client_refused(s, source="127.0.0.1"):
+    sock, status, headers, body = client_conn(s, source)
+    with sock:
+        err = strict_json(body)["error"]
+        assert (status, err["code"]) == (503, "too_many_connections"), (status, body)
+        assert "max_connections_per_client" in err["message"] and headers.get("connection") == "close", (headers, err)
+        sock.settimeout(5)
+        try:  # a reset is a close too: the server closed with our request unread
+            assert sock.recv(1) == b"", "the refused connection stayed open"
+        except ConnectionResetError:
+            pass
+
+
+def test_connections_per_client_are_limited_across_workers(server):
+    """max_connections = 3 per worker puts a client's 4 connections on both workers; the limit of 4 per
+    client holds for the server as a whole, so the 5th is refused by a worker that holds fewer than 4."""
+    s = server(workers=2, overrides={"server": {"max_connections": 3, "max_connections_per_client": 4}}).start()
+    held = []
+    try:
+        for _ in range(4):
+            sock, status, _, body = client_conn(s)
+            held.append(sock)
+            assert (status, body) == (200, b"Hello World!"), (status, body)
+        per_worker = wait_until(lambda: (lambda h: h if sum(h.values()) == 4 else None)(server_side_connections(s)),
+                                10, "the workers to hold the 4 connections")
+        assert min(per_worker.values()) >= 1, f"expected the connections on both workers: {per_worker}"
+        assert_client_refused(s)
+        sock, status, _, _ = client_conn(s, source="127.0.0.2")  # another client address is served
+        held.append(sock)
+        assert status == 200
+        held.pop(0).close()  # one fewer: the client may open another
+        wait_until(lambda: sum(server_side_connections(s).values()) == 4, 10, "the server to see the close")
+        sock, status, _, _ = client_conn(s)
+        held.append(sock)
+        assert status == 200, "a connection under the limit again was refused"
+        assert_client_refused(s)
+    finally:
+        for sk in held:
+            sk.close()
+    assert "at max_connections_per_client (4)" in s.log_text(), s.log_tail()
+    wait_until(lambda: total(scrape(s), "pgapi_http_client_connections_refused_total") == 2, 5,
+               "the metrics to count the 2 refusals")
+
+
+def test_connections_per_client_forgotten_when_a_worker_dies(server):
+    s = server(workers=1, overrides={"server": {"max_connections_per_client": 3}}).start()
+    held = [client_conn(s)[0] for _ in range(3)]
+    assert_client_refused(s)
+    worker = s.worker_pids()[0]
+    os.kill(worker, signal.SIGKILL)  # it never gets to release what it counted: the master forgets it
+    s.wait_for(lambda: len(s.worker_pids()) == 1 and worker not in s.worker_pids(), 10, "the worker respawned")
+    for sk in held:
+        sk.close()
+    again = []
+    try:
+        for _ in range(3):
+            sock, status, _, _ = client_conn(s)
+            again.append(sock)
+            assert status == 200, f"connection {len(again)} refused after the worker that counted them died"
+        assert_client_refused(s)
+    finally:
+        for sk in again:
+            sk.close()
 
 
 def test_idle_connections_after_large_requests_keep_little_memory(server):
@@ -479,6 +610,188 @@ def test_framing_attacks_get_400_and_close(hostile, raw, message):
     assert data.count(b"HTTP/1.1 ") == 1, f"a request after the bad one was answered: {data!r}"
     err = strict_json(payload)["error"]
     assert err["code"] == "bad_request" and message in err["message"], err
+
+
+# ---- RFC 9112 framing: what http-parser lets through and pgapi refuses itself ---------------------------
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """A server without a database: framing is decided before any handler runs."""
+    s = PgapiServer(str(tmp_path_factory.mktemp("plain")), workers=1)
+    s.start()
+    yield s
+    rc = s.stop(signal.SIGTERM)
+    bad = s.bad_log_lines()
+    assert rc == 0 and not bad, f"server exit {rc}; bad log lines: {bad[:10]}\n{s.log_tail(60)}"
+
+
+def exchange(s, data, pause_after=None, timeout=5):
+    """Sends data (after pause_after bytes, waits 0.3 s: a request split across reads) and reads until the
+    server closes. Returns (every byte read, whether the server closed): a connection the server keeps
+    open shows as closed=False after timeout."""
+    with socket.create_connection(("127.0.0.1", s.port), timeout=timeout) as sock:
+        if pause_after:
+            sock.sendall(data[:pause_after])
+            time.sleep(0.3)  # not a synchronisation: the two parts must arrive in two reads
+            data = data[pause_after:]
+        sock.sendall(data)
+        got = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                return got, True
+            if not chunk:
+                return got, True
+            got += chunk
+        return got, False
+
+
+def answers(data):
+    """The (status, headers, body) of each response in data, in order."""
+    out, rest = [], data
+    while rest.startswith(b"HTTP/1.1 "):
+        head, _, rest = rest.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+        n = int(headers.get("content-length", "0"))
+        out.append((int(lines[0].split(" ")[1]), headers, rest[:n]))
+        rest = rest[n:]
+    return out
+
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def assert_refused(s, raw, status, code, message, pause_after=None):
+    data, closed = exchange(s, raw, pause_after)
+    got = answers(data)
+    assert len(got) == 1 and got[0][0] == status, f"expected one {status} for {raw[:90]!r}, got {data[:300]!r}"
+    err = strict_json(got[0][2])["error"]
+    assert err["code"] == code and message in err["message"], f"expected {code} '{message}', got {err}"
+    assert got[0][1].get("connection") == "close" and closed, f"the connection stayed open after {data[:200]!r}"
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length : 40\r\n\r\n" + SMUGGLED,
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length\t: 40\r\n\r\n" + SMUGGLED,
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+    b"POST / HTTP/1.1\r\nHost : x\r\n\r\n",
+], ids=["content-length", "content-length-tab", "transfer-encoding", "host"])
+def test_whitespace_before_a_colon_is_400_and_closes(plain, raw):
+    assert_refused(plain, raw, 400, "bad_request", "whitespace between a header name and its colon")
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n 40\r\n\r\n" + SMUGGLED,
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
+    b"POST / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\tb\r\n\r\n",
+    b"POST / HTTP/1.1\r\n Host: x\r\n\r\n",  # whitespace before the first field line
+], ids=["content-length", "transfer-encoding", "tab", "first-line"])
+def test_obsolete_line_folding_is_400_and_closes(plain, raw):
+    assert_refused(plain, raw, 400, "bad_request", "line folding")
+
+
+def test_obsolete_line_folding_split_across_reads_is_400(plain):
+    raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n 40\r\n\r\n" + SMUGGLED
+    assert_refused(plain, raw, 400, "bad_request", "line folding", pause_after=raw.index(b" 40") - 1)
+
+
+def test_http10_with_transfer_encoding_is_answered_then_closed(plain):
+    raw = (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+           b"2\r\n{}\r\n0\r\n\r\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    data, closed = exchange(plain, raw)
+    got = answers(data)
+    assert [g[0] for g in got] == [405], f"expected the one request answered (405, / is GET only): {data!r}"
+    assert got[0][1].get("connection") == "close" and closed, f"expected Connection: close, then a close: {data!r}"
+    # without Transfer-Encoding the same HTTP/1.0 keep-alive connection stays open
+    data, closed = exchange(plain, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", timeout=1)
+    assert [g[0] for g in answers(data)] == [200] and not closed, data
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b"GET / HTTP/1.1\r\n\r\n", "without a Host header"),
+    (b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n", "without a Host header"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host header"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nhOST: a\r\n\r\n", "more than one Host header"),
+    (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host header"),
+])
+def test_host_missing_or_repeated_is_400(plain, raw, message):
+    assert_refused(plain, raw, 400, "bad_request", message)
+
+
+def test_host_rules_accept_what_rfc_9112_allows(plain):
+    data, _ = exchange(plain, b"GET / HTTP/1.0\r\n\r\n")  # HTTP/1.0 needs no Host
+    assert [g[0] for g in answers(data)] == [200], data
+    data, _ = exchange(plain, b"GET / HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n")  # empty: allowed
+    assert [g[0] for g in answers(data)] == [200], data
+    # a chunked body's trailer named Host is not a second Host header
+    data, _ = exchange(plain, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close"
+                              b"\r\n\r\n0\r\nHost: y\r\n\r\n")
+    assert [g[0] for g in answers(data)] == [405], data
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b"GET / HTTP/1.1\nHost: x\n\n", "bare LF"),
+    (b"GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n", "bare LF"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\n", "bare LF"),
+    (b"\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", "bare LF"),
+    (b"GET / HTTP/1.1\r\nHost: x\rX-A: b\r\n\r\n", "bare CR"),
+])
+def test_bare_lf_and_cr_are_400(plain, raw, message):
+    """Our choice (RFC 9112 2.2 lets a server accept a bare LF): refuse it, since a proxy in front may not end
+    the line there."""
+    assert_refused(plain, raw, 400, "bad_request", message)
+
+
+def test_crlf_before_a_request_and_a_pipelined_second_one_are_fine(plain):
+    data, _ = exchange(plain, b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n"
+                              b"Connection: close\r\n\r\n")
+    assert [g[0] for g in answers(data)] == [200, 200], data
+
+
+def test_allowed_hosts_refuses_other_names_with_421(server, plain):
+    """Against DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1 sends Host:
+    evil.example. IP literals always pass (a rebound page never sends one)."""
+    s = server(workers=1, overrides={"server": {"allowed_hosts": "localhost, api.example.com"}}).start()
+    for host in ["localhost", f"LocalHost:{s.port}", "api.example.com", f"127.0.0.1:{s.port}", f"[::1]:{s.port}"]:
+        data, _ = exchange(s, f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        assert [g[0] for g in answers(data)] == [200], f"Host: {host}: {data[:200]!r}"
+    for raw in [b"GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n" + SMUGGLED,
+                b"GET / HTTP/1.1\r\nHost: localhost.evil.example:80\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: api.example.co\r\n\r\n",
+                b"GET / HTTP/1.0\r\n\r\n"]:  # no Host at all names none of them
+        assert_refused(s, raw, 421, "misdirected_request", "allowed_hosts")
+    # the default (empty) takes any name
+    data, _ = exchange(plain, b"GET / HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+    assert [g[0] for g in answers(data)] == [200], data
+
+
+TLS_CLIENT_HELLO = bytes.fromhex("16030100f8010000f40303") + bytes(range(32)) + b"\x00\x02\x13\x01\x01\x00"
+
+
+@pytest.mark.parametrize("raw", [
+    b"THIS IS NOT HTTP\r\n\r\n",
+    b"THIS IS NOT HTTP",  # no line end: still told at once
+    b"GARBAGE\r\n\r\n",
+    TLS_CLIENT_HELLO,
+    bytes(range(256)),
+    b"\x00\x01\x02",
+    b"GET\t/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"BREW / HTTP/1.1 junk\r\n\r\n",
+], ids=["not-http", "not-http-no-crlf", "garbage", "tls-client-hello", "bytes", "nul", "tab", "bad-version"])
+def test_bytes_that_are_not_http_get_400(plain, raw):
+    assert_refused(plain, raw, 400, "bad_request", "not HTTP")
+
+
+@pytest.mark.parametrize("pause_after", [None, 2], ids=["one-read", "split"])
+def test_well_formed_unknown_method_gets_501(plain, pause_after):
+    assert_refused(plain, b"BREW /coffee HTTP/1.1\r\nHost: x\r\n\r\n", 501, "not_implemented", "unknown method",
+                   pause_after=pause_after)
 
 
 @pytest.mark.parametrize("body", [

@@ -65,3 +65,41 @@ def test_check_config_masks_the_password(tmp_path):
     p = subprocess.run([BINARY, "--check-config", "--config", str(ini)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
     assert SECRET not in p.stdout + p.stderr and "password=****" in p.stdout, p.stdout
+
+
+FORGING = b"/a\x0cb\tc\xc2\x85d\xe2\x80\xa8e\xe2\x80\xa9f"  # form feed, tab, NEL, U+2028, U+2029: http-parser passes them
+FORGING_ESCAPED = "/a\\u000cb\\u0009c\\u0085d\\u2028e\\u2029f"
+
+
+def access_lines_of(s, marker):
+    """The log's lines split on LF only (what a line-oriented reader that trusts LF sees) that hold marker;
+    each must also be one line for a reader that splits on every Unicode line break."""
+    with open(s.log_path, "rb") as f:
+        lines = [l.decode("utf-8", errors="strict") for l in f.read().split(b"\n") if marker.encode() in l]
+    for line in lines:
+        assert len(line.splitlines()) == 1, f"a line-breaking character in a log line: {line!r}"
+    return lines
+
+
+def test_text_access_log_escapes_line_breaks_and_names_the_client(server):
+    s = server(workers=1).start()
+    data = s.raw(b"GET " + FORGING + b" HTTP/1.1\r\nHost: x\r\nX-Request-Id: forge-1\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 404 "), data[:200]
+    s.get("/healthz", headers={"X-Request-Id": "plain-1"})
+    s.wait_for(lambda: "rid=plain-1" in s.log_text(), 5, "the access line of /healthz")
+    forged = access_lines_of(s, "rid=forge-1")
+    assert len(forged) == 1 and f"GET {FORGING_ESCAPED} 404 " in forged[0], forged
+    for rid in ("forge-1", "plain-1"):
+        line = access_lines_of(s, f"rid={rid}")[0]
+        assert line.endswith(" client=127.0.0.1"), f"expected the client address on the access line: {line!r}"
+
+
+def test_json_access_log_escapes_line_breaks_the_same_way(server):
+    s = server(workers=1, overrides={"log": {"format": "json"}}).start()
+    s.raw(b"GET " + FORGING + b" HTTP/1.1\r\nHost: x\r\nX-Request-Id: forge-2\r\nConnection: close\r\n\r\n")
+    s.wait_for(lambda: "forge-2" in s.log_text(), 5, "the access line")
+    lines = access_lines_of(s, '"request_id":"forge-2"')
+    access = [l for l in lines if '"msg":"access"' in l]
+    assert len(access) == 1 and f'"path":"{FORGING_ESCAPED}"' in access[0], access
+    rec = json.loads(access[0])
+    assert rec["path"] == FORGING.decode() and rec["client"] == "127.0.0.1", rec

@@ -105,9 +105,16 @@ def test_reload_with_changed_port(server):
     s.signal(signal.SIGHUP)
     old_port, s.port = s.port, new_port
     s.wait_for(lambda: s.get("/healthz").json()["generation"] == 2, 20, "generation 2 on the new port")
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", old_port), timeout=2).close()
-        s.wait_for(lambda: False, 5, "old port closed")
+
+    # The new generation serves a moment before the master has retired the old one (it closes the old
+    # socket then, and each old worker on its QUIT): on a busy machine the old port may still accept.
+    def old_port_closed():
+        try:
+            socket.create_connection(("127.0.0.1", old_port), timeout=2).close()
+        except OSError:
+            return True
+        return False
+    s.wait_for(old_port_closed, 10, "the old port closed once the old generation is retired")
 
 
 def test_reload_with_broken_config_keeps_old(server):
@@ -200,9 +207,9 @@ def test_http10_and_bad_requests(server):
     data = s.raw(b"GET / HTTP/1.0\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"Hello World!"), data
     data = s.raw(b"GARBAGE\r\n\r\n")
-    assert data.split(b" ")[1] in (b"400", b"501"), data
-    data = s.raw(b"BREW / HTTP/1.1\r\n\r\n")
-    assert data.split(b" ")[1] in (b"400", b"501"), data
+    assert data.startswith(b"HTTP/1.1 400 ") and b"not HTTP" in data, data  # not HTTP at all
+    data = s.raw(b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 501 ") and b"not_implemented" in data, data  # a method we do not know
     r = s.request("DELETE", "/")
     assert r.status == 405 and "GET" in r.headers["allow"], r
     r = s.get("/does/not/exist")
