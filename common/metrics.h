@@ -15,7 +15,7 @@
 #define METRICS_ROUTE_NONE (METRICS_ROUTES - 1)     /* answered before routing (bad framing, limits) */
 #define METRICS_ROUTE_UNMATCHED (METRICS_ROUTES - 2) /* 404 / 405 */
 #define METRICS_ROUTE_SCRAPE (METRICS_ROUTES - 3)    /* the metrics listener itself */
-#define METRICS_STATUSES 24    /* the codes of metrics_status_code, then "other" */
+#define METRICS_STATUSES 25    /* the codes of metrics_status_code, then "other" */
 #define METRICS_BUCKETS 14     /* latency bounds of metrics_bucket_le, the last one +Inf */
 #define METRICS_BACKENDS (1 + CONFIG_MAX_REPLICAS) /* 0: the primary, 1 + i: replica i */
 

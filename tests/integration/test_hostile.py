@@ -766,6 +766,9 @@ def test_allowed_hosts_refuses_other_names_with_421(server, plain):
                 b"GET / HTTP/1.1\r\nHost: api.example.co\r\n\r\n",
                 b"GET / HTTP/1.0\r\n\r\n"]:  # no Host at all names none of them
         assert_refused(s, raw, 421, "misdirected_request", "allowed_hosts")
+    # counted under its own code, not "other" (published once a second)
+    wait_until(lambda: total(scrape(s), "pgapi_http_requests_total", status="421") == 4, 10,
+               "four 421 answers in pgapi_http_requests_total")
     # the default (empty) takes any name
     data, _ = exchange(plain, b"GET / HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
     assert [g[0] for g in answers(data)] == [200], data
