@@ -3,8 +3,11 @@
 # in tests/integration/test_hostile.py; clang-14 and libclang-rt-14-dev: libFuzzer
 # for tests/fuzz; groff-base and man-db: the man page check in test_systemd.py)
 # and run its local topology (with --bench: also nginx, Node.js, npm
-# and perf for bench/run.sh). Idempotent and silent when everything is already
-# installed.
+# and perf for bench/run.sh; strace: the argv check in tests/integration/test_topology.py).
+# Idempotent and silent when everything is already installed.
+#
+# The topology runs Redis as the `redis` system user (its package creates it); this script makes
+# sure that user exists even when every package was installed before.
 #
 # Services are never started by the install: a temporary /usr/sbin/policy-rc.d
 # (exit 101) blocks the packages' postinst from starting PostgreSQL's default
@@ -17,10 +20,23 @@ PACKAGES=(
     libevent-dev libpq-dev libhiredis-dev libjson-c-dev libinih-dev libhttp-parser-dev
     libcmocka-dev pkg-config gcc make clang-14 libclang-rt-14-dev postgresql pgbouncer redis-server
     python3-pytest python3-psycopg2 python3-redis python3-yaml socat wrk curl procps iproute2 valgrind
-    groff-base man-db
+    groff-base man-db strace
 )
 
 log() { printf 'deps: %s\n' "$*" >&2; }
+
+# The system user Redis runs as in the topology (redis-server's postinst makes it; a half-installed
+# or hand-removed one is made again, as the package would: a system user and group, no login).
+ensure_redis_user() {
+    id -u redis >/dev/null 2>&1 && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        log "system user 'redis' is missing: run this script as root"
+        exit 1
+    fi
+    log "creating the system user redis"
+    getent group redis >/dev/null || groupadd --system redis
+    useradd --system --gid redis --home-dir /var/lib/redis --no-create-home --shell /usr/sbin/nologin redis
+}
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -33,7 +49,10 @@ if [[ ${1:-} == --bench ]]; then
         command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
     done
 fi
-(( ${#missing[@]} == 0 )) && exit 0
+if (( ${#missing[@]} == 0 )); then
+    ensure_redis_user
+    exit 0
+fi
 
 if [[ $(id -u) -ne 0 ]]; then
     log "missing Debian packages: ${missing[*]}"
@@ -110,4 +129,5 @@ if (( ${#still[@]} )); then
     log "still missing after install: ${still[*]}"
     exit 1
 fi
+ensure_redis_user
 log "installed: ${missing[*]}"
