@@ -23,6 +23,51 @@ class TopologyError(Exception):
     pass
 
 
+# Every Redis of the tests requires a password, like the topology's (scripts/topology.sh: ACL users
+# "default", for tools, and "pgapi", for the server). Clients made anywhere in the tests with
+# redis_lib.Redis(port=...) log in as "default" with the password of the Redis on that port, so that
+# no test has to know it; a test that wants a client without credentials passes password=None.
+REDIS_ADMIN_PASSWORDS = {}   # port -> password of that Redis's default user
+REDIS_ACL = {}               # the session topology's {"admin": ..., "pgapi": ...}: own Redis servers copy it
+
+
+class AuthenticatedRedis(redis_lib.Redis):
+    def __init__(self, *args, **kw):
+        if not args and "password" not in kw and "username" not in kw:
+            kw["password"] = REDIS_ADMIN_PASSWORDS.get(int(kw.get("port", 6379)))
+        super().__init__(*args, **kw)
+
+
+redis_lib.Redis = AuthenticatedRedis
+
+
+def read_secrets(state_dir):
+    """KEY=value lines of a topology's secrets.env (root only)."""
+    out = {}
+    with open(os.path.join(state_dir, "secrets.env")) as f:
+        for line in f:
+            key, sep, value = line.strip().partition("=")
+            if sep:
+                out[key] = value
+    return out
+
+
+def own_redis_conf(directory, port):
+    """A redis.conf for a test's own redis-server on `port`, with the session topology's users and
+    passwords (so pgapi servers configured for the topology log in to it alike); mode 600, as the
+    passwords never go on a command line. Returns its path."""
+    assert REDIS_ACL, "own Redis servers need the session topology (its passwords) to be up"
+    path = os.path.join(str(directory), f"redis-{port}.conf")
+    text = (f"port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {directory}\n"
+            f"user default on >{REDIS_ACL['admin']} ~* &* +@all\n"
+            f"user pgapi on >{REDIS_ACL['pgapi']} ~* &* +@all -@admin -@dangerous\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    REDIS_ADMIN_PASSWORDS[port] = REDIS_ACL["admin"]
+    return path
+
+
 def wait_until(predicate, timeout, what, interval=0.1):
     """Poll predicate() until it returns a truthy value; return that value.
     Raise AssertionError naming `what` and the last value/exception otherwise."""
@@ -106,6 +151,7 @@ class Topology:
         self.redis_port = redis_port
         self.replica2_port = replica2_port
         self.vars = {}
+        self.secrets = {}
         self._conns = []
         self._redis = []
 
@@ -162,7 +208,13 @@ class Topology:
 
     def load_env(self):
         self.vars = parse_env_file(os.path.join(self.dir, "topology.env"))
+        self.secrets = read_secrets(self.dir)
+        REDIS_ADMIN_PASSWORDS[self.redis_port] = self.secrets["REDIS_ADMIN_PASSWORD"]
         return self.vars
+
+    def share_redis_acl(self):
+        """Own Redis servers of the tests get this topology's users and passwords."""
+        REDIS_ACL.update(admin=self.secrets["REDIS_ADMIN_PASSWORD"], pgapi=self.secrets["REDIS_PASSWORD"])
 
     def down(self, purge=False, check=True):
         self.close_clients()
@@ -225,9 +277,11 @@ class Topology:
     def replica_admin(self):
         return self.admin("REPLICA")
 
-    def redis(self):
+    def redis(self, **kw):
+        """A client of the topology's Redis, as its default (admin) user unless kw says otherwise."""
+        kw.setdefault("password", self.secrets.get("REDIS_ADMIN_PASSWORD"))
         client = redis_lib.Redis(host=HOST, port=self.redis_port, socket_timeout=5,
-                                 socket_connect_timeout=5)
+                                 socket_connect_timeout=5, **kw)
         self._redis.append(client)
         return client
 

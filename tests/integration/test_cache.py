@@ -15,6 +15,7 @@ from contextlib import closing
 import pytest
 import redis as redis_lib
 
+from helpers import own_redis_conf
 from pgapi_server import PgapiServer, free_port
 from test_pool import bouncer_queries, replay_pause, replay_resume
 
@@ -141,8 +142,7 @@ def test_no_stale_value_with_replay_paused(server, schema):
 
 
 def redis_start(port, tmp_path):
-    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", str(tmp_path)],
+    p = subprocess.Popen(["redis-server", own_redis_conf(tmp_path, port)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -279,12 +279,12 @@ def test_readyz_without_primary_is_503(server):
 
 
 def test_readyz_follows_redis_down_and_back(server, schema, tmp_path):
+    from helpers import own_redis_conf
     from pgapi_server import free_port
     port = free_port()
 
     def redis_start():
-        return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", str(tmp_path)],
+        return subprocess.Popen(["redis-server", own_redis_conf(tmp_path, port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
     redis = redis_start()
