@@ -518,3 +518,26 @@ def test_redis_over_its_unix_socket(server, schema):
     until_hit(s, f"/users/{u['id']}")
     clients = [c for c in schema.redis().client_list() if c.get("user") == "pgapi" and c["addr"].startswith("/")]
     assert clients, f"expected a client of user pgapi on {sock}, got {schema.redis().client_list()}"
+
+
+def test_full_redis_refuses_writes_and_never_serves_the_old_value(warm_user_on_own_redis):
+    """maxmemory with noeviction (the topology's policy: a fence or a lease is never evicted): a full
+    Redis refuses writes and the scripts that write first (Redis 7 checks a script's first write), so
+    an invalidation may fail too: that is handled as any Redis failure. Every request is answered from
+    PostgreSQL, never with the old value, and once Redis has room again hits come back."""
+    s, own, u = warm_user_on_own_redis
+    r = redis_lib.Redis(port=own.port)
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", "1")  # below what it uses: full
+    with pytest.raises(redis_lib.ResponseError, match="OOM"):
+        r.set("probe", "x")
+    try:
+        assert s.request("PATCH", f"/users/{u['id']}", body={"name": "while-full"}).status == 200
+        for _ in range(5):
+            status, xc, body = get(s, f"/users/{u['id']}")
+            assert status == 200 and body["name"] == "while-full" and xc != "HIT", (status, xc, body)
+    finally:
+        r.config_set("maxmemory", "0")
+    s.wait_for(lambda: get(s, f"/users/{u['id']}")[1] == "HIT", 15, "the cache in use again")
+    assert get(s, f"/users/{u['id']}")[2]["name"] == "while-full"
+    assert "OOM command not allowed" in s.log_text(), "expected the server to have met a full Redis:\n" + s.log_tail()
