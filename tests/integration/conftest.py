@@ -59,7 +59,6 @@ def topology(topology_port_base):
     if os.geteuid() != 0:
         pytest.skip("the local topology needs root (PostgreSQL runs as postgres via runuser)")
     topo = start_topology(topology_port_base)
-    topo.share_redis_acl()
     yield topo
     stop_topology(topo)
 

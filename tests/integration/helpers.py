@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 
 import psycopg2
 import redis as redis_lib
@@ -28,7 +29,8 @@ class TopologyError(Exception):
 # redis_lib.Redis(port=...) log in as "default" with the password of the Redis on that port, so that
 # no test has to know it; a test that wants a client without credentials passes password=None.
 REDIS_ADMIN_PASSWORDS = {}   # port -> password of that Redis's default user
-REDIS_ACL = {}               # the session topology's {"admin": ..., "pgapi": ...}: own Redis servers copy it
+REDIS_PGAPI_PASSWORDS = []   # the "pgapi" user's password of every topology loaded: own Redis servers accept each
+OWN_REDIS_ADMIN_PASSWORD = uuid.uuid4().hex  # the default user's password of the tests' own Redis servers
 
 
 class AuthenticatedRedis(redis_lib.Redis):
@@ -53,18 +55,19 @@ def read_secrets(state_dir):
 
 
 def own_redis_conf(directory, port):
-    """A redis.conf for a test's own redis-server on `port`, with the session topology's users and
-    passwords (so pgapi servers configured for the topology log in to it alike); mode 600, as the
-    passwords never go on a command line. Returns its path."""
-    assert REDIS_ACL, "own Redis servers need the session topology (its passwords) to be up"
+    """A redis.conf for a test's own redis-server on `port`, with the users of the topology's Redis: its
+    "pgapi" user accepts the password of every topology loaded (a pgapi server configured for one logs
+    in to it alike). Mode 600: the passwords never go on a command line. Returns its path."""
+    assert REDIS_PGAPI_PASSWORDS, "an own Redis server needs a topology up (the password pgapi servers use)"
     path = os.path.join(str(directory), f"redis-{port}.conf")
+    pgapi = " ".join(f">{pw}" for pw in REDIS_PGAPI_PASSWORDS)
     text = (f"port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {directory}\n"
-            f"user default on >{REDIS_ACL['admin']} ~* &* +@all\n"
-            f"user pgapi on >{REDIS_ACL['pgapi']} ~* &* +@all -@admin -@dangerous\n")
+            f"user default on >{OWN_REDIS_ADMIN_PASSWORD} ~* &* +@all\n"
+            f"user pgapi on {pgapi} ~* &* +@all -@admin -@dangerous\n")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    REDIS_ADMIN_PASSWORDS[port] = REDIS_ACL["admin"]
+    REDIS_ADMIN_PASSWORDS[port] = OWN_REDIS_ADMIN_PASSWORD
     return path
 
 
@@ -210,11 +213,9 @@ class Topology:
         self.vars = parse_env_file(os.path.join(self.dir, "topology.env"))
         self.secrets = read_secrets(self.dir)
         REDIS_ADMIN_PASSWORDS[self.redis_port] = self.secrets["REDIS_ADMIN_PASSWORD"]
+        if self.secrets["REDIS_PASSWORD"] not in REDIS_PGAPI_PASSWORDS:
+            REDIS_PGAPI_PASSWORDS.append(self.secrets["REDIS_PASSWORD"])
         return self.vars
-
-    def share_redis_acl(self):
-        """Own Redis servers of the tests get this topology's users and passwords."""
-        REDIS_ACL.update(admin=self.secrets["REDIS_ADMIN_PASSWORD"], pgapi=self.secrets["REDIS_PASSWORD"])
 
     def down(self, purge=False, check=True):
         self.close_clients()
