@@ -622,11 +622,6 @@ prepare_dirs() { # [extra data dir names whose socket dir is needed]
     for n in "${NODES[@]}" "$@"; do socks+=("${NODE_SOCK[$n]}"); done
     install -d -o "$PG_OS_USER" -g "$PG_OS_USER" -m 0755 "$PGBASE" "$PGLOG_DIR"
     install -d -o "$PG_OS_USER" -g "$PG_OS_USER" -m 0700 "$PGBASE/run" "${socks[@]}" "$BOUNCER_DIR"
-    if [[ -d $REDIS_DIR && $(stat -c %u "$REDIS_DIR") == 0 ]]; then
-        # an older topology.sh ran Redis as root here: its log and pid file are root's
-        log "redis: $REDIS_DIR was root's (Redis ran as root before): handing it to user $REDIS_OS_USER"
-        rm -f -- "$REDIS_LOG" "$REDIS_DIR/redis.start.log"
-    fi
     install -d -o "$REDIS_OS_USER" -g "$REDIS_OS_USER" -m 0700 "$REDIS_DIR"
 }
 
@@ -1156,7 +1151,9 @@ EOF
 write_redis_conf() {
     local want
     want=$(redis_conf)
-    if [[ -f $REDIS_CONF && $(cat -- "$REDIS_CONF") == "$want" ]]; then return 1; fi
+    if [[ -f $REDIS_CONF && $(stat -c %U "$REDIS_CONF") == "$REDIS_OS_USER" && $(cat -- "$REDIS_CONF") == "$want" ]]; then
+        return 1
+    fi
     # shellcheck disable=SC2016  # $1 is expanded by the inner sh
     printf '%s\n' "$want" | (cd / && runuser -u "$REDIS_OS_USER" -- sh -c 'umask 077 && cat >"$1.tmp" && mv -f "$1.tmp" "$1"' sh "$REDIS_CONF")
 }
@@ -1180,6 +1177,10 @@ start_redis() {
         rm -f -- "$REDIS_PID"
     fi
     check_port_free redis "$REDIS_PORT"
+    if [[ -e $REDIS_LOG && $(stat -c %U "$REDIS_LOG") != "$REDIS_OS_USER" ]]; then
+        log "redis: $REDIS_LOG is from a Redis that ran as $(stat -c %U "$REDIS_LOG") (an older topology.sh): removing it"
+        rm -f -- "$REDIS_LOG"
+    fi
     (cd / && runuser -u "$REDIS_OS_USER" -- test -r "$REDIS_CONF") \
         || die "redis: user $REDIS_OS_USER cannot read $REDIS_CONF (is a parent of $REDIS_DIR out of its reach?)"
     log "redis: starting on $HOST:$REDIS_PORT and $REDIS_SOCK as user $REDIS_OS_USER (maxmemory $REDIS_MAXMEMORY, noeviction)"
