@@ -233,9 +233,11 @@ static void handshake_done(struct cache *c, const redisReply *r)
         cache_up(c);
         return;
     }
-    const char *hint = strncmp(r->str, "NOAUTH", 6) == 0 ? " (set PGAPI_REDIS_PASSWORD or [redis] password_file)"
-                       : strncmp(r->str, "WRONGPASS", 9) == 0 || strstr(r->str, "AUTH") ? " (check [redis] username and the password)"
-                       : "";
+    const char *hint = "";
+    if (strncmp(r->str, "NOAUTH", 6) == 0)
+        hint = " (set PGAPI_REDIS_PASSWORD or [redis] password_file)";
+    else if (strncmp(r->str, "WRONGPASS", 9) == 0)
+        hint = " (check [redis] username and the password)";
     snprintf(c->refused, sizeof(c->refused), "%s refused: %.80s%s", c->cfg->redis_password[0] ? "AUTH" : "PING",
              r->str, hint);
     timer_arm(c->timer_ev, 0);
