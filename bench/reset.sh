@@ -2,7 +2,7 @@
 # Between bench rounds: drop the rows a round added (ids past the seeded 10,000) from pgapi's and the
 # peer's databases, then empty Redis. As the superuser with triggers off: the peer's posts."userId" has
 # no index, so a cascade would scan posts once per deleted user.
-# Usage: bench/reset.sh STATE_DIR (reads STATE_DIR/topology.env)
+# Usage: bench/reset.sh STATE_DIR (reads STATE_DIR/topology.env and secrets.env)
 set -e
 . "$1/topology.env"
 PGBIN=/usr/lib/postgresql/15/bin
@@ -15,4 +15,5 @@ sql() { # db statement...
 }
 sql pgapi 'DELETE FROM posts WHERE user_id > 10000' 'DELETE FROM users WHERE id > 10000'
 sql peer 'DELETE FROM posts WHERE "userId" > 10000' 'DELETE FROM users WHERE id > 10000'
-redis-cli -p "$PGAPI_REDIS_PORT" flushall >/dev/null
+# as Redis's default user; the password goes by the environment, never on redis-cli's command line
+REDISCLI_AUTH=$(sed -n 's/^REDIS_ADMIN_PASSWORD=//p' "$1/secrets.env") redis-cli --no-auth-warning -p "$PGAPI_REDIS_PORT" flushall >/dev/null

@@ -47,6 +47,7 @@ scripts/topology.sh up "$STATE" >/dev/null
 PGBIN=/usr/lib/postgresql/15/bin
 export PGAPI_DATABASE_PRIMARY="host=127.0.0.1 port=$PGAPI_BOUNCER_PORT dbname=pgapi_rw user=app"
 export PGAPI_DATABASE_REPLICA="host=127.0.0.1 port=$PGAPI_BOUNCER_PORT dbname=pgapi_ro user=app"
+# pgapi logs in to Redis as topology.env says: PGAPI_REDIS_USERNAME and PGAPI_REDIS_PASSWORD_FILE
 export PGAPI_REDIS_PORT PGAPI_LOG_ACCESS=off
 build/pgapi migrate up >/dev/null
 build/pgapi seed --users 10000 --posts-per-user 5 >/dev/null
@@ -57,7 +58,8 @@ cp -r "$PEER_SRC" "$STATE/peer"
 runuser -u postgres -- "$PGBIN/psql" -qX -h "$PGAPI_PRIMARY_SOCKET_DIR" -p "$PGAPI_PRIMARY_PORT" -d postgres \
     -c "CREATE DATABASE peer OWNER app" >/dev/null
 export DB_HOST=127.0.0.1 DB_PORT=$PGAPI_PRIMARY_PORT DB_USERNAME=app DB_PASSWORD=$APP_PASSWORD DB_DATABASE=peer
-export REDIS_URL=redis://127.0.0.1:$PGAPI_REDIS_PORT/1
+# the peer logs in as Redis's default user (the password in its environment, never on a command line)
+export REDIS_URL=redis://default:$REDIS_ADMIN_PASSWORD@127.0.0.1:$PGAPI_REDIS_PORT/1
 (cd "$STATE/peer" && node src/seed.js 10000 --reset >/dev/null)
 peer_sql() { "$PGBIN/psql" -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGAPI_PRIMARY_PORT" -U app -d "$1" -c "$2"; }
 peer_sql peer "INSERT INTO posts (title, content, \"userId\") SELECT 'Post ' || u.id || '.' || g,

@@ -5,10 +5,12 @@
 #include <ctype.h>
 #include <errno.h>
 #include <ini.h>
+#include <libpq-fe.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum key_type { KT_INT, KT_MS, KT_SEC, KT_SIZE, KT_BOOL, KT_STR, KT_LISTEN, KT_DSN, KT_REPLICA, KT_LEVEL, KT_FORMAT };
@@ -88,6 +90,14 @@ static const struct config_key config_keys[] = {
       "memory those values may take per worker; units k, m" },
     { "redis", "prefix", KT_STR, OFF(redis_prefix), 0, 0, "pgapi:v2",
       "namespace of every key; bump the version after a schema change" },
+    { "redis", "socket", KT_STR, OFF(redis_socket), 0, 0, "",
+      "Unix socket path of Redis; when set, host and port are not used (hiredis 0.14 has no TLS: keep "
+      "Redis on this host, on the socket or loopback)" },
+    { "redis", "username", KT_STR, OFF(redis_username), 0, 0, "",
+      "Redis ACL user to AUTH as (needs a password); empty: the default user" },
+    { "redis", "password_file", KT_STR, OFF(redis_password_file), 0, 0, "",
+      "file whose first line is the Redis password, read at start and on every reload (not readable by "
+      "others); or set PGAPI_REDIS_PASSWORD in the environment instead; never put the password in this file" },
     { "metrics", "listen", KT_LISTEN, OFF(metrics_listen), 0, 0, "127.0.0.1:3001",
       "address:port serving GET /metrics (Prometheus text format, every worker's series with a worker "
       "label); keep it off the public interface; \"off\" disables it" },
@@ -385,6 +395,66 @@ static int config_validate(struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* The first line of the password file, without its line end. Refused when others may read or write it. */
+static int password_file_read(const char *path, char *out, size_t cap, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    struct stat st;
+    int rc = -1;
+    if (!f) {
+        snprintf(err, errlen, "[redis] password_file %s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "[redis] password_file %s: not a regular file", path);
+        goto done;
+    }
+    if (st.st_mode & (S_IROTH | S_IWOTH)) {
+        snprintf(err, errlen, "[redis] password_file %s: mode %04o lets other users read or write it (chmod o-rwx)",
+                 path, (unsigned)(st.st_mode & 07777));
+        goto done;
+    }
+    if (!fgets(out, (int)cap, f)) {
+        snprintf(err, errlen, "[redis] password_file %s: empty", path);
+        goto done;
+    }
+    size_t n = strcspn(out, "\r\n");
+    if (n == cap - 1 && out[n] == '\0') {
+        snprintf(err, errlen, "[redis] password_file %s: the password is longer than %zu bytes", path, cap - 2);
+        goto done;
+    }
+    out[n] = '\0';
+    rc = 0;
+done:
+    fclose(f);
+    return rc;
+}
+
+/* The Redis password comes from the environment or from password_file, never from the ini itself. */
+static int redis_password_load(struct config *cfg, char *err, size_t errlen)
+{
+    const char *env = getenv(CONFIG_REDIS_PASSWORD_ENV);
+    cfg->redis_password[0] = '\0';
+    if (env && cfg->redis_password_file[0]) {
+        snprintf(err, errlen, "both %s and [redis] password_file are set: keep one", CONFIG_REDIS_PASSWORD_ENV);
+        return -1;
+    }
+    if (env && set_string(cfg->redis_password, sizeof(cfg->redis_password), env, err, errlen) < 0) {
+        snprintf(err, errlen, "environment %s: longer than %zu bytes", CONFIG_REDIS_PASSWORD_ENV,
+                 sizeof(cfg->redis_password) - 1);
+        return -1;
+    }
+    if (cfg->redis_password_file[0] &&
+        password_file_read(cfg->redis_password_file, cfg->redis_password, sizeof(cfg->redis_password), err, errlen) < 0)
+        return -1;
+    if (cfg->redis_username[0] && !cfg->redis_password[0]) {
+        snprintf(err, errlen, "[redis] username is set but no password (%s or [redis] password_file)",
+                 CONFIG_REDIS_PASSWORD_ENV);
+        return -1;
+    }
+    return 0;
+}
+
 int config_load(struct config *out, const char *path, char *err, size_t errlen)
 {
     struct config *cfg = malloc(sizeof(*cfg));
@@ -403,7 +473,8 @@ int config_load(struct config *out, const char *path, char *err, size_t errlen)
         if (file_apply(cfg, path, err, errlen) < 0)
             goto done;
     }
-    if (env_apply(cfg, err, errlen) < 0 || config_validate(cfg, err, errlen) < 0)
+    if (env_apply(cfg, err, errlen) < 0 || redis_password_load(cfg, err, errlen) < 0 ||
+        config_validate(cfg, err, errlen) < 0)
         goto done;
     *out = *cfg;
     rc = 0;
@@ -412,17 +483,46 @@ done:
     return rc;
 }
 
-/* A conninfo's password=... is masked so that printing a config never leaks it. */
-static void dsn_print_masked(FILE *f, const char *name, const char *dsn)
+/* One conninfo value as libpq reads it back: quoted when it is empty or holds a blank, quote or backslash. */
+static void dsn_value_print(FILE *f, const char *v)
 {
-    const char *p = strstr(dsn, "password");
-    if (!p) {
-        fprintf(f, "%s = %s\n", name, dsn);
+    if (v[0] && !strpbrk(v, " \t\n\r\f\v'\\")) {
+        fputs(v, f);
         return;
     }
-    fprintf(f, "%s = %.*spassword=****", name, (int)(p - dsn), dsn);
-    const char *end = strchr(p, ' ');
-    fprintf(f, "%s\n", end ? end : "");
+    fputc('\'', f);
+    for (; *v; v++) {
+        if (*v == '\'' || *v == '\\')
+            fputc('\\', f);
+        fputc(*v, f);
+    }
+    fputc('\'', f);
+}
+
+/* A conninfo as libpq's own parser reads it (keyword or URI form), printed in keyword form with every
+ * option libpq flags as secret (dispchar "*": password, sslpassword) shown as ****. A conninfo that
+ * does not parse is not printed at all: its text could hold a password in any place. */
+static void dsn_print_masked(FILE *f, const char *name, const char *dsn)
+{
+    char *why = NULL;
+    PQconninfoOption *opts = PQconninfoParse(dsn, &why);
+    if (!opts) {
+        fprintf(f, "%s = (not shown: libpq cannot parse it)\n", name);
+        PQfreemem(why);
+        return;
+    }
+    fprintf(f, "%s =", name);
+    for (const PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val)
+            continue;
+        fprintf(f, " %s=", o->keyword);
+        if (o->dispchar && o->dispchar[0] == '*')
+            fputs("****", f);
+        else
+            dsn_value_print(f, o->val);
+    }
+    fputc('\n', f);
+    PQconninfoFree(opts);
 }
 
 void config_print(const struct config *c, FILE *f)
@@ -443,11 +543,12 @@ void config_print(const struct config *c, FILE *f)
     fprintf(f, "pool_size = %d\nstatement_timeout = %dms\nconnect_timeout = %dms\nqueue_size = %d\n"
                "queue_timeout = %dms\nmax_replica_lag = %dms\nhealth_interval = %dms\nmigrations_dir = %s\n\n"
                "[redis]\nenabled = %s\nhost = %s\nport = %d\nttl = %ds\nconnect_timeout = %dms\n"
-               "command_timeout = %dms\nprefix = %s\nlocal_entries = %d\nlocal_bytes = %zu\n\n[metrics]\nlisten = %s\n\n[log]\nlevel = %s\nformat = %s\naccess = %s\n",
+               "command_timeout = %dms\nprefix = %s\nsocket = %s\nusername = %s\npassword_file = %s\nlocal_entries = %d\nlocal_bytes = %zu\n\n[metrics]\nlisten = %s\n\n[log]\nlevel = %s\nformat = %s\naccess = %s\n",
             c->pool_size, c->statement_timeout_ms, c->connect_timeout_ms, c->queue_size,
             c->queue_timeout_ms, c->max_replica_lag_ms, c->health_interval_ms, c->migrations_dir,
             c->redis_enabled ? "on" : "off", c->redis_host, c->redis_port, c->cache_ttl_s,
             c->redis_connect_timeout_ms, c->redis_command_timeout_ms, c->redis_prefix,
+            c->redis_socket, c->redis_username, c->redis_password_file,
             c->local_cache_entries, c->local_cache_bytes, metrics_addr,
             lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off");
 }

@@ -12,6 +12,8 @@
 #define CONFIG_MAX_REPLICAS 8
 #define CONFIG_DSN_MAX 512
 #define CONFIG_ERR_MAX 512
+/* The environment variable holding the Redis password (the other way is [redis] password_file). */
+#define CONFIG_REDIS_PASSWORD_ENV "PGAPI_REDIS_PASSWORD"
 
 /* An address:port to listen on; port 0 = off (only where the key allows it). */
 struct config_addr {
@@ -54,6 +56,10 @@ struct config {
     int redis_connect_timeout_ms;
     int redis_command_timeout_ms;
     char redis_prefix[64];
+    char redis_socket[108];    /* Unix socket path (sun_path); "" = TCP to host:port */
+    char redis_username[64];   /* ACL user for AUTH; "" = the default user */
+    char redis_password_file[256];
+    char redis_password[256];  /* not a key: from PGAPI_REDIS_PASSWORD or password_file; never printed */
     int local_cache_entries;
     size_t local_cache_bytes;
     /* [metrics] */

@@ -2,10 +2,13 @@
 # Install the Debian packages pgapi needs to build, test (valgrind: the leak check
 # in tests/integration/test_hostile.py; clang-14 and libclang-rt-14-dev: libFuzzer
 # for tests/fuzz; groff-base and man-db: the man page check in test_systemd.py; systemd
-# and libseccomp2: systemd-analyze/-sysusers/-tmpfiles and the unit's system call filter there)
-# and run its local topology (with --bench: also nginx, Node.js, npm
-# and perf for bench/run.sh). Idempotent and silent when everything is already
-# installed.
+# and libseccomp2: systemd-analyze/-sysusers/-tmpfiles and the unit's system call filter there;
+# strace: the argv check in tests/integration/test_topology.py) and run its local topology (with
+# --bench: also nginx, Node.js, npm and perf for bench/run.sh).
+# Idempotent and silent when everything is already installed.
+#
+# The topology runs Redis as the `redis` system user (its package creates it); this script makes
+# sure that user exists even when every package was installed before.
 #
 # Services are never started by the install: a temporary /usr/sbin/policy-rc.d
 # (exit 101) blocks the packages' postinst from starting PostgreSQL's default
@@ -18,10 +21,23 @@ PACKAGES=(
     libevent-dev libpq-dev libhiredis-dev libjson-c-dev libinih-dev libhttp-parser-dev
     libcmocka-dev pkg-config gcc make clang-14 libclang-rt-14-dev postgresql pgbouncer redis-server
     python3-pytest python3-psycopg2 python3-redis python3-yaml socat wrk curl procps iproute2 valgrind
-    groff-base man-db systemd libseccomp2
+    groff-base man-db systemd libseccomp2 strace
 )
 
 log() { printf 'deps: %s\n' "$*" >&2; }
+
+# The system user Redis runs as in the topology (redis-server's postinst makes it; a half-installed
+# or hand-removed one is made again, as the package would: a system user and group, no login).
+ensure_redis_user() {
+    id -u redis >/dev/null 2>&1 && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        log "system user 'redis' is missing: run this script as root"
+        exit 1
+    fi
+    log "creating the system user redis"
+    getent group redis >/dev/null || groupadd --system redis
+    useradd --system --gid redis --home-dir /var/lib/redis --no-create-home --shell /usr/sbin/nologin redis
+}
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -34,7 +50,10 @@ if [[ ${1:-} == --bench ]]; then
         command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
     done
 fi
-(( ${#missing[@]} == 0 )) && exit 0
+if (( ${#missing[@]} == 0 )); then
+    ensure_redis_user
+    exit 0
+fi
 
 if [[ $(id -u) -ne 0 ]]; then
     log "missing Debian packages: ${missing[*]}"
@@ -111,4 +130,5 @@ if (( ${#still[@]} )); then
     log "still missing after install: ${still[*]}"
     exit 1
 fi
+ensure_redis_user
 log "installed: ${missing[*]}"

@@ -37,10 +37,22 @@
 #   roles         which data dir plays which role (primary, the one pgapi_ro reads, a former
 #                 primary awaiting rejoin) and the port of each data dir
 #   pgpass        libpq passfile for user app (and pgbadmin on the admin console)
-#   secrets.env   APP_PASSWORD, REPLICATOR_PASSWORD, PGBADMIN_PASSWORD, POSTGRES_PASSWORD
+#   secrets.env   APP_PASSWORD, REPLICATOR_PASSWORD, PGBADMIN_PASSWORD, POSTGRES_PASSWORD,
+#                 REDIS_PASSWORD (ACL user pgapi), REDIS_ADMIN_PASSWORD (Redis's default user)
+#   redis.password  REDIS_PASSWORD alone: pgapi's [redis] password_file (PGAPI_REDIS_PASSWORD_FILE)
 #   pgdata.path   where the postgres-owned part lives (DIR/pg, or /var/tmp/pgapi-<hash>
 #                 when the postgres user cannot reach DIR)
-#   redis/        redis pid, log and working dir
+#   redis/        Redis's working dir, owned by the redis user: redis.conf (mode 600: its ACL users and
+#                 passwords, never in argv), pid, log and unix socket redis.sock (under the pgdata
+#                 path instead when DIR is out of the system users' reach)
+# Every secret stays out of argv (/proc/*/cmdline is world-readable): passwords go through files,
+# stdin or the environment (/proc/*/environ is readable by the process owner only).
+# DIR, its parents and the files above must be owned by root and not writable by group or other:
+# topology.env is sourced as root. Redis runs as the redis user, requires a password (ACL users
+# "default" for tools and "pgapi" for the server, without admin or dangerous commands), and has a
+# maxmemory ($PGAPI_REDIS_MAXMEMORY, default 512mb) with the noeviction policy: evicting a fence or
+# a lease could let a stale value be cached, so a full Redis refuses writes and pgapi falls back to
+# PostgreSQL instead.
 # Under the pgdata path: data dirs primary/ replica/ replica2/ (named after the role each had
 # when it was created), run/<data dir> (unix sockets), log/*.log, pgbouncer/ (ini, auth file,
 # pid file). Each replica streams with application_name pgapi_<data dir>.
@@ -61,6 +73,9 @@ BOUNCER_PAUSED=""
 NODE_NAMES=(primary replica replica2)
 declare -A SLOT_VAR=([primary]=PGAPI_PRIMARY_PORT [replica]=PGAPI_REPLICA_PORT [replica2]=PGAPI_REPLICA2_PORT)
 declare -A SLOT_DEFAULT=([primary]=15432 [replica]=15433 [replica2]=15434)
+
+REDIS_OS_USER=redis
+REDIS_MAXMEMORY=${PGAPI_REDIS_MAXMEMORY:-512mb}
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
@@ -119,6 +134,7 @@ esac
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (PostgreSQL and PgBouncer are run as the '$PG_OS_USER' user via runuser)"
 id -u "$PG_OS_USER" >/dev/null 2>&1 || die "system user '$PG_OS_USER' is missing: run scripts/deps.sh"
+id -u "$REDIS_OS_USER" >/dev/null 2>&1 || die "system user '$REDIS_OS_USER' is missing: run scripts/deps.sh"
 PG_HOME=$(getent passwd "$PG_OS_USER" | cut -d: -f6)
 [[ -n $PG_HOME ]] || PG_HOME=/
 
@@ -133,6 +149,31 @@ else
 fi
 [[ $DIR != / ]] || die "refusing to use / as the state dir"
 ROLES_FILE=$DIR/roles
+
+# Root sources DIR/topology.env and trusts the other state files: another user who owns DIR (or a
+# parent, or can write to one) could plant commands there. Sticky parents such as /tmp are fine.
+check_dir_trusted() {
+    local d=$DIR f owner mode
+    [[ -e $DIR ]] || return 0
+    [[ -d $DIR && ! -L $DIR ]] || die "state dir $DIR is not a directory"
+    while :; do
+        read -r owner mode < <(stat -c '%u %a' -- "$d")
+        [[ $owner == 0 ]] || die "refusing state dir $DIR: $d is owned by uid $owner, not root (its topology.env is sourced as root)"
+        if (( 8#$mode & 8#022 )) && { [[ $d == "$DIR" ]] || ! (( 8#$mode & 8#1000 )); }; then
+            die "refusing state dir $DIR: $d (mode $mode) is writable by group or other"
+        fi
+        [[ $d != / ]] || break
+        d=$(dirname -- "$d")
+    done
+    for f in topology.env roles secrets.env redis.password pgpass pgdata.path; do
+        [[ -e $DIR/$f || -L $DIR/$f ]] || continue
+        [[ -f $DIR/$f && ! -L $DIR/$f ]] || die "refusing state dir $DIR: $DIR/$f is not a regular file"
+        read -r owner mode < <(stat -c '%u %a' -- "$DIR/$f")
+        [[ $owner == 0 ]] || die "refusing state dir $DIR: $DIR/$f is owned by uid $owner, not root"
+        ! (( 8#$mode & 8#022 )) || die "refusing state dir $DIR: $DIR/$f (mode $mode) is writable by group or other"
+    done
+}
+check_dir_trusted
 
 # ---------------------------------------------------------------- helpers
 # Close every fd above 2 of the current (sub)shell, so that daemons we start
@@ -365,9 +406,14 @@ setup_paths() {
     BOUNCER_AUTH=$BOUNCER_DIR/userlist.txt
     BOUNCER_PID=$BOUNCER_DIR/pgbouncer.pid
     BOUNCER_LOG=$PGLOG_DIR/pgbouncer.log
+    # the redis user must reach its dir: beside the postgres data when DIR is out of reach
     REDIS_DIR=$DIR/redis
+    [[ $PGBASE != "$FALLBACK_BASE" ]] || REDIS_DIR=$PGBASE/redis
     REDIS_PID=$REDIS_DIR/redis.pid
     REDIS_LOG=$REDIS_DIR/redis.log
+    REDIS_CONF=$REDIS_DIR/redis.conf
+    REDIS_SOCK=$REDIS_DIR/redis.sock
+    REDIS_PWFILE=$DIR/redis.password
     PGPASS=$DIR/pgpass
 }
 
@@ -442,7 +488,8 @@ claim_dir() {
 
 load_secrets() {
     local f=$DIR/secrets.env k v changed=0
-    APP_PASSWORD="" REPLICATOR_PASSWORD="" PGBADMIN_PASSWORD="" POSTGRES_PASSWORD=""
+    APP_PASSWORD="" REPLICATOR_PASSWORD="" PGBADMIN_PASSWORD="" POSTGRES_PASSWORD="" REDIS_PASSWORD=""
+    REDIS_ADMIN_PASSWORD=""
     if [[ -f $f ]]; then
         while IFS='=' read -r k v; do
             [[ $v =~ ^[0-9a-f]{16,}$ ]] || continue
@@ -451,6 +498,8 @@ load_secrets() {
                 REPLICATOR_PASSWORD) REPLICATOR_PASSWORD=$v ;;
                 PGBADMIN_PASSWORD) PGBADMIN_PASSWORD=$v ;;
                 POSTGRES_PASSWORD) POSTGRES_PASSWORD=$v ;;
+                REDIS_PASSWORD) REDIS_PASSWORD=$v ;;
+                REDIS_ADMIN_PASSWORD) REDIS_ADMIN_PASSWORD=$v ;;
             esac
         done <"$f"
     fi
@@ -458,18 +507,24 @@ load_secrets() {
     [[ -n $REPLICATOR_PASSWORD ]] || { REPLICATOR_PASSWORD=$(rand_hex); changed=1; }
     [[ -n $PGBADMIN_PASSWORD ]] || { PGBADMIN_PASSWORD=$(rand_hex); changed=1; }
     [[ -n $POSTGRES_PASSWORD ]] || { POSTGRES_PASSWORD=$(rand_hex); changed=1; }
+    [[ -n $REDIS_PASSWORD ]] || { REDIS_PASSWORD=$(rand_hex); changed=1; }
+    [[ -n $REDIS_ADMIN_PASSWORD ]] || { REDIS_ADMIN_PASSWORD=$(rand_hex); changed=1; }
     if (( changed )); then
         (umask 077 && cat >"$f.tmp" <<EOF
 APP_PASSWORD=$APP_PASSWORD
 REPLICATOR_PASSWORD=$REPLICATOR_PASSWORD
 PGBADMIN_PASSWORD=$PGBADMIN_PASSWORD
 POSTGRES_PASSWORD=$POSTGRES_PASSWORD
+REDIS_PASSWORD=$REDIS_PASSWORD
+REDIS_ADMIN_PASSWORD=$REDIS_ADMIN_PASSWORD
 EOF
         )
         mv -f "$f.tmp" "$f"
     fi
     chown root:root "$f"
     chmod 600 "$f"
+    (umask 077 && printf '%s\n' "$REDIS_PASSWORD" >"$REDIS_PWFILE.tmp")
+    mv -f "$REDIS_PWFILE.tmp" "$REDIS_PWFILE"
 }
 
 write_pgpass() {
@@ -524,6 +579,10 @@ write_topology_env() {
             echo "export PGAPI_RO2_DSN=$(q "host=$HOST port=$BOUNCER_PORT dbname=pgapi_ro2 user=app")"
         fi
         echo "export PGAPI_REDIS_URL=$(q "redis://$HOST:$REDIS_PORT/0")"
+        echo "export PGAPI_REDIS_UNIX_SOCKET=$(q "$REDIS_SOCK")"
+        # pgapi's [redis] username and password_file (the password itself is in neither file)
+        echo "export PGAPI_REDIS_USERNAME='pgapi'"
+        echo "export PGAPI_REDIS_PASSWORD_FILE=$(q "$REDIS_PWFILE")"
         echo "export PGPASSFILE=$(q "$PGPASS")"
     } >"$f.tmp"
     chmod 644 "$f.tmp"
@@ -563,7 +622,7 @@ prepare_dirs() { # [extra data dir names whose socket dir is needed]
     for n in "${NODES[@]}" "$@"; do socks+=("${NODE_SOCK[$n]}"); done
     install -d -o "$PG_OS_USER" -g "$PG_OS_USER" -m 0755 "$PGBASE" "$PGLOG_DIR"
     install -d -o "$PG_OS_USER" -g "$PG_OS_USER" -m 0700 "$PGBASE/run" "${socks[@]}" "$BOUNCER_DIR"
-    install -d -o root -g root -m 0700 "$REDIS_DIR"
+    install -d -o "$REDIS_OS_USER" -g "$REDIS_OS_USER" -m 0700 "$REDIS_DIR"
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -748,9 +807,10 @@ start_pg() { # node
     wait_pg_ready "$name" "$port" "$sock" "$logf"
 }
 
-# Check a role's password over TCP with scram (as the clients will).
+# Check a role's password over TCP with scram (as the clients will). The password goes through
+# psql's environment (readable by root only), never its argv (readable by every local user).
 role_login_ok() { # role password
-    env PGPASSWORD="$2" timeout -k 5 20 "$PGBIN/psql" -X -w -q -At -h "$HOST" -p "$PRIMARY_PORT" \
+    PGPASSWORD=$2 timeout -k 5 20 "$PGBIN/psql" -X -w -q -At -h "$HOST" -p "$PRIMARY_PORT" \
         -U "$1" -d postgres -c 'SELECT 1' </dev/null >/dev/null 2>&1
 }
 
@@ -1056,26 +1116,76 @@ stop_bouncer() {
 }
 
 # ---------------------------------------------------------------- Redis
-redis_ping() {
-    [[ $(timeout -k 2 3 "$REDIS_CLI" -h "$HOST" -p "$REDIS_PORT" ping </dev/null 2>/dev/null) == PONG ]]
+# redis-cli as the default (admin) user; the password goes through the environment, never argv.
+redis_cli() {
+    REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD timeout -k 2 3 "$REDIS_CLI" --no-auth-warning -h "$HOST" -p "$REDIS_PORT" "$@" </dev/null
+}
+
+redis_ping() { [[ $(redis_cli ping 2>/dev/null) == PONG ]]; }
+
+# The whole configuration in a file only the redis user reads: the passwords are never in argv.
+# The "pgapi" user has no admin or dangerous command (CONFIG, FLUSHALL, KEYS, DEBUG, ACL, ...).
+# noeviction: never evict a fence or a lease (a full Redis refuses writes: pgapi then reads PostgreSQL).
+redis_conf() {
+    cat <<EOF
+# Written by scripts/topology.sh (mode 600, owned by $REDIS_OS_USER)
+port $REDIS_PORT
+bind $HOST
+protected-mode yes
+unixsocket $REDIS_SOCK
+unixsocketperm 700
+daemonize yes
+pidfile $REDIS_PID
+logfile $REDIS_LOG
+dir $REDIS_DIR
+save ""
+appendonly no
+maxmemory $REDIS_MAXMEMORY
+maxmemory-policy noeviction
+user default on >$REDIS_ADMIN_PASSWORD ~* &* +@all
+user pgapi on >$REDIS_PASSWORD ~* &* +@all -@admin -@dangerous
+EOF
+}
+
+# Writes redis.conf as the redis user; 0 when it changed (a running Redis must be restarted to use it).
+write_redis_conf() {
+    local want
+    want=$(redis_conf)
+    if [[ -f $REDIS_CONF && $(stat -c %U "$REDIS_CONF") == "$REDIS_OS_USER" && $(cat -- "$REDIS_CONF") == "$want" ]]; then
+        return 1
+    fi
+    # shellcheck disable=SC2016  # $1 is expanded by the inner sh
+    printf '%s\n' "$want" | (cd / && runuser -u "$REDIS_OS_USER" -- sh -c 'umask 077 && cat >"$1.tmp" && mv -f "$1.tmp" "$1"' sh "$REDIS_CONF")
 }
 
 start_redis() {
-    local pid i
+    local pid i conf_changed=0 owner
+    if write_redis_conf; then conf_changed=1; fi
     if pid=$(redis_pid); then
-        redis_ping || die "redis: running (pid $pid) but not answering PING on $HOST:$REDIS_PORT; if the port changed, run 'down' first (log: $REDIS_LOG)"
-        log "redis: already running (pid $pid, port $REDIS_PORT)"
-        return 0
+        owner=$(stat -c %U "/proc/$pid")
+        if [[ $owner != "$REDIS_OS_USER" ]] || (( conf_changed )); then
+            log "redis: running (pid $pid, user $owner) without the current redis.conf (user $REDIS_OS_USER, passwords, maxmemory): restarting it"
+            stop_redis
+        else
+            redis_ping || die "redis: running (pid $pid) but not answering PING on $HOST:$REDIS_PORT; if the port changed, run 'down' first (log: $REDIS_LOG)"
+            log "redis: already running (pid $pid, port $REDIS_PORT)"
+            return 0
+        fi
     fi
     if [[ -e $REDIS_PID ]]; then
         log "redis: removing stale pid file"
         rm -f -- "$REDIS_PID"
     fi
     check_port_free redis "$REDIS_PORT"
-    log "redis: starting on $HOST:$REDIS_PORT"
-    if ! (cd "$REDIS_DIR" && close_fds && timeout -k 5 30 "$REDIS_BIN" --port "$REDIS_PORT" --bind "$HOST" --save "" \
-            --appendonly no --daemonize yes --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" \
-            --dir "$REDIS_DIR" </dev/null >/dev/null 2>"$REDIS_DIR/redis.start.log"); then
+    if [[ -e $REDIS_LOG && $(stat -c %U "$REDIS_LOG") != "$REDIS_OS_USER" ]]; then
+        log "redis: $REDIS_LOG is from a Redis that ran as $(stat -c %U "$REDIS_LOG") (an older topology.sh): removing it"
+        rm -f -- "$REDIS_LOG"
+    fi
+    (cd / && runuser -u "$REDIS_OS_USER" -- test -r "$REDIS_CONF") \
+        || die "redis: user $REDIS_OS_USER cannot read $REDIS_CONF (is a parent of $REDIS_DIR out of its reach?)"
+    log "redis: starting on $HOST:$REDIS_PORT and $REDIS_SOCK as user $REDIS_OS_USER (maxmemory $REDIS_MAXMEMORY, noeviction)"
+    if ! (cd "$REDIS_DIR" && close_fds && runuser -u "$REDIS_OS_USER" -- timeout -k 5 30 "$REDIS_BIN" "$REDIS_CONF" \
+            </dev/null >/dev/null 2>"$REDIS_DIR/redis.start.log"); then
         cat -- "$REDIS_DIR/redis.start.log" >&2 || true
         fail_server redis "$REDIS_LOG" "failed to start"
     fi

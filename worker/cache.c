@@ -89,7 +89,7 @@ static const char LUA_INVALIDATE[] =
     "end "
     "return 1";
 
-enum cmd_kind { CMD_PEEK, CMD_LOOKUP, CMD_FILL, CMD_INVALIDATE, CMD_EPOCH, CMD_PING, CMD_SCRIPT_LOAD };
+enum cmd_kind { CMD_HANDSHAKE, CMD_PEEK, CMD_LOOKUP, CMD_FILL, CMD_INVALIDATE, CMD_EPOCH, CMD_PING, CMD_SCRIPT_LOAD };
 
 /* The scripts go by SHA1 (EVALSHA) once SCRIPT LOAD on connect has told us the digests; until then,
  * and after a NOSCRIPT (SCRIPT FLUSH by hand), by their text (EVAL). */
@@ -116,7 +116,10 @@ struct cache {
     const struct config *cfg;
     redisAsyncContext *ac;
     enum cache_state state;
-    struct event *timer_ev;       /* reconnect back-off, connect timeout */
+    char where[300];              /* "host:port" or the socket path, for log lines */
+    char refused[160];            /* why Redis refused the handshake; the connect timer reports it */
+    char down_why[160];           /* the reason last logged: each new one is logged once */
+    struct event *timer_ev;       /* reconnect back-off, connect (and handshake) timeout */
     struct event *ping_ev;        /* periodic health PING */
     bool ping_inflight;
     bool epoch_inflight;
@@ -129,6 +132,8 @@ struct cache {
 };
 
 static void cache_connect(struct cache *c);
+static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc, const char **argv, const size_t *lens,
+                                  cache_lookup_cb lcb, cache_done_cb dcb, void *arg);
 static void epoch_bump(struct cache *c);
 static void scripts_load(struct cache *c);
 
@@ -138,10 +143,13 @@ static void timer_arm(struct event *ev, int ms)
     event_add(ev, &tv);
 }
 
+/* Logged when Redis goes from up to down and whenever the reason changes (a Redis that is back but
+ * refuses our AUTH says so once), never once per retry. */
 static void cache_down(struct cache *c, const char *why)
 {
-    if (c->state == CACHE_UP || c->failures == 0)
-        log_warn("redis %s:%d: %s: cache bypassed until it is back", c->cfg->redis_host, c->cfg->redis_port, why);
+    if (c->state == CACHE_UP || c->failures == 0 || strcmp(why, c->down_why) != 0)
+        log_warn("redis %s: %s: cache bypassed until it is back", c->where, why);
+    snprintf(c->down_why, sizeof(c->down_why), "%s", why);
     c->state = CACHE_DOWN;
     int ms = BACKOFF_MIN_MS << (c->failures < 6 ? c->failures : 6);
     c->failures++;
@@ -161,6 +169,10 @@ static void cache_abandon(struct cache *c, const char *why)
     cache_down(c, why);
 }
 
+static void handshake_send(struct cache *c);
+
+/* The link is open; the cache is up only once the handshake (AUTH or PING) is answered. The connect
+ * timer stays armed: connect_timeout bounds both. */
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     struct cache *c = ac->data;
@@ -171,14 +183,65 @@ static void on_connect(const redisAsyncContext *ac, int status)
         cache_down(c, ac->errstr[0] ? ac->errstr : "connect failed");
         return;
     }
+    handshake_send(c);
+}
+
+static void cache_up(struct cache *c)
+{
     event_del(c->timer_ev);
     if (c->failures)
-        log_info("redis %s:%d: connected again", c->cfg->redis_host, c->cfg->redis_port);
+        log_info("redis %s: connected again", c->where);
     c->failures = 0;
+    c->down_why[0] = '\0';
     c->state = CACHE_UP;
     c->stats.connects++;
     scripts_load(c);
     epoch_bump(c);
+}
+
+/* The first command of every connection, before any other: AUTH [username] password when a password
+ * is configured, else PING, so that a Redis that wants a password (NOAUTH) is noticed here, once, and
+ * not as a failure of every lookup. */
+static void handshake_send(struct cache *c)
+{
+    const struct config *cfg = c->cfg;
+    const char *argv[3];
+    size_t lens[3];
+    int argc = 0;
+    if (cfg->redis_password[0]) {
+        argv[argc++] = "AUTH";
+        if (cfg->redis_username[0])
+            argv[argc++] = cfg->redis_username;
+        argv[argc++] = cfg->redis_password;
+    } else {
+        argv[argc++] = "PING";
+    }
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    if (!cmd_send(c, CMD_HANDSHAKE, argc, argv, lens, NULL, NULL, NULL)) {
+        snprintf(c->refused, sizeof(c->refused), "cannot send %s", argv[0]);
+        timer_arm(c->timer_ev, 0);
+    }
+}
+
+/* A refusal is reported by the connect timer (fired at once), which drops the link: this runs inside a
+ * hiredis callback, where the context must not be freed. Redis's error text names no secret. */
+static void handshake_done(struct cache *c, const redisReply *r)
+{
+    if (!r)
+        return; /* the link went: its disconnect (or our timer) already reported it */
+    if (r->type != REDIS_REPLY_ERROR) {
+        cache_up(c);
+        return;
+    }
+    const char *hint = "";
+    if (strncmp(r->str, "NOAUTH", 6) == 0)
+        hint = " (set PGAPI_REDIS_PASSWORD or [redis] password_file)";
+    else if (strncmp(r->str, "WRONGPASS", 9) == 0)
+        hint = " (check [redis] username and the password)";
+    snprintf(c->refused, sizeof(c->refused), "%s refused: %.80s%s", c->cfg->redis_password[0] ? "AUTH" : "PING",
+             r->str, hint);
+    timer_arm(c->timer_ev, 0);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -194,7 +257,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 
 static void cache_connect(struct cache *c)
 {
-    redisAsyncContext *ac = redisAsyncConnect(c->cfg->redis_host, c->cfg->redis_port);
+    const struct config *cfg = c->cfg;
+    redisAsyncContext *ac = cfg->redis_socket[0] ? redisAsyncConnectUnix(cfg->redis_socket)
+                                                 : redisAsyncConnect(cfg->redis_host, cfg->redis_port);
     if (!ac || ac->err) {
         cache_down(c, ac ? ac->errstr : "out of memory");
         if (ac)
@@ -211,6 +276,7 @@ static void cache_connect(struct cache *c)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->ac = ac;
     c->state = CACHE_CONNECTING;
+    c->refused[0] = '\0';
     timer_arm(c->timer_ev, c->cfg->redis_connect_timeout_ms);
 }
 
@@ -220,7 +286,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct cache *c = arg;
     if (c->state == CACHE_CONNECTING)
-        cache_abandon(c, "connect_timeout passed");
+        cache_abandon(c, c->refused[0] ? c->refused : "connect_timeout passed");
     else if (c->state == CACHE_DOWN)
         cache_connect(c);
 }
@@ -245,6 +311,10 @@ struct cache *cache_new(struct event_base *base, const struct config *cfg, struc
     c->cfg = cfg;
     c->fences = fences;
     c->state = CACHE_DISABLED;
+    if (cfg->redis_socket[0])
+        snprintf(c->where, sizeof(c->where), "%s", cfg->redis_socket);
+    else
+        snprintf(c->where, sizeof(c->where), "%s:%d", cfg->redis_host, cfg->redis_port);
     if (!cfg->redis_enabled)
         return c;
     c->timer_ev = evtimer_new(base, timer_cb, c);
@@ -446,7 +516,9 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
     }
     if (!cmd->answered) {
         bool ok = r && r->type != REDIS_REPLY_ERROR;
-        if (cmd->kind == CMD_PEEK) {
+        if (cmd->kind == CMD_HANDSHAKE) {
+            handshake_done(cmd->c, r);
+        } else if (cmd->kind == CMD_PEEK) {
             peek_deliver(cmd, r);
         } else if (cmd->kind == CMD_LOOKUP) {
             lookup_deliver(cmd, r);

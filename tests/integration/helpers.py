@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 
 import psycopg2
 import redis as redis_lib
@@ -21,6 +22,53 @@ DOWN_TIMEOUT = 180
 
 class TopologyError(Exception):
     pass
+
+
+# Every Redis of the tests requires a password, like the topology's (scripts/topology.sh: ACL users
+# "default", for tools, and "pgapi", for the server). Clients made anywhere in the tests with
+# redis_lib.Redis(port=...) log in as "default" with the password of the Redis on that port, so that
+# no test has to know it; a test that wants a client without credentials passes password=None.
+REDIS_ADMIN_PASSWORDS = {}   # port -> password of that Redis's default user
+REDIS_PGAPI_PASSWORDS = []   # the "pgapi" user's password of every topology loaded: own Redis servers accept each
+OWN_REDIS_ADMIN_PASSWORD = uuid.uuid4().hex  # the default user's password of the tests' own Redis servers
+
+
+class AuthenticatedRedis(redis_lib.Redis):
+    def __init__(self, *args, **kw):
+        if not args and "password" not in kw and "username" not in kw:
+            kw["password"] = REDIS_ADMIN_PASSWORDS.get(int(kw.get("port", 6379)))
+        super().__init__(*args, **kw)
+
+
+redis_lib.Redis = AuthenticatedRedis
+
+
+def read_secrets(state_dir):
+    """KEY=value lines of a topology's secrets.env (root only)."""
+    out = {}
+    with open(os.path.join(state_dir, "secrets.env")) as f:
+        for line in f:
+            key, sep, value = line.strip().partition("=")
+            if sep:
+                out[key] = value
+    return out
+
+
+def own_redis_conf(directory, port):
+    """A redis.conf for a test's own redis-server on `port`, with the users of the topology's Redis: its
+    "pgapi" user accepts the password of every topology loaded (a pgapi server configured for one logs
+    in to it alike). Mode 600: the passwords never go on a command line. Returns its path."""
+    assert REDIS_PGAPI_PASSWORDS, "an own Redis server needs a topology up (the password pgapi servers use)"
+    path = os.path.join(str(directory), f"redis-{port}.conf")
+    pgapi = " ".join(f">{pw}" for pw in REDIS_PGAPI_PASSWORDS)
+    text = (f"port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {directory}\n"
+            f"user default on >{OWN_REDIS_ADMIN_PASSWORD} ~* &* +@all\n"
+            f"user pgapi on {pgapi} ~* &* +@all -@admin -@dangerous\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    REDIS_ADMIN_PASSWORDS[port] = OWN_REDIS_ADMIN_PASSWORD
+    return path
 
 
 def wait_until(predicate, timeout, what, interval=0.1):
@@ -106,6 +154,7 @@ class Topology:
         self.redis_port = redis_port
         self.replica2_port = replica2_port
         self.vars = {}
+        self.secrets = {}
         self._conns = []
         self._redis = []
 
@@ -162,6 +211,10 @@ class Topology:
 
     def load_env(self):
         self.vars = parse_env_file(os.path.join(self.dir, "topology.env"))
+        self.secrets = read_secrets(self.dir)
+        REDIS_ADMIN_PASSWORDS[self.redis_port] = self.secrets["REDIS_ADMIN_PASSWORD"]
+        if self.secrets["REDIS_PASSWORD"] not in REDIS_PGAPI_PASSWORDS:
+            REDIS_PGAPI_PASSWORDS.append(self.secrets["REDIS_PASSWORD"])
         return self.vars
 
     def down(self, purge=False, check=True):
@@ -225,9 +278,11 @@ class Topology:
     def replica_admin(self):
         return self.admin("REPLICA")
 
-    def redis(self):
+    def redis(self, **kw):
+        """A client of the topology's Redis, as its default (admin) user unless kw says otherwise."""
+        kw.setdefault("password", self.secrets.get("REDIS_ADMIN_PASSWORD"))
         client = redis_lib.Redis(host=HOST, port=self.redis_port, socket_timeout=5,
-                                 socket_connect_timeout=5)
+                                 socket_connect_timeout=5, **kw)
         self._redis.append(client)
         return client
 

@@ -103,7 +103,10 @@ class PgapiServer:
             t = self.topology
             s["database"]["primary"] = f"host=127.0.0.1 port={t.bouncer_port} dbname=pgapi_rw user=app"
             s["database"]["replica"] = f"host=127.0.0.1 port={t.bouncer_port} dbname=pgapi_ro user=app"
-            s["redis"].update({"enabled": "on", "host": "127.0.0.1", "port": t.redis_port})
+            # as a deployment would: the user in the ini, the password in a file only root reads
+            s["redis"].update({"enabled": "on", "host": "127.0.0.1", "port": t.redis_port,
+                               "username": t.vars["PGAPI_REDIS_USERNAME"],
+                               "password_file": t.vars["PGAPI_REDIS_PASSWORD_FILE"]})
         else:
             s["database"]["primary"] = "host=127.0.0.1 port=1 dbname=none user=none"
             s["database"]["replica"] = "host=127.0.0.1 port=1 dbname=none user=none"

@@ -15,6 +15,7 @@ from contextlib import closing
 import pytest
 import redis as redis_lib
 
+from helpers import own_redis_conf
 from pgapi_server import PgapiServer, free_port
 from test_pool import bouncer_queries, replay_pause, replay_resume
 
@@ -141,8 +142,7 @@ def test_no_stale_value_with_replay_paused(server, schema):
 
 
 def redis_start(port, tmp_path):
-    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", str(tmp_path)],
+    p = subprocess.Popen(["redis-server", own_redis_conf(tmp_path, port)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -464,3 +464,80 @@ def test_posts_created_while_their_user_is_deleted_never_outlive_it(server, sche
         cached = cache_entries(s, schema.redis_port)
         left = [k for k in cached if k.startswith("post:") and int(k.split(":")[1]) in created]
         assert not left, f"expected no post of deleted user {uid} cached, got {left}"
+
+
+# ------------------------------------------------------------------ Redis authentication (issue 14)
+
+def acl_auth_failures(schema, username):
+    """How many AUTH attempts as `username` the topology's Redis refused (its ACL LOG)."""
+    return sum(int(e["count"]) for e in schema.redis().acl_log()
+               if e.get("reason") == "auth" and e.get("username") == username)
+
+
+def test_wrong_redis_password_bypasses_the_cache_and_says_so_once(server, schema, tmp_path):
+    """A refused AUTH: one clear log line (not one per retry, never the password), the cache bypassed,
+    every request answered from PostgreSQL; the right password in the file and a reload bring it back."""
+    wrong = "0123456789wrongpassword"
+    pw = tmp_path / "redis.password"
+    pw.write_text(wrong + "\n")
+    pw.chmod(0o600)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    user = f"pgapi-{uuid.uuid4().hex[:6]}"  # a user of this test's own in the ACL LOG
+    s = server(workers=1, topology=schema, overrides={"redis": {"prefix": prefix, "username": user, "local_entries": 0,
+                                                                "password_file": str(pw)}}).start()
+    refused_before = acl_auth_failures(schema, user)
+    s.wait_for(lambda: acl_auth_failures(schema, user) >= refused_before + 3, 15, "three refused AUTH attempts")
+    assert s.get("/readyz").json()["redis"] != "up"
+    u = make_user(s)
+    for _ in range(3):
+        status, xc, body = get(s, f"/users/{u['id']}")
+        assert status == 200 and xc not in ("HIT", "MISS") and body["id"] == u["id"], (status, xc, body)
+    lines = [l for l in s.log_text().splitlines() if "AUTH refused" in l]
+    assert len(lines) == 1 and "WRONGPASS" in lines[0] and "cache bypassed" in lines[0], \
+        f"expected one 'AUTH refused ... WRONGPASS ... cache bypassed' line, got {lines}"
+    assert wrong not in s.log_text(), "the password reached the log"
+
+    pw.write_text(schema.secrets["REDIS_PASSWORD"] + "\n")
+    s.settings["redis"]["username"] = "pgapi"
+    s.write_ini()
+    s.signal(signal.SIGHUP)
+    s.wait_for(lambda: s.get("/readyz").json().get("redis") == "up", 20, "redis up after the reload")
+    until_hit(s, f"/users/{u['id']}")
+    assert schema.secrets["REDIS_PASSWORD"] not in s.log_text(), "the password reached the log"
+
+
+def test_redis_over_its_unix_socket(server, schema):
+    """[redis] socket: pgapi reaches Redis over the topology's unix socket (mode 700: only its user and
+    root), authenticated as pgapi, and serves hits from it."""
+    sock = schema.vars["PGAPI_REDIS_UNIX_SOCKET"]
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    s = server(workers=1, topology=schema, overrides={"redis": {"prefix": prefix, "socket": sock,
+                                                                "port": 1, "local_entries": 0}}).start()
+    s.wait_for(lambda: s.get("/readyz").json().get("redis") == "up", 15, "redis up over the socket")
+    u = make_user(s)
+    until_hit(s, f"/users/{u['id']}")
+    clients = [c for c in schema.redis().client_list() if c.get("user") == "pgapi" and c["addr"].startswith("/")]
+    assert clients, f"expected a client of user pgapi on {sock}, got {schema.redis().client_list()}"
+
+
+def test_full_redis_refuses_writes_and_never_serves_the_old_value(warm_user_on_own_redis):
+    """maxmemory with noeviction (the topology's policy: a fence or a lease is never evicted): a full
+    Redis refuses writes and the scripts that write first (Redis 7 checks a script's first write), so
+    an invalidation may fail too: that is handled as any Redis failure. Every request is answered from
+    PostgreSQL, never with the old value, and once Redis has room again hits come back."""
+    s, own, u = warm_user_on_own_redis
+    r = redis_lib.Redis(port=own.port)
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", "1")  # below what it uses: full
+    with pytest.raises(redis_lib.ResponseError, match="OOM"):
+        r.set("probe", "x")
+    try:
+        assert s.request("PATCH", f"/users/{u['id']}", body={"name": "while-full"}).status == 200
+        for _ in range(5):
+            status, xc, body = get(s, f"/users/{u['id']}")
+            assert status == 200 and body["name"] == "while-full" and xc != "HIT", (status, xc, body)
+    finally:
+        r.config_set("maxmemory", "0")
+    s.wait_for(lambda: get(s, f"/users/{u['id']}")[1] == "HIT", 15, "the cache in use again")
+    assert get(s, f"/users/{u['id']}")[2]["name"] == "while-full"
+    assert "OOM command not allowed" in s.log_text(), "expected the server to have met a full Redis:\n" + s.log_tail()

@@ -242,6 +242,26 @@ def test_check_config_reports_file_and_line(tmp_path):
     assert p.returncode != 0 and f"{ini}:2" in p.stderr, p.stderr
 
 
+def test_check_config_never_prints_a_password(tmp_path):
+    """--check-config runs as the unit's ExecStartPre, so its output lands in the journal: every password
+    form (URI, quoted with blanks, the Redis password file) must come out masked or not at all."""
+    pw = tmp_path / "redis.password"
+    pw.write_text("S3cretRedis\n")
+    pw.chmod(0o600)
+    ini = tmp_path / "secret.ini"
+    ini.write_text("[database]\nprimary = postgresql://app:S3cretURI@127.0.0.1:5/pgapi_rw\n"
+                   "replica = host=127.0.0.1 password = 'S3cret with spaces' dbname=x\n"
+                   "replica = host=127.0.0.1 password=S3cretPlain user=app\n"
+                   f"[redis]\nusername = pgapi\npassword_file = {pw}\n")
+    p = subprocess.run([BINARY, "--check-config", "--config", str(ini)], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=30)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout + p.stderr
+    leaked = [s for s in ("S3cret",) if s in out]
+    assert not leaked and out.count("password=****") == 3, f"expected 3 masked passwords and no S3cret, got:\n{out}"
+    assert "user=app password=**** dbname=pgapi_rw host=127.0.0.1 port=5" in out, out
+
+
 def test_version_and_help():
     p = subprocess.run([BINARY, "--version"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and p.stdout.startswith("pgapi "), p.stdout
@@ -266,12 +286,12 @@ def test_readyz_without_primary_is_503(server):
 
 
 def test_readyz_follows_redis_down_and_back(server, schema, tmp_path):
+    from helpers import own_redis_conf
     from pgapi_server import free_port
     port = free_port()
 
     def redis_start():
-        return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--dir", str(tmp_path)],
+        return subprocess.Popen(["redis-server", own_redis_conf(tmp_path, port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
     redis = redis_start()

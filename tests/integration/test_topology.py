@@ -521,3 +521,141 @@ def test_promote_after_the_primary_crashed(make_topology):
     # the crashed primary's postmaster children may linger a moment; up must not start it
     topo.up()
     assert_not_running(topo, topo.vars["PGAPI_FORMER_PRIMARY_PGDATA"], topo.primary_port, "the crashed old primary after up")
+
+
+# ------------------------------------------------------------------ secrets and local privilege
+
+def secret_values(topo):
+    return {k: v for k, v in topo.secrets.items() if k.endswith("PASSWORD") and len(v) >= 16}
+
+
+def traced_run(topo, trace_path, *args):
+    """topology.sh under strace: every execve of the script and of everything it starts, with its argv
+    in full, whether the process lived a millisecond or stays running. The servers it starts outlive
+    it, so strace is stopped (it detaches from them) once the script itself has exited."""
+    import re
+    import signal
+    import subprocess
+    from helpers import TOPOLOGY_SH
+    # -I1: strace stops on SIGTERM (with -o and a command it would ignore it), detaching from the servers
+    cmd = ["strace", "-I1", "-f", "-q", "--seccomp-bpf", "-e", "trace=execve", "-s", "65536", "-o", str(trace_path),
+           TOPOLOGY_SH, *args, topo.dir]
+    tracer = subprocess.Popen(cmd, env=topo.script_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+
+    def script_exit():
+        with open(trace_path) as f:
+            text = f.read()
+        first = re.match(r"(\d+) ", text)
+        done = first and re.search(rf"^{first.group(1)} \+\+\+ exited with (\d+) \+\+\+$", text, re.M)
+        return (int(done.group(1)), text) if done else None
+
+    try:
+        try:
+            rc, text = wait_until(lambda: os.path.exists(trace_path) and script_exit(), 300, f"{' '.join(cmd)} to exit")
+        except AssertionError as exc:
+            with open(trace_path) as f:
+                tail = f.read()[-4000:]
+            raise AssertionError(f"{exc}\nlast lines of the trace:\n{tail}") from None
+    finally:
+        tracer.send_signal(signal.SIGTERM)
+        try:
+            _, err = tracer.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            raise
+    assert rc == 0, f"{' '.join(cmd)}: the script exited {rc}:\n{err}\n{text[-3000:]}"
+    return text
+
+
+def test_no_password_in_any_command_line(make_topology, tmp_path):
+    """/proc/*/cmdline is world-readable: no process that topology.sh runs may carry a password in its
+    argv. Traced: an `up` of a running topology whose Redis was stopped, which checks each role's
+    password with psql (the leak this guards against: `env PGPASSWORD=... psql`), asks PgBouncer and
+    Redis (redis-cli) and starts redis-server as the redis user. (initdb and pg_basebackup, which take
+    their passwords from files, are left out of the trace: under a loaded machine they made it slow.)"""
+    topo = make_topology(10)
+    topo.up()
+    redis_pid = topo.pids()["redis"]
+    os.kill(redis_pid, 15)
+    wait_until(lambda: not pid_alive(redis_pid), 20, f"redis (pid {redis_pid}) gone")
+    trace = traced_run(topo, tmp_path / "up.trace", "up")
+    secrets = secret_values(topo)
+    assert len(secrets) == 6, f"expected 6 passwords in secrets.env, got {sorted(secrets)}"
+    execs = [line for line in trace.splitlines() if "execve(" in line]
+    for wanted in ("/psql", "redis-cli", "redis-server"):
+        assert any(wanted in line for line in execs), f"expected the trace to show {wanted} being run"
+    leaks = [f"{name} in: {line[:300]}" for line in execs for name, pw in secrets.items() if pw in line]
+    assert not leaks, "passwords in a command line:\n" + "\n".join(leaks[:10])
+
+
+def test_redis_refuses_clients_without_the_password(topology):
+    import redis as redis_lib
+    anonymous = redis_lib.Redis(host=HOST, port=topology.redis_port, password=None, socket_timeout=5)
+    with pytest.raises(redis_lib.AuthenticationError):
+        anonymous.set("planted", "a fake cache HIT")
+    anonymous.close()
+    wrong = redis_lib.Redis(host=HOST, port=topology.redis_port, username="pgapi", password="0" * 32, socket_timeout=5)
+    with pytest.raises(redis_lib.RedisError, match="WRONGPASS"):
+        wrong.ping()
+    wrong.close()
+    # pgapi's own user reads and writes keys, but has no admin or dangerous command
+    app = topology.redis(username="pgapi", password=topology.secrets["REDIS_PASSWORD"])
+    assert app.ping() is True
+    for command in (("FLUSHALL",), ("CONFIG", "GET", "maxmemory"), ("KEYS", "*"), ("ACL", "LIST")):
+        with pytest.raises(redis_lib.exceptions.NoPermissionError):
+            app.execute_command(*command)
+
+
+def test_redis_runs_as_redis_with_a_memory_limit_that_never_evicts(topology):
+    pid = topology.pids()["redis"]
+    uid = os.stat(f"/proc/{pid}").st_uid
+    import pwd
+    assert pwd.getpwuid(uid).pw_name == "redis", f"expected redis-server (pid {pid}) to run as redis, got uid {uid}"
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmdline = f.read()
+    leaks = [k for k, v in secret_values(topology).items() if v.encode() in cmdline]
+    assert not leaks, f"redis-server's command line holds {leaks}: {cmdline!r}"
+    conf = os.path.join(topology.dir, "redis", "redis.conf")
+    st = os.stat(conf)
+    assert (pwd.getpwuid(st.st_uid).pw_name, st.st_mode & 0o777) == ("redis", 0o600), \
+        f"expected {conf} owned by redis, mode 600, got uid {st.st_uid} mode {oct(st.st_mode & 0o777)}"
+    r = topology.redis()
+    maxmemory = int(r.config_get("maxmemory")["maxmemory"])
+    policy = r.config_get("maxmemory-policy")["maxmemory-policy"]
+    assert maxmemory > 0 and policy == "noeviction", f"expected a maxmemory with noeviction, got {maxmemory} {policy}"
+
+
+def state_dir_with(tmp_path, name, env_text, dir_owner=0, env_owner=0, env_mode=0o644):
+    d = tmp_path / name
+    d.mkdir()
+    os.chmod(d, 0o755)
+    (d / ".pgapi-topology").write_text("")
+    env = d / "topology.env"
+    env.write_text(env_text)
+    os.chmod(env, env_mode)
+    os.chown(env, env_owner, env_owner)
+    os.chown(d, dir_owner, dir_owner)
+    return d
+
+
+@pytest.mark.parametrize("case", ["dir of another user", "topology.env of another user",
+                                  "topology.env writable by group", "dir writable by other"])
+def test_state_dir_not_root_only_is_refused(tmp_path, case):
+    """topology.sh sources DIR/topology.env as root: a state dir (or its files) that another user owns or
+    can write is refused before anything in it is read."""
+    import subprocess
+    from helpers import TOPOLOGY_SH
+    nobody = 65534
+    marker = tmp_path / "sourced"
+    text = f"touch {marker}\nexport PGAPI_BOUNCER_PORT=1\n"
+    kw = {"dir of another user": dict(dir_owner=nobody), "topology.env of another user": dict(env_owner=nobody),
+          "topology.env writable by group": dict(env_mode=0o664), "dir writable by other": {}}[case]
+    d = state_dir_with(tmp_path, "state", text, **kw)
+    if case == "dir writable by other":
+        os.chmod(d, 0o757)
+    p = subprocess.run([TOPOLOGY_SH, "status", str(d)], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 1 and "refusing state dir" in p.stderr, \
+        f"expected exit 1 and 'refusing state dir', got {p.returncode}:\n{p.stderr}"
+    assert not marker.exists(), "topology.env was sourced"

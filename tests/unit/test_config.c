@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -120,6 +121,95 @@ static void test_env_overrides_file(void **state)
     assert_non_null(strstr(err, "PGAPI_DATABASE_POOL_SIZE"));
 }
 
+/* --check-config output (it lands in the journal through ExecStartPre) for one primary conninfo. */
+static char *printed_with_primary(const char *dsn)
+{
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "", *text = NULL;
+    size_t len = 0;
+    setenv("PGAPI_DATABASE_PRIMARY", dsn, 1);
+    int rc = config_load(&c, NULL, err, sizeof(err));
+    unsetenv("PGAPI_DATABASE_PRIMARY");
+    assert_int_equal(rc, 0);
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    config_print(&c, f);
+    fclose(f);
+    return text;
+}
+
+static void expect_masked(const char *dsn, const char *secret, const char *shown)
+{
+    char *text = printed_with_primary(dsn);
+    if (strstr(text, secret) || (shown && !strstr(text, shown)))
+        fail_msg("conninfo %s: expected %s masked%s%s, got:\n%s", dsn, secret, shown ? " and " : "",
+                 shown ? shown : "", text);
+    free(text);
+}
+
+static void test_print_masks_every_password_form(void **state)
+{
+    (void)state;
+    expect_masked("host=db password=S3cret user=app", "S3cret", "primary = user=app password=**** host=db");
+    expect_masked("host=db password = S3cret user=app", "S3cret", "password=****");
+    expect_masked("host=db password='S3cret with spaces' user=app", "S3cret", "password=****");
+    expect_masked("password='it\\'s S3cret' host=db", "S3cret", "host=db");
+    expect_masked("host=db sslpassword=S3cretKey password=x", "S3cretKey", "sslpassword=****");
+    expect_masked("postgresql://app:S3cretURI@db.example:5432/pgapi?sslmode=disable", "S3cretURI",
+                  "user=app password=**** dbname=pgapi host=db.example port=5432");
+    expect_masked("postgresql://app@db/pgapi?password=S3cretQuery", "S3cretQuery", "password=****");
+    /* what libpq cannot parse is not printed: the password could be anywhere in it */
+    expect_masked("host='db password=S3cret", "S3cret", "primary = (not shown");
+    /* a value with a blank comes back quoted, so the printed line is a conninfo again */
+    expect_masked("host=db application_name='my app'", "S3cret", "application_name='my app'");
+}
+
+/* The Redis password: from PGAPI_REDIS_PASSWORD or [redis] password_file (its first line), never the ini;
+ * a file others may read is refused, and the password is never printed. */
+static void test_redis_password_sources(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "", pw_path[64] = "/tmp/pgapi-unit-pw-XXXXXX", ini[512];
+    int fd = mkstemp(pw_path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "S3cretRedis\nsecond line\n", 24), 24);
+    close(fd);
+    snprintf(ini, sizeof(ini), "[redis]\nusername = pgapi\npassword_file = %s\n", pw_path);
+
+    assert_int_equal(load(&c, ini, err, sizeof(err)), 0);
+    assert_string_equal(c.redis_password, "S3cretRedis");
+    assert_string_equal(c.redis_username, "pgapi");
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    config_print(&c, f);
+    fclose(f);
+    assert_null(strstr(text, "S3cretRedis"));
+    assert_non_null(strstr(text, "password_file = /tmp/pgapi-unit-pw-"));
+    free(text);
+
+    setenv("PGAPI_REDIS_PASSWORD", "FromEnv", 1);
+    assert_int_equal(load(&c, ini, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "both"));
+    assert_int_equal(load(&c, "[redis]\nusername = pgapi\n", err, sizeof(err)), 0);
+    assert_string_equal(c.redis_password, "FromEnv");
+    unsetenv("PGAPI_REDIS_PASSWORD");
+
+    assert_int_equal(load(&c, "[redis]\nusername = pgapi\n", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "username is set but no password"));
+
+    chmod(pw_path, 0644);
+    assert_int_equal(load(&c, ini, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "other users"));
+    assert_null(strstr(err, "S3cretRedis"));
+    unlink(pw_path);
+    assert_int_equal(load(&c, ini, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "cannot open"));
+    assert_int_equal(load(&c, "[redis]\npassword = S3cret\n", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "unknown key \"password\""));
+}
+
 static void test_missing_file(void **state)
 {
     (void)state;
@@ -138,6 +228,8 @@ int main(void)
         cmocka_unit_test(test_bad_values_rejected),
         cmocka_unit_test(test_env_overrides_file),
         cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_print_masks_every_password_form),
+        cmocka_unit_test(test_redis_password_sources),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }
