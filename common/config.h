@@ -31,6 +31,8 @@ struct config {
     int max_connections;       /* per worker */
     size_t max_body_bytes;
     size_t max_header_bytes;
+    size_t page_bytes;         /* byte budget of the rows of one answer (a page, embedded posts) */
+    int embed_posts;           /* posts embedded by ?include=posts */
     /* [database] */
     char primary_dsn[CONFIG_DSN_MAX];
     char replica_dsn[CONFIG_MAX_REPLICAS][CONFIG_DSN_MAX];
@@ -53,6 +55,8 @@ struct config {
     char redis_prefix[64];
     int local_cache_entries;
     size_t local_cache_bytes;
+    size_t cache_max_value_bytes; /* larger values are served, not cached */
+    int cache_list_pages;      /* pages cached per list */
     /* [metrics] */
     struct config_addr metrics_listen; /* GET /metrics (Prometheus text); port 0 = off */
     /* [log] */

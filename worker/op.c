@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/config.h"
 #include "common/log.h"
 #include "worker/body.h"
 #include "worker/cache.h"
@@ -345,10 +346,13 @@ static void lookup_done(void *arg, const struct cache_lookup *l);
 
 static void by_id_run(struct op_state *s)
 {
-    char id[ID_TEXT_MAX];
-    id_text(s->o.id, id, sizeof(id));
-    const char *params[] = { id };
-    start(s, s->sql, params, 1, row_done);
+    const struct config *cfg = s->o.w->cfg;
+    char text[3][ID_TEXT_MAX];
+    id_text(s->o.id, text[0], sizeof(text[0]));
+    id_text(cfg->embed_posts, text[1], sizeof(text[1]));
+    id_text((int64_t)cfg->page_bytes, text[2], sizeof(text[2]));
+    const char *params[] = { text[0], text[1], text[2] };
+    start(s, s->sql, params, s->o.embeds ? 3 : 1, row_done);
 }
 
 static void lookup_send(struct op_state *s)
@@ -478,13 +482,14 @@ static void page_done(void *arg, const struct pool_result *r)
 
 static void page_db_read(struct op_state *s)
 {
-    char text[3][ID_TEXT_MAX];
+    char text[4][ID_TEXT_MAX];
     id_text(s->o.id, text[0], sizeof(text[0]));
     id_text(s->after, text[1], sizeof(text[1]));
-    id_text(s->limit + 1, text[2], sizeof(text[2])); /* one extra row tells whether a next page exists */
-    const char *params[] = { text[0], text[1], text[2] };
+    id_text(s->limit, text[2], sizeof(text[2]));
+    id_text((int64_t)s->o.w->cfg->page_bytes, text[3], sizeof(text[3]));
+    const char *params[] = { text[0], text[1], text[2], text[3] };
     int first = s->o.id ? 0 : 1;
-    start(s, s->sql, params + first, 3 - first, page_done);
+    start(s, s->sql, params + first, 4 - first, page_done);
 }
 
 void op_page(const struct op *o, const char *sql, const char *base)
