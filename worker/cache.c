@@ -315,6 +315,10 @@ static void cmd_answer_fail(struct cache_cmd *cmd)
         cmd->c->ping_inflight = false;
 }
 
+/* A lookup is optional work: past command_timeout its request reads the database (BYPASS) and the
+ * connection stays, its late answer dropped. Dropping the connection would make the next write's
+ * invalidation fail (Redis "down") and so move the whole cache to a new epoch for nothing. Commands whose
+ * outcome matters (an invalidation, the epoch, the PING health probe) drop it: their outcome is unknown. */
 static void cmd_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -322,6 +326,8 @@ static void cmd_timeout_cb(evutil_socket_t fd, short what, void *arg)
     struct cache_cmd *cmd = arg;
     struct cache *c = cmd->c;
     cmd_answer_fail(cmd);
+    if (cmd->kind == CMD_LOOKUP || cmd->kind == CMD_PEEK)
+        return; /* on_cmd_reply frees cmd when the answer comes, or the connection goes */
     cache_abandon(c, "command not answered within command_timeout"); /* frees cmd via its callback */
 }
 
@@ -419,7 +425,8 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
     (void)ac;
     struct cache_cmd *cmd = priv;
     redisReply *r = reply;
-    event_free(cmd->timer_ev);
+    if (cmd->timer_ev)
+        event_free(cmd->timer_ev);
     bool loaded = cmd->c->sha[0][0] || cmd->c->sha[1][0] || cmd->c->sha[2][0]; /* reload once, not per reply */
     if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 && cmd->c->ac && loaded) {
         log_warn("redis: scripts were flushed: loading them again");
@@ -464,7 +471,9 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
     free(cmd);
 }
 
-/* Sends argv as one command with the command timeout; NULL when it could not be sent (nothing called). */
+/* Sends argv as one command with the command timeout, but a fill: nobody waits for it, so it has no
+ * deadline, and its slowness or failure never drops the connection (a lost connection answers it). NULL
+ * when it could not be sent (nothing called). */
 static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc, const char **argv, const size_t *lens,
                     cache_lookup_cb lcb, cache_done_cb dcb, void *arg)
 {
@@ -476,14 +485,19 @@ static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc,
         snprintf(cmd->base, sizeof(cmd->base), "%s", argv[4]);
         snprintf(cmd->gen, sizeof(cmd->gen), "%s", argv[6]);
     }
-    cmd->timer_ev = evtimer_new(c->base, cmd_timeout_cb, cmd);
-    if (!cmd->timer_ev || redisAsyncCommandArgv(c->ac, on_cmd_reply, cmd, argc, argv, lens) != REDIS_OK) {
+    bool deadline = kind != CMD_FILL;
+    if (deadline && !(cmd->timer_ev = evtimer_new(c->base, cmd_timeout_cb, cmd))) {
+        free(cmd);
+        return NULL;
+    }
+    if (redisAsyncCommandArgv(c->ac, on_cmd_reply, cmd, argc, argv, lens) != REDIS_OK) {
         if (cmd->timer_ev)
             event_free(cmd->timer_ev);
         free(cmd);
         return NULL;
     }
-    timer_arm(cmd->timer_ev, c->cfg->redis_command_timeout_ms);
+    if (deadline)
+        timer_arm(cmd->timer_ev, c->cfg->redis_command_timeout_ms);
     return cmd;
 }
 
@@ -543,6 +557,10 @@ void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *v
     const char *gen = lease->gen, *base = lease->base;
     if (!cache_usable(c) || lease->kind != CACHE_LEASE)
         return;
+    if (len > c->cfg->cache_max_value_bytes) { /* served, not cached; the unused lease expires (LEASE_TTL_MS) */
+        log_debug("redis: %s not cached: %zu bytes, over max_value_bytes", key, len);
+        return;
+    }
     char ttl[16], lsn[LSN_HEX];
     snprintf(ttl, sizeof(ttl), "%d", c->cfg->cache_ttl_s);
     lsn_hex(data_lsn, lsn);

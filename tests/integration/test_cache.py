@@ -19,12 +19,12 @@ from pgapi_server import PgapiServer, free_port
 from test_pool import bouncer_queries, replay_pause, replay_resume
 
 
-def cached_server(server, schema, redis_port=None, local_entries="0", **db):
+def cached_server(server, schema, redis_port=None, local_entries="0", redis=None, **db):
     """The tests of the Redis tier run without the workers' local cache (X-Cache then tells Redis's
-    answer); the local cache has its own tests below."""
+    answer); the local cache has its own tests below. `redis`: more [redis] keys."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
     overrides = {"redis": {"enabled": "on", "prefix": prefix, "command_timeout": "200ms",
-                           "local_entries": local_entries},
+                           "local_entries": local_entries, **(redis or {})},
                  "database": {"health_interval": "200ms", **db}}
     if redis_port:
         overrides["redis"]["port"] = redis_port
@@ -464,3 +464,65 @@ def test_posts_created_while_their_user_is_deleted_never_outlive_it(server, sche
         cached = cache_entries(s, schema.redis_port)
         left = [k for k in cached if k.startswith("post:") and int(k.split(":")[1]) in created]
         assert not left, f"expected no post of deleted user {uid} cached, got {left}"
+
+
+def test_values_over_max_value_bytes_are_served_but_not_cached(server, schema):
+    """Issue 14: a 12 MB value was cached (and its fill outlived command_timeout). A value over
+    [redis] max_value_bytes is now served, never stored: every read of it misses, and Redis holds none."""
+    s = cached_server(server, schema, redis={"max_value_bytes": "4k"})
+    u = make_user(s)
+    small = s.request("POST", f"/users/{u['id']}/posts", body={"title": "small", "content": "c"}).json()
+    big = s.request("POST", f"/users/{u['id']}/posts", body={"title": "big", "content": "x" * 10000}).json()
+    until_hit(s, f"/posts/{small['id']}")  # the cache is in use for values under the limit
+    for path in (f"/posts/{big['id']}", f"/users/{u['id']}/posts?limit=10"):
+        for _ in range(4):
+            status, xc, body = get(s, path)
+            assert status == 200 and xc == "MISS", f"expected {path} served and never cached, got {status} {xc}"
+        assert body == big or [p["id"] for p in body["data"]] == [small["id"], big["id"]], body
+    cached = cache_entries(s, schema.redis_port)
+    assert f"post:{big['id']}" not in cached and f"post:{small['id']}" in cached, sorted(cached)
+    assert not [k for k in cached if k.startswith("uplist:")], f"expected no page over 4 kB cached: {sorted(cached)}"
+
+
+def fill_held(r):
+    """A client of this Redis waits with a script call: the fill held by CLIENT PAUSE WRITE."""
+    return any("b" in c["flags"] and c["cmd"] in ("evalsha", "eval") for c in r.client_list())
+
+
+def test_a_fill_slower_than_command_timeout_costs_no_invalidation(server, schema):
+    """Issue 14: a fill ran past command_timeout, the worker dropped its Redis connection for it, and the
+    next write found Redis "down" and moved the whole cache to a new epoch. A fill is optional work with
+    no deadline now: one held in Redis for five times command_timeout leaves the connection up, is stored
+    once Redis lets it run, and the next write invalidates in the same epoch. (Commands sent behind a fill
+    on the worker's one connection wait for it; max_value_bytes keeps that wait short. The health PING,
+    every health_interval, is kept out of this window: it would wait behind the held fill and time out.)"""
+    from test_pool import bouncer_admin_run
+    s = cached_server(server, schema, health_interval="60s")
+    u = make_user(s)
+    path = f"/users/{u['id']}"
+    r = redis_lib.Redis(port=schema.redis_port)
+    epoch = epoch_of(s, schema.redis_port)
+    lease = f"{s.prefix}:e{epoch}:l:user:{u['id']}"
+    got = []
+    reader = threading.Thread(target=lambda: got.append(get(s, path)))
+    bouncer_admin_run(schema, "PAUSE")  # the GET's database read waits in PgBouncer, after its lookup
+    try:
+        reader.start()
+        s.wait_for(lambda: r.exists(lease), 5, "the GET's fill lease")
+        r.execute_command("CLIENT", "PAUSE", "5000", "WRITE")  # scripts wait (PING does not): the fill is held
+    finally:
+        bouncer_admin_run(schema, "RESUME")
+    try:
+        reader.join(10)
+        assert got and got[0][0] == 200 and got[0][1] == "MISS", f"expected the GET answered (MISS), got {got}"
+        s.wait_for(lambda: fill_held(r) or "command_timeout" in s.log_text(), 5, "the fill held in Redis")
+        time.sleep(1.0)  # held for five times command_timeout (200ms)
+        assert "command_timeout" not in s.log_text(), f"a held fill dropped the Redis connection:\n{s.log_tail()}"
+    finally:
+        r.execute_command("CLIENT", "UNPAUSE")
+    s.wait_for(lambda: get(s, path)[1] == "HIT", 5, "the held fill stored once Redis runs it")
+    assert s.request("PATCH", path, body={"name": "after the slow fill"}).status == 200
+    status, xc, body = get(s, path)
+    assert (status, xc, body["name"]) == (200, "MISS", "after the slow fill"), (status, xc, body)
+    assert epoch_of(s, schema.redis_port) == epoch, "expected the write to invalidate in the same epoch"
+    assert "new epoch" not in s.log_text() and "invalidation failed" not in s.log_text(), s.log_tail()
