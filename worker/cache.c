@@ -45,7 +45,10 @@ static const char LUA_LOOKUP[] =
     "redis.call('SET', lk, t, 'PX', ARGV[3]) "
     "return {2, t, f, e, k}";
 /* A list page is filled only into the list's current generation and recorded in the list's page set,
- * so an invalidation can delete every live page: no page of an old generation is left behind. */
+ * so an invalidation can delete every live page: no page of an old generation is left behind. The set
+ * holds at most ARGV[10] pages (list_pages): a fill into a full set first deletes pages the set names
+ * (SPOP: any one), value and member together, so every stored page stays tracked and one invalidation
+ * deletes at most that many (clients asking for thousands of distinct pages cannot make it block Redis). */
 static const char LUA_FILL[] =
     "local p, k, e = ARGV[1], ARGV[2], ARGV[3] "
     "if (redis.call('GET', p .. ':epoch') or '0') ~= e then return 0 end "
@@ -62,7 +65,10 @@ static const char LUA_FILL[] =
     "redis.call('SET', vk, ARGV[7] .. ARGV[5], 'EX', ARGV[6]) "
     "if g ~= '' then "
     "  local set = p .. ':e' .. e .. ':pages:' .. g "
-    "  redis.call('SADD', set, vk) "
+    "  if redis.call('SISMEMBER', set, vk) == 0 then "
+    "    while redis.call('SCARD', set) >= tonumber(ARGV[10]) do redis.call('DEL', redis.call('SPOP', set)) end "
+    "    redis.call('SADD', set, vk) "
+    "  end "
     "  redis.call('EXPIRE', set, ARGV[6]) "
     "end "
     "return 1";
@@ -561,15 +567,16 @@ void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *v
         log_debug("redis: %s not cached: %zu bytes, over max_value_bytes", key, len);
         return;
     }
-    char ttl[16], lsn[LSN_HEX];
+    char ttl[16], lsn[LSN_HEX], pages[16];
     snprintf(ttl, sizeof(ttl), "%d", c->cfg->cache_ttl_s);
+    snprintf(pages, sizeof(pages), "%d", c->cfg->cache_list_pages);
     lsn_hex(data_lsn, lsn);
     const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, key, lease->epoch, lease->token, value,
-                           ttl, lsn, gen, base };
+                           ttl, lsn, gen, base, pages };
     script_argv(c, SCRIPT_FILL, argv);
-    size_t lens[12];
-    eval_lens(12, argv, lens, 7, len);
-    if (!cmd_send(c, CMD_FILL, 12, argv, lens, NULL, NULL, NULL))
+    size_t lens[13];
+    eval_lens(13, argv, lens, 7, len);
+    if (!cmd_send(c, CMD_FILL, 13, argv, lens, NULL, NULL, NULL))
         log_debug("redis: fill of %s not sent", key);
     else
         c->stats.fills++;

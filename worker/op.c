@@ -461,7 +461,9 @@ static void page_answer(struct op_state *s, const struct pool_result *r)
     }
     size_t len = evbuffer_get_length(b);
     const char *body = (const char *)evbuffer_pullup(b, -1);
-    if (s->lease.kind == CACHE_LEASE)
+    /* a page past the last id is not cached: ?after_id=<anything larger> would make one each */
+    bool past_end = s->after > 0 && (PQntuples(res) == 0 || empty);
+    if (s->lease.kind == CACHE_LEASE && !past_end)
         cache_fill(s->o.w->cache, &s->lease, body, len, r->data_lsn);
     http_respond(s->o.req, 200, "application/json", body, len);
     evbuffer_free(b);

@@ -526,3 +526,51 @@ def test_a_fill_slower_than_command_timeout_costs_no_invalidation(server, schema
     assert (status, xc, body["name"]) == (200, "MISS", "after the slow fill"), (status, xc, body)
     assert epoch_of(s, schema.redis_port) == epoch, "expected the write to invalidate in the same epoch"
     assert "new epoch" not in s.log_text() and "invalidation failed" not in s.log_text(), s.log_tail()
+
+
+def page_keys(r, s, name):
+    """The value keys of cached pages of the list `name` ("plist"), any epoch and generation."""
+    return [k.decode() for k in r.scan_iter(f"{s.prefix}:e*:v:{name}:*", count=1000)]
+
+
+def test_pages_cached_per_list_are_bounded_and_a_write_still_drops_them_all(server, schema):
+    """Issue 14: 2,000 distinct pages (`?limit=1&after_id=N`) made 2,000 cached pages in one list's live
+    set, every one of which the next write deleted inside one script. A list now holds at most list_pages
+    cached pages: a fill into a full list first deletes one it tracks, so no page is left untracked (none
+    beyond the bound exists in Redis), and a write still makes every page of the list fresh."""
+    s = cached_server(server, schema, redis={"list_pages": "20"})
+    r = redis_lib.Redis(port=schema.redis_port)
+    u = make_user(s)
+    ids = make_posts(s, u["id"], 60)
+    pages = [f"/posts?limit=1&after_id={i - 1}" for i in ids]
+    for p in pages:
+        status, xc, body = get(s, p)
+        assert status == 200 and xc == "MISS" and body["data"][0]["id"] == ids[pages.index(p)], (p, status, xc, body)
+    epoch = epoch_of(s, schema.redis_port)
+    live = r.scard(f"{s.prefix}:e{epoch}:pages:posts")
+    stored = page_keys(r, s, "plist")
+    assert live == 20 and len(stored) == 20, f"expected 20 pages cached (list_pages), got {live} tracked, {len(stored)} stored"
+    until_hit(s, pages[-1])  # the cache still serves pages
+    assert s.request("PATCH", f"/posts/{ids[0]}", body={"title": "after the bound"}).status == 200
+    for i, p in enumerate(pages):
+        status, xc, body = get(s, p)
+        assert xc == "MISS", f"expected every page of the list dropped by the write, {p} was a {xc}"
+        if i == 0:
+            assert body["data"][0]["title"] == "after the bound", body
+    assert len(page_keys(r, s, "plist")) <= 20, sorted(page_keys(r, s, "plist"))
+
+
+def test_a_page_past_the_last_id_is_answered_but_not_cached(server, schema):
+    """Issue 14: `?after_id=<huge>` made a cached (empty) page for every value asked. Such a page is
+    answered, empty, and never stored; the pages that hold rows still are."""
+    s = cached_server(server, schema)
+    r = redis_lib.Redis(port=schema.redis_port)
+    u = make_user(s, with_post=True)
+    huge = 9223372036854775000
+    for i in range(30):
+        for p in (f"/posts?limit=1&after_id={huge + i}", f"/users?limit=1&after_id={huge + i}",
+                  f"/users/{u['id']}/posts?limit=1&after_id={huge + i}"):
+            status, xc, body = get(s, p)
+            assert status == 200 and body == {"data": [], "next": None} and xc == "MISS", (p, status, xc, body)
+    assert not [k for k in page_keys(r, s, "*") if str(huge)[:12] in k], "expected no page past the last id cached"
+    until_hit(s, f"/users/{u['id']}/posts?limit=1")
