@@ -95,12 +95,20 @@ static const char LUA_INVALIDATE[] =
     "end "
     "return 1";
 
-enum cmd_kind { CMD_PEEK, CMD_LOOKUP, CMD_FILL, CMD_INVALIDATE, CMD_EPOCH, CMD_PING, CMD_SCRIPT_LOAD };
+/* A lease whose holder will not fill (the value is too large, or a page past the last id) is given back
+ * at once: left to expire, it would make every other reader of the key wait for a fill that never comes
+ * (CACHE_WAIT, up to 50 ms each) for LEASE_TTL_MS. Only the holder's own lease goes. */
+static const char LUA_RELEASE[] =
+    "local lk = ARGV[1] .. ':e' .. ARGV[2] .. ':l:' .. ARGV[3] "
+    "if redis.call('GET', lk) == ARGV[4] then redis.call('DEL', lk) end "
+    "return 1";
+
+enum cmd_kind { CMD_PEEK, CMD_LOOKUP, CMD_FILL, CMD_RELEASE, CMD_INVALIDATE, CMD_EPOCH, CMD_PING, CMD_SCRIPT_LOAD };
 
 /* The scripts go by SHA1 (EVALSHA) once SCRIPT LOAD on connect has told us the digests; until then,
  * and after a NOSCRIPT (SCRIPT FLUSH by hand), by their text (EVAL). */
-enum script_id { SCRIPT_LOOKUP, SCRIPT_FILL, SCRIPT_INVALIDATE, SCRIPT_COUNT };
-static const char *const SCRIPTS[SCRIPT_COUNT] = { LUA_LOOKUP, LUA_FILL, LUA_INVALIDATE };
+enum script_id { SCRIPT_LOOKUP, SCRIPT_FILL, SCRIPT_RELEASE, SCRIPT_INVALIDATE, SCRIPT_COUNT };
+static const char *const SCRIPTS[SCRIPT_COUNT] = { LUA_LOOKUP, LUA_FILL, LUA_RELEASE, LUA_INVALIDATE };
 
 /* One command in flight. hiredis always calls back (with NULL when the connection goes), so the
  * struct is freed there; a timeout answers the caller first and marks it answered. */
@@ -433,7 +441,9 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
     redisReply *r = reply;
     if (cmd->timer_ev)
         event_free(cmd->timer_ev);
-    bool loaded = cmd->c->sha[0][0] || cmd->c->sha[1][0] || cmd->c->sha[2][0]; /* reload once, not per reply */
+    bool loaded = false; /* reload once, not per reply */
+    for (int i = 0; i < SCRIPT_COUNT; i++)
+        loaded = loaded || cmd->c->sha[i][0];
     if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 && cmd->c->ac && loaded) {
         log_warn("redis: scripts were flushed: loading them again");
         scripts_load(cmd->c);
@@ -477,9 +487,9 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
     free(cmd);
 }
 
-/* Sends argv as one command with the command timeout, but a fill: nobody waits for it, so it has no
- * deadline, and its slowness or failure never drops the connection (a lost connection answers it). NULL
- * when it could not be sent (nothing called). */
+/* Sends argv as one command with the command timeout, but a fill or a lease's release: nobody waits for
+ * them, so they have no deadline, and their slowness or failure never drops the connection (a lost
+ * connection answers them). NULL when it could not be sent (nothing called). */
 static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc, const char **argv, const size_t *lens,
                     cache_lookup_cb lcb, cache_done_cb dcb, void *arg)
 {
@@ -491,7 +501,7 @@ static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc,
         snprintf(cmd->base, sizeof(cmd->base), "%s", argv[4]);
         snprintf(cmd->gen, sizeof(cmd->gen), "%s", argv[6]);
     }
-    bool deadline = kind != CMD_FILL;
+    bool deadline = kind != CMD_FILL && kind != CMD_RELEASE;
     if (deadline && !(cmd->timer_ev = evtimer_new(c->base, cmd_timeout_cb, cmd))) {
         free(cmd);
         return NULL;
@@ -563,8 +573,9 @@ void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *v
     const char *gen = lease->gen, *base = lease->base;
     if (!cache_usable(c) || lease->kind != CACHE_LEASE)
         return;
-    if (len > c->cfg->cache_max_value_bytes) { /* served, not cached; the unused lease expires (LEASE_TTL_MS) */
+    if (len > c->cfg->cache_max_value_bytes) { /* served, not cached */
         log_debug("redis: %s not cached: %zu bytes, over max_value_bytes", key, len);
+        cache_release(c, lease);
         return;
     }
     char ttl[16], lsn[LSN_HEX], pages[16];
@@ -580,6 +591,18 @@ void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *v
         log_debug("redis: fill of %s not sent", key);
     else
         c->stats.fills++;
+}
+
+void cache_release(struct cache *c, const struct cache_lookup *lease)
+{
+    if (!cache_usable(c) || lease->kind != CACHE_LEASE)
+        return;
+    const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, lease->epoch, lease->key, lease->token };
+    script_argv(c, SCRIPT_RELEASE, argv);
+    size_t lens[7];
+    eval_lens(7, argv, lens, SIZE_MAX, 0);
+    if (!cmd_send(c, CMD_RELEASE, 7, argv, lens, NULL, NULL, NULL))
+        log_debug("redis: release of the lease of %s not sent", lease->key);
 }
 
 /* Sends the invalidation script: its fixed arguments, then the change's generations, keys, and ids as

@@ -463,7 +463,9 @@ static void page_answer(struct op_state *s, const struct pool_result *r)
     const char *body = (const char *)evbuffer_pullup(b, -1);
     /* a page past the last id is not cached: ?after_id=<anything larger> would make one each */
     bool past_end = s->after > 0 && (PQntuples(res) == 0 || empty);
-    if (s->lease.kind == CACHE_LEASE && !past_end)
+    if (s->lease.kind == CACHE_LEASE && past_end)
+        cache_release(s->o.w->cache, &s->lease);
+    else if (s->lease.kind == CACHE_LEASE)
         cache_fill(s->o.w->cache, &s->lease, body, len, r->data_lsn);
     http_respond(s->o.req, 200, "application/json", body, len);
     evbuffer_free(b);

@@ -3,6 +3,7 @@
 
 #include <event2/buffer.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <string.h>
 
 /* The page's last row says whether another row follows it (OP_SQL_PAGE's third column). */

@@ -3,7 +3,6 @@
 #define PGAPI_ROWS_H
 
 #include <libpq-fe.h>
-#include <stdbool.h>
 #include <stdint.h>
 
 struct evbuffer;

@@ -1,7 +1,7 @@
 """Posts: every /posts and /users/:id/posts route and error over real HTTP against the running server and
 the session topology (PostgreSQL primary + replica through PgBouncer)."""
 
-from contextlib import closing
+from contextlib import closing, contextmanager
 import json
 import time
 
@@ -306,10 +306,20 @@ def bouncer_bytes_sent(schema):
                    for row in cur.fetchall() if row[cols.index("database")] in ("pgapi_rw", "pgapi_ro"))
 
 
+@contextmanager
 def big_posts(api, schema, n=300):
     """A user with n posts of 10,000 emoji each (40 kB of UTF-8 a post, 12 MB in all, as in issue 14),
-    written straight to the primary; waits until the replica has them. Returns (user, post ids)."""
+    written straight to the primary; waits until the replica has them. Yields (user, post ids); deletes
+    them afterwards (other tests walk every post with a bounded number of pages)."""
     u = create_user(api)
+    try:
+        yield big_posts_insert(api, schema, u, n)
+    finally:
+        with closing(schema.rw()) as conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM users WHERE id = %s", (u["id"],))
+
+
+def big_posts_insert(api, schema, u, n):
     with closing(schema.rw()) as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO posts(title, content, user_id) SELECT 'big ' || g, repeat(%s, 10000), %s"
                     " FROM generate_series(1, %s) g", ("\U0001f389", u["id"], n))
@@ -341,7 +351,11 @@ def test_pages_of_big_posts_stop_at_the_byte_budget_and_skip_no_row(api, schema)
     """Issue 14: `GET /posts?limit=1000` over 300 posts of 10,000 emoji was a 12 MB answer. A page now
     ends before the row that would pass page_bytes (PostgreSQL drops the rest: PgBouncer passes on less
     than a megabyte), and its next link continues after the last row sent, so the walk sees every row."""
-    u, ids = big_posts(api, schema)
+    with big_posts(api, schema) as (u, ids):
+        pages_of_big_posts(api, schema, u, ids)
+
+
+def pages_of_big_posts(api, schema, u, ids):
     time.sleep(1.2)  # SHOW STATS totals settle (stats_period 1 s)
     before = bouncer_bytes_sent(schema)
     r = api.get(f"/users/{u['id']}/posts?limit=1000")
@@ -366,7 +380,7 @@ def test_a_row_larger_than_the_budget_comes_alone(server, schema):
     s = server(workers=1, topology=schema, overrides={"redis": {"enabled": "off"},
                                                       "server": {"page_bytes": "1k"}}).start()
     s.wait_for(lambda: s.get("/readyz").status == 200, 20, "/readyz 200")
-    u, ids = big_posts(s, schema, n=5)
-    seen, pages = walk_bounded(s, f"/users/{u['id']}/posts?limit=1000", budget=1024)
+    with big_posts(s, schema, n=5) as (u, ids):
+        seen, pages = walk_bounded(s, f"/users/{u['id']}/posts?limit=1000", budget=1024)
     compare_ids(ids, seen)
     assert pages == 5, f"expected one page per post, got {pages}"

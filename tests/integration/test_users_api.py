@@ -225,12 +225,13 @@ def test_include_posts_embeds_the_first_posts_and_links_the_rest(api, schema):
     rest, _ = walk_bounded(api, got["posts_next"])
     compare_ids(ids[50:], rest)
 
-    big, big_ids = big_posts(api, schema)
-    r = api.get(f"/users/{big['id']}?include=posts")
-    got = r.json()
-    n = len(got["posts"])
-    assert r.status == 200 and len(r.body) <= PAGE_BYTES + ENVELOPE + 1000, f"expected at most {PAGE_BYTES} bytes, got {len(r.body)}"
-    assert 1 <= n < 50 and [p["id"] for p in got["posts"]] == big_ids[:n], f"expected the first posts, got {n}"
-    assert got["posts_next"] == f"/users/{big['id']}/posts?limit=50&after_id={big_ids[n - 1]}", got["posts_next"]
-    rest, _ = walk_bounded(api, got["posts_next"])
-    compare_ids(big_ids[n:], rest)
+    with big_posts(api, schema) as (big, big_ids):
+        r = api.get(f"/users/{big['id']}?include=posts")
+        got = r.json()
+        n = len(got["posts"])
+        assert r.status == 200 and len(r.body) <= PAGE_BYTES + ENVELOPE + 1000, (
+            f"expected at most {PAGE_BYTES} bytes, got {len(r.body)}")
+        assert 1 <= n < 50 and [p["id"] for p in got["posts"]] == big_ids[:n], f"expected the first posts, got {n}"
+        assert got["posts_next"] == f"/users/{big['id']}/posts?limit=50&after_id={big_ids[n - 1]}", got["posts_next"]
+        rest, _ = walk_bounded(api, got["posts_next"])
+        compare_ids(big_ids[n:], rest)
