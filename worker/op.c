@@ -68,6 +68,25 @@ static void state_free(struct op_state *s)
     free(s);
 }
 
+/* Fills the key whose lease this request holds (if it holds one); the lease is used up either way. */
+static void lease_fill(struct op_state *s, const char *value, size_t len, uint64_t data_lsn)
+{
+    if (s->lease.kind != CACHE_LEASE)
+        return;
+    cache_fill(s->o.w->cache, &s->lease, value, len, data_lsn);
+    s->lease.kind = CACHE_BYPASS;
+}
+
+/* The end of a read's database step: a fill lease it did not use (a 404, an error, a value not cached)
+ * is given back, so other readers of the key do not wait for a fill that never comes; then the state
+ * goes. (Not state_free's job: that one also runs at exit, when the cache may be gone.) */
+static void state_end(struct op_state *s)
+{
+    if (s->lease.kind == CACHE_LEASE)
+        cache_release(s->o.w->cache, &s->lease);
+    state_free(s);
+}
+
 static struct op_state *state_new(const struct op *o, bool write, int status)
 {
     struct op_state *s = malloc(sizeof(*s));
@@ -325,20 +344,19 @@ static void row_done(void *arg, const struct pool_result *r)
     struct op_state *s = arg;
     const struct op *o = &s->o;
     if (owner_missing(o, r) || dbreply_failed(o->req, r, o->res->what)) {
-        state_free(s);
+        state_end(s);
     } else if (PQntuples(r->res) == 0) {
         not_found(o);
-        state_free(s);
+        state_end(s);
     } else if (s->write) {
         write_committed(s, r);
     } else {
         const char *json = PQgetvalue(r->res, 0, 1);
         size_t len = (size_t)PQgetlength(r->res, 0, 1);
-        if (s->lease.kind == CACHE_LEASE)
-            cache_fill(o->w->cache, &s->lease, json, len, r->data_lsn);
+        lease_fill(s, json, len, r->data_lsn);
         local_fill(s, json, len, r->data_lsn);
         answer(s, PQgetvalue(r->res, 0, 0), json, len);
-        state_free(s);
+        state_end(s);
     }
 }
 
@@ -461,12 +479,10 @@ static void page_answer(struct op_state *s, const struct pool_result *r)
     }
     size_t len = evbuffer_get_length(b);
     const char *body = (const char *)evbuffer_pullup(b, -1);
-    /* a page past the last id is not cached: ?after_id=<anything larger> would make one each */
-    bool past_end = s->after > 0 && (PQntuples(res) == 0 || empty);
-    if (s->lease.kind == CACHE_LEASE && past_end)
-        cache_release(s->o.w->cache, &s->lease);
-    else if (s->lease.kind == CACHE_LEASE)
-        cache_fill(s->o.w->cache, &s->lease, body, len, r->data_lsn);
+    /* a page past the last id is not cached (state_end gives its lease back): ?after_id=<anything
+     * larger> would make one each */
+    if (!(s->after > 0 && (PQntuples(res) == 0 || empty)))
+        lease_fill(s, body, len, r->data_lsn);
     http_respond(s->o.req, 200, "application/json", body, len);
     evbuffer_free(b);
 }
@@ -481,7 +497,7 @@ static void page_done(void *arg, const struct pool_result *r)
         else
             page_answer(s, r);
     }
-    state_free(s);
+    state_end(s);
 }
 
 static void page_db_read(struct op_state *s)

@@ -586,3 +586,16 @@ def test_a_page_past_the_last_id_is_answered_but_not_cached(server, schema):
     assert not [k for k in page_keys(r, s, "*") if str(huge)[:12] in k], "expected no page past the last id cached"
     leases_given_back(s, schema)
     until_hit(s, f"/users/{u['id']}/posts?limit=1")
+
+
+def test_a_404_gives_its_fill_lease_back(server, schema):
+    """A read that finds nothing (404) fills nothing: its lease goes back at once, so other readers of the
+    same missing id do not each wait up to 50 ms for a fill that never comes (one query each instead)."""
+    s = cached_server(server, schema)
+    missing = 9223372036854775000
+    for path in (f"/users/{missing}", f"/users/{missing}?include=posts", f"/posts/{missing}",
+                 f"/users/{missing}/posts"):
+        for _ in range(3):
+            status, xc, _ = get(s, path)
+            assert status == 404 and xc == "MISS", (path, status, xc)
+    leases_given_back(s, schema)
