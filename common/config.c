@@ -53,6 +53,12 @@ static const struct config_key config_keys[] = {
     { "server", "allowed_hosts", KT_STR, OFF(allowed_hosts), 0, 0, "",
       "host names a request's Host may name, comma-separated (against DNS rebinding); others get 421; "
       "IP literals always pass; empty = any" },
+    { "server", "page_bytes", KT_SIZE, OFF(page_bytes), 1024, 67108864, "256k",
+      "byte budget of the rows of one answer: a page (or a user's embedded posts) ends before the row that "
+      "would pass it, and its next link continues after the last row sent (a row larger than the budget "
+      "comes alone); units k, m" },
+    { "server", "embed_posts", KT_INT, OFF(embed_posts), 1, 1000, "50",
+      "posts embedded by GET /users/:id?include=posts, the first in id order; posts_next links to the rest" },
     { "database", "primary", KT_DSN, OFF(primary_dsn), 0, 0,
       "host=127.0.0.1 port=64320 dbname=pgapi_rw user=app",
       "libpq conninfo of the read-write side (PgBouncer database pointing at the primary); "
@@ -88,6 +94,11 @@ static const struct config_key config_keys[] = {
       "unchanged (0 = off; see the README before running several servers on one database)" },
     { "redis", "local_bytes", KT_SIZE, OFF(local_cache_bytes), 0, 1073741824, "2m",
       "memory those values may take per worker; units k, m" },
+    { "redis", "max_value_bytes", KT_SIZE, OFF(cache_max_value_bytes), 1024, 67108864, "256k",
+      "largest value stored in Redis; a larger answer is served but not cached; units k, m" },
+    { "redis", "list_pages", KT_INT, OFF(cache_list_pages), 1, 100000, "256",
+      "pages of one list (GET /users, /posts, /users/:id/posts) cached at once; past it a fill evicts one, "
+      "so a write that changes the list deletes at most this many" },
     { "redis", "prefix", KT_STR, OFF(redis_prefix), 0, 0, "pgapi:v2",
       "namespace of every key; bump the version after a schema change" },
     { "redis", "socket", KT_STR, OFF(redis_socket), 0, 0, "",
@@ -533,23 +544,27 @@ void config_print(const struct config *c, FILE *f)
         snprintf(metrics_addr, sizeof(metrics_addr), "%s:%d", c->metrics_listen.host, c->metrics_listen.port);
     fprintf(f, "[server]\nlisten = %s:%d\nworkers = %d\nbacklog = %d\nkeepalive_timeout = %dms\n"
                "request_timeout = %dms\ndrain_timeout = %dms\nmax_connections = %d\nmax_body_bytes = %zu\n"
-               "max_header_bytes = %zu\nmax_unsent_bytes = %zu\nmax_connections_per_client = %d\nallowed_hosts = %s\n\n[database]\n",
+               "max_header_bytes = %zu\nmax_unsent_bytes = %zu\nmax_connections_per_client = %d\nallowed_hosts = %s\n"
+               "page_bytes = %zu\nembed_posts = %d\n\n[database]\n",
             c->listen.host, c->listen.port, c->workers, c->backlog, c->keepalive_timeout_ms,
             c->request_timeout_ms, c->drain_timeout_ms, c->max_connections, c->max_body_bytes,
-            c->max_header_bytes, c->max_unsent_bytes, c->max_connections_per_client, c->allowed_hosts);
+            c->max_header_bytes, c->max_unsent_bytes, c->max_connections_per_client, c->allowed_hosts,
+            c->page_bytes, c->embed_posts);
     dsn_print_masked(f, "primary", c->primary_dsn);
     for (int i = 0; i < c->replica_count; i++)
         dsn_print_masked(f, "replica", c->replica_dsn[i]);
     fprintf(f, "pool_size = %d\nstatement_timeout = %dms\nconnect_timeout = %dms\nqueue_size = %d\n"
                "queue_timeout = %dms\nmax_replica_lag = %dms\nhealth_interval = %dms\nmigrations_dir = %s\n\n"
                "[redis]\nenabled = %s\nhost = %s\nport = %d\nttl = %ds\nconnect_timeout = %dms\n"
-               "command_timeout = %dms\nprefix = %s\nsocket = %s\nusername = %s\npassword_file = %s\nlocal_entries = %d\nlocal_bytes = %zu\n\n[metrics]\nlisten = %s\n\n[log]\nlevel = %s\nformat = %s\naccess = %s\n",
+               "command_timeout = %dms\nprefix = %s\nsocket = %s\nusername = %s\npassword_file = %s\n"
+               "local_entries = %d\nlocal_bytes = %zu\nmax_value_bytes = %zu\nlist_pages = %d\n\n[metrics]\nlisten = %s\n\n"
+               "[log]\nlevel = %s\nformat = %s\naccess = %s\n",
             c->pool_size, c->statement_timeout_ms, c->connect_timeout_ms, c->queue_size,
             c->queue_timeout_ms, c->max_replica_lag_ms, c->health_interval_ms, c->migrations_dir,
             c->redis_enabled ? "on" : "off", c->redis_host, c->redis_port, c->cache_ttl_s,
             c->redis_connect_timeout_ms, c->redis_command_timeout_ms, c->redis_prefix,
             c->redis_socket, c->redis_username, c->redis_password_file,
-            c->local_cache_entries, c->local_cache_bytes, metrics_addr,
+            c->local_cache_entries, c->local_cache_bytes, c->cache_max_value_bytes, c->cache_list_pages, metrics_addr,
             lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off");
 }
 

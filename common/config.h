@@ -36,6 +36,8 @@ struct config {
     size_t max_unsent_bytes;        /* per worker: responses queued for clients that do not read */
     int max_connections_per_client; /* per client address, across all workers; 0 = no limit */
     char allowed_hosts[512];        /* comma-separated host names; "" = any */
+    size_t page_bytes;         /* byte budget of the rows of one answer (a page, embedded posts) */
+    int embed_posts;           /* posts embedded by ?include=posts */
     /* [database] */
     char primary_dsn[CONFIG_DSN_MAX];
     char replica_dsn[CONFIG_MAX_REPLICAS][CONFIG_DSN_MAX];
@@ -62,6 +64,8 @@ struct config {
     char redis_password[256];  /* not a key: from PGAPI_REDIS_PASSWORD or password_file; never printed */
     int local_cache_entries;
     size_t local_cache_bytes;
+    size_t cache_max_value_bytes; /* larger values are served, not cached */
+    int cache_list_pages;      /* pages cached per list */
     /* [metrics] */
     struct config_addr metrics_listen; /* GET /metrics (Prometheus text); port 0 = off */
     /* [log] */

@@ -45,7 +45,10 @@ static const char LUA_LOOKUP[] =
     "redis.call('SET', lk, t, 'PX', ARGV[3]) "
     "return {2, t, f, e, k}";
 /* A list page is filled only into the list's current generation and recorded in the list's page set,
- * so an invalidation can delete every live page: no page of an old generation is left behind. */
+ * so an invalidation can delete every live page: no page of an old generation is left behind. The set
+ * holds at most ARGV[10] pages (list_pages): a fill into a full set first deletes pages the set names
+ * (SPOP: any one), value and member together, so every stored page stays tracked and one invalidation
+ * deletes at most that many (clients asking for thousands of distinct pages cannot make it block Redis). */
 static const char LUA_FILL[] =
     "local p, k, e = ARGV[1], ARGV[2], ARGV[3] "
     "if (redis.call('GET', p .. ':epoch') or '0') ~= e then return 0 end "
@@ -62,7 +65,10 @@ static const char LUA_FILL[] =
     "redis.call('SET', vk, ARGV[7] .. ARGV[5], 'EX', ARGV[6]) "
     "if g ~= '' then "
     "  local set = p .. ':e' .. e .. ':pages:' .. g "
-    "  redis.call('SADD', set, vk) "
+    "  if redis.call('SISMEMBER', set, vk) == 0 then "
+    "    while redis.call('SCARD', set) >= tonumber(ARGV[10]) do redis.call('DEL', redis.call('SPOP', set)) end "
+    "    redis.call('SADD', set, vk) "
+    "  end "
     "  redis.call('EXPIRE', set, ARGV[6]) "
     "end "
     "return 1";
@@ -89,12 +95,21 @@ static const char LUA_INVALIDATE[] =
     "end "
     "return 1";
 
-enum cmd_kind { CMD_HANDSHAKE, CMD_PEEK, CMD_LOOKUP, CMD_FILL, CMD_INVALIDATE, CMD_EPOCH, CMD_PING, CMD_SCRIPT_LOAD };
+/* A lease whose holder will not fill (the value is too large, or a page past the last id) is given back
+ * at once: left to expire, it would make every other reader of the key wait for a fill that never comes
+ * (CACHE_WAIT, up to 50 ms each) for LEASE_TTL_MS. Only the holder's own lease goes. */
+static const char LUA_RELEASE[] =
+    "local lk = ARGV[1] .. ':e' .. ARGV[2] .. ':l:' .. ARGV[3] "
+    "if redis.call('GET', lk) == ARGV[4] then redis.call('DEL', lk) end "
+    "return 1";
+
+enum cmd_kind { CMD_HANDSHAKE, CMD_PEEK, CMD_LOOKUP, CMD_FILL, CMD_RELEASE, CMD_INVALIDATE, CMD_EPOCH, CMD_PING,
+                CMD_SCRIPT_LOAD };
 
 /* The scripts go by SHA1 (EVALSHA) once SCRIPT LOAD on connect has told us the digests; until then,
  * and after a NOSCRIPT (SCRIPT FLUSH by hand), by their text (EVAL). */
-enum script_id { SCRIPT_LOOKUP, SCRIPT_FILL, SCRIPT_INVALIDATE, SCRIPT_COUNT };
-static const char *const SCRIPTS[SCRIPT_COUNT] = { LUA_LOOKUP, LUA_FILL, LUA_INVALIDATE };
+enum script_id { SCRIPT_LOOKUP, SCRIPT_FILL, SCRIPT_RELEASE, SCRIPT_INVALIDATE, SCRIPT_COUNT };
+static const char *const SCRIPTS[SCRIPT_COUNT] = { LUA_LOOKUP, LUA_FILL, LUA_RELEASE, LUA_INVALIDATE };
 
 /* One command in flight. hiredis always calls back (with NULL when the connection goes), so the
  * struct is freed there; a timeout answers the caller first and marks it answered. */
@@ -389,6 +404,10 @@ static void cmd_answer_fail(struct cache_cmd *cmd)
         cmd->c->ping_inflight = false;
 }
 
+/* A lookup is optional work: past command_timeout its request reads the database (BYPASS) and the
+ * connection stays, its late answer dropped. Dropping the connection would make the next write's
+ * invalidation fail (Redis "down") and so move the whole cache to a new epoch for nothing. Commands whose
+ * outcome matters (an invalidation, the epoch, the PING health probe) drop it: their outcome is unknown. */
 static void cmd_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -396,6 +415,8 @@ static void cmd_timeout_cb(evutil_socket_t fd, short what, void *arg)
     struct cache_cmd *cmd = arg;
     struct cache *c = cmd->c;
     cmd_answer_fail(cmd);
+    if (cmd->kind == CMD_LOOKUP || cmd->kind == CMD_PEEK)
+        return; /* on_cmd_reply frees cmd when the answer comes, or the connection goes */
     cache_abandon(c, "command not answered within command_timeout"); /* frees cmd via its callback */
 }
 
@@ -504,12 +525,15 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
     (void)ac;
     struct cache_cmd *cmd = priv;
     redisReply *r = reply;
-    event_free(cmd->timer_ev);
+    if (cmd->timer_ev)
+        event_free(cmd->timer_ev);
     if (cmd->c->closing) {
         cmd_discard(cmd);
         return;
     }
-    bool loaded = cmd->c->sha[0][0] || cmd->c->sha[1][0] || cmd->c->sha[2][0]; /* reload once, not per reply */
+    bool loaded = false; /* reload once, not per reply */
+    for (int i = 0; i < SCRIPT_COUNT; i++)
+        loaded = loaded || cmd->c->sha[i][0];
     if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 && cmd->c->ac && loaded) {
         log_warn("redis: scripts were flushed: loading them again");
         scripts_load(cmd->c);
@@ -555,7 +579,9 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
     free(cmd);
 }
 
-/* Sends argv as one command with the command timeout; NULL when it could not be sent (nothing called). */
+/* Sends argv as one command with the command timeout, but a fill or a lease's release: nobody waits for
+ * them, so they have no deadline, and their slowness or failure never drops the connection (a lost
+ * connection answers them). NULL when it could not be sent (nothing called). */
 static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc, const char **argv, const size_t *lens,
                     cache_lookup_cb lcb, cache_done_cb dcb, void *arg)
 {
@@ -567,14 +593,19 @@ static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc,
         snprintf(cmd->base, sizeof(cmd->base), "%s", argv[4]);
         snprintf(cmd->gen, sizeof(cmd->gen), "%s", argv[6]);
     }
-    cmd->timer_ev = evtimer_new(c->base, cmd_timeout_cb, cmd);
-    if (!cmd->timer_ev || redisAsyncCommandArgv(c->ac, on_cmd_reply, cmd, argc, argv, lens) != REDIS_OK) {
+    bool deadline = kind != CMD_FILL && kind != CMD_RELEASE;
+    if (deadline && !(cmd->timer_ev = evtimer_new(c->base, cmd_timeout_cb, cmd))) {
+        free(cmd);
+        return NULL;
+    }
+    if (redisAsyncCommandArgv(c->ac, on_cmd_reply, cmd, argc, argv, lens) != REDIS_OK) {
         if (cmd->timer_ev)
             event_free(cmd->timer_ev);
         free(cmd);
         return NULL;
     }
-    timer_arm(cmd->timer_ev, c->cfg->redis_command_timeout_ms);
+    if (deadline)
+        timer_arm(cmd->timer_ev, c->cfg->redis_command_timeout_ms);
     return cmd;
 }
 
@@ -634,18 +665,36 @@ void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *v
     const char *gen = lease->gen, *base = lease->base;
     if (!cache_usable(c) || lease->kind != CACHE_LEASE)
         return;
-    char ttl[16], lsn[LSN_HEX];
+    if (len > c->cfg->cache_max_value_bytes) { /* served, not cached */
+        log_debug("redis: %s not cached: %zu bytes, over max_value_bytes", key, len);
+        cache_release(c, lease);
+        return;
+    }
+    char ttl[16], lsn[LSN_HEX], pages[16];
     snprintf(ttl, sizeof(ttl), "%d", c->cfg->cache_ttl_s);
+    snprintf(pages, sizeof(pages), "%d", c->cfg->cache_list_pages);
     lsn_hex(data_lsn, lsn);
     const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, key, lease->epoch, lease->token, value,
-                           ttl, lsn, gen, base };
+                           ttl, lsn, gen, base, pages };
     script_argv(c, SCRIPT_FILL, argv);
-    size_t lens[12];
-    eval_lens(12, argv, lens, 7, len);
-    if (!cmd_send(c, CMD_FILL, 12, argv, lens, NULL, NULL, NULL))
+    size_t lens[13];
+    eval_lens(13, argv, lens, 7, len);
+    if (!cmd_send(c, CMD_FILL, 13, argv, lens, NULL, NULL, NULL))
         log_debug("redis: fill of %s not sent", key);
     else
         c->stats.fills++;
+}
+
+void cache_release(struct cache *c, const struct cache_lookup *lease)
+{
+    if (!cache_usable(c) || lease->kind != CACHE_LEASE)
+        return;
+    const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, lease->epoch, lease->key, lease->token };
+    script_argv(c, SCRIPT_RELEASE, argv);
+    size_t lens[7];
+    eval_lens(7, argv, lens, SIZE_MAX, 0);
+    if (!cmd_send(c, CMD_RELEASE, 7, argv, lens, NULL, NULL, NULL))
+        log_debug("redis: release of the lease of %s not sent", lease->key);
 }
 
 /* Sends the invalidation script: its fixed arguments, then the change's generations, keys, and ids as

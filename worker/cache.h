@@ -71,8 +71,12 @@ typedef void (*cache_done_cb)(void *arg, bool ok);
 /* Always answers through cb exactly once (synchronously with CACHE_BYPASS when Redis is unusable).
  * `gen` names the list a page belongs to (NULL for a single row). */
 void cache_lookup(struct cache *c, const char *key, const char *gen, cache_lookup_cb cb, void *arg);
-/* Stores value (with data_lsn) if the lease is still the caller's and data_lsn has reached the key's fence. */
+/* Stores value (with data_lsn) if the lease is still the caller's and data_lsn has reached the key's fence,
+ * and the value is at most max_value_bytes. Fire and forget: a fill's slowness or failure costs nothing
+ * else (it has no deadline and never drops the connection). */
 void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len, uint64_t data_lsn);
+/* Gives the lease back without a value (the caller will not fill), so other readers need not wait for it. */
+void cache_release(struct cache *c, const struct cache_lookup *lease);
 /* After a commit at lsn: bumps each list's generation and raises its fence, raises each key's fence and
  * deletes its value and lease. cb(ok=false) after a failure or timeout: the cache is then bypassed by
  * every worker until it moves to a new epoch. */

@@ -10,9 +10,10 @@
 #include "worker/resources.h"
 
 static const char SQL_USER_POSTS_LIST[] =
-    "SELECT p.id, CASE WHEN p.id IS NOT NULL THEN " POST_JSON "::text END FROM users u"
-    " LEFT JOIN LATERAL (SELECT * FROM posts p WHERE p.user_id = u.id AND p.id > $2 ORDER BY p.id LIMIT $3) p"
-    " ON true WHERE u.id = $1 ORDER BY p.id";
+    "SELECT x.id, x.body, x.more FROM users u LEFT JOIN LATERAL ("
+    OP_SQL_PAGE("SELECT p.id, " POST_JSON "::text AS body FROM posts p WHERE p.user_id = u.id AND p.id > $2"
+                " ORDER BY p.id LIMIT $3::bigint + 1", "$3::bigint", "$4::bigint")
+    ") x ON true WHERE u.id = $1 ORDER BY x.id";
 static const char SQL_POST_CREATE[] =
     "INSERT INTO posts AS p (user_id, title, content) VALUES ($1, $2, $3) RETURNING " OP_SQL_ROW("p", POST_JSON);
 static const char SQL_POST_CREATE_MANY[] = OP_SQL_CREATE_MANY("posts", "p", "user_id, title, content",

@@ -11,11 +11,17 @@
 #include "worker/reply.h"
 #include "worker/resources.h"
 
-#define SQL_USER_GET_POSTS_WHERE                                                                             \
-    "SELECT u.id, (" USER_JSON "::jsonb || jsonb_build_object('posts', COALESCE((SELECT jsonb_agg(" POST_JSON \
-    " ORDER BY p.id) FROM posts p WHERE p.user_id = u.id), '[]'::jsonb)))::text FROM users u WHERE u.id = "
-static const char SQL_USER_GET_POSTS[] = SQL_USER_GET_POSTS_WHERE "$1";
-static const char SQL_USER_GET_POSTS_MANY[] = SQL_USER_GET_POSTS_WHERE OP_SQL_ANY_ID;
+/* The user with the first page of its posts (the page /users/:id/posts?limit=<embed_posts> would show,
+ * bounded the same way in SQL) and posts_next, the path of the page after it (null after the last post).
+ * Its three parameters keep it out of the pool's batches (single-parameter reads only). */
+static const char SQL_USER_GET_POSTS[] =
+    "SELECT u.id, (" USER_JSON "::jsonb || jsonb_build_object('posts', COALESCE(e.posts, '[]'::jsonb),"
+    " 'posts_next', CASE WHEN e.more THEN '/users/' || u.id || '/posts?limit=' || $2::bigint || '&after_id='"
+    " || e.last END))::text FROM users u, LATERAL (SELECT jsonb_agg(x.body::jsonb ORDER BY x.id) AS posts,"
+    " bool_and(x.more) AS more, max(x.id) AS last FROM ("
+    OP_SQL_PAGE("SELECT p.id, " POST_JSON "::text AS body FROM posts p WHERE p.user_id = u.id ORDER BY p.id"
+                " LIMIT $2::bigint + 1", "$2::bigint", "$3::bigint")
+    ") x) e WHERE u.id = $1";
 static const char SQL_USER_CREATE[] =
     "INSERT INTO users AS u (name, email) VALUES ($1, $2) RETURNING " OP_SQL_ROW("u", USER_JSON);
 static const char SQL_USER_CREATE_MANY[] =
@@ -51,8 +57,8 @@ void handle_user_get(struct worker *w, struct http_request *req, const struct ro
     }
     bool posts = include[0] != '\0';
     struct op o = { .w = w, .req = req, .res = &USERS, .id = a->id[0], .also = posts ? OP_TABLE(FENCE_POSTS) : 0,
-                    .cache = posts ? "userp" : "user" };
-    op_get(&o, posts ? SQL_USER_GET_POSTS : USERS.sql_get, posts ? SQL_USER_GET_POSTS_MANY : USERS.sql_get_many);
+                    .cache = posts ? "userp" : "user", .embeds = posts };
+    op_get(&o, posts ? SQL_USER_GET_POSTS : USERS.sql_get, posts ? NULL : USERS.sql_get_many);
 }
 
 void handle_users_list(struct worker *w, struct http_request *req, const struct route_args *a)

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/config.h"
 #include "common/log.h"
 #include "worker/body.h"
 #include "worker/cache.h"
@@ -75,6 +76,25 @@ static void state_free(struct op_state *s)
     free(s);
 }
 
+/* Fills the key whose lease this request holds (if it holds one); the lease is used up either way. */
+static void lease_fill(struct op_state *s, const char *value, size_t len, uint64_t data_lsn)
+{
+    if (s->lease.kind != CACHE_LEASE)
+        return;
+    cache_fill(s->o.w->cache, &s->lease, value, len, data_lsn);
+    s->lease.kind = CACHE_BYPASS;
+}
+
+/* The end of a read's database step: a fill lease it did not use (a 404, an error, a value not cached)
+ * is given back, so other readers of the key do not wait for a fill that never comes; then the state
+ * goes. (Not state_free's job: that one also runs at exit, when the cache may be gone.) */
+static void state_end(struct op_state *s)
+{
+    if (s->lease.kind == CACHE_LEASE)
+        cache_release(s->o.w->cache, &s->lease);
+    state_free(s);
+}
+
 static void client_gone(void *arg);
 
 static struct op_state *state_new(const struct op *o, bool write, int status)
@@ -97,7 +117,7 @@ static struct op_state *state_new(const struct op *o, bool write, int status)
 static void gone_drop(struct op_state *s)
 {
     http_respond(s->o.req, HTTP_STATUS_CLIENT_GONE, NULL, NULL, 0);
-    state_free(s);
+    state_end(s); /* a lease it held is given back: nobody waits for its fill */
 }
 
 /* The client of a read went (http_on_gone). A read not yet sent is dropped now: out of the pool queue, or
@@ -367,20 +387,19 @@ static void row_done(void *arg, const struct pool_result *r)
     struct op_state *s = arg;
     const struct op *o = &s->o;
     if (owner_missing(o, r) || dbreply_failed(o->req, r, o->res->what)) {
-        state_free(s);
+        state_end(s);
     } else if (PQntuples(r->res) == 0) {
         not_found(o);
-        state_free(s);
+        state_end(s);
     } else if (s->write) {
         write_committed(s, r);
     } else {
         const char *json = PQgetvalue(r->res, 0, 1);
         size_t len = (size_t)PQgetlength(r->res, 0, 1);
-        if (s->lease.kind == CACHE_LEASE)
-            cache_fill(o->w->cache, &s->lease, json, len, r->data_lsn);
+        lease_fill(s, json, len, r->data_lsn);
         local_fill(s, json, len, r->data_lsn);
         answer(s, PQgetvalue(r->res, 0, 0), json, len);
-        state_free(s);
+        state_end(s);
     }
 }
 
@@ -388,10 +407,13 @@ static void lookup_done(void *arg, const struct cache_lookup *l);
 
 static void by_id_run(struct op_state *s)
 {
-    char id[ID_TEXT_MAX];
-    id_text(s->o.id, id, sizeof(id));
-    const char *params[] = { id };
-    start(s, s->sql, params, 1, row_done);
+    const struct config *cfg = s->o.w->cfg;
+    char text[3][ID_TEXT_MAX];
+    id_text(s->o.id, text[0], sizeof(text[0]));
+    id_text(cfg->embed_posts, text[1], sizeof(text[1]));
+    id_text((int64_t)cfg->page_bytes, text[2], sizeof(text[2]));
+    const char *params[] = { text[0], text[1], text[2] };
+    start(s, s->sql, params, s->o.embeds ? 3 : 1, row_done);
 }
 
 static void lookup_send(struct op_state *s)
@@ -504,8 +526,10 @@ static void page_answer(struct op_state *s, const struct pool_result *r)
     }
     size_t len = evbuffer_get_length(b);
     const char *body = (const char *)evbuffer_pullup(b, -1);
-    if (s->lease.kind == CACHE_LEASE)
-        cache_fill(s->o.w->cache, &s->lease, body, len, r->data_lsn);
+    /* a page past the last id is not cached (state_end gives its lease back): ?after_id=<anything
+     * larger> would make one each */
+    if (!(s->after > 0 && (PQntuples(res) == 0 || empty)))
+        lease_fill(s, body, len, r->data_lsn);
     http_respond(s->o.req, 200, "application/json", body, len);
     evbuffer_free(b);
 }
@@ -520,18 +544,19 @@ static void page_done(void *arg, const struct pool_result *r)
         else
             page_answer(s, r);
     }
-    state_free(s);
+    state_end(s);
 }
 
 static void page_db_read(struct op_state *s)
 {
-    char text[3][ID_TEXT_MAX];
+    char text[4][ID_TEXT_MAX];
     id_text(s->o.id, text[0], sizeof(text[0]));
     id_text(s->after, text[1], sizeof(text[1]));
-    id_text(s->limit + 1, text[2], sizeof(text[2])); /* one extra row tells whether a next page exists */
-    const char *params[] = { text[0], text[1], text[2] };
+    id_text(s->limit, text[2], sizeof(text[2]));
+    id_text((int64_t)s->o.w->cfg->page_bytes, text[3], sizeof(text[3]));
+    const char *params[] = { text[0], text[1], text[2], text[3] };
     int first = s->o.id ? 0 : 1;
-    start(s, s->sql, params + first, 3 - first, page_done);
+    start(s, s->sql, params + first, 4 - first, page_done);
 }
 
 void op_page(const struct op *o, const char *sql, const char *base)

@@ -54,14 +54,23 @@ struct op_resource {
 #define OP_STR(x) OP_STR_(x)
 /* A row as its (id, json text) columns, for RETURNING. */
 #define OP_SQL_ROW(a, json) a ".id, " json "::text"
+/* A page bounded in SQL, so PostgreSQL never sends a row the answer would drop: `rows` selects (id,
+ * body text) in id order, at most L + 1 of them; of those the page keeps the first L, and only while
+ * their bodies add up to at most B bytes (the first row always, however long). The third column tells
+ * whether another row follows: on the page's last row, whether there is a next page, which starts
+ * after that row (so a walk skips no row). */
+#define OP_SQL_PAGE(rows, L, B)                                                                          \
+    "SELECT id, body, more FROM (SELECT id, body, row_number() OVER w AS n, sum(octet_length(body)) OVER w" \
+    " AS bytes, lead(id) OVER w IS NOT NULL AS more FROM (" rows ") r WINDOW w AS (ORDER BY id ROWS"    \
+    " UNBOUNDED PRECEDING)) x WHERE n <= " L " AND (n = 1 OR bytes <= " B ") ORDER BY id"
 /* The statements of struct op_resource (but sql_delete) for table t aliased a whose row is the JSON
  * expression json, in op's parameter order: get/replace/patch $1 = id, replace and patch the fields from
- * $2 (their SET lists given), list $1 = after_id and $2 = limit. */
+ * $2 (their SET lists given), list $1 = after_id, $2 = limit and $3 = byte budget (OP_SQL_PAGE). */
 #define OP_SQL_STATEMENTS(t, a, json, replace_set, patch_set)                                        \
     .sql_get = "SELECT " OP_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = $1",                \
     .sql_get_many = "SELECT " OP_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = " OP_SQL_ANY_ID,  \
-    .sql_list = "SELECT " OP_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id > $1 ORDER BY " a    \
-                ".id LIMIT $2",                                                                      \
+    .sql_list = OP_SQL_PAGE("SELECT " a ".id, " json "::text AS body FROM " t " " a " WHERE " a ".id > $1" \
+                            " ORDER BY " a ".id LIMIT $2::bigint + 1", "$2::bigint", "$3::bigint"),       \
     .sql_replace = "UPDATE " t " AS " a " SET " replace_set " WHERE " a ".id = $1 RETURNING "        \
                    OP_SQL_ROW(a, json),                                                              \
     .sql_patch = "UPDATE " t " AS " a " SET " patch_set " WHERE " a ".id = $1 RETURNING "            \
@@ -82,13 +91,16 @@ struct op {
     const char *cache; /* cache the row under "<cache>:<id>" ("user", "userp", "post"), or a page under
                         * "<cache>:<id>:<limit>:<after>"; NULL: not cached */
     const char *cache_list; /* op_page: the list's generation name ("users", "posts", "uposts" + ":<id>") */
+    bool embeds;       /* op_get: the statement embeds a bounded page of other rows: $2 = the most rows it
+                        * embeds (embed_posts), $3 = their byte budget (page_bytes) */
 };
 
 /* Reads the row `sql` returns for $1 = id: answers it, or 404 when there is none. */
 void op_get(const struct op *o, const char *sql, const char *sql_many);
-/* Reads a page of rows: ?limit= and ?after_id= become the last two parameters (after $1 = id when
- * id != 0; then no row at all means the owner does not exist: 404, and a row with a NULL id an empty
- * page). `base` is the path the next-page link starts with. */
+/* Reads a page of rows (an OP_SQL_PAGE statement): ?after_id=, ?limit= and the byte budget
+ * (page_bytes) become the last three parameters (after $1 = id when id != 0; then no row at all means
+ * the owner does not exist: 404, and a row with a NULL id an empty page). `base` is the path the
+ * next-page link starts with. */
 void op_page(const struct op *o, const char *sql, const char *base);
 /* Runs a write whose parameters are $1 = id (when id != 0) then the body's fields in order; required =
  * false (PATCH) makes every field optional (NULL when absent) but at least one must be given. */

@@ -7,8 +7,9 @@
 
 struct evbuffer;
 
-/* Appends {"data":[rows...],"next":"<base>?limit=L&after_id=ID"|null} to b; res holds up to limit+1
- * rows of (id, json), the extra one only telling that a next page exists. -1 when out of memory. */
+/* Appends {"data":[rows...],"next":"<base>?limit=L&after_id=ID"|null} to b; res holds the page's rows
+ * of (id, json, more), as op.h's OP_SQL_PAGE bounds them: every row is shown, and the last one's `more`
+ * tells whether a next page (after its id) exists. -1 when out of memory. */
 int rows_page_build(struct evbuffer *b, const PGresult *res, int64_t limit, const char *base);
 
 #endif

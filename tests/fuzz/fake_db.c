@@ -209,6 +209,12 @@ void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *v
     (void)data_lsn;
 }
 
+void cache_release(struct cache *c, const struct cache_lookup *lease)
+{
+    (void)c;
+    (void)lease;
+}
+
 void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb, void *arg)
 {
     (void)c;

@@ -308,7 +308,9 @@ class Load:
                 return
             seen = {("user", uid): body["version"]}
             seen.update({("post", p["id"]): p["version"] for p in body["posts"]})
-            self.h.read(route, t0, t1, status, seen, covers=("posts_of", uid), source=c.cache)
+            # the embedding lists every post of the user only when no link leads to more (issue 14's bound)
+            covers = ("posts_of", uid) if body["posts_next"] is None else None
+            self.h.read(route, t0, t1, status, seen, covers=covers, source=c.cache)
 
     def read_list(self, c, rng, kind, route, path):
         want = self.keys.pick(rng, kind)

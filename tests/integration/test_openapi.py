@@ -50,7 +50,7 @@ def router_routes():
     return {(m, re.sub(r":(\w+)", r"{\1}", p)) for m, p in rows}
 
 
-# ---- a minimal schema check: types, required, properties, items, allOf/anyOf, enum, nullable ------------
+# ---- a minimal schema check: types, required, properties, items, maxItems, allOf/anyOf, enum, nullable ---
 
 TYPES = {
     "object": lambda v: isinstance(v, dict),
@@ -81,6 +81,8 @@ def schema_problems(schema, value, where="body"):
         for k, sub in s.get("properties", {}).items():
             if k in value:
                 problems += schema_problems(sub, value[k], f"{where}.{k}")
+    if isinstance(value, list) and len(value) > s.get("maxItems", len(value)):
+        problems.append(f"{where}: {len(value)} items, more than maxItems {s['maxItems']}")
     if isinstance(value, list) and "items" in s:
         for i, item in enumerate(value):
             problems += schema_problems(s["items"], item, f"{where}[{i}]")
@@ -278,3 +280,24 @@ def test_other_methods_answer_405_with_allow(api, path):
         check_response(None, what, r, {"405": DOC["components"]["responses"]["MethodNotAllowed"]})
         allow = {x.strip() for x in r.headers["allow"].split(",")}
         assert allow == expected_allow, f"{what}: expected Allow {sorted(expected_allow)}, got {sorted(allow)}"
+
+
+def test_documented_bounds_hold(api):
+    """The bounds the document states (issue 14): a user with more posts than `posts` may hold embeds
+    maxItems of them and links the rest with posts_next, as the UserWithPosts schema says."""
+    fx = Fixtures(api)
+    uid = fx.user["id"]
+    embed = resolve(DOC["components"]["schemas"]["UserWithPosts"])["allOf"][1]["properties"]["posts"]["maxItems"]
+    for i in range(embed + 10):
+        r = api.request("POST", f"/users/{uid}/posts", body={"title": f"b{i}", "content": "c"})
+        assert r.status == 201, r
+    op = DOC["paths"]["/users/{id}"]["get"]
+    r = api.get(f"/users/{uid}?include=posts")
+    check_response(op, f"GET /users/{uid}?include=posts", r)
+    body = r.json()
+    assert not schema_problems(DOC["components"]["schemas"]["UserWithPosts"], body), schema_problems(
+        DOC["components"]["schemas"]["UserWithPosts"], body)
+    assert len(body["posts"]) == embed and body["posts_next"], (len(body["posts"]), body["posts_next"])
+    rest = api.get(body["posts_next"])
+    check_response(DOC["paths"]["/users/{id}/posts"]["get"], body["posts_next"], rest)
+    assert len(rest.json()["data"]) == 11 and rest.json()["next"] is None, rest

@@ -1,7 +1,7 @@
 """Posts: every /posts and /users/:id/posts route and error over real HTTP against the running server and
 the session topology (PostgreSQL primary + replica through PgBouncer)."""
 
-from contextlib import closing
+from contextlib import closing, contextmanager
 import json
 import time
 
@@ -282,8 +282,9 @@ def test_include_posts_embeds_the_users_posts(api):
     posts = [create_post(api, u["id"], title=f"t{i}", content=f"c{i}") for i in range(3)]
     got = expect(api.get(f"/users/{u['id']}?include=posts"), 200)
     assert got["posts"] == posts, f"expected the 3 posts as created, got {got['posts']}"
+    assert got["posts_next"] is None, f"expected no link to more posts, got {got['posts_next']}"
     assert expect(api.get(f"/users/{u['id']}/posts"), 200)["data"] == posts
-    del got["posts"]
+    del got["posts"], got["posts_next"]
     assert got == expect(api.get(f"/users/{u['id']}"), 200)
 
 
@@ -321,3 +322,97 @@ def test_read_your_writes_with_replay_paused(api, schema):
             assert cur.fetchone()[0] != "v9", "replay was not paused: the test proves nothing"
     finally:
         replay_resume(schema)
+
+
+PAGE_BYTES = 256 * 1024  # [server] page_bytes' default
+ENVELOPE = 200           # {"data":[...],"next":"..."} around the rows, with the commas between them
+
+
+def bouncer_bytes_sent(schema):
+    """Bytes PgBouncer has passed on from PostgreSQL for pgapi's two databases (SHOW STATS totals,
+    published every stats_period: 1 s in the topology)."""
+    with closing(schema.bouncer_admin()) as conn, conn.cursor() as cur:
+        cur.execute("SHOW STATS")
+        cols = [d[0] for d in cur.description]
+        return sum(int(row[cols.index("total_received")]) + int(row[cols.index("total_sent")])
+                   for row in cur.fetchall() if row[cols.index("database")] in ("pgapi_rw", "pgapi_ro"))
+
+
+@contextmanager
+def big_posts(api, schema, n=300):
+    """A user with n posts of 10,000 emoji each (40 kB of UTF-8 a post, 12 MB in all, as in issue 14),
+    written straight to the primary; waits until the replica has them. Yields (user, post ids); deletes
+    them afterwards (other tests walk every post with a bounded number of pages)."""
+    u = create_user(api)
+    try:
+        yield big_posts_insert(api, schema, u, n)
+    finally:
+        with closing(schema.rw()) as conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM users WHERE id = %s", (u["id"],))
+
+
+def big_posts_insert(api, schema, u, n):
+    with closing(schema.rw()) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO posts(title, content, user_id) SELECT 'big ' || g, repeat(%s, 10000), %s"
+                    " FROM generate_series(1, %s) g", ("\U0001f389", u["id"], n))
+        cur.execute("SELECT id FROM posts WHERE user_id = %s ORDER BY id", (u["id"],))
+        ids = [row[0] for row in cur.fetchall()]
+    wait_replica_ids(schema, "SELECT id FROM posts WHERE user_id = %s ORDER BY id", (u["id"],), ids)
+    return u, ids
+
+
+def walk_bounded(api, url, budget=PAGE_BYTES, max_pages=200):
+    """page_to_end, checking that every page holds at most `budget` bytes of rows (a single larger row
+    may come alone) and is not empty while a next page exists."""
+    seen, pages = [], 0
+    while url:
+        r = api.get(url)
+        body = expect(r, 200)
+        rows = len(body["data"])
+        assert len(r.body) <= budget + ENVELOPE or rows == 1, (
+            f"{url}: expected at most {budget} bytes of rows, got {len(r.body)} bytes in {rows} rows")
+        assert rows or not body["next"], f"{url}: an empty page with a next link {body['next']}"
+        seen.extend(p["id"] for p in body["data"])
+        url = body["next"]
+        pages += 1
+        assert pages < max_pages, f"pagination does not end after {pages} pages (at {url})"
+    return seen, pages
+
+
+def test_pages_of_big_posts_stop_at_the_byte_budget_and_skip_no_row(api, schema):
+    """Issue 14: `GET /posts?limit=1000` over 300 posts of 10,000 emoji was a 12 MB answer. A page now
+    ends before the row that would pass page_bytes (PostgreSQL drops the rest: PgBouncer passes on less
+    than a megabyte), and its next link continues after the last row sent, so the walk sees every row."""
+    with big_posts(api, schema) as (u, ids):
+        pages_of_big_posts(api, schema, u, ids)
+
+
+def pages_of_big_posts(api, schema, u, ids):
+    time.sleep(1.2)  # SHOW STATS totals settle (stats_period 1 s)
+    before = bouncer_bytes_sent(schema)
+    r = api.get(f"/users/{u['id']}/posts?limit=1000")
+    time.sleep(1.2)
+    shipped = bouncer_bytes_sent(schema) - before
+    first = expect(r, 200)
+    assert len(r.body) <= PAGE_BYTES + ENVELOPE, f"expected a page of at most {PAGE_BYTES} bytes, got {len(r.body)}"
+    n = len(first["data"])
+    assert 1 <= n < 300 and [p["id"] for p in first["data"]] == ids[:n], f"expected the first posts, got {n}"
+    assert first["next"] == f"/users/{u['id']}/posts?limit=1000&after_id={ids[n - 1]}", first["next"]
+    assert shipped < 1024 * 1024, f"expected PostgreSQL to send less than 1 MB for the page, PgBouncer passed {shipped}"
+    seen, pages = walk_bounded(api, f"/users/{u['id']}/posts?limit=1000")
+    compare_ids(ids, seen)
+    assert pages >= 12000000 // PAGE_BYTES, f"expected the 12 MB over many pages, got {pages}"
+    seen, _ = walk_bounded(api, f"/posts?limit=1000&after_id={ids[0] - 1}")
+    compare_ids(ids, seen)
+
+
+def test_a_row_larger_than_the_budget_comes_alone(server, schema):
+    """With page_bytes at its 1 kB minimum, every 40 kB post is a page of its own: never an empty page,
+    never a row skipped."""
+    s = server(workers=1, topology=schema, overrides={"redis": {"enabled": "off"},
+                                                      "server": {"page_bytes": "1k"}}).start()
+    s.wait_for(lambda: s.get("/readyz").status == 200, 20, "/readyz 200")
+    with big_posts(s, schema, n=5) as (u, ids):
+        seen, pages = walk_bounded(s, f"/users/{u['id']}/posts?limit=1000", budget=1024)
+    compare_ids(ids, seen)
+    assert pages == 5, f"expected one page per post, got {pages}"

@@ -316,3 +316,33 @@ def test_delete_user_removes_posts(api, schema):
     r = api.get(f"/users/{u['id']}?include=posts")
     assert r.status == 404, r
     assert api.get(f"/users/{u['id']}?include=comments").status == 400
+
+
+def test_include_posts_embeds_the_first_posts_and_links_the_rest(api, schema):
+    """Issue 14: ?include=posts embedded every post of the user (12 MB for 300 posts of 10,000 emoji).
+    It now embeds the first embed_posts (50) in id order, within the page_bytes budget, and posts_next is
+    the page of /users/:id/posts after the last one embedded: following it yields every other post."""
+    from test_posts_api import big_posts, compare_ids, walk_bounded, wait_replica_ids, PAGE_BYTES, ENVELOPE
+    u = create_user(api)
+    with closing(schema.rw()) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO posts(title, content, user_id) SELECT 'p' || g, 'c', %s FROM generate_series(1, 120) g",
+                    (u["id"],))
+        cur.execute("SELECT id FROM posts WHERE user_id = %s ORDER BY id", (u["id"],))
+        ids = [row[0] for row in cur.fetchall()]
+    wait_replica_ids(schema, "SELECT id FROM posts WHERE user_id = %s ORDER BY id", (u["id"],), ids)
+    got = api.get(f"/users/{u['id']}?include=posts").json()
+    assert [p["id"] for p in got["posts"]] == ids[:50], f"expected the first 50 posts, got {len(got['posts'])}"
+    assert got["posts_next"] == f"/users/{u['id']}/posts?limit=50&after_id={ids[49]}", got["posts_next"]
+    rest, _ = walk_bounded(api, got["posts_next"])
+    compare_ids(ids[50:], rest)
+
+    with big_posts(api, schema) as (big, big_ids):
+        r = api.get(f"/users/{big['id']}?include=posts")
+        got = r.json()
+        n = len(got["posts"])
+        assert r.status == 200 and len(r.body) <= PAGE_BYTES + ENVELOPE + 1000, (
+            f"expected at most {PAGE_BYTES} bytes, got {len(r.body)}")
+        assert 1 <= n < 50 and [p["id"] for p in got["posts"]] == big_ids[:n], f"expected the first posts, got {n}"
+        assert got["posts_next"] == f"/users/{big['id']}/posts?limit=50&after_id={big_ids[n - 1]}", got["posts_next"]
+        rest, _ = walk_bounded(api, got["posts_next"])
+        compare_ids(big_ids[n:], rest)
