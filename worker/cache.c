@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/config.h"
 #include "common/fence.h"
@@ -143,6 +144,8 @@ struct cache {
     char sha[SCRIPT_COUNT][41];   /* "" until loaded */
     char epoch[24];               /* the epoch last seen: single-row lookups peek at it first */
     bool closing;                 /* cache_free: replies run no callback */
+    long reply_warned_s;          /* when a failed lookup was last logged (monotonic seconds) */
+    unsigned long reply_unlogged; /* failed lookups since, not logged */
     struct cache_stats stats;
 };
 
@@ -151,6 +154,22 @@ static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc,
                                   cache_lookup_cb lcb, cache_done_cb dcb, void *arg);
 static void epoch_bump(struct cache *c);
 static void scripts_load(struct cache *c);
+
+/* A lookup refused by Redis (a full Redis under noeviction refuses the lease script's first write on
+ * every request): one line a second at most, saying how many went unlogged, not one per request. */
+static void reply_warn(struct cache *c, const char *what, const char *err)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (c->reply_warned_s != 0 && ts.tv_sec == c->reply_warned_s) {
+        c->reply_unlogged++;
+        return;
+    }
+    log_warn("redis: %s: %s (%lu more since the last such line): cache bypassed for it", what, err,
+             c->reply_unlogged);
+    c->reply_warned_s = ts.tv_sec;
+    c->reply_unlogged = 0;
+}
 
 static void timer_arm(struct event *ev, int ms)
 {
@@ -452,7 +471,7 @@ static void lookup_deliver(struct cache_cmd *cmd, const redisReply *r)
         r->element[1]->type != REDIS_REPLY_STRING || r->element[3]->type != REDIS_REPLY_STRING ||
         r->element[4]->type != REDIS_REPLY_STRING) {
         if (r && r->type == REDIS_REPLY_ERROR)
-            log_warn("redis: lookup script failed: %s", r->str);
+            reply_warn(cmd->c, "lookup script failed", r->str);
         cmd->lookup_cb(cmd->arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
         return;
     }
@@ -489,7 +508,7 @@ static void peek_deliver(struct cache_cmd *cmd, const redisReply *r)
     struct cache *c = cmd->c;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
         if (r && r->type == REDIS_REPLY_ERROR)
-            log_warn("redis: lookup failed: %s", r->str);
+            reply_warn(c, "lookup failed", r->str);
         c->stats.bypasses++;
         cmd->lookup_cb(cmd->arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
         return;

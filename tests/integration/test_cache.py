@@ -534,9 +534,15 @@ def test_full_redis_refuses_writes_and_never_serves_the_old_value(warm_user_on_o
         r.set("probe", "x")
     try:
         assert s.request("PATCH", f"/users/{u['id']}", body={"name": "while-full"}).status == 200
-        for _ in range(5):
+        refusals = lambda: [l for l in s.log_text().splitlines() if "lookup" in l and "OOM" in l]
+        logged_before, t0 = len(refusals()), time.monotonic()
+        for _ in range(20):
             status, xc, body = get(s, f"/users/{u['id']}")
             assert status == 200 and body["name"] == "while-full" and xc != "HIT", (status, xc, body)
+        seconds = time.monotonic() - t0
+        # refused lookups are logged once a second at most by each worker, not once a request
+        logged, bound = refusals()[logged_before:], len(s.worker_pids()) * (int(seconds) + 2)
+        assert len(logged) <= bound, f"expected at most {bound} lines in {seconds:.1f}s, got {logged}"
     finally:
         r.config_set("maxmemory", "0")
     s.wait_for(lambda: get(s, f"/users/{u['id']}")[1] == "HIT", 15, "the cache in use again")
