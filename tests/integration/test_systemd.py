@@ -8,6 +8,7 @@ import ctypes
 import grp
 import gzip
 import http.client
+import json
 import os
 import re
 import shlex
@@ -487,14 +488,23 @@ def notify_none_pending(sock):
 
 
 def http_status(port, path):
+    return http_answer(port, path)[0]
+
+
+def http_answer(port, path):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request("GET", path)
         r = conn.getresponse()
-        r.read()
-        return r.status
+        return r.status, r.read()
     finally:
         conn.close()
+
+
+def ready_with_redis(port):
+    """/readyz 200 with Redis up: the database and the cache (its AUTH included) both in use."""
+    status, body = http_answer(port, "/readyz")
+    return status == 200 and json.loads(body).get("redis") == "up"
 
 
 def log_tail(path, n=40):
@@ -558,7 +568,8 @@ def test_installed_unit_lifecycle_as_systemd_runs_it(installed, schema, tmp_path
         "server": {"listen": f"127.0.0.1:{port}", "workers": 2},
         "database": {"primary": f"host=127.0.0.1 port={t.bouncer_port} dbname=pgapi_rw user=app",
                      "replica": f"host=127.0.0.1 port={t.bouncer_port} dbname=pgapi_ro user=app"},
-        "redis": {"port": t.redis_port},
+        "redis": {"port": t.redis_port, "username": t.vars["PGAPI_REDIS_USERNAME"],
+                  "password_file": os.path.join(os.path.dirname(ini_path), "redis.password")},
     }
     # any other listening address the binary has (e.g. [metrics] listen) gets a free port too, so that
     # the example's fixed defaults never collide with another server on this machine
@@ -575,6 +586,9 @@ def test_installed_unit_lifecycle_as_systemd_runs_it(installed, schema, tmp_path
     with open(os.path.join(t.dir, "pgpass")) as src, open(env["PGPASSFILE"], "w") as dst:
         dst.write(src.read())
     os.chmod(env["PGPASSFILE"], 0o600)
+    with open(t.vars["PGAPI_REDIS_PASSWORD_FILE"]) as src, open(settings["redis"]["password_file"], "w") as dst:
+        dst.write(src.read())
+    os.chmod(settings["redis"]["password_file"], 0o600)
 
     sock, notify_addr = notify_socket(kind, tmp_path)
     env["NOTIFY_SOCKET"] = notify_addr
@@ -600,8 +614,8 @@ def test_installed_unit_lifecycle_as_systemd_runs_it(installed, schema, tmp_path
         status = http_status(port, "/healthz")
         assert status == 200, f"expected GET /healthz 200 once READY=1 was sent, got {status}"
         # the database through the installed PGPASSFILE: /readyz is 200 once the primary answers
-        wait_until(lambda: http_status(port, "/readyz") == 200, 20, "GET /readyz 200 (the primary reachable "
-                   "with the unit's PGPASSFILE)")
+        wait_until(lambda: ready_with_redis(port), 20, "GET /readyz 200 with Redis up (the primary reachable "
+                   "with the unit's PGPASSFILE, Redis with the password file)")
         workers = children_of(main_pid)
         assert len(workers) == 2, f"expected 2 workers, got {workers}"
         api_round(port)
@@ -616,7 +630,7 @@ def test_installed_unit_lifecycle_as_systemd_runs_it(installed, schema, tmp_path
         assert all(pid == main_pid for pid, _ in got), f"expected every notification from {main_pid}, got {got}"
         status = http_status(port, "/healthz")
         assert status == 200, f"expected GET /healthz 200 after the reload, got {status}"
-        wait_until(lambda: http_status(port, "/readyz") == 200, 20, "GET /readyz 200 after the reload")
+        wait_until(lambda: ready_with_redis(port), 20, "GET /readyz 200 with Redis up after the reload")
         api_round(port)
         workers = sorted(set(workers) | set(children_of(main_pid)))
 
