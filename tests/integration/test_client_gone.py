@@ -13,7 +13,7 @@ from helpers import wait_until
 from test_cache import OwnRedis, cached_server, make_user
 from test_faults import statement_waits_on_lock
 from test_metrics import scrape, total
-from test_teardown import PING_BYTES, redis_receive_queue
+from test_teardown import PING_BYTES, redis_receive_queue, server_on_own_redis
 
 
 def counter(s, name, **want):
@@ -107,11 +107,7 @@ def test_read_waiting_in_frozen_redis_is_dropped_when_its_client_leaves(schema, 
     own = OwnRedis(tmp_path)
     own.start()
     try:
-        s = server(workers=1, topology=schema,
-                   overrides={"redis": {"enabled": "on", "port": own.port, "prefix": f"t{uuid.uuid4().hex[:8]}",
-                                        "command_timeout": "10s", "local_entries": "0"},
-                              "database": {"health_interval": "10s"}}).start()
-        s.wait_for(lambda: s.get("/readyz").json().get("redis") == "up", 15, "redis up")
+        s = server_on_own_redis(schema, server, own, "10s")
         u = make_user(s)
         q0 = queries_published(s, 1)
         own.signal(signal.SIGSTOP)

@@ -86,15 +86,22 @@ def redis_receive_queue(port):
 PING_BYTES = len(b"*1\r\n$4\r\nPING\r\n")   # one health PING may wait in Redis too (never two at once)
 
 
+def server_on_own_redis(schema, server, own, command_timeout):
+    """One worker on `own` Redis, no local cache, health checks rare (no PING queued behind a test's
+    lookup), serving with Redis up."""
+    s = server(workers=1, topology=schema,
+               overrides={"redis": {"enabled": "on", "port": own.port, "prefix": f"t{uuid.uuid4().hex[:8]}",
+                                    "command_timeout": command_timeout, "local_entries": "0"},
+                          "database": {"health_interval": "10s"}}).start()
+    s.wait_for(lambda: s.get("/readyz").json().get("redis") == "up", 15, "redis up")
+    return s
+
+
 def test_worker_term_with_a_read_waiting_on_frozen_redis(schema, server, tmp_path):
     own = OwnRedis(tmp_path)
     own.start()
     try:
-        s = server(workers=1, topology=schema,
-                   overrides={"redis": {"enabled": "on", "port": own.port, "prefix": f"t{uuid.uuid4().hex[:8]}",
-                                        "command_timeout": "5s", "local_entries": "0"},
-                              "database": {"health_interval": "10s"}}).start()
-        s.wait_for(lambda: s.get("/readyz").json().get("redis") == "up", 15, "redis up")
+        s = server_on_own_redis(schema, server, own, "5s")
         u = make_user(s)
         own.signal(signal.SIGSTOP)  # alive, connections kept, answering nothing
         threads, outcomes = requests_in_threads(s, 1, "GET", f"/users/{u['id']}")
