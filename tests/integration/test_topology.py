@@ -546,8 +546,9 @@ def traced_run(topo, trace_path, *args):
     def script_exit():
         with open(trace_path) as f:
             text = f.read()
-        first = re.match(r"(\d+) ", text)
-        done = first and re.search(rf"^{first.group(1)} \+\+\+ exited with (\d+) \+\+\+$", text, re.M)
+        # strace pads a pid to 5 columns: "2137  execve(...", "12345 execve(..."
+        first = re.match(r"(\d+)\s", text)
+        done = first and re.search(rf"^{first.group(1)}\s+\+\+\+ exited with (\d+) \+\+\+$", text, re.M)
         return (int(done.group(1)), text) if done else None
 
     try:
