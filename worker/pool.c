@@ -1399,6 +1399,11 @@ bool pool_primary_up(const struct pool *p)
     return p->primary.healthy && backend_connected(&p->primary) > 0;
 }
 
+bool pool_primary_settled(const struct pool *p)
+{
+    return pool_primary_up(p) || p->primary.failures > 0 || p->primary.in_recovery;
+}
+
 int pool_replicas_up(const struct pool *p)
 {
     int n = 0;

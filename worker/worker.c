@@ -255,6 +255,42 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     }
 }
 
+static void ready_announce(struct worker *w)
+{
+    pid_t pid = getpid();
+    if (write(w->ready_fd, &pid, sizeof(pid)) != (ssize_t)sizeof(pid))
+        log_warn("cannot tell the master this worker is ready: %s", strerror(errno));
+    close(w->ready_fd);
+    w->ready_fd = -1;
+}
+
+#define WARMUP_POLL_MS 5
+
+/* A new worker accepts (and tells the master, which then retires the old generation) only once its
+ * primary is in rotation, or a connection to it has failed, or connect_timeout has passed: requests
+ * taken earlier wait in the pool queue for the first connection, and on a loaded machine that took
+ * longer than queue_timeout (503s during a reload, while the old generation could have served them). */
+static void warmup_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    if (w->draining)
+        return; /* told to stop before it ever served */
+    if (!pool_primary_settled(w->pool) && http_now_us() < w->warmup_until_us) {
+        struct timeval tv = { 0, WARMUP_POLL_MS * 1000 };
+        event_add(w->warmup_ev, &tv);
+        return;
+    }
+    if (event_add(w->accept_ev, NULL) < 0) {
+        log_error("cannot watch the listening socket: exiting");
+        event_base_loopbreak(w->base);
+        return;
+    }
+    ready_announce(w);
+    room_publish(w, true);
+}
+
 static int worker_events_setup(struct worker *w)
 {
     w->accept_ev = event_new(w->base, w->listen_fd, EV_READ | EV_PERSIST, accept_cb, w);
@@ -262,10 +298,11 @@ static int worker_events_setup(struct worker *w)
     w->sigquit_ev = evsignal_new(w->base, SIGQUIT, signal_cb, w);
     w->sigterm_ev = evsignal_new(w->base, SIGTERM, signal_cb, w);
     w->drain_timer_ev = evtimer_new(w->base, drain_timeout_cb, w);
-    if (!w->accept_ev || !w->accept_retry_ev || !w->sigquit_ev || !w->sigterm_ev || !w->drain_timer_ev)
+    w->warmup_ev = evtimer_new(w->base, warmup_cb, w);
+    if (!w->accept_ev || !w->accept_retry_ev || !w->sigquit_ev || !w->sigterm_ev || !w->drain_timer_ev ||
+        !w->warmup_ev)
         return -1;
-    if (event_add(w->sigquit_ev, NULL) < 0 || event_add(w->sigterm_ev, NULL) < 0 ||
-        event_add(w->accept_ev, NULL) < 0)
+    if (event_add(w->sigquit_ev, NULL) < 0 || event_add(w->sigterm_ev, NULL) < 0)
         return -1;
     return 0;
 }
@@ -300,7 +337,8 @@ static void worker_free(struct worker *w)
         close(w->metrics_fd);
     http_server_free(w->http);
     local_cache_free(w->local);
-    struct event *evs[] = { w->accept_ev, w->accept_retry_ev, w->sigquit_ev, w->sigterm_ev, w->drain_timer_ev };
+    struct event *evs[] = { w->accept_ev, w->accept_retry_ev, w->sigquit_ev, w->sigterm_ev, w->drain_timer_ev,
+                            w->warmup_ev };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i])
             event_free(evs[i]);
@@ -310,13 +348,6 @@ static void worker_free(struct worker *w)
         event_base_free(w->base);
 }
 
-static void ready_announce(int ready_fd)
-{
-    pid_t pid = getpid();
-    if (write(ready_fd, &pid, sizeof(pid)) != (ssize_t)sizeof(pid))
-        log_warn("cannot tell the master this worker is ready: %s", strerror(errno));
-    close(ready_fd);
-}
 
 int worker_run(const struct config *cfg, const struct worker_shared *shared, const struct worker_sockets *socks,
                int slot, unsigned generation, int ready_fd)
@@ -324,7 +355,7 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
     struct worker w = { .cfg = cfg, .fences = shared->fences, .rooms = shared->rooms, .metrics = shared->metrics,
                         .clients = shared->clients,
                         .slot = slot, .generation = generation, .listen_fd = socks->listen_fd,
-                        .metrics_fd = socks->metrics_fd, .exit_code = 1 };
+                        .metrics_fd = socks->metrics_fd, .ready_fd = ready_fd, .exit_code = 1 };
     log_set_process("worker", slot, generation);
     /* The terminal's Ctrl-C and a HUP reach the whole process group: only the master acts on them. */
     signal(SIGINT, SIG_IGN);
@@ -356,15 +387,14 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
         log_error("cannot set up the metrics listener");
         goto done;
     }
-    ready_announce(ready_fd);
-    ready_fd = -1;
-    room_publish(&w, true);
+    w.warmup_until_us = http_now_us() + (uint64_t)cfg->connect_timeout_ms * 1000;
+    event_active(w.warmup_ev, EV_TIMEOUT, 0);
     event_base_dispatch(w.base);
     w.exit_code = 0;
 done:
     room_publish(&w, false);
-    if (ready_fd >= 0)
-        close(ready_fd);
+    if (w.ready_fd >= 0)
+        close(w.ready_fd);
     worker_free(&w);
     return w.exit_code;
 }

@@ -42,6 +42,9 @@ struct worker {
     struct event *accept_ev;
     struct event *accept_retry_ev;
     struct event *sigquit_ev, *sigterm_ev, *drain_timer_ev;
+    struct event *warmup_ev;    /* before it accepts: waits for the primary (pool_primary_settled) */
+    uint64_t warmup_until_us;   /* ...at most until then (connect_timeout) */
+    int ready_fd;               /* told this worker's pid once it accepts, then closed (-1) */
     struct http_server *http;
     int metrics_fd;             /* -1 when off */
     struct event *metrics_accept_ev;

@@ -252,8 +252,13 @@ def test_rejoin_brings_the_old_primary_back_as_a_replica(topo, servers):
     rl.settings["database"]["primary"] = (f"host=127.0.0.1 port={int(topo.vars['PGAPI_REPLICA_PORT'])} dbname=pgapi "
                                           "user=app connect_timeout=2")
     rl.write_ini()
+    reloads = rl.log_text().count("reload complete")
     rl.signal(signal.SIGHUP)
     wait_until(lambda: "the server is in recovery" in rl.log_text(), 20, "the standby found in the primary's place")
+    # the old generation (on the good conninfo) serves until the new one is ready, then is retired
+    workers = int(rl.settings["server"]["workers"])
+    wait_until(lambda: rl.log_text().count("reload complete") > reloads and len(rl.worker_pids()) == workers, 20,
+               "the reload to complete and the old generation to be gone")
     r = create_user(rl, "to-a-standby")
     assert r.status == 503 and r.json()["error"]["code"] in ("primary_moved", "database_unavailable"), r
     assert rl.get("/readyz").status == 503, "not ready without a primary"
