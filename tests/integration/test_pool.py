@@ -389,3 +389,33 @@ def test_read_moves_to_the_primary_when_the_replica_holds_its_connection(schema,
     assert r.status == 404, f"expected the second read answered (404) by the primary, got {r}"
     assert took < 1.0, f"expected the second read answered at once (queue_timeout is 3s), took {took:.2f}s"
     assert held and held[0].status == 404, f"expected the held read answered after RESUME, got {held}"
+
+
+def test_reload_keeps_the_old_generation_serving_while_the_new_one_connects(schema, server):
+    """A new worker accepts only once its primary answers (or a connection fails, or connect_timeout
+    passes). A reload to a primary that does not answer yet (a listener that completes the TCP handshake
+    and then says nothing) leaves the old generation serving writes meanwhile; before, the new workers
+    took the requests at once and they waited in the pool queue until queue_timeout (503)."""
+    import signal
+    import socket
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # the kernel completes handshakes; nothing ever reads or answers
+    try:
+        s = server(workers=2, topology=schema,
+                   overrides={"redis": {"enabled": "off"},
+                              "database": {"connect_timeout": "10s", "queue_timeout": "500ms"}}).start()
+        s.wait_for(lambda: s.get("/readyz").status == 200, 20, "/readyz 200")
+        s.settings["database"]["primary"] = f"host=127.0.0.1 port={hole.getsockname()[1]} dbname=pgapi_rw user=app"
+        s.write_ini()
+        s.signal(signal.SIGHUP)
+        s.wait_for(lambda: "reloading: generation 2" in s.log_text(), 10, "the reload to start")
+        t0, statuses = time.monotonic(), []
+        while time.monotonic() - t0 < 3:
+            statuses.append(s.request("POST", "/users", body={"name": "warm-up",
+                                                              "email": f"w-{uuid.uuid4().hex[:12]}@example.com"}).status)
+        assert statuses and all(st == 201 for st in statuses), \
+            f"expected every write during the new generation's warm-up served (201) by the old one, got {statuses}"
+        assert "reload complete" not in s.log_text(), "the new generation must not serve before its primary answers"
+    finally:
+        hole.close()  # the new workers' connections fail: they serve (503 for writes) and the old ones go
