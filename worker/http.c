@@ -737,6 +737,14 @@ static void stall_renew(struct http_conn *c)
 
 /* ---- closing -------------------------------------------------------------------------------- */
 
+/* Every socket this server took ends here: closed, and its client address uncounted (on_close). */
+static void fd_release(struct http_server *srv, int fd, uint64_t tag)
+{
+    close(fd);
+    if (srv->on_close)
+        srv->on_close(srv->on_close_arg, tag);
+}
+
 static void conn_free(struct http_conn *c)
 {
     event_free(c->read_ev);
@@ -787,10 +795,8 @@ static void conn_close(struct http_conn *c)
         event_del(c->read_ev);
         event_del(c->write_ev);
         event_del(c->timer_ev);
-        close(c->fd);
+        fd_release(c->srv, c->fd, c->tag);
         c->fd = -1;
-        if (c->srv->on_close)
-            c->srv->on_close(c->srv->on_close_arg, c->tag);
     }
     out_account(c); /* what it held is no longer anyone's to send */
     bool awaiting_handler = c->state == CONN_HANDLING && !c->req.responded;
@@ -1125,9 +1131,7 @@ void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_st
     struct http_conn *c = calloc(1, sizeof(*c));
     if (!c) {
         log_error("out of memory: connection dropped");
-        close(fd);
-        if (srv->on_close)
-            srv->on_close(srv->on_close_arg, tag);
+        fd_release(srv, fd, tag);
         return;
     }
     c->srv = srv;
@@ -1144,11 +1148,9 @@ void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_st
     c->timer_ev = evtimer_new(srv->base, timer_cb, c);
     if (!c->in || !c->out || !c->read_ev || !c->write_ev || !c->timer_ev) {
         log_error("out of memory: connection dropped");
-        close(fd);
+        fd_release(srv, fd, tag);
         c->fd = -1;
         conn_free(c);
-        if (srv->on_close)
-            srv->on_close(srv->on_close_arg, tag);
         return;
     }
     http_parser_init(&c->parser, HTTP_REQUEST);
@@ -1213,11 +1215,8 @@ void http_server_free(struct http_server *srv)
         return;
     while (srv->conns) {
         struct http_conn *c = srv->conns;
-        if (c->fd >= 0) {
-            close(c->fd);
-            if (srv->on_close)
-                srv->on_close(srv->on_close_arg, c->tag);
-        }
+        if (c->fd >= 0)
+            fd_release(srv, c->fd, c->tag);
         conn_unlink(c);
         conn_free(c);
     }
