@@ -28,7 +28,7 @@ ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -DPGAPI_VERSION='"$(VERSION)"' $(WARN) $(CF
               -I. $(PKG_CFLAGS) -fno-strict-aliasing -MMD -MP
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-SRCS      := $(wildcard common/*.c master/*.c worker/*.c tools/*.c)
+SRCS      := $(wildcard common/*.c master/*.c worker/*.c worker/*/*.c worker/*/*/*.c tools/*.c)
 OBJS      := $(SRCS:%.c=build/obj/%.o)
 SAN_OBJS  := $(SRCS:%.c=build/asan/obj/%.o)
 LIB_SRCS  := $(filter-out master/main.c,$(SRCS))
@@ -39,9 +39,9 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=build/asan/tests/%)
 # target links the request path (HTTP, router, handlers, body and query checks) with a fake database.
 FUZZ_CC   ?= clang-14
 FUZZ_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1 -g
-FUZZ_SRCS := common/config.c common/fence.c common/log.c common/shm.c common/utf8.c $(addprefix worker/,http.c router.c \
-             handlers_health.c handlers_posts.c handlers_users.c op.c body.c query.c reply.c rows.c \
-             dbreply.c local_cache.c id_list.c) tests/fuzz/fake_db.c tests/fuzz/fuzz_request.c
+FUZZ_SRCS := common/clock.c common/config.c common/fence.c common/log.c common/shm.c common/utf8.c \
+             $(wildcard worker/http/*.c worker/api/*.c worker/api/*/*.c) worker/cache/local_cache.c \
+             worker/db/dbreply.c worker/db/id_list.c tests/fuzz/fake_db.c tests/fuzz/fuzz_request.c
 FUZZ_OBJS := $(FUZZ_SRCS:%.c=build/fuzz/obj/%.o)
 FUZZ_SECONDS ?= 60
 

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """How long one write's invalidation blocks Redis when a list's live set is full (issue 14), with the
-real Lua scripts of a worker/cache.c: N distinct pages of one list are filled the way a worker fills
+real Lua scripts of a worker/cache/cache.c: N distinct pages of one list are filled the way a worker fills
 them (lookup script for a lease, then fill script), then the invalidation script drops the list; its
 run time is read from Redis's SLOWLOG (microseconds, Redis-side only).
 
@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def scripts(rev):
-    src = (subprocess.run(["git", "-C", ROOT, "show", f"{rev}:worker/cache.c"], capture_output=True, text=True,
+    src = (subprocess.run(["git", "-C", ROOT, "show", f"{rev}:worker/cache/cache.c"], capture_output=True, text=True,
                           check=True).stdout if rev else open(os.path.join(ROOT, "worker", "cache.c")).read())
     out = {}
     for name in ("LUA_LOOKUP", "LUA_FILL", "LUA_INVALIDATE"):

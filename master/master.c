@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/clients.h"
 #include "common/fence.h"
 #include "common/metrics.h"
@@ -66,13 +67,6 @@ struct master {
     int64_t stop_deadline_ms;
     sigset_t old_mask;
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static struct proc *proc_find(struct master *m, pid_t pid)
 {
@@ -193,7 +187,7 @@ static int worker_spawn(struct master *m, int slot)
         child_become_worker(m, slot);
     metrics_add(&m->metrics->worker_starts, 1);
     *p = (struct proc){ .state = PROC_STARTING, .pid = pid, .slot = slot, .generation = m->generation,
-                        .started_ms = now_ms() };
+                        .started_ms = (int64_t)clock_now_ms() };
     log_info("worker %d started: pid %d generation %u", slot, (int)pid, m->generation);
     return 0;
 }
@@ -203,7 +197,7 @@ static void generation_spawn(struct master *m)
     for (int slot = 0; slot < m->cfg.workers; slot++) {
         m->respawns[slot] = (struct respawn){ 0 };
         if (worker_spawn(m, slot) < 0)
-            m->respawns[slot] = (struct respawn){ .pending = true, .due_ms = now_ms() + 1000, .failures = 1 };
+            m->respawns[slot] = (struct respawn){ .pending = true, .due_ms = (int64_t)clock_now_ms() + 1000, .failures = 1 };
     }
 }
 
@@ -270,11 +264,11 @@ static void stop_start(struct master *m, int sig)
     if (m->stopping) {
         log_warn("second stop signal (%s): fast exit", strsignal(sig));
         procs_signal(m, SIGTERM, NULL);
-        m->stop_deadline_ms = now_ms() + 1000;
+        m->stop_deadline_ms = (int64_t)clock_now_ms() + 1000;
         return;
     }
     m->stopping = true;
-    m->stop_deadline_ms = now_ms() + m->cfg.drain_timeout_ms + 2000;
+    m->stop_deadline_ms = (int64_t)clock_now_ms() + m->cfg.drain_timeout_ms + 2000;
     log_info("%s: graceful stop, draining %d workers", strsignal(sig), procs_alive(m));
     notify_send("STOPPING=1");
     procs_signal(m, SIGQUIT, NULL);
@@ -283,16 +277,11 @@ static void stop_start(struct master *m, int sig)
 static void respawn_schedule(struct master *m, const struct proc *p)
 {
     struct respawn *r = &m->respawns[p->slot];
-    bool crashed_early = now_ms() - p->started_ms < STABLE_AFTER_MS;
+    bool crashed_early = (int64_t)clock_now_ms() - p->started_ms < STABLE_AFTER_MS;
     r->failures = crashed_early ? r->failures + 1 : 0;
-    int64_t delay = 0;
-    if (r->failures > 0) {
-        delay = 100LL << (r->failures < 7 ? r->failures : 7);
-        if (delay > RESPAWN_MAX_MS)
-            delay = RESPAWN_MAX_MS;
-    }
+    int64_t delay = r->failures > 0 ? clock_backoff_ms(r->failures, 100, RESPAWN_MAX_MS) : 0;
     r->pending = true;
-    r->due_ms = now_ms() + delay;
+    r->due_ms = (int64_t)clock_now_ms() + delay;
     if (delay)
         log_warn("worker %d crashed %d time(s) in a row: respawn in %lldms", p->slot, r->failures,
                  (long long)delay);
@@ -348,7 +337,7 @@ static void children_reap(struct master *m)
 
 static void respawns_run(struct master *m)
 {
-    int64_t now = now_ms();
+    int64_t now = (int64_t)clock_now_ms();
     for (int slot = 0; slot < m->cfg.workers; slot++) {
         struct respawn *r = &m->respawns[slot];
         if (!r->pending || r->due_ms > now)
@@ -388,7 +377,7 @@ static void signal_read(struct master *m)
 
 static int poll_timeout(const struct master *m)
 {
-    int64_t now = now_ms(), next = now + 1000;
+    int64_t now = (int64_t)clock_now_ms(), next = now + 1000;
     for (int slot = 0; slot < m->cfg.workers; slot++)
         if (m->respawns[slot].pending && m->respawns[slot].due_ms < next)
             next = m->respawns[slot].due_ms;
@@ -454,10 +443,10 @@ static void master_loop(struct master *m)
         }
         if (m->reloading && generation_ready(m))
             reload_finish(m);
-        if (m->stopping && now_ms() >= m->stop_deadline_ms) {
+        if (m->stopping && (int64_t)clock_now_ms() >= m->stop_deadline_ms) {
             log_warn("drain deadline passed: killing %d workers", procs_alive(m));
             procs_signal(m, SIGKILL, NULL);
-            m->stop_deadline_ms = now_ms() + 1000;
+            m->stop_deadline_ms = (int64_t)clock_now_ms() + 1000;
         }
     }
 }

@@ -16,6 +16,7 @@
 
 #include <libpq-fe.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "tools/cli.h"
 
@@ -552,11 +553,9 @@ static const struct migration *migrate_next_pending(const struct migration_set *
     return NULL;
 }
 
-static double migrate_ms_since(const struct timespec *t0)
+static double migrate_ms_since(uint64_t t0_us)
 {
-    struct timespec t1;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+    return (double)(clock_now_us() - t0_us) / 1e3;
 }
 
 /* Chooses, under the lock, what one step does: the next pending file (up) or the last applied one
@@ -610,8 +609,7 @@ static int migrate_step(PGconn *conn, const char *dir, const struct migration_se
     struct applied_set applied = { 0 };
     const struct migration *m = NULL;
     bool started = false;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    uint64_t t0 = clock_now_us();
     if (migrate_tx_begin(conn) < 0 || migrate_applied_load(conn, false, &applied) < 0 ||
         migrate_pick(dir, set, &applied, way, &m) < 0)
         goto fail;
@@ -624,7 +622,7 @@ static int migrate_step(PGconn *conn, const char *dir, const struct migration_se
     if (migrate_run_part(conn, m, way) < 0 || migrate_record(conn, m, way) < 0 || migrate_commit(conn, m) < 0)
         goto fail;
     /* the time includes waiting for the lock behind another runner */
-    printf("%s %s (%.0f ms)\n", way == MIGRATE_UP ? "applied" : "reverted", m->file, migrate_ms_since(&t0));
+    printf("%s %s (%.0f ms)\n", way == MIGRATE_UP ? "applied" : "reverted", m->file, migrate_ms_since(t0));
     fflush(stdout);
     migrate_applied_free(&applied);
     return 1;

@@ -10,8 +10,8 @@
 
 #include "common/log.h"
 #include "common/metrics.h"
-#include "worker/reply.h"
-#include "worker/router.h"
+#include "worker/http/reply.h"
+#include "worker/api/router.h"
 #include "worker/telemetry.h"
 #include "worker/worker.h"
 

@@ -3,7 +3,7 @@
 #ifndef PGAPI_METRICS_PAGE_H
 #define PGAPI_METRICS_PAGE_H
 
-#include "worker/http.h"
+#include "worker/http/http.h"
 
 /* The http_server handler of the metrics listener (its ctx is the worker). */
 void metrics_page_dispatch(struct http_request *req);

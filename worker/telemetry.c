@@ -10,10 +10,10 @@
 
 #include "common/log.h"
 #include "common/metrics.h"
-#include "worker/cache.h"
-#include "worker/http.h"
-#include "worker/local_cache.h"
-#include "worker/pool.h"
+#include "worker/cache/cache.h"
+#include "worker/http/http.h"
+#include "worker/cache/local_cache.h"
+#include "worker/db/pool.h"
 #include "worker/worker.h"
 
 #define PUBLISH_MS 1000

@@ -14,24 +14,25 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/clients.h"
 #include "common/log.h"
 #include "common/room.h"
-#include "worker/cache.h"
-#include "worker/local_cache.h"
-#include "worker/http.h"
+#include "worker/cache/cache.h"
+#include "worker/cache/local_cache.h"
+#include "worker/http/http.h"
 #include "worker/metrics_page.h"
-#include "worker/op.h"
+#include "worker/api/op.h"
 #include "worker/telemetry.h"
-#include "worker/pool.h"
-#include "worker/router.h"
+#include "worker/db/pool.h"
+#include "worker/api/router.h"
 
 #define ACCEPT_BATCH 32
 #define CAP_DEFER_MS 10   /* at max_connections: how often a worker looks at its room and the others' */
 
 static void accept_pause(struct worker *w, int ms)
 {
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    struct timeval tv = clock_timeval(ms);
     event_del(w->accept_ev);
     event_add(w->accept_retry_ev, &tv);
 }
@@ -74,13 +75,12 @@ static int connection_take(struct worker *w, struct sockaddr_storage *peer)
 /* A client at max_connections_per_client across the server: 503 and closed, at most one line a second. */
 static void client_refuse(struct worker *w, int cfd, const struct sockaddr_storage *peer)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now_s = clock_now_s();
     http_refuse(cfd, "client at max_connections_per_client");
     w->client_refused_total++;
-    if (ts.tv_sec == w->client_refused_logged_s)
+    if (now_s == w->client_refused_logged_s)
         return;
-    w->client_refused_logged_s = ts.tv_sec;
+    w->client_refused_logged_s = now_s;
     char addr[INET6_ADDRSTRLEN] = "-";
     const void *a = peer->ss_family == AF_INET6 ? (const void *)&((const struct sockaddr_in6 *)peer)->sin6_addr
                                                 : (const void *)&((const struct sockaddr_in *)peer)->sin_addr;
@@ -126,15 +126,14 @@ static void client_gone(void *arg, uint64_t tag)
 /* One warning a second at most, however fast connections are refused. */
 static void refusals_log(struct worker *w, unsigned long n)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now_s = clock_now_s();
     w->refused += n;
     w->refused_total += n;
-    if (w->refused == 0 || ts.tv_sec == w->refused_logged_s)
+    if (w->refused == 0 || now_s == w->refused_logged_s)
         return;
     log_warn("at max_connections (%d): %lu connection(s) refused with 503", w->cfg->max_connections, w->refused);
     w->refused = 0;
-    w->refused_logged_s = ts.tv_sec;
+    w->refused_logged_s = now_s;
 }
 
 /* At the cap with no other worker of this generation having room: what waits in the queue would hang
@@ -233,7 +232,7 @@ static void worker_drain(struct worker *w)
     if (w->metrics_fd >= 0)
         close(w->metrics_fd);
     w->metrics_fd = -1;
-    struct timeval tv = { w->cfg->drain_timeout_ms / 1000, (w->cfg->drain_timeout_ms % 1000) * 1000 };
+    struct timeval tv = clock_timeval(w->cfg->drain_timeout_ms);
     event_add(w->drain_timer_ev, &tv);
     log_info("draining %d connection(s)", http_server_conn_count(w->http));
     w->draining_servers = w->metrics_http ? 2 : 1;
@@ -277,8 +276,8 @@ static void warmup_cb(evutil_socket_t fd, short what, void *arg)
     struct worker *w = arg;
     if (w->draining)
         return; /* told to stop before it ever served */
-    if (!pool_primary_settled(w->pool) && http_now_us() < w->warmup_until_us) {
-        struct timeval tv = { 0, WARMUP_POLL_MS * 1000 };
+    if (!pool_primary_settled(w->pool) && clock_now_us() < w->warmup_until_us) {
+        struct timeval tv = clock_timeval(WARMUP_POLL_MS);
         event_add(w->warmup_ev, &tv);
         return;
     }
@@ -387,7 +386,7 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
         log_error("cannot set up the metrics listener");
         goto done;
     }
-    w.warmup_until_us = http_now_us() + (uint64_t)cfg->connect_timeout_ms * 1000;
+    w.warmup_until_us = clock_now_us() + (uint64_t)cfg->connect_timeout_ms * 1000;
     event_active(w.warmup_ev, EV_TIMEOUT, 0);
     event_base_dispatch(w.base);
     w.exit_code = 0;

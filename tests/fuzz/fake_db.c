@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/cache.h"
-#include "worker/pool.h"
+#include "worker/cache/cache.h"
+#include "worker/db/pool.h"
 
 #define FAKE_ROW_ID "1"
 #define FAKE_ROW_JSON "{\"id\":1,\"user_id\":1,\"name\":\"a\",\"version\":1}"

@@ -1,5 +1,5 @@
-/* fake_db: the fuzz target's stand-in for the database pool (worker/pool.h) and the Redis client
- * (worker/cache.h), so that the request path runs up to and back from "the database" without one. */
+/* fake_db: the fuzz target's stand-in for the database pool (worker/db/pool.h) and the Redis client
+ * (worker/cache/cache.h), so that the request path runs up to and back from "the database" without one. */
 #ifndef PGAPI_FAKE_DB_H
 #define PGAPI_FAKE_DB_H
 

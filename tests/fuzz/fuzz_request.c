@@ -1,5 +1,5 @@
 /* fuzz_request: libFuzzer target for the request path. A client sends the input over a socketpair to the
- * real connection state machine (worker/http.c), whose handler is the real router, so the handlers,
+ * real connection state machine (worker/http/http.c), whose handler is the real router, so the handlers,
  * query.c, body.c and op.c's field checks run as in a worker, up to a stand-in database (fake_db.c).
  * Every run builds and frees everything, so LeakSanitizer checks each input.
  *
@@ -19,10 +19,10 @@
 #include "common/fence.h"
 #include "common/log.h"
 #include "tests/fuzz/fake_db.h"
-#include "worker/http.h"
-#include "worker/local_cache.h"
-#include "worker/pool.h"
-#include "worker/router.h"
+#include "worker/http/http.h"
+#include "worker/cache/local_cache.h"
+#include "worker/db/pool.h"
+#include "worker/api/router.h"
 #include "worker/worker.h"
 
 #define FUZZ_ANSWER 0x03       /* enum fake_answer: what every statement gets back */

@@ -1,7 +1,7 @@
 """docs/openapi.yaml against the real server: every documented operation is called with real ids (a
 valid request, then the invalid ones its parameters and body schema describe); every status must be one
 the operation documents, every documented status but 503 must be seen, and JSON bodies must have the
-documented required properties and types. Every route of worker/router.c's table is documented, and the
+documented required properties and types. Every route of worker/api/router.c's table is documented, and the
 document has no operation the table lacks."""
 
 import json
@@ -15,7 +15,7 @@ import yaml
 from pgapi_server import REPO_ROOT
 
 DOC_PATH = os.path.join(REPO_ROOT, "docs", "openapi.yaml")
-ROUTER_C = os.path.join(REPO_ROOT, "worker", "router.c")
+ROUTER_C = os.path.join(REPO_ROOT, "worker", "api", "router.c")
 METHODS = ("get", "put", "post", "delete", "patch")
 UNTRIGGERABLE = {"503"}  # a healthy topology never answers it on purpose
 

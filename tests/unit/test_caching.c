@@ -11,8 +11,8 @@
 #include <cmocka.h>
 
 #include "common/fence.h"
-#include "worker/batch.h"
-#include "worker/local_cache.h"
+#include "worker/db/batch.h"
+#include "worker/cache/local_cache.h"
 
 static void test_array_text_quotes_and_nulls(void **state)
 {

@@ -8,10 +8,10 @@
 
 #include <cmocka.h>
 
-#include "worker/body.h"
-#include "worker/id_list.h"
-#include "worker/pool.h"
-#include "worker/query.h"
+#include "worker/http/body.h"
+#include "worker/db/id_list.h"
+#include "worker/db/pool.h"
+#include "worker/http/query.h"
 
 static void test_query_get(void **state)
 {

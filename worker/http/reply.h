@@ -4,7 +4,7 @@
 
 #include <json-c/json.h>
 
-#include "worker/http.h"
+#include "worker/http/http.h"
 
 /* Serialises obj (and releases the caller's reference) as the response body. */
 void reply_json(struct http_request *req, int status, struct json_object *obj);

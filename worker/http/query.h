@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "worker/http.h"
+#include "worker/http/http.h"
 
 /* Copies the decoded value of `name` into buf: 1 found, 0 absent, -1 malformed or longer than cap-1. */
 int query_get(const char *query, const char *name, char *buf, size_t cap);

@@ -4,7 +4,7 @@
 
 #include <stdint.h>
 
-#include "worker/http.h"
+#include "worker/http/http.h"
 
 struct worker;
 

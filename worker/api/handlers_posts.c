@@ -5,9 +5,9 @@
 #include <stdio.h>
 
 #include "common/fence.h"
-#include "worker/handlers.h"
-#include "worker/op.h"
-#include "worker/resources.h"
+#include "worker/api/handlers.h"
+#include "worker/api/op.h"
+#include "worker/api/resources.h"
 
 static const char SQL_USER_POSTS_LIST[] =
     "SELECT x.id, x.body, x.more FROM users u LEFT JOIN LATERAL ("

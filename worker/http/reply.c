@@ -1,5 +1,5 @@
 /* reply: every JSON body leaves through here, serialised by json-c (escaping, UTF-8 as given). */
-#include "worker/reply.h"
+#include "worker/http/reply.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
 /* router: a static table of routes; a pattern segment ":id" matches a decimal id in 1..2^63-1 only, so
  * handlers never see a malformed id (anything else is a 404, like an unknown path). */
-#include "worker/router.h"
+#include "worker/api/router.h"
 
 #include <http_parser.h>
 #include <stdbool.h>
@@ -8,8 +8,8 @@
 #include <string.h>
 
 #include "common/metrics.h"
-#include "worker/handlers.h"
-#include "worker/reply.h"
+#include "worker/api/handlers.h"
+#include "worker/http/reply.h"
 #include "worker/worker.h"
 
 struct route {

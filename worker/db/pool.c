@@ -1,7 +1,7 @@
 /* pool: every connection is a state machine (enum pgc_state) driven by one-shot libevent events on
  * PQsocket(): PQconnectStart/PQconnectPoll to connect, PQsendQueryParams + PQflush to send,
  * PQconsumeInput/PQisBusy/PQgetResult to read. Only unnamed statements (PgBouncer transaction mode). */
-#include "worker/pool.h"
+#include "worker/db/pool.h"
 
 #include <event2/event.h>
 #include <inttypes.h>
@@ -10,10 +10,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/config.h"
 #include "common/fence.h"
 #include "common/log.h"
-#include "worker/batch.h"
+#include "worker/db/batch.h"
 
 #define POOL_MAX_CONNS 256
 #define POOL_MAX_PARAMS 8 /* of a batched statement */
@@ -123,13 +124,6 @@ static void batch_requeue(struct pool *p, struct job *j, enum pool_side side);
 static void lsn_kick(struct pool *p);
 static void lsn_group_take(struct pool *p, struct job *g, const struct pool_result *r);
 static bool replica_eligible(const struct backend *be, uint64_t fence);
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 int pool_lsn_parse(const char *s, uint64_t *out)
 {
@@ -308,14 +302,8 @@ static void conn_timer(struct pgconn *c, int ms)
         event_del(c->timer_ev);
         return;
     }
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    struct timeval tv = clock_timeval(ms);
     event_add(c->timer_ev, &tv);
-}
-
-static int backoff_ms(int failures)
-{
-    int ms = BACKOFF_MIN_MS << (failures < 6 ? failures : 6);
-    return ms > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms;
 }
 
 static int backend_connected(const struct backend *be)
@@ -379,7 +367,7 @@ static void conn_reset(struct pgconn *c, const char *why)
     c->state = PGC_DOWN;
     c->failures++;
     be->failures++;
-    conn_timer(c, backoff_ms(c->failures));
+    conn_timer(c, clock_backoff_ms(c->failures, BACKOFF_MIN_MS, BACKOFF_MAX_MS));
     if (backend_connected(be) == 0)
         backend_down(be, "no connection left");
     else if (be->side == POOL_REPLICA) /* one failed connection is enough: its queued reads move now */
@@ -544,7 +532,7 @@ static void batch_send(struct pgconn *c, struct job *j)
     for (struct job *k = j; k && n < BATCH_MAX; k = k == j ? j->batch : k->next) {
         jobs[n++] = k;
         if (k != j && k->enqueued_us)
-            p->stats[c->be->side].wait_us_total += now_us() - k->enqueued_us;
+            p->stats[c->be->side].wait_us_total += clock_now_us() - k->enqueued_us;
         k->data_lsn = j->data_lsn;
     }
     char *arrays[POOL_MAX_PARAMS] = { 0 };
@@ -569,7 +557,7 @@ static void conn_start(struct pgconn *c, struct job *j)
 {
     struct pool *p = c->be->pool;
     if (j->kind != JOB_HEALTH && j->enqueued_us)
-        p->stats[c->be->side].wait_us_total += now_us() - j->enqueued_us;
+        p->stats[c->be->side].wait_us_total += clock_now_us() - j->enqueued_us;
     c->job = j;
     j->data_lsn = c->be->side == POOL_PRIMARY ? primary_data_lsn(p, j) : c->be->lsn;
     c->state = PGC_BUSY;
@@ -987,7 +975,7 @@ static void queue_or_fail(struct pool *p, enum pool_side side, struct job *j)
     struct side_queue *q = &p->queue[side];
     if (j->kind == JOB_LSN) { /* writes that committed wait on it: ahead of every new statement */
         if (!j->enqueued_us)
-            j->enqueued_us = now_us();
+            j->enqueued_us = clock_now_us();
         j->next = q->head;
         q->head = j;
         if (!q->tail)
@@ -1002,7 +990,7 @@ static void queue_or_fail(struct pool *p, enum pool_side side, struct job *j)
         return;
     }
     if (!j->enqueued_us)
-        j->enqueued_us = now_us();
+        j->enqueued_us = clock_now_us();
     queue_push(q, j);
     event_add(p->sweep_ev, &(struct timeval){ 0, SWEEP_MS * 1000 });
 }
@@ -1112,7 +1100,7 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct pool *p = arg;
-    uint64_t now = now_us();
+    uint64_t now = clock_now_us();
     queue_expire(p, POOL_PRIMARY, now);
     queue_expire(p, POOL_REPLICA, now);
     backend_reroute(p);
@@ -1282,7 +1270,7 @@ struct pool *pool_new(struct event_base *base, const struct config *cfg, struct 
     for (int i = 0; i < p->nreplicas; i++)
         if (backend_init(p, &p->replicas[i], POOL_REPLICA, i, cfg->replica_dsn[i]) < 0)
             goto fail;
-    struct timeval tv = { cfg->health_interval_ms / 1000, (cfg->health_interval_ms % 1000) * 1000 };
+    struct timeval tv = clock_timeval(cfg->health_interval_ms);
     event_add(p->health_ev, &tv);
     event_active(p->health_ev, EV_TIMEOUT, 0);
     return p;

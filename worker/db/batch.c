@@ -1,5 +1,5 @@
 /* batch: the array parameters of a shared statement, and one job's share of its result. */
-#include "worker/batch.h"
+#include "worker/db/batch.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,11 +1,11 @@
 /* query: minimal application/x-www-form-urlencoded decoding of the request target's query part. */
-#include "worker/query.h"
+#include "worker/http/query.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/reply.h"
+#include "worker/http/reply.h"
 
 static int hex_val(char c)
 {

@@ -3,13 +3,13 @@
 #include <string.h>
 
 #include "common/fence.h"
-#include "worker/cache.h"
-#include "worker/body.h"
-#include "worker/handlers.h"
-#include "worker/op.h"
-#include "worker/query.h"
-#include "worker/reply.h"
-#include "worker/resources.h"
+#include "worker/cache/cache.h"
+#include "worker/http/body.h"
+#include "worker/api/handlers.h"
+#include "worker/api/op.h"
+#include "worker/http/query.h"
+#include "worker/http/reply.h"
+#include "worker/api/resources.h"
 
 /* The user with the first page of its posts (the page /users/:id/posts?limit=<embed_posts> would show,
  * bounded the same way in SQL) and posts_next, the path of the page after it (null after the last post).

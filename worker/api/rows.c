@@ -1,5 +1,5 @@
 /* rows: concatenates JSON texts the database produced; nothing is re-parsed or re-escaped here. */
-#include "worker/rows.h"
+#include "worker/api/rows.h"
 
 #include <event2/buffer.h>
 #include <inttypes.h>

@@ -3,10 +3,10 @@
 #include <stdio.h>
 #include <unistd.h>
 
-#include "worker/cache.h"
-#include "worker/handlers.h"
-#include "worker/pool.h"
-#include "worker/reply.h"
+#include "worker/cache/cache.h"
+#include "worker/api/handlers.h"
+#include "worker/db/pool.h"
+#include "worker/http/reply.h"
 #include "worker/worker.h"
 
 void handle_root(struct worker *w, struct http_request *req, const struct route_args *a)

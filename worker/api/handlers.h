@@ -3,7 +3,7 @@
 #ifndef PGAPI_HANDLERS_H
 #define PGAPI_HANDLERS_H
 
-#include "worker/router.h"
+#include "worker/api/router.h"
 
 void handle_root(struct worker *w, struct http_request *req, const struct route_args *a);
 void handle_healthz(struct worker *w, struct http_request *req, const struct route_args *a);

@@ -1,13 +1,13 @@
 /* dbreply: one mapping from SQLSTATE and pool status to HTTP, so every route fails the same way. The
  * failure is logged here once, with the request id. A client gets our own message, never the database's
  * text; the pool's messages (POOL_ERR_UNAVAILABLE, POOL_ERR_BROKEN) are ours too. */
-#include "worker/dbreply.h"
+#include "worker/db/dbreply.h"
 
 #include <http_parser.h>
 #include <string.h>
 
 #include "common/log.h"
-#include "worker/reply.h"
+#include "worker/http/reply.h"
 
 /* Reads have no side effect; anything else may have changed a row. */
 static bool request_writes(const struct http_request *req)

@@ -7,7 +7,7 @@
 #include <json-c/json.h>
 #include <stdbool.h>
 
-#include "worker/http.h"
+#include "worker/http/http.h"
 
 /* Returns the body's top-level object (caller puts it) or NULL after answering with an error. */
 struct json_object *body_object(struct http_request *req);

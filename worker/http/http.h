@@ -81,6 +81,5 @@ int http_header_add(struct http_request *req, const char *name, const char *valu
 /* Sends the response (copying body) and finishes the request. */
 void http_respond(struct http_request *req, int status, const char *content_type, const char *body, size_t len);
 const char *http_status_text(int status);
-uint64_t http_now_us(void);
 
 #endif

@@ -1,14 +1,14 @@
 /* body: json-c in strict mode behind a strict UTF-8 check (escaped lone surrogates included), a small
  * nesting limit and a duplicate-key check, so hostile bodies (10,000-deep arrays, invalid UTF-8, repeated
  * keys, trailing garbage) are refused before any work is done. */
-#include "worker/body.h"
+#include "worker/http/body.h"
 
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
 #include "common/utf8.h"
-#include "worker/reply.h"
+#include "worker/http/reply.h"
 
 #define BODY_MAX_DEPTH 16
 

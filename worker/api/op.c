@@ -1,7 +1,7 @@
 /* op: the request steps the resource handlers share. A write is acknowledged only after the fences of
  * the tables it touched are raised to its commit LSN, so any read that starts after the answer goes to
  * a server that has replayed it; a read waits for the fences of every table it reads. */
-#include "worker/op.h"
+#include "worker/api/op.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -14,15 +14,15 @@
 
 #include "common/config.h"
 #include "common/log.h"
-#include "worker/body.h"
-#include "worker/cache.h"
-#include "worker/dbreply.h"
-#include "worker/id_list.h"
-#include "worker/local_cache.h"
-#include "worker/pool.h"
-#include "worker/query.h"
-#include "worker/reply.h"
-#include "worker/rows.h"
+#include "worker/http/body.h"
+#include "worker/cache/cache.h"
+#include "worker/db/dbreply.h"
+#include "worker/db/id_list.h"
+#include "worker/cache/local_cache.h"
+#include "worker/db/pool.h"
+#include "worker/http/query.h"
+#include "worker/http/reply.h"
+#include "worker/api/rows.h"
 #include "worker/worker.h"
 
 #define LIST_DEFAULT 50

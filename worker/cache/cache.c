@@ -2,7 +2,7 @@
  * disconnect callback, so this module only drops its pointer there; it frees a context only from its
  * own timers, never from inside a hiredis callback. Timeouts are ours: hiredis 0.14 has none for
  * async connects and commands. */
-#include "worker/cache.h"
+#include "worker/cache/cache.h"
 
 #include <event2/event.h>
 #include <hiredis/adapters/libevent.h>
@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/config.h"
 #include "common/fence.h"
 #include "common/log.h"
@@ -159,21 +160,20 @@ static void scripts_load(struct cache *c);
  * every request): one line a second at most, saying how many went unlogged, not one per request. */
 static void reply_warn(struct cache *c, const char *what, const char *err)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    if (c->reply_warned_s != 0 && ts.tv_sec == c->reply_warned_s) {
+    int64_t now_s = clock_now_s();
+    if (c->reply_warned_s != 0 && now_s == c->reply_warned_s) {
         c->reply_unlogged++;
         return;
     }
     log_warn("redis: %s: %s (%lu more since the last such line): cache bypassed for it", what, err,
              c->reply_unlogged);
-    c->reply_warned_s = ts.tv_sec;
+    c->reply_warned_s = now_s;
     c->reply_unlogged = 0;
 }
 
 static void timer_arm(struct event *ev, int ms)
 {
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    struct timeval tv = clock_timeval(ms);
     event_add(ev, &tv);
 }
 
@@ -185,9 +185,9 @@ static void cache_down(struct cache *c, const char *why)
         log_warn("redis %s: %s: cache bypassed until it is back", c->where, why);
     snprintf(c->down_why, sizeof(c->down_why), "%s", why);
     c->state = CACHE_DOWN;
-    int ms = BACKOFF_MIN_MS << (c->failures < 6 ? c->failures : 6);
+    int ms = clock_backoff_ms(c->failures, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
     c->failures++;
-    timer_arm(c->timer_ev, ms > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms);
+    timer_arm(c->timer_ev, ms);
 }
 
 /* Our side gives up on the context (timeout): hiredis runs the disconnect callback from the free. */

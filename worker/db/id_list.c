@@ -1,5 +1,5 @@
 /* id_list: bigint[] text, read strictly: anything unexpected is -1, and callers then assume the worst. */
-#include "worker/id_list.h"
+#include "worker/db/id_list.h"
 
 #include <ctype.h>
 #include <errno.h>

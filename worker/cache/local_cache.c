@@ -1,6 +1,8 @@
 /* local_cache: direct-mapped slots (one entry per slot, a newer put replaces it), each value in one
  * allocation with its key. Bounded in slots, in bytes and in age. */
-#include "worker/local_cache.h"
+#include "worker/cache/local_cache.h"
+
+#include "common/clock.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -28,13 +30,6 @@ static uint64_t key_hash(const char *key)
     for (const unsigned char *p = (const unsigned char *)key; *p; p++)
         h = (h ^ *p) * 1099511628211ull;
     return h;
-}
-
-static time_t now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec;
 }
 
 struct local_cache *local_cache_new(int entries, size_t max_bytes, int ttl_s)
@@ -87,7 +82,7 @@ bool local_cache_get(struct local_cache *lc, const char *key, const struct local
     struct slot *s = &lc->slots[h & lc->mask];
     if (!s->blob || s->hash != h || strcmp(s->blob, key) != 0)
         return false;
-    if (s->stamp.fence != stamp->fence || s->stamp.troubles != stamp->troubles || s->expires <= now_s()) {
+    if (s->stamp.fence != stamp->fence || s->stamp.troubles != stamp->troubles || s->expires <= clock_now_s()) {
         slot_clear(lc, s); /* its row was written since, or it is too old: never valid again */
         return false;
     }
@@ -113,7 +108,7 @@ void local_cache_put(struct local_cache *lc, const char *key, const struct local
         return;
     memcpy(blob, key, klen + 1);
     memcpy(blob + klen + 1, value, len);
-    *s = (struct slot){ .hash = h, .stamp = *stamp, .expires = now_s() + lc->ttl_s, .blob = blob, .klen = klen,
+    *s = (struct slot){ .hash = h, .stamp = *stamp, .expires = clock_now_s() + lc->ttl_s, .blob = blob, .klen = klen,
                         .vlen = len };
     lc->bytes += need;
     lc->entries++;

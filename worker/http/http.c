@@ -1,7 +1,7 @@
 /* http: each connection is a small state machine (enum conn_state); one request is parsed, handled and
  * answered at a time, so pipelined requests are answered in order. A connection is never freed inside
  * its own callback: closing moves it to a dead list that a zero-delay event reclaims afterwards. */
-#include "worker/http.h"
+#include "worker/http/http.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/config.h"
 #include "common/log.h"
 
@@ -118,13 +119,6 @@ struct http_server {
 static void conn_process(struct http_conn *c);
 static void conn_close(struct http_conn *c);
 static void conn_flush(struct http_conn *c);
-
-uint64_t http_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 const char *http_status_text(int status)
 {
@@ -351,7 +345,7 @@ static enum line_kind request_line_kind(const unsigned char *s, size_t n)
 static int on_message_begin(http_parser *p)
 {
     struct http_conn *c = p->data;
-    c->req.start_us = http_now_us();
+    c->req.start_us = clock_now_us();
     return 0;
 }
 
@@ -623,7 +617,7 @@ static void request_account(struct http_conn *c, size_t len)
         .request_id = r->request_id,
         .cache = r->cache_status,
         .status = r->status,
-        .duration_us = r->start_us ? http_now_us() - r->start_us : 0,
+        .duration_us = r->start_us ? clock_now_us() - r->start_us : 0,
         .bytes = len,
         .client = c->peer,
     };
@@ -1170,7 +1164,7 @@ void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_st
 
 static const struct timeval *common_timeout(struct event_base *base, int ms)
 {
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    struct timeval tv = clock_timeval(ms);
     return event_base_init_common_timeout(base, &tv);
 }
 

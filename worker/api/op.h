@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 #include "common/fence.h"
-#include "worker/http.h"
+#include "worker/http/http.h"
 
 struct worker;
 
