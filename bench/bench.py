@@ -35,7 +35,13 @@ SCENARIOS = [
     ("post", "POST /users (primary)", {t: ("/", "create_user.lua") for t in ("pgapi",) + PEERS}),
     ("mix", "90% GET /users/:id, 10% update", {t: ("/", "mix.lua") for t in ("pgapi",) + PEERS}),
 ]
-WRITE_METHOD = {"pgapi": "PATCH"}  # the peer's PUT is a partial update, our PATCH is the same thing
+# BENCH_BASELINE (run.sh): an older commit runs every scenario of ours beside this tree
+BASELINE = {"pgapi": "pgapi_baseline", "pgapi_nocache": "pgapi_baseline_nocache"}
+for _, _, _targets in SCENARIOS:
+    for _ours, _theirs in BASELINE.items():
+        if _ours in _targets:
+            _targets[_theirs] = _targets[_ours]
+WRITE_METHOD = {"pgapi": "PATCH", "pgapi_baseline": "PATCH"}  # the peer's PUT is partial, our PATCH is the same
 
 
 def log(msg):
@@ -86,7 +92,10 @@ def run_round(cfg, n):
     subprocess.run(cfg["reset"], check=True)
     results = {}
     for name, label, targets in SCENARIOS:
-        for target, (path, script) in targets.items():
+        order = list(targets.items())
+        if n % 2 == 0:  # every other round the other way round, so going first or last favours no one
+            order.reverse()
+        for target, (path, script) in order:
             if target not in cfg["targets"]:
                 continue
             port = cfg["targets"][target]["port"]
@@ -151,6 +160,26 @@ def table(rounds):
     return rows
 
 
+def before_after(rounds, cfg):
+    """This tree against BENCH_BASELINE's commit, per scenario: medians, and the spread of the rounds
+    (min..max) of each, so a difference can be told from run-to-run noise."""
+    if "pgapi_baseline" not in cfg["targets"]:
+        return []
+    rows = ["", f"## Before and after: this tree against {cfg.get('baseline', 'the baseline')}", "",
+            "| scenario | before req/s (min..max) | after req/s (min..max) | change | before p99 | after p99 |",
+            "|---|---|---|---|---|---|"]
+    for name, label, _ in SCENARIOS:
+        now, then = ours(name), BASELINE[ours(name)]
+        a, b = ([r[(name, t)]["rps"] for r in rounds if (name, t) in r] for t in (now, then))
+        if not a or not b:
+            continue
+        ma, mb = statistics.median(a), statistics.median(b)
+        rows.append(f"| {label} | {fmt(mb)} ({fmt(min(b))}..{fmt(max(b))}) | {fmt(ma)} ({fmt(min(a))}..{fmt(max(a))}) "
+                    f"| {(ma - mb) / mb * 100:+.1f}% | {fmt(median(rounds, (name, then), 'p99'), 2)} "
+                    f"| {fmt(median(rounds, (name, now), 'p99'), 2)} |")
+    return rows
+
+
 def targets(rounds, snapshots, cfg):
     def rps(name, t):
         return median(rounds, (name, t), "rps") or 0
@@ -160,12 +189,16 @@ def targets(rounds, snapshots, cfg):
 
     out = []
     for name, want in (("user_cached", 10), ("user_nocache", 5), ("post", 3)):
-        r = rps(name, ours(name)) / max(rps(name, peer_of(name, "peer")), 1)
+        if rps(name, peer_of(name, "peer")) == 0:
+            out.append(f"- {name}: no peer in this run (BENCH_PEERS=0)")
+            continue
+        r = rps(name, ours(name)) / rps(name, peer_of(name, "peer"))
         out.append(check(r >= want, f"{name}: {r:.1f}x the peer (target {want}x)"))
     p99 = median(rounds, ("user_cached", "pgapi"), "p99") or 0
     out.append(check(p99 < 5, f"cached GET /users/:id p99 {p99:.2f} ms at {CONN} connections (target < 5 ms)"))
-    r = rps("hello", "pgapi") / max(rps("hello", "nginx"), 1)
-    out.append(check(r >= 0.8, f"GET /: {r:.2f}x nginx (target 0.8x)"))
+    if rps("hello", "nginx"):
+        r = rps("hello", "pgapi") / rps("hello", "nginx")
+        out.append(check(r >= 0.8, f"GET /: {r:.2f}x nginx (target 0.8x)"))
     pid = cfg["targets"]["pgapi"]["pid"]
     last = [v for p, v in snapshots[-1]["pgapi"].items() if p != pid]
     out.append(check(last and max(last) < 10, f"largest pgapi worker RSS after the run {max(last or [0]):.1f} MB "
@@ -199,6 +232,7 @@ def write_results(cfg, rounds, snapshots):
         "pgapi goes through PgBouncer, reads to the replica.", "",
     ]
     lines += table(rounds)
+    lines += before_after(rounds, cfg)
     lines += ["", "³ not comparable: the peer has no pagination and returns all 10,000 users (one cached blob); "
               "pgapi returns a page of 50.", "", "## Targets (medians)", ""]
     lines += targets(rounds, snapshots, cfg)
@@ -209,7 +243,7 @@ def write_results(cfg, rounds, snapshots):
     if os.path.exists(notes):
         with open(notes) as f:
             lines += ["", f.read().rstrip()]
-    with open(os.path.join(HERE, "RESULTS.md"), "w") as out:
+    with open(os.environ.get("BENCH_RESULTS") or os.path.join(HERE, "RESULTS.md"), "w") as out:
         out.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

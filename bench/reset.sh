@@ -14,6 +14,9 @@ sql() { # db statement...
         -c "$1" -c "$2" >/dev/null
 }
 sql pgapi 'DELETE FROM posts WHERE user_id > 10000' 'DELETE FROM users WHERE id > 10000'
-sql peer 'DELETE FROM posts WHERE "userId" > 10000' 'DELETE FROM users WHERE id > 10000'
+if runuser -u postgres -- "$PGBIN/psql" -qXtA -h "$PGAPI_PRIMARY_SOCKET_DIR" -p "$PGAPI_PRIMARY_PORT" -d postgres \
+    -c "SELECT 1 FROM pg_database WHERE datname = 'peer'" | grep -q 1; then # none with BENCH_PEERS=0
+    sql peer 'DELETE FROM posts WHERE "userId" > 10000' 'DELETE FROM users WHERE id > 10000'
+fi
 # as Redis's default user; the password goes by the environment, never on redis-cli's command line
 REDISCLI_AUTH=$(sed -n 's/^REDIS_ADMIN_PASSWORD=//p' "$1/secrets.env") redis-cli --no-auth-warning -p "$PGAPI_REDIS_PORT" flushall >/dev/null
