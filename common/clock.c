@@ -29,7 +29,9 @@ struct timeval clock_timeval(int ms)
 
 int clock_backoff_ms(int failures, int min_ms, int max_ms)
 {
-    int shift = failures < 0 ? 0 : failures < 16 ? failures : 16;
+    int shift = failures < 16 ? failures : 16; /* past that the cap has long been reached */
+    if (shift < 0)
+        shift = 0;
     int64_t ms = (int64_t)min_ms << shift;
     return ms > max_ms ? max_ms : (int)ms;
 }

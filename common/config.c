@@ -239,11 +239,20 @@ static int set_number(const struct config_key *k, struct config *cfg, const char
 {
     long long n;
     const char *rest = "";
-    bool timed = k->type == KT_MS || k->type == KT_SEC;
-    int rc = timed ? parse_ms(v, &n) : k->type == KT_SIZE ? parse_size(v, &n) : parse_ll(v, &n, &rest);
+    int rc;
+    const char *what;
+    if (k->type == KT_MS || k->type == KT_SEC) {
+        rc = parse_ms(v, &n);
+        what = "duration (e.g. 250ms, 5s, 2m)";
+    } else if (k->type == KT_SIZE) {
+        rc = parse_size(v, &n);
+        what = "size (e.g. 512, 64k, 1m)";
+    } else {
+        rc = parse_ll(v, &n, &rest);
+        what = "integer";
+    }
     if (rc < 0 || *rest) {
-        snprintf(err, errlen, "\"%s\" is not a valid %s", v,
-                 timed ? "duration (e.g. 250ms, 5s, 2m)" : k->type == KT_SIZE ? "size (e.g. 512, 64k, 1m)" : "integer");
+        snprintf(err, errlen, "\"%s\" is not a valid %s", v, what);
         return -1;
     }
     if (n < k->min || n > k->max) {
