@@ -19,14 +19,15 @@ from contextlib import closing
 
 import pytest
 
-from faultload import FaultLoad
-from helpers import pid_alive, wait_until
-from pgapi_fixtures import migrate_env
-from pgapi_server import BINARY, REPO_ROOT, children_of
-from test_cache import OwnRedis
-from test_consistency import (Client, ReplicaWatch, cache_mismatches, delayed_schedule, replica_apply_delay,
-                              run_and_check, seed_of_run, start_server)
-from test_pool import bouncer_queries, replay_resume
+from lib.bouncer import bouncer_queries, replay_resume
+from lib.cache import OwnRedis
+from lib.consistency import (Client, ReplicaWatch, cache_mismatches, delayed_schedule, replica_apply_delay,
+                             run_and_check, seed_of_run, start_server)
+from lib.faultload import FaultLoad
+from lib.locks import statement_waits_on_lock
+from lib.pgapi_fixtures import migrate_env
+from lib.pgapi_server import BINARY, REPO_ROOT, children_of
+from lib.topology import pid_alive, wait_until
 
 TOPOLOGY_OFFSET = 30           # base+30..+33 (the session topology is base+0..3; other tests use 10, 20)
 RELAY_OFFSET = 35              # the socat relay's port, base+35
@@ -172,13 +173,6 @@ def held_write(load, topo, client, who, uid):
         wait_until(lambda: statement_waits_on_lock(topo), 10, f"the {who} write waiting on its row lock")
         yield request
         locker.rollback()
-
-
-def statement_waits_on_lock(topo):
-    with closing(topo.primary_admin()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'pgapi' AND wait_event_type = 'Lock' "
-                    "AND query LIKE 'UPDATE users%'")
-        return cur.fetchone()[0] >= 1
 
 
 # -- the faults -------------------------------------------------------------------------------------

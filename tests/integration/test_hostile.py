@@ -18,25 +18,16 @@ import uuid
 
 import pytest
 
-from helpers import wait_until
-from pgapi_fixtures import module_server
-from pgapi_server import REPO_ROOT, PgapiServer
-from test_metrics import scrape, total
+from lib.builders import create_user, uniq
+from lib.metrics import scrape, total
+from lib.pgapi_fixtures import module_server
+from lib.pgapi_server import PgapiServer, REPO_ROOT
+from lib.topology import wait_until
 
 PLAIN_BINARY = os.environ.get("PGAPI_TEST_PLAIN_BINARY", os.path.join(REPO_ROOT, "build", "pgapi"))  # no ASan shadow
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
-
-def uniq(prefix="h"):
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def create_user(s, name=None, email=None):
-    r = s.request("POST", "/users", body={"name": name or uniq("name"), "email": email or f"{uniq('m')}@example.com"})
-    assert r.status == 201, f"expected 201 creating a user, got {r}"
-    return r.json()
-
 
 def proc_status_kb(pid, field):
     with open(f"/proc/{pid}/status") as f:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pgapi_server import BINARY, PgapiServer, children_of, free_port
+from lib.pgapi_server import BINARY, PgapiServer, children_of, free_port
 
 
 def test_n_workers_appear_and_serve_hello(server):
@@ -286,8 +286,8 @@ def test_readyz_without_primary_is_503(server):
 
 
 def test_readyz_follows_redis_down_and_back(server, schema, tmp_path):
-    from helpers import own_redis_conf
-    from pgapi_server import free_port
+    from lib.topology import own_redis_conf
+    from lib.pgapi_server import free_port
     port = free_port()
 
     def redis_start():
