@@ -1,9 +1,9 @@
-"""Read-your-writes under load, checked on a recorded history (history.py; the guarantee and the method are
-in ../shared/design/consistency.md): writer threads update, create and delete users and posts on a few hot
-keys, reader threads read them through every read route, while WAL replay on the replica is paused and
-resumed at random (or delayed by recovery_min_apply_delay). Afterwards: no read may contradict an
-acknowledged write, the replica must really have served reads and really have been behind, and the
-primary must hold every acknowledged version."""
+"""Read-your-writes under load, checked on a recorded history (lib/history.py; the guarantee is in
+docs/consistency.md, the load and its checks in lib/consistency.py): writer threads update, create and
+delete users and posts on a few hot keys, reader threads read them through every read route, while WAL
+replay on the replica is paused and resumed at random (or delayed by recovery_min_apply_delay).
+Afterwards: no read may contradict an acknowledged write, the replica must really have served reads and
+really have been behind, and the primary must hold every acknowledged version."""
 
 import random
 

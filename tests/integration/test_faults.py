@@ -1,4 +1,4 @@
-"""Issue 8: faults under a steady client load (faultload.py), against real processes. Each test breaks
+"""Issue 8: faults under a steady client load (lib/faultload.py), against real processes. Each test breaks
 one thing while a few client threads create, update, delete and read users through the HTTP API, then
 asserts what clients saw (statuses, error codes, how long requests took) and compares the primary with
 what they were told: no acknowledged write missing, no refused write applied, no read contradicting an
@@ -347,7 +347,7 @@ def test_sighup_every_second_for_20s(schema, server):
 
 def test_history_with_replica_delay_and_random_pauses(server, schema):
     """recovery_min_apply_delay = 1 s and replay paused and resumed at random, together: the history
-    checker (test_consistency.run_and_check) finds no violation and no stale entry in the cache."""
+    checker (lib/consistency.run_and_check) finds no violation and no stale entry in the cache."""
     seed = seed_of_run()
     srv = start_server(server, schema)
     watch = ReplicaWatch(schema, seed, pause=True)

@@ -1,7 +1,7 @@
 """Issue 8: hostile input against the real server on the session topology (PostgreSQL primary + replica
 through PgBouncer, Redis). Slowloris headers and bodies, clients that never read, thousands of idle
 connections and the per-worker cap, 200 pipelined requests, malformed and hostile JSON, paths and queries,
-and a valgrind leak check of a worker. test_server.py covers the single limits (413/414/431/408) already;
+and a valgrind leak check of a worker. test_http.py covers the single limits (413/414/431/408) already;
 these push many connections or many requests at once. Every case must end in a clear 4xx/503 or a close
 within its timeout, with the workers' memory bounded."""
 
