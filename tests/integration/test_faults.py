@@ -19,7 +19,7 @@ from contextlib import closing
 
 import pytest
 
-from lib.bouncer import bouncer_queries, replay_resume
+from lib.bouncer import bouncer_admin_run, bouncer_queries, replay_resume
 from lib.cache import OwnRedis
 from lib.consistency import (Client, ReplicaWatch, cache_mismatches, delayed_schedule, replica_apply_delay,
                              run_and_check, seed_of_run, start_server)
@@ -424,11 +424,6 @@ def bouncer_paused(topo, db):
         return any(r[cols.index("name")] == db and r[cols.index("paused")] == 1 for r in cur.fetchall())
 
 
-def bouncer_admin(topo, command):
-    with closing(topo.bouncer_admin()) as conn, conn.cursor() as cur:
-        cur.execute(command)
-
-
 def test_pgbouncer_paused_and_relay_killed_mid_stream(own_topology, server, topology_port_base):
     topo = own_topology
     relay = Relay(topology_port_base + RELAY_OFFSET, topo.primary_port)
@@ -445,12 +440,12 @@ def test_pgbouncer_paused_and_relay_killed_mid_stream(own_topology, server, topo
             uid = load.create(writer, "lsn", 0).resp["id"]
             with held_write(load, topo, writer, "lsn", uid) as held:
                 t_pause = load.mark("PAUSE pgapi_rw (a write waiting on a row lock)")
-                pause = threading.Thread(target=bouncer_admin, args=(topo, "PAUSE pgapi_rw"))
+                pause = threading.Thread(target=bouncer_admin_run, args=(topo, "PAUSE pgapi_rw"))
                 pause.start()
                 wait_until(lambda: bouncer_paused(topo, "pgapi_rw"), 5, "PgBouncer pausing pgapi_rw")
             held.join(10)
             pause.join(10)
-            bouncer_admin(topo, "RESUME pgapi_rw")
+            bouncer_admin_run(topo, "RESUME pgapi_rw")
             t_resume = load.mark("RESUME")
             assert not held.is_alive() and not pause.is_alive(), "expected the held write and PAUSE to finish"
             assert_recovered(load, t_resume, "RESUME")

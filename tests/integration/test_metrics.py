@@ -21,6 +21,7 @@ from lib.topology import wait_until
 
 PUBLISH_S = 1.3  # workers publish pool and cache counters every second; request counters are immediate
 
+
 def histograms_consistent(fams):
     """Buckets are cumulative, end with +Inf, and +Inf equals _count, per series."""
     series = {}

@@ -5,8 +5,8 @@ replica apply delay holds it back); run_and_check then asserts that no read cont
 write, that the primary holds every acknowledged version and that the cache equals the primary."""
 
 import bisect
-import contextlib
 import collections
+import contextlib
 import http.client
 import json
 import os
@@ -23,7 +23,6 @@ from .bouncer import bouncer_queries, replay_resume
 from .cache import epoch_of
 from .history import CREATE, DELETE, UPDATE, History, check, check_final, key_str
 from .metrics import scrape, total
-
 
 LOAD_SECONDS = 7.0
 WRITERS = 4

@@ -1,6 +1,7 @@
-"""Helpers for the integration tests: drive scripts/topology.sh and talk to
-the servers of one local topology (PostgreSQL primary + replica, PgBouncer,
-Redis). Nothing here needs pytest fixtures."""
+"""Drive scripts/topology.sh and talk to the servers of one local topology (PostgreSQL primary +
+replica, PgBouncer, Redis): bring one up on a port base and take it down (conftest.py's fixtures and
+tests with topologies of their own), wait for a condition, find processes and ports. Nothing here needs
+pytest fixtures."""
 
 import os
 import shlex
@@ -324,6 +325,7 @@ def remove_dir(path):
 
 
 def port_base():
+    """PGAPI_TEST_PORT_BASE: the session topology's first port (see conftest.py)."""
     return int(os.environ.get("PGAPI_TEST_PORT_BASE", "27000"))
 
 
