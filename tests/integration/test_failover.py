@@ -28,8 +28,7 @@ from lib.faultload import FaultLoad
 from lib.metrics import scrape, total, value
 from lib.pgapi_fixtures import migrate_env
 from lib.pgapi_server import BINARY, PgapiServer, REPO_ROOT, children_of
-from lib.topology import port_base, start_topology, stop_topology
-from lib.topology import wait_until
+from lib.topology import port_base, start_topology, stop_topology, wait_until
 
 OFFSET = 90  # this module's topology: base + 90 .. + 94
 
