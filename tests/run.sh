@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the test tiers and prints one closing line "N passed, N failed":
-#   unit        cmocka binaries under build/asan/tests (each links one module, ASan+UBSan)
+#   unit        cmocka binaries under build/asan/tests (each links every ASan+UBSan object but master/main.o)
 #   fuzz        build/fuzz/fuzz_request (tests/fuzz): replays its corpus, then fuzzes FUZZ_SECONDS
 #               (default 60); each is one test
 #   integration pytest against real PostgreSQL primary+replica, PgBouncer and Redis (tests/integration)

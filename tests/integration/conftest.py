@@ -15,43 +15,12 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import Topology, TopologyError, remove_dir  # noqa: E402
-
-
-def port_base():
-    return int(os.environ.get("PGAPI_TEST_PORT_BASE", "27000"))
+from lib.topology import Topology, TopologyError, port_base, start_topology, stop_topology  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def topology_port_base():
     return port_base()
-
-
-def start_topology(base):
-    topo = Topology.in_temp_dir(base)
-    try:
-        topo.up()
-    except BaseException:
-        try:
-            topo.load_env()
-        except OSError:
-            pass
-        tails = topo.log_tails()
-        proc = topo.down(purge=True, check=False)
-        if proc is not None and proc.returncode == 0 and os.path.isdir(topo.dir):
-            remove_dir(topo.dir)
-        if tails:
-            sys.stderr.write(tails + "\n")
-        raise
-    return topo
-
-
-def stop_topology(topo):
-    topo.down(purge=True)
-    # the script refuses to purge a dir it never claimed (up failed early);
-    # it is our own mkdtemp dir, and nothing of it is running any more
-    if os.path.isdir(topo.dir):
-        remove_dir(topo.dir)
 
 
 @pytest.fixture(scope="session")
@@ -86,4 +55,4 @@ def make_topology(topology_port_base):
 
 
 # The pgapi binary's fixtures (server factory); imported here so every test module sees them.
-from pgapi_fixtures import api, schema, server  # noqa: E402,F401
+from lib.pgapi_fixtures import api, schema, server  # noqa: E402,F401

@@ -6,7 +6,6 @@ Real Redis, real replica; each test runs its own server with its own key prefix.
 import concurrent.futures
 import json
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -15,35 +14,11 @@ from contextlib import closing
 import pytest
 import redis as redis_lib
 
-from helpers import own_redis_conf
-from pgapi_server import PgapiServer, free_port
-from test_pool import bouncer_queries, replay_pause, replay_resume
-
-
-def cached_server(server, schema, redis_port=None, local_entries="0", redis=None, **db):
-    """The tests of the Redis tier run without the workers' local cache (X-Cache then tells Redis's
-    answer); the local cache has its own tests below. `redis`: more [redis] keys."""
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    overrides = {"redis": {"enabled": "on", "prefix": prefix, "command_timeout": "200ms",
-                           "local_entries": local_entries, **(redis or {})},
-                 "database": {"health_interval": "200ms", **db}}
-    if redis_port:
-        overrides["redis"]["port"] = redis_port
-    s = server(workers=2, topology=schema, overrides=overrides).start()
-    s.wait_for(lambda: s.get("/readyz").json().get("redis") == "up", 15, "redis up")
-    s.prefix = prefix
-    return s
-
-
-def make_user(s, with_post=False):
-    r = s.request("POST", "/users", body={"name": "cache", "email": f"c-{uuid.uuid4().hex[:12]}@example.com"})
-    assert r.status == 201, r
-    u = r.json()
-    if with_post:
-        r = s.request("POST", f"/users/{u['id']}/posts", body={"title": "first", "content": "c"})
-        assert r.status == 201, r
-        u["post"] = r.json()
-    return u
+from lib.bouncer import bouncer_admin_run, bouncer_queries, replay_pause, replay_resume
+from lib.builders import create_user, create_user_with_post
+from lib.cache import OwnRedis, cached_server, epoch_of
+from lib.metrics import scrape, total
+from lib.pgapi_server import PgapiServer
 
 
 def get(s, path):
@@ -57,7 +32,7 @@ def until_hit(s, path):
 
 def test_hit_miss_and_invalidation_of_every_route(server, schema):
     s = cached_server(server, schema)
-    u = make_user(s, with_post=True)
+    u = create_user_with_post(s)
     uid, pid = u["id"], u["post"]["id"]
     paths = [f"/users/{uid}", f"/users/{uid}?include=posts", f"/posts/{pid}"]
     for p in paths:
@@ -122,7 +97,7 @@ def assert_cache_matches_primary(s, schema, redis_port):
 
 def test_no_stale_value_with_replay_paused(server, schema):
     s = cached_server(server, schema)
-    u = make_user(s)
+    u = create_user(s)
     time.sleep(0.5)
     until_hit(s, f"/users/{u['id']}")
     replay_pause(schema)
@@ -141,38 +116,6 @@ def test_no_stale_value_with_replay_paused(server, schema):
         replay_resume(schema)
 
 
-def redis_start(port, tmp_path):
-    p = subprocess.Popen(["redis-server", own_redis_conf(tmp_path, port)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if redis_lib.Redis(port=port).ping():
-                return p
-        except redis_lib.ConnectionError:
-            time.sleep(0.05)
-    raise AssertionError("test redis did not start")
-
-
-class OwnRedis:
-    """A redis-server of the test's own, so it can be frozen, stopped and restarted; stopped by PID."""
-
-    def __init__(self, tmp_path):
-        self.port, self.dir, self.proc = free_port(), tmp_path, None
-
-    def start(self):
-        self.proc = redis_start(self.port, self.dir)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def signal(self, sig):
-        self.proc.send_signal(sig)
-
-
 @pytest.fixture
 def warm_user_on_own_redis(server, schema, tmp_path):
     """(server, own redis, user) with the user's row already a cache hit."""
@@ -180,7 +123,7 @@ def warm_user_on_own_redis(server, schema, tmp_path):
     own.start()
     try:
         s = cached_server(server, schema, redis_port=own.port)
-        u = make_user(s)
+        u = create_user(s)
         until_hit(s, f"/users/{u['id']}")
         yield s, own, u
     finally:
@@ -220,7 +163,7 @@ def test_redis_stopped_and_restarted_requests_keep_succeeding(warm_user_on_own_r
 
 def test_stampede_of_200_misses_makes_a_handful_of_queries(server, schema):
     s = cached_server(server, schema, health_interval="30s")
-    u = make_user(s)
+    u = create_user(s)
     time.sleep(0.5)
     assert s.request("PATCH", f"/users/{u['id']}", body={"name": "cold"}).status == 200  # evict
     barrier = threading.Barrier(200)
@@ -243,7 +186,7 @@ def test_stampede_of_200_misses_makes_a_handful_of_queries(server, schema):
 
 def test_etag_and_if_none_match(server, schema):
     s = cached_server(server, schema)
-    u = make_user(s)
+    u = create_user(s)
     path = f"/users/{u['id']}"
     r1 = s.get(path)
     tag = r1.headers.get("etag")
@@ -262,7 +205,7 @@ def test_etag_and_if_none_match(server, schema):
 
 def test_list_pages_are_cached_and_invalidated_by_every_write(server, schema):
     s = cached_server(server, schema)
-    u = make_user(s, with_post=True)
+    u = create_user_with_post(s)
     uid, pid = u["id"], u["post"]["id"]
     users_page = f"/users?after_id={uid - 1}&limit=2"
     posts_page = f"/posts?after_id={pid - 1}&limit=2"
@@ -288,13 +231,13 @@ def test_list_pages_are_cached_and_invalidated_by_every_write(server, schema):
     # a new user appears at once in the users list (on a page that holds rows: one past the last id is
     # not cached since issue 14)
     until_hit(s, f"/users?after_id={uid - 1}&limit=5")
-    v = make_user(s)
+    v = create_user(s)
     assert v["id"] in [x["id"] for x in get(s, f"/users?after_id={uid - 1}&limit=5")[2]["data"]]
 
 
 def test_list_pages_fresh_with_replay_paused(server, schema):
     s = cached_server(server, schema)
-    u = make_user(s)
+    u = create_user(s)
     page = f"/users?after_id={u['id'] - 1}&limit=3"
     time.sleep(0.5)
     until_hit(s, page)
@@ -302,7 +245,7 @@ def test_list_pages_fresh_with_replay_paused(server, schema):
     try:
         created = []
         for i in range(5):
-            created.append(make_user(s)["id"])
+            created.append(create_user(s)["id"])
             ids = [x["id"] for x in get(s, f"/users?after_id={u['id'] - 1}&limit=10")[2]["data"]]
             assert all(c in ids for c in created), f"acknowledged creates {created} missing from {ids}"
             assert s.request("PATCH", f"/users/{u['id']}", body={"name": f"lp{i}"}).status == 200
@@ -315,7 +258,7 @@ def test_scripts_flushed_in_redis_are_loaded_again(server, schema):
     """The scripts run by EVALSHA after SCRIPT LOAD; a SCRIPT FLUSH (by an operator) costs at most a few
     uncached answers: no request fails, the scripts are loaded again and hits come back."""
     s = cached_server(server, schema)
-    u = make_user(s)
+    u = create_user(s)
     path = f"/users/{u['id']}"
     until_hit(s, path)
     r = redis_lib.Redis(port=schema.redis_port)
@@ -333,7 +276,7 @@ def test_local_cache_serves_hits_and_never_outlives_a_write(server, schema):
     Redis round trip (Redis frozen: still served), and an acknowledged write on any worker retires the
     copies of every worker at once, Redis frozen or not."""
     s = cached_server(server, schema, local_entries="1024")
-    u = make_user(s, with_post=True)
+    u = create_user_with_post(s)
     paths = [f"/users/{u['id']}", f"/users/{u['id']}?include=posts", f"/posts/{u['post']['id']}"]
     for p in paths:
         for _ in range(10):  # both workers see a hit from Redis and keep a copy
@@ -360,13 +303,7 @@ def test_local_cache_serves_hits_and_never_outlives_a_write(server, schema):
         assert get(s, paths[0])[0] == 404 and get(s, paths[1])[0] == 404 and get(s, paths[2])[0] == 404
 
 
-def epoch_of(s, redis_port):
-    """The cache epoch of the server's prefix in the Redis on redis_port."""
-    return int(redis_lib.Redis(port=redis_port).get(f"{s.prefix}:epoch") or 0)
-
-
 def epoch_bumps(s):
-    from test_metrics import scrape, total
     return total(scrape(s), "pgapi_cache_epoch_bumps_total")
 
 
@@ -383,7 +320,7 @@ def test_user_delete_drops_its_posts_and_nothing_else(server, schema):
     """A user's deletion names the posts that went with it (user_delete(), migration 0004): exactly those
     keys, the user's and the lists go; every other cached value stays, in the same epoch."""
     s = cached_server(server, schema)
-    u, v = make_user(s), make_user(s, with_post=True)
+    u, v = create_user(s), create_user_with_post(s)
     uid, pids = u["id"], make_posts(s, u["id"], 3)
     gone = [f"/posts/{p}" for p in pids] + [f"/users/{uid}", f"/users/{uid}?include=posts",
                                             f"/users/{uid}/posts?limit=10"]
@@ -409,7 +346,7 @@ def test_user_delete_drops_its_posts_and_nothing_else(server, schema):
 def test_user_delete_with_more_posts_than_it_names_moves_the_epoch(server, schema):
     """Past 256 posts the deletion does not list them: the whole cache moves to a new epoch instead."""
     s = cached_server(server, schema)
-    u, v = make_user(s), make_user(s)
+    u, v = create_user(s), create_user(s)
     pids = make_posts(s, u["id"], 257)
     for p in (f"/posts/{pids[0]}", f"/posts/{pids[-1]}", f"/users/{v['id']}"):
         until_hit(s, p)
@@ -428,7 +365,7 @@ def test_posts_created_while_their_user_is_deleted_never_outlive_it(server, sche
     s = cached_server(server, schema)
     rng = random.Random(7)
     for _ in range(15):
-        uid = make_user(s)["id"]
+        uid = create_user(s)["id"]
         created, problems, stop = make_posts(s, uid, 1), [], threading.Event()
 
         def creator():
@@ -489,7 +426,7 @@ def test_wrong_redis_password_bypasses_the_cache_and_says_so_once(server, schema
     refused_before = acl_auth_failures(schema, user)
     s.wait_for(lambda: acl_auth_failures(schema, user) >= refused_before + 3, 15, "three refused AUTH attempts")
     assert s.get("/readyz").json()["redis"] != "up"
-    u = make_user(s)
+    u = create_user(s)
     for _ in range(3):
         status, xc, body = get(s, f"/users/{u['id']}")
         assert status == 200 and xc not in ("HIT", "MISS") and body["id"] == u["id"], (status, xc, body)
@@ -515,7 +452,7 @@ def test_redis_over_its_unix_socket(server, schema):
     s = server(workers=1, topology=schema, overrides={"redis": {"prefix": prefix, "socket": sock,
                                                                 "port": 1, "local_entries": 0}}).start()
     s.wait_for(lambda: s.get("/readyz").json().get("redis") == "up", 15, "redis up over the socket")
-    u = make_user(s)
+    u = create_user(s)
     until_hit(s, f"/users/{u['id']}")
     clients = [c for c in schema.redis().client_list() if c.get("user") == "pgapi" and c["addr"].startswith("/")]
     assert clients, f"expected a client of user pgapi on {sock}, got {schema.redis().client_list()}"
@@ -563,7 +500,7 @@ def test_values_over_max_value_bytes_are_served_but_not_cached(server, schema):
     """Issue 14: a 12 MB value was cached (and its fill outlived command_timeout). A value over
     [redis] max_value_bytes is now served, never stored: every read of it misses, and Redis holds none."""
     s = cached_server(server, schema, redis={"max_value_bytes": "4k"})
-    u = make_user(s)
+    u = create_user(s)
     small = s.request("POST", f"/users/{u['id']}/posts", body={"title": "small", "content": "c"}).json()
     big = s.request("POST", f"/users/{u['id']}/posts", body={"title": "big", "content": "x" * 10000}).json()
     until_hit(s, f"/posts/{small['id']}")  # the cache is in use for values under the limit
@@ -590,9 +527,8 @@ def test_a_fill_slower_than_command_timeout_costs_no_invalidation(server, schema
     once Redis lets it run, and the next write invalidates in the same epoch. (Commands sent behind a fill
     on the worker's one connection wait for it; max_value_bytes keeps that wait short. The health PING,
     every health_interval, is kept out of this window: it would wait behind the held fill and time out.)"""
-    from test_pool import bouncer_admin_run
     s = cached_server(server, schema, health_interval="60s")
-    u = make_user(s)
+    u = create_user(s)
     path = f"/users/{u['id']}"
     r = redis_lib.Redis(port=schema.redis_port)
     epoch = epoch_of(s, schema.redis_port)
@@ -634,7 +570,7 @@ def test_pages_cached_per_list_are_bounded_and_a_write_still_drops_them_all(serv
     beyond the bound exists in Redis), and a write still makes every page of the list fresh."""
     s = cached_server(server, schema, redis={"list_pages": "20"})
     r = redis_lib.Redis(port=schema.redis_port)
-    u = make_user(s)
+    u = create_user(s)
     ids = make_posts(s, u["id"], 60)
     pages = [f"/posts?limit=1&after_id={i - 1}" for i in ids]
     for p in pages:
@@ -659,7 +595,7 @@ def test_a_page_past_the_last_id_is_answered_but_not_cached(server, schema):
     answered, empty, and never stored; the pages that hold rows still are."""
     s = cached_server(server, schema)
     r = redis_lib.Redis(port=schema.redis_port)
-    u = make_user(s, with_post=True)
+    u = create_user_with_post(s)
     huge = 9223372036854775000
     for i in range(30):
         for p in (f"/posts?limit=1&after_id={huge + i}", f"/users?limit=1&after_id={huge + i}",

@@ -9,11 +9,11 @@ import threading
 import uuid
 from contextlib import closing
 
-from helpers import wait_until
-from test_cache import OwnRedis, cached_server, make_user
-from test_faults import statement_waits_on_lock
-from test_metrics import scrape, total
-from test_teardown import PING_BYTES, redis_receive_queue, server_on_own_redis
+from lib.builders import create_user
+from lib.cache import OwnRedis, PING_BYTES, cached_server, redis_receive_queue, server_on_own_redis
+from lib.locks import statement_waits_on_lock
+from lib.metrics import scrape, total
+from lib.topology import wait_until
 
 
 def counter(s, name, **want):
@@ -108,7 +108,7 @@ def test_read_waiting_in_frozen_redis_is_dropped_when_its_client_leaves(schema, 
     own.start()
     try:
         s = server_on_own_redis(schema, server, own, "10s")
-        u = make_user(s)
+        u = create_user(s)
         q0 = queries_published(s, 1)
         own.signal(signal.SIGSTOP)
         try:
@@ -128,7 +128,7 @@ def test_read_waiting_in_frozen_redis_is_dropped_when_its_client_leaves(schema, 
 
 def test_write_whose_client_leaves_still_commits_and_invalidates(schema, server):
     s = cached_server(server, schema)
-    u = make_user(s)
+    u = create_user(s)
     path = f"/users/{u['id']}"
     wait_until(lambda: s.get(path).headers.get("x-cache") == "HIT", 10, "the user's row cached")
     with closing(primary_as_postgres(schema)) as locker:

@@ -23,12 +23,12 @@ from contextlib import closing
 import psycopg2
 import pytest
 
-from conftest import port_base, start_topology, stop_topology
-from faultload import FaultLoad
-from helpers import wait_until
-from pgapi_fixtures import migrate_env
-from pgapi_server import BINARY, REPO_ROOT, PgapiServer, children_of
-from test_metrics import scrape, total, value
+from lib.builders import post_user
+from lib.faultload import FaultLoad
+from lib.metrics import scrape, total, value
+from lib.pgapi_fixtures import migrate_env
+from lib.pgapi_server import BINARY, PgapiServer, REPO_ROOT, children_of
+from lib.topology import port_base, start_topology, stop_topology, wait_until
 
 OFFSET = 90  # this module's topology: base + 90 .. + 94
 
@@ -102,14 +102,9 @@ def servers(topo, tmp_path_factory):
         assert not problems, "\n".join(problems)
 
 
-def create_user(s, tag):
-    r = s.request("POST", "/users", body={"name": tag, "email": f"{tag}-{time.monotonic_ns()}@failover.test"})
-    return r
-
-
 def test_reads_are_balanced_over_both_replicas(servers):
     s = servers["bouncer"]
-    ids = [create_user(s, f"bal{i}").json()["id"] for i in range(5)]
+    ids = [post_user(s, f"bal{i}").json()["id"] for i in range(5)]
     time.sleep(1.5)  # both replicas replay the inserts; the workers sample their positions
     before = scrape(s)
     for i in range(300):  # distinct pages: each a cache miss, so a statement
@@ -136,7 +131,7 @@ class Writer(threading.Thread):
         while not self.stop_flag.is_set():
             i += 1
             try:
-                r = create_user(self.s, f"w{i}")
+                r = post_user(self.s, f"w{i}")
             except (OSError, http.client.HTTPException):
                 self.unknown += 1
                 continue
@@ -151,7 +146,7 @@ def test_promote_with_servers_running(topo, servers):
     b, mh, rl = servers["bouncer"], servers["multihost"], servers["reload"]
     old_primary_port = int(topo.vars["PGAPI_PRIMARY_PORT"])
     new_primary_port = int(topo.vars["PGAPI_REPLICA_PORT"])
-    before = {name: [create_user(s, f"pre-{name}-{i}").json()["id"] for i in range(5)] for name, s in servers.items()}
+    before = {name: [post_user(s, f"pre-{name}-{i}").json()["id"] for i in range(5)] for name, s in servers.items()}
     warm = before["bouncer"][0]
     for _ in range(3):
         b.get(f"/users/{warm}")
@@ -170,7 +165,7 @@ def test_promote_with_servers_running(topo, servers):
     assert int(topo.vars["PGAPI_PRIMARY_PORT"]) == new_primary_port, topo.vars
 
     # through PgBouncer: writes go on with no reload; PgBouncer held them during the switch
-    wait_until(lambda: create_user(b, "after-b").status == 201, 30, "a write through PgBouncer after promote")
+    wait_until(lambda: post_user(b, "after-b").status == 201, 30, "a write through PgBouncer after promote")
     load.wait_requests(100, time.monotonic(), what="requests after the promote")
     load.stop()
     writer.stop_flag.set()
@@ -200,16 +195,16 @@ def test_promote_with_servers_running(topo, servers):
     wait_until(lambda: b.get(f"/users/{warm}").headers.get("x-cache") == "HIT", 15, "cache hits again after the new epoch")
 
     # multi-host conninfo: reconnects find the new primary, no reload
-    wait_until(lambda: create_user(mh, "after-mh").status == 201, 30, "a write through the multi-host conninfo")
+    wait_until(lambda: post_user(mh, "after-mh").status == 201, 30, "a write through the multi-host conninfo")
     assert value(scrape(mh), "pgapi_generation") == 1, "the multi-host server needed no reload"
 
     # direct conninfo of the old primary: writes fail until the ini follows and a SIGHUP applies it
-    r = create_user(rl, "before-reload")
+    r = post_user(rl, "before-reload")
     assert r.status == 503, f"the old primary is down: expected 503, got {r}"
     rl.settings["database"]["primary"] = f"host=127.0.0.1 port={new_primary_port} dbname=pgapi user=app connect_timeout=2"
     rl.write_ini()
     rl.signal(signal.SIGHUP)
-    wait_until(lambda: create_user(rl, "after-reload").status == 201, 30, "a write after the reload")
+    wait_until(lambda: post_user(rl, "after-reload").status == 201, 30, "a write after the reload")
 
     for name, s in servers.items():
         assert s.pid == pids[name] and s.alive(), f"{name}: the master must not restart"
@@ -219,7 +214,7 @@ def test_promote_with_servers_running(topo, servers):
 
 def test_replica2_follows_the_new_primary_and_reads_stay_balanced(topo, servers):
     b = servers["bouncer"]
-    u = create_user(b, "follow").json()
+    u = post_user(b, "follow").json()
     with closing(psycopg2.connect(host="127.0.0.1", port=topo.bouncer_port, dbname="pgapi_ro2", user="app",
                                   passfile=os.path.join(topo.dir, "pgpass"), connect_timeout=5)) as c:
         c.autocommit = True
@@ -237,7 +232,7 @@ def test_rejoin_brings_the_old_primary_back_as_a_replica(topo, servers):
     topo.run("rejoin")
     topo.load_env()
     assert admin_sql(topo, "REPLICA", "SELECT pg_is_in_recovery()")[0][0] is True
-    u = create_user(b, "rejoined").json()
+    u = post_user(b, "rejoined").json()
     with closing(psycopg2.connect(host=topo.vars["PGAPI_REPLICA_SOCKET_DIR"], port=int(topo.vars["PGAPI_REPLICA_PORT"]),
                                   dbname="pgapi", user="postgres", connect_timeout=5)) as c:
         c.autocommit = True
@@ -259,13 +254,13 @@ def test_rejoin_brings_the_old_primary_back_as_a_replica(topo, servers):
     workers = int(rl.settings["server"]["workers"])
     wait_until(lambda: rl.log_text().count("reload complete") > reloads and len(rl.worker_pids()) == workers, 20,
                "the reload to complete and the old generation to be gone")
-    r = create_user(rl, "to-a-standby")
+    r = post_user(rl, "to-a-standby")
     assert r.status == 503 and r.json()["error"]["code"] in ("primary_moved", "database_unavailable"), r
     assert rl.get("/readyz").status == 503, "not ready without a primary"
     rl.settings["database"]["primary"] = good
     rl.write_ini()
     rl.signal(signal.SIGHUP)
-    wait_until(lambda: create_user(rl, "back").status == 201, 30, "writes once the conninfo leads to the primary again")
+    wait_until(lambda: post_user(rl, "back").status == 201, 30, "writes once the conninfo leads to the primary again")
 
 
 def walsender_pids(topo):
@@ -279,7 +274,7 @@ def test_unplanned_failover_never_serves_a_lost_write_from_the_cache(topo, serve
     the cache already holds. After the promote, the server must notice the new timeline and answer what
     the new primary has, not the cached row of the lost write."""
     b = servers["bouncer"]
-    u = create_user(b, "doomed").json()
+    u = post_user(b, "doomed").json()
     time.sleep(1.0)  # every replica has the row
     with open(os.path.join(topo.vars["PGAPI_PRIMARY_PGDATA"], "postmaster.pid")) as f:
         postmaster = int(f.readline())
@@ -308,4 +303,4 @@ def test_unplanned_failover_never_serves_a_lost_write_from_the_cache(topo, serve
         got = b.get(f"/users/{u['id']}")
         assert got.status == 200 and got.json()["name"] == "doomed", \
             f"after the failover the server must answer what the new primary has, got {got} (x-cache {got.headers.get('x-cache')})"
-    wait_until(lambda: create_user(b, "after-crash").status == 201, 30, "writes after the unplanned failover")
+    wait_until(lambda: post_user(b, "after-crash").status == 201, 30, "writes after the unplanned failover")

@@ -1,4 +1,4 @@
-"""Issue 8: faults under a steady client load (faultload.py), against real processes. Each test breaks
+"""Issue 8: faults under a steady client load (lib/faultload.py), against real processes. Each test breaks
 one thing while a few client threads create, update, delete and read users through the HTTP API, then
 asserts what clients saw (statuses, error codes, how long requests took) and compares the primary with
 what they were told: no acknowledged write missing, no refused write applied, no read contradicting an
@@ -19,14 +19,15 @@ from contextlib import closing
 
 import pytest
 
-from faultload import FaultLoad
-from helpers import pid_alive, wait_until
-from pgapi_fixtures import migrate_env
-from pgapi_server import BINARY, REPO_ROOT, children_of
-from test_cache import OwnRedis
-from test_consistency import (Client, ReplicaWatch, cache_mismatches, delayed_schedule, replica_apply_delay,
-                              run_and_check, seed_of_run, start_server)
-from test_pool import bouncer_queries, replay_resume
+from lib.bouncer import bouncer_admin_run, bouncer_queries, replay_resume
+from lib.cache import OwnRedis
+from lib.consistency import (Client, ReplicaWatch, cache_mismatches, delayed_schedule, replica_apply_delay,
+                             run_and_check, seed_of_run, start_server)
+from lib.faultload import FaultLoad
+from lib.locks import statement_waits_on_lock
+from lib.pgapi_fixtures import migrate_env
+from lib.pgapi_server import BINARY, REPO_ROOT, children_of
+from lib.topology import pid_alive, wait_until
 
 TOPOLOGY_OFFSET = 30           # base+30..+33 (the session topology is base+0..3; other tests use 10, 20)
 RELAY_OFFSET = 35              # the socat relay's port, base+35
@@ -172,13 +173,6 @@ def held_write(load, topo, client, who, uid):
         wait_until(lambda: statement_waits_on_lock(topo), 10, f"the {who} write waiting on its row lock")
         yield request
         locker.rollback()
-
-
-def statement_waits_on_lock(topo):
-    with closing(topo.primary_admin()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'pgapi' AND wait_event_type = 'Lock' "
-                    "AND query LIKE 'UPDATE users%'")
-        return cur.fetchone()[0] >= 1
 
 
 # -- the faults -------------------------------------------------------------------------------------
@@ -353,7 +347,7 @@ def test_sighup_every_second_for_20s(schema, server):
 
 def test_history_with_replica_delay_and_random_pauses(server, schema):
     """recovery_min_apply_delay = 1 s and replay paused and resumed at random, together: the history
-    checker (test_consistency.run_and_check) finds no violation and no stale entry in the cache."""
+    checker (lib/consistency.run_and_check) finds no violation and no stale entry in the cache."""
     seed = seed_of_run()
     srv = start_server(server, schema)
     watch = ReplicaWatch(schema, seed, pause=True)
@@ -430,11 +424,6 @@ def bouncer_paused(topo, db):
         return any(r[cols.index("name")] == db and r[cols.index("paused")] == 1 for r in cur.fetchall())
 
 
-def bouncer_admin(topo, command):
-    with closing(topo.bouncer_admin()) as conn, conn.cursor() as cur:
-        cur.execute(command)
-
-
 def test_pgbouncer_paused_and_relay_killed_mid_stream(own_topology, server, topology_port_base):
     topo = own_topology
     relay = Relay(topology_port_base + RELAY_OFFSET, topo.primary_port)
@@ -451,12 +440,12 @@ def test_pgbouncer_paused_and_relay_killed_mid_stream(own_topology, server, topo
             uid = load.create(writer, "lsn", 0).resp["id"]
             with held_write(load, topo, writer, "lsn", uid) as held:
                 t_pause = load.mark("PAUSE pgapi_rw (a write waiting on a row lock)")
-                pause = threading.Thread(target=bouncer_admin, args=(topo, "PAUSE pgapi_rw"))
+                pause = threading.Thread(target=bouncer_admin_run, args=(topo, "PAUSE pgapi_rw"))
                 pause.start()
                 wait_until(lambda: bouncer_paused(topo, "pgapi_rw"), 5, "PgBouncer pausing pgapi_rw")
             held.join(10)
             pause.join(10)
-            bouncer_admin(topo, "RESUME pgapi_rw")
+            bouncer_admin_run(topo, "RESUME pgapi_rw")
             t_resume = load.mark("RESUME")
             assert not held.is_alive() and not pause.is_alive(), "expected the held write and PAUSE to finish"
             assert_recovered(load, t_resume, "RESUME")

@@ -1,7 +1,7 @@
 """Issue 8: hostile input against the real server on the session topology (PostgreSQL primary + replica
 through PgBouncer, Redis). Slowloris headers and bodies, clients that never read, thousands of idle
 connections and the per-worker cap, 200 pipelined requests, malformed and hostile JSON, paths and queries,
-and a valgrind leak check of a worker. test_server.py covers the single limits (413/414/431/408) already;
+and a valgrind leak check of a worker. test_http.py covers the single limits (413/414/431/408) already;
 these push many connections or many requests at once. Every case must end in a clear 4xx/503 or a close
 within its timeout, with the workers' memory bounded."""
 
@@ -18,25 +18,16 @@ import uuid
 
 import pytest
 
-from helpers import wait_until
-from pgapi_fixtures import module_server
-from pgapi_server import REPO_ROOT, PgapiServer
-from test_metrics import scrape, total
+from lib.builders import create_user, uniq
+from lib.metrics import scrape, total
+from lib.pgapi_fixtures import module_server
+from lib.pgapi_server import PgapiServer, REPO_ROOT
+from lib.topology import wait_until
 
 PLAIN_BINARY = os.environ.get("PGAPI_TEST_PLAIN_BINARY", os.path.join(REPO_ROOT, "build", "pgapi"))  # no ASan shadow
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
-
-def uniq(prefix="h"):
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def create_user(s, name=None, email=None):
-    r = s.request("POST", "/users", body={"name": name or uniq("name"), "email": email or f"{uniq('m')}@example.com"})
-    assert r.status == 201, f"expected 201 creating a user, got {r}"
-    return r.json()
-
 
 def proc_status_kb(pid, field):
     with open(f"/proc/{pid}/status") as f:

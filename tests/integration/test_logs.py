@@ -7,8 +7,8 @@ import http.client
 import json
 import subprocess
 
-from pgapi_server import BINARY
-from test_metrics import scrape
+from lib.metrics import scrape
+from lib.pgapi_server import BINARY
 
 SECRET = "s3cr3t-Pa55w0rd"
 

@@ -13,76 +13,13 @@ from contextlib import closing
 
 import pytest
 
-from helpers import wait_until
-from pgapi_server import free_port
-from test_pool import replay_pause, replay_resume
+from lib.bouncer import replay_pause, replay_resume
+from lib.builders import create_user
+from lib.metrics import scrape, total, value
+from lib.pgapi_server import free_port
+from lib.topology import wait_until
 
 PUBLISH_S = 1.3  # workers publish pool and cache counters every second; request counters are immediate
-
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (-?[0-9.eE+-]+|\+Inf|NaN)$')
-LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
-
-
-def parse_labels(text):
-    labels, pos = {}, 0
-    while pos < len(text):
-        m = LABEL.match(text, pos)
-        assert m, f"bad label syntax at {text[pos:]!r} in {{{text}}}"
-        assert m.group(1) not in labels, f"label {m.group(1)} twice in {{{text}}}"
-        labels[m.group(1)] = m.group(2)
-        pos = m.end()
-    return labels
-
-
-def parse_exposition(text):
-    """-> {family: {"type": t, "help": h, "samples": [(name, labels, value)]}}; asserts the format."""
-    families, current = {}, None
-    assert text.endswith("\n"), "the exposition must end with a newline"
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            name, help_ = line[7:].split(" ", 1)
-            assert name not in families, f"family {name} declared twice"
-            families[name] = {"help": help_, "type": None, "samples": []}
-            current = name
-        elif line.startswith("# TYPE "):
-            name, typ = line[7:].split(" ")
-            assert name == current and families[name]["type"] is None, f"TYPE {name} not right after its HELP"
-            assert typ in ("counter", "gauge", "histogram"), typ
-            families[name]["type"] = typ
-        else:
-            m = SAMPLE.match(line)
-            assert m, f"not a sample line: {line!r}"
-            name, labels, value = m.group(1), parse_labels(m.group(3) or ""), float(m.group(4))
-            base = re.sub(r"_(bucket|sum|count)$", "", name) if families.get(current, {}).get("type") == "histogram" else name
-            assert base == current, f"sample {name} outside its family (current {current})"
-            families[current]["samples"].append((name, labels, value))
-    return families
-
-
-def scrape(s):
-    conn = http.client.HTTPConnection("127.0.0.1", s.metrics_port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        r = conn.getresponse()
-        body = r.read().decode()
-        assert r.status == 200, (r.status, body)
-        assert r.getheader("Content-Type").startswith("text/plain; version=0.0.4"), r.getheader("Content-Type")
-        return parse_exposition(body)
-    finally:
-        conn.close()
-
-
-def total(fams, name, **want):
-    """Sum of the family's samples named `name` whose labels include `want` (over every worker)."""
-    fam = fams[re.sub(r"_(bucket|sum|count)$", "", name)] if name not in fams else fams[name]
-    return sum(v for n, labels, v in fam["samples"]
-               if n == name and all(labels.get(k) == str(val) for k, val in want.items()))
-
-
-def value(fams, name, **want):
-    vals = [v for n, labels, v in fams[name]["samples"] if all(labels.get(k) == str(val) for k, val in want.items())]
-    assert len(vals) == 1, f"expected one {name}{want}, got {vals}"
-    return vals[0]
 
 
 def histograms_consistent(fams):
@@ -106,12 +43,6 @@ def cached(server, schema):
     s = server(workers=2, topology=schema, overrides={"database": {"health_interval": "200ms"}}).start()
     s.wait_for(lambda: s.get("/readyz").status == 200, 20, "/readyz 200")
     return s
-
-
-def new_user(s, tag):
-    r = s.request("POST", "/users", body={"name": tag, "email": f"{tag}-{time.monotonic_ns()}@metrics.test"})
-    assert r.status == 201, r
-    return r.json()
 
 
 def test_metrics_listener_is_separate_and_serves_only_metrics(cached):
@@ -145,7 +76,7 @@ def test_metrics_listener_is_separate_and_serves_only_metrics(cached):
 
 def test_requests_latency_and_pool_counts_match_what_was_done(cached):
     s = cached
-    u = new_user(s, "m-count")
+    u = create_user(s, "m-count")
     time.sleep(PUBLISH_S)
     before = scrape(s)
     for _ in range(20):
@@ -208,7 +139,7 @@ def test_replica_lag_is_reported_and_takes_the_replica_out(server, schema):
     s.wait_for(lambda: s.get("/readyz").status == 200, 20, "/readyz 200")
     replay_pause(schema)
     try:
-        new_user(s, "m-lag")  # the replica is now behind the primary
+        create_user(s, "m-lag")  # the replica is now behind the primary
         fams = wait_until(lambda: (lambda f: f if value(f, "pgapi_replica_lag_seconds", backend="replica0") > 1.0 else None)(scrape(s)),
                           15, "the replica's lag to pass 1 s")
         assert value(fams, "pgapi_backend_up", backend="replica0") == 0, "a replica past max_replica_lag is out"
@@ -277,7 +208,7 @@ def _serves(port):
 
 def test_alert_rules_name_only_metrics_the_server_exposes(cached):
     import yaml
-    from pgapi_server import REPO_ROOT
+    from lib.pgapi_server import REPO_ROOT
     with open(os.path.join(REPO_ROOT, "conf", "prometheus-rules.yml")) as f:
         rules = yaml.safe_load(f)
     fams = scrape(cached)

@@ -18,7 +18,7 @@ import uuid
 import psycopg2
 import pytest
 
-from helpers import HOST, REPO_ROOT
+from lib.topology import HOST, REPO_ROOT
 
 BINARY = os.environ.get("PGAPI_TEST_BINARY", os.path.join(REPO_ROOT, "build", "asan", "pgapi"))
 MIGRATIONS_DIR = os.path.join(REPO_ROOT, "migrations")

@@ -12,7 +12,8 @@ import uuid
 import pytest
 import yaml
 
-from pgapi_server import REPO_ROOT
+from lib.builders import create_post, create_user
+from lib.pgapi_server import REPO_ROOT
 
 DOC_PATH = os.path.join(REPO_ROOT, "docs", "openapi.yaml")
 ROUTER_C = os.path.join(REPO_ROOT, "worker", "api", "router.c")
@@ -186,16 +187,9 @@ class Fixtures:
 
     def __init__(self, api):
         self.api = api
-        self.user = self.make_user()
-        self.other = self.make_user()
-        r = api.request("POST", f"/users/{self.user['id']}/posts", body={"title": "oa", "content": "c"})
-        assert r.status == 201, f"expected 201 creating a post, got {r}"
-        self.post = r.json()
-
-    def make_user(self):
-        r = self.api.request("POST", "/users", body={"name": "oa", "email": f"oa-{uuid.uuid4().hex[:12]}@example.com"})
-        assert r.status == 201, f"expected 201 creating a user, got {r}"
-        return r.json()
+        self.user = create_user(api)
+        self.other = create_user(api)
+        self.post = create_post(api, self.user["id"], "oa", "c")
 
     def url(self, path, missing=False):
         """The path with real ids ({id} after /users is the user's, after /posts the post's)."""

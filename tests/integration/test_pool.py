@@ -9,16 +9,10 @@ import uuid
 
 import pytest
 
-from helpers import wait_until
-from pgapi_server import PgapiServer
-
-
-def bouncer_queries(topology):
-    """{database: total_query_count} from PgBouncer's admin console."""
-    with closing(topology.bouncer_admin()) as conn, conn.cursor() as cur:
-        cur.execute("SHOW STATS")
-        cols = [d[0] for d in cur.description]
-        return {row[cols.index("database")]: int(row[cols.index("total_query_count")]) for row in cur.fetchall()}
+from lib.bouncer import bouncer_admin_run, bouncer_queries, replay_pause, replay_resume
+from lib.builders import create_user
+from lib.pgapi_server import PgapiServer
+from lib.topology import wait_until
 
 
 def wait_stats_settle(topology):
@@ -26,14 +20,8 @@ def wait_stats_settle(topology):
     return bouncer_queries(topology)
 
 
-def new_user(api):
-    r = api.request("POST", "/users", body={"name": "pool", "email": f"p-{uuid.uuid4().hex[:12]}@example.com"})
-    assert r.status == 201, r
-    return r.json()
-
-
 def test_hundred_concurrent_reads_on_a_small_pool(api):
-    u = new_user(api)
+    u = create_user(api)
     with concurrent.futures.ThreadPoolExecutor(100) as ex:
         results = list(ex.map(lambda i: api.get(f"/users/{u['id']}"), range(100)))
     bad = [r for r in results if r.status != 200]
@@ -41,7 +29,7 @@ def test_hundred_concurrent_reads_on_a_small_pool(api):
 
 
 def test_reads_use_the_replica_and_writes_the_primary(api, schema):
-    u = new_user(api)
+    u = create_user(api)
     time.sleep(1.0)  # the replica replays the insert and the workers sample its position
     before = wait_stats_settle(schema)
     for _ in range(50):
@@ -56,25 +44,8 @@ def test_reads_use_the_replica_and_writes_the_primary(api, schema):
     assert rw >= 20, f"expected the 10 writes (+ their LSN reads) on the primary side, got {rw}"
 
 
-def replay_pause(topology):
-    with closing(topology.replica_admin()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_wal_replay_pause()")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            cur.execute("SELECT pg_get_wal_replay_pause_state()")
-            if cur.fetchone()[0] == "paused":
-                return
-            time.sleep(0.05)
-    raise AssertionError("replica replay did not pause")
-
-
-def replay_resume(topology):
-    with closing(topology.replica_admin()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_wal_replay_resume()")
-
-
 def test_read_your_writes_with_replay_paused(api, schema):
-    u = new_user(api)
+    u = create_user(api)
     time.sleep(1.0)
     replay_pause(schema)
     try:
@@ -86,7 +57,7 @@ def test_read_your_writes_with_replay_paused(api, schema):
                 f"read after acknowledged write {i} returned {got}"
             listed = api.get(f"/users?after_id={u['id'] - 1}&limit=1").json()["data"][0]
             assert listed["name"] == f"v{i}", f"list after write {i} returned {listed}"
-        created = new_user(api)
+        created = create_user(api)
         assert api.get(f"/users/{created['id']}").status == 200, "404 after an acknowledged create"
         assert api.request("DELETE", f"/users/{created['id']}").status == 204
         assert api.get(f"/users/{created['id']}").status == 404, "row still visible after an acknowledged delete"
@@ -109,8 +80,8 @@ def test_read_your_writes_with_replay_paused(api, schema):
 
 def test_replica_down_reads_fall_back_to_primary(make_topology, tmp_path):
     import subprocess
-    from pgapi_fixtures import migrate_env
-    from pgapi_server import BINARY, REPO_ROOT
+    from lib.pgapi_fixtures import migrate_env
+    from lib.pgapi_server import BINARY, REPO_ROOT
     topo = make_topology(20)
     topo.up()
     p = subprocess.run([BINARY, "migrate", "up"], env=migrate_env(topo), cwd=REPO_ROOT, capture_output=True,
@@ -121,7 +92,7 @@ def test_replica_down_reads_fall_back_to_primary(make_topology, tmp_path):
     s.start()
     try:
         s.wait_for(lambda: s.get("/readyz").json().get("replicas_up") == 1, 20, "replica in rotation")
-        u = new_user(s)
+        u = create_user(s)
         subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "stop", "-m",
                         "fast", "-D", topo.vars["PGAPI_REPLICA_PGDATA"]], check=True, capture_output=True,
                        stdin=subprocess.DEVNULL, timeout=60)
@@ -137,15 +108,6 @@ def test_replica_down_reads_fall_back_to_primary(make_topology, tmp_path):
         assert rc == 0 and not s.bad_log_lines(), s.log_tail(60)
 
 
-def bouncer_admin_run(topology, command):
-    conn = topology.bouncer_admin()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(command)
-    finally:
-        conn.close()
-
-
 def test_queue_full_and_queue_timeout_give_503_fast(schema, server):
     import threading
     s = server(workers=1, topology=schema,
@@ -153,7 +115,7 @@ def test_queue_full_and_queue_timeout_give_503_fast(schema, server):
                           "database": {"pool_size": 1, "queue_size": 2, "queue_timeout": "500ms",
                                        "statement_timeout": "1s", "health_interval": "10s"}}).start()
     s.wait_for(lambda: s.get("/readyz").status == 200, 15, "ready")
-    u = new_user(s)
+    u = create_user(s)
     bouncer_admin_run(schema, "PAUSE pgapi_rw")
     try:
         results = []
@@ -190,7 +152,7 @@ def test_lagging_replica_leaves_rotation(schema, server):
                           "database": {"max_replica_lag": "1s", "health_interval": "200ms"}}).start()
     rep = lambda: s.get("/readyz").json()["replicas"][0]
     s.wait_for(lambda: rep()["up"], 15, "replica in rotation")
-    u = new_user(s)
+    u = create_user(s)
     replay_pause(schema)
     try:
         deadline = time.monotonic() + 15

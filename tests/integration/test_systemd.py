@@ -24,8 +24,8 @@ import uuid
 
 import pytest
 
-from helpers import pid_alive, wait_until
-from pgapi_server import BAD_LOG_MARKERS, REPO_ROOT, PgapiServer, children_of, free_port
+from lib.topology import pid_alive, wait_until
+from lib.pgapi_server import BAD_LOG_MARKERS, PgapiServer, REPO_ROOT, children_of, free_port
 
 BUILD_BINARY = os.path.join(REPO_ROOT, "build", "pgapi")
 MAN_SOURCE = os.path.join(REPO_ROOT, "docs", "pgapi.8")

@@ -10,10 +10,11 @@ import threading
 import uuid
 from contextlib import closing
 
-from helpers import pid_alive, wait_until
-from test_cache import OwnRedis, make_user
-from test_faults import statement_waits_on_lock
-from test_metrics import scrape, value
+from lib.builders import create_user
+from lib.cache import OwnRedis, PING_BYTES, redis_receive_queue, server_on_own_redis
+from lib.locks import statement_waits_on_lock
+from lib.metrics import scrape, value
+from lib.topology import pid_alive, wait_until
 
 
 def requests_in_threads(s, n, method, path, body=None):
@@ -71,38 +72,12 @@ def test_worker_term_with_writes_queued_and_one_on_a_locked_row(schema, server):
         "expected the worker to say the write it dropped mid-statement makes the cache bypassed:\n" + s.log_tail()
 
 
-def redis_receive_queue(port):
-    """Bytes that reached the (frozen) Redis listening on port but were not read, over its connections."""
-    total = 0
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            local, state, queues = fields[1], fields[3], fields[4]
-            if state == "01" and int(local.split(":")[1], 16) == port:
-                total += int(queues.split(":")[1], 16)
-    return total
-
-
-PING_BYTES = len(b"*1\r\n$4\r\nPING\r\n")   # one health PING may wait in Redis too (never two at once)
-
-
-def server_on_own_redis(schema, server, own, command_timeout):
-    """One worker on `own` Redis, no local cache, health checks rare (no PING queued behind a test's
-    lookup), serving with Redis up."""
-    s = server(workers=1, topology=schema,
-               overrides={"redis": {"enabled": "on", "port": own.port, "prefix": f"t{uuid.uuid4().hex[:8]}",
-                                    "command_timeout": command_timeout, "local_entries": "0"},
-                          "database": {"health_interval": "10s"}}).start()
-    s.wait_for(lambda: s.get("/readyz").json().get("redis") == "up", 15, "redis up")
-    return s
-
-
 def test_worker_term_with_a_read_waiting_on_frozen_redis(schema, server, tmp_path):
     own = OwnRedis(tmp_path)
     own.start()
     try:
         s = server_on_own_redis(schema, server, own, "5s")
-        u = make_user(s)
+        u = create_user(s)
         own.signal(signal.SIGSTOP)  # alive, connections kept, answering nothing
         threads, outcomes = requests_in_threads(s, 1, "GET", f"/users/{u['id']}")
         wait_until(lambda: redis_receive_queue(own.port) > PING_BYTES, 10,

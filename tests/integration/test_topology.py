@@ -13,7 +13,7 @@ from contextlib import closing
 import psycopg2
 import pytest
 
-from helpers import HOST, listening_ports, pid_alive, read_pid, wait_until
+from lib.topology import HOST, listening_ports, pid_alive, read_pid, wait_until
 
 
 def fetch_one(conn, sql, args=None):
@@ -536,7 +536,7 @@ def traced_run(topo, trace_path, *args):
     import re
     import signal
     import subprocess
-    from helpers import TOPOLOGY_SH
+    from lib.topology import TOPOLOGY_SH
     # -I1: strace stops on SIGTERM (with -o and a command it would ignore it), detaching from the servers
     cmd = ["strace", "-I1", "-f", "-q", "--seccomp-bpf", "-e", "trace=execve", "-s", "65536", "-o", str(trace_path),
            TOPOLOGY_SH, *args, topo.dir]
@@ -646,7 +646,7 @@ def test_state_dir_not_root_only_is_refused(tmp_path, case):
     """topology.sh sources DIR/topology.env as root: a state dir (or its files) that another user owns or
     can write is refused before anything in it is read."""
     import subprocess
-    from helpers import TOPOLOGY_SH
+    from lib.topology import TOPOLOGY_SH
     nobody = 65534
     marker = tmp_path / "sourced"
     text = f"touch {marker}\nexport PGAPI_BOUNCER_PORT=1\n"

@@ -8,19 +8,9 @@ import uuid
 
 import pytest
 
-from helpers import wait_until
-
-
-def uniq(prefix="u"):
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def create_user(api, name=None, email=None):
-    name = name or uniq("name")
-    email = email or f"{uniq('mail')}@example.com"
-    r = api.request("POST", "/users", body={"name": name, "email": email})
-    assert r.status == 201, f"expected 201 creating {name!r}, got {r}"
-    return r.json()
+from lib.builders import create_user, uniq
+from lib.pages import ENVELOPE, PAGE_BYTES, big_posts, compare_ids, wait_replica_ids, walk_bounded
+from lib.topology import wait_until
 
 
 def test_tutorial_curl_sequence(api):
@@ -322,7 +312,6 @@ def test_include_posts_embeds_the_first_posts_and_links_the_rest(api, schema):
     """Issue 14: ?include=posts embedded every post of the user (12 MB for 300 posts of 10,000 emoji).
     It now embeds the first embed_posts (50) in id order, within the page_bytes budget, and posts_next is
     the page of /users/:id/posts after the last one embedded: following it yields every other post."""
-    from test_posts_api import big_posts, compare_ids, walk_bounded, wait_replica_ids, PAGE_BYTES, ENVELOPE
     u = create_user(api)
     with closing(schema.rw()) as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO posts(title, content, user_id) SELECT 'p' || g, 'c', %s FROM generate_series(1, 120) g",

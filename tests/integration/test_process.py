@@ -1,8 +1,10 @@
-"""Issue 3: the master/worker server as a real process: workers, respawn, reload under load, graceful
-stop, HTTP limits and timeouts, --check-config. Each test starts its own server on a private port."""
+"""Issue 3: the master/worker server as a real process: workers, respawn, reload (also under load and
+in a SIGHUP storm), graceful and fast stop, readiness, log format, --check-config, --version and --help.
+Each test starts its own server on a private port. The HTTP side of the same issue is in test_http.py."""
 
+import http.client
+import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -11,7 +13,8 @@ import time
 
 import pytest
 
-from pgapi_server import BINARY, PgapiServer, children_of, free_port
+from lib.pgapi_server import BINARY, free_port
+from lib.topology import own_redis_conf
 
 
 def test_n_workers_appear_and_serve_hello(server):
@@ -35,7 +38,6 @@ def test_worker_killed_is_respawned(server):
 def client_loop(port, stop, results, keepalive=False):
     """Requests until stop is set; records (ok, detail). keep-alive clients retry a GET once when the
     server closed an idle connection before reading it, as RFC 9112 section 9.3.1 allows."""
-    import http.client
     conn = None
     while not stop.is_set():
         for attempt in range(2):
@@ -163,67 +165,6 @@ def test_second_signal_forces_fast_exit(server):
     sock.close()
 
 
-def test_oversized_body_gets_413_and_header_431(server):
-    s = server(workers=1, overrides={"server": {"max_body_bytes": "1k", "max_header_bytes": "2k"}}).start()
-    r = s.request("POST", "/users", body=b"x" * 5000, headers={"Content-Type": "application/json"})
-    assert r.status == 413, f"expected 413, got {r}"
-    assert r.json()["error"]["code"] == "body_too_large"
-    r = s.get("/", headers={"X-Filler": "a" * 4000})
-    assert r.status == 431, f"expected 431, got {r}"
-    r = s.get("/" + "a" * 4000)
-    assert r.status in (414, 431), f"expected 414, got {r}"
-    # chunked body over the limit
-    data = s.raw(b"POST /users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 + b"800\r\n" + b"y" * 0x800 + b"\r\n0\r\n\r\n")
-    assert data.startswith(b"HTTP/1.1 413"), data[:200]
-
-
-def test_slow_headers_get_408(server):
-    s = server(workers=1, overrides={"server": {"request_timeout": "1s", "keepalive_timeout": "10s"}}).start()
-    t0 = time.monotonic()
-    data = s.raw(b"GET / HTTP/1.1\r\nHost: x\r\n", timeout=5)
-    assert data.startswith(b"HTTP/1.1 408"), f"expected 408, got {data[:200]!r}"
-    assert time.monotonic() - t0 < 4
-
-
-def test_idle_keepalive_closed_after_timeout(server):
-    s = server(workers=1, overrides={"server": {"keepalive_timeout": "1s"}}).start()
-    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
-        t0 = time.monotonic()
-        assert sock.recv(10) == b""
-        assert 0.5 < time.monotonic() - t0 < 4
-
-
-def test_keepalive_and_pipelining(server):
-    s = server(workers=1).start()
-    data = s.raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-                 b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
-    assert statuses == [b"200", b"200", b"404"], f"expected 3 in-order answers, got {statuses}: {data!r}"
-
-
-def test_http10_and_bad_requests(server):
-    s = server(workers=1).start()
-    data = s.raw(b"GET / HTTP/1.0\r\n\r\n")
-    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"Hello World!"), data
-    data = s.raw(b"GARBAGE\r\n\r\n")
-    assert data.startswith(b"HTTP/1.1 400 ") and b"not HTTP" in data, data  # not HTTP at all
-    data = s.raw(b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert data.startswith(b"HTTP/1.1 501 ") and b"not_implemented" in data, data  # a method we do not know
-    r = s.request("DELETE", "/")
-    assert r.status == 405 and "GET" in r.headers["allow"], r
-    r = s.get("/does/not/exist")
-    assert r.status == 404 and r.json()["error"]["code"] == "not_found", r
-
-
-def test_access_log_has_method_path_status_duration(server):
-    s = server(workers=1).start()
-    s.get("/healthz", headers={"X-Request-Id": "test-rid-42"})
-    s.wait_for(lambda: "GET /healthz 200" in s.log_text(), 5, "an access log line")
-    line = [l for l in s.log_text().splitlines() if "GET /healthz 200" in l][-1]
-    assert "ms" in line and "rid=test-rid-42" in line, line
-
-
 def test_check_config_reports_file_and_line(tmp_path):
     ini = tmp_path / "bad.ini"
     ini.write_text("[server]\nlisten = 127.0.0.1:3000\n\n[database]\npool_sise = 4\n")
@@ -286,8 +227,6 @@ def test_readyz_without_primary_is_503(server):
 
 
 def test_readyz_follows_redis_down_and_back(server, schema, tmp_path):
-    from helpers import own_redis_conf
-    from pgapi_server import free_port
     port = free_port()
 
     def redis_start():
@@ -329,13 +268,12 @@ def test_sighup_storm_under_load_drops_nothing(server):
 
 
 def test_json_log_format_lines_parse(server):
-    import json as _json
     s = server(workers=1, overrides={"log": {"format": "json"}}).start()
     s.get("/healthz", headers={"X-Request-Id": 'rid "quoted"\\x'})
     s.wait_for(lambda: '"msg":"access"' in s.log_text(), 5, "a JSON access line")
     lines = [l for l in s.log_text().splitlines() if l.startswith("{")]
     assert lines, s.log_tail()
-    parsed = [_json.loads(l) for l in lines]  # every line is one JSON object
+    parsed = [json.loads(l) for l in lines]  # every line is one JSON object
     access = [p for p in parsed if p.get("msg") == "access"][-1]
     assert access["method"] == "GET" and access["path"] == "/healthz" and access["status"] == 200, access
     assert {"ts", "level", "pid", "role", "worker", "gen", "duration_us"} <= set(access), access

@@ -1,4 +1,4 @@
-"""A history checker for the read-your-writes guarantee (../shared/design/consistency.md, "How to test it").
+"""A history checker for the read-your-writes guarantee (docs/consistency.md).
 
 Clients log what they did against the real server; afterwards `check(history)` finds every read that the
 guarantee forbids. No pytest fixtures here: the module is plain Python and can be reused by any test.

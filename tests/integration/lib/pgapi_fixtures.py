@@ -3,10 +3,11 @@ server made is stopped by PID afterwards and its log is checked for sanitizer re
 
 import os
 import signal
+import subprocess
 
 import pytest
 
-from pgapi_server import PgapiServer
+from .pgapi_server import BINARY, REPO_ROOT, PgapiServer
 
 
 @pytest.fixture
@@ -47,8 +48,6 @@ def migrate_env(topology):
 @pytest.fixture(scope="session")
 def schema(topology):
     """The session topology with every migration applied (idempotent: `migrate up` skips applied ones)."""
-    import subprocess
-    from pgapi_server import BINARY, REPO_ROOT
     p = subprocess.run([BINARY, "migrate", "up"], env=migrate_env(topology), cwd=REPO_ROOT,
                        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert p.returncode == 0, f"migrate up failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"

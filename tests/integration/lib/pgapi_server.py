@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # tests/integration/lib/..
 ASAN_BINARY = os.path.join(REPO_ROOT, "build", "asan", "pgapi")
 BINARY = os.environ.get("PGAPI_TEST_BINARY", ASAN_BINARY)
 

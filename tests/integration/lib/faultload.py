@@ -19,8 +19,8 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from history import ACKED, CREATE, DELETE, FAILED, UPDATE, History, check, check_final, write_outcome
-from test_consistency import Client, final_versions
+from .history import ACKED, CREATE, DELETE, FAILED, UPDATE, History, check, check_final, write_outcome
+from .consistency import Client, final_versions
 
 NO_ANSWER = (OSError, http.client.HTTPException, ValueError)
 

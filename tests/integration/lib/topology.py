@@ -1,11 +1,13 @@
-"""Helpers for the integration tests: drive scripts/topology.sh and talk to
-the servers of one local topology (PostgreSQL primary + replica, PgBouncer,
-Redis). Nothing here needs pytest fixtures."""
+"""Drive scripts/topology.sh and talk to the servers of one local topology (PostgreSQL primary +
+replica, PgBouncer, Redis): bring one up on a port base and take it down (conftest.py's fixtures and
+tests with topologies of their own), wait for a condition, find processes and ports. Nothing here needs
+pytest fixtures."""
 
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -13,7 +15,7 @@ import uuid
 import psycopg2
 import redis as redis_lib
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # tests/integration/lib/..
 TOPOLOGY_SH = os.path.join(REPO_ROOT, "scripts", "topology.sh")
 HOST = "127.0.0.1"
 UP_TIMEOUT = 240
@@ -320,3 +322,35 @@ class Topology:
 
 def remove_dir(path):
     shutil.rmtree(path, ignore_errors=True)
+
+
+def port_base():
+    """PGAPI_TEST_PORT_BASE: the session topology's first port (see conftest.py)."""
+    return int(os.environ.get("PGAPI_TEST_PORT_BASE", "27000"))
+
+
+def start_topology(base):
+    topo = Topology.in_temp_dir(base)
+    try:
+        topo.up()
+    except BaseException:
+        try:
+            topo.load_env()
+        except OSError:
+            pass
+        tails = topo.log_tails()
+        proc = topo.down(purge=True, check=False)
+        if proc is not None and proc.returncode == 0 and os.path.isdir(topo.dir):
+            remove_dir(topo.dir)
+        if tails:
+            sys.stderr.write(tails + "\n")
+        raise
+    return topo
+
+
+def stop_topology(topo):
+    topo.down(purge=True)
+    # the script refuses to purge a dir it never claimed (up failed early);
+    # it is our own mkdtemp dir, and nothing of it is running any more
+    if os.path.isdir(topo.dir):
+        remove_dir(topo.dir)
