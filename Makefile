@@ -67,7 +67,7 @@ build/asan/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN_FLAGS) -O1 -c -o $@ $<
 
-# Unit tests: cmocka, each links the sanitizer objects of the modules it tests.
+# Unit tests: cmocka, each links every sanitizer object but master/main.o (the module it tests among them).
 unit: $(UNIT_BINS)
 
 build/asan/tests/%: tests/unit/%.c $(filter-out build/asan/obj/master/main.o,$(SAN_OBJS))
