@@ -187,7 +187,7 @@ static bool keys_hold_nul(struct http_request *req)
 
 struct json_object *body_object(struct http_request *req)
 {
-    if (!content_type_json(req->content_type)) {
+    if (!content_type_json(http_request_header(req, HTTP_H_CONTENT_TYPE))) {
         reply_error(req, 415, "unsupported_media_type", "Content-Type must be application/json");
         return NULL;
     }

@@ -7,13 +7,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "worker/http/headers.h"
+
 struct event_base;
 struct config;
 struct http_conn;
 struct http_server;
 struct sockaddr_storage;
 
-#define HTTP_REQUEST_ID_MAX 64
 #define HTTP_STATUS_CLIENT_GONE 499 /* accounted (not sent) when the client went before its answer, as nginx */
 
 typedef void (*http_gone_fn)(void *arg);
@@ -28,9 +29,8 @@ struct http_request {
     bool head;                    /* HEAD: answered like GET without a body */
     char *path;                   /* raw path, NUL-terminated, without the query */
     char *query;                  /* raw query after '?', or NULL */
-    char content_type[128];
-    char if_none_match[128];
-    char request_id[HTTP_REQUEST_ID_MAX + 1];
+    struct http_headers headers;  /* the table's headers (headers.h): read them with http_request_header() */
+    char request_id[HTTP_REQUEST_ID_MAX + 1]; /* the client's X-Request-Id, made safe, or one of ours */
     char *body;                   /* NUL-terminated copy of the body (may be empty) */
     size_t body_len;
     uint64_t start_us;
@@ -76,6 +76,9 @@ void http_refuse(int fd, const char *message);
  * socket is closed then; the handler must still answer (http_respond), which sends nothing and accounts
  * the request as HTTP_STATUS_CLIENT_GONE. */
 void http_on_gone(struct http_request *req, http_gone_fn fn, void *arg);
+/* A request header of the table (headers.h): its value, cut at the table's limit; "" when absent; the
+ * last one when repeated. */
+const char *http_request_header(const struct http_request *req, enum http_header_id id);
 /* Adds a response header; returns -1 if the header buffer is full (the header is dropped, logged). */
 int http_header_add(struct http_request *req, const char *name, const char *value);
 /* Sends the response (copying body) and finishes the request. */

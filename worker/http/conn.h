@@ -1,0 +1,123 @@
+/* http_conn: the connection and server state that the parts of http share (conn.c, request.c,
+ * response.c); not part of http's public surface, which is http.h. */
+#ifndef PGAPI_HTTP_CONN_H
+#define PGAPI_HTTP_CONN_H
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <http_parser.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "worker/http/http.h"
+
+#define LINGER_MS 2000
+#define DRAIN_IDLE_MS 1000 /* how long a kept-alive connection may stay idle once its worker drains */
+#define READ_CHUNK 16384
+#define BODY_KEEP 4096   /* request buffers larger than these are freed between requests */
+#define URL_KEEP 1024
+
+enum conn_state {
+    CONN_IDLE,      /* keep-alive, waiting for the first byte of a request */
+    CONN_READING,   /* request partly received */
+    CONN_HANDLING,  /* complete request handed to the handler */
+    CONN_WRITING,   /* response queued, not all written yet */
+    CONN_LINGER,    /* response sent, write side shut, discarding input until EOF */
+    CONN_DEAD       /* closed, waiting to be freed */
+};
+
+/* The lexical check of a request head that http-parser (built lenient, HTTP_PARSER_STRICT=0) leaves out:
+ * RFC 9112 line endings, no obsolete line folding, no whitespace between a field name and its colon. */
+enum head_state {
+    HEAD_START,         /* before the request line: empty lines (CRLF) are skipped, as the parser does */
+    HEAD_REQUEST_LINE,
+    HEAD_LINE_START,    /* first byte of a field line, or the empty line that ends the head */
+    HEAD_NAME,
+    HEAD_VALUE,
+    HEAD_DONE           /* the empty line seen: the body (or the next request) is not ours to check */
+};
+
+struct http_conn {
+    struct http_server *srv;
+    struct http_conn *prev, *next;
+    int fd;
+    enum conn_state state;
+    struct event *read_ev, *write_ev, *timer_ev;
+    struct evbuffer *in, *out;
+    http_parser parser;
+    struct http_request req;
+    char *url;
+    size_t url_len, url_cap;
+    size_t body_cap;
+    size_t header_bytes;
+    char field[HTTP_HEADER_NAME_MAX]; /* the name of the field line being parsed (cut) */
+    size_t field_len;
+    bool in_value;
+    int value_header;        /* enum http_header_id the value being parsed goes to, or -1: none */
+    int error_status;        /* status to answer when the parser stops on a limit */
+    const char *error_text;  /* with error_status 400: what was wrong with the framing */
+    enum head_state head;
+    bool head_cr;            /* the last head byte was CR: LF must follow */
+    bool headers_done;       /* later field callbacks are a chunked body's trailers */
+    bool method_unknown;     /* the parser refused the method: 400 or 501 once the request line is in */
+    bool request_ready;
+    bool close_after;
+    bool in_process;         /* conn_process() on the stack: a synchronous answer must not recurse */
+    bool readable;           /* edge-triggered: the kernel may hold bytes we have not read yet */
+    bool peer_closed;        /* the client shut its side: its EOF waits behind the bytes we read */
+    unsigned served;         /* responses completed on this connection */
+    char peer[INET6_ADDRSTRLEN]; /* the client's address, for the access log */
+    size_t out_counted;      /* what of `out` is in the server's unsent sum */
+    uint64_t tag;            /* the adopter's, for the close hook */
+    bool stalled;            /* on the server's stalled list: the last write would have blocked */
+    struct http_conn *stall_prev, *stall_next;
+};
+
+struct http_server {
+    struct event_base *base;
+    const struct config *cfg;
+    http_handler_fn handler;
+    void *ctx;
+    struct http_conn *conns;
+    struct http_conn *dead;
+    int nconns;
+    struct event *reap_ev;
+    const struct timeval *tv_keepalive, *tv_request, *tv_linger, *tv_drain_idle;
+    http_parser_settings settings;
+    bool draining;
+    void (*on_empty)(void *);
+    void *on_empty_arg;
+    uint64_t seq;
+    unsigned pid;            /* request ids: pid-seq */
+    http_observer_fn observer;
+    void *observer_arg;
+    size_t unsent;           /* bytes in every connection's output the kernel has not taken yet */
+    struct http_conn *stalled, *stalled_tail; /* writes that would block: longest without a read first */
+    unsigned long slow_closed; /* connections closed because their client did not read */
+    void (*on_close)(void *arg, uint64_t tag);
+    void *on_close_arg;
+    time_t date_sec;
+    char date[40];
+};
+
+/* conn.c: the connection state machine. */
+/* The one transition: sets the state and the timer that bounds it. */
+void http_conn_state_set(struct http_conn *c, enum conn_state state);
+void http_conn_close(struct http_conn *c);
+void http_conn_flush(struct http_conn *c);
+
+/* request.c: parsing a request, its head's checks and limits. */
+void http_request_reset(struct http_conn *c);
+void http_request_parser_settings(http_parser_settings *settings);
+bool http_request_parse_buffered(struct http_conn *c);
+bool http_request_method_error_classify(struct http_conn *c);
+void http_request_parse_error_answer(struct http_conn *c);
+void http_request_id_ensure(struct http_conn *c);
+
+/* response.c: the answer on the wire. */
+void http_conn_fail(struct http_conn *c, int status, const char *code, const char *message);
+
+#endif
