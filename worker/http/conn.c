@@ -52,7 +52,6 @@ void http_conn_state_set(struct http_conn *c, enum conn_state state)
     }
 }
 
-
 /* ---- unsent output ------------------------------------------------------------------------- */
 
 /* A connection holds at most one response: the next pipelined request waits until it is written. The
