@@ -53,14 +53,14 @@ struct http_conn {
     size_t url_len, url_cap;
     size_t body_cap;
     size_t header_bytes;
-    char field[HTTP_HEADER_NAME_MAX]; /* the name of the field line being parsed (cut) */
-    size_t field_len;
+    char field_name[HTTP_HEADER_NAME_MAX]; /* of the field line being parsed, cut there */
+    size_t field_name_len;   /* its whole length, past the cut too */
     bool in_value;
     int value_header;        /* enum http_header_id the value being parsed goes to, or -1: none */
     int error_status;        /* status to answer when the parser stops on a limit */
     const char *error_text;  /* with error_status 400: what was wrong with the framing */
-    enum head_state head;
-    bool head_cr;            /* the last head byte was CR: LF must follow */
+    enum head_state head_state; /* head_check() */
+    bool head_after_cr;      /* the last head byte was CR: LF must follow */
     bool headers_done;       /* later field callbacks are a chunked body's trailers */
     bool method_unknown;     /* the parser refused the method: 400 or 501 once the request line is in */
     bool request_ready;

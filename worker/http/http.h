@@ -26,7 +26,7 @@ struct http_request {
     void *ctx;                    /* the server's handler context (the worker) */
     int method;                   /* enum http_method of http_parser.h */
     const char *method_name;
-    bool head;                    /* HEAD: answered like GET without a body */
+    bool head_method;             /* HEAD: answered like GET without a body */
     char *path;                   /* raw path, NUL-terminated, without the query */
     char *query;                  /* raw query after '?', or NULL */
     struct http_headers headers;  /* the table's headers (headers.h): read them with http_request_header() */

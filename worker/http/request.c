@@ -31,13 +31,13 @@ void http_request_reset(struct http_conn *c)
     }
     c->url_len = 0;
     c->header_bytes = 0;
-    c->field_len = 0;
+    c->field_name_len = 0;
     c->in_value = false;
     c->value_header = -1;
     c->error_status = 0;
     c->error_text = NULL;
-    c->head = HEAD_START;
-    c->head_cr = false;
+    c->head_state = HEAD_START;
+    c->head_after_cr = false;
     c->headers_done = false;
     c->method_unknown = false;
     c->request_ready = false;
@@ -62,7 +62,8 @@ static int header_count(struct http_conn *c, size_t len)
 {
     c->header_bytes += len;
     if (c->header_bytes > c->srv->cfg->max_header_bytes) {
-        c->error_status = c->req.path == NULL && c->field_len == 0 && !c->in_value ? 414 : 431;
+        bool in_request_target = c->req.path == NULL && c->field_name_len == 0 && !c->in_value;
+        c->error_status = in_request_target ? 414 : 431;
         return -1;
     }
     return 0;
@@ -77,40 +78,40 @@ static int header_count(struct http_conn *c, size_t len)
  * with whitespace (obsolete folding, RFC 9112 5.2), whitespace before a colon (RFC 9112 5.1). */
 static const char *head_check(struct http_conn *c, const char *p, size_t len)
 {
-    for (size_t i = 0; i < len && c->head != HEAD_DONE; i++) {
+    for (size_t i = 0; i < len && c->head_state != HEAD_DONE; i++) {
         char ch = p[i];
-        if (c->head_cr) {
+        if (c->head_after_cr) {
             if (ch != '\n')
                 return "bare CR in the request head";
-            c->head_cr = false;
-            if (c->head == HEAD_NAME)
+            c->head_after_cr = false;
+            if (c->head_state == HEAD_NAME)
                 return "header line without a colon";
-            if (c->head == HEAD_LINE_START)
-                c->head = HEAD_DONE;
-            else if (c->head != HEAD_START)
-                c->head = HEAD_LINE_START;
+            if (c->head_state == HEAD_LINE_START)
+                c->head_state = HEAD_DONE;
+            else if (c->head_state != HEAD_START)
+                c->head_state = HEAD_LINE_START;
             continue;
         }
         if (ch == '\r') {
-            c->head_cr = true;
+            c->head_after_cr = true;
             continue;
         }
         if (ch == '\n')
             return "bare LF in the request head: lines end with CRLF";
-        switch (c->head) {
+        switch (c->head_state) {
         case HEAD_START:
-            c->head = HEAD_REQUEST_LINE;
+            c->head_state = HEAD_REQUEST_LINE;
             break;
         case HEAD_LINE_START:
             if (ch == ' ' || ch == '\t')
                 return "obsolete line folding or a line starting with whitespace";
-            c->head = ch == ':' ? HEAD_VALUE : HEAD_NAME;
+            c->head_state = ch == ':' ? HEAD_VALUE : HEAD_NAME;
             break;
         case HEAD_NAME:
             if (ch == ' ' || ch == '\t')
                 return "whitespace between a header name and its colon";
             if (ch == ':')
-                c->head = HEAD_VALUE;
+                c->head_state = HEAD_VALUE;
             break;
         case HEAD_REQUEST_LINE:
         case HEAD_VALUE:
@@ -191,9 +192,9 @@ static int on_url(http_parser *p, const char *at, size_t len)
 static void value_target_pick(struct http_conn *c)
 {
     c->value_header = -1;
-    if (c->field_len >= HTTP_HEADER_NAME_MAX)
+    if (c->field_name_len >= HTTP_HEADER_NAME_MAX)
         return;
-    c->value_header = http_headers_lookup(c->field, c->field_len);
+    c->value_header = http_headers_lookup(c->field_name, c->field_name_len);
     if (c->value_header >= 0)
         http_headers_value_begin(&c->req.headers, (enum http_header_id)c->value_header);
 }
@@ -207,13 +208,13 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
         return 0; /* a trailer: counted against max_header_bytes, never taken for a request header */
     if (c->in_value) {
         c->in_value = false;
-        c->field_len = 0;
+        c->field_name_len = 0;
     }
-    if (c->field_len < HTTP_HEADER_NAME_MAX) { /* a name cut across reads continues here, and may be long */
-        size_t room = HTTP_HEADER_NAME_MAX - c->field_len;
-        memcpy(c->field + c->field_len, at, len < room ? len : room);
+    if (c->field_name_len < HTTP_HEADER_NAME_MAX) { /* a name cut across reads continues here; may be long */
+        size_t room = HTTP_HEADER_NAME_MAX - c->field_name_len;
+        memcpy(c->field_name + c->field_name_len, at, len < room ? len : room);
     }
-    c->field_len += len; /* may exceed HTTP_HEADER_NAME_MAX: such a long name is none we use */
+    c->field_name_len += len; /* may exceed HTTP_HEADER_NAME_MAX: such a long name is none we use */
     return 0;
 }
 
@@ -310,7 +311,7 @@ static int on_headers_complete(http_parser *p)
         c->close_after = true;
     c->req.method = (int)p->method;
     c->req.method_name = http_method_str((enum http_method)p->method);
-    c->req.head = p->method == HTTP_HEAD;
+    c->req.head_method = p->method == HTTP_HEAD;
     if (strcasecmp(http_request_header(&c->req, HTTP_H_EXPECT), "100-continue") == 0 && p->http_minor >= 1) {
         evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         evbuffer_write(c->out, c->fd); /* a remainder goes out before the response */
@@ -423,7 +424,7 @@ bool http_request_parse_buffered(struct http_conn *c)
         c->error_text = head_check(c, vec[i].iov_base, vec[i].iov_len);
         if (c->error_text) {
             c->error_status = 400;
-            if (c->head <= HEAD_REQUEST_LINE && !request_line_is_http(c))
+            if (c->head_state <= HEAD_REQUEST_LINE && !request_line_is_http(c))
                 c->error_text = "request line is not HTTP";
             return false; /* the connection closes: what it sent is not drained */
         }

@@ -111,7 +111,7 @@ static void request_account(struct http_conn *c, size_t len)
  * whether they came from Redis or PostgreSQL; every row carries its version, so an update changes it. */
 static void etag_apply(struct http_request *req, int *status, const char *body, size_t len)
 {
-    if (*status != 200 || len == 0 || (req->method != HTTP_GET && !req->head))
+    if (*status != 200 || len == 0 || (req->method != HTTP_GET && !req->head_method))
         return;
     uint64_t h = 1469598103934665603ULL;
     for (size_t i = 0; i < len; i++) {
@@ -148,7 +148,7 @@ void http_respond(struct http_request *req, int status, const char *ctype, const
         return;
     }
     response_write_head(c, status, ctype, len);
-    if (len && !req->head && status != 204 && status != 304)
+    if (len && !req->head_method && status != 204 && status != 304)
         evbuffer_add(c->out, body, len);
     http_conn_state_set(c, CONN_WRITING);
     http_conn_flush(c);
