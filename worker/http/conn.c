@@ -15,6 +15,10 @@
 #include "common/log.h"
 #include "worker/http/conn.h"
 
+#define LINGER_MS 2000
+#define DRAIN_IDLE_MS 1000 /* how long a kept-alive connection may stay idle once its worker drains */
+#define READ_CHUNK 16384
+
 static void conn_process(struct http_conn *c);
 
 /* ---- timers and events ------------------------------------------------------------------------ */
@@ -203,9 +207,9 @@ static void unsent_enforce(struct http_server *srv)
 {
     while (srv->unsent > srv->cfg->max_unsent_bytes && srv->stalled) {
         struct http_conn *c = srv->stalled;
-        log_info("fd %d: client %s not reading its response (%zu bytes unsent): closed, the worker holds more "
-                 "than max_unsent_bytes (%zu) for such clients", c->fd, c->peer, c->out_counted,
-                 srv->cfg->max_unsent_bytes);
+        log_info("fd %d: client %s not reading its response (%zu bytes unsent): closed, the worker holds "
+                 "more than max_unsent_bytes (%zu) for such clients",
+                 c->fd, c->peer, c->out_counted, srv->cfg->max_unsent_bytes);
         srv->slow_closed++;
         http_conn_close(c);
     }
@@ -451,12 +455,14 @@ struct http_server *http_server_new(struct event_base *base, const struct config
     struct http_server *srv = calloc(1, sizeof(*srv));
     if (!srv)
         return NULL;
-    *srv = (struct http_server){ .base = base, .cfg = cfg, .handler = handler, .ctx = ctx, .pid = (unsigned)getpid() };
+    *srv = (struct http_server){
+        .base = base, .cfg = cfg, .handler = handler, .ctx = ctx, .pid = (unsigned)getpid()
+    };
     srv->reap_ev = event_new(base, -1, 0, reap_cb, srv);
-    srv->tv_keepalive = common_timeout(base, cfg->keepalive_timeout_ms > 0 ? cfg->keepalive_timeout_ms : 1);
+    int keepalive_ms = cfg->keepalive_timeout_ms > 0 ? cfg->keepalive_timeout_ms : 1;
+    srv->tv_keepalive = common_timeout(base, keepalive_ms);
     srv->tv_request = common_timeout(base, cfg->request_timeout_ms);
     srv->tv_linger = common_timeout(base, LINGER_MS);
-    int keepalive_ms = cfg->keepalive_timeout_ms > 0 ? cfg->keepalive_timeout_ms : 1;
     srv->tv_drain_idle = common_timeout(base, keepalive_ms < DRAIN_IDLE_MS ? keepalive_ms : DRAIN_IDLE_MS);
     if (!srv->reap_ev || !srv->tv_keepalive || !srv->tv_request || !srv->tv_linger || !srv->tv_drain_idle) {
         http_server_free(srv);

@@ -14,12 +14,7 @@
 
 #include "worker/http/http.h"
 
-#define LINGER_MS 2000
-#define DRAIN_IDLE_MS 1000 /* how long a kept-alive connection may stay idle once its worker drains */
-#define READ_CHUNK 16384
-#define BODY_KEEP 4096   /* request buffers larger than these are freed between requests */
-#define URL_KEEP 1024
-
+/* A connection's states; http_conn_state_set() moves it from one to another. */
 enum conn_state {
     CONN_IDLE,      /* keep-alive, waiting for the first byte of a request */
     CONN_READING,   /* request partly received */
@@ -103,21 +98,33 @@ struct http_server {
     char date[40];
 };
 
-/* conn.c: the connection state machine. */
-/* The one transition: sets the state and the timer that bounds it. */
+/* ---- conn.c: the connection state machine ---- */
+/* The one transition: sets the state and arms the timer that bounds it. */
 void http_conn_state_set(struct http_conn *c, enum conn_state state);
+/* Closes the socket now; the struct is freed later, after the callback on the stack returns. A
+ * connection whose request is still with the handler stays allocated until http_respond(). */
 void http_conn_close(struct http_conn *c);
+/* Writes what the connection holds; once all is written, the response is done (keep-alive or close). */
 void http_conn_flush(struct http_conn *c);
 
-/* request.c: parsing a request, its head's checks and limits. */
+/* ---- request.c: parsing one request, its head's checks and limits ---- */
+/* Readies the connection for its next request (keeping only small buffers). */
 void http_request_reset(struct http_conn *c);
+/* The parser's callbacks, for the server's http_parser_settings. */
 void http_request_parser_settings(http_parser_settings *settings);
+/* Feeds buffered input to the parser; returns false when parsing must stop for now (then error_status or
+ * the parser's errno says why, unless method_unknown waits for the rest of the request line). */
 bool http_request_parse_buffered(struct http_conn *c);
+/* The parser refused the method: 501 for a well-formed request line, 400 for bytes that are not HTTP;
+ * false while the line is too short to tell. */
 bool http_request_method_error_classify(struct http_conn *c);
+/* Answers a request that parsing refused (4xx, or 503 out of memory), and closes. */
 void http_request_parse_error_answer(struct http_conn *c);
+/* Gives the request its id, once: the client's X-Request-Id made safe to echo, else one of ours. */
 void http_request_id_ensure(struct http_conn *c);
 
-/* response.c: the answer on the wire. */
+/* ---- response.c: the answer on the wire ---- */
+/* An error the connection itself detected (limits, timeouts, bad syntax): JSON body, then close. */
 void http_conn_fail(struct http_conn *c, int status, const char *code, const char *message);
 
 #endif

@@ -15,7 +15,8 @@ struct http_conn;
 struct http_server;
 struct sockaddr_storage;
 
-#define HTTP_STATUS_CLIENT_GONE 499 /* accounted (not sent) when the client went before its answer, as nginx */
+/* accounted (not sent) when the client went before its answer, as nginx does */
+#define HTTP_STATUS_CLIENT_GONE 499
 
 typedef void (*http_gone_fn)(void *arg);
 
@@ -82,7 +83,8 @@ const char *http_request_header(const struct http_request *req, enum http_header
 /* Adds a response header; returns -1 if the header buffer is full (the header is dropped, logged). */
 int http_header_add(struct http_request *req, const char *name, const char *value);
 /* Sends the response (copying body) and finishes the request. */
-void http_respond(struct http_request *req, int status, const char *content_type, const char *body, size_t len);
+void http_respond(struct http_request *req, int status, const char *content_type, const char *body,
+                  size_t len);
 const char *http_status_text(int status);
 
 #endif

@@ -13,6 +13,9 @@
 #include "common/log.h"
 #include "worker/http/conn.h"
 
+#define BODY_KEEP 4096 /* request buffers larger than these are freed between requests */
+#define URL_KEEP 1024
+
 void http_request_reset(struct http_conn *c)
 {
     char *body = c->req.body;
@@ -136,7 +139,8 @@ static enum line_kind request_line_kind(const unsigned char *s, size_t n)
 {
     static const char version[] = "HTTP/d.d";
     size_t i = 0;
-    while (i < n && (s[i] == '\r' || s[i] == '\n')) /* empty lines first: their endings are the head check's */
+    /* empty lines first: their endings are the head check's */
+    while (i < n && (s[i] == '\r' || s[i] == '\n'))
         i++;
     size_t start = i;
     while (i < n && is_tchar(s[i]))

@@ -170,8 +170,8 @@ void http_conn_fail(struct http_conn *c, int status, const char *code, const cha
 void http_refuse(int fd, const char *message)
 {
     char body[256], answer[512];
-    int len = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"%s\"}}",
-                       message);
+    int len = snprintf(body, sizeof(body),
+                       "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"%s\"}}", message);
     int n = snprintf(answer, sizeof(answer),
                      "HTTP/1.1 503 Service Unavailable\r\nServer: pgapi\r\nContent-Type: application/json\r\n"
                      "Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len, body);
