@@ -1,5 +1,7 @@
 /* http: HTTP/1.1 connections on a worker's event loop: accept, parse (nodejs http-parser), enforce limits
- * and timeouts, hand one complete request at a time to the handler, write the response, keep-alive. */
+ * and timeouts, hand one complete request at a time to the handler, write the response, keep-alive.
+ * conn.c is the connection state machine, request.c the parsing and the head's checks, response.c the
+ * answer on the wire; headers.h is the table of the request headers we read. */
 #ifndef PGAPI_HTTP_H
 #define PGAPI_HTTP_H
 
