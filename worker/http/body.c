@@ -185,9 +185,20 @@ static bool keys_hold_nul(struct http_request *req)
     return false;
 }
 
+/* Why json-c stopped, in the words of the 400: its own text, but for a value that ended too soon or was
+ * followed by more. */
+static const char *parse_error_text(enum json_tokener_error err)
+{
+    if (err == json_tokener_success)
+        return "trailing data after the value";
+    if (err == json_tokener_continue)
+        return "unexpected end of input";
+    return json_tokener_error_desc(err);
+}
+
 struct json_object *body_object(struct http_request *req)
 {
-    if (!content_type_json(req->content_type)) {
+    if (!content_type_json(http_request_header(req, HTTP_H_CONTENT_TYPE))) {
         reply_error(req, 415, "unsupported_media_type", "Content-Type must be application/json");
         return NULL;
     }
@@ -210,10 +221,7 @@ struct json_object *body_object(struct http_request *req)
     if (err != json_tokener_success || used != req->body_len) {
         if (obj)
             json_object_put(obj);
-        reply_error(req, 400, "malformed_json", "request body is not valid JSON: %s",
-                    err == json_tokener_success    ? "trailing data after the value"
-                    : err == json_tokener_continue ? "unexpected end of input"
-                                                   : json_tokener_error_desc(err));
+        reply_error(req, 400, "malformed_json", "request body is not valid JSON: %s", parse_error_text(err));
         return NULL;
     }
     /* only now: the scan relies on the text being valid JSON */

@@ -1,5 +1,7 @@
 /* http: HTTP/1.1 connections on a worker's event loop: accept, parse (nodejs http-parser), enforce limits
- * and timeouts, hand one complete request at a time to the handler, write the response, keep-alive. */
+ * and timeouts, hand one complete request at a time to the handler, write the response, keep-alive.
+ * conn.c is the connection state machine, request.c the parsing and the head's checks, response.c the
+ * answer on the wire; headers.h is the table of the request headers we read. */
 #ifndef PGAPI_HTTP_H
 #define PGAPI_HTTP_H
 
@@ -7,14 +9,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "worker/http/headers.h"
+
 struct event_base;
 struct config;
 struct http_conn;
 struct http_server;
 struct sockaddr_storage;
 
-#define HTTP_REQUEST_ID_MAX 64
-#define HTTP_STATUS_CLIENT_GONE 499 /* accounted (not sent) when the client went before its answer, as nginx */
+/* accounted (not sent) when the client went before its answer, as nginx does */
+#define HTTP_STATUS_CLIENT_GONE 499
 
 typedef void (*http_gone_fn)(void *arg);
 
@@ -25,12 +29,11 @@ struct http_request {
     void *ctx;                    /* the server's handler context (the worker) */
     int method;                   /* enum http_method of http_parser.h */
     const char *method_name;
-    bool head;                    /* HEAD: answered like GET without a body */
+    bool head_method;             /* HEAD: answered like GET without a body */
     char *path;                   /* raw path, NUL-terminated, without the query */
     char *query;                  /* raw query after '?', or NULL */
-    char content_type[128];
-    char if_none_match[128];
-    char request_id[HTTP_REQUEST_ID_MAX + 1];
+    struct http_headers headers;  /* the table's headers (headers.h): read them with http_request_header() */
+    char request_id[HTTP_REQUEST_ID_MAX + 1]; /* the client's X-Request-Id, made safe, or one of ours */
     char *body;                   /* NUL-terminated copy of the body (may be empty) */
     size_t body_len;
     uint64_t start_us;
@@ -76,10 +79,14 @@ void http_refuse(int fd, const char *message);
  * socket is closed then; the handler must still answer (http_respond), which sends nothing and accounts
  * the request as HTTP_STATUS_CLIENT_GONE. */
 void http_on_gone(struct http_request *req, http_gone_fn fn, void *arg);
+/* A request header of the table (headers.h): its value, cut at the table's limit; "" when absent; the
+ * last one when repeated. */
+const char *http_request_header(const struct http_request *req, enum http_header_id id);
 /* Adds a response header; returns -1 if the header buffer is full (the header is dropped, logged). */
 int http_header_add(struct http_request *req, const char *name, const char *value);
 /* Sends the response (copying body) and finishes the request. */
-void http_respond(struct http_request *req, int status, const char *content_type, const char *body, size_t len);
+void http_respond(struct http_request *req, int status, const char *content_type, const char *body,
+                  size_t len);
 const char *http_status_text(int status);
 
 #endif

@@ -1,0 +1,50 @@
+/* headers: the request headers pgapi reads, one line each in HTTP_HEADER_TABLE; every other header is
+ * counted against max_header_bytes and otherwise ignored. Part of http's public surface (http.h). */
+#ifndef PGAPI_HTTP_HEADERS_H
+#define PGAPI_HTTP_HEADERS_H
+
+#include <stddef.h>
+
+#define HTTP_REQUEST_ID_MAX 64
+
+/* X(ID, name, limit): HTTP_H_ID names the header `name` (matched without regard to case, at most
+ * HTTP_HEADER_NAME_MAX - 1 bytes); its value is kept up to `limit` bytes and cut there (no value we use
+ * is that long). A repeated header keeps its last value; how often it came is counted (Host must come
+ * once). Adding a header is one line here. */
+#define HTTP_HEADER_TABLE(X)                                                                              \
+    X(CONTENT_TYPE, "Content-Type", 127)                                                                  \
+    X(IF_NONE_MATCH, "If-None-Match", 127)                                                                \
+    X(X_REQUEST_ID, "X-Request-Id", HTTP_REQUEST_ID_MAX)                                                  \
+    X(HOST, "Host", 255) /* for allowed_hosts */                                                          \
+    X(EXPECT, "Expect", 31)
+
+#define HTTP_HEADER_NAME_MAX 32 /* longer field names are none of the table's */
+
+enum http_header_id {
+#define HTTP_HEADER_ENUM(id, name, limit) HTTP_H_##id,
+    HTTP_HEADER_TABLE(HTTP_HEADER_ENUM)
+#undef HTTP_HEADER_ENUM
+    HTTP_H_COUNT
+};
+
+/* The values of one request's headers: a NUL-terminated buffer of limit + 1 bytes per header, "" when
+ * absent, and how many times each came. */
+struct http_headers {
+#define HTTP_HEADER_VALUE(id, name, limit) char id[(limit) + 1];
+    HTTP_HEADER_TABLE(HTTP_HEADER_VALUE)
+#undef HTTP_HEADER_VALUE
+    unsigned char seen[HTTP_H_COUNT]; /* saturates at 255: only "more than once" matters */
+};
+
+/* The table's header called name (len bytes, any case), or -1 for a header the table does not hold. */
+int http_headers_lookup(const char *name, size_t len);
+/* A field line of header id begins: its value replaces any earlier one, and the count goes up. */
+void http_headers_value_begin(struct http_headers *h, enum http_header_id id);
+/* Appends a piece of the value (the parser may hand it over in pieces), cut at the header's limit. */
+void http_headers_value_append(struct http_headers *h, enum http_header_id id, const char *at, size_t len);
+/* The value, "" when the header was absent. */
+const char *http_headers_value(const struct http_headers *h, enum http_header_id id);
+/* How many field lines of the header came (up to 255). */
+unsigned http_headers_seen(const struct http_headers *h, enum http_header_id id);
+
+#endif

@@ -1,0 +1,181 @@
+/* response: the answer on the wire (status line, headers, body), the status table, the ETag and its
+ * 304, the access log line of each request, and the 503 that refuses a connection outright. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "worker/http/conn.h"
+
+const char *http_status_text(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}
+
+int http_header_add(struct http_request *req, const char *name, const char *value)
+{
+    size_t room = sizeof(req->extra_headers) - req->extra_len;
+    int n = snprintf(req->extra_headers + req->extra_len, room, "%s: %s\r\n", name, value);
+    if (n < 0 || (size_t)n >= room) {
+        req->extra_headers[req->extra_len] = '\0';
+        log_error("request %s: response header %s dropped: header buffer full", req->request_id, name);
+        return -1;
+    }
+    req->extra_len += (size_t)n;
+    return 0;
+}
+
+static const char *date_now(struct http_server *srv)
+{
+    time_t now = time(NULL);
+    if (now != srv->date_sec) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(srv->date, sizeof(srv->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        srv->date_sec = now;
+    }
+    return srv->date;
+}
+
+static void response_write_head(struct http_conn *c, int status, const char *ctype, size_t len)
+{
+    struct http_request *r = &c->req;
+    bool no_body_status = status == 204 || status == 304 || status < 200;
+    evbuffer_add_printf(c->out, "HTTP/1.1 %d %s\r\nServer: pgapi\r\nDate: %s\r\nX-Request-Id: %s\r\n",
+                        status, http_status_text(status), date_now(c->srv), r->request_id);
+    if (!no_body_status)
+        evbuffer_add_printf(c->out, "Content-Length: %zu\r\n", len);
+    if (ctype && !no_body_status)
+        evbuffer_add_printf(c->out, "Content-Type: %s\r\n", ctype);
+    if (r->cache_status)
+        evbuffer_add_printf(c->out, "X-Cache: %s\r\n", r->cache_status);
+    if (c->close_after)
+        evbuffer_add(c->out, "Connection: close\r\n", 19);
+    else if (c->parser.http_major == 1 && c->parser.http_minor == 0)
+        evbuffer_add(c->out, "Connection: keep-alive\r\n", 24);
+    if (r->extra_len)
+        evbuffer_add(c->out, r->extra_headers, r->extra_len);
+    evbuffer_add(c->out, "\r\n", 2);
+}
+
+/* The request is answered: one access log line, and the observer's count. */
+static void request_account(struct http_conn *c, size_t len)
+{
+    struct http_request *r = &c->req;
+    struct access_entry e = {
+        .method = r->method_name ? r->method_name : "-",
+        .path = r->path ? r->path : "-",
+        .request_id = r->request_id,
+        .cache = r->cache_status,
+        .status = r->status,
+        .duration_us = r->start_us ? clock_now_us() - r->start_us : 0,
+        .bytes = len,
+        .client = c->peer,
+    };
+    log_access(&e);
+    if (c->srv->observer)
+        c->srv->observer(c->srv->observer_arg, r, e.duration_us);
+}
+
+/* A strong validator computed from the body itself (FNV-1a, 64 bits): the same bytes give the same tag
+ * whether they came from Redis or PostgreSQL; every row carries its version, so an update changes it. */
+static void etag_apply(struct http_request *req, int *status, const char *body, size_t len)
+{
+    if (*status != 200 || len == 0 || (req->method != HTTP_GET && !req->head_method))
+        return;
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)body[i];
+        h *= 1099511628211ULL;
+    }
+    char tag[24];
+    snprintf(tag, sizeof(tag), "\"%016" PRIx64 "\"", h);
+    http_header_add(req, "ETag", tag);
+    const char *inm = http_request_header(req, HTTP_H_IF_NONE_MATCH);
+    if (strcmp(inm, "*") == 0 || strstr(inm, tag)) /* a list, W/ weak forms included */
+        *status = 304;
+}
+
+void http_respond(struct http_request *req, int status, const char *ctype, const char *body, size_t len)
+{
+    struct http_conn *c = req->conn;
+    if (req->responded) {
+        log_error("request %s: answered twice (status %d after %d)", req->request_id, status, req->status);
+        return;
+    }
+    req->responded = true;
+    etag_apply(req, &status, body, len);
+    req->status = c->state == CONN_DEAD ? HTTP_STATUS_CLIENT_GONE : status;
+    http_request_id_ensure(c);
+    /* A handler's 400 (bad JSON, a bad parameter) came with a complete, well-framed request: the
+     * connection and the requests pipelined behind it go on. Errors in the framing itself come through
+     * conn_fail, which closes. */
+    if (c->srv->draining || status == 408 || status == 413 || status == 414 || status == 431)
+        c->close_after = true;
+    request_account(c, len);
+    if (c->state == CONN_DEAD) { /* the client left while we worked: nothing to send */
+        http_conn_close(c);
+        return;
+    }
+    response_write_head(c, status, ctype, len);
+    if (len && !req->head_method && status != 204 && status != 304)
+        evbuffer_add(c->out, body, len);
+    http_conn_state_set(c, CONN_WRITING);
+    http_conn_flush(c);
+}
+
+/* An error the connection itself detected (limits, timeouts, bad syntax): JSON body, then close. */
+void http_conn_fail(struct http_conn *c, int status, const char *code, const char *message)
+{
+    char body[256];
+    int n = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, message);
+    c->close_after = true;
+    c->req.responded = false;
+    c->req.extra_len = 0;
+    if (!c->req.path)
+        c->req.path = "-";
+    http_respond(&c->req, status, "application/json", body, (size_t)n);
+}
+
+void http_refuse(int fd, const char *message)
+{
+    char body[256], answer[512];
+    int len = snprintf(body, sizeof(body),
+                       "{\"error\":{\"code\":\"too_many_connections\",\"message\":\"%s\"}}", message);
+    int n = snprintf(answer, sizeof(answer),
+                     "HTTP/1.1 503 Service Unavailable\r\nServer: pgapi\r\nContent-Type: application/json\r\n"
+                     "Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len, body);
+    if (send(fd, answer, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+        log_debug("fd %d: refused connection gone before its 503: %s", fd, strerror(errno));
+    close(fd);
+}
