@@ -15,6 +15,7 @@
 #include "common/fence.h"
 #include "common/log.h"
 #include "worker/db/batch.h"
+#include "worker/db/sqlstate.h"
 
 #define POOL_MAX_CONNS 256
 #define POOL_MAX_PARAMS 8 /* of a batched statement */
@@ -792,14 +793,11 @@ static void conn_write_committed(struct pgconn *c)
         conn_pump(c);
 }
 
-/* The error says the server (or PgBouncer's link to it) went or cannot serve now, not that the
- * statement was wrong: a connection exception (PgBouncer's "server conn crashed?"), the session
- * terminated, or the server shutting down or starting up. */
+/* See sqlstate_link_lost. */
 static bool result_link_lost(const PGresult *res)
 {
     const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    return st && (strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0 ||
-                  strcmp(st, "57P03") == 0);
+    return st && sqlstate_link_lost(st);
 }
 
 /* The statement's results are all in: a committed write waits for its commit LSN; a statement without
