@@ -21,6 +21,52 @@
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 
+static void list_unlink(struct pgconn_list *l, struct pgconn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        l->tail = c->prev;
+    c->prev = c->next = NULL;
+    l->len--;
+}
+
+static void list_append(struct pgconn_list *l, struct pgconn *c)
+{
+    c->prev = l->tail;
+    c->next = NULL;
+    if (l->tail)
+        l->tail->next = c;
+    else
+        l->head = c;
+    l->tail = c;
+    l->len++;
+}
+
+/* The one place a connection changes state: it leaves its backend's list for the old state and joins
+ * the tail of the list for the new one. */
+static void pgconn_move(struct pgconn *c, enum pgc_state to)
+{
+    struct backend *be = c->be;
+    list_unlink(&be->in_state[c->state], c);
+    c->state = to;
+    list_append(&be->in_state[to], c);
+}
+
+/* Copies the list of connections in `state` into out (at most POOL_MAX_CONNS): a caller that resets
+ * them moves them out of that list while it goes. */
+static int list_snapshot(const struct backend *be, enum pgc_state state, struct pgconn **out)
+{
+    int n = 0;
+    for (struct pgconn *c = be->in_state[state].head; c; c = c->next)
+        out[n++] = c;
+    return n;
+}
+
 static void conn_wait(struct pgconn *c, short what)
 {
     int fd = PQsocket(c->conn);
@@ -52,9 +98,13 @@ static void conn_timer(struct pgconn *c, int ms)
  * runs again elsewhere at once rather than after the statement bound. */
 void pgconn_abandon_reads(struct backend *be)
 {
-    for (int i = 0; i < be->nconns; i++) {
-        struct pgconn *c = &be->conns[i];
-        if (c->state == PGC_BUSY && c->job && c->job->kind == JOB_READ)
+    struct pgconn *running[POOL_MAX_CONNS];
+    int n = list_snapshot(be, PGC_SENDING, running);
+    n += list_snapshot(be, PGC_BUSY, running + n);
+    for (int i = 0; i < n; i++) {
+        struct pgconn *c = running[i];
+        bool sent = c->state == PGC_SENDING || c->state == PGC_BUSY;
+        if (sent && c->job && c->job->kind == JOB_READ)
             pgconn_reset(c, "its replica left rotation");
     }
 }
@@ -80,7 +130,7 @@ void pgconn_reset(struct pgconn *c, const char *why)
     c->conn = NULL;
     c->io_fd = -1;
     c->job = NULL;
-    c->state = PGC_DOWN;
+    pgconn_move(c, PGC_DOWN);
     c->failures++;
     be->failures++;
     conn_timer(c, clock_backoff_ms(c->failures, BACKOFF_MIN_MS, BACKOFF_MAX_MS));
@@ -132,7 +182,7 @@ static void conn_ready(struct pgconn *c)
         pgconn_reset(c, PQerrorMessage(c->conn));
         return;
     }
-    c->state = PGC_IDLE;
+    pgconn_move(c, PGC_IDLE);
     conn_timer(c, 0);
     conn_wait(c, EV_READ); /* notices and server-side closes arrive while idle */
     if (!be->healthy)
@@ -167,7 +217,7 @@ void pgconn_connect(struct pgconn *c)
         pgconn_reset(c, c->conn ? PQerrorMessage(c->conn) : "out of memory");
         return;
     }
-    c->state = PGC_CONNECTING;
+    pgconn_move(c, PGC_CONNECTING);
     c->io_fd = -1;
     conn_timer(c, cfg->connect_timeout_ms);
     conn_connect_step(c);
@@ -190,7 +240,6 @@ void pgconn_send(struct pgconn *c, const char *sql, int nparams, char *const *pa
         return;
     }
     conn_timer(c, statement_bound_ms(c));
-    c->flushing = true;
     conn_io_cb(c->io_fd, EV_WRITE, c);
 }
 
@@ -213,7 +262,7 @@ void pgconn_start(struct pgconn *c, struct job *j)
         p->stats[c->be->side].wait_us_total += clock_now_us() - j->enqueued_us;
     c->job = j;
     j->data_lsn = c->be->side == POOL_PRIMARY ? primary_data_lsn(p, j) : c->be->lsn;
-    c->state = PGC_BUSY;
+    pgconn_move(c, PGC_SENDING); /* PGC_BUSY once PQflush has sent the statement (conn_io_cb) */
     c->result = NULL;
     if (j->batch_sql && queue_batch_gather(c, j)) {
         queue_batch_send(c, j);
@@ -235,7 +284,7 @@ static struct job *conn_statement_take(struct pgconn *c, PGresult **res)
     *res = c->result;
     c->result = NULL;
     c->job = NULL;
-    c->state = PGC_IDLE;
+    pgconn_move(c, PGC_IDLE);
     conn_timer(c, 0);
     return j;
 }
@@ -243,9 +292,11 @@ static struct job *conn_statement_take(struct pgconn *c, PGresult **res)
 /* The primary moved: every idle connection to its address is dropped (busy ones go when they answer). */
 void pgconn_reset_idle(struct backend *be, const char *why)
 {
-    for (int i = 0; i < be->nconns; i++)
-        if (be->conns[i].state == PGC_IDLE)
-            pgconn_reset(&be->conns[i], why);
+    struct pgconn *idle[POOL_MAX_CONNS];
+    int n = list_snapshot(be, PGC_IDLE, idle);
+    for (int i = 0; i < n; i++)
+        if (idle[i]->state == PGC_IDLE)
+            pgconn_reset(idle[i], why);
 }
 
 static void conn_deliver(struct pgconn *c)
@@ -377,6 +428,23 @@ static void conn_idle_read(struct pgconn *c)
     conn_wait(c, EV_READ);
 }
 
+/* Sends what PQsendQueryParams queued; once it is all out, the statement is busy: its results may
+ * already be in. */
+static void conn_flush(struct pgconn *c)
+{
+    int rc = PQflush(c->conn);
+    if (rc < 0) {
+        pgconn_reset(c, PQerrorMessage(c->conn));
+        return;
+    }
+    if (rc == 1) {
+        conn_wait(c, EV_WRITE);
+        return;
+    }
+    pgconn_move(c, PGC_BUSY);
+    conn_read_results(c);
+}
+
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -391,22 +459,15 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         return;
     case PGC_DOWN:
         return;
+    case PGC_SENDING:
+        conn_flush(c);
+        return;
     case PGC_BUSY:
+        conn_read_results(c);
+        return;
+    case PGC_STATE_COUNT:
         break;
     }
-    if (c->flushing) {
-        int rc = PQflush(c->conn);
-        if (rc < 0) {
-            pgconn_reset(c, PQerrorMessage(c->conn));
-            return;
-        }
-        if (rc == 1) {
-            conn_wait(c, EV_WRITE);
-            return;
-        }
-        c->flushing = false;
-    }
-    conn_read_results(c);
 }
 
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -421,6 +482,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
     case PGC_CONNECTING:
         pgconn_reset(c, "connect_timeout passed");
         break;
+    case PGC_SENDING:
     case PGC_BUSY:
         if (c->job && c->job->kind == JOB_HEALTH) {
             pgconn_reset(c, "health check not answered within connect_timeout");
@@ -432,21 +494,20 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         pgconn_reset(c, "statement_timeout passed without an answer");
         break;
     case PGC_IDLE:
+    case PGC_STATE_COUNT:
         break;
     }
 }
 
 struct pgconn *pgconn_idle(struct backend *be)
 {
-    for (int i = 0; i < be->nconns; i++)
-        if (be->conns[i].state == PGC_IDLE)
-            return &be->conns[i];
-    return NULL;
+    return be->in_state[PGC_IDLE].head; /* the one idle longest */
 }
 
 int pgconn_init(struct pgconn *c, struct backend *be)
 {
     *c = (struct pgconn){ .be = be, .io_fd = -1, .state = PGC_DOWN };
+    list_append(&be->in_state[PGC_DOWN], c);
     c->timer_ev = evtimer_new(be->pool->base, conn_timer_cb, c);
     if (!c->timer_ev)
         return -1;

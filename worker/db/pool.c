@@ -147,14 +147,10 @@ void pool_free(struct pool *p)
 
 static void backend_stats(const struct backend *be, struct pool_side_stats *s)
 {
-    for (int i = 0; i < be->nconns; i++) {
-        switch (be->conns[i].state) {
-        case PGC_IDLE: s->idle++; break;
-        case PGC_BUSY: s->in_use++; break;
-        case PGC_CONNECTING: s->connecting++; break;
-        case PGC_DOWN: s->down++; break;
-        }
-    }
+    s->idle += be->in_state[PGC_IDLE].len;
+    s->in_use += be->in_state[PGC_SENDING].len + be->in_state[PGC_BUSY].len;
+    s->connecting += be->in_state[PGC_CONNECTING].len;
+    s->down += be->in_state[PGC_DOWN].len;
 }
 
 void pool_stats(const struct pool *p, enum pool_side side, struct pool_side_stats *out)

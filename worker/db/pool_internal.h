@@ -13,7 +13,16 @@
 
 #define POOL_MAX_CONNS 256
 
-enum pgc_state { PGC_DOWN, PGC_CONNECTING, PGC_IDLE, PGC_BUSY };
+/* A connection's state; each backend keeps one list per state, and pgconn_move moves a connection
+ * from one to another (as PgBouncer's change_server_state does). */
+enum pgc_state {
+    PGC_DOWN,       /* no connection: waiting for its back-off timer to reconnect */
+    PGC_CONNECTING, /* PQconnectPoll under way, bounded by connect_timeout */
+    PGC_IDLE,       /* connected, no statement: watched for notices and server-side closes */
+    PGC_SENDING,    /* a statement is being flushed to the socket (PQflush) */
+    PGC_BUSY,       /* the statement is sent: collecting its results */
+    PGC_STATE_COUNT
+};
 /* JOB_LSN reads pg_current_wal_lsn() for every write that committed before it was sent (its batch). */
 enum job_kind { JOB_READ, JOB_WRITE, JOB_HEALTH, JOB_LSN };
 
@@ -42,13 +51,18 @@ struct pgconn {
     struct backend *be;
     PGconn *conn;
     enum pgc_state state;
+    struct pgconn *prev, *next; /* in its backend's list of connections in its state */
     struct event *io_ev;
     int io_fd;
     struct event *timer_ev;
     struct job *job;
     PGresult *result;
-    bool flushing;
     int failures;
+};
+
+struct pgconn_list {
+    struct pgconn *head, *tail;
+    int len;
 };
 
 struct backend {
@@ -56,8 +70,9 @@ struct backend {
     enum pool_side side;
     int index;                /* -1 for the primary */
     const char *dsn;
-    struct pgconn conns[POOL_MAX_CONNS];
+    struct pgconn conns[POOL_MAX_CONNS]; /* where they live; pgconn_move keeps them in the lists */
     int nconns;
+    struct pgconn_list in_state[PGC_STATE_COUNT];
     bool healthy;             /* last health check passed (and, for a replica, lag within limits) */
     bool health_inflight;
     int failures;             /* consecutive failed or lost connections; 0 once one connects */
@@ -105,10 +120,7 @@ static inline const char *be_name(const struct backend *be)
 
 static inline int backend_connected(const struct backend *be)
 {
-    int n = 0;
-    for (int i = 0; i < be->nconns; i++)
-        n += be->conns[i].state == PGC_IDLE || be->conns[i].state == PGC_BUSY;
-    return n;
+    return be->in_state[PGC_IDLE].len + be->in_state[PGC_SENDING].len + be->in_state[PGC_BUSY].len;
 }
 
 #endif
