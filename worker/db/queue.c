@@ -143,24 +143,23 @@ bool queue_cancel(struct side_queue *q, const void *arg)
 }
 
 /* Moves the queued reads of j's statement that c's backend may serve into j->batch; true if any. */
-bool queue_batch_gather(struct pgconn *c, struct job *j)
+bool queue_batch_joins(const struct job *lead, const struct job *k, const struct route_backend *replica,
+                      uint64_t floor_lsn)
 {
-    struct side_queue *q = &c->be->pool->queue[c->be->side];
-    struct job **tail = &j->batch;
+    return k->batch_sql == lead->batch_sql && !k->target &&
+           (!replica || route_replica_may_serve(replica, floor_lsn, k->fence));
+}
+
+int queue_batch_take(struct side_queue *q, struct job *lead, const struct route_backend *replica,
+                     uint64_t floor_lsn)
+{
+    struct job **tail = &lead->batch;
     int n = 1;
     struct job *prev = NULL, *k = q->head;
     while (k && n < BATCH_MAX) {
         struct job *next = k->next;
-        bool fits = k->batch_sql == j->batch_sql && !k->target &&
-                    (c->be->side == POOL_PRIMARY || route_replica_eligible(c->be, k->fence));
-        if (fits) {
-            if (prev)
-                prev->next = next;
-            else
-                q->head = next;
-            if (q->tail == k)
-                q->tail = prev;
-            q->len--;
+        if (queue_batch_joins(lead, k, replica, floor_lsn)) {
+            queue_unlink(q, prev, k);
             k->next = NULL;
             *tail = k;
             tail = &k->next;
@@ -170,7 +169,16 @@ bool queue_batch_gather(struct pgconn *c, struct job *j)
         }
         k = next;
     }
-    return j->batch != NULL;
+    return n - 1;
+}
+
+bool queue_batch_gather(struct pgconn *c, struct job *j)
+{
+    struct pool *p = c->be->pool;
+    struct route_backend replica;
+    route_backend_snapshot(c->be, &replica);
+    bool on_replica = c->be->side == POOL_REPLICA;
+    return queue_batch_take(&p->queue[c->be->side], j, on_replica ? &replica : NULL, p->floor_lsn) > 0;
 }
 
 /* Parameter i of the statement: the array of every job's parameter i, in batch order. */

@@ -5,6 +5,7 @@
 #include <event2/util.h>
 
 #include "worker/db/pool_internal.h"
+#include "worker/db/route_decide.h"
 
 /* A job for q, its parameters copied. NULL when out of memory. */
 struct job *job_new(const struct pool_query *q, enum job_kind kind, pool_cb cb, void *arg);
@@ -18,6 +19,14 @@ void queue_push(struct side_queue *q, struct job *j);
 struct job *queue_take(struct side_queue *q, const struct backend *be);
 /* Drops a queued read whose callback argument is arg, without its callback. */
 bool queue_cancel(struct side_queue *q, const void *arg);
+/* Whether the queued job k joins lead's statement: the same batched statement, not aimed at one
+ * backend, and on a replica (replica not NULL) a fence that replica has passed. */
+bool queue_batch_joins(const struct job *lead, const struct job *k, const struct route_backend *replica,
+                      uint64_t floor_lsn);
+/* Moves the jobs of q that join lead (queue_batch_joins) into lead->batch, in queue order, until the
+ * statement holds BATCH_MAX jobs (lead included); the others stay in order. Returns how many joined. */
+int queue_batch_take(struct side_queue *q, struct job *lead, const struct route_backend *replica,
+                     uint64_t floor_lsn);
 /* Moves the queued reads that join j's statement on c into j->batch; true if any. */
 bool queue_batch_gather(struct pgconn *c, struct job *j);
 /* Sends j and its batch as one statement taking each parameter as an array. */

@@ -19,20 +19,31 @@ void route_backend_down(struct backend *be, const char *why)
         pgconn_abandon_reads(be);
 }
 
-/* The primary may run any read. One of its connections free with nothing of its own waiting takes the
- * oldest read queued for the replicas: a read never waits while a server that may serve it has an idle
- * connection (a replica that went may hold its connections' statements in PgBouncer, unanswered, until
- * the statement bound). */
-static bool primary_takes_reads(const struct pool *p)
+void route_backend_snapshot(const struct backend *be, struct route_backend *out)
 {
-    return p->primary.healthy && !p->primary.in_recovery;
+    *out = (struct route_backend){ .healthy = be->healthy, .in_recovery = be->in_recovery, .lsn = be->lsn,
+                                   .idle = be->in_state[PGC_IDLE].len, .connected = backend_connected(be),
+                                   .failures = be->failures, .nconns = be->nconns };
+}
+
+/* The snapshot route_decide.h decides on. */
+static void route_view_fill(const struct pool *p, struct route_view *v)
+{
+    route_backend_snapshot(&p->primary, &v->primary);
+    for (int i = 0; i < p->nreplicas; i++)
+        route_backend_snapshot(&p->replicas[i], &v->replicas[i]);
+    v->nreplicas = p->nreplicas;
+    v->floor_lsn = p->floor_lsn;
+    v->rr = p->rr;
 }
 
 void route_pump(struct pgconn *c)
 {
     struct pool *p = c->be->pool;
+    struct route_backend primary;
+    route_backend_snapshot(&p->primary, &primary);
     struct job *j = queue_take(&p->queue[c->be->side], c->be);
-    if (!j && c->be->side == POOL_PRIMARY && primary_takes_reads(p))
+    if (!j && c->be->side == POOL_PRIMARY && route_primary_takes_reads(&primary))
         j = queue_take(&p->queue[POOL_REPLICA], c->be);
     if (j)
         pgconn_start(c, j);
@@ -40,75 +51,53 @@ void route_pump(struct pgconn *c)
 
 bool route_replica_eligible(const struct backend *be, uint64_t fence)
 {
-    uint64_t floor = be->pool->floor_lsn;
-    return be->healthy && fence != POOL_LSN_NONE && floor != 0 && be->lsn >= fence && be->lsn >= floor;
-}
-
-/* Picks the replica for a read: round-robin over eligible replicas, preferring one with an idle
- * connection. Returns NULL when none is eligible (the read then goes to the primary). */
-static struct backend *replica_pick(struct pool *p, uint64_t fence, struct pgconn **idle)
-{
-    struct backend *eligible = NULL;
-    *idle = NULL;
-    for (int k = 0; k < p->nreplicas; k++) {
-        struct backend *be = &p->replicas[(p->rr + (unsigned)k) % (unsigned)p->nreplicas];
-        if (!route_replica_eligible(be, fence))
-            continue;
-        if (!eligible)
-            eligible = be;
-        struct pgconn *c = pgconn_idle(be);
-        if (c) {
-            *idle = c;
-            p->rr++;
-            return be;
-        }
-    }
-    return eligible;
-}
-
-/* A read that no replica has replayed far enough for yet, while the primary is down: it waits in the
- * primary's queue (up to queue_timeout) for a healthy replica's next sample to pass its fence, and then
- * moves there (route_reroute). */
-static bool read_may_wait_for_replica(const struct pool *p, const struct job *j)
-{
-    return j->kind == JOB_READ && j->fence != POOL_LSN_NONE && pool_replicas_up(p) > 0;
+    struct route_backend replica;
+    route_backend_snapshot(be, &replica);
+    return route_replica_may_serve(&replica, be->pool->floor_lsn, fence);
 }
 
 void route_submit(struct pool *p, struct job *j)
 {
-    struct pgconn *c = NULL;
-    if (j->kind == JOB_READ && replica_pick(p, j->fence, &c)) {
-        if (!c && primary_takes_reads(p))
-            c = pgconn_idle(&p->primary); /* every replica connection busy: see route_pump */
-        if (c)
-            pgconn_start(c, j);
-        else
-            queue_or_fail(p, POOL_REPLICA, j);
-        return;
-    }
-    struct backend *be = &p->primary;
-    if (backend_connected(be) == 0 && be->failures >= be->nconns && !read_may_wait_for_replica(p, j)) {
-        /* known down: answer now rather than after the queue timeout */
+    struct route_view v;
+    route_view_fill(p, &v);
+    struct route_decision d = route_decide(&v, j->kind == JOB_READ, j->fence);
+    if (d.rr_advance)
+        p->rr++;
+    struct backend *be = d.backend < 0 ? &p->primary : &p->replicas[d.backend];
+    switch (d.where) {
+    case ROUTE_START:
+        pgconn_start(pgconn_idle(be), j);
+        break;
+    case ROUTE_QUEUE:
+        queue_or_fail(p, d.side, j);
+        break;
+    case ROUTE_FAIL:
         job_fail(p, j, POOL_PRIMARY, POOL_ERR_UNAVAILABLE, "primary database unavailable");
-        return;
+        break;
     }
-    c = pgconn_idle(be);
-    if (c)
-        pgconn_start(c, j);
-    else
-        queue_or_fail(p, POOL_PRIMARY, j);
+}
+
+/* Whether a replica may serve the read j; the round-robin moves on when one with an idle connection is
+ * found, as when a read is submitted. */
+static bool read_finds_replica(struct pool *p, const struct job *j)
+{
+    struct route_view v;
+    bool idle;
+    route_view_fill(p, &v);
+    int replica = route_replica_pick(&v, j->fence, &idle);
+    if (idle)
+        p->rr++;
+    return replica >= 0;
 }
 
 static bool read_lost_its_replica(struct pool *p, const struct job *j)
 {
-    struct pgconn *idle;
-    return j->kind == JOB_READ && !replica_pick(p, j->fence, &idle);
+    return j->kind == JOB_READ && !read_finds_replica(p, j);
 }
 
 static bool read_has_a_replica(struct pool *p, const struct job *j)
 {
-    struct pgconn *idle;
-    return j->kind == JOB_READ && replica_pick(p, j->fence, &idle);
+    return j->kind == JOB_READ && read_finds_replica(p, j);
 }
 
 /* Replica reads queued for a replica that left rotation move to the primary; reads queued for the
