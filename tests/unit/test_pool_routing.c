@@ -18,7 +18,8 @@ static struct route_view view_new(int n)
     struct route_view v = { .nreplicas = n, .floor_lsn = FLOOR, .rr = 0 };
     v.primary = (struct route_backend){ .healthy = true, .lsn = 600, .idle = 4, .connected = 4, .nconns = 4 };
     for (int i = 0; i < n; i++)
-        v.replicas[i] = (struct route_backend){ .healthy = true, .lsn = 500, .idle = 4, .connected = 4, .nconns = 4 };
+        v.replicas[i] = (struct route_backend){ .healthy = true, .lsn = 500, .idle = 4, .connected = 4,
+                                                .nconns = 4 };
     return v;
 }
 
