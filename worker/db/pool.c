@@ -187,10 +187,9 @@ bool pool_primary_settled(const struct pool *p)
 
 int pool_replicas_up(const struct pool *p)
 {
-    int n = 0;
-    for (int i = 0; i < p->nreplicas; i++)
-        n += p->replicas[i].healthy && backend_connected(&p->replicas[i]) > 0;
-    return n;
+    struct route_view v;
+    route_view_fill(p, &v);
+    return route_replicas_up(&v);
 }
 
 int pool_replica_count(const struct pool *p)

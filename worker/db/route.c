@@ -26,8 +26,7 @@ void route_backend_snapshot(const struct backend *be, struct route_backend *out)
                                    .failures = be->failures, .nconns = be->nconns };
 }
 
-/* The snapshot route_decide.h decides on. */
-static void route_view_fill(const struct pool *p, struct route_view *v)
+void route_view_fill(const struct pool *p, struct route_view *v)
 {
     route_backend_snapshot(&p->primary, &v->primary);
     for (int i = 0; i < p->nreplicas; i++)

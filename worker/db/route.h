@@ -11,6 +11,8 @@ void route_backend_down(struct backend *be, const char *why);
 void route_pump(struct pgconn *c);
 /* What route_decide.h reads of be. */
 void route_backend_snapshot(const struct backend *be, struct route_backend *out);
+/* The snapshot of every backend that route_decide.h decides on. */
+void route_view_fill(const struct pool *p, struct route_view *v);
 /* Whether replica be may serve a read that must see every write up to fence. */
 bool route_replica_eligible(const struct backend *be, uint64_t fence);
 /* Runs j on an idle connection of the backend it belongs to, queues it, or fails it. */
