@@ -259,6 +259,13 @@ void queue_batch_requeue(struct pool *p, struct job *j, enum pool_side side)
     }
 }
 
+/* The sweep (queue timeouts, reroutes) runs every SWEEP_MS while a queue holds jobs. */
+static void sweep_arm(struct pool *p)
+{
+    struct timeval tv = clock_timeval(SWEEP_MS);
+    event_add(p->sweep_ev, &tv);
+}
+
 void queue_or_fail(struct pool *p, enum pool_side side, struct job *j)
 {
     struct side_queue *q = &p->queue[side];
@@ -270,7 +277,7 @@ void queue_or_fail(struct pool *p, enum pool_side side, struct job *j)
         if (!q->tail)
             q->tail = j;
         q->len++;
-        event_add(p->sweep_ev, &(struct timeval){ 0, SWEEP_MS * 1000 });
+        sweep_arm(p);
         return;
     }
     if (q->len >= p->cfg->queue_size) {
@@ -281,7 +288,7 @@ void queue_or_fail(struct pool *p, enum pool_side side, struct job *j)
     if (!j->enqueued_us)
         j->enqueued_us = clock_now_us();
     queue_push(q, j);
-    event_add(p->sweep_ev, &(struct timeval){ 0, SWEEP_MS * 1000 });
+    sweep_arm(p);
 }
 
 /* Takes every job of the side's queue that `moves` picks out of it, keeping the others in order, and
@@ -340,5 +347,5 @@ void queue_sweep_cb(evutil_socket_t fd, short what, void *arg)
     queue_expire(p, POOL_REPLICA, now);
     route_reroute(p);
     if (p->queue[0].len || p->queue[1].len)
-        event_add(p->sweep_ev, &(struct timeval){ 0, SWEEP_MS * 1000 });
+        sweep_arm(p);
 }
