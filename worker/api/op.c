@@ -386,7 +386,7 @@ static void row_done(void *arg, const struct pool_result *r)
 {
     struct op_state *s = arg;
     const struct op *o = &s->o;
-    if (owner_missing(o, r) || dbreply_failed(o->req, r, o->res->what)) {
+    if (owner_missing(o, r) || dbreply_error_answer(o->req, r, o->res->what)) {
         state_end(s);
     } else if (PQntuples(r->res) == 0) {
         not_found(o);
@@ -538,7 +538,7 @@ static void page_done(void *arg, const struct pool_result *r)
 {
     struct op_state *s = arg;
     const struct op *o = &s->o;
-    if (!dbreply_failed(o->req, r, o->res->what)) {
+    if (!dbreply_error_answer(o->req, r, o->res->what)) {
         if (PQntuples(r->res) == 0 && o->id)
             not_found(o);
         else

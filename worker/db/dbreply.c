@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "worker/db/sqlstate.h"
 #include "worker/http/reply.h"
 
 /* Reads have no side effect; anything else may have changed a row. */
@@ -15,12 +16,10 @@ static bool request_writes(const struct http_request *req)
     return req->method != HTTP_GET && req->method != HTTP_HEAD;
 }
 
-/* Errors that say the link to the server went, not that the statement failed: a connection exception
- * (08xxx, e.g. PgBouncer's "server conn crashed?") or the server terminating the session (57P01/57P02).
- * The statement may have committed before the link went. */
-static bool sqlstate_link_lost(const char *st)
+/* The link went while the statement may have run: it may have committed before the link went. */
+static bool link_lost_after_send(const char *st)
 {
-    return strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0;
+    return sqlstate_link_lost(st) && !sqlstate_before_statement(st);
 }
 
 /* A write sent to the primary whose answer never came: it may or may not have been applied, so the
@@ -89,7 +88,7 @@ static void sql_error_reply(struct http_request *req, const struct pool_result *
     } else if (strcmp(st, "25006") == 0) {
         log_error("request %s: the primary refused a write as read-only: it moved", req->request_id);
         reply_error(req, 503, "primary_moved", "the primary database changed; retry shortly");
-    } else if (sqlstate_link_lost(st) && request_writes(req)) {
+    } else if (link_lost_after_send(st) && request_writes(req)) {
         outcome_unknown_reply(req, "the database ended the session", r->message); /* its text: logged only */
     } else if (strcmp(st, "57014") == 0 || strncmp(st, "40", 2) == 0 || strncmp(st, "08", 2) == 0 ||
                strncmp(st, "53", 2) == 0 || strncmp(st, "57P", 3) == 0) {
@@ -101,7 +100,7 @@ static void sql_error_reply(struct http_request *req, const struct pool_result *
     }
 }
 
-bool dbreply_failed(struct http_request *req, const struct pool_result *r, const char *what)
+bool dbreply_error_answer(struct http_request *req, const struct pool_result *r, const char *what)
 {
     switch (r->status) {
     case POOL_OK:

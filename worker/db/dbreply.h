@@ -8,6 +8,6 @@
 #include "worker/db/pool.h"
 
 /* If r is not POOL_OK, answers req and returns true. `what` names the resource for messages. */
-bool dbreply_failed(struct http_request *req, const struct pool_result *r, const char *what);
+bool dbreply_error_answer(struct http_request *req, const struct pool_result *r, const char *what);
 
 #endif

@@ -1,0 +1,161 @@
+/* Unit tests for the pool's batching decision (worker/db/queue: queue_batch_joins, queue_batch_take):
+ * which queued reads join a statement's batch, on the primary and on a replica, and the BATCH_MAX limit.
+ * Jobs are built as the pool builds them; no server, no connection. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+#include "worker/db/batch.h"
+#include "worker/db/queue.h"
+
+static const char SQL_ONE[] = "SELECT id, name FROM t WHERE id = $1";
+static const char SQL_MANY[] = "SELECT id, id, name FROM t WHERE id = ANY($1)";
+static const char SQL_OTHER_MANY[] = "SELECT id, id FROM u WHERE id = ANY($1)";
+
+static struct job *read_new(const char *batch_sql, uint64_t fence)
+{
+    const char *params[] = { "7" };
+    struct pool_query q = { .sql = SQL_ONE, .nparams = 1, .params = params, .batch_sql = batch_sql };
+    struct job *j = job_new(&q, JOB_READ, NULL, NULL);
+    assert_non_null(j);
+    j->fence = fence;
+    return j;
+}
+
+static int batch_len(const struct job *lead)
+{
+    int n = 0;
+    for (const struct job *k = lead->batch; k; k = k->next)
+        n++;
+    return n;
+}
+
+static void jobs_free(struct job *j)
+{
+    for (struct job *next; j; j = next) {
+        next = j->next;
+        free(j);
+    }
+}
+
+static void queue_free(struct side_queue *q)
+{
+    jobs_free(q->head);
+    *q = (struct side_queue){ 0 };
+}
+
+static void test_same_statement_joins_in_order(void **state)
+{
+    (void)state;
+    struct side_queue q = { 0 };
+    struct job *a = read_new(SQL_MANY, 0), *other = read_new(SQL_OTHER_MANY, 0), *b = read_new(SQL_MANY, 0);
+    struct job *plain = read_new(NULL, 0), *c = read_new(SQL_MANY, 0);
+    queue_push(&q, a);
+    queue_push(&q, other);
+    queue_push(&q, b);
+    queue_push(&q, plain);
+    queue_push(&q, c);
+    struct job *lead = read_new(SQL_MANY, 0);
+    assert_int_equal(queue_batch_take(&q, lead, NULL, 0), 3);
+    assert_ptr_equal(lead->batch, a);
+    assert_ptr_equal(a->next, b);
+    assert_ptr_equal(b->next, c);
+    assert_null(c->next);
+    /* the others stay queued, in order, with the tail and the length right */
+    assert_int_equal(q.len, 2);
+    assert_ptr_equal(q.head, other);
+    assert_ptr_equal(other->next, plain);
+    assert_ptr_equal(q.tail, plain);
+    assert_null(plain->next);
+    jobs_free(lead->batch);
+    free(lead);
+    queue_free(&q);
+}
+
+static void test_a_job_aimed_at_one_backend_stays(void **state)
+{
+    (void)state;
+    struct job *lead = read_new(SQL_MANY, 0), *k = read_new(SQL_MANY, 0);
+    struct backend be = { 0 };
+    assert_true(queue_batch_joins(lead, k, NULL, 0));
+    k->target = &be; /* a health check runs on one given backend */
+    assert_false(queue_batch_joins(lead, k, NULL, 0));
+    free(lead);
+    free(k);
+}
+
+static void test_on_a_replica_only_reads_it_may_serve(void **state)
+{
+    (void)state;
+    struct route_backend replica = { .healthy = true, .lsn = 500, .idle = 1, .connected = 2, .nconns = 2 };
+    struct side_queue q = { 0 };
+    struct job *near = read_new(SQL_MANY, 400), *far = read_new(SQL_MANY, 600);
+    struct job *primary_only = read_new(SQL_MANY, POOL_LSN_NONE), *any = read_new(SQL_MANY, 0);
+    queue_push(&q, near);
+    queue_push(&q, far);
+    queue_push(&q, primary_only);
+    queue_push(&q, any);
+    struct job *lead = read_new(SQL_MANY, 0);
+    assert_int_equal(queue_batch_take(&q, lead, &replica, 100), 2);
+    assert_ptr_equal(lead->batch, near);
+    assert_ptr_equal(near->next, any);
+    assert_int_equal(q.len, 2);
+    assert_ptr_equal(q.head, far);
+    assert_ptr_equal(q.tail, primary_only);
+    /* on the primary every one of them joins */
+    struct job *lead2 = read_new(SQL_MANY, 0);
+    assert_int_equal(queue_batch_take(&q, lead2, NULL, 100), 2);
+    assert_int_equal(q.len, 0);
+    assert_null(q.head);
+    assert_null(q.tail);
+    /* a replica out of rotation, or below the floor, serves none */
+    replica.healthy = false;
+    assert_false(queue_batch_joins(lead, any, &replica, 100));
+    replica.healthy = true;
+    assert_false(queue_batch_joins(lead, any, &replica, 501));
+    jobs_free(lead->batch);
+    jobs_free(lead2->batch);
+    free(lead);
+    free(lead2);
+}
+
+static void test_at_most_batch_max_jobs(void **state)
+{
+    (void)state;
+    struct side_queue q = { 0 };
+    for (int i = 0; i < BATCH_MAX + 5; i++)
+        queue_push(&q, read_new(SQL_MANY, 0));
+    struct job *lead = read_new(SQL_MANY, 0);
+    assert_int_equal(queue_batch_take(&q, lead, NULL, 0), BATCH_MAX - 1); /* the lead is one of them */
+    assert_int_equal(batch_len(lead), BATCH_MAX - 1);
+    assert_int_equal(q.len, 6);
+    jobs_free(lead->batch);
+    free(lead);
+    queue_free(&q);
+}
+
+static void test_nothing_to_join(void **state)
+{
+    (void)state;
+    struct side_queue q = { 0 };
+    struct job *lead = read_new(SQL_MANY, 0);
+    assert_int_equal(queue_batch_take(&q, lead, NULL, 0), 0);
+    assert_null(lead->batch);
+    free(lead);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_same_statement_joins_in_order),
+        cmocka_unit_test(test_a_job_aimed_at_one_backend_stays),
+        cmocka_unit_test(test_on_a_replica_only_reads_it_may_serve),
+        cmocka_unit_test(test_at_most_batch_max_jobs),
+        cmocka_unit_test(test_nothing_to_join),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,141 @@
+/* Unit tests for worker/db/route_decide: where the pool sends a statement, from a snapshot of its
+ * backends (fences vs replica positions, replicas out of rotation, spill to an idle primary connection,
+ * a primary known down). No server, no connection. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "worker/db/route_decide.h"
+
+#define FLOOR 100
+
+/* A healthy primary with every connection idle, and n healthy replicas at LSN 500 with idle connections. */
+static struct route_view view_new(int n)
+{
+    struct route_view v = { .nreplicas = n, .floor_lsn = FLOOR, .rr = 0 };
+    v.primary = (struct route_backend){ .healthy = true, .lsn = 600, .idle = 4, .connected = 4, .nconns = 4 };
+    for (int i = 0; i < n; i++)
+        v.replicas[i] = (struct route_backend){ .healthy = true, .lsn = 500, .idle = 4, .connected = 4,
+                                                .nconns = 4 };
+    return v;
+}
+
+static void expect(struct route_decision d, enum route_where where, enum pool_side side, int backend)
+{
+    assert_int_equal(d.where, where);
+    assert_int_equal(d.side, side);
+    assert_int_equal(d.backend, backend);
+}
+
+static void test_fence_against_replica_position(void **state)
+{
+    (void)state;
+    struct route_view v = view_new(1);
+    expect(route_decide(&v, true, 0), ROUTE_START, POOL_REPLICA, 0);   /* no fence */
+    expect(route_decide(&v, true, 500), ROUTE_START, POOL_REPLICA, 0); /* replayed exactly up to it */
+    expect(route_decide(&v, true, 501), ROUTE_START, POOL_PRIMARY, -1); /* not yet: the primary */
+    expect(route_decide(&v, true, POOL_LSN_NONE), ROUTE_START, POOL_PRIMARY, -1);
+    /* below the floor (writes acknowledged before this worker started): no replica serves reads */
+    v.replicas[0].lsn = FLOOR - 1;
+    expect(route_decide(&v, true, 0), ROUTE_START, POOL_PRIMARY, -1);
+    v.replicas[0].lsn = 500;
+    v.floor_lsn = 0; /* the primary never sampled yet */
+    expect(route_decide(&v, true, 0), ROUTE_START, POOL_PRIMARY, -1);
+}
+
+static void test_writes_go_to_the_primary(void **state)
+{
+    (void)state;
+    struct route_view v = view_new(2);
+    expect(route_decide(&v, false, 0), ROUTE_START, POOL_PRIMARY, -1);
+    v.primary.idle = 0;
+    expect(route_decide(&v, false, 0), ROUTE_QUEUE, POOL_PRIMARY, -1);
+}
+
+static void test_replica_out_of_rotation(void **state)
+{
+    (void)state;
+    struct route_view v = view_new(2);
+    v.replicas[0].healthy = false;
+    struct route_decision d = route_decide(&v, true, 0);
+    expect(d, ROUTE_START, POOL_REPLICA, 1);
+    assert_true(d.rr_advance);
+    v.replicas[1].healthy = false;
+    expect(route_decide(&v, true, 0), ROUTE_START, POOL_PRIMARY, -1);
+    assert_false(route_replica_may_serve(&v.replicas[0], FLOOR, 0));
+    assert_int_equal(route_replicas_up(&v), 0);
+    v.replicas[0].healthy = true;
+    v.replicas[0].connected = 0; /* healthy as last checked, but no connection left: not up */
+    assert_int_equal(route_replicas_up(&v), 0);
+}
+
+static void test_round_robin_prefers_an_idle_replica(void **state)
+{
+    (void)state;
+    struct route_view v = view_new(3);
+    bool idle;
+    v.rr = 1;
+    assert_int_equal(route_replica_pick(&v, 0, &idle), 1);
+    assert_true(idle);
+    v.rr = 5; /* wraps around: 5 % 3 */
+    assert_int_equal(route_replica_pick(&v, 0, &idle), 2);
+    v.replicas[2].idle = 0;
+    assert_int_equal(route_replica_pick(&v, 0, &idle), 0); /* the next one with an idle connection */
+    assert_true(idle);
+    v.replicas[0].idle = v.replicas[1].idle = 0;
+    assert_int_equal(route_replica_pick(&v, 0, &idle), 2); /* none idle: the first eligible, busy */
+    assert_false(idle);
+    v.replicas[2].lsn = 10;
+    assert_int_equal(route_replica_pick(&v, 200, &idle), 0);
+    assert_int_equal(route_replica_pick(&v, 501, &idle), -1);
+}
+
+static void test_spill_to_an_idle_primary_connection(void **state)
+{
+    (void)state;
+    struct route_view v = view_new(1);
+    v.replicas[0].idle = 0;
+    struct route_decision d = route_decide(&v, true, 0);
+    expect(d, ROUTE_START, POOL_PRIMARY, -1); /* every replica connection busy: an idle primary one runs it */
+    assert_false(d.rr_advance);
+    v.primary.idle = 0;
+    expect(route_decide(&v, true, 0), ROUTE_QUEUE, POOL_REPLICA, 0);
+    v.primary.idle = 2;
+    v.primary.in_recovery = true; /* a primary found to be a standby takes no reads */
+    expect(route_decide(&v, true, 0), ROUTE_QUEUE, POOL_REPLICA, 0);
+    v.primary.in_recovery = false;
+    v.primary.healthy = false;
+    expect(route_decide(&v, true, 0), ROUTE_QUEUE, POOL_REPLICA, 0);
+    assert_false(route_primary_takes_reads(&v.primary));
+}
+
+static void test_primary_known_down(void **state)
+{
+    (void)state;
+    struct route_view v = view_new(1);
+    v.primary = (struct route_backend){ .connected = 0, .failures = 4, .nconns = 4 };
+    expect(route_decide(&v, false, 0), ROUTE_FAIL, POOL_PRIMARY, -1);
+    expect(route_decide(&v, true, POOL_LSN_NONE), ROUTE_FAIL, POOL_PRIMARY, -1);
+    /* a read a replica has not reached yet waits for it while one is up */
+    expect(route_decide(&v, true, 900), ROUTE_QUEUE, POOL_PRIMARY, -1);
+    v.replicas[0].healthy = false;
+    expect(route_decide(&v, true, 900), ROUTE_FAIL, POOL_PRIMARY, -1);
+    v.primary.failures = 3; /* not every connection failed yet: it waits */
+    expect(route_decide(&v, false, 0), ROUTE_QUEUE, POOL_PRIMARY, -1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fence_against_replica_position),
+        cmocka_unit_test(test_writes_go_to_the_primary),
+        cmocka_unit_test(test_replica_out_of_rotation),
+        cmocka_unit_test(test_round_robin_prefers_an_idle_replica),
+        cmocka_unit_test(test_spill_to_an_idle_primary_connection),
+        cmocka_unit_test(test_primary_known_down),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,126 @@
+/* pool_internal: the pool's state, shared by its parts and private to worker/db: the connection state
+ * machine (pgconn), jobs, queues and batching (queue), routing (route), health checks (health) and
+ * commit-LSN grouping (lsn). Everything outside worker/db uses pool.h. */
+#ifndef PGAPI_POOL_INTERNAL_H
+#define PGAPI_POOL_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/config.h"
+#include "common/fence.h"
+#include "worker/db/pool.h"
+
+#define POOL_MAX_CONNS 256
+
+/* A connection's state; each backend keeps one list per state, and pgconn_move moves a connection
+ * from one to another (as PgBouncer's change_server_state does). */
+enum pgc_state {
+    PGC_DOWN,       /* no connection: waiting for its back-off timer to reconnect */
+    PGC_CONNECTING, /* PQconnectPoll under way, bounded by connect_timeout */
+    PGC_IDLE,       /* connected, no statement: watched for notices and server-side closes */
+    PGC_SENDING,    /* a statement is being flushed to the socket (PQflush) */
+    PGC_BUSY,       /* the statement is sent: collecting its results */
+    PGC_STATE_COUNT
+};
+/* JOB_LSN reads pg_current_wal_lsn() for every write that committed before it was sent (its batch). */
+enum job_kind { JOB_READ, JOB_WRITE, JOB_HEALTH, JOB_LSN };
+
+struct backend;
+
+struct job {
+    struct job *next;
+    enum job_kind kind;
+    const char *sql;
+    int nparams;
+    char **params;
+    int *lengths;
+    pool_cb cb;
+    void *arg;
+    uint64_t fence;
+    uint64_t data_lsn;        /* set when it starts: see pool_result.data_lsn */
+    uint64_t enqueued_us;
+    int retries;
+    PGresult *held;           /* a committed write's result, waiting for its commit LSN */
+    struct backend *target;   /* health checks run on one given backend */
+    const char *batch_sql;    /* see pool_query.batch_sql */
+    struct job *batch;        /* the reads running in this one's statement (a list through ->next) */
+};
+
+struct pgconn {
+    struct backend *be;
+    PGconn *conn;
+    enum pgc_state state;
+    struct pgconn *prev, *next; /* in its backend's list of connections in its state */
+    struct event *io_ev;
+    int io_fd;
+    struct event *timer_ev;
+    struct job *job;
+    PGresult *result;
+    int failures;
+};
+
+struct pgconn_list {
+    struct pgconn *head, *tail;
+    int len;
+};
+
+struct backend {
+    struct pool *pool;
+    enum pool_side side;
+    int index;                /* -1 for the primary */
+    const char *dsn;
+    struct pgconn conns[POOL_MAX_CONNS]; /* where they live; pgconn_move keeps them in the lists */
+    int nconns;
+    struct pgconn_list in_state[PGC_STATE_COUNT];
+    bool healthy;             /* last health check passed (and, for a replica, lag within limits) */
+    bool health_inflight;
+    int failures;             /* consecutive failed or lost connections; 0 once one connects */
+    uint64_t lsn;             /* primary: current WAL position; replica: replay position */
+    int lag_ms;
+    uint64_t queries, errors; /* statements answered here, and how many of them failed */
+    uint64_t outages;         /* times it left rotation (broken connection or failed health check) */
+    bool in_recovery;         /* the primary's last health check found a standby (logged on the change) */
+};
+
+struct side_queue {
+    struct job *head, *tail;
+    int len;
+};
+
+struct pool {
+    struct event_base *base;
+    const struct config *cfg;
+    struct backend primary;
+    struct backend replicas[CONFIG_MAX_REPLICAS];
+    int nreplicas;
+    struct side_queue queue[2];
+    struct event *health_ev, *sweep_ev;
+    unsigned rr;
+    /* The primary's LSN when this worker first sampled it: every write acknowledged before this
+     * process started is at or below it, so no replica serves reads until it has replayed that far. */
+    uint64_t floor_lsn;
+    /* Committed writes waiting for a commit-LSN read, and whether one is under way: one read serves
+     * every write that committed before it was sent, so a busy primary does not read it per write. */
+    struct side_queue lsn_waiting;
+    bool lsn_inflight;
+    /* Unknown commits counted (fence.h) when the primary position read now in flight was sent, by the
+     * health check and by the commit-LSN read: its answer resolves them. */
+    struct fences *fences;
+    uint64_t health_marks[FENCE_COUNT], lsn_marks[FENCE_COUNT];
+    struct pool_side_stats stats[2];
+};
+
+static inline const char *be_name(const struct backend *be)
+{
+    static const char *names[] = { "primary", "replica0", "replica1", "replica2", "replica3",
+                                   "replica4", "replica5", "replica6", "replica7" };
+    return names[be->index + 1];
+}
+
+static inline int backend_connected(const struct backend *be)
+{
+    return be->in_state[PGC_IDLE].len + be->in_state[PGC_SENDING].len + be->in_state[PGC_BUSY].len;
+}
+
+#endif

@@ -1,0 +1,57 @@
+/* route_decide: the pool's routing decisions as pure functions of a snapshot of its backends (no
+ * connection, no event), so that they can be tested on their own (tests/unit/test_pool_routing.c). */
+#ifndef PGAPI_ROUTE_DECIDE_H
+#define PGAPI_ROUTE_DECIDE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/config.h"
+#include "worker/db/pool.h"
+
+/* What a decision reads of one backend. */
+struct route_backend {
+    bool healthy;       /* in rotation: its last health check passed (a replica: lag within limits) */
+    bool in_recovery;   /* the primary only: its last health check found a standby */
+    uint64_t lsn;       /* primary: WAL position; replica: replay position; as last sampled */
+    int idle;           /* connections idle now */
+    int connected;      /* connections idle or running a statement */
+    int failures;       /* consecutive failed or lost connections */
+    int nconns;         /* pool_size */
+};
+
+struct route_view {
+    struct route_backend primary;
+    struct route_backend replicas[CONFIG_MAX_REPLICAS];
+    int nreplicas;
+    uint64_t floor_lsn; /* see pool.floor_lsn: 0 until the primary was sampled once */
+    unsigned rr;        /* the round-robin position over the replicas */
+};
+
+enum route_where {
+    ROUTE_START, /* an idle connection of `backend` runs it now */
+    ROUTE_QUEUE, /* it waits in the queue of `side` */
+    ROUTE_FAIL,  /* the primary is known down, and nothing else may serve it: answered now */
+};
+
+struct route_decision {
+    enum route_where where;
+    enum pool_side side; /* where it runs or waits */
+    int backend;         /* ROUTE_START: -1 the primary, else the replica's index */
+    bool rr_advance;     /* the round-robin position moves on: a replica with an idle connection was picked */
+};
+
+/* A replica may serve a read that must see every write up to fence. */
+bool route_replica_may_serve(const struct route_backend *replica, uint64_t floor_lsn, uint64_t fence);
+/* The primary may run reads queued for the replicas. */
+bool route_primary_takes_reads(const struct route_backend *primary);
+/* Replicas in rotation: healthy and connected. */
+int route_replicas_up(const struct route_view *v);
+/* The replica for a read: round-robin over the eligible replicas, preferring one with an idle
+ * connection (*idle true). -1 when none is eligible (the read then goes to the primary). */
+int route_replica_pick(const struct route_view *v, uint64_t fence, bool *idle);
+/* Where a statement goes: a read (fence as pool_read's) or, when !read, a write or a statement for the
+ * primary. */
+struct route_decision route_decide(const struct route_view *v, bool read, uint64_t fence);
+
+#endif
