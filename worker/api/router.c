@@ -1,4 +1,5 @@
-/* router: a static table of routes; a pattern segment ":id" matches a decimal id in 1..2^63-1 only, so
+/* router: the hand-written routes, then the standard routes of every resource in registry order, each
+ * generated from its declaration; a pattern segment ":id" matches a decimal id in 1..2^63-1 only, so
  * handlers never see a malformed id (anything else is a 404, like an unknown path). */
 #include "worker/api/router.h"
 
@@ -7,38 +8,94 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/consistency.h"
 #include "common/metrics.h"
 #include "worker/api/handlers.h"
+#include "worker/api/resource.h"
 #include "worker/http/reply.h"
-#include "worker/worker.h"
 
-struct route {
+struct hand_route {
     int method;
     const char *pattern;
     route_fn fn;
 };
 
-static const struct route routes[] = {
+static const struct hand_route hand_routes[] = {
     { HTTP_GET, "/", handle_root },
     { HTTP_GET, "/healthz", handle_healthz },
     { HTTP_GET, "/readyz", handle_readyz },
-    { HTTP_GET, "/users", handle_users_list },
-    { HTTP_POST, "/users", handle_users_create },
-    { HTTP_GET, "/users/:id", handle_user_get },
-    { HTTP_PUT, "/users/:id", handle_user_write },
-    { HTTP_PATCH, "/users/:id", handle_user_write },
-    { HTTP_DELETE, "/users/:id", handle_user_write },
-    { HTTP_GET, "/users/:id/posts", handle_user_posts_list },
-    { HTTP_POST, "/users/:id/posts", handle_user_posts_create },
-    { HTTP_GET, "/posts", handle_posts_list },
-    { HTTP_GET, "/posts/:id", handle_post_get },
-    { HTTP_PUT, "/posts/:id", handle_post_write },
-    { HTTP_PATCH, "/posts/:id", handle_post_write },
-    { HTTP_DELETE, "/posts/:id", handle_post_write },
+};
+#define NHAND ((int)(sizeof(hand_routes) / sizeof(hand_routes[0])))
+
+/* The method of each kind of standard route (enum route_kind order) */
+static const int kind_methods[ROUTE_KINDS] = {
+    [ROUTE_LIST] = HTTP_GET, [ROUTE_CREATE] = HTTP_POST, [ROUTE_GET] = HTTP_GET, [ROUTE_REPLACE] = HTTP_PUT,
+    [ROUTE_PATCH] = HTTP_PATCH, [ROUTE_DELETE] = HTTP_DELETE, [ROUTE_LIST_BY_PARENT] = HTTP_GET,
+    [ROUTE_CREATE_BY_PARENT] = HTTP_POST,
 };
 
-#define NROUTES (sizeof(routes) / sizeof(routes[0]))
-_Static_assert(NROUTES <= METRICS_ROUTE_SCRAPE, "the metrics table needs a row per route");
+_Static_assert(NHAND <= 8 && ROUTE_KINDS <= 8 && NHAND + CONSISTENCY_TABLES_MAX * ROUTE_KINDS <= METRICS_API_ROUTES_MAX,
+               "the metrics table needs a row per route");
+
+/* One route, hand-written (fn) or generated (res, kind). */
+struct route {
+    int method;
+    char pattern[ROUTER_PATTERN_MAX];
+    route_fn fn;
+    const struct resource *res;
+    enum route_kind kind;
+};
+
+/* Walks the routes in index order. */
+struct route_cursor {
+    int index;    /* of the next route */
+    int resource; /* registry position of the next generated route */
+    int kind;
+};
+
+static bool kind_applies(const struct resource *r, enum route_kind kind)
+{
+    if (kind == ROUTE_CREATE)
+        return !r->parent;
+    if (kind == ROUTE_LIST_BY_PARENT || kind == ROUTE_CREATE_BY_PARENT)
+        return r->parent != NULL;
+    return true;
+}
+
+static void pattern_build(const struct resource *r, enum route_kind kind, char *buf, size_t cap)
+{
+    if (kind == ROUTE_LIST || kind == ROUTE_CREATE)
+        snprintf(buf, cap, "%s", r->path);
+    else if (kind == ROUTE_LIST_BY_PARENT || kind == ROUTE_CREATE_BY_PARENT)
+        snprintf(buf, cap, "%s/:id/%s", r->parent->path, r->collection);
+    else
+        snprintf(buf, cap, "%s/:id", r->path);
+}
+
+/* The route at the cursor, which moves on; false past the last one. */
+static bool route_next(struct route_cursor *c, struct route *out)
+{
+    if (c->index < NHAND) {
+        const struct hand_route *h = &hand_routes[c->index++];
+        *out = (struct route){ .method = h->method, .fn = h->fn };
+        snprintf(out->pattern, sizeof(out->pattern), "%s", h->pattern);
+        return true;
+    }
+    for (; c->resource < resource_count(); c->resource++, c->kind = 0) {
+        const struct resource *r = resource_at(c->resource);
+        while (c->kind < ROUTE_KINDS) {
+            enum route_kind kind = (enum route_kind)c->kind++;
+            if (!kind_applies(r, kind))
+                continue;
+            *out = (struct route){ .method = kind_methods[kind], .res = r, .kind = kind };
+            pattern_build(r, kind, out->pattern, sizeof(out->pattern));
+            c->index++;
+            return true;
+        }
+    }
+    return false;
+}
+
 #define ID_MAX_DIGITS 19
 
 static bool segment_id_parse(const char *s, size_t len, int64_t *out)
@@ -89,24 +146,35 @@ static void allow_add(char *allow, size_t cap, int method)
         allow_add(allow, cap, HTTP_HEAD);
 }
 
+static void route_call(const struct route *rt, struct api_context *api, struct http_request *req,
+                       const struct route_args *args)
+{
+    if (rt->fn)
+        rt->fn(api, req, args);
+    else
+        handle_resource(api, req, rt->res, rt->kind, args);
+}
+
 void router_dispatch(struct http_request *req)
 {
-    struct worker *w = req->ctx;
+    struct api_context *api = req->ctx;
     struct route_args args;
+    struct route rt;
+    struct route_cursor c = { 0 };
     char allow[128] = "";
     int method = req->method == HTTP_HEAD ? HTTP_GET : req->method;
     size_t len = strlen(req->path);
     if (len > 1 && req->path[len - 1] == '/')
         req->path[len - 1] = '\0'; /* "/users/" is "/users" */
-    for (size_t i = 0; i < NROUTES; i++) {
-        if (!route_match(routes[i].pattern, req->path, &args))
+    for (int i = c.index; route_next(&c, &rt); i = c.index) {
+        if (!route_match(rt.pattern, req->path, &args))
             continue;
-        if (routes[i].method == method) {
-            req->route = (int)i;
-            routes[i].fn(w, req, &args);
+        if (rt.method == method) {
+            req->route = i;
+            route_call(&rt, api, req, &args);
             return;
         }
-        allow_add(allow, sizeof(allow), routes[i].method);
+        allow_add(allow, sizeof(allow), rt.method);
     }
     req->route = METRICS_ROUTE_UNMATCHED;
     if (allow[0]) {
@@ -119,11 +187,24 @@ void router_dispatch(struct http_request *req)
 
 int router_route_count(void)
 {
-    return (int)NROUTES;
+    struct route_cursor c = { 0 };
+    struct route rt;
+    while (route_next(&c, &rt))
+        ;
+    return c.index;
 }
 
-void router_route_label(int i, const char **method, const char **pattern)
+void router_route_label(int i, const char **method, char *pattern, size_t cap)
 {
-    *method = http_method_str((enum http_method)routes[i].method);
-    *pattern = routes[i].pattern;
+    struct route_cursor c = { 0 };
+    struct route rt;
+    *method = "";
+    snprintf(pattern, cap, "%s", "");
+    while (route_next(&c, &rt)) {
+        if (c.index - 1 == i) {
+            *method = http_method_str((enum http_method)rt.method);
+            snprintf(pattern, cap, "%s", rt.pattern);
+            return;
+        }
+    }
 }

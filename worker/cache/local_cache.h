@@ -1,5 +1,5 @@
 /* local_cache: a small per-worker copy of single-row cache values, in front of Redis. An entry carries
- * a stamp, the row fence (common/fence.h) read before its value was fetched, and is served only while
+ * a stamp, the row fence (common/consistency.h) read before its value was fetched, and is served only while
  * that fence is unchanged: every acknowledged write of the row (from any worker of this server) raises
  * its fence before it is answered, so a changed fence retires the entry. See op.c for the fill rule. */
 #ifndef PGAPI_LOCAL_CACHE_H

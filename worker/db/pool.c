@@ -12,7 +12,7 @@
 
 #include "common/clock.h"
 #include "common/config.h"
-#include "common/fence.h"
+#include "common/consistency.h"
 #include "common/log.h"
 #include "worker/db/batch.h"
 
@@ -109,10 +109,10 @@ struct pool {
      * every write that committed before it was sent, so a busy primary does not read it per write. */
     struct side_queue lsn_waiting;
     bool lsn_inflight;
-    /* Unknown commits counted (fence.h) when the primary position read now in flight was sent, by the
+    /* Unknown commits counted (consistency.h) when the primary position read now in flight was sent, by the
      * health check and by the commit-LSN read: its answer resolves them. */
-    struct fences *fences;
-    uint64_t health_marks[FENCE_COUNT], lsn_marks[FENCE_COUNT];
+    struct consistency *fences;
+    uint64_t health_marks[CONSISTENCY_TABLES_MAX], lsn_marks[CONSISTENCY_TABLES_MAX];
     struct pool_side_stats stats[2];
 };
 
@@ -716,7 +716,7 @@ static void lsn_group_take(struct pool *p, struct job *g, const struct pool_resu
         log_warn("primary: cannot read pg_current_wal_lsn() after a commit; reads of it go to the primary");
         lsn = POOL_LSN_NONE;
     } else if (p->fences) {
-        fences_unknown_resolve(p->fences, p->lsn_marks, lsn);
+        consistency_unknown_resolve(p->fences, p->lsn_marks, lsn);
     }
     lsn_group_deliver(p, g, lsn);
 }
@@ -743,7 +743,7 @@ static void lsn_kick(struct pool *p)
     }
     g->batch = waiting;
     if (p->fences)
-        fences_unknown_snapshot(p->fences, p->lsn_marks);
+        consistency_unknown_snapshot(p->fences, p->lsn_marks);
     job_submit(p, g);
 }
 
@@ -1129,10 +1129,10 @@ static void primary_identity_check(struct pool *p, const PGresult *res)
 {
     const char *sysid = PQgetvalue(res, 0, 2), *timeline = PQgetvalue(res, 0, 3);
     uint64_t id = strtoull(sysid, NULL, 10) ^ (strtoull(timeline, NULL, 16) * 0x9E3779B97F4A7C15ULL);
-    if (p->fences && fences_primary_seen(p->fences, id)) {
+    if (p->fences && consistency_primary_seen(p->fences, id)) {
         log_warn("primary: a new primary (system %s, timeline %s): the cache is bypassed until it moves to "
                  "a new epoch", sysid, timeline);
-        fences_cache_dirty_set(p->fences);
+        consistency_cache_dirty_set(p->fences);
     }
 }
 
@@ -1156,7 +1156,7 @@ static void primary_health_apply(struct backend *be, const struct pool_result *r
     if (p->floor_lsn == 0 && be->lsn != 0)
         p->floor_lsn = be->lsn;
     if (p->fences)
-        fences_unknown_resolve(p->fences, p->health_marks, be->lsn);
+        consistency_unknown_resolve(p->fences, p->health_marks, be->lsn);
     if (!was)
         log_info("primary: healthy (lsn %" PRIX64 "): in rotation", be->lsn);
 }
@@ -1200,7 +1200,7 @@ static void health_send(struct backend *be)
     j->target = be;
     be->health_inflight = true;
     if (be->side == POOL_PRIMARY && be->pool->fences)
-        fences_unknown_snapshot(be->pool->fences, be->pool->health_marks);
+        consistency_unknown_snapshot(be->pool->fences, be->pool->health_marks);
     conn_start(c, j);
 }
 
@@ -1254,7 +1254,7 @@ static int backend_init(struct pool *p, struct backend *be, enum pool_side side,
     return 0;
 }
 
-struct pool *pool_new(struct event_base *base, const struct config *cfg, struct fences *fences)
+struct pool *pool_new(struct event_base *base, const struct config *cfg, struct consistency *fences)
 {
     struct pool *p = calloc(1, sizeof(*p));
     if (!p)
@@ -1339,7 +1339,7 @@ void pool_free(struct pool *p)
         write |= backend_close(&p->replicas[i]);
     if (write && p->fences) {
         log_warn("exiting with writes in flight: the cache is bypassed until it moves to a new epoch");
-        fences_cache_dirty_set(p->fences);
+        consistency_cache_dirty_set(p->fences);
     }
     if (p->sweep_ev)
         event_free(p->sweep_ev);
