@@ -146,40 +146,47 @@ static void allow_add(char *allow, size_t cap, int method)
         allow_add(allow, cap, HTTP_HEAD);
 }
 
-static void route_call(const struct route *rt, struct api_context *api, struct http_request *req,
-                       const struct route_args *args)
+void router_find(int method, const char *path, struct router_match *m)
 {
-    if (rt->fn)
-        rt->fn(api, req, args);
-    else
-        handle_resource(api, req, rt->res, rt->kind, args);
+    struct route rt;
+    struct route_cursor c = { 0 };
+    int want = method == HTTP_HEAD ? HTTP_GET : method;
+    *m = (struct router_match){ .index = -1 };
+    for (int i = c.index; route_next(&c, &rt); i = c.index) {
+        if (!route_match(rt.pattern, path, &m->args))
+            continue;
+        if (rt.method == want) {
+            m->index = i;
+            m->fn = rt.fn;
+            m->res = rt.res;
+            m->kind = rt.kind;
+            return;
+        }
+        allow_add(m->allow, sizeof(m->allow), rt.method);
+    }
 }
 
 void router_dispatch(struct http_request *req)
 {
     struct api_context *api = req->ctx;
-    struct route_args args;
-    struct route rt;
-    struct route_cursor c = { 0 };
-    char allow[128] = "";
-    int method = req->method == HTTP_HEAD ? HTTP_GET : req->method;
+    struct router_match m;
     size_t len = strlen(req->path);
     if (len > 1 && req->path[len - 1] == '/')
         req->path[len - 1] = '\0'; /* "/users/" is "/users" */
-    for (int i = c.index; route_next(&c, &rt); i = c.index) {
-        if (!route_match(rt.pattern, req->path, &args))
-            continue;
-        if (rt.method == method) {
-            req->route = i;
-            route_call(&rt, api, req, &args);
-            return;
-        }
-        allow_add(allow, sizeof(allow), rt.method);
+    router_find(req->method, req->path, &m);
+    if (m.index >= 0) {
+        req->route = m.index;
+        if (m.fn)
+            m.fn(api, req, &m.args);
+        else
+            handle_resource(api, req, m.res, m.kind, &m.args);
+        return;
     }
     req->route = METRICS_ROUTE_UNMATCHED;
-    if (allow[0]) {
-        http_header_add(req, "Allow", allow);
-        reply_error(req, 405, "method_not_allowed", "%s is not allowed here; allowed: %s", req->method_name, allow);
+    if (m.allow[0]) {
+        http_header_add(req, "Allow", m.allow);
+        reply_error(req, 405, "method_not_allowed", "%s is not allowed here; allowed: %s", req->method_name,
+                    m.allow);
         return;
     }
     reply_error(req, 404, "not_found", "no route for %s %.200s", req->method_name, req->path);

@@ -33,6 +33,24 @@ enum route_kind {
 };
 
 #define ROUTER_PATTERN_MAX 96
+#define ROUTER_ALLOW_MAX 128
+
+struct resource;
+
+/* What a method and path match: route `index` (-1: none) and its arguments; with no route, the methods
+ * the path has (the Allow header of a 405; "" for a 404). */
+struct router_match {
+    int index;
+    struct route_args args;
+    route_fn fn;                 /* a hand-written route's handler, or NULL */
+    const struct resource *res;  /* a generated route's resource and kind */
+    enum route_kind kind;
+    char allow[ROUTER_ALLOW_MAX];
+};
+
+/* Finds the route of method (HEAD is GET) and path (router_dispatch first strips a trailing '/':
+ * "/users/" is "/users"). */
+void router_find(int method, const char *path, struct router_match *m);
 
 /* The http_server handler (its context: the struct api_context): finds the route and calls it. */
 void router_dispatch(struct http_request *req);
