@@ -119,7 +119,8 @@ void consistency_unknown_snapshot(const struct consistency *c, uint64_t marks[CO
         marks[t] = t < c->ntables ? atomic_load(&c->table[t].unknown_marks) : 0;
 }
 
-void consistency_unknown_resolve(struct consistency *c, const uint64_t marks[CONSISTENCY_TABLES_MAX], uint64_t lsn)
+void consistency_unknown_resolve(struct consistency *c, const uint64_t marks[CONSISTENCY_TABLES_MAX],
+                                 uint64_t lsn)
 {
     for (int t = 0; t < c->ntables; t++) {
         struct consistency_table *tb = &c->table[t];

@@ -44,7 +44,8 @@ void consistency_unknown_mark(struct consistency *c, int t);
 void consistency_unknown_snapshot(const struct consistency *c, uint64_t marks[CONSISTENCY_TABLES_MAX]);
 /* `lsn` was read on the primary after `marks` was taken: every unknown commit counted there is at or
  * below it. */
-void consistency_unknown_resolve(struct consistency *c, const uint64_t marks[CONSISTENCY_TABLES_MAX], uint64_t lsn);
+void consistency_unknown_resolve(struct consistency *c, const uint64_t marks[CONSISTENCY_TABLES_MAX],
+                                 uint64_t lsn);
 
 /* Set by a worker whose cache invalidation failed: every worker bypasses Redis until one of them has
  * moved the cache to a new epoch (so nothing cached before the failure is served again). */

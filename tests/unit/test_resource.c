@@ -81,10 +81,11 @@ static void test_user_writes_invalidate(void **state)
     assert_true(has_key(&out.cache, "user:5") && has_key(&out.cache, "user-with-posts:5"));
     assert_false(out.cache.all);
     int64_t posts[] = { 11, 12 };
-    effects_change(&(struct effects_write){ .res = &resource_users, .id = 5, .deleted = true, .cascade = posts,
-                                            .ncascade = 2 },
-                   &out);
-    assert_true(has_gen(&out.cache, "users") && has_gen(&out.cache, "posts") && has_gen(&out.cache, "user-posts:5"));
+    struct effects_write deletion = { .res = &resource_users, .id = 5, .deleted = true, .cascade = posts,
+                                      .ncascade = 2 };
+    effects_change(&deletion, &out);
+    assert_true(has_gen(&out.cache, "users") && has_gen(&out.cache, "posts"));
+    assert_true(has_gen(&out.cache, "user-posts:5"));
     assert_string_equal(out.cache.id_prefix, "post:");
     assert_int_equal(out.cache.nids, 2);
     /* posts have children (comments) the deletion cannot name: the whole cache changes */
@@ -99,7 +100,8 @@ static void test_post_writes_invalidate_their_parent(void **state)
     assert_true(has_gen(&out.cache, "posts") && has_gen(&out.cache, "user-posts:3"));
     assert_true(has_key(&out.cache, "user-with-posts:3") && has_key(&out.cache, "post:8"));
     assert_false(out.cache.all);
-    effects_change(&(struct effects_write){ .res = &resource_posts, .id = 8, .created = true, .parent_id = 3 }, &out);
+    struct effects_write created = { .res = &resource_posts, .id = 8, .created = true, .parent_id = 3 };
+    effects_change(&created, &out);
     assert_false(has_key(&out.cache, "post:8"));
     effects_change(&(struct effects_write){ .res = &resource_posts, .id = 8 }, &out); /* parent unknown */
     assert_true(out.cache.all);
@@ -123,9 +125,9 @@ static void test_fences_follow_the_relations(void **state)
     assert_true(effects_row_fence(c, &resource_users, 3, true) == 100); /* the user's embedded posts */
     assert_true(effects_list_fence(c, &resource_posts, true) == 100);
     int64_t gone[] = { 21 };
-    effects_raise(c, &(struct effects_write){ .res = &resource_users, .id = 4, .deleted = true, .cascade = gone,
-                                              .ncascade = 1 },
-                  200);
+    struct effects_write deletion = { .res = &resource_users, .id = 4, .deleted = true, .cascade = gone,
+                                      .ncascade = 1 };
+    effects_raise(c, &deletion, 200);
     assert_true(consistency_get(c, users) == 200 && consistency_get(c, posts) == 200);
     assert_true(consistency_get(c, comments) == 200); /* the cascade reaches the grandchildren */
     assert_true(effects_row_fence(c, &resource_posts, 21, false) == 200);
@@ -140,12 +142,16 @@ static void test_fences_follow_the_relations(void **state)
 static void test_routes_generated(void **state)
 {
     (void)state;
-    const char *want[] = { "GET /", "GET /healthz", "GET /readyz", "GET /users", "POST /users", "GET /users/:id",
-                           "PUT /users/:id", "PATCH /users/:id", "DELETE /users/:id", "GET /users/:id/posts",
-                           "POST /users/:id/posts", "GET /posts", "GET /posts/:id", "PUT /posts/:id",
-                           "PATCH /posts/:id", "DELETE /posts/:id", "GET /posts/:id/comments",
-                           "POST /posts/:id/comments", "GET /comments", "GET /comments/:id", "PUT /comments/:id",
-                           "PATCH /comments/:id", "DELETE /comments/:id" };
+    const char *want[] = {
+        "GET /", "GET /healthz", "GET /readyz",
+        "GET /users", "POST /users",
+        "GET /users/:id", "PUT /users/:id", "PATCH /users/:id", "DELETE /users/:id",
+        "GET /users/:id/posts", "POST /users/:id/posts",
+        "GET /posts", "GET /posts/:id", "PUT /posts/:id", "PATCH /posts/:id", "DELETE /posts/:id",
+        "GET /posts/:id/comments", "POST /posts/:id/comments",
+        "GET /comments",
+        "GET /comments/:id", "PUT /comments/:id", "PATCH /comments/:id", "DELETE /comments/:id",
+    };
     size_t n = sizeof(want) / sizeof(want[0]);
     assert_int_equal(router_route_count(), (int)n);
     for (size_t w = 0; w < n; w++) {

@@ -48,7 +48,8 @@ uint64_t effects_row_fence(const struct consistency *c, const struct resource *r
 {
     uint64_t lsn = consistency_get_row(c, resource_index(r), CONSISTENCY_ROWS, id);
     if (embed && r->embed.child)
-        lsn = max_lsn(lsn, consistency_get_row(c, resource_index(r->embed.child), CONSISTENCY_ROWS_BY_PARENT, id));
+        lsn = max_lsn(lsn, consistency_get_row(c, resource_index(r->embed.child), CONSISTENCY_ROWS_BY_PARENT,
+                                               id));
     return lsn;
 }
 
@@ -178,7 +179,13 @@ static void list_add(struct cache_change *ch, const struct resource *r, int64_t 
 static void row_key_add(struct cache_change *ch, const struct resource *r, int64_t id, bool embed)
 {
     char *key = key_next(ch);
-    bool ok = !key || (embed ? effects_key_embed(r, id, key, CACHE_KEY_MAX) : effects_key_row(r, id, key, CACHE_KEY_MAX));
+    if (!key)
+        return;
+    bool ok;
+    if (embed)
+        ok = effects_key_embed(r, id, key, CACHE_KEY_MAX);
+    else
+        ok = effects_key_row(r, id, key, CACHE_KEY_MAX);
     if (!ok)
         ch->all = true;
 }

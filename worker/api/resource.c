@@ -30,12 +30,14 @@ bool resource_registry_check(void)
 {
     int n = resource_count();
     if (n < 1 || n > CONSISTENCY_TABLES_MAX) {
-        log_error("%d resources declared: the shared tables are sized for 1 to %d", n, CONSISTENCY_TABLES_MAX);
+        log_error("%d resources declared: the shared tables are sized for 1 to %d", n,
+                  CONSISTENCY_TABLES_MAX);
         return false;
     }
     for (int i = 0; i < n; i++) {
         const struct resource *r = resource_at(i);
-        if (r->nfields < 1 || r->nfields > RESOURCE_FIELDS_MAX || (r->parent && resource_index(r->parent) < 0)) {
+        bool fields_ok = r->nfields >= 1 && r->nfields <= RESOURCE_FIELDS_MAX;
+        if (!fields_ok || (r->parent && resource_index(r->parent) < 0)) {
             log_error("resource %s: %d body fields (1 to %d), parent %s", r->name, r->nfields,
                       RESOURCE_FIELDS_MAX, r->parent ? r->parent->name : "none");
             return false;

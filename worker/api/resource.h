@@ -66,7 +66,7 @@ struct resource {
     static const struct resource *const resource_registered_##r                                          \
         __attribute__((section("pgapi_resources"), used, aligned(sizeof(void *)))) = &(r)
 
-/* The registry, in link order (the Makefile's sorted file list: users before posts). */
+/* The registry, in link order (the Makefile's file list). */
 int resource_count(void);
 const struct resource *resource_at(int i);
 /* Its position in the registry: its table's index in the shared consistency state. */

@@ -201,8 +201,8 @@ static void id_text(int64_t id, char *buf, size_t cap)
 
 static void not_found(const struct resource_op *o)
 {
-    reply_error(o->req, 404, "not_found", "%s %" PRId64 " not found", o->owner ? o->owner->name : o->res->name,
-                o->id);
+    const char *what = o->owner ? o->owner->name : o->res->name;
+    reply_error(o->req, 404, "not_found", "%s %" PRId64 " not found", what, o->id);
 }
 
 /* The foreign key to the owner failed (it never existed, or went meanwhile): a 404 that names it. */
@@ -260,8 +260,10 @@ static void cascade_read(struct resource_op_state *s, const PGresult *res)
 static void write_read(struct resource_op_state *s, const PGresult *res)
 {
     const struct resource *r = s->o.res;
-    s->done = (struct effects_write){ .res = r, .id = strtoll(PQgetvalue(res, 0, 0), NULL, 10),
-                                      .created = s->status == 201, .deleted = s->o.req->method == HTTP_DELETE };
+    s->done = (struct effects_write){ .res = r,
+                                      .id = strtoll(PQgetvalue(res, 0, 0), NULL, 10),
+                                      .created = s->status == 201,
+                                      .deleted = s->o.req->method == HTTP_DELETE };
     if (r->parent && PQnfields(res) > 2 && !PQgetisnull(res, 0, 2))
         s->done.parent_id = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
     cascade_read(s, res);
@@ -271,7 +273,8 @@ static void invalidate_done(void *arg, bool ok)
 {
     struct resource_op_state *s = arg;
     if (!ok)
-        consistency_cache_dirty_set(s->o.api->consistency); /* every worker bypasses the cache until a new epoch */
+        consistency_cache_dirty_set(s->o.api->consistency); /* every worker bypasses the cache until a new
+                                                             * epoch */
     state_answer(s, s->row_id, s->row_json, s->row_len);
 }
 
@@ -295,7 +298,8 @@ static void write_committed(struct resource_op_state *s, const struct pool_resul
     else
         effects_raise(api->consistency, &s->done, r->commit_lsn);
     if (cache_state(api->cache) == CACHE_DISABLED) {
-        state_answer(s, PQgetvalue(r->res, 0, 0), PQgetvalue(r->res, 0, 1), (size_t)PQgetlength(r->res, 0, 1));
+        size_t len = (size_t)PQgetlength(r->res, 0, 1);
+        state_answer(s, PQgetvalue(r->res, 0, 0), PQgetvalue(r->res, 0, 1), len);
         return;
     }
     s->row_len = (size_t)PQgetlength(r->res, 0, 1);
@@ -474,8 +478,10 @@ static void local_lookup(struct resource_op_state *s)
     size_t len;
     if (s->key[0] && local_cache_get(api->local, s->key, &s->local_stamp, &value, &len))
         state_answer_cached(s, value, len);
+    else if (s->key[0] && cache_state(api->cache) != CACHE_DISABLED)
+        state_step(s, STEP_LOOKUP_CACHE);
     else
-        state_step(s, s->key[0] && cache_state(api->cache) != CACHE_DISABLED ? STEP_LOOKUP_CACHE : STEP_READ_DB);
+        state_step(s, STEP_READ_DB);
 }
 
 /* The one transition function: enters step `next` and runs what starts it. */
@@ -638,7 +644,8 @@ static int members_check(struct http_request *req, struct json_object *obj, cons
 /* Runs a write whose parameters are $1 = id (when id != 0) then the body's fields in order; required =
  * false (PATCH) makes every field optional (NULL when absent) but at least one must be given. sql_many:
  * NULL, or a create's batched form (pool_query.batch_sql). */
-static void write_body(const struct resource_op *o, const char *sql, const char *sql_many, bool required, int status)
+static void write_body(const struct resource_op *o, const char *sql, const char *sql_many, bool required,
+                       int status)
 {
     const struct resource *res = o->res;
     if (res->nfields < 1 || res->nfields > RESOURCE_FIELDS_MAX) {

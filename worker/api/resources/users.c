@@ -16,8 +16,8 @@ static const char SQL_USER_GET_POSTS[] =
     " 'posts_next', CASE WHEN e.more THEN '/users/' || u.id || '/posts?limit=' || $2::bigint || '&after_id='"
     " || e.last END))::text FROM users u, LATERAL (SELECT jsonb_agg(x.body::jsonb ORDER BY x.id) AS posts,"
     " bool_and(x.more) AS more, max(x.id) AS last FROM ("
-    RESOURCE_SQL_PAGE("SELECT p.id, " POST_JSON "::text AS body FROM posts p WHERE p.user_id = u.id ORDER BY p.id"
-                      " LIMIT $2::bigint + 1", "$2::bigint", "$3::bigint")
+    RESOURCE_SQL_PAGE("SELECT p.id, " POST_JSON "::text AS body FROM posts p WHERE p.user_id = u.id"
+                      " ORDER BY p.id LIMIT $2::bigint + 1", "$2::bigint", "$3::bigint")
     ") x) e WHERE u.id = $1";
 
 /* the limits mirror the schema's CHECKs */
