@@ -1,6 +1,6 @@
 /* fuzz_request: libFuzzer target for the request path. A client sends the input over a socketpair to the
  * real connection state machine (worker/http/http.c), whose handler is the real router, so the handlers,
- * query.c, body.c and op.c's field checks run as in a worker, up to a stand-in database (fake_db.c).
+ * query.c, body.c and resource_ops.c's field checks run as in a worker, up to a stand-in database (fake_db.c).
  * Every run builds and frees everything, so LeakSanitizer checks each input.
  *
  * Input: byte 0 = flags (FUZZ_* below), byte 1 = where the rest is cut into two sends (len * b / 256),

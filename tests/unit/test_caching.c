@@ -1,6 +1,6 @@
 /* Unit tests for the pieces of the fast paths that need no server: the array parameters and the result
  * split of shared statements (worker/batch), the workers' local cache (worker/local_cache) and the
- * shared fences' unknown commits (common/fence). */
+ * shared consistency state's unknown commits (common/consistency). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
