@@ -36,10 +36,10 @@ static const int kind_methods[ROUTE_KINDS] = {
 
 _Static_assert(NHAND <= 8 && ROUTE_KINDS <= 8, "the metrics table needs a row per route");
 
-/* One route, hand-written (fn) or generated (res, kind). */
+/* One route, hand-written (pattern, fn) or generated (res, kind). */
 struct route {
     int method;
-    char pattern[ROUTER_PATTERN_MAX];
+    const char *pattern;
     route_fn fn;
     const struct resource *res;
     enum route_kind kind;
@@ -61,11 +61,24 @@ static bool kind_applies(const struct resource *r, enum route_kind kind)
     return true;
 }
 
-static void pattern_build(const struct resource *r, enum route_kind kind, char *buf, size_t cap)
+static bool kind_by_parent(enum route_kind kind)
 {
-    if (kind == ROUTE_LIST || kind == ROUTE_CREATE)
+    return kind == ROUTE_LIST_BY_PARENT || kind == ROUTE_CREATE_BY_PARENT;
+}
+
+static bool kind_on_collection(enum route_kind kind)
+{
+    return kind == ROUTE_LIST || kind == ROUTE_CREATE;
+}
+
+static void pattern_build(const struct route *rt, char *buf, size_t cap)
+{
+    const struct resource *r = rt->res;
+    if (!r)
+        snprintf(buf, cap, "%s", rt->pattern);
+    else if (kind_on_collection(rt->kind))
         snprintf(buf, cap, "%s", r->path);
-    else if (kind == ROUTE_LIST_BY_PARENT || kind == ROUTE_CREATE_BY_PARENT)
+    else if (kind_by_parent(rt->kind))
         snprintf(buf, cap, "%s/:id/%s", r->parent->path, r->collection);
     else
         snprintf(buf, cap, "%s/:id", r->path);
@@ -76,8 +89,7 @@ static bool route_next(struct route_cursor *c, struct route *out)
 {
     if (c->index < NHAND) {
         const struct hand_route *h = &hand_routes[c->index++];
-        *out = (struct route){ .method = h->method, .fn = h->fn };
-        snprintf(out->pattern, sizeof(out->pattern), "%s", h->pattern);
+        *out = (struct route){ .method = h->method, .pattern = h->pattern, .fn = h->fn };
         return true;
     }
     for (; c->resource < resource_count(); c->resource++, c->kind = 0) {
@@ -87,7 +99,6 @@ static bool route_next(struct route_cursor *c, struct route *out)
             if (!kind_applies(r, kind))
                 continue;
             *out = (struct route){ .method = kind_methods[kind], .res = r, .kind = kind };
-            pattern_build(r, kind, out->pattern, sizeof(out->pattern));
             c->index++;
             return true;
         }
@@ -134,6 +145,46 @@ static bool route_match(const char *pattern, const char *path, struct route_args
     return *pattern == '\0' && *path == '\0';
 }
 
+/* A path that starts with prefix, returning what follows it; NULL when it does not. */
+static const char *prefix_skip(const char *path, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return strncmp(path, prefix, n) == 0 ? path + n : NULL;
+}
+
+/* "/<id>" then `tail` ("" or "/<collection>") to the end of rest, as pattern "/:id<tail>" would match. */
+static bool id_then_match(const char *rest, const char *tail, struct route_args *args)
+{
+    if (!rest || rest[0] != '/')
+        return false;
+    rest++;
+    size_t len = strcspn(rest, "/");
+    if (!segment_id_parse(rest, len, &args->id[0]))
+        return false;
+    args->nid = 1;
+    rest += len;
+    if (!tail[0])
+        return rest[0] == '\0';
+    return rest[0] == '/' && strcmp(rest + 1, tail) == 0;
+}
+
+/* A generated route's match, as route_match would match its pattern, without building the pattern. */
+static bool generated_match(const struct route *rt, const char *path, struct route_args *args)
+{
+    const struct resource *r = rt->res;
+    args->nid = 0;
+    if (kind_on_collection(rt->kind))
+        return strcmp(path, r->path) == 0;
+    if (kind_by_parent(rt->kind))
+        return id_then_match(prefix_skip(path, r->parent->path), r->collection, args);
+    return id_then_match(prefix_skip(path, r->path), "", args);
+}
+
+static bool route_matches(const struct route *rt, const char *path, struct route_args *args)
+{
+    return rt->res ? generated_match(rt, path, args) : route_match(rt->pattern, path, args);
+}
+
 static void allow_add(char *allow, size_t cap, int method)
 {
     const char *name = http_method_str((enum http_method)method);
@@ -152,7 +203,7 @@ void router_find(int method, const char *path, struct router_match *m)
     int want = method == HTTP_HEAD ? HTTP_GET : method;
     *m = (struct router_match){ .index = -1 };
     for (int i = c.index; route_next(&c, &rt); i = c.index) {
-        if (!route_match(rt.pattern, path, &m->args))
+        if (!route_matches(&rt, path, &m->args))
             continue;
         if (rt.method == want) {
             m->index = i;
@@ -209,7 +260,7 @@ void router_route_label(int i, const char **method, char *pattern, size_t cap)
     while (route_next(&c, &rt)) {
         if (c.index - 1 == i) {
             *method = http_method_str((enum http_method)rt.method);
-            snprintf(pattern, cap, "%s", rt.pattern);
+            pattern_build(&rt, pattern, cap);
             return;
         }
     }
