@@ -1,6 +1,7 @@
 /* fuzz_request: libFuzzer target for the request path. A client sends the input over a socketpair to the
  * real connection state machine (worker/http/http.c), whose handler is the real router, so the handlers,
- * query.c, body.c and resource_ops.c's field checks run as in a worker, up to a stand-in database (fake_db.c).
+ * query.c, body.c and resource_ops.c's field checks run as in a worker, up to a stand-in database
+ * (fake_db.c).
  * Every run builds and frees everything, so LeakSanitizer checks each input.
  *
  * Input: byte 0 = flags (FUZZ_* below), byte 1 = where the rest is cut into two sends (len * b / 256),
@@ -170,8 +171,9 @@ static int run_setup(struct fuzz_run *r, unsigned flags)
     if (!r->w.base || !r->w.fences || !r->w.local)
         return -1;
     r->w.pool = fake_pool_new(r->w.base, (enum fake_answer)(flags & FUZZ_ANSWER));
-    r->w.api = (struct api_context){ .cfg = &r->cfg, .base = r->w.base, .pool = r->w.pool, .local = r->w.local,
-                                     .consistency = r->w.fences, .generation = 1, .draining = &r->w.draining };
+    r->w.api = (struct api_context){ .cfg = &r->cfg, .base = r->w.base, .pool = r->w.pool,
+                                     .local = r->w.local, .consistency = r->w.fences, .generation = 1,
+                                     .draining = &r->w.draining };
     r->w.http = http_server_new(r->w.base, &r->cfg, router_dispatch, &r->w.api);
     if (!r->w.pool || !r->w.http)
         return -1;

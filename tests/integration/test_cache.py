@@ -575,7 +575,8 @@ def test_values_over_max_value_bytes_are_served_but_not_cached(server, schema):
     cached = cache_entries(s, schema.redis_port)
     assert f"post:{big['id']}" not in cached and f"post:{small['id']}" in cached, sorted(cached)
     leases_given_back(s, schema)
-    assert not [k for k in cached if k.startswith("user-posts:")], f"expected no page over 4 kB cached: {sorted(cached)}"
+    assert not [k for k in cached if k.startswith("user-posts:")], \
+        f"expected no page over 4 kB cached: {sorted(cached)}"
 
 
 def fill_held(r):

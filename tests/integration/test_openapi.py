@@ -41,7 +41,8 @@ def operations():
 
 def router_routes():
     """(METHOD, /path/{id}) of every route `pgapi routes` prints (METHOD PATTERN per line)."""
-    out = subprocess.run([BINARY, "routes"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    out = subprocess.run([BINARY, "routes"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         timeout=60)
     assert out.returncode == 0, f"pgapi routes failed: {out.stderr}"
     rows = re.findall(r"^([A-Z]+) (/\S*)$", out.stdout, re.M)
     assert rows, f"pgapi routes printed no route the regex understands: {out.stdout!r}"

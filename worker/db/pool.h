@@ -20,7 +20,8 @@ enum pool_status {
     POOL_ERR_BROKEN,      /* the connection broke or timed out mid-statement: outcome unknown */
 };
 
-#define POOL_LSN_NONE UINT64_MAX /* a read with this fence always goes to the primary (= CONSISTENCY_LSN_NONE) */
+#define POOL_LSN_NONE UINT64_MAX /* a read with this fence always goes to the primary
+                                  * (= CONSISTENCY_LSN_NONE) */
 #define POOL_LSN_NEWEST (UINT64_MAX - 1)
 
 struct pool_result {
