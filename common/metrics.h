@@ -9,9 +9,14 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/consistency.h"
 
 #define METRICS_SLOTS 256      /* config's maximum of workers */
-#define METRICS_ROUTES 24      /* the router's routes, then the ones below */
+/* The router's routes at most: its hand-written ones (up to 8), then up to 8 standard routes for each
+ * resource the consistency state has room for (worker/api/router.c asserts the bound); then the ones
+ * below. */
+#define METRICS_API_ROUTES_MAX (8 + 8 * CONSISTENCY_TABLES_MAX)
+#define METRICS_ROUTES (METRICS_API_ROUTES_MAX + 3)
 #define METRICS_ROUTE_NONE (METRICS_ROUTES - 1)     /* answered before routing (bad framing, limits) */
 #define METRICS_ROUTE_UNMATCHED (METRICS_ROUTES - 2) /* 404 / 405 */
 #define METRICS_ROUTE_SCRAPE (METRICS_ROUTES - 3)    /* the metrics listener itself */

@@ -8,6 +8,7 @@
 #include "common/log.h"
 #include "master/master.h"
 #include "tools/migrate.h"
+#include "tools/routes.h"
 #include "tools/seed.h"
 
 static void usage_print(FILE *f)
@@ -18,6 +19,7 @@ static void usage_print(FILE *f)
             "       pgapi [--config PATH] --check-config   validate the configuration and print it\n"
             "       pgapi [--config PATH] migrate up [N|all] | down [N|all] | status | create NAME\n"
             "       pgapi [--config PATH] seed [--users N] [--posts-per-user M]\n"
+            "       pgapi routes                           print the routes, METHOD PATTERN per line\n"
             "       pgapi --version | --help\n\n"
             "options:\n"
             "  -c, --config PATH   ini file (default: $PGAPI_CONFIG, else the embedded defaults)\n"
@@ -70,6 +72,8 @@ int main(int argc, char **argv)
         return migrate_main(&cfg, argc - optind - 1, argv + optind + 1);
     if (strcmp(cmd, "seed") == 0)
         return seed_main(&cfg, argc - optind - 1, argv + optind + 1);
+    if (strcmp(cmd, "routes") == 0)
+        return routes_main(argc - optind - 1);
     fprintf(stderr, "pgapi: unknown command \"%s\"\n", cmd);
     usage_print(stderr);
     return 2;

@@ -20,7 +20,8 @@
 
 #include "common/clock.h"
 #include "common/clients.h"
-#include "common/fence.h"
+#include "common/consistency.h"
+#include "worker/api/resource.h"
 #include "common/metrics.h"
 #include "common/room.h"
 #include "master/listener.h"
@@ -55,7 +56,7 @@ struct master {
     struct worker_sockets socks;  /* the current generation's listening sockets */
     struct worker_sockets old;    /* previous ones while their workers drain after an address change */
     int sig_fd;
-    struct fences *fences;        /* shared memory the workers write; the master only sets cache-dirty */
+    struct consistency *fences;        /* shared memory the workers write; the master only sets cache-dirty */
     struct rooms *rooms;          /* shared: which workers have room for a connection */
     struct clients *clients;      /* shared: open connections per client address */
     struct metrics *metrics;      /* shared: what GET /metrics shows; the master counts restarts, reloads */
@@ -309,7 +310,7 @@ static void cache_dirty_after_death(struct master *m, const struct proc *p, int 
     bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (clean || !m->fences)
         return;
-    fences_cache_dirty_set(m->fences);
+    consistency_cache_dirty_set(m->fences);
     log_warn("worker %d pid %d died: the cache is bypassed until it moves to a new epoch", p->slot, (int)p->pid);
 }
 
@@ -411,7 +412,7 @@ static int master_setup(struct master *m)
     }
     m->ready_rd = p[0];
     m->ready_wr = p[1];
-    m->fences = fences_create();
+    m->fences = resource_registry_check() ? consistency_create(resource_count()) : NULL;
     m->rooms = rooms_create();
     m->metrics = metrics_create();
     m->clients = clients_create();
@@ -471,7 +472,7 @@ int master_run(const struct config *cfg, const char *config_path)
     generation_spawn(m);
     master_loop(m);
     log_info("stopped");
-    fences_destroy(m->fences);
+    consistency_destroy(m->fences);
     rooms_destroy(m->rooms);
     metrics_destroy(m->metrics);
     clients_destroy(m->clients);

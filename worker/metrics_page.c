@@ -28,10 +28,11 @@ static void family(struct page *pg, const char *name, const char *type, const ch
     fprintf(pg->f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void route_labels(int route, const char **method, const char **pattern)
+static void route_labels(int route, const char **method, const char **pattern, char *buf, size_t cap)
 {
     if (route < router_route_count()) {
-        router_route_label(route, method, pattern);
+        router_route_label(route, method, buf, cap);
+        *pattern = buf;
         return;
     }
     *method = route == METRICS_ROUTE_SCRAPE ? "GET" : "";
@@ -56,7 +57,8 @@ static void requests_render(struct page *pg)
                 if (!n)
                     continue;
                 const char *method, *pattern;
-                route_labels(r, &method, &pattern);
+                char label[ROUTER_PATTERN_MAX];
+                route_labels(r, &method, &pattern, label, sizeof(label));
                 int code = metrics_status_code(s);
                 char status[8] = "other";
                 if (code)
@@ -70,7 +72,8 @@ static void latency_render_route(struct page *pg, int w, int r)
 {
     const struct metrics_counters *c = &pg->m->slot[w];
     const char *method, *pattern;
-    route_labels(r, &method, &pattern);
+    char label[ROUTER_PATTERN_MAX];
+    route_labels(r, &method, &pattern, label, sizeof(label));
     uint64_t cumulative = 0;
     for (int b = 0; b < METRICS_BUCKETS; b++) {
         cumulative += metrics_get(&c->latency[r][b]);

@@ -22,7 +22,7 @@
 #include "worker/cache/local_cache.h"
 #include "worker/http/http.h"
 #include "worker/metrics_page.h"
-#include "worker/api/op.h"
+#include "worker/api/resource_ops.h"
 #include "worker/telemetry.h"
 #include "worker/db/pool.h"
 #include "worker/api/router.h"
@@ -321,14 +321,14 @@ static int metrics_listener_setup(struct worker *w)
 }
 
 /* Requests still in flight (a second stop signal, an expired drain_timeout) are dropped, not answered:
- * the pool and the cache free their jobs without running a callback, then op frees what the requests
+ * the pool and the cache free their jobs without running a callback, then resource_ops frees what the requests
  * held, and only then go the HTTP connections those requests point to. */
 static void worker_free(struct worker *w)
 {
     telemetry_free(w->telemetry); /* publishes its last numbers: before the pool and cache go */
     pool_free(w->pool);
     cache_free(w->cache);
-    op_discard_all(w);
+    resource_ops_discard_all(&w->api);
     http_server_free(w->metrics_http);
     if (w->metrics_accept_ev)
         event_free(w->metrics_accept_ev);
@@ -365,7 +365,7 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
         log_error("cannot set up the event loop");
         goto done;
     }
-    w.http = http_server_new(w.base, cfg, router_dispatch, &w);
+    w.http = http_server_new(w.base, cfg, router_dispatch, &w.api);
     if (w.http)
         http_server_on_close(w.http, client_gone, &w);
     w.pool = pool_new(w.base, cfg, w.fences);
@@ -375,6 +375,9 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
         if (!w.local)
             log_warn("cannot allocate the local cache: running without it");
     }
+    w.api = (struct api_context){ .cfg = cfg, .base = w.base, .pool = w.pool, .cache = w.cache, .local = w.local,
+                                  .consistency = w.fences, .slot = slot, .generation = generation,
+                                  .draining = &w.draining };
     if (!w.http || !w.pool || !w.cache) {
         log_error("cannot set up the HTTP server, the database pool or the cache client");
         goto done;

@@ -6,22 +6,22 @@
 #include <stdbool.h>
 
 #include "common/config.h"
+#include "worker/api/api.h"
 
 struct event_base;
 struct event;
 struct http_server;
 struct pool;
 struct cache;
-struct fences;
+struct consistency;
 struct rooms;
 struct metrics;
 struct telemetry;
-struct op_state;
 struct clients;
 
 /* What the master maps before the first fork and every worker shares. */
 struct worker_shared {
-    struct fences *fences;
+    struct consistency *fences;
     struct rooms *rooms;
     struct metrics *metrics;
     struct clients *clients;
@@ -55,8 +55,8 @@ struct worker {
     struct pool *pool;
     struct cache *cache;
     struct local_cache *local;  /* NULL when off: redis disabled or local_entries = 0 */
-    struct op_state *ops;       /* requests in flight in op.c (op_discard_all at exit) */
-    struct fences *fences;      /* shared with every worker: commit LSNs of acknowledged writes */
+    struct api_context api;     /* what the API code sees of this worker (the router's context) */
+    struct consistency *fences;      /* shared with every worker: commit LSNs of acknowledged writes */
     struct rooms *rooms;        /* shared with every worker: who has room under max_connections */
     struct clients *clients;    /* shared with every worker: connections per client address */
     unsigned long client_refused_total; /* connections refused at max_connections_per_client */

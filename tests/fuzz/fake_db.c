@@ -51,7 +51,8 @@ static void answer_unavailable(pool_cb cb, void *arg, const char *why)
     cb(arg, &r);
 }
 
-/* The (id, json) result a statement of op.h returns: no row, or one. NULL when out of memory. */
+/* The (id, json) result a resource statement (resource.h) returns: no row, or one. NULL when out of
+ * memory. */
 static PGresult *result_make(const struct pool *p)
 {
     PGresAttDesc cols[2] = {
@@ -179,7 +180,8 @@ void pool_backend_stats(const struct pool *p, int backend, struct pool_backend_s
     *out = (struct pool_backend_stats){ 0 };
 }
 
-/* ---- the cache: disabled, so op.c never looks anything up; the rest answers as when Redis is down -- */
+/* ---- the cache: disabled, so resource_ops.c never looks anything up; the rest answers as when Redis is
+ * down ---- */
 
 enum cache_state cache_state(const struct cache *c)
 {

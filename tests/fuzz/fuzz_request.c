@@ -1,6 +1,7 @@
 /* fuzz_request: libFuzzer target for the request path. A client sends the input over a socketpair to the
  * real connection state machine (worker/http/conn.c), whose handler is the real router, so the handlers,
- * query.c, body.c and op.c's field checks run as in a worker, up to a stand-in database (fake_db.c).
+ * query.c, body.c and resource_ops.c's field checks run as in a worker, up to a stand-in database
+ * (fake_db.c).
  * Every run builds and frees everything, so LeakSanitizer checks each input.
  *
  * Input: byte 0 = flags (FUZZ_* below), byte 1 = where the rest is cut into two sends (len * b / 256),
@@ -16,13 +17,14 @@
 #include <unistd.h>
 
 #include "common/config.h"
-#include "common/fence.h"
+#include "common/consistency.h"
 #include "common/log.h"
 #include "tests/fuzz/fake_db.h"
 #include "worker/http/http.h"
 #include "worker/cache/local_cache.h"
 #include "worker/db/pool.h"
 #include "worker/api/router.h"
+#include "worker/api/resource.h"
 #include "worker/worker.h"
 
 #define FUZZ_ANSWER 0x03       /* enum fake_answer: what every statement gets back */
@@ -164,12 +166,15 @@ static int run_setup(struct fuzz_run *r, unsigned flags)
         return -1;
     r->w = (struct worker){ .cfg = &r->cfg, .generation = 1, .listen_fd = -1 };
     r->w.base = event_base_new();
-    r->w.fences = fences_create();
+    r->w.fences = consistency_create(resource_count());
     r->w.local = local_cache_new(LOCAL_ENTRIES, r->cfg.local_cache_bytes, r->cfg.cache_ttl_s);
     if (!r->w.base || !r->w.fences || !r->w.local)
         return -1;
     r->w.pool = fake_pool_new(r->w.base, (enum fake_answer)(flags & FUZZ_ANSWER));
-    r->w.http = http_server_new(r->w.base, &r->cfg, router_dispatch, &r->w);
+    r->w.api = (struct api_context){ .cfg = &r->cfg, .base = r->w.base, .pool = r->w.pool,
+                                     .local = r->w.local, .consistency = r->w.fences, .generation = 1,
+                                     .draining = &r->w.draining };
+    r->w.http = http_server_new(r->w.base, &r->cfg, router_dispatch, &r->w.api);
     if (!r->w.pool || !r->w.http)
         return -1;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
@@ -190,7 +195,7 @@ static void run_teardown(struct fuzz_run *r)
     http_server_free(r->w.http);
     pool_free(r->w.pool);
     local_cache_free(r->w.local);
-    fences_destroy(r->w.fences);
+    consistency_destroy(r->w.fences);
     if (r->w.base)
         event_base_free(r->w.base);
 }

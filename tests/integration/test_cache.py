@@ -512,7 +512,8 @@ def test_values_over_max_value_bytes_are_served_but_not_cached(server, schema):
     cached = cache_entries(s, schema.redis_port)
     assert f"post:{big['id']}" not in cached and f"post:{small['id']}" in cached, sorted(cached)
     leases_given_back(s, schema)
-    assert not [k for k in cached if k.startswith("uplist:")], f"expected no page over 4 kB cached: {sorted(cached)}"
+    assert not [k for k in cached if k.startswith("user-posts:")], \
+        f"expected no page over 4 kB cached: {sorted(cached)}"
 
 
 def fill_held(r):
@@ -559,7 +560,7 @@ def test_a_fill_slower_than_command_timeout_costs_no_invalidation(server, schema
 
 
 def page_keys(r, s, name):
-    """The value keys of cached pages of the list `name` ("plist"), any epoch and generation."""
+    """The value keys of cached pages of the list `name` ("posts"), any epoch and generation."""
     return [k.decode() for k in r.scan_iter(f"{s.prefix}:e*:v:{name}:*", count=1000)]
 
 
@@ -578,7 +579,7 @@ def test_pages_cached_per_list_are_bounded_and_a_write_still_drops_them_all(serv
         assert status == 200 and xc == "MISS" and body["data"][0]["id"] == ids[pages.index(p)], (p, status, xc, body)
     epoch = epoch_of(s, schema.redis_port)
     live = r.scard(f"{s.prefix}:e{epoch}:pages:posts")
-    stored = page_keys(r, s, "plist")
+    stored = page_keys(r, s, "posts")
     assert live == 20 and len(stored) == 20, f"expected 20 pages cached (list_pages), got {live} tracked, {len(stored)} stored"
     until_hit(s, pages[-1])  # the cache still serves pages
     assert s.request("PATCH", f"/posts/{ids[0]}", body={"title": "after the bound"}).status == 200
@@ -587,7 +588,7 @@ def test_pages_cached_per_list_are_bounded_and_a_write_still_drops_them_all(serv
         assert xc == "MISS", f"expected every page of the list dropped by the write, {p} was a {xc}"
         if i == 0:
             assert body["data"][0]["title"] == "after the bound", body
-    assert len(page_keys(r, s, "plist")) <= 20, sorted(page_keys(r, s, "plist"))
+    assert len(page_keys(r, s, "posts")) <= 20, sorted(page_keys(r, s, "posts"))
 
 
 def test_a_page_past_the_last_id_is_answered_but_not_cached(server, schema):

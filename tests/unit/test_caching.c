@@ -1,6 +1,6 @@
 /* Unit tests for the pieces of the fast paths that need no server: the array parameters and the result
  * split of shared statements (worker/batch), the workers' local cache (worker/local_cache) and the
- * shared fences' unknown commits (common/fence). */
+ * shared consistency state's unknown commits (common/consistency). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "common/fence.h"
+#include "common/consistency.h"
 #include "worker/db/batch.h"
 #include "worker/cache/local_cache.h"
 
@@ -96,32 +96,35 @@ static void test_local_cache_stamps_and_bounds(void **state)
 
 /* A commit whose LSN is unknown sends its table's reads to the primary until a primary position read
  * after it resolves it; a position read before it (snapshot taken earlier) does not. */
+/* Two tables as the registry numbers them: a parent (users) and its child (posts). */
+enum { T_PARENT = 0, T_CHILD = 1 };
+
 static void test_fences_unknown_commit_resolved_by_a_later_position(void **state)
 {
     (void)state;
-    struct fences *f = fences_create();
+    struct consistency *f = consistency_create(2);
     assert_non_null(f);
-    fences_raise(f, FENCE_USERS, 100);
-    fences_raise_row(f, FENCE_ROW_USER, 7, 90);
-    uint64_t before[FENCE_COUNT], after[FENCE_COUNT];
-    fences_unknown_snapshot(f, before);
-    fences_unknown_mark(f, FENCE_USERS);
-    assert_true(fences_get(f, FENCE_USERS) == FENCE_LSN_NONE);
-    assert_true(fences_get_row(f, FENCE_ROW_USER, 7) == FENCE_LSN_NONE);
-    assert_true(fences_get(f, FENCE_POSTS) == 0); /* other tables unaffected */
-    assert_true(fences_get_row(f, FENCE_ROW_USER_POSTS, 7) == 0);
-    fences_unknown_resolve(f, before, 500); /* read before the mark: proves nothing */
-    assert_true(fences_get(f, FENCE_USERS) == FENCE_LSN_NONE);
-    fences_unknown_snapshot(f, after);
-    fences_unknown_resolve(f, after, 400);
-    assert_true(fences_get(f, FENCE_USERS) == 400);
-    assert_true(fences_get_row(f, FENCE_ROW_USER, 7) == 400);
-    assert_true(fences_get_row(f, FENCE_ROW_USER, 8) == 400);
-    fences_raise(f, FENCE_USERS, 600);
-    assert_true(fences_get(f, FENCE_USERS) == 600);
-    fences_unknown_resolve(f, after, 900); /* nothing new to resolve: the floor stays */
-    assert_true(fences_get_row(f, FENCE_ROW_USER, 8) == 400);
-    fences_destroy(f);
+    consistency_raise(f, T_PARENT, 100);
+    consistency_raise_row(f, T_PARENT, CONSISTENCY_ROWS, 7, 90);
+    uint64_t before[CONSISTENCY_TABLES_MAX], after[CONSISTENCY_TABLES_MAX];
+    consistency_unknown_snapshot(f, before);
+    consistency_unknown_mark(f, T_PARENT);
+    assert_true(consistency_get(f, T_PARENT) == CONSISTENCY_LSN_NONE);
+    assert_true(consistency_get_row(f, T_PARENT, CONSISTENCY_ROWS, 7) == CONSISTENCY_LSN_NONE);
+    assert_true(consistency_get(f, T_CHILD) == 0); /* other tables unaffected */
+    assert_true(consistency_get_row(f, T_CHILD, CONSISTENCY_ROWS_BY_PARENT, 7) == 0);
+    consistency_unknown_resolve(f, before, 500); /* read before the mark: proves nothing */
+    assert_true(consistency_get(f, T_PARENT) == CONSISTENCY_LSN_NONE);
+    consistency_unknown_snapshot(f, after);
+    consistency_unknown_resolve(f, after, 400);
+    assert_true(consistency_get(f, T_PARENT) == 400);
+    assert_true(consistency_get_row(f, T_PARENT, CONSISTENCY_ROWS, 7) == 400);
+    assert_true(consistency_get_row(f, T_PARENT, CONSISTENCY_ROWS, 8) == 400);
+    consistency_raise(f, T_PARENT, 600);
+    assert_true(consistency_get(f, T_PARENT) == 600);
+    consistency_unknown_resolve(f, after, 900); /* nothing new to resolve: the floor stays */
+    assert_true(consistency_get_row(f, T_PARENT, CONSISTENCY_ROWS, 8) == 400);
+    consistency_destroy(f);
 }
 
 int main(void)

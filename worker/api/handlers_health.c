@@ -7,23 +7,22 @@
 #include "worker/api/handlers.h"
 #include "worker/db/pool.h"
 #include "worker/http/reply.h"
-#include "worker/worker.h"
 
-void handle_root(struct worker *w, struct http_request *req, const struct route_args *a)
+void handle_root(struct api_context *api, struct http_request *req, const struct route_args *a)
 {
-    (void)w;
+    (void)api;
     (void)a;
     reply_text(req, 200, "Hello World!");
 }
 
-void handle_healthz(struct worker *w, struct http_request *req, const struct route_args *a)
+void handle_healthz(struct api_context *api, struct http_request *req, const struct route_args *a)
 {
     (void)a;
     struct json_object *o = json_object_new_object();
     json_object_object_add(o, "status", json_object_new_string("ok"));
     json_object_object_add(o, "pid", json_object_new_int(getpid()));
-    json_object_object_add(o, "worker", json_object_new_int(w->slot));
-    json_object_object_add(o, "generation", json_object_new_int64(w->generation));
+    json_object_object_add(o, "worker", json_object_new_int(api->slot));
+    json_object_object_add(o, "generation", json_object_new_int64(api->generation));
     reply_json(req, 200, o);
 }
 
@@ -44,22 +43,26 @@ static struct json_object *replica_json(const struct pool *p, int i)
  * does not (reads then go to the primary and the cache is bypassed, so every request still works);
  * 503 "unavailable" when the primary does not: writes would fail. Taking an instance out of a load
  * balancer because Redis is down would turn a cache outage into a full one. */
-void handle_readyz(struct worker *w, struct http_request *req, const struct route_args *a)
+void handle_readyz(struct api_context *api, struct http_request *req, const struct route_args *a)
 {
     (void)a;
-    bool primary = pool_primary_up(w->pool);
-    int nrep = pool_replica_count(w->pool), up = pool_replicas_up(w->pool);
-    enum cache_state cs = cache_state(w->cache);
+    bool primary = pool_primary_up(api->pool);
+    int nrep = pool_replica_count(api->pool), up = pool_replicas_up(api->pool);
+    enum cache_state cs = cache_state(api->cache);
     bool redis_ok = cs == CACHE_UP || cs == CACHE_DISABLED;
-    const char *status = !primary ? "unavailable" : (up < nrep || !redis_ok) ? "degraded" : "ready";
+    const char *status = "ready";
+    if (!primary)
+        status = "unavailable";
+    else if (up < nrep || !redis_ok)
+        status = "degraded";
     struct json_object *o = json_object_new_object(), *reps = json_object_new_array();
     for (int i = 0; i < nrep; i++)
-        json_object_array_add(reps, replica_json(w->pool, i));
+        json_object_array_add(reps, replica_json(api->pool, i));
     json_object_object_add(o, "status", json_object_new_string(status));
     json_object_object_add(o, "primary", json_object_new_boolean(primary));
     json_object_object_add(o, "replicas_up", json_object_new_int(up));
     json_object_object_add(o, "replicas", reps);
     json_object_object_add(o, "redis", json_object_new_string(cache_state_name(cs)));
-    json_object_object_add(o, "worker", json_object_new_int(w->slot));
+    json_object_object_add(o, "worker", json_object_new_int(api->slot));
     reply_json(req, primary ? 200 : 503, o);
 }

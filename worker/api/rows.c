@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <string.h>
 
-/* The page's last row says whether another row follows it (OP_SQL_PAGE's third column). */
+/* The page's last row says whether another row follows it (RESOURCE_SQL_PAGE's third column). */
 static bool next_exists(const PGresult *res, int n)
 {
     return n > 0 && PQnfields(res) >= 3 && !PQgetisnull(res, n - 1, 2) && PQgetvalue(res, n - 1, 2)[0] == 't';

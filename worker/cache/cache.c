@@ -16,7 +16,7 @@
 
 #include "common/clock.h"
 #include "common/config.h"
-#include "common/fence.h"
+#include "common/consistency.h"
 #include "common/log.h"
 
 #define BACKOFF_MIN_MS 100
@@ -140,7 +140,7 @@ struct cache {
     struct event *ping_ev;        /* periodic health PING */
     bool ping_inflight;
     bool epoch_inflight;
-    struct fences *fences;        /* shared: the cache-dirty flag */
+    struct consistency *fences;        /* shared: the cache-dirty flag */
     int failures;
     char sha[SCRIPT_COUNT][41];   /* "" until loaded */
     char epoch[24];               /* the epoch last seen: single-row lookups peek at it first */
@@ -336,7 +336,7 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
     ping_send(c);
 }
 
-struct cache *cache_new(struct event_base *base, const struct config *cfg, struct fences *fences)
+struct cache *cache_new(struct event_base *base, const struct config *cfg, struct consistency *fences)
 {
     struct cache *c = calloc(1, sizeof(*c));
     if (!c)
@@ -405,7 +405,7 @@ static void lsn_hex(uint64_t lsn, char *buf)
 
 static bool cache_usable(const struct cache *c)
 {
-    return c->state == CACHE_UP && c->ac && !fences_cache_dirty(c->fences);
+    return c->state == CACHE_UP && c->ac && !consistency_cache_dirty(c->fences);
 }
 
 static void cmd_answer_fail(struct cache_cmd *cmd)
@@ -534,7 +534,7 @@ static void cmd_discard(struct cache_cmd *cmd)
 {
     if (cmd->kind == CMD_INVALIDATE && !cmd->answered) {
         log_warn("redis: exiting with an invalidation unconfirmed: the cache is bypassed until a new epoch");
-        fences_cache_dirty_set(cmd->c->fences);
+        consistency_cache_dirty_set(cmd->c->fences);
     }
     free(cmd);
 }
@@ -590,7 +590,7 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
             cmd->c->epoch_inflight = false;
             if (ok) {
                 cmd->c->stats.epoch_bumps++;
-                fences_cache_dirty_clear(cmd->c->fences);
+                consistency_cache_dirty_clear(cmd->c->fences);
                 log_info("redis: cache moved to a new epoch; cached values in use again");
             }
         }
@@ -768,7 +768,7 @@ void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t l
 /* Ends a bypass: a new epoch makes every value cached before the failure unreachable. */
 static void epoch_bump(struct cache *c)
 {
-    if (c->epoch_inflight || c->state != CACHE_UP || !c->ac || !fences_cache_dirty(c->fences))
+    if (c->epoch_inflight || c->state != CACHE_UP || !c->ac || !consistency_cache_dirty(c->fences))
         return;
     char key[96];
     snprintf(key, sizeof(key), "%s:epoch", c->cfg->redis_prefix);

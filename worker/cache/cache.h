@@ -10,7 +10,7 @@
 struct event_base;
 struct config;
 struct cache;
-struct fences;
+struct consistency;
 
 enum cache_state { CACHE_DISABLED, CACHE_DOWN, CACHE_CONNECTING, CACHE_UP };
 
@@ -19,7 +19,7 @@ struct cache_stats {
     uint64_t hits, misses, waits, bypasses, fills, invalidations, invalidation_failures, epoch_bumps;
 };
 
-struct cache *cache_new(struct event_base *base, const struct config *cfg, struct fences *fences);
+struct cache *cache_new(struct event_base *base, const struct config *cfg, struct consistency *fences);
 void cache_free(struct cache *c);
 enum cache_state cache_state(const struct cache *c);
 const char *cache_state_name(enum cache_state s);

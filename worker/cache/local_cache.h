@@ -1,7 +1,8 @@
 /* local_cache: a small per-worker copy of single-row cache values, in front of Redis. An entry carries
- * a stamp, the row fence (common/fence.h) read before its value was fetched, and is served only while
- * that fence is unchanged: every acknowledged write of the row (from any worker of this server) raises
- * its fence before it is answered, so a changed fence retires the entry. See op.c for the fill rule. */
+ * a stamp, the row fence (common/consistency.h) read before its value was fetched, and is served only
+ * while that fence is unchanged: every acknowledged write of the row (from any worker of this server)
+ * raises its fence before it is answered, so a changed fence retires the entry. See
+ * worker/api/resource_ops.c for the fill rule. */
 #ifndef PGAPI_LOCAL_CACHE_H
 #define PGAPI_LOCAL_CACHE_H
 
@@ -11,8 +12,8 @@
 
 struct local_cache;
 
-/* What an entry is valid for: its row's fence, and the count of cache troubles (fence.h), both as read
- * before its value was fetched. */
+/* What an entry is valid for: its row's fence, and the count of cache troubles (common/consistency.h),
+ * both as read before its value was fetched. */
 struct local_stamp {
     uint64_t fence;
     uint64_t troubles;

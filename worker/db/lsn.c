@@ -1,6 +1,6 @@
 /* lsn: commit-LSN grouping. A write's answer waits for pg_current_wal_lsn() read after its commit; one
  * read, sent after the commit, serves every write waiting for one. Its answer also resolves the unknown
- * commits counted when it was sent (fence.h). */
+ * commits counted when it was sent (consistency.h). */
 #include "worker/db/lsn.h"
 
 #include <stdio.h>
@@ -46,7 +46,7 @@ void lsn_group_take(struct pool *p, struct job *g, const struct pool_result *r)
         log_warn("primary: cannot read pg_current_wal_lsn() after a commit; reads of it go to the primary");
         lsn = POOL_LSN_NONE;
     } else if (p->fences) {
-        fences_unknown_resolve(p->fences, p->lsn_marks, lsn);
+        consistency_unknown_resolve(p->fences, p->lsn_marks, lsn);
     }
     lsn_group_deliver(p, g, lsn);
 }
@@ -73,7 +73,7 @@ void lsn_kick(struct pool *p)
     }
     g->batch = waiting;
     if (p->fences)
-        fences_unknown_snapshot(p->fences, p->lsn_marks);
+        consistency_unknown_snapshot(p->fences, p->lsn_marks);
     route_submit(p, g);
 }
 

@@ -51,7 +51,7 @@ static int backend_init(struct pool *p, struct backend *be, enum pool_side side,
     return 0;
 }
 
-struct pool *pool_new(struct event_base *base, const struct config *cfg, struct fences *fences)
+struct pool *pool_new(struct event_base *base, const struct config *cfg, struct consistency *fences)
 {
     struct pool *p = calloc(1, sizeof(*p));
     if (!p)
@@ -136,7 +136,7 @@ void pool_free(struct pool *p)
         write |= backend_close(&p->replicas[i]);
     if (write && p->fences) {
         log_warn("exiting with writes in flight: the cache is bypassed until it moves to a new epoch");
-        fences_cache_dirty_set(p->fences);
+        consistency_cache_dirty_set(p->fences);
     }
     if (p->sweep_ev)
         event_free(p->sweep_ev);

@@ -20,7 +20,8 @@ enum pool_status {
     POOL_ERR_BROKEN,      /* the connection broke or timed out mid-statement: outcome unknown */
 };
 
-#define POOL_LSN_NONE UINT64_MAX /* a read with this fence always goes to the primary (= FENCE_LSN_NONE) */
+#define POOL_LSN_NONE UINT64_MAX /* a read with this fence always goes to the primary
+                                  * (= CONSISTENCY_LSN_NONE) */
 #define POOL_LSN_NEWEST (UINT64_MAX - 1)
 
 struct pool_result {
@@ -56,9 +57,9 @@ struct pool_side_stats {
     int in_use, idle, connecting, down, waiting;
 };
 
-/* fences (may be NULL): the pool resolves unknown commit LSNs (fence.h) with the primary positions it reads. */
-struct fences;
-struct pool *pool_new(struct event_base *base, const struct config *cfg, struct fences *fences);
+/* fences (may be NULL): the pool resolves unknown commit LSNs (consistency.h) with the primary positions it reads. */
+struct consistency;
+struct pool *pool_new(struct event_base *base, const struct config *cfg, struct consistency *fences);
 void pool_free(struct pool *p);
 
 /* Both entry points always answer through cb, exactly once; immediately (from inside the call) when

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
-#include "common/fence.h"
+#include "common/consistency.h"
 #include "worker/db/pool.h"
 
 #define POOL_MAX_CONNS 256
@@ -104,10 +104,10 @@ struct pool {
      * every write that committed before it was sent, so a busy primary does not read it per write. */
     struct side_queue lsn_waiting;
     bool lsn_inflight;
-    /* Unknown commits counted (fence.h) when the primary position read now in flight was sent, by the
+    /* Unknown commits counted (consistency.h) when the primary position read now in flight was sent, by the
      * health check and by the commit-LSN read: its answer resolves them. */
-    struct fences *fences;
-    uint64_t health_marks[FENCE_COUNT], lsn_marks[FENCE_COUNT];
+    struct consistency *fences;
+    uint64_t health_marks[CONSISTENCY_TABLES_MAX], lsn_marks[CONSISTENCY_TABLES_MAX];
     struct pool_side_stats stats[2];
 };
 

@@ -1,6 +1,6 @@
 /* body: parses and validates JSON request bodies; on failure it has already answered the request
  * (415 wrong content type, 400 malformed JSON, invalid UTF-8, repeated keys or wrong types, 422 values out
- * of range). Which members a body may have is the caller's (op.c refuses the others). */
+ * of range). Which members a body may have is the caller's (resource_ops.c refuses the others). */
 #ifndef PGAPI_BODY_H
 #define PGAPI_BODY_H
 

@@ -515,13 +515,13 @@ def cache_mismatches(srv, schema, redis_port=None):
             continue  # expired or dropped meanwhile
         value = json.loads(raw[16:])  # a value is its data LSN (16 hex digits), then the body
         kind = key.split(":", 1)[0]
-        if kind in ("user", "userp"):
+        if kind in ("user", "user-with-posts"):
             rows.append((key, "users", value["id"], value["version"]))
             rows += [(key, "posts", p["id"], p["version"]) for p in value.get("posts", [])]
         elif kind == "post":
             rows.append((key, "posts", value["id"], value["version"]))
         else:  # a list page
-            table = "users" if kind == "ulist" else "posts"
+            table = "users" if kind == "users" else "posts"
             rows += [(key, table, x["id"], x["version"]) for x in value["data"]]
     problems = []
     with closing(schema.rw()) as conn, conn.cursor() as cur:

@@ -1,0 +1,65 @@
+/* consistency: the state every worker of a master shares (a MAP_SHARED mapping made before fork) so a
+ * read anywhere after an acknowledged write is routed to a server that has it: per table commit-LSN
+ * fences, row fences, unknown commits, and the cache's health. Tables are numbered by the resource
+ * registry (worker/api/resource.h); this module knows none of them. */
+#ifndef PGAPI_CONSISTENCY_H
+#define PGAPI_CONSISTENCY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* The most tables (resources) the state holds; the registry is checked against it at start-up. */
+#define CONSISTENCY_TABLES_MAX 8
+
+#define CONSISTENCY_LSN_NONE UINT64_MAX /* what a read gets while a table has an unresolved unknown
+                                         * commit: the primary only (the pool's POOL_LSN_NONE) */
+
+struct consistency;
+
+/* Called by the master once, before the first fork, for `ntables` tables (1..CONSISTENCY_TABLES_MAX);
+ * the mapping outlives worker generations. NULL (logged) when it cannot be made. */
+struct consistency *consistency_create(int ntables);
+void consistency_destroy(struct consistency *c);
+/* Raises table t's fence to lsn (never lowers it). */
+void consistency_raise(struct consistency *c, int t, uint64_t lsn);
+/* The table's fence; CONSISTENCY_LSN_NONE while it has an unknown commit not yet resolved. */
+uint64_t consistency_get(const struct consistency *c, int t);
+
+/* Row fences: a read of one row waits only for writes to rows that hash to its bucket (and for deletes
+ * that cascaded into its set), not for every write to the table: under a steady write load, reads of
+ * other rows keep going to the replicas. Lists keep waiting for the table fence. Each table has two
+ * row sets: its rows by id, and its rows by their parent's id (a user's posts). */
+enum consistency_rowset { CONSISTENCY_ROWS = 0, CONSISTENCY_ROWS_BY_PARENT, CONSISTENCY_ROWSETS };
+
+void consistency_raise_row(struct consistency *c, int t, enum consistency_rowset s, int64_t id, uint64_t lsn);
+/* Raises every row of the set at once (a cascade whose rows cannot be listed). */
+void consistency_raise_rowset(struct consistency *c, int t, enum consistency_rowset s, uint64_t lsn);
+uint64_t consistency_get_row(const struct consistency *c, int t, enum consistency_rowset s, int64_t id);
+
+/* A write to table t committed but its commit LSN could not be read (the connection went after the
+ * COMMIT): every read of t (rows and lists) goes to the primary until a position of the primary read
+ * after this call is known; that position then becomes a floor of t's fences (it is past the commit). */
+void consistency_unknown_mark(struct consistency *c, int t);
+/* Before sending a read of the primary's position: how many unknown commits each table has had. */
+void consistency_unknown_snapshot(const struct consistency *c, uint64_t marks[CONSISTENCY_TABLES_MAX]);
+/* `lsn` was read on the primary after `marks` was taken: every unknown commit counted there is at or
+ * below it. */
+void consistency_unknown_resolve(struct consistency *c, const uint64_t marks[CONSISTENCY_TABLES_MAX],
+                                 uint64_t lsn);
+
+/* Set by a worker whose cache invalidation failed: every worker bypasses Redis until one of them has
+ * moved the cache to a new epoch (so nothing cached before the failure is served again). */
+void consistency_cache_dirty_set(struct consistency *c);
+bool consistency_cache_dirty(const struct consistency *c);
+/* Counts the times the cache was marked dirty (a failed invalidation, a worker that died): the workers'
+ * local copies taken before the last one are never served. */
+uint64_t consistency_cache_troubles(const struct consistency *c);
+void consistency_cache_dirty_clear(struct consistency *c);
+
+/* The primary's identity (its system identifier and timeline) as a worker sampled it. Returns true to
+ * exactly one caller when it differs from the one seen before: a promotion (new timeline) or another
+ * cluster behind the same address. That caller acts on it (the cache may hold rows the new primary
+ * never got, if the old one's last commits were not replicated). */
+bool consistency_primary_seen(struct consistency *c, uint64_t identity);
+
+#endif

@@ -1,0 +1,698 @@
+/* resource_ops: the request steps every resource shares, as one state machine per request (enum
+ * op_step, moved by state_step). A write is acknowledged only after the fences of what it changed are
+ * raised to its commit LSN (effects.h), so any read that starts after the answer goes to a server that
+ * has replayed it; a read waits for the fences of everything it reads. */
+#include "worker/api/resource_ops.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <http_parser.h>
+#include <json-c/json.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/config.h"
+#include "common/consistency.h"
+#include "common/log.h"
+#include "worker/api/effects.h"
+#include "worker/api/rows.h"
+#include "worker/cache/cache.h"
+#include "worker/cache/local_cache.h"
+#include "worker/db/dbreply.h"
+#include "worker/db/id_list.h"
+#include "worker/db/pool.h"
+#include "worker/http/body.h"
+#include "worker/http/query.h"
+#include "worker/http/reply.h"
+
+#define LIST_DEFAULT 50
+#define LIST_MAX 1000
+#define ID_TEXT_MAX 24
+#define PATH_TEXT_MAX 64
+#define EMPTY_PAGE "{\"data\":[],\"next\":null}"
+#define CACHE_WAIT_MS 5
+#define CACHE_WAITS_MAX 10
+
+/* What a request reads or writes: it decides the database step and the fences a read waits for. */
+enum op_kind {
+    OP_ROW,   /* one row by id (with its embedded children when o.embed) */
+    OP_PAGE,  /* a keyset page of a collection, or of one owner's rows */
+    OP_WRITE, /* a create, replace, patch or delete */
+};
+
+/* A request's steps. Reads: LOOKUP_LOCAL (rows only), LOOKUP_CACHE, WAIT_FILL while another request
+ * fills the key, READ_DB after a miss or a bypass, DONE. Writes: WRITE_DB, INVALIDATE (after the
+ * commit, when the cache is on), DONE. */
+enum op_step {
+    STEP_LOOKUP_LOCAL,
+    STEP_LOOKUP_CACHE,
+    STEP_WAIT_FILL,
+    STEP_READ_DB,
+    STEP_WRITE_DB,
+    STEP_INVALIDATE,
+    STEP_DONE,
+};
+
+/* One request in flight: the caller's operation and what its steps need. */
+struct resource_op_state {
+    struct resource_op_state *prev, *next; /* the requests in flight (api->ops), for discard_all */
+    struct resource_op o;
+    enum op_kind kind;
+    enum op_step step;
+    int status;                 /* success status: 200, 201 (with Location) or 204 (no body) */
+    const char *sql;            /* the statement */
+    const char *sql_many;       /* its batched form (pool_query.batch_sql), or NULL */
+    const char *const *params;  /* WRITE_DB: the write's parameters, during state_step only */
+    int nparams;
+    int64_t limit;              /* pages: rows shown */
+    int64_t after;              /* pages: the keyset cursor */
+    char base[PATH_TEXT_MAX];   /* pages: where the next-page link points */
+    char key[CACHE_KEY_MAX];    /* reads: the cache key, "" when not cached */
+    char gen[CACHE_KEY_MAX];    /* pages: the list's generation name ("" for a row) */
+    struct cache_lookup lease;  /* reads: CACHE_LEASE when this request fills the key */
+    uint64_t key_fence;         /* reads: the key's fence from Redis */
+    int waits;
+    bool gone;                  /* reads: the client went (client_gone) */
+    struct local_stamp local_stamp; /* rows: the row's fence before anything was read (local_cache.h) */
+    struct event *wait_ev;
+    struct effects_write done;  /* writes: what committed */
+    uint64_t commit_lsn;        /* writes: its commit LSN (POOL_LSN_NONE when unknown) */
+    char *row_json;             /* writes waiting for their invalidation: the answer, copied */
+    size_t row_len;
+    char row_id[ID_TEXT_MAX];
+    int64_t *cascade;           /* a deletion: the ids of the cascade_names rows that went with it */
+};
+
+static void state_step(struct resource_op_state *s, enum op_step next);
+
+static void state_free(struct resource_op_state *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        s->o.api->ops = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    if (s->wait_ev)
+        event_free(s->wait_ev);
+    free(s->row_json);
+    free(s->cascade);
+    free(s);
+}
+
+/* Fills the key whose lease this request holds (if it holds one); the lease is used up either way. */
+static void lease_fill(struct resource_op_state *s, const char *value, size_t len, uint64_t data_lsn)
+{
+    if (s->lease.kind != CACHE_LEASE)
+        return;
+    cache_fill(s->o.api->cache, &s->lease, value, len, data_lsn);
+    s->lease.kind = CACHE_BYPASS;
+}
+
+/* STEP_DONE: a fill lease the read did not use (a 404, an error, a value not cached) is given back, so
+ * other readers of the key do not wait for a fill that never comes; then the state goes. (Not
+ * state_free's job: that one also runs at exit, when the cache may be gone.) */
+static void state_end(struct resource_op_state *s)
+{
+    if (s->lease.kind == CACHE_LEASE)
+        cache_release(s->o.api->cache, &s->lease);
+    state_free(s);
+}
+
+/* The answer of a request that succeeded, then its end: 204 without a body, 201 with a Location. */
+static void state_answer(struct resource_op_state *s, const char *id, const char *json, size_t len)
+{
+    const struct resource_op *o = &s->o;
+    if (s->status == 204) {
+        http_respond(o->req, 204, NULL, NULL, 0);
+    } else {
+        if (s->status == 201) {
+            char loc[PATH_TEXT_MAX + ID_TEXT_MAX];
+            snprintf(loc, sizeof(loc), "%s/%s", o->res->path, id);
+            http_header_add(o->req, "Location", loc);
+        }
+        http_respond(o->req, s->status, "application/json", json, len);
+    }
+    state_step(s, STEP_DONE);
+}
+
+/* A cached value (local or Redis) as the answer, then the end. */
+static void state_answer_cached(struct resource_op_state *s, const char *value, size_t len)
+{
+    s->o.req->cache_status = "HIT";
+    http_respond(s->o.req, 200, "application/json", value, len);
+    state_step(s, STEP_DONE);
+}
+
+static void client_gone(void *arg);
+
+static struct resource_op_state *state_new(const struct resource_op *o, enum op_kind kind, int status)
+{
+    struct resource_op_state *s = malloc(sizeof(*s));
+    if (!s) {
+        reply_error(o->req, 503, "out_of_memory", "server out of memory");
+        return NULL;
+    }
+    *s = (struct resource_op_state){ .o = *o, .kind = kind, .status = status, .next = o->api->ops };
+    if (s->next)
+        s->next->prev = s;
+    o->api->ops = s;
+    if (kind != OP_WRITE)
+        http_on_gone(o->req, client_gone, s);
+    return s;
+}
+
+/* A read whose client went is answered with nothing (http accounts it as 499) and freed. */
+static void gone_drop(struct resource_op_state *s)
+{
+    http_respond(s->o.req, HTTP_STATUS_CLIENT_GONE, NULL, NULL, 0);
+    state_step(s, STEP_DONE); /* a lease it held is given back: nobody waits for its fill */
+}
+
+/* The client of a read went (http_on_gone). A read not yet sent is dropped now: out of the pool queue, or
+ * off its wait for another request's fill; one waiting in Redis is dropped when Redis answers
+ * (lookup_done); one sent to the database runs to its end, its answer going nowhere. Writes are not
+ * told: they complete and invalidate whatever their client does. */
+static void client_gone(void *arg)
+{
+    struct resource_op_state *s = arg;
+    s->gone = true;
+    if (s->step == STEP_WAIT_FILL) {
+        event_del(s->wait_ev);
+        gone_drop(s);
+    } else if (s->step == STEP_READ_DB && pool_cancel(s->o.api->pool, s)) {
+        gone_drop(s);
+    }
+}
+
+void resource_ops_discard_all(struct api_context *api)
+{
+    while (api->ops)
+        state_free(api->ops);
+}
+
+static void id_text(int64_t id, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%" PRId64, id);
+}
+
+static void not_found(const struct resource_op *o)
+{
+    const char *what = o->owner ? o->owner->name : o->res->name;
+    reply_error(o->req, 404, "not_found", "%s %" PRId64 " not found", what, o->id);
+}
+
+/* The foreign key to the owner failed (it never existed, or went meanwhile): a 404 that names it. */
+static bool owner_missing(const struct resource_op *o, const struct pool_result *r)
+{
+    if (!o->owner || r->status != POOL_ERR_SQL || strcmp(r->sqlstate, "23503") != 0)
+        return false;
+    not_found(o);
+    return true;
+}
+
+/* The fence a read waits for: its row's, or its list's tables'. */
+static uint64_t read_fence(const struct resource_op_state *s)
+{
+    const struct resource_op *o = &s->o;
+    if (s->kind == OP_ROW)
+        return effects_row_fence(o->api->consistency, o->res, o->id, o->embed);
+    return effects_list_fence(o->api->consistency, o->res, o->owner != NULL);
+}
+
+static void db_send(struct resource_op_state *s, const char *const *params, int n, pool_cb cb)
+{
+    struct pool_query q = { .sql = s->sql, .nparams = n, .params = params, .batch_sql = s->sql_many };
+    if (s->kind == OP_WRITE) {
+        pool_write(s->o.api->pool, &q, cb, s); /* the pool copies the parameters */
+        return;
+    }
+    uint64_t fence = read_fence(s);
+    if (s->key_fence > fence)
+        fence = s->key_fence;
+    pool_read(s->o.api->pool, &q, fence, cb, s);
+}
+
+/* ---- writes: commit, fences, invalidation, answer -------------------------------------------- */
+
+/* The rows a deletion's cascade took with it: the statement's extra column (resource.cascade_names),
+ * when the statement could name them. */
+static void cascade_read(struct resource_op_state *s, const PGresult *res)
+{
+    const struct resource *r = s->o.res;
+    int col = r->parent ? 3 : 2;
+    s->done.ncascade = -1;
+    if (!s->done.deleted || !r->cascade_names || PQnfields(res) <= col || PQgetisnull(res, 0, col))
+        return;
+    s->cascade = malloc(CACHE_CHANGE_IDS_MAX * sizeof(*s->cascade));
+    if (s->cascade)
+        s->done.ncascade = id_list_parse(PQgetvalue(res, 0, col), s->cascade, CACHE_CHANGE_IDS_MAX);
+    s->done.cascade = s->cascade;
+    if (s->done.ncascade < 0)
+        log_warn("request %s: a %s's deletion did not name its %s: every %s counts as changed",
+                 s->o.req->request_id, r->name, r->cascade_names->collection, r->cascade_names->name);
+}
+
+/* What committed, from the statement's columns (id, json[, parent id][, cascade ids]). */
+static void write_read(struct resource_op_state *s, const PGresult *res)
+{
+    const struct resource *r = s->o.res;
+    s->done = (struct effects_write){ .res = r,
+                                      .id = strtoll(PQgetvalue(res, 0, 0), NULL, 10),
+                                      .created = s->status == 201,
+                                      .deleted = s->o.req->method == HTTP_DELETE };
+    if (r->parent && PQnfields(res) > 2 && !PQgetisnull(res, 0, 2))
+        s->done.parent_id = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+    cascade_read(s, res);
+}
+
+static void invalidate_done(void *arg, bool ok)
+{
+    struct resource_op_state *s = arg;
+    if (!ok)
+        consistency_cache_dirty_set(s->o.api->consistency); /* every worker bypasses the cache until a new
+                                                             * epoch */
+    state_answer(s, s->row_id, s->row_json, s->row_len);
+}
+
+/* STEP_INVALIDATE: what the write changed leaves the cache; the answer waits for it. */
+static void invalidate_send(struct resource_op_state *s)
+{
+    struct effects_change ch;
+    effects_change(&s->done, &ch);
+    cache_invalidate(s->o.api->cache, &ch.cache, s->commit_lsn, invalidate_done, s);
+}
+
+/* A committed write: fences raised (its commit LSN unknown: the tables it changed read from the primary
+ * for a while, effects_mark_unknown), then the cache invalidated, then the answer. */
+static void write_committed(struct resource_op_state *s, const struct pool_result *r)
+{
+    struct api_context *api = s->o.api;
+    write_read(s, r->res);
+    s->commit_lsn = r->commit_lsn;
+    if (r->commit_lsn == POOL_LSN_NONE)
+        effects_mark_unknown(api->consistency, &s->done);
+    else
+        effects_raise(api->consistency, &s->done, r->commit_lsn);
+    if (cache_state(api->cache) == CACHE_DISABLED) {
+        size_t len = (size_t)PQgetlength(r->res, 0, 1);
+        state_answer(s, PQgetvalue(r->res, 0, 0), PQgetvalue(r->res, 0, 1), len);
+        return;
+    }
+    s->row_len = (size_t)PQgetlength(r->res, 0, 1);
+    s->row_json = malloc(s->row_len + 1);
+    if (!s->row_json) {
+        consistency_cache_dirty_set(api->consistency);
+        reply_error(s->o.req, 503, "out_of_memory", "server out of memory after the commit");
+        state_step(s, STEP_DONE);
+        return;
+    }
+    memcpy(s->row_json, PQgetvalue(r->res, 0, 1), s->row_len + 1);
+    snprintf(s->row_id, sizeof(s->row_id), "%s", PQgetvalue(r->res, 0, 0));
+    state_step(s, STEP_INVALIDATE);
+}
+
+/* ---- one row -------------------------------------------------------------------------------- */
+
+/* A row's value goes into the worker's local cache, stamped with the row's fence as read before the
+ * lookup, only if it holds every write up to that fence: then any write it lacks raised the fence after
+ * the stamp was taken, and the entry is never served. */
+static void local_fill(const struct resource_op_state *s, const char *value, size_t len, uint64_t data_lsn)
+{
+    if (s->kind == OP_ROW && s->key[0] && data_lsn != POOL_LSN_NEWEST && data_lsn >= s->local_stamp.fence)
+        local_cache_put(s->o.api->local, s->key, &s->local_stamp, value, len);
+}
+
+static void row_done(void *arg, const struct pool_result *r)
+{
+    struct resource_op_state *s = arg;
+    const struct resource_op *o = &s->o;
+    if (owner_missing(o, r) || dbreply_error_answer(o->req, r, o->res->name)) {
+        state_step(s, STEP_DONE);
+    } else if (PQntuples(r->res) == 0) {
+        not_found(o);
+        state_step(s, STEP_DONE);
+    } else if (s->kind == OP_WRITE) {
+        write_committed(s, r);
+    } else {
+        const char *json = PQgetvalue(r->res, 0, 1);
+        size_t len = (size_t)PQgetlength(r->res, 0, 1);
+        lease_fill(s, json, len, r->data_lsn);
+        local_fill(s, json, len, r->data_lsn);
+        state_answer(s, PQgetvalue(r->res, 0, 0), json, len);
+    }
+}
+
+/* READ_DB of a row, or WRITE_DB of a deletion: $1 = id (then, embedding, $2 = the most children it
+ * embeds, $3 = their byte budget). */
+static void by_id_send(struct resource_op_state *s)
+{
+    const struct config *cfg = s->o.api->cfg;
+    char text[3][ID_TEXT_MAX];
+    id_text(s->o.id, text[0], sizeof(text[0]));
+    id_text(cfg->embed_posts, text[1], sizeof(text[1]));
+    id_text((int64_t)cfg->page_bytes, text[2], sizeof(text[2]));
+    const char *params[] = { text[0], text[1], text[2] };
+    db_send(s, params, s->o.embed ? 3 : 1, row_done);
+}
+
+/* ---- pages ---------------------------------------------------------------------------------- */
+
+/* Builds the page body, fills the cache when this request holds the lease, answers. */
+static void page_answer(struct resource_op_state *s, const struct pool_result *r)
+{
+    const PGresult *res = r->res;
+    bool empty = PQntuples(res) > 0 && PQgetisnull(res, 0, 0);
+    struct evbuffer *b = evbuffer_new();
+    int rc = -1;
+    if (b && empty)
+        rc = evbuffer_add(b, EMPTY_PAGE, strlen(EMPTY_PAGE));
+    else if (b)
+        rc = rows_page_build(b, res, s->limit, s->base);
+    if (rc < 0) {
+        if (b)
+            evbuffer_free(b);
+        reply_error(s->o.req, 503, "out_of_memory", "server out of memory");
+        return;
+    }
+    size_t len = evbuffer_get_length(b);
+    const char *body = (const char *)evbuffer_pullup(b, -1);
+    /* a page past the last id is not cached (state_end gives its lease back): ?after_id=<anything
+     * larger> would make one each */
+    if (!(s->after > 0 && (PQntuples(res) == 0 || empty)))
+        lease_fill(s, body, len, r->data_lsn);
+    http_respond(s->o.req, 200, "application/json", body, len);
+    evbuffer_free(b);
+}
+
+static void page_done(void *arg, const struct pool_result *r)
+{
+    struct resource_op_state *s = arg;
+    const struct resource_op *o = &s->o;
+    if (!dbreply_error_answer(o->req, r, o->res->name)) {
+        if (PQntuples(r->res) == 0 && o->owner)
+            not_found(o);
+        else
+            page_answer(s, r);
+    }
+    state_step(s, STEP_DONE);
+}
+
+/* READ_DB of a page: [$1 = owner id,] after_id, limit, byte budget. */
+static void page_send(struct resource_op_state *s)
+{
+    char text[4][ID_TEXT_MAX];
+    id_text(s->o.id, text[0], sizeof(text[0]));
+    id_text(s->after, text[1], sizeof(text[1]));
+    id_text(s->limit, text[2], sizeof(text[2]));
+    id_text((int64_t)s->o.api->cfg->page_bytes, text[3], sizeof(text[3]));
+    const char *params[] = { text[0], text[1], text[2], text[3] };
+    int first = s->o.owner ? 0 : 1;
+    db_send(s, params + first, 4 - first, page_done);
+}
+
+/* ---- reads through the caches ---------------------------------------------------------------- */
+
+static void lookup_done(void *arg, const struct cache_lookup *l)
+{
+    struct resource_op_state *s = arg;
+    struct http_request *req = s->o.req;
+    if (s->gone) {
+        gone_drop(s);
+        return;
+    }
+    s->key_fence = l->fence;
+    switch (l->kind) {
+    case CACHE_HIT:
+        local_fill(s, l->value, l->len, l->data_lsn);
+        state_answer_cached(s, l->value, l->len);
+        return;
+    case CACHE_WAIT:
+        req->cache_status = "MISS";
+        state_step(s, STEP_WAIT_FILL);
+        return;
+    case CACHE_LEASE:
+        req->cache_status = "MISS";
+        s->lease = *l;
+        s->lease.value = NULL;
+        break;
+    case CACHE_BYPASS:
+        req->cache_status = "BYPASS";
+        break;
+    }
+    state_step(s, STEP_READ_DB);
+}
+
+static void wait_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    state_step(arg, STEP_LOOKUP_CACHE);
+}
+
+/* STEP_WAIT_FILL: another request holds the fill lease: wait a few ms for its value (one query per hot
+ * key, not N), then read the database without filling. */
+static void fill_wait(struct resource_op_state *s)
+{
+    if (s->waits++ >= CACHE_WAITS_MAX) {
+        state_step(s, STEP_READ_DB);
+        return;
+    }
+    if (!s->wait_ev)
+        s->wait_ev = evtimer_new(s->o.api->base, wait_cb, s);
+    struct timeval tv = clock_timeval(CACHE_WAIT_MS);
+    if (!s->wait_ev || event_add(s->wait_ev, &tv) < 0)
+        state_step(s, STEP_READ_DB);
+}
+
+/* STEP_LOOKUP_LOCAL: the worker's own copy of a row, valid while the row's fence is unchanged. */
+static void local_lookup(struct resource_op_state *s)
+{
+    struct api_context *api = s->o.api;
+    s->local_stamp = (struct local_stamp){ .fence = read_fence(s),
+                                           .troubles = consistency_cache_troubles(api->consistency) };
+    const char *value;
+    size_t len;
+    if (s->key[0] && local_cache_get(api->local, s->key, &s->local_stamp, &value, &len))
+        state_answer_cached(s, value, len);
+    else if (s->key[0] && cache_state(api->cache) != CACHE_DISABLED)
+        state_step(s, STEP_LOOKUP_CACHE);
+    else
+        state_step(s, STEP_READ_DB);
+}
+
+/* The one transition function: enters step `next` and runs what starts it. */
+static void state_step(struct resource_op_state *s, enum op_step next)
+{
+    s->step = next;
+    switch (next) {
+    case STEP_LOOKUP_LOCAL:
+        local_lookup(s);
+        return;
+    case STEP_LOOKUP_CACHE:
+        cache_lookup(s->o.api->cache, s->key, s->gen[0] ? s->gen : NULL, lookup_done, s);
+        return;
+    case STEP_WAIT_FILL:
+        fill_wait(s);
+        return;
+    case STEP_READ_DB:
+        if (s->kind == OP_PAGE)
+            page_send(s);
+        else
+            by_id_send(s);
+        return;
+    case STEP_WRITE_DB:
+        if (s->params)
+            db_send(s, s->params, s->nparams, row_done);
+        else
+            by_id_send(s); /* a deletion: $1 = id; row_done answers 204 once the fences are raised */
+        return;
+    case STEP_INVALIDATE:
+        invalidate_send(s);
+        return;
+    case STEP_DONE:
+        state_end(s);
+        return;
+    }
+}
+
+/* A read's first step: the local copy for a row, Redis when it has a key and the cache is on, else the
+ * database. */
+static void read_start(struct resource_op_state *s)
+{
+    if (s->kind == OP_ROW)
+        state_step(s, STEP_LOOKUP_LOCAL);
+    else if (s->key[0] && cache_state(s->o.api->cache) != CACHE_DISABLED)
+        state_step(s, STEP_LOOKUP_CACHE);
+    else
+        state_step(s, STEP_READ_DB);
+}
+
+void resource_op_get(const struct resource_op *o)
+{
+    struct resource_op_state *s = state_new(o, OP_ROW, 200);
+    if (!s)
+        return;
+    const struct resource *r = o->res;
+    s->sql = o->embed ? r->embed.sql_get : r->sql_get;
+    s->sql_many = o->embed ? NULL : r->sql_get_many;
+    bool keyed = o->embed ? effects_key_embed(r, o->id, s->key, sizeof(s->key))
+                          : effects_key_row(r, o->id, s->key, sizeof(s->key));
+    if (!keyed)
+        s->key[0] = '\0';
+    read_start(s);
+}
+
+void resource_op_page(const struct resource_op *o)
+{
+    int64_t limit, after;
+    if (query_int(o->req, "limit", 1, LIST_MAX, LIST_DEFAULT, &limit) < 0 ||
+        query_int(o->req, "after_id", 0, INT64_MAX, 0, &after) < 0)
+        return;
+    struct resource_op_state *s = state_new(o, OP_PAGE, 200);
+    if (!s)
+        return;
+    const struct resource *r = o->res;
+    int64_t owner_id = o->owner ? o->id : 0;
+    s->limit = limit;
+    s->after = after;
+    s->sql = o->owner ? r->sql_list_by_parent : r->sql_list;
+    if (o->owner)
+        snprintf(s->base, sizeof(s->base), "%s/%" PRId64 "/%s", o->owner->path, o->id, r->collection);
+    else
+        snprintf(s->base, sizeof(s->base), "%s", r->path);
+    if (!effects_key_page(r, owner_id, limit, after, s->key, sizeof(s->key)) ||
+        !effects_list_name(r, owner_id, s->gen, sizeof(s->gen)))
+        s->key[0] = s->gen[0] = '\0';
+    read_start(s);
+}
+
+/* ---- writes from a body --------------------------------------------------------------------- */
+
+static int field_read(struct http_request *req, struct json_object *obj, const struct resource_field *f,
+                      bool required, const char **out)
+{
+    *out = NULL;
+    if (body_string(req, obj, f->name, required, f->min, f->max, out) < 0)
+        return -1;
+    if (*out && f->valid && !f->valid(*out)) {
+        reply_error(req, 422, "invalid_value", "field \"%s\" is not %s", f->name, f->valid_desc);
+        return -1;
+    }
+    return 0;
+}
+
+/* "a", "a and b", "a, b and c" */
+static const char *name_separator(int i, int n)
+{
+    if (i == 0)
+        return "";
+    return i == n - 1 ? " and " : ", ";
+}
+
+static void names_list(const struct resource_field *fields, int n, char *buf, size_t cap)
+{
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < n && len < cap; i++)
+        len += (size_t)snprintf(buf + len, cap - len, "%s\"%s\"", name_separator(i, n), fields[i].name);
+}
+
+/* Fills out[i] for every field (NULL when absent and optional). Returns -1 after answering. */
+static int fields_read(struct http_request *req, struct json_object *obj, const struct resource_field *fields,
+                       int n, bool required, const char **out)
+{
+    bool any = false;
+    for (int i = 0; i < n; i++) {
+        if (field_read(req, obj, &fields[i], required, &out[i]) < 0)
+            return -1;
+        any = any || out[i];
+    }
+    if (!any) {
+        char names[128];
+        names_list(fields, n, names, sizeof(names));
+        reply_error(req, 400, "missing_field", "give at least one of %s", names);
+        return -1;
+    }
+    return 0;
+}
+
+/* Refuses a body with a member that is not one of the resource's fields (PostgREST refuses unknown
+ * columns too): a misspelt field would otherwise be dropped without a word. Returns -1 after answering. */
+static int members_check(struct http_request *req, struct json_object *obj, const struct resource *res)
+{
+    const char *names[RESOURCE_FIELDS_MAX];
+    for (int i = 0; i < res->nfields; i++)
+        names[i] = res->fields[i].name;
+    const char *key = body_member_other(obj, names, res->nfields);
+    if (!key)
+        return 0;
+    char list[128];
+    names_list(res->fields, res->nfields, list, sizeof(list));
+    if (body_name_listed(key, res->read_only))
+        reply_error(req, 400, "read_only_field", "field \"%s\" is read-only: a %s's body takes only %s", key,
+                    res->name, list);
+    else
+        reply_error(req, 400, "unknown_field", "unknown field \"%.64s\": a %s's body takes only %s", key,
+                    res->name, list);
+    return -1;
+}
+
+/* Runs a write whose parameters are $1 = id (when id != 0) then the body's fields in order; required =
+ * false (PATCH) makes every field optional (NULL when absent) but at least one must be given. sql_many:
+ * NULL, or a create's batched form (pool_query.batch_sql). */
+static void write_body(const struct resource_op *o, const char *sql, const char *sql_many, bool required,
+                       int status)
+{
+    const struct resource *res = o->res;
+    if (res->nfields < 1 || res->nfields > RESOURCE_FIELDS_MAX) {
+        log_error("request %s: %d body fields for %s (1 to %d)", o->req->request_id, res->nfields, res->name,
+                  RESOURCE_FIELDS_MAX);
+        reply_error(o->req, 500, "internal", "internal error");
+        return;
+    }
+    struct json_object *obj = body_object(o->req);
+    if (!obj)
+        return;
+    char id[ID_TEXT_MAX];
+    const char *params[1 + RESOURCE_FIELDS_MAX] = { id };
+    id_text(o->id, id, sizeof(id));
+    if (members_check(o->req, obj, res) == 0 &&
+        fields_read(o->req, obj, res->fields, res->nfields, required, params + 1) == 0) {
+        struct resource_op_state *s = state_new(o, OP_WRITE, status);
+        int first = o->id ? 0 : 1;
+        if (s) {
+            s->sql = sql;
+            s->sql_many = sql_many;
+            s->params = params + first;
+            s->nparams = 1 + res->nfields - first;
+            state_step(s, STEP_WRITE_DB);
+            /* no s->params = NULL here: the pool may have answered and freed s already */
+        }
+    }
+    json_object_put(obj); /* the values were owned by obj; the pool copied them */
+}
+
+void resource_op_create(const struct resource_op *o)
+{
+    write_body(o, o->res->sql_create, o->res->sql_create_many, true, 201);
+}
+
+void resource_op_item_write(const struct resource_op *o)
+{
+    const struct resource *res = o->res;
+    if (o->req->method == HTTP_DELETE) {
+        struct resource_op_state *s = state_new(o, OP_WRITE, 204);
+        if (s) {
+            s->sql = res->sql_delete;
+            state_step(s, STEP_WRITE_DB);
+        }
+    } else if (o->req->method == HTTP_PUT) {
+        write_body(o, res->sql_replace, NULL, true, 200);
+    } else {
+        write_body(o, res->sql_patch, NULL, false, 200);
+    }
+}
