@@ -17,7 +17,7 @@
 #include "common/clock.h"
 #include "common/clients.h"
 #include "common/log.h"
-#include "common/room.h"
+#include "common/capacity.h"
 #include "worker/cache/cache.h"
 #include "worker/cache/local_cache.h"
 #include "worker/http/http.h"
@@ -47,7 +47,7 @@ static void room_publish(struct worker *w, bool room)
     if (room == w->room_published)
         return;
     w->room_published = room;
-    rooms_set(w->rooms, w->slot, w->generation, room);
+    capacity_set(w->capacity, w->slot, w->generation, room);
 }
 
 #define TAKE_NONE   (-1) /* nothing waiting (or an error that does not last) */
@@ -165,7 +165,7 @@ static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
         return;
     if (!worker_at_cap(w)) {
         room_publish(w, true);
-    } else if (rooms_elsewhere(w->rooms, w->slot, w->generation)) {
+    } else if (capacity_elsewhere(w->capacity, w->slot, w->generation)) {
         accept_pause(w, CAP_DEFER_MS); /* another worker takes them; look again shortly */
         return;
     } else if (!connections_refuse(w)) {
@@ -351,7 +351,7 @@ static void worker_free(struct worker *w)
 int worker_run(const struct config *cfg, const struct worker_shared *shared, const struct worker_sockets *socks,
                int slot, unsigned generation, int ready_fd)
 {
-    struct worker w = { .cfg = cfg, .fences = shared->fences, .rooms = shared->rooms, .metrics = shared->metrics,
+    struct worker w = { .cfg = cfg, .fences = shared->fences, .capacity = shared->capacity, .metrics = shared->metrics,
                         .clients = shared->clients,
                         .slot = slot, .generation = generation, .listen_fd = socks->listen_fd,
                         .metrics_fd = socks->metrics_fd, .ready_fd = ready_fd, .exit_code = 1 };

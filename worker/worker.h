@@ -13,7 +13,7 @@ struct http_server;
 struct pool;
 struct cache;
 struct fences;
-struct rooms;
+struct capacity;
 struct metrics;
 struct telemetry;
 struct op_state;
@@ -22,7 +22,7 @@ struct clients;
 /* What the master maps before the first fork and every worker shares. */
 struct worker_shared {
     struct fences *fences;
-    struct rooms *rooms;
+    struct capacity *capacity;
     struct metrics *metrics;
     struct clients *clients;
 };
@@ -57,12 +57,12 @@ struct worker {
     struct local_cache *local;  /* NULL when off: redis disabled or local_entries = 0 */
     struct op_state *ops;       /* requests in flight in op.c (op_discard_all at exit) */
     struct fences *fences;      /* shared with every worker: commit LSNs of acknowledged writes */
-    struct rooms *rooms;        /* shared with every worker: who has room under max_connections */
+    struct capacity *capacity;  /* shared with every worker: who has room under max_connections */
     struct clients *clients;    /* shared with every worker: connections per client address */
     unsigned long client_refused_total; /* connections refused at max_connections_per_client */
     long client_refused_logged_s;       /* when the last such refusal was logged (monotonic seconds) */
     bool draining;
-    bool room_published;        /* what this worker last said in rooms */
+    bool room_published;        /* what this worker last said in capacity */
     unsigned long refused;      /* connections refused at max_connections since the last log line */
     unsigned long refused_total;
     long refused_logged_s;      /* when that line was written (monotonic seconds) */
