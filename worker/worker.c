@@ -311,12 +311,16 @@ static int metrics_listener_setup(struct worker *w)
 {
     if (w->metrics_fd < 0)
         return 0;
-    w->metrics_http = http_server_new(w->base, w->cfg, metrics_page_dispatch, w);
+    w->metrics_page = metrics_page_new(w->cfg, w->metrics, w->telemetry);
+    if (!w->metrics_page)
+        return -1;
+    w->metrics_http = http_server_new(w->base, w->cfg, metrics_page_dispatch, w->metrics_page);
     w->metrics_accept_ev = event_new(w->base, w->metrics_fd, EV_READ | EV_PERSIST, metrics_accept_cb, w);
     if (!w->metrics_http || !w->metrics_accept_ev || event_add(w->metrics_accept_ev, NULL) < 0)
         return -1;
     if (w->telemetry)
         http_server_observe(w->metrics_http, telemetry_observe, w->telemetry);
+    telemetry_metrics_server_set(w->telemetry, w->metrics_http);
     return 0;
 }
 
@@ -330,6 +334,7 @@ static void worker_free(struct worker *w)
     cache_free(w->cache);
     op_discard_all(w);
     http_server_free(w->metrics_http);
+    metrics_page_free(w->metrics_page);
     if (w->metrics_accept_ev)
         event_free(w->metrics_accept_ev);
     if (w->metrics_fd >= 0)
@@ -379,7 +384,10 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
         log_error("cannot set up the HTTP server, the database pool or the cache client");
         goto done;
     }
-    w.telemetry = telemetry_new(&w);
+    struct telemetry_sources sources = { .http = w.http, .pool = w.pool, .cache = w.cache, .local = w.local,
+                                         .refused_total = &w.refused_total,
+                                         .client_refused_total = &w.client_refused_total };
+    w.telemetry = telemetry_new(w.base, w.metrics, w.slot, w.generation, &sources);
     if (w.telemetry)
         http_server_observe(w.http, telemetry_observe, w.telemetry);
     if (metrics_listener_setup(&w) < 0) {

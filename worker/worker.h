@@ -16,6 +16,7 @@ struct fences;
 struct capacity;
 struct metrics;
 struct telemetry;
+struct metrics_page;
 struct op_state;
 struct clients;
 
@@ -49,6 +50,7 @@ struct worker {
     int metrics_fd;             /* -1 when off */
     struct event *metrics_accept_ev;
     struct http_server *metrics_http;
+    struct metrics_page *metrics_page; /* what metrics_http serves */
     struct metrics *metrics;    /* shared with every worker: what GET /metrics shows */
     struct telemetry *telemetry;
     int draining_servers;       /* HTTP servers still holding connections while draining */
