@@ -424,7 +424,8 @@ static char *page_render(const struct metrics_page *mp, size_t *len)
     return buf;
 }
 
-struct metrics_page *metrics_page_new(const struct config *cfg, struct metrics *metrics, struct telemetry *telemetry)
+struct metrics_page *metrics_page_new(const struct config *cfg, struct metrics *metrics,
+                                      struct telemetry *telemetry)
 {
     struct metrics_page *mp = malloc(sizeof(*mp));
     if (!mp) {

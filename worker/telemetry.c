@@ -132,7 +132,8 @@ void telemetry_publish(struct telemetry *t)
     delta_add(&t->counters->connections_refused, &t->last.refused, *src->refused_total);
     delta_add(&t->counters->client_connections_refused, &t->last.client_refused, *src->client_refused_total);
     if (src->http) {
-        delta_add(&t->counters->slow_readers_closed, &t->last.slow_closed, http_server_slow_closed(src->http));
+        uint64_t slow_closed = http_server_slow_closed(src->http);
+        delta_add(&t->counters->slow_readers_closed, &t->last.slow_closed, slow_closed);
         gauge_set(&t->gauges->unsent_bytes, (int64_t)http_server_unsent(src->http));
     }
     if (src->pool) {
@@ -151,8 +152,8 @@ static void publish_cb(evutil_socket_t fd, short what, void *arg)
     telemetry_publish(arg);
 }
 
-struct telemetry *telemetry_new(struct event_base *base, struct metrics *metrics, int slot, unsigned generation,
-                                const struct telemetry_sources *src)
+struct telemetry *telemetry_new(struct event_base *base, struct metrics *metrics, int slot,
+                                unsigned generation, const struct telemetry_sources *src)
 {
     if (!metrics || slot < 0 || slot >= METRICS_SLOTS)
         return NULL;

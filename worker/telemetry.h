@@ -28,8 +28,8 @@ struct telemetry_sources {
 
 /* Publishes into the worker's slot of `metrics` (slot, generation). NULL (logged) on failure; with no
  * shared table (metrics NULL) returns NULL quietly. */
-struct telemetry *telemetry_new(struct event_base *base, struct metrics *metrics, int slot, unsigned generation,
-                                const struct telemetry_sources *src);
+struct telemetry *telemetry_new(struct event_base *base, struct metrics *metrics, int slot,
+                                unsigned generation, const struct telemetry_sources *src);
 /* The metrics listener's server, once it exists: its connections count too. t may be NULL. */
 void telemetry_metrics_server_set(struct telemetry *t, struct http_server *metrics_http);
 /* Publishes what is left, then frees. */
