@@ -39,8 +39,14 @@ static void route_labels(int route, const char **method, const char **pattern)
         router_route_label(route, method, pattern);
         return;
     }
-    *method = route == METRICS_ROUTE_SCRAPE ? "GET" : "";
-    *pattern = route == METRICS_ROUTE_SCRAPE ? "/metrics" : route == METRICS_ROUTE_UNMATCHED ? "unmatched" : "none";
+    *method = "";
+    *pattern = "none";
+    if (route == METRICS_ROUTE_SCRAPE) {
+        *method = "GET";
+        *pattern = "/metrics";
+    } else if (route == METRICS_ROUTE_UNMATCHED) {
+        *pattern = "unmatched";
+    }
 }
 
 static uint64_t route_count(const struct metrics_counters *c, int route)
