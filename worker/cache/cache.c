@@ -173,7 +173,8 @@ static void scripts_load(struct cache *c)
     }
 }
 
-/* A NOSCRIPT answer (SCRIPT FLUSH by hand) reloads them, once, not per reply. */
+/* A NOSCRIPT answer (SCRIPT FLUSH by hand) reloads them once, not per reply: scripts_load clears the
+ * digests, so the other NOSCRIPT answers already in flight find none loaded. */
 static void scripts_reload_if_flushed(struct cache *c, const redisReply *r)
 {
     if (!r || r->type != REDIS_REPLY_ERROR || strncmp(r->str, "NOSCRIPT", 8) != 0 || !redis_client_up(c->rc))
