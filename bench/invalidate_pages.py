@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def scripts(rev):
     src = (subprocess.run(["git", "-C", ROOT, "show", f"{rev}:worker/cache/cache.c"], capture_output=True, text=True,
-                          check=True).stdout if rev else open(os.path.join(ROOT, "worker", "cache.c")).read())
+                          check=True).stdout if rev else open(os.path.join(ROOT, "worker", "cache", "cache.c")).read())
     out = {}
     for name in ("LUA_LOOKUP", "LUA_FILL", "LUA_INVALIDATE"):
         body = re.search(rf"static const char {name}\[\] =(.*?);\n", src, re.S).group(1)

@@ -1,6 +1,6 @@
 /* clients: open connections per client address, counted across every worker of the server, so that
  * one address holds at most max_connections_per_client of them whichever workers accept them. The table
- * is MAP_SHARED, mapped by the master before the first fork, like rooms. */
+ * is MAP_SHARED, mapped by the master before the first fork, like capacity. */
 #ifndef PGAPI_CLIENTS_H
 #define PGAPI_CLIENTS_H
 

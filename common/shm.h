@@ -1,4 +1,4 @@
-/* shm: the anonymous MAP_SHARED mappings the master makes before the first fork (fences, rooms,
+/* shm: the anonymous MAP_SHARED mappings the master makes before the first fork (fences, capacity,
  * metrics), so that every worker of every generation shares them. */
 #ifndef PGAPI_SHM_H
 #define PGAPI_SHM_H

@@ -23,7 +23,7 @@
 #include "common/consistency.h"
 #include "worker/api/resource.h"
 #include "common/metrics.h"
-#include "common/room.h"
+#include "common/capacity.h"
 #include "master/listener.h"
 #include "master/notify.h"
 #include "worker/worker.h"
@@ -57,7 +57,7 @@ struct master {
     struct worker_sockets old;    /* previous ones while their workers drain after an address change */
     int sig_fd;
     struct consistency *fences;        /* shared memory the workers write; the master only sets cache-dirty */
-    struct rooms *rooms;          /* shared: which workers have room for a connection */
+    struct capacity *capacity;    /* shared: which workers have room for a connection */
     struct clients *clients;      /* shared: open connections per client address */
     struct metrics *metrics;      /* shared: what GET /metrics shows; the master counts restarts, reloads */
     int ready_rd, ready_wr;       /* workers write their pid here once they serve */
@@ -165,7 +165,7 @@ static void child_become_worker(struct master *m, int slot)
     close(m->ready_rd);
     sockets_close(&m->old);
     sigprocmask(SIG_SETMASK, &m->old_mask, NULL);
-    struct worker_shared shared = { .fences = m->fences, .rooms = m->rooms, .metrics = m->metrics,
+    struct worker_shared shared = { .fences = m->fences, .capacity = m->capacity, .metrics = m->metrics,
                                     .clients = m->clients };
     int rc = worker_run(&m->cfg, &shared, &m->socks, slot, m->generation, m->ready_wr);
     free(m);
@@ -323,7 +323,7 @@ static void children_reap(struct master *m)
         if (!p)
             continue;
         child_log_exit(p, status);
-        rooms_vacate(m->rooms, p->slot, p->generation); /* a crash left its room published */
+        capacity_vacate(m->capacity, p->slot, p->generation); /* a crash left its room published */
         clients_vacate(m->clients, p->slot, p->generation); /* and its connections counted */
         metrics_gauges_vacate(m->metrics, p->slot, p->generation);
         cache_dirty_after_death(m, p, status);
@@ -413,10 +413,10 @@ static int master_setup(struct master *m)
     m->ready_rd = p[0];
     m->ready_wr = p[1];
     m->fences = resource_registry_check() ? consistency_create(resource_count()) : NULL;
-    m->rooms = rooms_create();
+    m->capacity = capacity_create();
     m->metrics = metrics_create();
     m->clients = clients_create();
-    if (!m->fences || !m->rooms || !m->metrics || !m->clients)
+    if (!m->fences || !m->capacity || !m->metrics || !m->clients)
         return -1;
     metrics_publish_master(m);
     return sockets_prepare(m, &m->cfg); /* no socket yet: opens each one the configuration asks for */
@@ -473,7 +473,7 @@ int master_run(const struct config *cfg, const char *config_path)
     master_loop(m);
     log_info("stopped");
     consistency_destroy(m->fences);
-    rooms_destroy(m->rooms);
+    capacity_destroy(m->capacity);
     metrics_destroy(m->metrics);
     clients_destroy(m->clients);
     sockets_close(&m->socks);

@@ -13,9 +13,14 @@
 #include "worker/http/reply.h"
 #include "worker/api/router.h"
 #include "worker/telemetry.h"
-#include "worker/worker.h"
 
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+struct metrics_page {
+    const struct config *cfg;
+    struct metrics *metrics;
+    struct telemetry *telemetry;
+};
 
 struct page {
     FILE *f;
@@ -35,8 +40,14 @@ static void route_labels(int route, const char **method, const char **pattern, c
         *pattern = buf;
         return;
     }
-    *method = route == METRICS_ROUTE_SCRAPE ? "GET" : "";
-    *pattern = route == METRICS_ROUTE_SCRAPE ? "/metrics" : route == METRICS_ROUTE_UNMATCHED ? "unmatched" : "none";
+    *method = "";
+    *pattern = "none";
+    if (route == METRICS_ROUTE_SCRAPE) {
+        *method = "GET";
+        *pattern = "/metrics";
+    } else if (route == METRICS_ROUTE_UNMATCHED) {
+        *pattern = "unmatched";
+    }
 }
 
 static uint64_t route_count(const struct metrics_counters *c, int route)
@@ -401,15 +412,15 @@ static int slots_shown(const struct metrics *m, int workers)
     return n;
 }
 
-static char *page_render(struct worker *w, size_t *len)
+static char *page_render(const struct metrics_page *mp, size_t *len)
 {
     char *buf = NULL;
-    struct page pg = { .f = open_memstream(&buf, len), .m = w->metrics };
+    struct page pg = { .f = open_memstream(&buf, len), .m = mp->metrics };
     if (!pg.f)
         return NULL;
-    telemetry_publish(w->telemetry); /* this worker's own numbers as of now; the others' are <= 1 s old */
-    pg.nslots = slots_shown(w->metrics, w->cfg->workers);
-    master_render(&pg, w->cfg);
+    telemetry_publish(mp->telemetry); /* this worker's own numbers as of now; the others' are <= 1 s old */
+    pg.nslots = slots_shown(mp->metrics, mp->cfg->workers);
+    master_render(&pg, mp->cfg);
     process_gauges_render(&pg);
     requests_render(&pg);
     latency_render(&pg);
@@ -422,9 +433,26 @@ static char *page_render(struct worker *w, size_t *len)
     return buf;
 }
 
+struct metrics_page *metrics_page_new(const struct config *cfg, struct metrics *metrics,
+                                      struct telemetry *telemetry)
+{
+    struct metrics_page *mp = malloc(sizeof(*mp));
+    if (!mp) {
+        log_error("out of memory for the metrics page");
+        return NULL;
+    }
+    *mp = (struct metrics_page){ .cfg = cfg, .metrics = metrics, .telemetry = telemetry };
+    return mp;
+}
+
+void metrics_page_free(struct metrics_page *mp)
+{
+    free(mp);
+}
+
 void metrics_page_dispatch(struct http_request *req)
 {
-    struct worker *w = req->ctx;
+    const struct metrics_page *mp = req->ctx;
     req->route = METRICS_ROUTE_SCRAPE;
     if (strcmp(req->path, "/metrics") != 0) {
         req->route = METRICS_ROUTE_UNMATCHED;
@@ -437,7 +465,7 @@ void metrics_page_dispatch(struct http_request *req)
         return;
     }
     size_t len = 0;
-    char *body = w->metrics ? page_render(w, &len) : NULL;
+    char *body = mp->metrics ? page_render(mp, &len) : NULL;
     if (!body) {
         log_error("request %s: cannot render the metrics page", req->request_id);
         reply_error(req, 500, "internal", "cannot render the metrics");

@@ -5,7 +5,17 @@
 
 #include "worker/http/http.h"
 
-/* The http_server handler of the metrics listener (its ctx is the worker). */
+struct config;
+struct metrics;
+struct telemetry;
+struct metrics_page;
+
+/* What a scrape renders: the shared table of `metrics` (NULL: every scrape answers 500), with this
+ * worker's own numbers published first through `telemetry` (may be NULL). NULL (logged) without memory. */
+struct metrics_page *metrics_page_new(const struct config *cfg, struct metrics *metrics,
+                                      struct telemetry *telemetry);
+void metrics_page_free(struct metrics_page *mp);
+/* The http_server handler of the metrics listener (its ctx is a struct metrics_page). */
 void metrics_page_dispatch(struct http_request *req);
 
 #endif

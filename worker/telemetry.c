@@ -8,13 +8,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "worker/cache/cache.h"
 #include "worker/http/http.h"
 #include "worker/cache/local_cache.h"
 #include "worker/db/pool.h"
-#include "worker/worker.h"
 
 #define PUBLISH_MS 1000
 
@@ -28,7 +28,9 @@ struct published {
 };
 
 struct telemetry {
-    struct worker *w;
+    struct telemetry_sources src;
+    struct http_server *metrics_http; /* NULL until the metrics listener is set up, or when it is off */
+    unsigned generation;
     struct metrics_counters *counters;
     struct metrics_gauges *gauges;
     struct event *timer;
@@ -59,7 +61,7 @@ static void gauge_set(_Atomic int64_t *g, int64_t v)
 
 static void backends_publish(struct telemetry *t)
 {
-    struct pool *p = t->w->pool;
+    struct pool *p = t->src.pool;
     int n = pool_replica_count(p);
     gauge_set(&t->gauges->replicas, n);
     for (int b = 0; b <= n && b < METRICS_BACKENDS; b++) {
@@ -81,7 +83,7 @@ static void sides_publish(struct telemetry *t)
 {
     for (int side = 0; side < 2; side++) {
         struct pool_side_stats s;
-        pool_stats(t->w->pool, (enum pool_side)side, &s);
+        pool_stats(t->src.pool, (enum pool_side)side, &s);
         delta_add(&t->counters->timeouts[side], &t->last.timeouts[side], s.timeouts);
         delta_add(&t->counters->queue_full[side], &t->last.queue_full[side], s.queue_full);
         delta_add(&t->counters->batches[side], &t->last.batches[side], s.batches);
@@ -95,7 +97,7 @@ static void cache_publish(struct telemetry *t)
     struct cache_stats s;
     struct cache_stats *last = &t->last.cache;
     struct metrics_counters *c = t->counters;
-    cache_stats(t->w->cache, &s);
+    cache_stats(t->src.cache, &s);
     delta_add(&c->cache_hits, &last->hits, s.hits);
     delta_add(&c->cache_misses, &last->misses, s.misses);
     delta_add(&c->cache_waits, &last->waits, s.waits);
@@ -106,11 +108,11 @@ static void cache_publish(struct telemetry *t)
     delta_add(&c->cache_invalidation_failures, &last->invalidation_failures, s.invalidation_failures);
     delta_add(&c->cache_ping_failures, &last->ping_failures, s.ping_failures);
     delta_add(&c->cache_disconnects, &last->disconnects, s.disconnects);
-    gauge_set(&t->gauges->cache_up, cache_state(t->w->cache) == CACHE_UP);
+    gauge_set(&t->gauges->cache_up, cache_state(t->src.cache) == CACHE_UP);
     uint64_t hits = 0, entries = 0;
     size_t bytes = 0;
-    if (t->w->local)
-        local_cache_stats(t->w->local, &hits, &entries, &bytes);
+    if (t->src.local)
+        local_cache_stats(t->src.local, &hits, &entries, &bytes);
     delta_add(&c->local_hits, &t->last.local_hits, hits);
     gauge_set(&t->gauges->local_entries, (int64_t)entries);
     gauge_set(&t->gauges->local_bytes, (int64_t)bytes);
@@ -120,22 +122,27 @@ void telemetry_publish(struct telemetry *t)
 {
     if (!t)
         return;
-    struct worker *w = t->w;
-    int conns = (w->http ? http_server_conn_count(w->http) : 0) + (w->metrics_http ? http_server_conn_count(w->metrics_http) : 0);
+    const struct telemetry_sources *src = &t->src;
+    int conns = 0;
+    if (src->http)
+        conns += http_server_conn_count(src->http);
+    if (t->metrics_http)
+        conns += http_server_conn_count(t->metrics_http);
     gauge_set(&t->gauges->connections, conns);
-    delta_add(&t->counters->connections_refused, &t->last.refused, w->refused_total);
-    delta_add(&t->counters->client_connections_refused, &t->last.client_refused, w->client_refused_total);
-    if (w->http) {
-        delta_add(&t->counters->slow_readers_closed, &t->last.slow_closed, http_server_slow_closed(w->http));
-        gauge_set(&t->gauges->unsent_bytes, (int64_t)http_server_unsent(w->http));
+    delta_add(&t->counters->connections_refused, &t->last.refused, *src->refused_total);
+    delta_add(&t->counters->client_connections_refused, &t->last.client_refused, *src->client_refused_total);
+    if (src->http) {
+        uint64_t slow_closed = http_server_slow_closed(src->http);
+        delta_add(&t->counters->slow_readers_closed, &t->last.slow_closed, slow_closed);
+        gauge_set(&t->gauges->unsent_bytes, (int64_t)http_server_unsent(src->http));
     }
-    if (w->pool) {
+    if (src->pool) {
         backends_publish(t);
         sides_publish(t);
     }
-    if (w->cache)
+    if (src->cache)
         cache_publish(t);
-    atomic_store_explicit(&t->gauges->generation, w->generation, memory_order_release);
+    atomic_store_explicit(&t->gauges->generation, t->generation, memory_order_release);
 }
 
 static void publish_cb(evutil_socket_t fd, short what, void *arg)
@@ -145,20 +152,23 @@ static void publish_cb(evutil_socket_t fd, short what, void *arg)
     telemetry_publish(arg);
 }
 
-struct telemetry *telemetry_new(struct worker *w)
+struct telemetry *telemetry_new(struct event_base *base, struct metrics *metrics, int slot,
+                                unsigned generation, const struct telemetry_sources *src)
 {
-    if (!w->metrics || w->slot < 0 || w->slot >= METRICS_SLOTS)
+    if (!metrics || slot < 0 || slot >= METRICS_SLOTS)
         return NULL;
     struct telemetry *t = calloc(1, sizeof(*t));
     if (!t) {
         log_error("out of memory for the metrics publisher");
         return NULL;
     }
-    t->w = w;
-    t->counters = &w->metrics->slot[w->slot];
-    t->gauges = &w->metrics->gauges[w->generation & 1][w->slot];
-    t->timer = event_new(w->base, -1, EV_PERSIST, publish_cb, t);
-    if (!t->timer || event_add(t->timer, &(struct timeval){ PUBLISH_MS / 1000, (PUBLISH_MS % 1000) * 1000 }) < 0) {
+    t->src = *src;
+    t->generation = generation;
+    t->counters = &metrics->slot[slot];
+    t->gauges = &metrics->gauges[generation & 1][slot];
+    t->timer = event_new(base, -1, EV_PERSIST, publish_cb, t);
+    struct timeval every = clock_timeval(PUBLISH_MS);
+    if (!t->timer || event_add(t->timer, &every) < 0) {
         log_error("cannot start the metrics publisher");
         telemetry_free(t);
         return NULL;
@@ -166,6 +176,12 @@ struct telemetry *telemetry_new(struct worker *w)
     gauge_set(&t->gauges->pid, getpid());
     telemetry_publish(t);
     return t;
+}
+
+void telemetry_metrics_server_set(struct telemetry *t, struct http_server *metrics_http)
+{
+    if (t)
+        t->metrics_http = metrics_http;
 }
 
 void telemetry_free(struct telemetry *t)

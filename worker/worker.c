@@ -17,7 +17,7 @@
 #include "common/clock.h"
 #include "common/clients.h"
 #include "common/log.h"
-#include "common/room.h"
+#include "common/capacity.h"
 #include "worker/cache/cache.h"
 #include "worker/cache/local_cache.h"
 #include "worker/http/http.h"
@@ -47,7 +47,7 @@ static void room_publish(struct worker *w, bool room)
     if (room == w->room_published)
         return;
     w->room_published = room;
-    rooms_set(w->rooms, w->slot, w->generation, room);
+    capacity_set(w->capacity, w->slot, w->generation, room);
 }
 
 #define TAKE_NONE   (-1) /* nothing waiting (or an error that does not last) */
@@ -165,7 +165,7 @@ static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
         return;
     if (!worker_at_cap(w)) {
         room_publish(w, true);
-    } else if (rooms_elsewhere(w->rooms, w->slot, w->generation)) {
+    } else if (capacity_elsewhere(w->capacity, w->slot, w->generation)) {
         accept_pause(w, CAP_DEFER_MS); /* another worker takes them; look again shortly */
         return;
     } else if (!connections_refuse(w)) {
@@ -311,12 +311,16 @@ static int metrics_listener_setup(struct worker *w)
 {
     if (w->metrics_fd < 0)
         return 0;
-    w->metrics_http = http_server_new(w->base, w->cfg, metrics_page_dispatch, w);
+    w->metrics_page = metrics_page_new(w->cfg, w->metrics, w->telemetry);
+    if (!w->metrics_page)
+        return -1;
+    w->metrics_http = http_server_new(w->base, w->cfg, metrics_page_dispatch, w->metrics_page);
     w->metrics_accept_ev = event_new(w->base, w->metrics_fd, EV_READ | EV_PERSIST, metrics_accept_cb, w);
     if (!w->metrics_http || !w->metrics_accept_ev || event_add(w->metrics_accept_ev, NULL) < 0)
         return -1;
     if (w->telemetry)
         http_server_observe(w->metrics_http, telemetry_observe, w->telemetry);
+    telemetry_metrics_server_set(w->telemetry, w->metrics_http);
     return 0;
 }
 
@@ -330,6 +334,7 @@ static void worker_free(struct worker *w)
     cache_free(w->cache);
     resource_ops_discard_all(&w->api);
     http_server_free(w->metrics_http);
+    metrics_page_free(w->metrics_page);
     if (w->metrics_accept_ev)
         event_free(w->metrics_accept_ev);
     if (w->metrics_fd >= 0)
@@ -351,7 +356,7 @@ static void worker_free(struct worker *w)
 int worker_run(const struct config *cfg, const struct worker_shared *shared, const struct worker_sockets *socks,
                int slot, unsigned generation, int ready_fd)
 {
-    struct worker w = { .cfg = cfg, .fences = shared->fences, .rooms = shared->rooms, .metrics = shared->metrics,
+    struct worker w = { .cfg = cfg, .fences = shared->fences, .capacity = shared->capacity, .metrics = shared->metrics,
                         .clients = shared->clients,
                         .slot = slot, .generation = generation, .listen_fd = socks->listen_fd,
                         .metrics_fd = socks->metrics_fd, .ready_fd = ready_fd, .exit_code = 1 };
@@ -382,7 +387,10 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
         log_error("cannot set up the HTTP server, the database pool or the cache client");
         goto done;
     }
-    w.telemetry = telemetry_new(&w);
+    struct telemetry_sources sources = { .http = w.http, .pool = w.pool, .cache = w.cache, .local = w.local,
+                                         .refused_total = &w.refused_total,
+                                         .client_refused_total = &w.client_refused_total };
+    w.telemetry = telemetry_new(w.base, w.metrics, w.slot, w.generation, &sources);
     if (w.telemetry)
         http_server_observe(w.http, telemetry_observe, w.telemetry);
     if (metrics_listener_setup(&w) < 0) {

@@ -14,15 +14,16 @@ struct http_server;
 struct pool;
 struct cache;
 struct consistency;
-struct rooms;
+struct capacity;
 struct metrics;
 struct telemetry;
+struct metrics_page;
 struct clients;
 
 /* What the master maps before the first fork and every worker shares. */
 struct worker_shared {
     struct consistency *fences;
-    struct rooms *rooms;
+    struct capacity *capacity;
     struct metrics *metrics;
     struct clients *clients;
 };
@@ -49,6 +50,7 @@ struct worker {
     int metrics_fd;             /* -1 when off */
     struct event *metrics_accept_ev;
     struct http_server *metrics_http;
+    struct metrics_page *metrics_page; /* what metrics_http serves */
     struct metrics *metrics;    /* shared with every worker: what GET /metrics shows */
     struct telemetry *telemetry;
     int draining_servers;       /* HTTP servers still holding connections while draining */
@@ -57,12 +59,12 @@ struct worker {
     struct local_cache *local;  /* NULL when off: redis disabled or local_entries = 0 */
     struct api_context api;     /* what the API code sees of this worker (the router's context) */
     struct consistency *fences;      /* shared with every worker: commit LSNs of acknowledged writes */
-    struct rooms *rooms;        /* shared with every worker: who has room under max_connections */
+    struct capacity *capacity;  /* shared with every worker: who has room under max_connections */
     struct clients *clients;    /* shared with every worker: connections per client address */
     unsigned long client_refused_total; /* connections refused at max_connections_per_client */
     long client_refused_logged_s;       /* when the last such refusal was logged (monotonic seconds) */
     bool draining;
-    bool room_published;        /* what this worker last said in rooms */
+    bool room_published;        /* what this worker last said in capacity */
     unsigned long refused;      /* connections refused at max_connections since the last log line */
     unsigned long refused_total;
     long refused_logged_s;      /* when that line was written (monotonic seconds) */

@@ -1,6 +1,6 @@
 /* Unit tests for the pieces of the fast paths that need no server: the array parameters and the result
- * split of shared statements (worker/batch), the workers' local cache (worker/local_cache) and the
- * shared consistency state's unknown commits (common/consistency). */
+ * split of shared statements (worker/db/batch) and the shared consistency state's unknown commits
+ * (common/consistency). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,7 +12,6 @@
 
 #include "common/consistency.h"
 #include "worker/db/batch.h"
-#include "worker/cache/local_cache.h"
 
 static void test_array_text_quotes_and_nulls(void **state)
 {
@@ -64,36 +63,6 @@ static void test_result_pick_by_first_column(void **state)
     PQclear(res);
 }
 
-static void test_local_cache_stamps_and_bounds(void **state)
-{
-    (void)state;
-    assert_null(local_cache_new(0, 1024, 60)); /* off */
-    struct local_cache *lc = local_cache_new(4, 64 * 100, 60);
-    const char *v;
-    size_t len;
-    struct local_stamp s7 = { 7, 0 }, s8 = { 8, 0 }, s7t = { 7, 1 }, s1 = { 1, 0 };
-    local_cache_put(lc, "user:1", &s7, "{\"id\":1}", 8);
-    local_cache_put(lc, "user:4", &s7, "{\"id\":4}", 8);
-    assert_false(local_cache_get(lc, "user:4", &s7t, &v, &len)); /* a cache trouble since: gone */
-    assert_true(local_cache_get(lc, "user:1", &s7, &v, &len));
-    assert_int_equal(len, 8);
-    assert_memory_equal(v, "{\"id\":1}", 8);
-    assert_false(local_cache_get(lc, "user:2", &s7, &v, &len));
-    assert_false(local_cache_get(lc, "user:1", &s8, &v, &len)); /* its fence moved: gone for good */
-    assert_false(local_cache_get(lc, "user:1", &s7, &v, &len));
-    char big[200];
-    memset(big, 'x', sizeof(big));
-    local_cache_put(lc, "user:3", &s1, big, sizeof(big)); /* over max_bytes / 64: not kept */
-    assert_false(local_cache_get(lc, "user:3", &s1, &v, &len));
-    uint64_t hits, entries;
-    size_t bytes;
-    local_cache_stats(lc, &hits, &entries, &bytes);
-    assert_int_equal(hits, 1);
-    assert_int_equal(entries, 0);
-    assert_int_equal(bytes, 0);
-    local_cache_free(lc);
-}
-
 /* A commit whose LSN is unknown sends its table's reads to the primary until a primary position read
  * after it resolves it; a position read before it (snapshot taken earlier) does not. */
 /* Two tables as the registry numbers them: a parent (users) and its child (posts). */
@@ -132,7 +101,6 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_array_text_quotes_and_nulls),
         cmocka_unit_test(test_result_pick_by_first_column),
-        cmocka_unit_test(test_local_cache_stamps_and_bounds),
         cmocka_unit_test(test_fences_unknown_commit_resolved_by_a_later_position),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

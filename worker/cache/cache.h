@@ -1,5 +1,6 @@
-/* cache: the worker's Redis connection (hiredis async on the worker's libevent loop): connect with
- * back-off, PING health, and the state every cache user checks first. Redis is optional at run time. */
+/* cache: cache-aside over Redis with fill leases and LSN fences (docs/consistency.md): lookups, fills,
+ * releases and invalidations, run as Lua scripts. The connection is redis_client's; its state is
+ * cache_state(). Redis is optional at run time. */
 #ifndef PGAPI_CACHE_H
 #define PGAPI_CACHE_H
 
@@ -7,12 +8,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "worker/cache/redis_client.h"
+
 struct event_base;
 struct config;
 struct cache;
 struct consistency;
-
-enum cache_state { CACHE_DISABLED, CACHE_DOWN, CACHE_CONNECTING, CACHE_UP };
 
 struct cache_stats {
     uint64_t connects, disconnects, ping_failures;
@@ -25,8 +26,7 @@ enum cache_state cache_state(const struct cache *c);
 const char *cache_state_name(enum cache_state s);
 void cache_stats(const struct cache *c, struct cache_stats *out);
 
-/* Cache-aside with leases and LSN fences (../shared/design/consistency.md). Keys are the caller's
- * ("user:42"); the module adds the namespace and the epoch. */
+/* Keys are the caller's ("user:42"); the module adds the namespace and the epoch (cache_keys.h). */
 enum cache_lookup_kind {
     CACHE_HIT,      /* value holds the cached body */
     CACHE_LEASE,    /* a miss; this caller holds the fill lease (token) */
@@ -43,7 +43,7 @@ struct cache_lookup {
     char token[24];           /* CACHE_LEASE: the lease, for cache_fill */
     char epoch[24];
     char key[96];             /* the key as stored (a list page's includes its generation) */
-    char gen[64];             /* a list page: its list's generation name; "" for a single row */
+    char list[64];            /* a list page: its list's generation name; "" for a single row */
     char base[64];            /* the key as asked for */
 };
 
@@ -69,17 +69,19 @@ typedef void (*cache_lookup_cb)(void *arg, const struct cache_lookup *r);
 typedef void (*cache_done_cb)(void *arg, bool ok);
 
 /* Always answers through cb exactly once (synchronously with CACHE_BYPASS when Redis is unusable).
- * `gen` names the list a page belongs to (NULL for a single row). */
-void cache_lookup(struct cache *c, const char *key, const char *gen, cache_lookup_cb cb, void *arg);
+ * `list` names the list (its generation) a page belongs to (NULL for a single row). */
+void cache_lookup(struct cache *c, const char *key, const char *list, cache_lookup_cb cb, void *arg);
 /* Stores value (with data_lsn) if the lease is still the caller's and data_lsn has reached the key's fence,
  * and the value is at most max_value_bytes. Fire and forget: a fill's slowness or failure costs nothing
  * else (it has no deadline and never drops the connection). */
-void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len, uint64_t data_lsn);
+void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len,
+                uint64_t data_lsn);
 /* Gives the lease back without a value (the caller will not fill), so other readers need not wait for it. */
 void cache_release(struct cache *c, const struct cache_lookup *lease);
 /* After a commit at lsn: bumps each list's generation and raises its fence, raises each key's fence and
  * deletes its value and lease. cb(ok=false) after a failure or timeout: the cache is then bypassed by
  * every worker until it moves to a new epoch. */
-void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb, void *arg);
+void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb,
+                      void *arg);
 
 #endif

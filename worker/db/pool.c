@@ -78,7 +78,7 @@ fail:
 }
 
 /* At exit, a job and the jobs it carries (a batch, a commit-LSN group) are freed without their callbacks:
- * the requests they answer die with the process, and worker_free frees what those requests held (op.h).
+ * the requests they answer die with the process, and worker_free frees what those requests held (resource_ops.h).
  * Returns true if it carried a write whose statement was sent (its outcome unknown) or had committed. */
 static bool job_discard(struct job *j, bool sent)
 {

@@ -1,0 +1,370 @@
+/* redis_client: a state machine over one redisAsyncContext. hiredis frees a context itself after its
+ * disconnect callback, so this module only drops its pointer there; it frees a context only from its
+ * own timers, never from inside a hiredis callback. Timeouts are ours: hiredis 0.14 has none for
+ * async connects and commands. */
+#include "worker/cache/redis_client.h"
+
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/config.h"
+#include "common/log.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+struct redis_client {
+    struct event_base *base;
+    const struct config *cfg;
+    struct redis_client_events events;
+    redisAsyncContext *ac;
+    enum cache_state state;
+    char where[300];              /* "host:port" or the socket path, for log lines */
+    char refused[160];            /* why Redis refused the handshake; the connect timer reports it */
+    char down_why[160];           /* the reason last logged: each new one is logged once */
+    struct event *timer_ev;       /* reconnect back-off, connect (and handshake) timeout */
+    struct event *ping_ev;        /* periodic health PING */
+    bool ping_inflight;
+    int failures;
+    bool closing;                 /* redis_client_free: replies are discarded */
+    struct redis_client_stats stats;
+};
+
+static void client_connect(struct redis_client *rc);
+
+static void timer_arm(struct event *ev, int ms)
+{
+    struct timeval tv = clock_timeval(ms);
+    event_add(ev, &tv);
+}
+
+/* Logged when Redis goes from up to down and whenever the reason changes (a Redis that is back but
+ * refuses our AUTH says so once), never once per retry. */
+static void client_down(struct redis_client *rc, const char *why)
+{
+    if (rc->state == CACHE_UP || rc->failures == 0 || strcmp(why, rc->down_why) != 0)
+        log_warn("redis %s: %s: cache bypassed until it is back", rc->where, why);
+    snprintf(rc->down_why, sizeof(rc->down_why), "%s", why);
+    rc->state = CACHE_DOWN;
+    int ms = clock_backoff_ms(rc->failures, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+    rc->failures++;
+    timer_arm(rc->timer_ev, ms);
+}
+
+/* Our side gives up on the context (timeout): hiredis runs the disconnect callback from the free. */
+static void client_abandon(struct redis_client *rc, const char *why)
+{
+    redisAsyncContext *ac = rc->ac;
+    rc->ac = NULL;
+    if (ac) {
+        ac->data = NULL;
+        redisAsyncFree(ac);
+    }
+    rc->stats.disconnects++;
+    client_down(rc, why);
+}
+
+/* ---- commands ------------------------------------------------------------------------------- */
+
+/* Past command_timeout the sender answers its own caller; a command whose outcome matters then drops the
+ * connection (the sender chose REDIS_DEADLINE_DROP_LINK): hiredis answers it NULL from the free. */
+static void cmd_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct redis_cmd *cmd = arg;
+    struct redis_client *rc = cmd->rc;
+    enum redis_deadline deadline = cmd->deadline;
+    cmd->state = REDIS_CMD_TIMED_OUT;
+    cmd->cb(cmd, NULL, REDIS_CMD_DEADLINE);
+    if (deadline == REDIS_DEADLINE_DROP_LINK)
+        client_abandon(rc, "command not answered within command_timeout"); /* frees cmd via its callback */
+}
+
+static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    struct redis_cmd *cmd = priv;
+    if (cmd->timer_ev) {
+        event_free(cmd->timer_ev);
+        cmd->timer_ev = NULL;
+    }
+    cmd->cb(cmd, reply, cmd->rc->closing ? REDIS_CMD_DISCARDED : REDIS_CMD_REPLY);
+}
+
+bool redis_client_send(struct redis_client *rc, struct redis_cmd *cmd, redis_cmd_cb cb,
+                       enum redis_deadline deadline, int argc, const char **argv, const size_t *lens)
+{
+    if (!rc->ac)
+        return false;
+    *cmd = (struct redis_cmd){ .rc = rc, .cb = cb, .deadline = deadline, .state = REDIS_CMD_SENT };
+    bool timed = deadline != REDIS_DEADLINE_NONE;
+    if (timed && !(cmd->timer_ev = evtimer_new(rc->base, cmd_timeout_cb, cmd)))
+        return false;
+    if (redisAsyncCommandArgv(rc->ac, on_cmd_reply, cmd, argc, argv, lens) != REDIS_OK) {
+        if (cmd->timer_ev)
+            event_free(cmd->timer_ev);
+        cmd->timer_ev = NULL;
+        return false;
+    }
+    if (timed)
+        timer_arm(cmd->timer_ev, rc->cfg->redis_command_timeout_ms);
+    return true;
+}
+
+/* The client's own commands (the handshake, the health PING): nothing but the redis_cmd. */
+static bool own_cmd_send(struct redis_client *rc, redis_cmd_cb cb, int argc, const char **argv,
+                         const size_t *lens)
+{
+    struct redis_cmd *cmd = calloc(1, sizeof(*cmd));
+    if (!cmd)
+        return false;
+    if (!redis_client_send(rc, cmd, cb, REDIS_DEADLINE_DROP_LINK, argc, argv, lens)) {
+        free(cmd);
+        return false;
+    }
+    return true;
+}
+
+/* ---- connection ----------------------------------------------------------------------------- */
+
+static void client_up(struct redis_client *rc)
+{
+    event_del(rc->timer_ev);
+    if (rc->failures)
+        log_info("redis %s: connected again", rc->where);
+    rc->failures = 0;
+    rc->down_why[0] = '\0';
+    rc->state = CACHE_UP;
+    rc->stats.connects++;
+    rc->events.up(rc->events.arg);
+}
+
+/* A refusal is reported by the connect timer (fired at once), which drops the link: this runs inside a
+ * hiredis callback, where the context must not be freed. Redis's error text names no secret. */
+static void handshake_done(struct redis_client *rc, const redisReply *r)
+{
+    if (!r)
+        return; /* the link went: its disconnect (or our timer) already reported it */
+    if (r->type != REDIS_REPLY_ERROR) {
+        client_up(rc);
+        return;
+    }
+    const char *hint = "";
+    if (strncmp(r->str, "NOAUTH", 6) == 0)
+        hint = " (set PGAPI_REDIS_PASSWORD or [redis] password_file)";
+    else if (strncmp(r->str, "WRONGPASS", 9) == 0)
+        hint = " (check [redis] username and the password)";
+    const char *sent = rc->cfg->redis_password[0] ? "AUTH" : "PING";
+    snprintf(rc->refused, sizeof(rc->refused), "%s refused: %.80s%s", sent, r->str, hint);
+    timer_arm(rc->timer_ev, 0);
+}
+
+static void handshake_reply(struct redis_cmd *cmd, const redisReply *r, enum redis_cmd_event ev)
+{
+    if (ev == REDIS_CMD_DEADLINE)
+        return; /* the link is dropped: its reply comes NULL */
+    if (ev == REDIS_CMD_REPLY && cmd->state == REDIS_CMD_SENT)
+        handshake_done(cmd->rc, r);
+    free(cmd);
+}
+
+/* The first command of every connection, before any other: AUTH [username] password when a password
+ * is configured, else PING, so that a Redis that wants a password (NOAUTH) is noticed here, once, and
+ * not as a failure of every lookup. */
+static void handshake_send(struct redis_client *rc)
+{
+    const struct config *cfg = rc->cfg;
+    const char *argv[3];
+    size_t lens[3];
+    int argc = 0;
+    if (cfg->redis_password[0]) {
+        argv[argc++] = "AUTH";
+        if (cfg->redis_username[0])
+            argv[argc++] = cfg->redis_username;
+        argv[argc++] = cfg->redis_password;
+    } else {
+        argv[argc++] = "PING";
+    }
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    if (!own_cmd_send(rc, handshake_reply, argc, argv, lens)) {
+        snprintf(rc->refused, sizeof(rc->refused), "cannot send %s", argv[0]);
+        timer_arm(rc->timer_ev, 0);
+    }
+}
+
+/* The link is open; the cache is up only once the handshake (AUTH or PING) is answered. The connect
+ * timer stays armed: connect_timeout bounds both. */
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct redis_client *rc = ac->data;
+    if (!rc)
+        return;
+    if (status != REDIS_OK) {
+        rc->ac = NULL; /* hiredis frees it after this callback */
+        client_down(rc, ac->errstr[0] ? ac->errstr : "connect failed");
+        return;
+    }
+    handshake_send(rc);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct redis_client *rc = ac->data;
+    (void)status;
+    if (!rc)
+        return;
+    rc->ac = NULL;
+    rc->stats.disconnects++;
+    client_down(rc, ac->errstr[0] ? ac->errstr : "connection closed");
+}
+
+static void client_connect(struct redis_client *rc)
+{
+    const struct config *cfg = rc->cfg;
+    redisAsyncContext *ac = NULL;
+    if (cfg->redis_socket[0])
+        ac = redisAsyncConnectUnix(cfg->redis_socket);
+    else
+        ac = redisAsyncConnect(cfg->redis_host, cfg->redis_port);
+    if (!ac || ac->err) {
+        client_down(rc, ac ? ac->errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        return;
+    }
+    ac->data = rc;
+    if (redisLibeventAttach(ac, rc->base) != REDIS_OK) {
+        redisAsyncFree(ac);
+        client_down(rc, "cannot attach to the event loop");
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    rc->ac = ac;
+    rc->state = CACHE_CONNECTING;
+    rc->refused[0] = '\0';
+    timer_arm(rc->timer_ev, rc->cfg->redis_connect_timeout_ms);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct redis_client *rc = arg;
+    if (rc->state == CACHE_CONNECTING)
+        client_abandon(rc, rc->refused[0] ? rc->refused : "connect_timeout passed");
+    else if (rc->state == CACHE_DOWN)
+        client_connect(rc);
+}
+
+/* ---- health --------------------------------------------------------------------------------- */
+
+static void ping_reply(struct redis_cmd *cmd, const redisReply *r, enum redis_cmd_event ev)
+{
+    struct redis_client *rc = cmd->rc;
+    if (ev == REDIS_CMD_DEADLINE) {
+        rc->stats.ping_failures++;
+        rc->ping_inflight = false;
+        return; /* the link is dropped: its reply comes NULL */
+    }
+    if (ev == REDIS_CMD_REPLY && cmd->state == REDIS_CMD_SENT) {
+        rc->ping_inflight = false;
+        if (r && (r->type != REDIS_REPLY_STATUS || strcmp(r->str, "PONG") != 0)) { /* NULL: link lost */
+            rc->stats.ping_failures++;
+            log_warn("redis: unexpected PING answer");
+        }
+    }
+    free(cmd);
+}
+
+/* Health: a PING per health_interval; one not answered within command_timeout drops the connection
+ * (the command timeout does it, as for any command whose outcome matters). */
+static void ping_send(struct redis_client *rc)
+{
+    if (!redis_client_up(rc) || rc->ping_inflight)
+        return;
+    const char *argv[] = { "PING" };
+    size_t lens[] = { 4 };
+    if (!own_cmd_send(rc, ping_reply, 1, argv, lens))
+        client_abandon(rc, "cannot send PING");
+    else
+        rc->ping_inflight = true;
+}
+
+static void ping_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct redis_client *rc = arg;
+    rc->events.tick(rc->events.arg);
+    ping_send(rc);
+}
+
+/* ---- lifetime ------------------------------------------------------------------------------- */
+
+struct redis_client *redis_client_new(struct event_base *base, const struct config *cfg,
+                                      const struct redis_client_events *events)
+{
+    struct redis_client *rc = calloc(1, sizeof(*rc));
+    if (!rc)
+        return NULL;
+    rc->base = base;
+    rc->cfg = cfg;
+    rc->events = *events;
+    rc->state = CACHE_DISABLED;
+    if (cfg->redis_socket[0])
+        snprintf(rc->where, sizeof(rc->where), "%s", cfg->redis_socket);
+    else
+        snprintf(rc->where, sizeof(rc->where), "%s:%d", cfg->redis_host, cfg->redis_port);
+    if (!cfg->redis_enabled)
+        return rc;
+    rc->timer_ev = evtimer_new(base, timer_cb, rc);
+    rc->ping_ev = event_new(base, -1, EV_PERSIST, ping_cb, rc);
+    if (!rc->timer_ev || !rc->ping_ev) {
+        redis_client_free(rc);
+        return NULL;
+    }
+    timer_arm(rc->ping_ev, cfg->health_interval_ms);
+    client_connect(rc);
+    return rc;
+}
+
+/* hiredis answers every pending command with NULL from redisAsyncFree: each is REDIS_CMD_DISCARDED. */
+void redis_client_free(struct redis_client *rc)
+{
+    if (!rc)
+        return;
+    rc->closing = true;
+    if (rc->ac) {
+        rc->ac->data = NULL;
+        redisAsyncFree(rc->ac);
+    }
+    struct event *evs[] = { rc->timer_ev, rc->ping_ev };
+    for (size_t i = 0; i < 2; i++)
+        if (evs[i])
+            event_free(evs[i]);
+    free(rc);
+}
+
+enum cache_state redis_client_state(const struct redis_client *rc)
+{
+    return rc->state;
+}
+
+bool redis_client_up(const struct redis_client *rc)
+{
+    return rc->state == CACHE_UP && rc->ac;
+}
+
+void redis_client_stats(const struct redis_client *rc, struct redis_client_stats *out)
+{
+    *out = rc->stats;
+}
