@@ -56,7 +56,7 @@ struct master {
     struct worker_sockets socks;  /* the current generation's listening sockets */
     struct worker_sockets old;    /* previous ones while their workers drain after an address change */
     int sig_fd;
-    struct consistency *fences;        /* shared memory the workers write; the master only sets cache-dirty */
+    struct consistency *consistency;  /* shared memory the workers write; the master only sets cache-dirty */
     struct capacity *capacity;    /* shared: which workers have room for a connection */
     struct clients *clients;      /* shared: open connections per client address */
     struct metrics *metrics;      /* shared: what GET /metrics shows; the master counts restarts, reloads */
@@ -165,7 +165,7 @@ static void child_become_worker(struct master *m, int slot)
     close(m->ready_rd);
     sockets_close(&m->old);
     sigprocmask(SIG_SETMASK, &m->old_mask, NULL);
-    struct worker_shared shared = { .fences = m->fences, .capacity = m->capacity, .metrics = m->metrics,
+    struct worker_shared shared = { .consistency = m->consistency, .capacity = m->capacity, .metrics = m->metrics,
                                     .clients = m->clients };
     int rc = worker_run(&m->cfg, &shared, &m->socks, slot, m->generation, m->ready_wr);
     free(m);
@@ -308,9 +308,9 @@ static void child_log_exit(const struct proc *p, int status)
 static void cache_dirty_after_death(struct master *m, const struct proc *p, int status)
 {
     bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    if (clean || !m->fences)
+    if (clean || !m->consistency)
         return;
-    consistency_cache_dirty_set(m->fences);
+    consistency_cache_dirty_set(m->consistency);
     log_warn("worker %d pid %d died: the cache is bypassed until it moves to a new epoch", p->slot, (int)p->pid);
 }
 
@@ -412,11 +412,11 @@ static int master_setup(struct master *m)
     }
     m->ready_rd = p[0];
     m->ready_wr = p[1];
-    m->fences = resource_registry_check() ? consistency_create(resource_count()) : NULL;
+    m->consistency = resource_registry_check() ? consistency_create(resource_count()) : NULL;
     m->capacity = capacity_create();
     m->metrics = metrics_create();
     m->clients = clients_create();
-    if (!m->fences || !m->capacity || !m->metrics || !m->clients)
+    if (!m->consistency || !m->capacity || !m->metrics || !m->clients)
         return -1;
     metrics_publish_master(m);
     return sockets_prepare(m, &m->cfg); /* no socket yet: opens each one the configuration asks for */
@@ -472,7 +472,7 @@ int master_run(const struct config *cfg, const char *config_path)
     generation_spawn(m);
     master_loop(m);
     log_info("stopped");
-    consistency_destroy(m->fences);
+    consistency_destroy(m->consistency);
     capacity_destroy(m->capacity);
     metrics_destroy(m->metrics);
     clients_destroy(m->clients);

@@ -26,6 +26,45 @@
 #include "worker/telemetry.h"
 #include "worker/db/pool.h"
 #include "worker/api/router.h"
+#include "worker/api/api.h"
+
+struct worker {
+    const struct config *cfg;
+    int slot;
+    unsigned generation;
+    struct event_base *base;
+    int listen_fd;
+    struct event *accept_ev;
+    struct event *accept_retry_ev;
+    struct event *sigquit_ev, *sigterm_ev, *drain_timer_ev;
+    struct event *warmup_ev;    /* before it accepts: waits for the primary (pool_primary_settled) */
+    uint64_t warmup_until_us;   /* ...at most until then (connect_timeout) */
+    int ready_fd;               /* told this worker's pid once it accepts, then closed (-1) */
+    struct http_server *http;
+    int metrics_fd;             /* -1 when off */
+    struct event *metrics_accept_ev;
+    struct http_server *metrics_http;
+    struct metrics_page *metrics_page; /* what metrics_http serves */
+    struct metrics *metrics;    /* shared with every worker: what GET /metrics shows */
+    struct telemetry *telemetry;
+    int draining_servers;       /* HTTP servers still holding connections while draining */
+    struct pool *pool;
+    struct cache *cache;
+    struct local_cache *local;  /* NULL when off: redis disabled or local_entries = 0 */
+    struct api_context api;     /* what the API code sees of this worker (the router's context) */
+    struct consistency *consistency; /* shared with every worker: commit LSNs of acknowledged writes */
+    struct capacity *capacity;  /* shared with every worker: who has room under max_connections */
+    struct clients *clients;    /* shared with every worker: connections per client address */
+    unsigned long client_refused_total; /* connections refused at max_connections_per_client */
+    long client_refused_logged_s;       /* when the last such refusal was logged (monotonic seconds) */
+    bool draining;
+    bool room_published;        /* what this worker last said in capacity */
+    unsigned long refused;      /* connections refused at max_connections since the last log line */
+    unsigned long refused_total;
+    long refused_logged_s;      /* when that line was written (monotonic seconds) */
+    int exit_code;
+};
+
 
 #define ACCEPT_BATCH 32
 #define CAP_DEFER_MS 10   /* at max_connections: how often a worker looks at its room and the others' */
@@ -356,7 +395,7 @@ static void worker_free(struct worker *w)
 int worker_run(const struct config *cfg, const struct worker_shared *shared, const struct worker_sockets *socks,
                int slot, unsigned generation, int ready_fd)
 {
-    struct worker w = { .cfg = cfg, .fences = shared->fences, .capacity = shared->capacity, .metrics = shared->metrics,
+    struct worker w = { .cfg = cfg, .consistency = shared->consistency, .capacity = shared->capacity, .metrics = shared->metrics,
                         .clients = shared->clients,
                         .slot = slot, .generation = generation, .listen_fd = socks->listen_fd,
                         .metrics_fd = socks->metrics_fd, .ready_fd = ready_fd, .exit_code = 1 };
@@ -373,15 +412,15 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
     w.http = http_server_new(w.base, cfg, router_dispatch, &w.api);
     if (w.http)
         http_server_on_close(w.http, client_gone, &w);
-    w.pool = pool_new(w.base, cfg, w.fences);
-    w.cache = cache_new(w.base, cfg, w.fences);
+    w.pool = pool_new(w.base, cfg, w.consistency);
+    w.cache = cache_new(w.base, cfg, w.consistency);
     if (cfg->redis_enabled && cfg->local_cache_entries > 0) {
         w.local = local_cache_new(cfg->local_cache_entries, cfg->local_cache_bytes, cfg->cache_ttl_s);
         if (!w.local)
             log_warn("cannot allocate the local cache: running without it");
     }
     w.api = (struct api_context){ .cfg = cfg, .base = w.base, .pool = w.pool, .cache = w.cache, .local = w.local,
-                                  .consistency = w.fences, .slot = slot, .generation = generation,
+                                  .consistency = w.consistency, .slot = slot, .generation = generation,
                                   .draining = &w.draining };
     if (!w.http || !w.pool || !w.cache) {
         log_error("cannot set up the HTTP server, the database pool or the cache client");

@@ -10,6 +10,7 @@
 #include <event2/event.h>
 #include <sanitizer/common_interface_defs.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +26,7 @@
 #include "worker/db/pool.h"
 #include "worker/api/router.h"
 #include "worker/api/resource.h"
-#include "worker/worker.h"
+#include "worker/api/api.h"
 
 #define FUZZ_ANSWER 0x03       /* enum fake_answer: what every statement gets back */
 #define FUZZ_TIMEOUTS 0x04     /* the client never closes its side: the server's timers end it */
@@ -42,10 +43,20 @@
 #define SMALL_HEADER_BYTES 512
 #define SMALL_BODY_BYTES 1024
 
+struct fuzz_worker {
+    struct event_base *base;
+    struct consistency *fences;
+    struct local_cache *local;
+    struct pool *pool;
+    struct http_server *http;
+    struct api_context api;
+    bool draining;
+};
+
 struct fuzz_run {
     unsigned flags;
     struct config cfg;
-    struct worker w;
+    struct fuzz_worker w; /* what a worker holds for the request path; the rest of one is not needed */
     int client; /* the client's end of the socketpair; -1 once closed */
     int turns;
 };
@@ -164,7 +175,7 @@ static int run_setup(struct fuzz_run *r, unsigned flags)
     *r = (struct fuzz_run){ .flags = flags, .client = -1 };
     if (config_make(&r->cfg, flags) < 0)
         return -1;
-    r->w = (struct worker){ .cfg = &r->cfg, .generation = 1, .listen_fd = -1 };
+    r->w = (struct fuzz_worker){ 0 };
     r->w.base = event_base_new();
     r->w.fences = consistency_create(resource_count());
     r->w.local = local_cache_new(LOCAL_ENTRIES, r->cfg.local_cache_bytes, r->cfg.cache_ttl_s);

@@ -122,7 +122,7 @@ struct cache_cmd {
 struct cache {
     const struct config *cfg;
     struct redis_client *rc;
-    struct consistency *fences;        /* shared: the cache-dirty flag */
+    struct consistency *consistency; /* shared: the cache-dirty flag */
     bool epoch_inflight;
     char sha[SCRIPT_COUNT][41];   /* "" until loaded */
     char epoch[24];               /* the epoch last seen: single-row lookups peek at it first */
@@ -153,7 +153,7 @@ static void reply_warn(struct cache *c, const char *what, const char *err)
 
 static bool cache_usable(const struct cache *c)
 {
-    return redis_client_up(c->rc) && !consistency_cache_dirty(c->fences);
+    return redis_client_up(c->rc) && !consistency_cache_dirty(c->consistency);
 }
 
 /* ---- scripts and the epoch ------------------------------------------------------------------ */
@@ -205,7 +205,7 @@ static void eval_lens(int argc, const char **argv, size_t *lens, size_t value_in
 /* Ends a bypass: a new epoch makes every value cached before the failure unreachable. */
 static void epoch_bump(struct cache *c)
 {
-    if (c->epoch_inflight || !redis_client_up(c->rc) || !consistency_cache_dirty(c->fences))
+    if (c->epoch_inflight || !redis_client_up(c->rc) || !consistency_cache_dirty(c->consistency))
         return;
     char key[96];
     if (!cache_key_epoch(key, sizeof(key), c->cfg->redis_prefix))
@@ -347,7 +347,7 @@ static void epoch_deliver(struct cache_cmd *cmd, const redisReply *r)
     c->epoch_inflight = false;
     if (r && r->type != REDIS_REPLY_ERROR) {
         c->stats.epoch_bumps++;
-        consistency_cache_dirty_clear(c->fences);
+        consistency_cache_dirty_clear(c->consistency);
         log_info("redis: cache moved to a new epoch; cached values in use again");
     }
 }
@@ -394,7 +394,7 @@ static void cmd_discard(struct cache_cmd *cmd)
 {
     if (cmd->kind == CMD_INVALIDATE && cmd->sent.state == REDIS_CMD_SENT) {
         log_warn("redis: exiting with an invalidation unconfirmed: the cache is bypassed until a new epoch");
-        consistency_cache_dirty_set(cmd->c->fences);
+        consistency_cache_dirty_set(cmd->c->consistency);
     }
     free(cmd);
 }
@@ -592,13 +592,13 @@ void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t l
 
 /* ---- lifetime ------------------------------------------------------------------------------- */
 
-struct cache *cache_new(struct event_base *base, const struct config *cfg, struct consistency *fences)
+struct cache *cache_new(struct event_base *base, const struct config *cfg, struct consistency *consistency)
 {
     struct cache *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
     c->cfg = cfg;
-    c->fences = fences;
+    c->consistency = consistency;
     struct redis_client_events events = { .up = on_link_up, .tick = on_tick, .arg = c };
     c->rc = redis_client_new(base, cfg, &events);
     if (!c->rc) {

@@ -20,7 +20,7 @@ struct cache_stats {
     uint64_t hits, misses, waits, bypasses, fills, invalidations, invalidation_failures, epoch_bumps;
 };
 
-struct cache *cache_new(struct event_base *base, const struct config *cfg, struct consistency *fences);
+struct cache *cache_new(struct event_base *base, const struct config *cfg, struct consistency *consistency);
 void cache_free(struct cache *c);
 enum cache_state cache_state(const struct cache *c);
 const char *cache_state_name(enum cache_state s);

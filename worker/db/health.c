@@ -39,10 +39,10 @@ static void primary_identity_check(struct pool *p, const PGresult *res)
 {
     const char *sysid = PQgetvalue(res, 0, 2), *timeline = PQgetvalue(res, 0, 3);
     uint64_t id = strtoull(sysid, NULL, 10) ^ (strtoull(timeline, NULL, 16) * 0x9E3779B97F4A7C15ULL);
-    if (p->fences && consistency_primary_seen(p->fences, id)) {
+    if (p->consistency && consistency_primary_seen(p->consistency, id)) {
         log_warn("primary: a new primary (system %s, timeline %s): the cache is bypassed until it moves to "
                  "a new epoch", sysid, timeline);
-        consistency_cache_dirty_set(p->fences);
+        consistency_cache_dirty_set(p->consistency);
     }
 }
 
@@ -65,8 +65,8 @@ static void primary_health_apply(struct backend *be, const struct pool_result *r
     primary_identity_check(p, r->res);
     if (p->floor_lsn == 0 && be->lsn != 0)
         p->floor_lsn = be->lsn;
-    if (p->fences)
-        consistency_unknown_resolve(p->fences, p->health_marks, be->lsn);
+    if (p->consistency)
+        consistency_unknown_resolve(p->consistency, p->health_marks, be->lsn);
     if (!was)
         log_info("primary: healthy (lsn %" PRIX64 "): in rotation", be->lsn);
 }
@@ -109,8 +109,8 @@ void health_send(struct backend *be)
         return;
     j->target = be;
     be->health_inflight = true;
-    if (be->side == POOL_PRIMARY && be->pool->fences)
-        consistency_unknown_snapshot(be->pool->fences, be->pool->health_marks);
+    if (be->side == POOL_PRIMARY && be->pool->consistency)
+        consistency_unknown_snapshot(be->pool->consistency, be->pool->health_marks);
     pgconn_start(c, j);
 }
 

@@ -45,8 +45,8 @@ void lsn_group_take(struct pool *p, struct job *g, const struct pool_result *r)
     if (r->status != POOL_OK || PQntuples(r->res) != 1 || pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) != 0) {
         log_warn("primary: cannot read pg_current_wal_lsn() after a commit; reads of it go to the primary");
         lsn = POOL_LSN_NONE;
-    } else if (p->fences) {
-        consistency_unknown_resolve(p->fences, p->lsn_marks, lsn);
+    } else if (p->consistency) {
+        consistency_unknown_resolve(p->consistency, p->lsn_marks, lsn);
     }
     lsn_group_deliver(p, g, lsn);
 }
@@ -72,8 +72,8 @@ void lsn_kick(struct pool *p)
         return;
     }
     g->batch = waiting;
-    if (p->fences)
-        consistency_unknown_snapshot(p->fences, p->lsn_marks);
+    if (p->consistency)
+        consistency_unknown_snapshot(p->consistency, p->lsn_marks);
     route_submit(p, g);
 }
 

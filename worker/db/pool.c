@@ -51,14 +51,14 @@ static int backend_init(struct pool *p, struct backend *be, enum pool_side side,
     return 0;
 }
 
-struct pool *pool_new(struct event_base *base, const struct config *cfg, struct consistency *fences)
+struct pool *pool_new(struct event_base *base, const struct config *cfg, struct consistency *consistency)
 {
     struct pool *p = calloc(1, sizeof(*p));
     if (!p)
         return NULL;
     p->base = base;
     p->cfg = cfg;
-    p->fences = fences;
+    p->consistency = consistency;
     p->nreplicas = cfg->replica_count;
     p->sweep_ev = evtimer_new(base, queue_sweep_cb, p);
     p->health_ev = event_new(base, -1, EV_PERSIST, health_cb, p);
@@ -134,9 +134,9 @@ void pool_free(struct pool *p)
     write |= backend_close(&p->primary);
     for (int i = 0; i < p->nreplicas; i++)
         write |= backend_close(&p->replicas[i]);
-    if (write && p->fences) {
+    if (write && p->consistency) {
         log_warn("exiting with writes in flight: the cache is bypassed until it moves to a new epoch");
-        consistency_cache_dirty_set(p->fences);
+        consistency_cache_dirty_set(p->consistency);
     }
     if (p->sweep_ev)
         event_free(p->sweep_ev);

@@ -57,9 +57,10 @@ struct pool_side_stats {
     int in_use, idle, connecting, down, waiting;
 };
 
-/* fences (may be NULL): the pool resolves unknown commit LSNs (consistency.h) with the primary positions it reads. */
+/* consistency (may be NULL): the pool resolves unknown commit LSNs (consistency.h) with the primary
+ * positions it reads. */
 struct consistency;
-struct pool *pool_new(struct event_base *base, const struct config *cfg, struct consistency *fences);
+struct pool *pool_new(struct event_base *base, const struct config *cfg, struct consistency *consistency);
 void pool_free(struct pool *p);
 
 /* Both entry points always answer through cb, exactly once; immediately (from inside the call) when

@@ -106,7 +106,7 @@ struct pool {
     bool lsn_inflight;
     /* Unknown commits counted (consistency.h) when the primary position read now in flight was sent, by the
      * health check and by the commit-LSN read: its answer resolves them. */
-    struct consistency *fences;
+    struct consistency *consistency;
     uint64_t health_marks[CONSISTENCY_TABLES_MAX], lsn_marks[CONSISTENCY_TABLES_MAX];
     struct pool_side_stats stats[2];
 };
