@@ -1,5 +1,4 @@
-/* Unit tests for the small parsers of the database replies: LSN text (worker/db/pool) and bigint[] text
- * (worker/db/id_list). Query strings and bodies are tested in test_http_query.c and test_http_body.c. */
+/* Unit tests for worker/db/id_list: PostgreSQL's bigint[] text. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,23 +8,6 @@
 #include <cmocka.h>
 
 #include "worker/db/id_list.h"
-#include "worker/db/pool.h"
-
-static void test_lsn_parse(void **state)
-{
-    (void)state;
-    uint64_t v = 0;
-    assert_int_equal(pool_lsn_parse("0/0", &v), 0);
-    assert_int_equal(v, 0);
-    assert_int_equal(pool_lsn_parse("16/B374D848", &v), 0);
-    assert_int_equal(v, ((uint64_t)0x16 << 32) | 0xB374D848u);
-    assert_int_equal(pool_lsn_parse("FFFFFFFF/FFFFFFFF", &v), 0);
-    assert_int_equal(v, UINT64_MAX);
-    assert_int_equal(pool_lsn_parse("", &v), -1);
-    assert_int_equal(pool_lsn_parse("12", &v), -1);
-    assert_int_equal(pool_lsn_parse("1/2x", &v), -1);
-    assert_int_equal(pool_lsn_parse(NULL, &v), -1);
-}
 
 static void test_id_list_parse(void **state)
 {
@@ -49,8 +31,7 @@ static void test_id_list_parse(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lsn_parse),
         cmocka_unit_test(test_id_list_parse),
     };
-    return cmocka_run_group_tests_name("parsing", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("id_list", tests, NULL, NULL);
 }
