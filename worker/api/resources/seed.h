@@ -1,5 +1,6 @@
-/* seed: the statements of `pgapi seed`, beside the declarations of the tables they fill (the only place
- * outside migrations/ that names a table). $1..$2 = the users' numbers; posts: $3 = posts per user. */
+/* seed: the statements of `pgapi seed`, beside the declarations of the tables they fill (this folder is
+ * the only place outside migrations/ that names a table). $1..$2 = the users' numbers; posts: $3 = posts
+ * per user. */
 #ifndef PGAPI_RESOURCES_SEED_H
 #define PGAPI_RESOURCES_SEED_H
 
