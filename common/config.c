@@ -91,7 +91,7 @@ static const struct config_key config_keys[] = {
       "limit for one Redis command; past it the cache is bypassed" },
     { "redis", "local_entries", KT_INT, OFF(local_cache_entries), 0, 1048576, "4096",
       "single-row values each worker also keeps in its own memory, served while their row's fence is "
-      "unchanged (0 = off; see the README before running several servers on one database)" },
+      "unchanged (0 = off; see docs/consistency.md before running several servers on one database)" },
     { "redis", "local_bytes", KT_SIZE, OFF(local_cache_bytes), 0, 1073741824, "2m",
       "memory those values may take per worker; units k, m" },
     { "redis", "max_value_bytes", KT_SIZE, OFF(cache_max_value_bytes), 1024, 67108864, "256k",

@@ -1,6 +1,6 @@
-/* consistency: the state every worker of a master shares (a MAP_SHARED mapping made before fork) so a
- * read anywhere after an acknowledged write is routed to a server that has it: per table commit-LSN
- * fences, row fences, unknown commits, and the cache's health. Tables are numbered by the resource
+/* consistency: the state every worker of a master shares (a MAP_SHARED mapping made before fork): per
+ * table commit-LSN fences, row fences, unknown commits, and the cache's health; how they keep the
+ * read-your-writes guarantee is docs/consistency.md. Tables are numbered by the resource
  * registry (worker/api/resource.h); this module knows none of them. */
 #ifndef PGAPI_CONSISTENCY_H
 #define PGAPI_CONSISTENCY_H

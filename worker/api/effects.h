@@ -1,6 +1,6 @@
 /* effects: what the resource declarations imply for consistency, derived and never written by hand:
  * the cache keys of a resource's reads, the fences a read waits for, and what a committed write changes
- * (the fences it raises, the cache keys and lists it invalidates). The design: README.md, "Consistency". */
+ * (the fences it raises, the cache keys and lists it invalidates). The design: docs/consistency.md. */
 #ifndef PGAPI_EFFECTS_H
 #define PGAPI_EFFECTS_H
 

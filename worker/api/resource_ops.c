@@ -1,7 +1,6 @@
 /* resource_ops: the request steps every resource shares, as one state machine per request (enum
- * op_step, moved by state_step). A write is acknowledged only after the fences of what it changed are
- * raised to its commit LSN (effects.h), so any read that starts after the answer goes to a server that
- * has replayed it; a read waits for the fences of everything it reads. */
+ * op_step, moved by state_step). Why the steps come in this order (fences raised before a write's
+ * answer, a read's fence taken before it reads): docs/consistency.md. */
 #include "worker/api/resource_ops.h"
 
 #include <event2/buffer.h>

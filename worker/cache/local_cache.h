@@ -1,8 +1,6 @@
 /* local_cache: a small per-worker copy of single-row cache values, in front of Redis. An entry carries
  * a stamp, the row fence (common/consistency.h) read before its value was fetched, and is served only
- * while that fence is unchanged: every acknowledged write of the row (from any worker of this server)
- * raises its fence before it is answered, so a changed fence retires the entry. See
- * worker/api/resource_ops.c for the fill rule. */
+ * while that fence is unchanged (why that suffices: docs/consistency.md, "The workers' local cache"). */
 #ifndef PGAPI_LOCAL_CACHE_H
 #define PGAPI_LOCAL_CACHE_H
 
