@@ -45,7 +45,7 @@ FUZZ_SRCS := common/clock.c common/config.c common/consistency.c common/log.c co
 FUZZ_OBJS := $(FUZZ_SRCS:%.c=build/fuzz/obj/%.o)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all asan deps build unit fuzz fuzz-run run test test-unit test-integration topology-up \
+.PHONY: all asan deps build unit fuzz fuzz-run format run test test-unit test-integration topology-up \
         topology-down install uninstall dist clean bench check-config
 
 all: build/$(NAME)
@@ -89,6 +89,10 @@ fuzz-run: fuzz
 
 deps:
 	@scripts/deps.sh
+
+# Lays out every C file as .clang-format says (tests/run.sh style checks it).
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
 
 STATE ?= $(CURDIR)/var
 

@@ -20,6 +20,19 @@ static void second_byte_range(unsigned char b, unsigned char *lo, unsigned char 
         *hi = 0x8F; /* above U+10FFFF */
 }
 
+/* The length a lead byte announces: 2..4, or 0 for a byte no well-formed sequence starts with (C0, C1
+ * and F5..FF never appear; 80..BF only continue one). */
+static size_t lead_byte_len(unsigned char b)
+{
+    if (b >= 0xC2 && b <= 0xDF)
+        return 2;
+    if (b >= 0xE0 && b <= 0xEF)
+        return 3;
+    if (b >= 0xF0 && b <= 0xF4)
+        return 4;
+    return 0;
+}
+
 size_t utf8_sequence_len(const char *s, size_t avail)
 {
     const unsigned char *u = (const unsigned char *)s;
@@ -27,8 +40,7 @@ size_t utf8_sequence_len(const char *s, size_t avail)
         return 0;
     if (u[0] < 0x80)
         return 1;
-    size_t n = u[0] >= 0xC2 && u[0] <= 0xDF ? 2 : u[0] >= 0xE0 && u[0] <= 0xEF ? 3
-             : u[0] >= 0xF0 && u[0] <= 0xF4 ? 4 : 0;
+    size_t n = lead_byte_len(u[0]);
     if (n == 0 || avail < n)
         return 0;
     unsigned char lo, hi;
@@ -71,6 +83,18 @@ size_t utf8_sanitize(char *dst, size_t cap, const char *src)
     return out;
 }
 
+/* A hex digit's value, or -1. */
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 /* The value of four hex digits at s (avail bytes there), or -1. */
 static long hex4(const char *s, size_t avail)
 {
@@ -79,10 +103,7 @@ static long hex4(const char *s, size_t avail)
         return -1;
     for (int i = 0; i < 4; i++) {
         char c = s[i];
-        int d = c >= '0' && c <= '9'   ? c - '0'
-                : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                       : -1;
+        int d = hex_digit(c);
         if (d < 0)
             return -1;
         v = v * 16 + d;

@@ -4,7 +4,8 @@
 #   fuzz        build/fuzz/fuzz_request (tests/fuzz): replays its corpus, then fuzzes FUZZ_SECONDS
 #               (default 60); each is one test
 #   integration pytest against real PostgreSQL primary+replica, PgBouncer and Redis (tests/integration)
-# Usage: tests/run.sh [unit|fuzz|integration|all] [pytest args or test files...]
+#   style       every C file as .clang-format lays it out (one test; `make format` fixes it)
+# Usage: tests/run.sh [unit|fuzz|integration|style|all] [pytest args or test files...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tier=${1:-all}
@@ -102,12 +103,31 @@ PY
     [ "$status" -eq 0 ] || rc=1
 }
 
+# The layout of every C file as .clang-format says; one test, naming the files it would change.
+run_style() {
+    local files bad=()
+    mapfile -t files < <(git ls-files '*.c' '*.h')
+    local f
+    for f in "${files[@]}"; do
+        clang-format --dry-run --Werror "$f" >/dev/null 2>&1 || bad+=("$f")
+    done
+    if [ "${#bad[@]}" -eq 0 ]; then
+        echo "style: ${#files[@]} C files laid out as .clang-format says"
+        passed=$((passed + 1))
+    else
+        echo "style: not as .clang-format lays them out (make format): ${bad[*]}"
+        failed=$((failed + 1))
+        rc=1
+    fi
+}
+
 case "$tier" in
     unit) run_unit ;;
     integration) run_integration "$@" ;;
     fuzz) run_fuzz ;;
-    all) run_unit; run_fuzz; run_integration "$@" ;;
-    *) echo "usage: $0 [unit|fuzz|integration|all] [pytest args]" >&2; exit 2 ;;
+    style) run_style ;;
+    all) run_style; run_unit; run_fuzz; run_integration "$@" ;;
+    *) echo "usage: $0 [unit|fuzz|integration|style|all] [pytest args]" >&2; exit 2 ;;
 esac
 echo "$passed passed, $failed failed"
 [ "$rc" -eq 0 ] && [ "$failed" -eq 0 ]

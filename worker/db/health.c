@@ -82,7 +82,9 @@ void health_apply(struct backend *be, const struct pool_result *r)
     }
     if (r->status == POOL_OK && PQntuples(r->res) == 1 && pool_lsn_parse(PQgetvalue(r->res, 0, 0), &be->lsn) == 0) {
         long long ts_lag = atoll(PQgetvalue(r->res, 0, 1));
-        be->lag_ms = be->lsn >= p->primary.lsn ? 0 : (int)(ts_lag > INT32_MAX ? INT32_MAX : ts_lag);
+        if (ts_lag > INT32_MAX)
+            ts_lag = INT32_MAX;
+        be->lag_ms = be->lsn >= p->primary.lsn ? 0 : (int)ts_lag; /* caught up: no lag, whatever the clock says */
         be->healthy = be->lag_ms <= p->cfg->max_replica_lag_ms;
         if (!be->healthy && was)
             log_warn("%s: lag %dms over max_replica_lag: out of rotation", be_name(be), be->lag_ms);

@@ -17,11 +17,19 @@
 #define POOL_MAX_PARAMS 8 /* of a batched statement */
 #define SWEEP_MS 50
 
+/* Parameter i's bytes: as given, or the string's length (0 for NULL, SQL's NULL). */
+static size_t param_len(const struct pool_query *q, int i)
+{
+    if (q->lengths)
+        return (size_t)q->lengths[i];
+    return q->params[i] ? strlen(q->params[i]) : 0;
+}
+
 struct job *job_new(const struct pool_query *q, enum job_kind kind, pool_cb cb, void *arg)
 {
     size_t total = sizeof(struct job) + (size_t)q->nparams * (sizeof(char *) + sizeof(int));
     for (int i = 0; i < q->nparams; i++)
-        total += (q->lengths ? (size_t)q->lengths[i] : (q->params[i] ? strlen(q->params[i]) : 0)) + 1;
+        total += param_len(q, i) + 1;
     struct job *j = calloc(1, total);
     if (!j)
         return NULL;
