@@ -16,7 +16,7 @@
 
 #include "common/shm.h"
 
-#define CLIENT_SLOTS 256   /* config's maximum of workers */
+#define CLIENT_SLOTS 256 /* config's maximum of workers */
 #define CLIENT_BUCKETS 4096
 
 struct clients_row {
@@ -25,8 +25,8 @@ struct clients_row {
 };
 
 struct clients {
-    uint64_t seed;               /* written once by the master before the first fork */
-    _Atomic int slots_used;      /* rows below it may hold counts: a sum need not read 512 rows */
+    uint64_t seed;          /* written once by the master before the first fork */
+    _Atomic int slots_used; /* rows below it may hold counts: a sum need not read 512 rows */
     struct clients_row row[2][CLIENT_SLOTS];
 };
 
@@ -37,7 +37,8 @@ struct clients *clients_create(void)
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         /* not a secret: it only keeps a remote client from choosing addresses that collide on purpose */
-        t->seed = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL ^ (uint64_t)ts.tv_sec << 20 ^ (uint64_t)getpid();
+        t->seed =
+            (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL ^ (uint64_t)ts.tv_sec << 20 ^ (uint64_t)getpid();
     }
     return t;
 }
@@ -71,7 +72,7 @@ uint64_t clients_key(const struct clients *t, const struct sockaddr_storage *pee
             memcpy(&v4, b + 12, sizeof(v4));
             addr = v4;
         } else {
-            memcpy(&addr, b, sizeof(addr)); /* the /64 */
+            memcpy(&addr, b, sizeof(addr));  /* the /64 */
             addr = mix64(addr) | 1ULL << 63; /* apart from every IPv4 address */
         }
     } else {
@@ -124,7 +125,8 @@ bool clients_admit(struct clients *t, int slot, unsigned generation, uint64_t ke
 static void count_release(_Atomic uint32_t *c)
 {
     uint32_t v = atomic_load_explicit(c, memory_order_relaxed);
-    while (v > 0 && !atomic_compare_exchange_weak_explicit(c, &v, v - 1, memory_order_relaxed, memory_order_relaxed))
+    while (v > 0 &&
+           !atomic_compare_exchange_weak_explicit(c, &v, v - 1, memory_order_relaxed, memory_order_relaxed))
         ;
 }
 

@@ -13,15 +13,27 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum key_type { KT_INT, KT_MS, KT_SEC, KT_SIZE, KT_BOOL, KT_STR, KT_LISTEN, KT_DSN, KT_REPLICA, KT_LEVEL, KT_FORMAT };
+enum key_type {
+    KT_INT,
+    KT_MS,
+    KT_SEC,
+    KT_SIZE,
+    KT_BOOL,
+    KT_STR,
+    KT_LISTEN,
+    KT_DSN,
+    KT_REPLICA,
+    KT_LEVEL,
+    KT_FORMAT
+};
 
 struct config_key {
     const char *section;
     const char *name;
     enum key_type type;
     size_t offset;
-    size_t size;             /* KT_STR / KT_DSN: buffer size */
-    long long min, max;      /* numeric range (ms for KT_MS, bytes for KT_SIZE) */
+    size_t size;        /* KT_STR / KT_DSN: buffer size */
+    long long min, max; /* numeric range (ms for KT_MS, bytes for KT_SIZE) */
     const char *def;
     const char *doc;
 };
@@ -40,7 +52,8 @@ static const struct config_key config_keys[] = {
     { "server", "drain_timeout", KT_MS, OFF(drain_timeout_ms), 100, 3600000, "10s",
       "graceful stop: how long in-flight requests may take before a worker is stopped anyway" },
     { "server", "max_connections", KT_INT, OFF(max_connections), 1, 1000000, "4096",
-      "open client connections per worker; past it on every worker, new ones get 503 and are closed at once" },
+      "open client connections per worker; past it on every worker, new ones get 503 and are closed at "
+      "once" },
     { "server", "max_body_bytes", KT_SIZE, OFF(max_body_bytes), 0, 1073741824, "64k",
       "largest request body (413 above); units k, m" },
     { "server", "max_header_bytes", KT_SIZE, OFF(max_header_bytes), 256, 1048576, "8k",
@@ -49,7 +62,8 @@ static const struct config_key config_keys[] = {
       "response bytes a worker may hold for clients that do not read them; past it, the connections that "
       "have gone longest without reading are closed" },
     { "server", "max_connections_per_client", KT_INT, OFF(max_connections_per_client), 0, 1000000, "0",
-      "open connections one client address may hold across all workers; past it, 503 and closed; 0 = no limit" },
+      "open connections one client address may hold across all workers; past it, 503 and closed; 0 = no "
+      "limit" },
     { "server", "allowed_hosts", KT_STR, OFF(allowed_hosts), 0, 0, "",
       "host names a request's Host may name, comma-separated (against DNS rebinding); others get 421; "
       "IP literals always pass; empty = any" },
@@ -108,7 +122,8 @@ static const struct config_key config_keys[] = {
       "Redis ACL user to AUTH as (needs a password); empty: the default user" },
     { "redis", "password_file", KT_STR, OFF(redis_password_file), 0, 0, "",
       "file whose first line is the Redis password, read at start and on every reload (not readable by "
-      "others); or set PGAPI_REDIS_PASSWORD in the environment instead; never put the password in this file" },
+      "others); or set PGAPI_REDIS_PASSWORD in the environment instead; never put the password in this "
+      "file" },
     { "metrics", "listen", KT_LISTEN, OFF(metrics_listen), 0, 0, "127.0.0.1:3001",
       "address:port serving GET /metrics (Prometheus text format, every worker's series with a worker "
       "label); keep it off the public interface; \"off\" disables it" },
@@ -122,7 +137,7 @@ static const struct config_key config_keys[] = {
 struct parse_ctx {
     struct config *cfg;
     char err[CONFIG_ERR_MAX];
-    bool replica_seen;       /* the first replica line in a file replaces the default list */
+    bool replica_seen; /* the first replica line in a file replaces the default list */
 };
 
 static const struct config_key *key_find(const char *section, const char *name)
@@ -191,8 +206,14 @@ static int parse_bool(const char *s, bool *out)
 {
     static const char *yes[] = { "on", "yes", "true", "1" }, *no[] = { "off", "no", "false", "0" };
     for (size_t i = 0; i < 4; i++) {
-        if (strcasecmp(s, yes[i]) == 0) { *out = true; return 0; }
-        if (strcasecmp(s, no[i]) == 0) { *out = false; return 0; }
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
     }
     return -1;
 }
@@ -291,14 +312,18 @@ static int key_set(const struct config_key *k, struct parse_ctx *ctx, const char
     struct config *cfg = ctx->cfg;
     void *dst = (char *)cfg + k->offset;
     switch (k->type) {
-    case KT_INT: case KT_MS: case KT_SEC: case KT_SIZE:
+    case KT_INT:
+    case KT_MS:
+    case KT_SEC:
+    case KT_SIZE:
         return set_number(k, cfg, v, err, errlen);
     case KT_BOOL:
         if (parse_bool(v, dst) == 0)
             return 0;
         snprintf(err, errlen, "\"%s\" is not on/off", v);
         return -1;
-    case KT_STR: case KT_DSN:
+    case KT_STR:
+    case KT_DSN:
         return set_string(dst, k->size, v, err, errlen);
     case KT_LISTEN:
         return set_listen(k, cfg, v, err, errlen);
@@ -403,7 +428,8 @@ static int config_validate(struct config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "[database] primary must not be empty");
         return -1;
     }
-    if (cfg->metrics_listen.port == cfg->listen.port && strcmp(cfg->metrics_listen.host, cfg->listen.host) == 0) {
+    if (cfg->metrics_listen.port == cfg->listen.port &&
+        strcmp(cfg->metrics_listen.host, cfg->listen.host) == 0) {
         snprintf(err, errlen, "[metrics] listen must differ from [server] listen (%s:%d)", cfg->listen.host,
                  cfg->listen.port);
         return -1;
@@ -430,8 +456,9 @@ static int password_file_read(const char *path, char *out, size_t cap, char *err
         goto done;
     }
     if (st.st_mode & (S_IROTH | S_IWOTH)) {
-        snprintf(err, errlen, "[redis] password_file %s: mode %04o lets other users read or write it (chmod o-rwx)",
-                 path, (unsigned)(st.st_mode & 07777));
+        snprintf(err, errlen,
+                 "[redis] password_file %s: mode %04o lets other users read or write it (chmod o-rwx)", path,
+                 (unsigned)(st.st_mode & 07777));
         goto done;
     }
     if (!fgets(out, (int)cap, f)) {
@@ -440,7 +467,8 @@ static int password_file_read(const char *path, char *out, size_t cap, char *err
     }
     size_t n = strcspn(out, "\r\n");
     if (n == cap - 1 && out[n] == '\0') {
-        snprintf(err, errlen, "[redis] password_file %s: the password is longer than %zu bytes", path, cap - 2);
+        snprintf(err, errlen, "[redis] password_file %s: the password is longer than %zu bytes", path,
+                 cap - 2);
         goto done;
     }
     out[n] = '\0';
@@ -456,7 +484,8 @@ static int redis_password_load(struct config *cfg, char *err, size_t errlen)
     const char *env = getenv(CONFIG_REDIS_PASSWORD_ENV);
     cfg->redis_password[0] = '\0';
     if (env && cfg->redis_password_file[0]) {
-        snprintf(err, errlen, "both %s and [redis] password_file are set: keep one", CONFIG_REDIS_PASSWORD_ENV);
+        snprintf(err, errlen, "both %s and [redis] password_file are set: keep one",
+                 CONFIG_REDIS_PASSWORD_ENV);
         return -1;
     }
     if (env && set_string(cfg->redis_password, sizeof(cfg->redis_password), env, err, errlen) < 0) {
@@ -464,8 +493,8 @@ static int redis_password_load(struct config *cfg, char *err, size_t errlen)
                  sizeof(cfg->redis_password) - 1);
         return -1;
     }
-    if (cfg->redis_password_file[0] &&
-        password_file_read(cfg->redis_password_file, cfg->redis_password, sizeof(cfg->redis_password), err, errlen) < 0)
+    if (cfg->redis_password_file[0] && password_file_read(cfg->redis_password_file, cfg->redis_password,
+                                                          sizeof(cfg->redis_password), err, errlen) < 0)
         return -1;
     if (cfg->redis_username[0] && !cfg->redis_password[0]) {
         snprintf(err, errlen, "[redis] username is set but no password (%s or [redis] password_file)",
@@ -551,10 +580,12 @@ void config_print(const struct config *c, FILE *f)
     char metrics_addr[80] = "off";
     if (c->metrics_listen.port)
         snprintf(metrics_addr, sizeof(metrics_addr), "%s:%d", c->metrics_listen.host, c->metrics_listen.port);
-    fprintf(f, "[server]\nlisten = %s:%d\nworkers = %d\nbacklog = %d\nkeepalive_timeout = %dms\n"
-               "request_timeout = %dms\ndrain_timeout = %dms\nmax_connections = %d\nmax_body_bytes = %zu\n"
-               "max_header_bytes = %zu\nmax_unsent_bytes = %zu\nmax_connections_per_client = %d\nallowed_hosts = %s\n"
-               "page_bytes = %zu\nembed_posts = %d\n\n[database]\n",
+    fprintf(f,
+            "[server]\nlisten = %s:%d\nworkers = %d\nbacklog = %d\nkeepalive_timeout = %dms\n"
+            "request_timeout = %dms\ndrain_timeout = %dms\nmax_connections = %d\nmax_body_bytes = %zu\n"
+            "max_header_bytes = %zu\nmax_unsent_bytes = %zu\nmax_connections_per_client = %d\nallowed_hosts "
+            "= %s\n"
+            "page_bytes = %zu\nembed_posts = %d\n\n[database]\n",
             c->listen.host, c->listen.port, c->workers, c->backlog, c->keepalive_timeout_ms,
             c->request_timeout_ms, c->drain_timeout_ms, c->max_connections, c->max_body_bytes,
             c->max_header_bytes, c->max_unsent_bytes, c->max_connections_per_client, c->allowed_hosts,
@@ -562,19 +593,21 @@ void config_print(const struct config *c, FILE *f)
     dsn_print_masked(f, "primary", c->primary_dsn);
     for (int i = 0; i < c->replica_count; i++)
         dsn_print_masked(f, "replica", c->replica_dsn[i]);
-    fprintf(f, "pool_size = %d\nstatement_timeout = %dms\nconnect_timeout = %dms\nqueue_size = %d\n"
-               "queue_timeout = %dms\nmax_replica_lag = %dms\nhealth_interval = %dms\nmigrations_dir = %s\n\n"
-               "[redis]\nenabled = %s\nhost = %s\nport = %d\nttl = %ds\nconnect_timeout = %dms\n"
-               "command_timeout = %dms\nprefix = %s\nsocket = %s\nusername = %s\npassword_file = %s\n"
-               "local_entries = %d\nlocal_bytes = %zu\nmax_value_bytes = %zu\nlist_pages = %d\n\n[metrics]\nlisten = %s\n\n"
-               "[log]\nlevel = %s\nformat = %s\naccess = %s\n",
-            c->pool_size, c->statement_timeout_ms, c->connect_timeout_ms, c->queue_size,
-            c->queue_timeout_ms, c->max_replica_lag_ms, c->health_interval_ms, c->migrations_dir,
-            c->redis_enabled ? "on" : "off", c->redis_host, c->redis_port, c->cache_ttl_s,
-            c->redis_connect_timeout_ms, c->redis_command_timeout_ms, c->redis_prefix,
-            c->redis_socket, c->redis_username, c->redis_password_file,
-            c->local_cache_entries, c->local_cache_bytes, c->cache_max_value_bytes, c->cache_list_pages, metrics_addr,
-            lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off");
+    fprintf(f,
+            "pool_size = %d\nstatement_timeout = %dms\nconnect_timeout = %dms\nqueue_size = %d\n"
+            "queue_timeout = %dms\nmax_replica_lag = %dms\nhealth_interval = %dms\nmigrations_dir = %s\n\n"
+            "[redis]\nenabled = %s\nhost = %s\nport = %d\nttl = %ds\nconnect_timeout = %dms\n"
+            "command_timeout = %dms\nprefix = %s\nsocket = %s\nusername = %s\npassword_file = %s\n"
+            "local_entries = %d\nlocal_bytes = %zu\nmax_value_bytes = %zu\nlist_pages = "
+            "%d\n\n[metrics]\nlisten = %s\n\n"
+            "[log]\nlevel = %s\nformat = %s\naccess = %s\n",
+            c->pool_size, c->statement_timeout_ms, c->connect_timeout_ms, c->queue_size, c->queue_timeout_ms,
+            c->max_replica_lag_ms, c->health_interval_ms, c->migrations_dir, c->redis_enabled ? "on" : "off",
+            c->redis_host, c->redis_port, c->cache_ttl_s, c->redis_connect_timeout_ms,
+            c->redis_command_timeout_ms, c->redis_prefix, c->redis_socket, c->redis_username,
+            c->redis_password_file, c->local_cache_entries, c->local_cache_bytes, c->cache_max_value_bytes,
+            c->cache_list_pages, metrics_addr, lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text",
+            c->access_log ? "on" : "off");
 }
 
 void config_print_keys(FILE *f)

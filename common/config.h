@@ -22,27 +22,27 @@ struct config_addr {
 };
 
 struct config {
-    char path[512];            /* "" when running on the embedded defaults */
+    char path[512]; /* "" when running on the embedded defaults */
     /* [server] */
     struct config_addr listen;
-    int workers;               /* 0 in the file means one per CPU; resolved at load time */
+    int workers; /* 0 in the file means one per CPU; resolved at load time */
     int backlog;
     int keepalive_timeout_ms;
     int request_timeout_ms;
     int drain_timeout_ms;
-    int max_connections;       /* per worker */
+    int max_connections; /* per worker */
     size_t max_body_bytes;
     size_t max_header_bytes;
     size_t max_unsent_bytes;        /* per worker: responses queued for clients that do not read */
     int max_connections_per_client; /* per client address, across all workers; 0 = no limit */
     char allowed_hosts[512];        /* comma-separated host names; "" = any */
-    size_t page_bytes;         /* byte budget of the rows of one answer (a page, embedded posts) */
-    int embed_posts;           /* posts embedded by ?include=posts */
+    size_t page_bytes;              /* byte budget of the rows of one answer (a page, embedded posts) */
+    int embed_posts;                /* posts embedded by ?include=posts */
     /* [database] */
     char primary_dsn[CONFIG_DSN_MAX];
     char replica_dsn[CONFIG_MAX_REPLICAS][CONFIG_DSN_MAX];
     int replica_count;
-    int pool_size;             /* per side per worker */
+    int pool_size; /* per side per worker */
     int statement_timeout_ms;
     int connect_timeout_ms;
     int queue_size;
@@ -58,14 +58,14 @@ struct config {
     int redis_connect_timeout_ms;
     int redis_command_timeout_ms;
     char redis_prefix[64];
-    char redis_socket[108];    /* Unix socket path (sun_path); "" = TCP to host:port */
-    char redis_username[64];   /* ACL user for AUTH; "" = the default user */
+    char redis_socket[108];  /* Unix socket path (sun_path); "" = TCP to host:port */
+    char redis_username[64]; /* ACL user for AUTH; "" = the default user */
     char redis_password_file[256];
-    char redis_password[256];  /* not a key: from PGAPI_REDIS_PASSWORD or password_file; never printed */
+    char redis_password[256]; /* not a key: from PGAPI_REDIS_PASSWORD or password_file; never printed */
     int local_cache_entries;
     size_t local_cache_bytes;
     size_t cache_max_value_bytes; /* larger values are served, not cached */
-    int cache_list_pages;      /* pages cached per list */
+    int cache_list_pages;         /* pages cached per list */
     /* [metrics] */
     struct config_addr metrics_listen; /* GET /metrics (Prometheus text); port 0 = off */
     /* [log] */

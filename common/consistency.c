@@ -23,7 +23,7 @@ struct consistency_table {
 };
 
 struct consistency {
-    size_t size;    /* of the mapping */
+    size_t size; /* of the mapping */
     int ntables;
     _Atomic bool cache_dirty;
     _Atomic uint64_t cache_troubles; /* how many times cache_dirty was set: local copies older are dropped */
@@ -129,7 +129,8 @@ void consistency_unknown_resolve(struct consistency *c, const uint64_t marks[CON
         atomic_raise(&tb->unknown_floor, lsn);
         atomic_raise(&tb->unknown_cleared, marks[t]);
         log_info("consistency: table %d's unknown commit LSNs are at or below %" PRIX64 ": its reads may use "
-                 "replicas again", t, lsn);
+                 "replicas again",
+                 t, lsn);
     }
 }
 

@@ -11,8 +11,9 @@
 /* The most tables (resources) the state holds; the registry is checked against it at start-up. */
 #define CONSISTENCY_TABLES_MAX 8
 
-#define CONSISTENCY_LSN_NONE UINT64_MAX /* what a read gets while a table has an unresolved unknown
-                                         * commit: the primary only (the pool's POOL_LSN_NONE) */
+#define CONSISTENCY_LSN_NONE                                               \
+    UINT64_MAX /* what a read gets while a table has an unresolved unknown \
+                * commit: the primary only (the pool's POOL_LSN_NONE) */
 
 struct consistency;
 

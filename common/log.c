@@ -131,8 +131,7 @@ static size_t json_escape_into(char *buf, size_t len, size_t cap, const char *s)
 static size_t prefix_text(char *buf, size_t cap, enum log_level level)
 {
     size_t n = format_time(buf, cap);
-    n += (size_t)snprintf(buf + n, cap - n, " [%s] %d %s", level_names[level], (int)getpid(),
-                          log_state.role);
+    n += (size_t)snprintf(buf + n, cap - n, " [%s] %d %s", level_names[level], (int)getpid(), log_state.role);
     if (log_state.worker >= 0)
         n += (size_t)snprintf(buf + n, cap - n, "#%d", log_state.worker);
     n += (size_t)snprintf(buf + n, cap - n, " g%u: ", log_state.generation);
@@ -143,10 +142,9 @@ static size_t prefix_json(char *buf, size_t cap, enum log_level level)
 {
     size_t n = (size_t)snprintf(buf, cap, "{\"ts\":\"");
     n += format_time(buf + n, cap - n);
-    n += (size_t)snprintf(buf + n, cap - n,
-                          "\",\"level\":\"%s\",\"pid\":%d,\"role\":\"%s\",\"worker\":%d,\"gen\":%u,",
-                          level_names[level], (int)getpid(), log_state.role, log_state.worker,
-                          log_state.generation);
+    n += (size_t)snprintf(
+        buf + n, cap - n, "\",\"level\":\"%s\",\"pid\":%d,\"role\":\"%s\",\"worker\":%d,\"gen\":%u,",
+        level_names[level], (int)getpid(), log_state.role, log_state.worker, log_state.generation);
     return n;
 }
 
@@ -237,10 +235,10 @@ void log_access(const struct access_entry *e)
         n = json_escape_into(buf, n, sizeof(buf) - 200, e->path);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\",\"request_id\":\"");
         n = json_escape_into(buf, n, sizeof(buf) - 150, rid);
-        n += (size_t)snprintf(buf + n, sizeof(buf) - n,
-                              "\",\"status\":%d,\"duration_us\":%llu,\"bytes\":%llu,\"cache\":\"%s\",\"client\":\"",
-                              e->status, (unsigned long long)e->duration_us,
-                              (unsigned long long)e->bytes, cache);
+        n += (size_t)snprintf(
+            buf + n, sizeof(buf) - n,
+            "\",\"status\":%d,\"duration_us\":%llu,\"bytes\":%llu,\"cache\":\"%s\",\"client\":\"", e->status,
+            (unsigned long long)e->duration_us, (unsigned long long)e->bytes, cache);
         n = json_escape_into(buf, n, sizeof(buf) - 3, client);
         buf[n++] = '"';
         buf[n++] = '}';

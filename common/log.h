@@ -13,8 +13,8 @@ struct access_entry {
     const char *method;
     const char *path;
     const char *request_id;
-    const char *cache;        /* "HIT", "MISS", "BYPASS" or NULL */
-    const char *client;       /* the peer's address, or NULL ("-") */
+    const char *cache;  /* "HIT", "MISS", "BYPASS" or NULL */
+    const char *client; /* the peer's address, or NULL ("-") */
     int status;
     uint64_t duration_us;
     uint64_t bytes;
@@ -30,9 +30,25 @@ void log_access(const struct access_entry *e);
 int log_level_parse(const char *s, enum log_level *out);
 int log_format_parse(const char *s, enum log_format *out);
 
-#define log_error(...) do { if (log_enabled(LOGL_ERROR)) log_write(LOGL_ERROR, __VA_ARGS__); } while (0)
-#define log_warn(...)  do { if (log_enabled(LOGL_WARN))  log_write(LOGL_WARN, __VA_ARGS__); } while (0)
-#define log_info(...)  do { if (log_enabled(LOGL_INFO))  log_write(LOGL_INFO, __VA_ARGS__); } while (0)
-#define log_debug(...) do { if (log_enabled(LOGL_DEBUG)) log_write(LOGL_DEBUG, __VA_ARGS__); } while (0)
+#define log_error(...)                          \
+    do {                                        \
+        if (log_enabled(LOGL_ERROR))            \
+            log_write(LOGL_ERROR, __VA_ARGS__); \
+    } while (0)
+#define log_warn(...)                          \
+    do {                                       \
+        if (log_enabled(LOGL_WARN))            \
+            log_write(LOGL_WARN, __VA_ARGS__); \
+    } while (0)
+#define log_info(...)                          \
+    do {                                       \
+        if (log_enabled(LOGL_INFO))            \
+            log_write(LOGL_INFO, __VA_ARGS__); \
+    } while (0)
+#define log_debug(...)                          \
+    do {                                        \
+        if (log_enabled(LOGL_DEBUG))            \
+            log_write(LOGL_DEBUG, __VA_ARGS__); \
+    } while (0)
 
 #endif

@@ -7,7 +7,8 @@
 #include "common/shm.h"
 
 static const int status_codes[METRICS_STATUSES - 1] = {
-    100, 200, 201, 204, 304, 400, 404, 405, 408, 409, 411, 412, 413, 414, 415, 421, 422, 429, 431, 499, 500, 501, 503, 504,
+    100, 200, 201, 204, 304, 400, 404, 405, 408, 409, 411, 412,
+    413, 414, 415, 421, 422, 429, 431, 499, 500, 501, 503, 504,
 };
 #define NSTATUS ((int)(sizeof(status_codes) / sizeof(status_codes[0])))
 

@@ -11,17 +11,17 @@
 #include "common/config.h"
 #include "common/consistency.h"
 
-#define METRICS_SLOTS 256      /* config's maximum of workers */
+#define METRICS_SLOTS 256 /* config's maximum of workers */
 /* The router's routes at most: its hand-written ones (up to 8), then up to 8 standard routes for each
  * resource the consistency state has room for (worker/api/router.c asserts the bound); then the ones
  * below. */
 #define METRICS_API_ROUTES_MAX (8 + 8 * CONSISTENCY_TABLES_MAX)
 #define METRICS_ROUTES (METRICS_API_ROUTES_MAX + 3)
-#define METRICS_ROUTE_NONE (METRICS_ROUTES - 1)     /* answered before routing (bad framing, limits) */
+#define METRICS_ROUTE_NONE (METRICS_ROUTES - 1)      /* answered before routing (bad framing, limits) */
 #define METRICS_ROUTE_UNMATCHED (METRICS_ROUTES - 2) /* 404 / 405 */
 #define METRICS_ROUTE_SCRAPE (METRICS_ROUTES - 3)    /* the metrics listener itself */
-#define METRICS_STATUSES 25    /* the codes of metrics_status_code, then "other" */
-#define METRICS_BUCKETS 14     /* latency bounds of metrics_bucket_le, the last one +Inf */
+#define METRICS_STATUSES 25                          /* the codes of metrics_status_code, then "other" */
+#define METRICS_BUCKETS 14 /* latency bounds of metrics_bucket_le, the last one +Inf */
 #define METRICS_BACKENDS (1 + CONFIG_MAX_REPLICAS) /* 0: the primary, 1 + i: replica i */
 
 typedef _Atomic uint64_t metrics_counter;

@@ -36,19 +36,31 @@ static void usage_print(FILE *f)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "config", required_argument, NULL, 'c' }, { "check-config", no_argument, NULL, 't' },
-        { "version", no_argument, NULL, 'v' },       { "help", no_argument, NULL, 'h' },
+        { "config", required_argument, NULL, 'c' },
+        { "check-config", no_argument, NULL, 't' },
+        { "version", no_argument, NULL, 'v' },
+        { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *path = getenv("PGAPI_CONFIG");
     int check = 0, opt;
     while ((opt = getopt_long(argc, argv, "+c:tvh", opts, NULL)) != -1) {
         switch (opt) {
-        case 'c': path = optarg; break;
-        case 't': check = 1; break;
-        case 'v': printf("pgapi %s\n", PGAPI_VERSION); return 0;
-        case 'h': usage_print(stdout); return 0;
-        default: usage_print(stderr); return 2;
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            check = 1;
+            break;
+        case 'v':
+            printf("pgapi %s\n", PGAPI_VERSION);
+            return 0;
+        case 'h':
+            usage_print(stdout);
+            return 0;
+        default:
+            usage_print(stderr);
+            return 2;
         }
     }
     if (path && !*path)

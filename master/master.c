@@ -18,14 +18,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "common/clock.h"
-#include "common/clients.h"
-#include "common/consistency.h"
-#include "worker/api/resource.h"
-#include "common/metrics.h"
 #include "common/capacity.h"
+#include "common/clients.h"
+#include "common/clock.h"
+#include "common/consistency.h"
+#include "common/metrics.h"
 #include "master/listener.h"
 #include "master/notify.h"
+#include "worker/api/resource.h"
 #include "worker/worker.h"
 
 #define MAX_PROCS 512
@@ -53,14 +53,14 @@ struct master {
     struct config cfg;
     const char *config_path;
     unsigned generation;
-    struct worker_sockets socks;  /* the current generation's listening sockets */
-    struct worker_sockets old;    /* previous ones while their workers drain after an address change */
+    struct worker_sockets socks; /* the current generation's listening sockets */
+    struct worker_sockets old;   /* previous ones while their workers drain after an address change */
     int sig_fd;
-    struct consistency *consistency;  /* shared memory the workers write; the master only sets cache-dirty */
-    struct capacity *capacity;    /* shared: which workers have room for a connection */
-    struct clients *clients;      /* shared: open connections per client address */
-    struct metrics *metrics;      /* shared: what GET /metrics shows; the master counts restarts, reloads */
-    int ready_rd, ready_wr;       /* workers write their pid here once they serve */
+    struct consistency *consistency; /* shared memory the workers write; the master only sets cache-dirty */
+    struct capacity *capacity;       /* shared: which workers have room for a connection */
+    struct clients *clients;         /* shared: open connections per client address */
+    struct metrics *metrics; /* shared: what GET /metrics shows; the master counts restarts, reloads */
+    int ready_rd, ready_wr;  /* workers write their pid here once they serve */
     struct proc procs[MAX_PROCS];
     struct respawn respawns[MAX_PROCS];
     bool reloading;
@@ -125,8 +125,8 @@ static bool addr_same(const struct config_addr *a, const struct config_addr *b)
 
 /* A socket for addr: the current one if the address is unchanged (*reused set), else a new one; -1 for
  * an address that is off. Returns -2 when a needed socket cannot be opened (logged by listener_open). */
-static int socket_for(const struct config_addr *addr, const struct config_addr *cur_addr, int cur_fd, int backlog,
-                      bool *reused)
+static int socket_for(const struct config_addr *addr, const struct config_addr *cur_addr, int cur_fd,
+                      int backlog, bool *reused)
 {
     *reused = cur_fd >= 0 && addr_same(addr, cur_addr);
     if (*reused)
@@ -145,14 +145,16 @@ static int sockets_prepare(struct master *m, const struct config *next)
     int lfd = socket_for(&next->listen, &m->cfg.listen, m->socks.listen_fd, next->backlog, &keep_listen);
     if (lfd == -2)
         return -1;
-    int mfd = socket_for(&next->metrics_listen, &m->cfg.metrics_listen, m->socks.metrics_fd, next->backlog, &keep_metrics);
+    int mfd = socket_for(&next->metrics_listen, &m->cfg.metrics_listen, m->socks.metrics_fd, next->backlog,
+                         &keep_metrics);
     if (mfd == -2) {
         if (!keep_listen)
             close(lfd);
         return -1;
     }
     sockets_close(&m->old);
-    m->old = (struct worker_sockets){ keep_listen ? -1 : m->socks.listen_fd, keep_metrics ? -1 : m->socks.metrics_fd };
+    m->old = (struct worker_sockets){ keep_listen ? -1 : m->socks.listen_fd,
+                                      keep_metrics ? -1 : m->socks.metrics_fd };
     m->socks = (struct worker_sockets){ lfd, mfd };
     return 0;
 }
@@ -165,8 +167,9 @@ static void child_become_worker(struct master *m, int slot)
     close(m->ready_rd);
     sockets_close(&m->old);
     sigprocmask(SIG_SETMASK, &m->old_mask, NULL);
-    struct worker_shared shared = { .consistency = m->consistency, .capacity = m->capacity, .metrics = m->metrics,
-                                    .clients = m->clients };
+    struct worker_shared shared = {
+        .consistency = m->consistency, .capacity = m->capacity, .metrics = m->metrics, .clients = m->clients
+    };
     int rc = worker_run(&m->cfg, &shared, &m->socks, slot, m->generation, m->ready_wr);
     free(m);
     exit(rc); /* exit, not _exit: sanitizer builds check the worker for leaks at exit */
@@ -187,7 +190,10 @@ static int worker_spawn(struct master *m, int slot)
     if (pid == 0)
         child_become_worker(m, slot);
     metrics_add(&m->metrics->worker_starts, 1);
-    *p = (struct proc){ .state = PROC_STARTING, .pid = pid, .slot = slot, .generation = m->generation,
+    *p = (struct proc){ .state = PROC_STARTING,
+                        .pid = pid,
+                        .slot = slot,
+                        .generation = m->generation,
                         .started_ms = (int64_t)clock_now_ms() };
     log_info("worker %d started: pid %d generation %u", slot, (int)pid, m->generation);
     return 0;
@@ -198,7 +204,8 @@ static void generation_spawn(struct master *m)
     for (int slot = 0; slot < m->cfg.workers; slot++) {
         m->respawns[slot] = (struct respawn){ 0 };
         if (worker_spawn(m, slot) < 0)
-            m->respawns[slot] = (struct respawn){ .pending = true, .due_ms = (int64_t)clock_now_ms() + 1000, .failures = 1 };
+            m->respawns[slot] =
+                (struct respawn){ .pending = true, .due_ms = (int64_t)clock_now_ms() + 1000, .failures = 1 };
     }
 }
 
@@ -311,7 +318,8 @@ static void cache_dirty_after_death(struct master *m, const struct proc *p, int 
     if (clean || !m->consistency)
         return;
     consistency_cache_dirty_set(m->consistency);
-    log_warn("worker %d pid %d died: the cache is bypassed until it moves to a new epoch", p->slot, (int)p->pid);
+    log_warn("worker %d pid %d died: the cache is bypassed until it moves to a new epoch", p->slot,
+             (int)p->pid);
 }
 
 static void children_reap(struct master *m)
@@ -324,7 +332,7 @@ static void children_reap(struct master *m)
             continue;
         child_log_exit(p, status);
         capacity_vacate(m->capacity, p->slot, p->generation); /* a crash left its room published */
-        clients_vacate(m->clients, p->slot, p->generation); /* and its connections counted */
+        clients_vacate(m->clients, p->slot, p->generation);   /* and its connections counted */
         metrics_gauges_vacate(m->metrics, p->slot, p->generation);
         cache_dirty_after_death(m, p, status);
         bool respawn = !m->stopping && p->generation == m->generation && p->state != PROC_RETIRING;
@@ -426,7 +434,8 @@ static void master_loop(struct master *m)
 {
     bool announced = false;
     while (!m->stopping || procs_alive(m) > 0) {
-        struct pollfd fds[2] = { { .fd = m->sig_fd, .events = POLLIN }, { .fd = m->ready_rd, .events = POLLIN } };
+        struct pollfd fds[2] = { { .fd = m->sig_fd, .events = POLLIN },
+                                 { .fd = m->ready_rd, .events = POLLIN } };
         if (poll(fds, 2, poll_timeout(m)) < 0 && errno != EINTR) {
             log_error("poll: %s", strerror(errno));
             break;
@@ -439,7 +448,8 @@ static void master_loop(struct master *m)
             respawns_run(m);
         if (!announced && !m->stopping && generation_ready(m)) {
             announced = true;
-            log_info("serving on %s:%d with %d workers", m->cfg.listen.host, m->cfg.listen.port, m->cfg.workers);
+            log_info("serving on %s:%d with %d workers", m->cfg.listen.host, m->cfg.listen.port,
+                     m->cfg.workers);
             notify_send("READY=1\nSTATUS=serving");
         }
         if (m->reloading && generation_ready(m))

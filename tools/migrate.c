@@ -33,21 +33,21 @@
  * The key is "pgapi-mg" in ASCII; pgapi's other advisory locks use other keys. */
 #define MIGRATE_LOCK_SQL "SELECT pg_advisory_xact_lock(8099549590277942631)"
 
-#define MIGRATE_TABLE_SQL                                                                           \
-    "CREATE TABLE IF NOT EXISTS schema_migrations ("                                                \
-    "id integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, "                          \
+#define MIGRATE_TABLE_SQL                                                  \
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("                       \
+    "id integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, " \
     "applied_at timestamptz NOT NULL DEFAULT now())"
 
-#define MIGRATE_APPLIED_SQL                                                                         \
-    "SELECT id, name, checksum, "                                                                   \
-    "to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "                     \
+#define MIGRATE_APPLIED_SQL                                                     \
+    "SELECT id, name, checksum, "                                               \
+    "to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') " \
     "FROM schema_migrations ORDER BY id"
 
-#define MIGRATE_USAGE                                                                               \
+#define MIGRATE_USAGE                                                                              \
     "usage: pgapi migrate up [N|all]     apply pending migrations in order (all, or at most N)\n"  \
     "       pgapi migrate down [N|all]   revert the last applied migration (or the last N)\n"      \
     "       pgapi migrate status         list files and applied migrations (exit 1 on a changed\n" \
-    "                                    or missing applied file)\n"                                \
+    "                                    or missing applied file)\n"                               \
     "       pgapi migrate create NAME    write the next NNNN_NAME.sql (NAME: [a-z0-9_], <= 60)\n"
 
 /* One migration file, parsed: the SQL of each part, where it starts in the file (for error lines) and
@@ -277,7 +277,8 @@ static int migrate_split(struct migration *m, const char *text, size_t len)
         bool is_up = migrate_line_is(p, end, MIGRATE_MARK_UP);
         bool is_down = migrate_line_is(p, end, MIGRATE_MARK_DOWN);
         if ((is_up && up_mark) || (is_down && down_mark)) {
-            log_error("%s:%d: second \"%s\" marker line", m->path, line, is_up ? MIGRATE_MARK_UP : MIGRATE_MARK_DOWN);
+            log_error("%s:%d: second \"%s\" marker line", m->path, line,
+                      is_up ? MIGRATE_MARK_UP : MIGRATE_MARK_DOWN);
             return -1;
         }
         if (is_down && !up_mark) {
@@ -296,8 +297,9 @@ static int migrate_split(struct migration *m, const char *text, size_t len)
         p = next;
     }
     if (!up_mark || !down_mark) {
-        log_error("%s: missing the \"%s\" line (a migration has a \"%s\" line, its SQL, a \"%s\" line, its SQL)",
-                  m->path, up_mark ? MIGRATE_MARK_DOWN : MIGRATE_MARK_UP, MIGRATE_MARK_UP, MIGRATE_MARK_DOWN);
+        log_error(
+            "%s: missing the \"%s\" line (a migration has a \"%s\" line, its SQL, a \"%s\" line, its SQL)",
+            m->path, up_mark ? MIGRATE_MARK_DOWN : MIGRATE_MARK_UP, MIGRATE_MARK_UP, MIGRATE_MARK_DOWN);
         return -1;
     }
     m->up_sql = migrate_strndup(up, (size_t)(down_mark - up), m->path);
@@ -313,8 +315,8 @@ static int migrate_checksum(PGconn *conn, struct migration *m, const char *text,
     const char *values[1] = { text };
     const int lengths[1] = { (int)len };
     const int formats[1] = { 1 };
-    PGresult *res = PQexecParams(conn, "SELECT encode(sha256($1::bytea), 'hex')", 1, types, values,
-                                 lengths, formats, 0);
+    PGresult *res =
+        PQexecParams(conn, "SELECT encode(sha256($1::bytea), 'hex')", 1, types, values, lengths, formats, 0);
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 ||
         PQgetlength(res, 0, 0) != MIGRATE_CHECKSUM_LEN) {
         char why[1024];
@@ -380,7 +382,8 @@ static const struct applied *migrate_applied_find(const struct applied_set *a, i
     return NULL;
 }
 
-/* Reads schema_migrations; a missing table reads as empty when table_may_be_missing (status creates nothing). */
+/* Reads schema_migrations; a missing table reads as empty when table_may_be_missing (status creates nothing).
+ */
 static int migrate_applied_load(PGconn *conn, bool table_may_be_missing, struct applied_set *out)
 {
     PGresult *res = NULL;
@@ -434,9 +437,10 @@ static int migrate_verify(const char *dir, const struct migration_set *set, cons
             log_error("applied migration %04d_%s.sql has no file in %s (MISSING FILE)", a->id, a->name, dir);
             problems++;
         } else if (strcmp(m->checksum, a->checksum) != 0) {
-            log_error("%s changed after it was applied (CHECKSUM MISMATCH: applied %.12s..., file now %.12s...); "
-                      "write a new migration instead of editing an applied one",
-                      m->path, a->checksum, m->checksum);
+            log_error(
+                "%s changed after it was applied (CHECKSUM MISMATCH: applied %.12s..., file now %.12s...); "
+                "write a new migration instead of editing an applied one",
+                m->path, a->checksum, m->checksum);
             problems++;
         }
     }
@@ -508,10 +512,13 @@ static int migrate_record(PGconn *conn, const struct migration *m, enum migrate_
     char id[16];
     snprintf(id, sizeof(id), "%d", m->id);
     const char *values[3] = { id, m->name, m->checksum };
-    PGresult *res = dir == MIGRATE_UP
-        ? PQexecParams(conn, "INSERT INTO schema_migrations (id, name, checksum) VALUES ($1::int, $2, $3)",
-                       3, NULL, values, NULL, NULL, 0)
-        : PQexecParams(conn, "DELETE FROM schema_migrations WHERE id = $1::int", 1, NULL, values, NULL, NULL, 0);
+    PGresult *res =
+        dir == MIGRATE_UP
+            ? PQexecParams(conn,
+                           "INSERT INTO schema_migrations (id, name, checksum) VALUES ($1::int, $2, $3)", 3,
+                           NULL, values, NULL, NULL, 0)
+            : PQexecParams(conn, "DELETE FROM schema_migrations WHERE id = $1::int", 1, NULL, values, NULL,
+                           NULL, 0);
     if (!res || PQresultStatus(res) != PGRES_COMMAND_OK || strcmp(PQcmdTuples(res), "1") != 0) {
         char why[1024];
         cli_db_error(conn, res, why, sizeof(why));
@@ -577,12 +584,14 @@ static int migrate_pick(const char *dir, const struct migration_set *set, const 
     const struct applied *last = &applied->items[applied->count - 1];
     const struct migration *m = migrate_set_find(set, last->id);
     if (!m) {
-        log_error("cannot revert %04d_%s.sql: it has no file in %s (MISSING FILE)", last->id, last->name, dir);
+        log_error("cannot revert %04d_%s.sql: it has no file in %s (MISSING FILE)", last->id, last->name,
+                  dir);
         return -1;
     }
     if (strcmp(m->checksum, last->checksum) != 0) {
         log_error("cannot revert %s: it changed after it was applied (CHECKSUM MISMATCH), so its down part "
-                  "may not undo what was applied", m->path);
+                  "may not undo what was applied",
+                  m->path);
         return -1;
     }
     *out = m;
@@ -688,8 +697,8 @@ static int migrate_status(PGconn *conn, const char *dir, const struct migration_
             j++;
         }
     }
-    printf("%zu applied, %zu pending, %zu checksum mismatch, %zu missing file (dir %s)\n", applied.count, pending,
-           mismatched, missing, dir);
+    printf("%zu applied, %zu pending, %zu checksum mismatch, %zu missing file (dir %s)\n", applied.count,
+           pending, mismatched, missing, dir);
     migrate_applied_free(&applied);
     return mismatched || missing ? 1 : 0;
 }
@@ -710,13 +719,15 @@ static int migrate_write_new(const char *path, int id, const char *name)
         unlink(path);
         return -1;
     }
-    fprintf(f,
-            "-- %04d_%s: (say what this changes and why)\n"
-            "-- Format: lines above the \"-- +up\" marker are comments; the SQL after the \"-- +up\" line applies\n"
-            "-- the change, the SQL after the \"-- +down\" line must undo it exactly. `pgapi migrate` runs each\n"
-            "-- part in one transaction: no BEGIN/COMMIT, no CREATE INDEX CONCURRENTLY, VACUUM or SET here.\n"
-            "%s\n\n%s\n\n",
-            id, name, MIGRATE_MARK_UP, MIGRATE_MARK_DOWN);
+    fprintf(
+        f,
+        "-- %04d_%s: (say what this changes and why)\n"
+        "-- Format: lines above the \"-- +up\" marker are comments; the SQL after the \"-- +up\" line "
+        "applies\n"
+        "-- the change, the SQL after the \"-- +down\" line must undo it exactly. `pgapi migrate` runs each\n"
+        "-- part in one transaction: no BEGIN/COMMIT, no CREATE INDEX CONCURRENTLY, VACUUM or SET here.\n"
+        "%s\n\n%s\n\n",
+        id, name, MIGRATE_MARK_UP, MIGRATE_MARK_DOWN);
     bool failed = ferror(f) != 0;
     if (fclose(f) != 0 || failed) {
         log_error("cannot write %s: %s", path, strerror(errno));
@@ -739,7 +750,8 @@ static int migrate_create(const char *dir, const char *name)
     int id = set.count ? set.items[set.count - 1].id + 1 : 1;
     migrate_set_free(&set);
     if (id > MIGRATE_ID_MAX) {
-        log_error("migrate create: %s already has migration %04d, the last number available", dir, MIGRATE_ID_MAX);
+        log_error("migrate create: %s already has migration %04d, the last number available", dir,
+                  MIGRATE_ID_MAX);
         return 1;
     }
     char path[PATH_MAX];
@@ -772,8 +784,8 @@ static int migrate_count_parse(int argc, char **argv, long def, long *out)
         return 0;
     }
     if (cli_parse_long(argv[1], 1, MIGRATE_ID_MAX, out) < 0) {
-        log_error("migrate %s: N must be a number from 1 to %d or \"all\", got \"%s\"", argv[0], MIGRATE_ID_MAX,
-                  argv[1]);
+        log_error("migrate %s: N must be a number from 1 to %d or \"all\", got \"%s\"", argv[0],
+                  MIGRATE_ID_MAX, argv[1]);
         return -1;
     }
     return 0;

@@ -24,10 +24,10 @@
  * Transaction-scoped because PgBouncer's transaction mode keeps no session. Key: "pgapi-sd" in ASCII. */
 #define SEED_LOCK_SQL "SELECT pg_advisory_xact_lock(8099549590277944164)"
 
-#define SEED_USAGE                                                                                   \
-    "usage: pgapi seed [--users N] [--posts-per-user M]\n"                                          \
-    "  --users N            users 1..N (N from 1 to 10000000, default 1000)\n"                     \
-    "  --posts-per-user M   posts per user (0 to 1000, default 3)\n"                                \
+#define SEED_USAGE                                                             \
+    "usage: pgapi seed [--users N] [--posts-per-user M]\n"                     \
+    "  --users N            users 1..N (N from 1 to 10000000, default 1000)\n" \
+    "  --posts-per-user M   posts per user (0 to 1000, default 3)\n"           \
     "Idempotent: rows already there are kept, only missing ones are inserted.\n"
 
 struct seed_opts {

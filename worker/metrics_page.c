@@ -10,8 +10,8 @@
 
 #include "common/log.h"
 #include "common/metrics.h"
-#include "worker/http/reply.h"
 #include "worker/api/router.h"
+#include "worker/http/reply.h"
 #include "worker/telemetry.h"
 
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
@@ -74,7 +74,9 @@ static void requests_render(struct page *pg)
                 char status[8] = "other";
                 if (code)
                     snprintf(status, sizeof(status), "%d", code);
-                fprintf(pg->f, "pgapi_http_requests_total{worker=\"%d\",method=\"%s\",route=\"%s\",status=\"%s\"} %llu\n",
+                fprintf(pg->f,
+                        "pgapi_http_requests_total{worker=\"%d\",method=\"%s\",route=\"%s\",status=\"%s\"} "
+                        "%llu\n",
                         w, method, pattern, status, (unsigned long long)n);
             }
 }
@@ -92,12 +94,15 @@ static void latency_render_route(struct page *pg, int w, int r)
         char bound[24] = "+Inf";
         if (le)
             snprintf(bound, sizeof(bound), "%g", (double)le / 1e6);
-        fprintf(pg->f, "pgapi_http_request_duration_seconds_bucket{worker=\"%d\",method=\"%s\",route=\"%s\",le=\"%s\"} %llu\n",
+        fprintf(pg->f,
+                "pgapi_http_request_duration_seconds_bucket{worker=\"%d\",method=\"%s\",route=\"%s\",le=\"%"
+                "s\"} %llu\n",
                 w, method, pattern, bound, (unsigned long long)cumulative);
     }
-    fprintf(pg->f, "pgapi_http_request_duration_seconds_sum{worker=\"%d\",method=\"%s\",route=\"%s\"} %.6f\n", w,
-            method, pattern, (double)metrics_get(&c->latency_us[r]) / 1e6);
-    fprintf(pg->f, "pgapi_http_request_duration_seconds_count{worker=\"%d\",method=\"%s\",route=\"%s\"} %llu\n", w,
+    fprintf(pg->f, "pgapi_http_request_duration_seconds_sum{worker=\"%d\",method=\"%s\",route=\"%s\"} %.6f\n",
+            w, method, pattern, (double)metrics_get(&c->latency_us[r]) / 1e6);
+    fprintf(pg->f,
+            "pgapi_http_request_duration_seconds_count{worker=\"%d\",method=\"%s\",route=\"%s\"} %llu\n", w,
             method, pattern, (unsigned long long)cumulative);
 }
 
@@ -171,17 +176,21 @@ static int slot_backends(const struct page *pg, int w)
 static void pool_connections_render(struct page *pg)
 {
     static const char *states[] = { "in_use", "idle", "connecting", "down" };
-    family(pg, "pgapi_pool_connections", "gauge", "Database connections of each worker's pool, by backend and state.");
+    family(pg, "pgapi_pool_connections", "gauge",
+           "Database connections of each worker's pool, by backend and state.");
     for (int w = 0; w < pg->nslots; w++) {
         const struct metrics_gauges *live[2];
         int n = gauges_live(pg->m, w, live);
         for (int b = 0; b < slot_backends(pg, w) && n; b++) {
-            long long v[4] = { gauge_sum(live, n, GAUGE_OFF(in_use), b), gauge_sum(live, n, GAUGE_OFF(idle), b),
-                               gauge_sum(live, n, GAUGE_OFF(connecting), b), gauge_sum(live, n, GAUGE_OFF(down), b) };
+            long long v[4] = { gauge_sum(live, n, GAUGE_OFF(in_use), b),
+                               gauge_sum(live, n, GAUGE_OFF(idle), b),
+                               gauge_sum(live, n, GAUGE_OFF(connecting), b),
+                               gauge_sum(live, n, GAUGE_OFF(down), b) };
             char name[24], labels[96];
             backend_name(b, name, sizeof(name));
             for (int s = 0; s < 4; s++) {
-                snprintf(labels, sizeof(labels), "side=\"%s\",backend=\"%s\",state=\"%s\"", backend_side(b), name, states[s]);
+                snprintf(labels, sizeof(labels), "side=\"%s\",backend=\"%s\",state=\"%s\"", backend_side(b),
+                         name, states[s]);
                 gauge_line(pg, "pgapi_pool_connections", w, labels, v[s]);
             }
         }
@@ -197,24 +206,27 @@ static void backend_counters_render(struct page *pg, const char *metric, const c
             char name[24];
             backend_name(b, name, sizeof(name));
             uint64_t v = metrics_get(errors ? &c->query_errors[b] : &c->queries[b]);
-            fprintf(pg->f, "%s{worker=\"%d\",side=\"%s\",backend=\"%s\"} %llu\n", metric, w, backend_side(b), name,
-                    (unsigned long long)v);
+            fprintf(pg->f, "%s{worker=\"%d\",side=\"%s\",backend=\"%s\"} %llu\n", metric, w, backend_side(b),
+                    name, (unsigned long long)v);
         }
 }
 
 /* Per-backend gauges, as the slot's newest process last published them. */
 static const struct backend_gauge {
     const char *name, *help;
-    size_t offset;   /* of an int64 array [METRICS_BACKENDS] in struct metrics_gauges */
-    int first;       /* 1: replicas only */
+    size_t offset; /* of an int64 array [METRICS_BACKENDS] in struct metrics_gauges */
+    int first;     /* 1: replicas only */
     double scale;
     int decimals;
 } backend_gauges[] = {
-    { "pgapi_backend_up", "1 if the backend is in the worker's rotation (healthy, connected, lag within max_replica_lag).",
+    { "pgapi_backend_up",
+      "1 if the backend is in the worker's rotation (healthy, connected, lag within max_replica_lag).",
       offsetof(struct metrics_gauges, up), 0, 1.0, 0 },
-    { "pgapi_replica_lag_seconds", "Replay lag of each replica as the worker last sampled it (0 when it has replayed everything).",
+    { "pgapi_replica_lag_seconds",
+      "Replay lag of each replica as the worker last sampled it (0 when it has replayed everything).",
       offsetof(struct metrics_gauges, lag_ms), 1, 0.001, 3 },
-    { "pgapi_backend_wal_lsn_bytes", "WAL position as last sampled: the primary's current LSN, a replica's replay LSN.",
+    { "pgapi_backend_wal_lsn_bytes",
+      "WAL position as last sampled: the primary's current LSN, a replica's replay LSN.",
       offsetof(struct metrics_gauges, lsn), 0, 1.0, 0 },
 };
 
@@ -231,15 +243,16 @@ static void backend_state_render(struct page *pg)
             for (int b = g->first; b < slot_backends(pg, w); b++) {
                 char name[24];
                 backend_name(b, name, sizeof(name));
-                fprintf(pg->f, "%s{worker=\"%d\",side=\"%s\",backend=\"%s\"} %.*f\n", g->name, w, backend_side(b),
-                        name, g->decimals, (double)LOAD(arr[b]) * g->scale);
+                fprintf(pg->f, "%s{worker=\"%d\",side=\"%s\",backend=\"%s\"} %.*f\n", g->name, w,
+                        backend_side(b), name, g->decimals, (double)LOAD(arr[b]) * g->scale);
             }
         }
     }
 }
 
 /* One counter per worker and side, from the slot's array of two. */
-static void side_counter_render(struct page *pg, const char *metric, const char *help, size_t offset, double scale)
+static void side_counter_render(struct page *pg, const char *metric, const char *help, size_t offset,
+                                double scale)
 {
     family(pg, metric, "counter", help);
     for (int w = 0; w < pg->nslots; w++)
@@ -260,16 +273,22 @@ static void pool_render(struct page *pg)
         int n = gauges_live(pg->m, w, live);
         if (!n)
             continue;
-        gauge_line(pg, "pgapi_pool_waiting", w, "side=\"primary\"", gauge_sum(live, n, GAUGE_OFF(waiting), 0));
-        gauge_line(pg, "pgapi_pool_waiting", w, "side=\"replica\"", gauge_sum(live, n, GAUGE_OFF(waiting), 1));
+        gauge_line(pg, "pgapi_pool_waiting", w, "side=\"primary\"",
+                   gauge_sum(live, n, GAUGE_OFF(waiting), 0));
+        gauge_line(pg, "pgapi_pool_waiting", w, "side=\"replica\"",
+                   gauge_sum(live, n, GAUGE_OFF(waiting), 1));
     }
     backend_counters_render(pg, "pgapi_pool_queries_total", "Statements answered, by backend.", false);
-    backend_counters_render(pg, "pgapi_pool_errors_total", "Statements answered with an error (SQL, broken, timed out), by backend.", true);
-    side_counter_render(pg, "pgapi_pool_timeouts_total", "Statements or queue waits that ran out of time, by side.",
+    backend_counters_render(pg, "pgapi_pool_errors_total",
+                            "Statements answered with an error (SQL, broken, timed out), by backend.", true);
+    side_counter_render(pg, "pgapi_pool_timeouts_total",
+                        "Statements or queue waits that ran out of time, by side.",
                         offsetof(struct metrics_counters, timeouts), 1.0);
-    side_counter_render(pg, "pgapi_pool_queue_full_total", "Statements refused because the side's queue was full.",
+    side_counter_render(pg, "pgapi_pool_queue_full_total",
+                        "Statements refused because the side's queue was full.",
                         offsetof(struct metrics_counters, queue_full), 1.0);
-    side_counter_render(pg, "pgapi_pool_batches_total", "Statements that ran several queued requests at once.",
+    side_counter_render(pg, "pgapi_pool_batches_total",
+                        "Statements that ran several queued requests at once.",
                         offsetof(struct metrics_counters, batches), 1.0);
     side_counter_render(pg, "pgapi_pool_wait_seconds_total", "Time statements spent queued for a connection.",
                         offsetof(struct metrics_counters, wait_us), 1e-6);
@@ -285,7 +304,8 @@ static void slot_counter_render(struct page *pg, const char *metric, const char 
     }
 }
 
-#define SLOT_COUNTER(pg, metric, labels, field) slot_counter_render(pg, metric, labels, offsetof(struct metrics_counters, field))
+#define SLOT_COUNTER(pg, metric, labels, field) \
+    slot_counter_render(pg, metric, labels, offsetof(struct metrics_counters, field))
 
 static void cache_render(struct page *pg)
 {
@@ -297,7 +317,9 @@ static void cache_render(struct page *pg)
     SLOT_COUNTER(pg, "pgapi_cache_lookups_total", "layer=\"redis\",result=\"miss\"", cache_misses);
     SLOT_COUNTER(pg, "pgapi_cache_lookups_total", "layer=\"redis\",result=\"wait\"", cache_waits);
     SLOT_COUNTER(pg, "pgapi_cache_lookups_total", "layer=\"redis\",result=\"bypass\"", cache_bypasses);
-    family(pg, "pgapi_cache_errors_total", "counter", "Redis failures: failed invalidations (the cache then moves to a new epoch), failed pings, lost connections.");
+    family(pg, "pgapi_cache_errors_total", "counter",
+           "Redis failures: failed invalidations (the cache then moves to a new epoch), failed pings, lost "
+           "connections.");
     SLOT_COUNTER(pg, "pgapi_cache_errors_total", "kind=\"invalidation\"", cache_invalidation_failures);
     SLOT_COUNTER(pg, "pgapi_cache_errors_total", "kind=\"ping\"", cache_ping_failures);
     SLOT_COUNTER(pg, "pgapi_cache_errors_total", "kind=\"disconnect\"", cache_disconnects);
@@ -305,28 +327,42 @@ static void cache_render(struct page *pg)
     SLOT_COUNTER(pg, "pgapi_cache_fills_total", "", cache_fills);
     family(pg, "pgapi_cache_invalidations_total", "counter", "Invalidations sent after committed writes.");
     SLOT_COUNTER(pg, "pgapi_cache_invalidations_total", "", cache_invalidations);
-    family(pg, "pgapi_cache_epoch_bumps_total", "counter", "Times the cache moved to a new epoch (everything cached before is dropped).");
+    family(pg, "pgapi_cache_epoch_bumps_total", "counter",
+           "Times the cache moved to a new epoch (everything cached before is dropped).");
     SLOT_COUNTER(pg, "pgapi_cache_epoch_bumps_total", "", cache_epoch_bumps);
-    family(pg, "pgapi_http_connections_refused_total", "counter", "Connections answered 503 at max_connections.");
+    family(pg, "pgapi_http_connections_refused_total", "counter",
+           "Connections answered 503 at max_connections.");
     SLOT_COUNTER(pg, "pgapi_http_connections_refused_total", "", connections_refused);
     family(pg, "pgapi_http_client_connections_refused_total", "counter",
            "Connections answered 503 because their client address was at max_connections_per_client.");
     SLOT_COUNTER(pg, "pgapi_http_client_connections_refused_total", "", client_connections_refused);
-    family(pg, "pgapi_http_slow_readers_closed_total", "counter",
-           "Connections closed because their client did not read while the worker was over max_unsent_bytes.");
+    family(
+        pg, "pgapi_http_slow_readers_closed_total", "counter",
+        "Connections closed because their client did not read while the worker was over max_unsent_bytes.");
     SLOT_COUNTER(pg, "pgapi_http_slow_readers_closed_total", "", slow_readers_closed);
 }
 
 static void process_gauges_render(struct page *pg)
 {
-    static const struct { const char *name, *help; size_t off; bool sum; } g[] = {
-        { "pgapi_http_connections", "Open client connections.", offsetof(struct metrics_gauges, connections), true },
-        { "pgapi_http_unsent_bytes", "Response bytes held for clients, not yet taken by the kernel (bounded by max_unsent_bytes).",
+    static const struct {
+        const char *name, *help;
+        size_t off;
+        bool sum;
+    } g[] = {
+        { "pgapi_http_connections", "Open client connections.", offsetof(struct metrics_gauges, connections),
+          true },
+        { "pgapi_http_unsent_bytes",
+          "Response bytes held for clients, not yet taken by the kernel (bounded by max_unsent_bytes).",
           offsetof(struct metrics_gauges, unsent_bytes), true },
-        { "pgapi_cache_up", "1 if the worker's Redis connection is up.", offsetof(struct metrics_gauges, cache_up), false },
-        { "pgapi_local_cache_entries", "Values in the worker's local cache.", offsetof(struct metrics_gauges, local_entries), false },
-        { "pgapi_local_cache_bytes", "Bytes the worker's local cache holds.", offsetof(struct metrics_gauges, local_bytes), false },
-        { "pgapi_worker_pid", "Process id of the worker serving the slot (the newest when two share it in a reload).", offsetof(struct metrics_gauges, pid), false },
+        { "pgapi_cache_up", "1 if the worker's Redis connection is up.",
+          offsetof(struct metrics_gauges, cache_up), false },
+        { "pgapi_local_cache_entries", "Values in the worker's local cache.",
+          offsetof(struct metrics_gauges, local_entries), false },
+        { "pgapi_local_cache_bytes", "Bytes the worker's local cache holds.",
+          offsetof(struct metrics_gauges, local_bytes), false },
+        { "pgapi_worker_pid",
+          "Process id of the worker serving the slot (the newest when two share it in a reload).",
+          offsetof(struct metrics_gauges, pid), false },
     };
     for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++) {
         family(pg, g[i].name, "gauge", g[i].help);
@@ -384,18 +420,25 @@ static void master_render(struct page *pg, const struct config *cfg)
     fprintf(pg->f, "pgapi_build_info{version=\"%s\"} 1\n", PGAPI_VERSION);
     family(pg, "pgapi_start_time_seconds", "gauge", "When the master started (Unix time).");
     fprintf(pg->f, "pgapi_start_time_seconds %llu\n", (unsigned long long)LOAD(m->start_time_s));
-    family(pg, "pgapi_generation", "gauge", "Configuration generation serving (1 at start, +1 per accepted reload).");
+    family(pg, "pgapi_generation", "gauge",
+           "Configuration generation serving (1 at start, +1 per accepted reload).");
     fprintf(pg->f, "pgapi_generation %llu\n", (unsigned long long)LOAD(m->generation));
     family(pg, "pgapi_workers", "gauge", "Worker processes the configuration asks for.");
     fprintf(pg->f, "pgapi_workers %llu\n", (unsigned long long)LOAD(m->workers));
-    family(pg, "pgapi_worker_restarts_total", "counter", "Workers started again after one died unexpectedly (a signal or a failed exit).");
-    fprintf(pg->f, "pgapi_worker_restarts_total %llu\n", (unsigned long long)metrics_get(&m->worker_restarts));
-    family(pg, "pgapi_worker_starts_total", "counter", "Worker processes started (first start, restarts, reloads).");
+    family(pg, "pgapi_worker_restarts_total", "counter",
+           "Workers started again after one died unexpectedly (a signal or a failed exit).");
+    fprintf(pg->f, "pgapi_worker_restarts_total %llu\n",
+            (unsigned long long)metrics_get(&m->worker_restarts));
+    family(pg, "pgapi_worker_starts_total", "counter",
+           "Worker processes started (first start, restarts, reloads).");
     fprintf(pg->f, "pgapi_worker_starts_total %llu\n", (unsigned long long)metrics_get(&m->worker_starts));
-    family(pg, "pgapi_reloads_total", "counter", "Reloads (SIGHUP) by result: ok, or refused (bad configuration, cannot listen).");
+    family(pg, "pgapi_reloads_total", "counter",
+           "Reloads (SIGHUP) by result: ok, or refused (bad configuration, cannot listen).");
     fprintf(pg->f, "pgapi_reloads_total{result=\"ok\"} %llu\npgapi_reloads_total{result=\"refused\"} %llu\n",
-            (unsigned long long)metrics_get(&m->reloads), (unsigned long long)metrics_get(&m->reloads_refused));
-    family(pg, "pgapi_backend_info", "gauge", "Where each backend points (from the configuration; no credentials).");
+            (unsigned long long)metrics_get(&m->reloads),
+            (unsigned long long)metrics_get(&m->reloads_refused));
+    family(pg, "pgapi_backend_info", "gauge",
+           "Where each backend points (from the configuration; no credentials).");
     backend_info_render(pg, 0, cfg->primary_dsn);
     for (int i = 0; i < cfg->replica_count; i++)
         backend_info_render(pg, i + 1, cfg->replica_dsn[i]);
@@ -461,7 +504,8 @@ void metrics_page_dispatch(struct http_request *req)
     }
     if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
         http_header_add(req, "Allow", "GET, HEAD");
-        reply_error(req, 405, "method_not_allowed", "%s is not allowed here; allowed: GET, HEAD", req->method_name);
+        reply_error(req, 405, "method_not_allowed", "%s is not allowed here; allowed: GET, HEAD",
+                    req->method_name);
         return;
     }
     size_t len = 0;

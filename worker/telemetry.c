@@ -12,9 +12,9 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "worker/cache/cache.h"
-#include "worker/http/http.h"
 #include "worker/cache/local_cache.h"
 #include "worker/db/pool.h"
+#include "worker/http/http.h"
 
 #define PUBLISH_MS 1000
 

@@ -18,7 +18,7 @@ struct telemetry;
 /* Where a worker's numbers come from: its objects (any may be NULL) and its refusal counters. They stay
  * the worker's and outlive the telemetry. */
 struct telemetry_sources {
-    struct http_server *http;                  /* the API listener's server */
+    struct http_server *http; /* the API listener's server */
     struct pool *pool;
     struct cache *cache;
     struct local_cache *local;

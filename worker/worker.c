@@ -14,19 +14,19 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "common/clock.h"
-#include "common/clients.h"
-#include "common/log.h"
 #include "common/capacity.h"
+#include "common/clients.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "worker/api/api.h"
+#include "worker/api/resource_ops.h"
+#include "worker/api/router.h"
 #include "worker/cache/cache.h"
 #include "worker/cache/local_cache.h"
+#include "worker/db/pool.h"
 #include "worker/http/http.h"
 #include "worker/metrics_page.h"
-#include "worker/api/resource_ops.h"
 #include "worker/telemetry.h"
-#include "worker/db/pool.h"
-#include "worker/api/router.h"
-#include "worker/api/api.h"
 
 struct worker {
     const struct config *cfg;
@@ -37,37 +37,36 @@ struct worker {
     struct event *accept_ev;
     struct event *accept_retry_ev;
     struct event *sigquit_ev, *sigterm_ev, *drain_timer_ev;
-    struct event *warmup_ev;    /* before it accepts: waits for the primary (pool_primary_settled) */
-    uint64_t warmup_until_us;   /* ...at most until then (connect_timeout) */
-    int ready_fd;               /* told this worker's pid once it accepts, then closed (-1) */
+    struct event *warmup_ev;  /* before it accepts: waits for the primary (pool_primary_settled) */
+    uint64_t warmup_until_us; /* ...at most until then (connect_timeout) */
+    int ready_fd;             /* told this worker's pid once it accepts, then closed (-1) */
     struct http_server *http;
-    int metrics_fd;             /* -1 when off */
+    int metrics_fd; /* -1 when off */
     struct event *metrics_accept_ev;
     struct http_server *metrics_http;
     struct metrics_page *metrics_page; /* what metrics_http serves */
-    struct metrics *metrics;    /* shared with every worker: what GET /metrics shows */
+    struct metrics *metrics;           /* shared with every worker: what GET /metrics shows */
     struct telemetry *telemetry;
-    int draining_servers;       /* HTTP servers still holding connections while draining */
+    int draining_servers; /* HTTP servers still holding connections while draining */
     struct pool *pool;
     struct cache *cache;
-    struct local_cache *local;  /* NULL when off: redis disabled or local_entries = 0 */
-    struct api_context api;     /* what the API code sees of this worker (the router's context) */
-    struct consistency *consistency; /* shared with every worker: commit LSNs of acknowledged writes */
-    struct capacity *capacity;  /* shared with every worker: who has room under max_connections */
-    struct clients *clients;    /* shared with every worker: connections per client address */
+    struct local_cache *local;          /* NULL when off: redis disabled or local_entries = 0 */
+    struct api_context api;             /* what the API code sees of this worker (the router's context) */
+    struct consistency *consistency;    /* shared with every worker: commit LSNs of acknowledged writes */
+    struct capacity *capacity;          /* shared with every worker: who has room under max_connections */
+    struct clients *clients;            /* shared with every worker: connections per client address */
     unsigned long client_refused_total; /* connections refused at max_connections_per_client */
     long client_refused_logged_s;       /* when the last such refusal was logged (monotonic seconds) */
     bool draining;
-    bool room_published;        /* what this worker last said in capacity */
-    unsigned long refused;      /* connections refused at max_connections since the last log line */
+    bool room_published;   /* what this worker last said in capacity */
+    unsigned long refused; /* connections refused at max_connections since the last log line */
     unsigned long refused_total;
-    long refused_logged_s;      /* when that line was written (monotonic seconds) */
+    long refused_logged_s; /* when that line was written (monotonic seconds) */
     int exit_code;
 };
 
-
 #define ACCEPT_BATCH 32
-#define CAP_DEFER_MS 10   /* at max_connections: how often a worker looks at its room and the others' */
+#define CAP_DEFER_MS 10 /* at max_connections: how often a worker looks at its room and the others' */
 
 static void accept_pause(struct worker *w, int ms)
 {
@@ -89,7 +88,7 @@ static void room_publish(struct worker *w, bool room)
     capacity_set(w->capacity, w->slot, w->generation, room);
 }
 
-#define TAKE_NONE   (-1) /* nothing waiting (or an error that does not last) */
+#define TAKE_NONE (-1)   /* nothing waiting (or an error that does not last) */
 #define TAKE_PAUSED (-2) /* out of descriptors or memory: accepts paused for a while */
 
 /* accept4 on the listening socket: a connection (its client's address in *peer), TAKE_NONE or
@@ -121,8 +120,9 @@ static void client_refuse(struct worker *w, int cfd, const struct sockaddr_stora
         return;
     w->client_refused_logged_s = now_s;
     char addr[INET6_ADDRSTRLEN] = "-";
-    const void *a = peer->ss_family == AF_INET6 ? (const void *)&((const struct sockaddr_in6 *)peer)->sin6_addr
-                                                : (const void *)&((const struct sockaddr_in *)peer)->sin_addr;
+    const void *a = peer->ss_family == AF_INET6
+                        ? (const void *)&((const struct sockaddr_in6 *)peer)->sin6_addr
+                        : (const void *)&((const struct sockaddr_in *)peer)->sin_addr;
     inet_ntop(peer->ss_family, a, addr, sizeof(addr));
     log_warn("client %s at max_connections_per_client (%d): connection refused with 503 (%lu so far)", addr,
              w->cfg->max_connections_per_client, w->client_refused_total);
@@ -170,7 +170,8 @@ static void refusals_log(struct worker *w, unsigned long n)
     w->refused_total += n;
     if (w->refused == 0 || now_s == w->refused_logged_s)
         return;
-    log_warn("at max_connections (%d): %lu connection(s) refused with 503", w->cfg->max_connections, w->refused);
+    log_warn("at max_connections (%d): %lu connection(s) refused with 503", w->cfg->max_connections,
+             w->refused);
     w->refused = 0;
     w->refused_logged_s = now_s;
 }
@@ -252,7 +253,8 @@ static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct worker *w = arg;
-    log_warn("drain_timeout passed with %d connection(s) open: exiting anyway", http_server_conn_count(w->http));
+    log_warn("drain_timeout passed with %d connection(s) open: exiting anyway",
+             http_server_conn_count(w->http));
     event_base_loopexit(w->base, NULL);
 }
 
@@ -364,8 +366,8 @@ static int metrics_listener_setup(struct worker *w)
 }
 
 /* Requests still in flight (a second stop signal, an expired drain_timeout) are dropped, not answered:
- * the pool and the cache free their jobs without running a callback, then resource_ops frees what the requests
- * held, and only then go the HTTP connections those requests point to. */
+ * the pool and the cache free their jobs without running a callback, then resource_ops frees what the
+ * requests held, and only then go the HTTP connections those requests point to. */
 static void worker_free(struct worker *w)
 {
     telemetry_free(w->telemetry); /* publishes its last numbers: before the pool and cache go */
@@ -380,8 +382,8 @@ static void worker_free(struct worker *w)
         close(w->metrics_fd);
     http_server_free(w->http);
     local_cache_free(w->local);
-    struct event *evs[] = { w->accept_ev, w->accept_retry_ev, w->sigquit_ev, w->sigterm_ev, w->drain_timer_ev,
-                            w->warmup_ev };
+    struct event *evs[] = { w->accept_ev,  w->accept_retry_ev, w->sigquit_ev,
+                            w->sigterm_ev, w->drain_timer_ev,  w->warmup_ev };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i])
             event_free(evs[i]);
@@ -391,14 +393,20 @@ static void worker_free(struct worker *w)
         event_base_free(w->base);
 }
 
-
-int worker_run(const struct config *cfg, const struct worker_shared *shared, const struct worker_sockets *socks,
-               int slot, unsigned generation, int ready_fd)
+int worker_run(const struct config *cfg, const struct worker_shared *shared,
+               const struct worker_sockets *socks, int slot, unsigned generation, int ready_fd)
 {
-    struct worker w = { .cfg = cfg, .consistency = shared->consistency, .capacity = shared->capacity, .metrics = shared->metrics,
+    struct worker w = { .cfg = cfg,
+                        .consistency = shared->consistency,
+                        .capacity = shared->capacity,
+                        .metrics = shared->metrics,
                         .clients = shared->clients,
-                        .slot = slot, .generation = generation, .listen_fd = socks->listen_fd,
-                        .metrics_fd = socks->metrics_fd, .ready_fd = ready_fd, .exit_code = 1 };
+                        .slot = slot,
+                        .generation = generation,
+                        .listen_fd = socks->listen_fd,
+                        .metrics_fd = socks->metrics_fd,
+                        .ready_fd = ready_fd,
+                        .exit_code = 1 };
     log_set_process("worker", slot, generation);
     /* The terminal's Ctrl-C and a HUP reach the whole process group: only the master acts on them. */
     signal(SIGINT, SIG_IGN);
@@ -419,14 +427,23 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared, con
         if (!w.local)
             log_warn("cannot allocate the local cache: running without it");
     }
-    w.api = (struct api_context){ .cfg = cfg, .base = w.base, .pool = w.pool, .cache = w.cache, .local = w.local,
-                                  .consistency = w.consistency, .slot = slot, .generation = generation,
+    w.api = (struct api_context){ .cfg = cfg,
+                                  .base = w.base,
+                                  .pool = w.pool,
+                                  .cache = w.cache,
+                                  .local = w.local,
+                                  .consistency = w.consistency,
+                                  .slot = slot,
+                                  .generation = generation,
                                   .draining = &w.draining };
     if (!w.http || !w.pool || !w.cache) {
         log_error("cannot set up the HTTP server, the database pool or the cache client");
         goto done;
     }
-    struct telemetry_sources sources = { .http = w.http, .pool = w.pool, .cache = w.cache, .local = w.local,
+    struct telemetry_sources sources = { .http = w.http,
+                                         .pool = w.pool,
+                                         .cache = w.cache,
+                                         .local = w.local,
                                          .refused_total = &w.refused_total,
                                          .client_refused_total = &w.client_refused_total };
     w.telemetry = telemetry_new(w.base, w.metrics, w.slot, w.generation, &sources);

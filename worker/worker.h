@@ -29,7 +29,7 @@ struct worker_sockets {
 
 /* Runs a worker until it is told to stop; returns the exit code. `ready_fd` receives this process's
  * pid once it accepts connections, then is closed. */
-int worker_run(const struct config *cfg, const struct worker_shared *shared, const struct worker_sockets *socks,
-               int slot, unsigned generation, int ready_fd);
+int worker_run(const struct config *cfg, const struct worker_shared *shared,
+               const struct worker_sockets *socks, int slot, unsigned generation, int ready_fd);
 
 #endif

@@ -18,7 +18,7 @@
 struct pool {
     struct event_base *base;
     enum fake_answer answer;
-    uint64_t lsn; /* raised by each write: the fake is one server, always up to date */
+    uint64_t lsn;             /* raised by each write: the fake is one server, always up to date */
     struct fake_job *pending; /* reads not answered yet: pool_cancel may drop them */
 };
 
@@ -28,8 +28,8 @@ struct fake_job {
     pool_cb cb;
     void *arg;
     bool write;
-    bool cancelled;           /* pool_cancel: freed on its turn without a callback */
-    struct fake_job *next;    /* reads: the pool's pending list */
+    bool cancelled;        /* pool_cancel: freed on its turn without a callback */
+    struct fake_job *next; /* reads: the pool's pending list */
 };
 
 struct pool *fake_pool_new(struct event_base *base, enum fake_answer answer)
@@ -62,9 +62,8 @@ static PGresult *result_make(const struct pool *p)
     PGresult *res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
     if (!res || !PQsetResultAttrs(res, 2, cols))
         goto fail;
-    if (p->answer == FAKE_ONE_ROW &&
-        (!PQsetvalue(res, 0, 0, FAKE_ROW_ID, (int)strlen(FAKE_ROW_ID)) ||
-         !PQsetvalue(res, 0, 1, FAKE_ROW_JSON, (int)strlen(FAKE_ROW_JSON))))
+    if (p->answer == FAKE_ONE_ROW && (!PQsetvalue(res, 0, 0, FAKE_ROW_ID, (int)strlen(FAKE_ROW_ID)) ||
+                                      !PQsetvalue(res, 0, 1, FAKE_ROW_JSON, (int)strlen(FAKE_ROW_JSON))))
         goto fail;
     return res;
 fail:
@@ -101,8 +100,13 @@ static void job_run(evutil_socket_t fd, short what, void *arg)
     }
     if (j->write)
         p->lsn++;
-    struct pool_result r = { .status = POOL_OK, .res = res, .sqlstate = "", .message = "", .backend = -1,
-                             .commit_lsn = j->write ? p->lsn : 0, .data_lsn = p->lsn };
+    struct pool_result r = { .status = POOL_OK,
+                             .res = res,
+                             .sqlstate = "",
+                             .message = "",
+                             .backend = -1,
+                             .commit_lsn = j->write ? p->lsn : 0,
+                             .data_lsn = p->lsn };
     j->cb(j->arg, &r);
     PQclear(res);
     free(j);
@@ -202,7 +206,8 @@ void cache_lookup(struct cache *c, const char *key, const char *gen, cache_looku
     cb(arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
 }
 
-void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len, uint64_t data_lsn)
+void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len,
+                uint64_t data_lsn)
 {
     (void)c;
     (void)lease;
@@ -217,7 +222,8 @@ void cache_release(struct cache *c, const struct cache_lookup *lease)
     (void)lease;
 }
 
-void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb, void *arg)
+void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb,
+                      void *arg)
 {
     (void)c;
     (void)ch;

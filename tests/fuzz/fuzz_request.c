@@ -21,12 +21,12 @@
 #include "common/consistency.h"
 #include "common/log.h"
 #include "tests/fuzz/fake_db.h"
-#include "worker/http/http.h"
+#include "worker/api/api.h"
+#include "worker/api/resource.h"
+#include "worker/api/router.h"
 #include "worker/cache/local_cache.h"
 #include "worker/db/pool.h"
-#include "worker/api/router.h"
-#include "worker/api/resource.h"
-#include "worker/api/api.h"
+#include "worker/http/http.h"
 
 #define FUZZ_ANSWER 0x03       /* enum fake_answer: what every statement gets back */
 #define FUZZ_TIMEOUTS 0x04     /* the client never closes its side: the server's timers end it */
@@ -57,7 +57,7 @@ struct fuzz_run {
     unsigned flags;
     struct config cfg;
     struct fuzz_worker w; /* what a worker holds for the request path; the rest of one is not needed */
-    int client; /* the client's end of the socketpair; -1 once closed */
+    int client;           /* the client's end of the socketpair; -1 once closed */
     int turns;
 };
 
@@ -182,8 +182,12 @@ static int run_setup(struct fuzz_run *r, unsigned flags)
     if (!r->w.base || !r->w.fences || !r->w.local)
         return -1;
     r->w.pool = fake_pool_new(r->w.base, (enum fake_answer)(flags & FUZZ_ANSWER));
-    r->w.api = (struct api_context){ .cfg = &r->cfg, .base = r->w.base, .pool = r->w.pool,
-                                     .local = r->w.local, .consistency = r->w.fences, .generation = 1,
+    r->w.api = (struct api_context){ .cfg = &r->cfg,
+                                     .base = r->w.base,
+                                     .pool = r->w.pool,
+                                     .local = r->w.local,
+                                     .consistency = r->w.fences,
+                                     .generation = 1,
                                      .draining = &r->w.draining };
     r->w.http = http_server_new(r->w.base, &r->cfg, router_dispatch, &r->w.api);
     if (!r->w.pool || !r->w.http)

@@ -32,7 +32,8 @@ static PGresult *result_of(int ncols, const char *const *names, int nrows, const
     assert_true(PQsetResultAttrs(res, ncols, atts));
     for (int r = 0; r < nrows; r++)
         for (int c = 0; c < ncols; c++)
-            assert_true(PQsetvalue(res, r, c, (char *)cells[r * ncols + c], (int)strlen(cells[r * ncols + c])));
+            assert_true(
+                PQsetvalue(res, r, c, (char *)cells[r * ncols + c], (int)strlen(cells[r * ncols + c])));
     return res;
 }
 

@@ -21,15 +21,15 @@ static void test_capacity(void **state)
     capacity_set(r, 0, 2, true);               /* the next generation, same slot: the old entry stays */
     assert_true(capacity_elsewhere(r, 1, 1));
     assert_true(capacity_elsewhere(r, 1, 2));
-    capacity_vacate(r, 0, 1);                  /* the old worker reaped */
+    capacity_vacate(r, 0, 1); /* the old worker reaped */
     assert_false(capacity_elsewhere(r, 1, 1));
     assert_true(capacity_elsewhere(r, 1, 2));
-    capacity_set(r, 0, 3, true);               /* generation 3 took the slot over from 1 */
-    capacity_vacate(r, 0, 1);                  /* a late reap of generation 1 leaves it alone */
+    capacity_set(r, 0, 3, true); /* generation 3 took the slot over from 1 */
+    capacity_vacate(r, 0, 1);    /* a late reap of generation 1 leaves it alone */
     assert_true(capacity_elsewhere(r, 1, 3));
     capacity_set(r, 0, 3, false);
     assert_false(capacity_elsewhere(r, 1, 3));
-    capacity_set(r, 300, 3, true);             /* out of the table: ignored */
+    capacity_set(r, 300, 3, true); /* out of the table: ignored */
     assert_false(capacity_elsewhere(r, 1, 3));
     capacity_destroy(r);
 }

@@ -1,4 +1,5 @@
-/* Unit tests for common/clock: the back-off every reconnecting client uses, and the timeval libevent takes. */
+/* Unit tests for common/clock: the back-off every reconnecting client uses, and the timeval libevent takes.
+ */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

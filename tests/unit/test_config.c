@@ -54,9 +54,10 @@ static void test_units_and_lists(void **state)
     (void)state;
     struct config c;
     char err[CONFIG_ERR_MAX] = "";
-    int rc = load(&c, "[server]\nlisten = 0.0.0.0:8080\nworkers = 3\nkeepalive_timeout = 250ms\n"
-                      "max_body_bytes = 2m\n[database]\nreplica = host=a\nreplica = host=b\n"
-                      "[redis]\nttl = 2m\n[log]\nformat = json\nlevel = debug\n",
+    int rc = load(&c,
+                  "[server]\nlisten = 0.0.0.0:8080\nworkers = 3\nkeepalive_timeout = 250ms\n"
+                  "max_body_bytes = 2m\n[database]\nreplica = host=a\nreplica = host=b\n"
+                  "[redis]\nttl = 2m\n[log]\nformat = json\nlevel = debug\n",
                   err, sizeof(err));
     assert_int_equal(rc, 0);
     assert_int_equal(c.listen.port, 8080);
@@ -88,11 +89,16 @@ static void test_bad_values_rejected(void **state)
     struct config c;
     char err[CONFIG_ERR_MAX];
     const char *bad[] = {
-        "[server]\nworkers = -1\n",          "[server]\nworkers = many\n",
-        "[server]\nlisten = nowhere\n",      "[server]\nlisten = 1.2.3.4:70000\n",
-        "[server]\nkeepalive_timeout = 5 parsecs\n", "[server]\nmax_body_bytes = 3g\n",
-        "[redis]\nenabled = perhaps\n",      "[log]\nlevel = loud\n",
-        "[nosuch]\nkey = 1\n",               "[database]\nprimary =\n",
+        "[server]\nworkers = -1\n",
+        "[server]\nworkers = many\n",
+        "[server]\nlisten = nowhere\n",
+        "[server]\nlisten = 1.2.3.4:70000\n",
+        "[server]\nkeepalive_timeout = 5 parsecs\n",
+        "[server]\nmax_body_bytes = 3g\n",
+        "[redis]\nenabled = perhaps\n",
+        "[log]\nlevel = loud\n",
+        "[nosuch]\nkey = 1\n",
+        "[database]\nprimary =\n",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         err[0] = '\0';

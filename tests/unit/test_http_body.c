@@ -27,14 +27,17 @@ static void test_member_other(void **state)
     (void)state;
     const char *names[] = { "name", "email" };
     const char *read_only[] = { "id", "version", NULL };
-    struct { const char *json; const char *other; } cases[] = {
+    struct {
+        const char *json;
+        const char *other;
+    } cases[] = {
         { "{}", NULL },
         { "{\"name\":\"n\",\"email\":\"e\"}", NULL },
         { "{\"email\":null}", NULL },
         { "{\"name\":\"n\",\"nmae\":1}", "nmae" },
-        { "{\"Name\":\"n\"}", "Name" },             /* names are case-sensitive */
+        { "{\"Name\":\"n\"}", "Name" }, /* names are case-sensitive */
         { "{\"\":1,\"name\":\"n\"}", "" },
-        { "{\"id\":1,\"extra\":2}", "id" },           /* the first one, in the body's order */
+        { "{\"id\":1,\"extra\":2}", "id" }, /* the first one, in the body's order */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct json_object *obj = json_tokener_parse(cases[i].json);

@@ -27,7 +27,7 @@ static void test_lookup(void **state)
     assert_int_equal(http_headers_lookup("Host", 4), HTTP_H_HOST);
     assert_int_equal(http_headers_lookup("Expect", 6), HTTP_H_EXPECT);
     assert_int_equal(http_headers_lookup("X-Other", 7), -1);
-    assert_int_equal(http_headers_lookup("Hos", 3), -1);         /* a prefix is another name */
+    assert_int_equal(http_headers_lookup("Hos", 3), -1); /* a prefix is another name */
     assert_int_equal(http_headers_lookup("Hostname", 8), -1);
     assert_int_equal(http_headers_lookup("Host: x", 4), HTTP_H_HOST); /* len bytes only */
 }
@@ -144,7 +144,8 @@ static void test_request_headers_reach_handler(void **state)
     struct seen_request seen = { 0 };
     char answer[4096];
     exchange("GET / HTTP/1.1\r\nHost: a\r\nX-Other: ignored\r\ncontent-type: application/json\r\n"
-             "If-None-Match: \"abc\"\r\nX-Request-Id: my id\r\n\r\n", 0, &seen, answer, sizeof(answer));
+             "If-None-Match: \"abc\"\r\nX-Request-Id: my id\r\n\r\n",
+             0, &seen, answer, sizeof(answer));
     assert_int_equal(seen.calls, 1);
     assert_string_equal(seen.content_type, "application/json");
     assert_string_equal(seen.if_none_match, "\"abc\"");
@@ -158,8 +159,9 @@ static void test_repeated_header_last_wins(void **state)
     (void)state;
     struct seen_request seen = { 0 };
     char answer[4096];
-    exchange("GET / HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\nContent-Type: application/json\r\n\r\n",
-             0, &seen, answer, sizeof(answer));
+    exchange(
+        "GET / HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\nContent-Type: application/json\r\n\r\n", 0,
+        &seen, answer, sizeof(answer));
     assert_int_equal(seen.calls, 1);
     assert_string_equal(seen.content_type, "application/json");
 }

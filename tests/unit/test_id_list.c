@@ -19,8 +19,9 @@ static void test_id_list_parse(void **state)
     assert_int_equal(id_list_parse("{1,22,9223372036854775807}", ids, 3), 3);
     assert_int_equal(ids[1], 22);
     assert_int_equal(ids[2], INT64_MAX);
-    const char *bad[] = { "", "{", "}", "{1,2,3,4}", "{1,}", "{,1}", "{1 ,2}", "{1}x", "{-1}", "{0}", "{1.5}",
-                          "{9223372036854775808}", "{NULL}", "{{1}}", "1,2", "{+1}" };
+    const char *bad[] = { "",       "{",     "}",    "{1,2,3,4}", "{1,}",  "{,1}",
+                          "{1 ,2}", "{1}x",  "{-1}", "{0}",       "{1.5}", "{9223372036854775808}",
+                          "{NULL}", "{{1}}", "1,2",  "{+1}" };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (id_list_parse(bad[i], ids, 3) != -1)
             fail_msg("accepted \"%s\"", bad[i]);

@@ -31,8 +31,9 @@ static void test_json_access_line_utf8(void **state)
     (void)state;
     char line[4096];
     /* a raw 0xff, a valid "é", a surrogate (three bytes, each invalid), an overlong "/" and a quote */
-    struct access_entry e = { .method = "GET", .path = "/\xff\xc3\xa9\xed\xa0\x80\xc0\xaf\"", .request_id = "r",
-                              .status = 404 };
+    struct access_entry e = {
+        .method = "GET", .path = "/\xff\xc3\xa9\xed\xa0\x80\xc0\xaf\"", .request_id = "r", .status = 404
+    };
     log_configure(LOGL_INFO, LOGF_JSON, true);
     access_line_capture(&e, line, sizeof(line));
     const char *want = "\"path\":\"/\\ufffd\xc3\xa9\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\\"\"";
@@ -44,7 +45,9 @@ static void test_json_access_line_truncated_sequence(void **state)
 {
     (void)state;
     char line[4096];
-    struct access_entry e = { .method = "GET", .path = "/\xe2\x82", .request_id = "\xf0\x9f\x98\x80", .status = 200 };
+    struct access_entry e = {
+        .method = "GET", .path = "/\xe2\x82", .request_id = "\xf0\x9f\x98\x80", .status = 200
+    };
     log_configure(LOGL_INFO, LOGF_JSON, true);
     access_line_capture(&e, line, sizeof(line));
     if (!strstr(line, "\"path\":\"/\\ufffd\\ufffd\"") || !strstr(line, "\"request_id\":\"\xf0\x9f\x98\x80\""))
@@ -52,12 +55,17 @@ static void test_json_access_line_truncated_sequence(void **state)
 }
 
 /* Characters a reader takes for a line end, from a client's path: a forged line in the text log. */
-#define FORGING_PATH "/a\fb\tc\xc2\x85" "d\xe2\x80\xa8" "e\xe2\x80\xa9" "f\r\ng\x7f\\u000a"
+#define FORGING_PATH   \
+    "/a\fb\tc\xc2\x85" \
+    "d\xe2\x80\xa8"    \
+    "e\xe2\x80\xa9"    \
+    "f\r\ng\x7f\\u000a"
 
 static void access_line_has_no_line_break(const char *line)
 {
     for (const unsigned char *p = (const unsigned char *)line; *p; p++) {
-        if (*p < 0x20 || *p == 0x7f || (p[0] == 0xc2 && p[1] == 0x85) || (p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9)))
+        if (*p < 0x20 || *p == 0x7f || (p[0] == 0xc2 && p[1] == 0x85) ||
+            (p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9)))
             fail_msg("a line-breaking character at offset %td of: %s", (const char *)p - line, line);
     }
 }
@@ -66,8 +74,9 @@ static void test_text_access_line_escapes_like_json(void **state)
 {
     (void)state;
     char line[4096];
-    struct access_entry e = { .method = "GET", .path = FORGING_PATH, .request_id = "r", .status = 404,
-                              .client = "192.0.2.7" };
+    struct access_entry e = {
+        .method = "GET", .path = FORGING_PATH, .request_id = "r", .status = 404, .client = "192.0.2.7"
+    };
     const char *escaped = "/a\\u000cb\\u0009c\\u0085d\\u2028e\\u2029f\\u000d\\u000ag\\u007f\\\\u000a";
     log_configure(LOGL_INFO, LOGF_TEXT, true);
     access_line_capture(&e, line, sizeof(line));

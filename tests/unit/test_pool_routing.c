@@ -18,8 +18,8 @@ static struct route_view view_new(int n)
     struct route_view v = { .nreplicas = n, .floor_lsn = FLOOR, .rr = 0 };
     v.primary = (struct route_backend){ .healthy = true, .lsn = 600, .idle = 4, .connected = 4, .nconns = 4 };
     for (int i = 0; i < n; i++)
-        v.replicas[i] = (struct route_backend){ .healthy = true, .lsn = 500, .idle = 4, .connected = 4,
-                                                .nconns = 4 };
+        v.replicas[i] =
+            (struct route_backend){ .healthy = true, .lsn = 500, .idle = 4, .connected = 4, .nconns = 4 };
     return v;
 }
 
@@ -34,8 +34,8 @@ static void test_fence_against_replica_position(void **state)
 {
     (void)state;
     struct route_view v = view_new(1);
-    expect(route_decide(&v, true, 0), ROUTE_START, POOL_REPLICA, 0);   /* no fence */
-    expect(route_decide(&v, true, 500), ROUTE_START, POOL_REPLICA, 0); /* replayed exactly up to it */
+    expect(route_decide(&v, true, 0), ROUTE_START, POOL_REPLICA, 0);    /* no fence */
+    expect(route_decide(&v, true, 500), ROUTE_START, POOL_REPLICA, 0);  /* replayed exactly up to it */
     expect(route_decide(&v, true, 501), ROUTE_START, POOL_PRIMARY, -1); /* not yet: the primary */
     expect(route_decide(&v, true, POOL_LSN_NONE), ROUTE_START, POOL_PRIMARY, -1);
     /* below the floor (writes acknowledged before this worker started): no replica serves reads */

@@ -19,8 +19,12 @@ static const struct resource_field COMMENT_FIELDS[] = { { .name = "text", .min =
 
 /* Only what the derivations read; no statement is run here. */
 static const struct resource resource_comments = {
-    .name = "comment", .collection = "comments", .path = "/comments", .parent = &resource_posts,
-    .fields = COMMENT_FIELDS, .nfields = 1,
+    .name = "comment",
+    .collection = "comments",
+    .path = "/comments",
+    .parent = &resource_posts,
+    .fields = COMMENT_FIELDS,
+    .nfields = 1,
 };
 RESOURCE_REGISTER(resource_comments);
 
@@ -81,8 +85,9 @@ static void test_user_writes_invalidate(void **state)
     assert_true(has_key(&out.cache, "user:5") && has_key(&out.cache, "user-with-posts:5"));
     assert_false(out.cache.all);
     int64_t posts[] = { 11, 12 };
-    struct effects_write deletion = { .res = &resource_users, .id = 5, .deleted = true, .cascade = posts,
-                                      .ncascade = 2 };
+    struct effects_write deletion = {
+        .res = &resource_users, .id = 5, .deleted = true, .cascade = posts, .ncascade = 2
+    };
     effects_change(&deletion, &out);
     assert_true(has_gen(&out.cache, "users") && has_gen(&out.cache, "posts"));
     assert_true(has_gen(&out.cache, "user-posts:5"));
@@ -125,8 +130,9 @@ static void test_fences_follow_the_relations(void **state)
     assert_true(effects_row_fence(c, &resource_users, 3, true) == 100); /* the user's embedded posts */
     assert_true(effects_list_fence(c, &resource_posts, true) == 100);
     int64_t gone[] = { 21 };
-    struct effects_write deletion = { .res = &resource_users, .id = 4, .deleted = true, .cascade = gone,
-                                      .ncascade = 1 };
+    struct effects_write deletion = {
+        .res = &resource_users, .id = 4, .deleted = true, .cascade = gone, .ncascade = 1
+    };
     effects_raise(c, &deletion, 200);
     assert_true(consistency_get(c, users) == 200 && consistency_get(c, posts) == 200);
     assert_true(consistency_get(c, comments) == 200); /* the cascade reaches the grandchildren */
@@ -143,14 +149,29 @@ static void test_routes_generated(void **state)
 {
     (void)state;
     const char *want[] = {
-        "GET /", "GET /healthz", "GET /readyz",
-        "GET /users", "POST /users",
-        "GET /users/:id", "PUT /users/:id", "PATCH /users/:id", "DELETE /users/:id",
-        "GET /users/:id/posts", "POST /users/:id/posts",
-        "GET /posts", "GET /posts/:id", "PUT /posts/:id", "PATCH /posts/:id", "DELETE /posts/:id",
-        "GET /posts/:id/comments", "POST /posts/:id/comments",
+        "GET /",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /users",
+        "POST /users",
+        "GET /users/:id",
+        "PUT /users/:id",
+        "PATCH /users/:id",
+        "DELETE /users/:id",
+        "GET /users/:id/posts",
+        "POST /users/:id/posts",
+        "GET /posts",
+        "GET /posts/:id",
+        "PUT /posts/:id",
+        "PATCH /posts/:id",
+        "DELETE /posts/:id",
+        "GET /posts/:id/comments",
+        "POST /posts/:id/comments",
         "GET /comments",
-        "GET /comments/:id", "PUT /comments/:id", "PATCH /comments/:id", "DELETE /comments/:id",
+        "GET /comments/:id",
+        "PUT /comments/:id",
+        "PATCH /comments/:id",
+        "DELETE /comments/:id",
     };
     size_t n = sizeof(want) / sizeof(want[0]);
     assert_int_equal(router_route_count(), (int)n);

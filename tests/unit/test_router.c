@@ -41,8 +41,10 @@ static void test_item_route_takes_an_id(void **state)
 static void test_bad_ids_are_404(void **state)
 {
     (void)state;
-    const char *paths[] = { "/users/0", "/users/007", "/users/-1", "/users/1x", "/users/9223372036854775808",
-                            "/users/", "/users//posts", "/nope", "/users/1/posts/2" };
+    const char *paths[] = {
+        "/users/0", "/users/007",    "/users/-1", "/users/1x",       "/users/9223372036854775808",
+        "/users/",  "/users//posts", "/nope",     "/users/1/posts/2"
+    };
     for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
         struct router_match m;
         router_find(HTTP_GET, paths[i], &m);

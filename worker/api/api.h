@@ -19,12 +19,12 @@ struct api_context {
     struct event_base *base;
     struct pool *pool;
     struct cache *cache;
-    struct local_cache *local;        /* NULL when off: redis disabled or local_entries = 0 */
-    struct consistency *consistency;  /* shared with every worker: commit LSNs of acknowledged writes */
-    struct resource_op_state *ops;    /* requests in flight (resource_ops_discard_all at exit) */
-    int slot;                         /* the worker's, for /healthz and /readyz */
+    struct local_cache *local;       /* NULL when off: redis disabled or local_entries = 0 */
+    struct consistency *consistency; /* shared with every worker: commit LSNs of acknowledged writes */
+    struct resource_op_state *ops;   /* requests in flight (resource_ops_discard_all at exit) */
+    int slot;                        /* the worker's, for /healthz and /readyz */
     unsigned generation;
-    const bool *draining;             /* the worker's: true once it stops accepting */
+    const bool *draining; /* the worker's: true once it stops accepting */
 };
 
 #endif

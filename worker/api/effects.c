@@ -48,8 +48,8 @@ uint64_t effects_row_fence(const struct consistency *c, const struct resource *r
 {
     uint64_t lsn = consistency_get_row(c, resource_index(r), CONSISTENCY_ROWS, id);
     if (embed && r->embed.child)
-        lsn = max_lsn(lsn, consistency_get_row(c, resource_index(r->embed.child), CONSISTENCY_ROWS_BY_PARENT,
-                                               id));
+        lsn = max_lsn(lsn,
+                      consistency_get_row(c, resource_index(r->embed.child), CONSISTENCY_ROWS_BY_PARENT, id));
     return lsn;
 }
 

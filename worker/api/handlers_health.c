@@ -3,8 +3,8 @@
 #include <stdio.h>
 #include <unistd.h>
 
-#include "worker/cache/cache.h"
 #include "worker/api/handlers.h"
+#include "worker/cache/cache.h"
 #include "worker/db/pool.h"
 #include "worker/http/reply.h"
 

@@ -62,8 +62,8 @@ struct resource {
 
 /* Registers a declaration (one line at the end of its file): a pointer to it goes into the linker
  * section pgapi_resources, which the registry walks; adding a resource is adding a file. */
-#define RESOURCE_REGISTER(r)                                                                              \
-    static const struct resource *const resource_registered_##r                                          \
+#define RESOURCE_REGISTER(r)                                    \
+    static const struct resource *const resource_registered_##r \
         __attribute__((section("pgapi_resources"), used, aligned(sizeof(void *)))) = &(r)
 
 /* The registry, in link order (the Makefile's file list). */
@@ -86,36 +86,37 @@ bool resource_registry_check(void);
 /* A batched create (pool_query.batch_sql) of table t aliased a: ids drawn first so that each input row
  * (cols, typed as the casts in unnest_args) can be matched to the row it made; `returning` the row's
  * columns after (id, json). */
-#define RESOURCE_SQL_CREATE_MANY(t, a, cols, unnest_args, json, returning)                                \
-    "WITH input AS MATERIALIZED (SELECT nextval('" t "_id_seq') AS id, x.* FROM unnest(" unnest_args       \
-    ") WITH ORDINALITY AS x(" cols ", ord)), made AS (INSERT INTO " t " AS " a " (id, " cols ") SELECT id, " \
-    cols " FROM input ORDER BY ord RETURNING " RESOURCE_SQL_ROW(a, json) " AS body" returning ") SELECT "   \
-    "input.ord::text, made.* FROM made JOIN input USING (id)"
+#define RESOURCE_SQL_CREATE_MANY(t, a, cols, unnest_args, json, returning)                           \
+    "WITH input AS MATERIALIZED (SELECT nextval('" t "_id_seq') AS id, x.* FROM unnest(" unnest_args \
+    ") WITH ORDINALITY AS x(" cols ", ord)), made AS (INSERT INTO " t " AS " a " (id, " cols         \
+    ") SELECT id, " cols " FROM input ORDER BY ord RETURNING " RESOURCE_SQL_ROW(                     \
+        a, json) " AS body" returning ") SELECT "                                                    \
+                 "input.ord::text, made.* FROM made JOIN input USING (id)"
 /* A page bounded in SQL, so PostgreSQL never sends a row the answer would drop: `rows` selects (id,
  * body text) in id order, at most L + 1 of them; of those the page keeps the first L, and only while
  * their bodies add up to at most B bytes (the first row always, however long). The third column tells
  * whether another row follows: on the page's last row, whether there is a next page, which starts
  * after that row (so a walk skips no row). */
-#define RESOURCE_SQL_PAGE(rows, L, B)                                                                     \
+#define RESOURCE_SQL_PAGE(rows, L, B)                                                                       \
     "SELECT id, body, more FROM (SELECT id, body, row_number() OVER w AS n, sum(octet_length(body)) OVER w" \
-    " AS bytes, lead(id) OVER w IS NOT NULL AS more FROM (" rows ") r WINDOW w AS (ORDER BY id ROWS"       \
+    " AS bytes, lead(id) OVER w IS NOT NULL AS more FROM (" rows ") r WINDOW w AS (ORDER BY id ROWS"        \
     " UNBOUNDED PRECEDING)) x WHERE n <= " L " AND (n = 1 OR bytes <= " B ") ORDER BY id"
 /* The statements of table t aliased a whose row is the JSON expression json, in the parameter order
  * of struct resource; the writes' `returning` the columns after (id, json) (", a.user_id" for a
  * parent's id, "" without); replace and patch as their SET lists. */
-#define RESOURCE_SQL_STATEMENTS(t, a, json, returning, replace_set, patch_set)                            \
-    .sql_get = "SELECT " RESOURCE_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = $1",                \
-    .sql_get_many = "SELECT " RESOURCE_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = "               \
-                    RESOURCE_SQL_ANY_ID,                                                                   \
-    .sql_list = RESOURCE_SQL_PAGE("SELECT " a ".id, " json "::text AS body FROM " t " " a " WHERE " a      \
-                                  ".id > $1 ORDER BY " a ".id LIMIT $2::bigint + 1", "$2::bigint",         \
-                                  "$3::bigint"),                                                           \
-    .sql_replace = "UPDATE " t " AS " a " SET " replace_set " WHERE " a ".id = $1 RETURNING "              \
-                   RESOURCE_SQL_ROW(a, json) returning,                                                    \
-    .sql_patch = "UPDATE " t " AS " a " SET " patch_set " WHERE " a ".id = $1 RETURNING "                  \
-                 RESOURCE_SQL_ROW(a, json) returning
+#define RESOURCE_SQL_STATEMENTS(t, a, json, returning, replace_set, patch_set)                         \
+    .sql_get = "SELECT " RESOURCE_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = $1",            \
+    .sql_get_many =                                                                                    \
+        "SELECT " RESOURCE_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = " RESOURCE_SQL_ANY_ID, \
+    .sql_list = RESOURCE_SQL_PAGE("SELECT " a ".id, " json "::text AS body FROM " t " " a " WHERE " a  \
+                                  ".id > $1 ORDER BY " a ".id LIMIT $2::bigint + 1",                   \
+                                  "$2::bigint", "$3::bigint"),                                         \
+    .sql_replace = "UPDATE " t " AS " a " SET " replace_set " WHERE " a                                \
+                   ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning,                          \
+    .sql_patch = "UPDATE " t " AS " a " SET " patch_set " WHERE " a                                    \
+                 ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning
 /* sql_delete of a table whose deletion names no cascade */
-#define RESOURCE_SQL_DELETE(t, a, json, returning)                                                        \
+#define RESOURCE_SQL_DELETE(t, a, json, returning) \
     .sql_delete = "DELETE FROM " t " " a " WHERE " a ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning
 
 #endif

@@ -6,8 +6,8 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <http_parser.h>
-#include <json-c/json.h>
 #include <inttypes.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,28 +61,28 @@ struct resource_op_state {
     struct resource_op o;
     enum op_kind kind;
     enum op_step step;
-    int status;                 /* success status: 200, 201 (with Location) or 204 (no body) */
-    const char *sql;            /* the statement */
-    const char *sql_many;       /* its batched form (pool_query.batch_sql), or NULL */
-    const char *const *params;  /* WRITE_DB: the write's parameters, during state_step only */
+    int status;                /* success status: 200, 201 (with Location) or 204 (no body) */
+    const char *sql;           /* the statement */
+    const char *sql_many;      /* its batched form (pool_query.batch_sql), or NULL */
+    const char *const *params; /* WRITE_DB: the write's parameters, during state_step only */
     int nparams;
-    int64_t limit;              /* pages: rows shown */
-    int64_t after;              /* pages: the keyset cursor */
-    char base[PATH_TEXT_MAX];   /* pages: where the next-page link points */
-    char key[CACHE_KEY_MAX];    /* reads: the cache key, "" when not cached */
-    char gen[CACHE_KEY_MAX];    /* pages: the list's generation name ("" for a row) */
-    struct cache_lookup lease;  /* reads: CACHE_LEASE when this request fills the key */
-    uint64_t key_fence;         /* reads: the key's fence from Redis */
+    int64_t limit;             /* pages: rows shown */
+    int64_t after;             /* pages: the keyset cursor */
+    char base[PATH_TEXT_MAX];  /* pages: where the next-page link points */
+    char key[CACHE_KEY_MAX];   /* reads: the cache key, "" when not cached */
+    char gen[CACHE_KEY_MAX];   /* pages: the list's generation name ("" for a row) */
+    struct cache_lookup lease; /* reads: CACHE_LEASE when this request fills the key */
+    uint64_t key_fence;        /* reads: the key's fence from Redis */
     int waits;
-    bool gone;                  /* reads: the client went (client_gone) */
+    bool gone;                      /* reads: the client went (client_gone) */
     struct local_stamp local_stamp; /* rows: the row's fence before anything was read (local_cache.h) */
     struct event *wait_ev;
-    struct effects_write done;  /* writes: what committed */
-    uint64_t commit_lsn;        /* writes: its commit LSN (POOL_LSN_NONE when unknown) */
-    char *row_json;             /* writes waiting for their invalidation: the answer, copied */
+    struct effects_write done; /* writes: what committed */
+    uint64_t commit_lsn;       /* writes: its commit LSN (POOL_LSN_NONE when unknown) */
+    char *row_json;            /* writes waiting for their invalidation: the answer, copied */
     size_t row_len;
     char row_id[ID_TEXT_MAX];
-    int64_t *cascade;           /* a deletion: the ids of the cascade_names rows that went with it */
+    int64_t *cascade; /* a deletion: the ids of the cascade_names rows that went with it */
 };
 
 static void state_step(struct resource_op_state *s, enum op_step next);

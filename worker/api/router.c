@@ -29,9 +29,9 @@ static const struct hand_route hand_routes[] = {
 
 /* The method of each kind of standard route (enum route_kind order) */
 static const int kind_methods[ROUTE_KINDS] = {
-    [ROUTE_LIST] = HTTP_GET, [ROUTE_CREATE] = HTTP_POST, [ROUTE_GET] = HTTP_GET, [ROUTE_REPLACE] = HTTP_PUT,
-    [ROUTE_PATCH] = HTTP_PATCH, [ROUTE_DELETE] = HTTP_DELETE, [ROUTE_LIST_BY_PARENT] = HTTP_GET,
-    [ROUTE_CREATE_BY_PARENT] = HTTP_POST,
+    [ROUTE_LIST] = HTTP_GET,           [ROUTE_CREATE] = HTTP_POST,           [ROUTE_GET] = HTTP_GET,
+    [ROUTE_REPLACE] = HTTP_PUT,        [ROUTE_PATCH] = HTTP_PATCH,           [ROUTE_DELETE] = HTTP_DELETE,
+    [ROUTE_LIST_BY_PARENT] = HTTP_GET, [ROUTE_CREATE_BY_PARENT] = HTTP_POST,
 };
 
 _Static_assert(NHAND <= 8 && ROUTE_KINDS <= 8, "the metrics table needs a row per route");

@@ -21,12 +21,12 @@ typedef void (*route_fn)(struct api_context *api, struct http_request *req, cons
 /* A resource's standard routes. A resource with a parent is created and listed by parent only under
  * the parent's item (/users/:id/posts); one without has POST on its collection. */
 enum route_kind {
-    ROUTE_LIST,          /* GET /<collection> */
-    ROUTE_CREATE,        /* POST /<collection>: resources without a parent */
-    ROUTE_GET,           /* GET /<collection>/:id */
-    ROUTE_REPLACE,       /* PUT /<collection>/:id */
-    ROUTE_PATCH,         /* PATCH /<collection>/:id */
-    ROUTE_DELETE,        /* DELETE /<collection>/:id */
+    ROUTE_LIST,             /* GET /<collection> */
+    ROUTE_CREATE,           /* POST /<collection>: resources without a parent */
+    ROUTE_GET,              /* GET /<collection>/:id */
+    ROUTE_REPLACE,          /* PUT /<collection>/:id */
+    ROUTE_PATCH,            /* PATCH /<collection>/:id */
+    ROUTE_DELETE,           /* DELETE /<collection>/:id */
     ROUTE_LIST_BY_PARENT,   /* GET /<parent's collection>/:id/<collection> */
     ROUTE_CREATE_BY_PARENT, /* POST /<parent's collection>/:id/<collection> */
     ROUTE_KINDS
@@ -42,8 +42,8 @@ struct resource;
 struct router_match {
     int index;
     struct route_args args;
-    route_fn fn;                 /* a hand-written route's handler, or NULL */
-    const struct resource *res;  /* a generated route's resource and kind */
+    route_fn fn;                /* a hand-written route's handler, or NULL */
+    const struct resource *res; /* a generated route's resource and kind */
     enum route_kind kind;
     char allow[ROUTER_ALLOW_MAX];
 };

@@ -20,22 +20,21 @@
 
 /* The keys the scripts use are laid out in cache_keys.h. A list's pages share a generation: a write that
  * can change the list bumps it, and every page key of the old generation is never read again. */
-static const char LUA_LOOKUP[] =
-    "local p, k = ARGV[1], ARGV[2] "
-    "local e = redis.call('GET', p .. ':epoch') or '0' "
-    "local f "
-    "if ARGV[4] ~= '' then "
-    "  k = k .. ':g' .. (redis.call('GET', p .. ':g:' .. ARGV[4]) or '0') "
-    "  f = redis.call('GET', p .. ':f:g:' .. ARGV[4]) "
-    "else f = redis.call('GET', p .. ':f:' .. k) end "
-    "f = f or '0000000000000000' "
-    "local v = redis.call('GET', p .. ':e' .. e .. ':v:' .. k) "
-    "if v then return {1, v, f, e, k} end "
-    "local lk = p .. ':e' .. e .. ':l:' .. k "
-    "if redis.call('EXISTS', lk) == 1 then return {3, '', f, e, k} end "
-    "local t = tostring(redis.call('INCR', p .. ':seq')) "
-    "redis.call('SET', lk, t, 'PX', ARGV[3]) "
-    "return {2, t, f, e, k}";
+static const char LUA_LOOKUP[] = "local p, k = ARGV[1], ARGV[2] "
+                                 "local e = redis.call('GET', p .. ':epoch') or '0' "
+                                 "local f "
+                                 "if ARGV[4] ~= '' then "
+                                 "  k = k .. ':g' .. (redis.call('GET', p .. ':g:' .. ARGV[4]) or '0') "
+                                 "  f = redis.call('GET', p .. ':f:g:' .. ARGV[4]) "
+                                 "else f = redis.call('GET', p .. ':f:' .. k) end "
+                                 "f = f or '0000000000000000' "
+                                 "local v = redis.call('GET', p .. ':e' .. e .. ':v:' .. k) "
+                                 "if v then return {1, v, f, e, k} end "
+                                 "local lk = p .. ':e' .. e .. ':l:' .. k "
+                                 "if redis.call('EXISTS', lk) == 1 then return {3, '', f, e, k} end "
+                                 "local t = tostring(redis.call('INCR', p .. ':seq')) "
+                                 "redis.call('SET', lk, t, 'PX', ARGV[3]) "
+                                 "return {2, t, f, e, k}";
 /* A list page is filled only into the list's current generation and recorded in the list's page set,
  * so an invalidation can delete every live page: no page of an old generation is left behind. The set
  * holds at most ARGV[10] pages (list_pages): a fill into a full set first deletes pages the set names
@@ -92,10 +91,9 @@ static const char LUA_INVALIDATE[] =
 /* A lease whose holder will not fill (the value is too large, or a page past the last id) is given back
  * at once: left to expire, it would make every other reader of the key wait for a fill that never comes
  * (CACHE_WAIT, up to 50 ms each) for LEASE_TTL_MS. Only the holder's own lease goes. */
-static const char LUA_RELEASE[] =
-    "local lk = ARGV[1] .. ':e' .. ARGV[2] .. ':l:' .. ARGV[3] "
-    "if redis.call('GET', lk) == ARGV[4] then redis.call('DEL', lk) end "
-    "return 1";
+static const char LUA_RELEASE[] = "local lk = ARGV[1] .. ':e' .. ARGV[2] .. ':l:' .. ARGV[3] "
+                                  "if redis.call('GET', lk) == ARGV[4] then redis.call('DEL', lk) end "
+                                  "return 1";
 
 enum cmd_kind { CMD_PEEK, CMD_LOOKUP, CMD_FILL, CMD_RELEASE, CMD_INVALIDATE, CMD_EPOCH, CMD_SCRIPT_LOAD };
 
@@ -106,17 +104,17 @@ static const char *const SCRIPTS[SCRIPT_COUNT] = { LUA_LOOKUP, LUA_FILL, LUA_REL
 
 /* One command in flight; redis_client calls back until it is over (redis_client.h), then it is freed. */
 struct cache_cmd {
-    struct redis_cmd sent;        /* first: the client's part */
+    struct redis_cmd sent; /* first: the client's part */
     struct cache *c;
     enum cmd_kind kind;
     cache_lookup_cb lookup_cb;
     cache_done_cb done_cb;
     void *arg;
-    char key[64];                 /* lookups: the key as asked for */
-    char list[64];                /* a lookup of a list page: its list's generation name ("" for a row) */
-    char peeked_epoch[24];        /* a peek: the epoch its value key was built from */
-    enum script_id script;        /* SCRIPT LOAD */
-    bool moves_epoch;             /* an invalidation of rows that could not be named */
+    char key[64];          /* lookups: the key as asked for */
+    char list[64];         /* a lookup of a list page: its list's generation name ("" for a row) */
+    char peeked_epoch[24]; /* a peek: the epoch its value key was built from */
+    enum script_id script; /* SCRIPT LOAD */
+    bool moves_epoch;      /* an invalidation of rows that could not be named */
 };
 
 struct cache {
@@ -512,8 +510,8 @@ void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *v
     snprintf(ttl, sizeof(ttl), "%d", c->cfg->cache_ttl_s);
     snprintf(pages, sizeof(pages), "%d", c->cfg->cache_list_pages);
     cache_lsn_hex(data_lsn, lsn);
-    const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, key, lease->epoch, lease->token, value,
-                           ttl, lsn, lease->list, lease->base, pages };
+    const char *argv[] = { NULL,  NULL, "0", c->cfg->redis_prefix, key,         lease->epoch, lease->token,
+                           value, ttl,  lsn, lease->list,          lease->base, pages };
     script_argv(c, SCRIPT_FILL, argv);
     size_t lens[13];
     eval_lens(13, argv, lens, 7, len);
@@ -549,7 +547,7 @@ static struct cache_cmd *invalidate_send(struct cache *c, const struct cache_cha
     int fence_ttl = c->cfg->max_replica_lag_ms * 6;
     snprintf(ttl, sizeof(ttl), "%d", fence_ttl > FENCE_TTL_MIN_MS ? fence_ttl : FENCE_TTL_MIN_MS);
     snprintf(ngens_s, sizeof(ngens_s), "%d", ch->ngens);
-    const char *argv[MAXARGS] = { NULL, NULL, "0", c->cfg->redis_prefix, lsn_s, ttl, ch->all ? "1" : "0",
+    const char *argv[MAXARGS] = { NULL,   NULL, "0", c->cfg->redis_prefix, lsn_s, ttl, ch->all ? "1" : "0",
                                   ngens_s };
     script_argv(c, SCRIPT_INVALIDATE, argv);
     int argc = FIXED;
@@ -576,7 +574,7 @@ void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t l
     struct cache_cmd *cmd = NULL;
     if (redis_client_up(c->rc)) {
         int nids = ch->nids < CACHE_CHANGE_IDS_MAX ? ch->nids : CACHE_CHANGE_IDS_MAX;
-        char (*id_keys)[CACHE_KEY_MAX] = nids > 0 ? malloc((size_t)nids * sizeof(*id_keys)) : NULL;
+        char(*id_keys)[CACHE_KEY_MAX] = nids > 0 ? malloc((size_t)nids * sizeof(*id_keys)) : NULL;
         if (nids == 0 || id_keys)
             cmd = invalidate_send(c, ch, lsn, nids, id_keys, cb, arg);
         free(id_keys);
@@ -588,7 +586,6 @@ void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t l
     }
     cmd->moves_epoch = ch->all;
 }
-
 
 /* ---- lifetime ------------------------------------------------------------------------------- */
 

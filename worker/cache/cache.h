@@ -28,23 +28,23 @@ void cache_stats(const struct cache *c, struct cache_stats *out);
 
 /* Keys are the caller's ("user:42"); the module adds the namespace and the epoch (cache_keys.h). */
 enum cache_lookup_kind {
-    CACHE_HIT,      /* value holds the cached body */
-    CACHE_LEASE,    /* a miss; this caller holds the fill lease (token) */
-    CACHE_WAIT,     /* a miss; another request is filling: retry shortly */
-    CACHE_BYPASS,   /* Redis unusable: read the database, do not fill */
+    CACHE_HIT,    /* value holds the cached body */
+    CACHE_LEASE,  /* a miss; this caller holds the fill lease (token) */
+    CACHE_WAIT,   /* a miss; another request is filling: retry shortly */
+    CACHE_BYPASS, /* Redis unusable: read the database, do not fill */
 };
 
 struct cache_lookup {
     enum cache_lookup_kind kind;
-    const char *value;        /* CACHE_HIT: valid during the callback only */
+    const char *value; /* CACHE_HIT: valid during the callback only */
     size_t len;
-    uint64_t data_lsn;        /* CACHE_HIT: every write up to this LSN is in the value (see pool_result) */
-    uint64_t fence;           /* the key's fence: a read for the fill must see at least this LSN */
-    char token[24];           /* CACHE_LEASE: the lease, for cache_fill */
+    uint64_t data_lsn; /* CACHE_HIT: every write up to this LSN is in the value (see pool_result) */
+    uint64_t fence;    /* the key's fence: a read for the fill must see at least this LSN */
+    char token[24];    /* CACHE_LEASE: the lease, for cache_fill */
     char epoch[24];
-    char key[96];             /* the key as stored (a list page's includes its generation) */
-    char list[64];            /* a list page: its list's generation name; "" for a single row */
-    char base[64];            /* the key as asked for */
+    char key[96];  /* the key as stored (a list page's includes its generation) */
+    char list[64]; /* a list page: its list's generation name; "" for a single row */
+    char base[64]; /* the key as asked for */
 };
 
 #define CACHE_KEY_MAX 64
@@ -59,10 +59,10 @@ struct cache_change {
     char keys[CACHE_CHANGE_KEYS_MAX][CACHE_KEY_MAX];
     char gens[CACHE_CHANGE_GENS_MAX][CACHE_KEY_MAX];
     int nkeys, ngens;
-    const char *id_prefix;    /* "post:" */
-    const int64_t *ids;       /* 0..CACHE_CHANGE_IDS_MAX of them; the caller's, read during the call */
+    const char *id_prefix; /* "post:" */
+    const int64_t *ids;    /* 0..CACHE_CHANGE_IDS_MAX of them; the caller's, read during the call */
     int nids;
-    bool all;                 /* rows that cannot be listed changed: move the whole cache to a new epoch */
+    bool all; /* rows that cannot be listed changed: move the whole cache to a new epoch */
 };
 
 typedef void (*cache_lookup_cb)(void *arg, const struct cache_lookup *r);

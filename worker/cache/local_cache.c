@@ -12,7 +12,7 @@ struct slot {
     uint64_t hash;
     struct local_stamp stamp;
     time_t expires;
-    char *blob;          /* key NUL value */
+    char *blob; /* key NUL value */
     size_t klen, vlen;
 };
 
@@ -73,8 +73,8 @@ void local_cache_free(struct local_cache *lc)
     free(lc);
 }
 
-bool local_cache_get(struct local_cache *lc, const char *key, const struct local_stamp *stamp, const char **value,
-                     size_t *len)
+bool local_cache_get(struct local_cache *lc, const char *key, const struct local_stamp *stamp,
+                     const char **value, size_t *len)
 {
     if (!lc)
         return false;
@@ -82,7 +82,8 @@ bool local_cache_get(struct local_cache *lc, const char *key, const struct local
     struct slot *s = &lc->slots[h & lc->mask];
     if (!s->blob || s->hash != h || strcmp(s->blob, key) != 0)
         return false;
-    if (s->stamp.fence != stamp->fence || s->stamp.troubles != stamp->troubles || s->expires <= clock_now_s()) {
+    if (s->stamp.fence != stamp->fence || s->stamp.troubles != stamp->troubles ||
+        s->expires <= clock_now_s()) {
         slot_clear(lc, s); /* its row was written since, or it is too old: never valid again */
         return false;
     }
@@ -92,8 +93,8 @@ bool local_cache_get(struct local_cache *lc, const char *key, const struct local
     return true;
 }
 
-void local_cache_put(struct local_cache *lc, const char *key, const struct local_stamp *stamp, const char *value,
-                     size_t len)
+void local_cache_put(struct local_cache *lc, const char *key, const struct local_stamp *stamp,
+                     const char *value, size_t len)
 {
     if (!lc)
         return;
@@ -108,7 +109,11 @@ void local_cache_put(struct local_cache *lc, const char *key, const struct local
         return;
     memcpy(blob, key, klen + 1);
     memcpy(blob + klen + 1, value, len);
-    *s = (struct slot){ .hash = h, .stamp = *stamp, .expires = clock_now_s() + lc->ttl_s, .blob = blob, .klen = klen,
+    *s = (struct slot){ .hash = h,
+                        .stamp = *stamp,
+                        .expires = clock_now_s() + lc->ttl_s,
+                        .blob = blob,
+                        .klen = klen,
                         .vlen = len };
     lc->bytes += need;
     lc->entries++;

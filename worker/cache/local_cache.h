@@ -22,10 +22,10 @@ struct local_stamp {
 struct local_cache *local_cache_new(int entries, size_t max_bytes, int ttl_s);
 void local_cache_free(struct local_cache *lc);
 /* The value of key if it was stored with this stamp and has not expired; valid until the next put. */
-bool local_cache_get(struct local_cache *lc, const char *key, const struct local_stamp *stamp, const char **value,
-                     size_t *len);
-void local_cache_put(struct local_cache *lc, const char *key, const struct local_stamp *stamp, const char *value,
-                     size_t len);
+bool local_cache_get(struct local_cache *lc, const char *key, const struct local_stamp *stamp,
+                     const char **value, size_t *len);
+void local_cache_put(struct local_cache *lc, const char *key, const struct local_stamp *stamp,
+                     const char *value, size_t len);
 void local_cache_stats(const struct local_cache *lc, uint64_t *hits, uint64_t *entries, size_t *bytes);
 
 #endif

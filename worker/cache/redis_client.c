@@ -25,14 +25,14 @@ struct redis_client {
     struct redis_client_events events;
     redisAsyncContext *ac;
     enum cache_state state;
-    char where[300];              /* "host:port" or the socket path, for log lines */
-    char refused[160];            /* why Redis refused the handshake; the connect timer reports it */
-    char down_why[160];           /* the reason last logged: each new one is logged once */
-    struct event *timer_ev;       /* reconnect back-off, connect (and handshake) timeout */
-    struct event *ping_ev;        /* periodic health PING */
+    char where[300];        /* "host:port" or the socket path, for log lines */
+    char refused[160];      /* why Redis refused the handshake; the connect timer reports it */
+    char down_why[160];     /* the reason last logged: each new one is logged once */
+    struct event *timer_ev; /* reconnect back-off, connect (and handshake) timeout */
+    struct event *ping_ev;  /* periodic health PING */
     bool ping_inflight;
     int failures;
-    bool closing;                 /* redis_client_free: replies are discarded */
+    bool closing; /* redis_client_free: replies are discarded */
     struct redis_client_stats stats;
 };
 

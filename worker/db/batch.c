@@ -48,9 +48,12 @@ static PGresult *result_shape(const PGresult *res, int first_col)
     }
     for (int i = 0; i < n; i++) {
         int col = first_col + i;
-        atts[i] = (PGresAttDesc){ .name = PQfname(res, col), .tableid = PQftable(res, col),
-                                  .columnid = PQftablecol(res, col), .format = PQfformat(res, col),
-                                  .typid = PQftype(res, col), .typlen = PQfsize(res, col),
+        atts[i] = (PGresAttDesc){ .name = PQfname(res, col),
+                                  .tableid = PQftable(res, col),
+                                  .columnid = PQftablecol(res, col),
+                                  .format = PQfformat(res, col),
+                                  .typid = PQftype(res, col),
+                                  .typlen = PQfsize(res, col),
                                   .atttypmod = PQfmod(res, col) };
     }
     int ok = PQsetResultAttrs(out, n, atts);

@@ -26,7 +26,8 @@ static bool link_lost_after_send(const char *st)
  * client must read before it writes again (it is never retried here). */
 static void outcome_unknown_reply(struct http_request *req, const char *why, const char *detail)
 {
-    log_warn("request %s: write outcome unknown: %s%s%s", req->request_id, why, detail[0] ? ": " : "", detail);
+    log_warn("request %s: write outcome unknown: %s%s%s", req->request_id, why, detail[0] ? ": " : "",
+             detail);
     reply_error(req, 503, "write_outcome_unknown",
                 "%s: the write may or may not have been applied; read the resource before retrying", why);
 }
@@ -61,7 +62,8 @@ static void invalid_value_reply(struct http_request *req, const struct pool_resu
     log_warn("request %s: the database refused a value (%s, constraint \"%s\", column \"%s\"): %s",
              req->request_id, st, error_field(r, PG_DIAG_CONSTRAINT_NAME), column, r->message);
     if (strcmp(st, "23514") == 0 && check_column(r, col, sizeof(col)))
-        reply_error(req, 422, "invalid_value", "%s: field \"%s\" has a value the database refuses", what, col);
+        reply_error(req, 422, "invalid_value", "%s: field \"%s\" has a value the database refuses", what,
+                    col);
     else if (strcmp(st, "23502") == 0 && column[0])
         reply_error(req, 422, "invalid_value", "%s: field \"%s\" is required", what, column);
     else if (strcmp(st, "23514") == 0)
@@ -71,7 +73,8 @@ static void invalid_value_reply(struct http_request *req, const struct pool_resu
     else if (strcmp(st, "22001") == 0)
         reply_error(req, 422, "invalid_value", "%s: a value is too long", what);
     else if (strcmp(st, "22021") == 0)
-        reply_error(req, 422, "invalid_value", "%s: a value holds a character the database cannot store", what);
+        reply_error(req, 422, "invalid_value", "%s: a value holds a character the database cannot store",
+                    what);
     else
         reply_error(req, 422, "invalid_value", "%s: a value is out of range or malformed", what);
 }

@@ -4,8 +4,8 @@
 
 #include <stdbool.h>
 
-#include "worker/http/http.h"
 #include "worker/db/pool.h"
+#include "worker/http/http.h"
 
 /* If r is not POOL_OK, answers req and returns true. `what` names the resource for messages. */
 bool dbreply_error_answer(struct http_request *req, const struct pool_result *r, const char *what);

@@ -13,7 +13,8 @@
 /* Position, whether it is (still or now) a standby, and its identity: system identifier and the timeline
  * WAL is written on (a promotion starts a new one; pg_walfile_name's first 8 hex digits). */
 static const char SQL_PRIMARY_HEALTH[] =
-    "SELECT CASE WHEN pg_is_in_recovery() THEN '0/0' ELSE pg_current_wal_lsn()::text END, pg_is_in_recovery(),"
+    "SELECT CASE WHEN pg_is_in_recovery() THEN '0/0' ELSE pg_current_wal_lsn()::text END, "
+    "pg_is_in_recovery(),"
     " (SELECT system_identifier FROM pg_control_system())::text,"
     " CASE WHEN pg_is_in_recovery() THEN '' ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
 static const char SQL_REPLICA_HEALTH[] =
@@ -41,7 +42,8 @@ static void primary_identity_check(struct pool *p, const PGresult *res)
     uint64_t id = strtoull(sysid, NULL, 10) ^ (strtoull(timeline, NULL, 16) * 0x9E3779B97F4A7C15ULL);
     if (p->consistency && consistency_primary_seen(p->consistency, id)) {
         log_warn("primary: a new primary (system %s, timeline %s): the cache is bypassed until it moves to "
-                 "a new epoch", sysid, timeline);
+                 "a new epoch",
+                 sysid, timeline);
         consistency_cache_dirty_set(p->consistency);
     }
 }
@@ -80,11 +82,13 @@ void health_apply(struct backend *be, const struct pool_result *r)
         primary_health_apply(be, r, was);
         return;
     }
-    if (r->status == POOL_OK && PQntuples(r->res) == 1 && pool_lsn_parse(PQgetvalue(r->res, 0, 0), &be->lsn) == 0) {
+    if (r->status == POOL_OK && PQntuples(r->res) == 1 &&
+        pool_lsn_parse(PQgetvalue(r->res, 0, 0), &be->lsn) == 0) {
         long long ts_lag = atoll(PQgetvalue(r->res, 0, 1));
         if (ts_lag > INT32_MAX)
             ts_lag = INT32_MAX;
-        be->lag_ms = be->lsn >= p->primary.lsn ? 0 : (int)ts_lag; /* caught up: no lag, whatever the clock says */
+        be->lag_ms =
+            be->lsn >= p->primary.lsn ? 0 : (int)ts_lag; /* caught up: no lag, whatever the clock says */
         be->healthy = be->lag_ms <= p->cfg->max_replica_lag_ms;
         if (!be->healthy && was)
             log_warn("%s: lag %dms over max_replica_lag: out of rotation", be_name(be), be->lag_ms);

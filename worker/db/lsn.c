@@ -29,8 +29,13 @@ void lsn_group_deliver(struct pool *p, struct job *g, uint64_t lsn)
 {
     for (struct job *w = g->batch, *next; w; w = next) {
         next = w->next;
-        struct pool_result r = { .status = POOL_OK, .res = w->held, .sqlstate = "", .message = "",
-                                 .side = POOL_PRIMARY, .backend = -1, .commit_lsn = lsn };
+        struct pool_result r = { .status = POOL_OK,
+                                 .res = w->held,
+                                 .sqlstate = "",
+                                 .message = "",
+                                 .side = POOL_PRIMARY,
+                                 .backend = -1,
+                                 .commit_lsn = lsn };
         job_finish(p, w, &r);
     }
     g->batch = NULL;
@@ -42,7 +47,8 @@ void lsn_group_deliver(struct pool *p, struct job *g, uint64_t lsn)
 void lsn_group_take(struct pool *p, struct job *g, const struct pool_result *r)
 {
     uint64_t lsn;
-    if (r->status != POOL_OK || PQntuples(r->res) != 1 || pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) != 0) {
+    if (r->status != POOL_OK || PQntuples(r->res) != 1 ||
+        pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) != 0) {
         log_warn("primary: cannot read pg_current_wal_lsn() after a commit; reads of it go to the primary");
         lsn = POOL_LSN_NONE;
     } else if (p->consistency) {
@@ -65,8 +71,14 @@ void lsn_kick(struct pool *p)
         log_warn("primary: out of memory reading a commit LSN: fencing with a primary-only LSN");
         for (struct job *w = waiting, *next; w; w = next) {
             next = w->next;
-            job_finish(p, w, &(struct pool_result){ .status = POOL_OK, .res = w->held, .sqlstate = "", .message = "",
-                                                     .side = POOL_PRIMARY, .backend = -1, .commit_lsn = POOL_LSN_NONE });
+            job_finish(p, w,
+                       &(struct pool_result){ .status = POOL_OK,
+                                              .res = w->held,
+                                              .sqlstate = "",
+                                              .message = "",
+                                              .side = POOL_PRIMARY,
+                                              .backend = -1,
+                                              .commit_lsn = POOL_LSN_NONE });
         }
         p->lsn_inflight = false;
         return;
@@ -91,8 +103,12 @@ void lsn_batch_committed(struct pool *p, struct job *j, PGresult *res)
         if (k->held)
             queue_push(&p->lsn_waiting, k);
         else
-            job_finish(p, k, &(struct pool_result){ .status = POOL_ERR_BROKEN, .sqlstate = "", .side = POOL_PRIMARY,
-                                                    .backend = -1, .message = "out of memory after the commit" });
+            job_finish(p, k,
+                       &(struct pool_result){ .status = POOL_ERR_BROKEN,
+                                              .sqlstate = "",
+                                              .side = POOL_PRIMARY,
+                                              .backend = -1,
+                                              .message = "out of memory after the commit" });
     }
     PQclear(res);
 }

@@ -17,7 +17,8 @@
 #include "worker/db/sqlstate.h"
 
 #define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 1000 /* reconnecting to a local PgBouncer is cheap; a returning server is used at once */
+#define BACKOFF_MAX_MS \
+    1000 /* reconnecting to a local PgBouncer is cheap; a returning server is used at once */
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -305,8 +306,13 @@ static void conn_deliver(struct pgconn *c)
     PGresult *res;
     struct job *j = conn_statement_take(c, &res);
     bool health = j->kind == JOB_HEALTH;
-    struct pool_result r = { .status = result_status(res), .res = res, .sqlstate = "", .message = "",
-                             .side = be->side, .backend = be->index, .data_lsn = j->data_lsn };
+    struct pool_result r = { .status = result_status(res),
+                             .res = res,
+                             .sqlstate = "",
+                             .message = "",
+                             .side = be->side,
+                             .backend = be->index,
+                             .data_lsn = j->data_lsn };
     if (r.status == POOL_ERR_SQL) {
         const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
         const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
@@ -321,7 +327,8 @@ static void conn_deliver(struct pgconn *c)
     if (j->kind == JOB_LSN) {
         lsn_group_take(be->pool, j, &r);
         j = NULL;
-    } else if (j->batch && j->kind == JOB_WRITE && r.status == POOL_ERR_SQL && strcmp(r.sqlstate, "25006") != 0) {
+    } else if (j->batch && j->kind == JOB_WRITE && r.status == POOL_ERR_SQL &&
+               strcmp(r.sqlstate, "25006") != 0) {
         queue_batch_split(be->pool, j); /* nothing committed: each runs alone and gets its own answer */
         j = NULL;
     } else if (j->batch) {

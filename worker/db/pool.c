@@ -43,7 +43,8 @@ void pool_read(struct pool *p, const struct pool_query *q, uint64_t fence_lsn, p
 
 static int backend_init(struct pool *p, struct backend *be, enum pool_side side, int index, const char *dsn)
 {
-    *be = (struct backend){ .pool = p, .side = side, .index = index, .dsn = dsn, .nconns = p->cfg->pool_size };
+    *be =
+        (struct backend){ .pool = p, .side = side, .index = index, .dsn = dsn, .nconns = p->cfg->pool_size };
     for (int i = 0; i < be->nconns; i++) {
         if (pgconn_init(&be->conns[i], be) < 0)
             return -1;
@@ -78,8 +79,9 @@ fail:
 }
 
 /* At exit, a job and the jobs it carries (a batch, a commit-LSN group) are freed without their callbacks:
- * the requests they answer die with the process, and worker_free frees what those requests held (resource_ops.h).
- * Returns true if it carried a write whose statement was sent (its outcome unknown) or had committed. */
+ * the requests they answer die with the process, and worker_free frees what those requests held
+ * (resource_ops.h). Returns true if it carried a write whose statement was sent (its outcome unknown) or had
+ * committed. */
 static bool job_discard(struct job *j, bool sent)
 {
     bool write = j->kind == JOB_WRITE && (sent || j->held);
@@ -169,9 +171,15 @@ void pool_backend_stats(const struct pool *p, int backend, struct pool_backend_s
     const struct backend *be = backend < 0 ? &p->primary : &p->replicas[backend];
     struct pool_side_stats s = { 0 };
     backend_stats(be, &s);
-    *out = (struct pool_backend_stats){ .queries = be->queries, .errors = be->errors, .outages = be->outages,
-                                        .in_use = s.in_use, .idle = s.idle, .connecting = s.connecting,
-                                        .down = s.down, .lsn = be->lsn, .lag_ms = be->lag_ms,
+    *out = (struct pool_backend_stats){ .queries = be->queries,
+                                        .errors = be->errors,
+                                        .outages = be->outages,
+                                        .in_use = s.in_use,
+                                        .idle = s.idle,
+                                        .connecting = s.connecting,
+                                        .down = s.down,
+                                        .lsn = be->lsn,
+                                        .lag_ms = be->lag_ms,
                                         .up = be->healthy && backend_connected(be) > 0 };
 }
 

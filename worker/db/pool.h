@@ -20,31 +20,32 @@ enum pool_status {
     POOL_ERR_BROKEN,      /* the connection broke or timed out mid-statement: outcome unknown */
 };
 
-#define POOL_LSN_NONE UINT64_MAX /* a read with this fence always goes to the primary
-                                  * (= CONSISTENCY_LSN_NONE) */
+#define POOL_LSN_NONE                                               \
+    UINT64_MAX /* a read with this fence always goes to the primary \
+                * (= CONSISTENCY_LSN_NONE) */
 #define POOL_LSN_NEWEST (UINT64_MAX - 1)
 
 struct pool_result {
     enum pool_status status;
-    PGresult *res;            /* owned by the pool: valid only during the callback */
-    const char *sqlstate;     /* "" unless POOL_ERR_SQL */
+    PGresult *res;        /* owned by the pool: valid only during the callback */
+    const char *sqlstate; /* "" unless POOL_ERR_SQL */
     const char *message;
-    enum pool_side side;      /* where it ran */
-    int backend;              /* replica index, -1 for the primary */
-    uint64_t commit_lsn;      /* for writes: pg_current_wal_lsn() read after the commit, else 0 */
-    uint64_t data_lsn;        /* for reads: every write up to this LSN is in the data (a replica's replay
-                               * position sampled before the read; on the primary, the read's fence or the
-                               * primary's position sampled before it; POOL_LSN_NEWEST after a primary-only
-                               * fence: recent, but not a position) */
+    enum pool_side side; /* where it ran */
+    int backend;         /* replica index, -1 for the primary */
+    uint64_t commit_lsn; /* for writes: pg_current_wal_lsn() read after the commit, else 0 */
+    uint64_t data_lsn;   /* for reads: every write up to this LSN is in the data (a replica's replay
+                          * position sampled before the read; on the primary, the read's fence or the
+                          * primary's position sampled before it; POOL_LSN_NEWEST after a primary-only
+                          * fence: recent, but not a position) */
 };
 
 typedef void (*pool_cb)(void *arg, const struct pool_result *r);
 
 struct pool_query {
-    const char *sql;          /* a string literal: the pool keeps the pointer */
+    const char *sql; /* a string literal: the pool keeps the pointer */
     int nparams;
-    const char *const *params;/* copied by the pool */
-    const int *lengths;       /* NULL: NUL-terminated text parameters */
+    const char *const *params; /* copied by the pool */
+    const int *lengths;        /* NULL: NUL-terminated text parameters */
     /* Optional, for a read whose one parameter is an id: the same statement taking $1 as a bigint[]
      * (id = ANY($1)) and returning the id as its first column. Reads of it waiting in the queue then
      * run together (batch.h); each still gets the result a single read would have had. */
@@ -53,7 +54,7 @@ struct pool_query {
 
 struct pool_side_stats {
     uint64_t queries, errors, timeouts, queue_full, wait_us_total;
-    uint64_t batches;         /* statements that ran several queued reads at once */
+    uint64_t batches; /* statements that ran several queued reads at once */
     int in_use, idle, connecting, down, waiting;
 };
 
@@ -82,8 +83,8 @@ void pool_stats(const struct pool *p, enum pool_side side, struct pool_side_stat
 struct pool_backend_stats {
     uint64_t queries, errors, outages;
     int in_use, idle, connecting, down;
-    bool up;                  /* in rotation: healthy (lag within max_replica_lag) and connected */
-    uint64_t lsn;             /* primary: WAL position; replica: replay position; as last sampled */
+    bool up;      /* in rotation: healthy (lag within max_replica_lag) and connected */
+    uint64_t lsn; /* primary: WAL position; replica: replay position; as last sampled */
     int lag_ms;
 };
 void pool_backend_stats(const struct pool *p, int backend, struct pool_backend_stats *out);

@@ -38,13 +38,13 @@ struct job {
     pool_cb cb;
     void *arg;
     uint64_t fence;
-    uint64_t data_lsn;        /* set when it starts: see pool_result.data_lsn */
+    uint64_t data_lsn; /* set when it starts: see pool_result.data_lsn */
     uint64_t enqueued_us;
     int retries;
-    PGresult *held;           /* a committed write's result, waiting for its commit LSN */
-    struct backend *target;   /* health checks run on one given backend */
-    const char *batch_sql;    /* see pool_query.batch_sql */
-    struct job *batch;        /* the reads running in this one's statement (a list through ->next) */
+    PGresult *held;         /* a committed write's result, waiting for its commit LSN */
+    struct backend *target; /* health checks run on one given backend */
+    const char *batch_sql;  /* see pool_query.batch_sql */
+    struct job *batch;      /* the reads running in this one's statement (a list through ->next) */
 };
 
 struct pgconn {
@@ -68,15 +68,15 @@ struct pgconn_list {
 struct backend {
     struct pool *pool;
     enum pool_side side;
-    int index;                /* -1 for the primary */
+    int index; /* -1 for the primary */
     const char *dsn;
     struct pgconn conns[POOL_MAX_CONNS]; /* where they live; pgconn_move keeps them in the lists */
     int nconns;
     struct pgconn_list in_state[PGC_STATE_COUNT];
-    bool healthy;             /* last health check passed (and, for a replica, lag within limits) */
+    bool healthy; /* last health check passed (and, for a replica, lag within limits) */
     bool health_inflight;
-    int failures;             /* consecutive failed or lost connections; 0 once one connects */
-    uint64_t lsn;             /* primary: current WAL position; replica: replay position */
+    int failures; /* consecutive failed or lost connections; 0 once one connects */
+    uint64_t lsn; /* primary: current WAL position; replica: replay position */
     int lag_ms;
     uint64_t queries, errors; /* statements answered here, and how many of them failed */
     uint64_t outages;         /* times it left rotation (broken connection or failed health check) */
@@ -113,7 +113,7 @@ struct pool {
 
 static inline const char *be_name(const struct backend *be)
 {
-    static const char *names[] = { "primary", "replica0", "replica1", "replica2", "replica3",
+    static const char *names[] = { "primary",  "replica0", "replica1", "replica2", "replica3",
                                    "replica4", "replica5", "replica6", "replica7" };
     return names[be->index + 1];
 }

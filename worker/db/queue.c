@@ -95,8 +95,13 @@ void job_fail(struct pool *p, struct job *j, enum pool_side side, enum pool_stat
     }
     if (j->held) { /* it committed: a success whose reads must all go to the primary */
         log_warn("primary: commit LSN unknown (%s): fencing with a primary-only LSN", msg);
-        r = (struct pool_result){ .status = POOL_OK, .res = j->held, .sqlstate = "", .message = "",
-                                  .side = POOL_PRIMARY, .backend = -1, .commit_lsn = POOL_LSN_NONE };
+        r = (struct pool_result){ .status = POOL_OK,
+                                  .res = j->held,
+                                  .sqlstate = "",
+                                  .message = "",
+                                  .side = POOL_PRIMARY,
+                                  .backend = -1,
+                                  .commit_lsn = POOL_LSN_NONE };
     }
     job_finish(p, j, &r);
 }
@@ -152,7 +157,7 @@ bool queue_cancel(struct side_queue *q, const void *arg)
 
 /* Moves the queued reads of j's statement that c's backend may serve into j->batch; true if any. */
 bool queue_batch_joins(const struct job *lead, const struct job *k, const struct route_backend *replica,
-                      uint64_t floor_lsn)
+                       uint64_t floor_lsn)
 {
     return k->batch_sql == lead->batch_sql && !k->target &&
            (!replica || route_replica_may_serve(replica, floor_lsn, k->fence));
@@ -216,7 +221,8 @@ void queue_batch_send(struct pgconn *c, struct job *j)
     for (int i = 0; i < POOL_MAX_PARAMS; i++)
         free(arrays[i]);
     if (!ok)
-        pgconn_reset(c, "out of memory building a batch"); /* its jobs fail or are retried as for a broken link */
+        pgconn_reset(
+            c, "out of memory building a batch"); /* its jobs fail or are retried as for a broken link */
 }
 
 /* Each read of a batch gets the rows of its own id (none: a 404), or the batch's error. */
@@ -232,8 +238,11 @@ void queue_batch_deliver(struct pool *p, struct job *j, const struct pool_result
             own = batch_result_pick(r->res, k->params[0], 0);
             mine.res = own;
             if (!own)
-                mine = (struct pool_result){ .status = POOL_ERR_UNAVAILABLE, .sqlstate = "", .message = "out of memory",
-                                             .side = r->side, .backend = r->backend };
+                mine = (struct pool_result){ .status = POOL_ERR_UNAVAILABLE,
+                                             .sqlstate = "",
+                                             .message = "out of memory",
+                                             .side = r->side,
+                                             .backend = r->backend };
         }
         job_finish(p, k, &mine);
         PQclear(own);

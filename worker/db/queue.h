@@ -22,7 +22,7 @@ bool queue_cancel(struct side_queue *q, const void *arg);
 /* Whether the queued job k joins lead's statement: the same batched statement, not aimed at one
  * backend, and on a replica (replica not NULL) a fence that replica has passed. */
 bool queue_batch_joins(const struct job *lead, const struct job *k, const struct route_backend *replica,
-                      uint64_t floor_lsn);
+                       uint64_t floor_lsn);
 /* Moves the jobs of q that join lead (queue_batch_joins) into lead->batch, in queue order, until the
  * statement holds BATCH_MAX jobs (lead included); the others stay in order. Returns how many joined. */
 int queue_batch_take(struct side_queue *q, struct job *lead, const struct route_backend *replica,

@@ -21,9 +21,13 @@ void route_backend_down(struct backend *be, const char *why)
 
 void route_backend_snapshot(const struct backend *be, struct route_backend *out)
 {
-    *out = (struct route_backend){ .healthy = be->healthy, .in_recovery = be->in_recovery, .lsn = be->lsn,
-                                   .idle = be->in_state[PGC_IDLE].len, .connected = backend_connected(be),
-                                   .failures = be->failures, .nconns = be->nconns };
+    *out = (struct route_backend){ .healthy = be->healthy,
+                                   .in_recovery = be->in_recovery,
+                                   .lsn = be->lsn,
+                                   .idle = be->in_state[PGC_IDLE].len,
+                                   .connected = backend_connected(be),
+                                   .failures = be->failures,
+                                   .nconns = be->nconns };
 }
 
 void route_view_fill(const struct pool *p, struct route_view *v)

@@ -53,8 +53,9 @@ static bool read_may_wait_for_replica(const struct route_view *v, bool read, uin
 static struct route_decision decide_replica(const struct route_view *v, int replica, bool idle)
 {
     if (idle)
-        return (struct route_decision){ .where = ROUTE_START, .side = POOL_REPLICA, .backend = replica,
-                                        .rr_advance = true };
+        return (struct route_decision){
+            .where = ROUTE_START, .side = POOL_REPLICA, .backend = replica, .rr_advance = true
+        };
     if (route_primary_takes_reads(&v->primary) && v->primary.idle > 0) /* every replica connection busy */
         return (struct route_decision){ .where = ROUTE_START, .side = POOL_PRIMARY, .backend = -1 };
     return (struct route_decision){ .where = ROUTE_QUEUE, .side = POOL_REPLICA, .backend = replica };

@@ -11,13 +11,13 @@
 
 /* What a decision reads of one backend. */
 struct route_backend {
-    bool healthy;       /* in rotation: its last health check passed (a replica: lag within limits) */
-    bool in_recovery;   /* the primary only: its last health check found a standby */
-    uint64_t lsn;       /* primary: WAL position; replica: replay position; as last sampled */
-    int idle;           /* connections idle now */
-    int connected;      /* connections idle or running a statement */
-    int failures;       /* consecutive failed or lost connections */
-    int nconns;         /* pool_size */
+    bool healthy;     /* in rotation: its last health check passed (a replica: lag within limits) */
+    bool in_recovery; /* the primary only: its last health check found a standby */
+    uint64_t lsn;     /* primary: WAL position; replica: replay position; as last sampled */
+    int idle;         /* connections idle now */
+    int connected;    /* connections idle or running a statement */
+    int failures;     /* consecutive failed or lost connections */
+    int nconns;       /* pool_size */
 };
 
 struct route_view {

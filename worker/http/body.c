@@ -29,8 +29,8 @@ struct key_scan {
     const char *s;
     size_t len, pos;
     int depth;
-    unsigned objects;                      /* objects opened so far */
-    unsigned object[BODY_MAX_DEPTH + 1];   /* per open container: its object number, 0 for an array */
+    unsigned objects;                    /* objects opened so far */
+    unsigned object[BODY_MAX_DEPTH + 1]; /* per open container: its object number, 0 for an array */
     bool want_key;
 };
 
@@ -80,7 +80,8 @@ static size_t members_count(struct json_object *obj)
         for (size_t i = 0; i < json_object_array_length(obj); i++)
             n += members_count(json_object_array_get_idx(obj, i));
     } else if (json_object_is_type(obj, json_type_object)) {
-        json_object_object_foreach(obj, key, val) {
+        json_object_object_foreach(obj, key, val)
+        {
             (void)key;
             n += 1 + members_count(val);
         }
@@ -104,7 +105,8 @@ static struct json_object *key_decode(const char *token, size_t len)
 }
 
 /* Whether key was met before in the object k is in; seen[d] holds the keys of object number seen_of[d]. */
-static bool key_repeated(struct json_object **seen, unsigned *seen_of, const struct key_scan *k, const char *key)
+static bool key_repeated(struct json_object **seen, unsigned *seen_of, const struct key_scan *k,
+                         const char *key)
 {
     int d = k->depth;
     if (seen_of[d] != k->object[d]) { /* a new object at this depth: forget the previous one's keys */
@@ -178,7 +180,8 @@ static bool keys_hold_nul(struct http_request *req)
     size_t start, end;
     while (key_next(&k, &start, &end)) {
         if (key_has_nul(req->body + start, end - start)) {
-            reply_error(req, 400, "unknown_field", "request body has a key holding a NUL character (\\u0000)");
+            reply_error(req, 400, "unknown_field",
+                        "request body has a key holding a NUL character (\\u0000)");
             return true;
         }
     }
@@ -205,7 +208,8 @@ struct json_object *body_object(struct http_request *req)
     /* json-c's own check lets overlong forms, encoded surrogates and code points past U+10FFFF through */
     size_t bad = utf8_invalid_at(req->body, req->body_len);
     if (bad < req->body_len) {
-        reply_error(req, 400, "malformed_json", "request body is not valid JSON: invalid UTF-8 at byte %zu", bad);
+        reply_error(req, 400, "malformed_json", "request body is not valid JSON: invalid UTF-8 at byte %zu",
+                    bad);
         return NULL;
     }
     struct json_tokener *tok = json_tokener_new_ex(BODY_MAX_DEPTH);
@@ -229,7 +233,8 @@ struct json_object *body_object(struct http_request *req)
     if (lone < req->body_len) {
         json_object_put(obj);
         reply_error(req, 400, "malformed_json",
-                    "request body is not valid JSON: a \\u escape at byte %zu is a lone UTF-16 surrogate", lone);
+                    "request body is not valid JSON: a \\u escape at byte %zu is a lone UTF-16 surrogate",
+                    lone);
         return NULL;
     }
     if (!json_object_is_type(obj, json_type_object)) {
@@ -257,8 +262,8 @@ static int utf8_length(const char *s, size_t bytes)
     return n;
 }
 
-int body_string(struct http_request *req, struct json_object *obj, const char *key, bool required,
-                int min, int max, const char **out)
+int body_string(struct http_request *req, struct json_object *obj, const char *key, bool required, int min,
+                int max, const char **out)
 {
     struct json_object *v;
     if (!json_object_object_get_ex(obj, key, &v) || json_object_is_type(v, json_type_null)) {
@@ -296,7 +301,8 @@ bool body_name_listed(const char *name, const char *const *list)
 
 const char *body_member_other(struct json_object *obj, const char *const *names, int n)
 {
-    json_object_object_foreach(obj, key, val) {
+    json_object_object_foreach(obj, key, val)
+    {
         (void)val;
         int i = 0;
         while (i < n && strcmp(key, names[i]) != 0)

@@ -14,8 +14,8 @@ struct json_object *body_object(struct http_request *req);
 
 /* A string field limited to [min,max] characters (Unicode code points). Returns 1 found (value in
  * *out, owned by obj), 0 absent and optional, -1 after answering with an error. */
-int body_string(struct http_request *req, struct json_object *obj, const char *key, bool required,
-                int min, int max, const char **out);
+int body_string(struct http_request *req, struct json_object *obj, const char *key, bool required, int min,
+                int max, const char **out);
 
 /* The first member of obj whose name is none of names[0..n), or NULL; the name is owned by obj. */
 const char *body_member_other(struct json_object *obj, const char *const *names, int n);

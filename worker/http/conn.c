@@ -240,8 +240,6 @@ void http_conn_flush(struct http_conn *c)
     conn_response_done(c);
 }
 
-
-
 void http_on_gone(struct http_request *req, http_gone_fn fn, void *arg)
 {
     req->on_gone = fn;
@@ -532,4 +530,3 @@ unsigned long http_server_slow_closed(const struct http_server *srv)
 {
     return srv->slow_closed;
 }
-

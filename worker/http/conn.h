@@ -16,23 +16,23 @@
 
 /* A connection's states; http_conn_state_set() moves it from one to another. */
 enum conn_state {
-    CONN_IDLE,      /* keep-alive, waiting for the first byte of a request */
-    CONN_READING,   /* request partly received */
-    CONN_HANDLING,  /* complete request handed to the handler */
-    CONN_WRITING,   /* response queued, not all written yet */
-    CONN_LINGER,    /* response sent, write side shut, discarding input until EOF */
-    CONN_DEAD       /* closed, waiting to be freed */
+    CONN_IDLE,     /* keep-alive, waiting for the first byte of a request */
+    CONN_READING,  /* request partly received */
+    CONN_HANDLING, /* complete request handed to the handler */
+    CONN_WRITING,  /* response queued, not all written yet */
+    CONN_LINGER,   /* response sent, write side shut, discarding input until EOF */
+    CONN_DEAD      /* closed, waiting to be freed */
 };
 
 /* The lexical check of a request head that http-parser (built lenient, HTTP_PARSER_STRICT=0) leaves out:
  * RFC 9112 line endings, no obsolete line folding, no whitespace between a field name and its colon. */
 enum head_state {
-    HEAD_START,         /* before the request line: empty lines (CRLF) are skipped, as the parser does */
+    HEAD_START, /* before the request line: empty lines (CRLF) are skipped, as the parser does */
     HEAD_REQUEST_LINE,
-    HEAD_LINE_START,    /* first byte of a field line, or the empty line that ends the head */
+    HEAD_LINE_START, /* first byte of a field line, or the empty line that ends the head */
     HEAD_NAME,
     HEAD_VALUE,
-    HEAD_DONE           /* the empty line seen: the body (or the next request) is not ours to check */
+    HEAD_DONE /* the empty line seen: the body (or the next request) is not ours to check */
 };
 
 struct http_conn {
@@ -49,25 +49,25 @@ struct http_conn {
     size_t body_cap;
     size_t header_bytes;
     char field_name[HTTP_HEADER_NAME_MAX]; /* of the field line being parsed, cut there */
-    size_t field_name_len;   /* its whole length, past the cut too */
+    size_t field_name_len;                 /* its whole length, past the cut too */
     bool in_value;
-    int value_header;        /* enum http_header_id the value being parsed goes to, or -1: none */
-    int error_status;        /* status to answer when the parser stops on a limit */
-    const char *error_text;  /* with error_status 400: what was wrong with the framing */
+    int value_header;           /* enum http_header_id the value being parsed goes to, or -1: none */
+    int error_status;           /* status to answer when the parser stops on a limit */
+    const char *error_text;     /* with error_status 400: what was wrong with the framing */
     enum head_state head_state; /* head_check() */
-    bool head_after_cr;      /* the last head byte was CR: LF must follow */
-    bool headers_done;       /* later field callbacks are a chunked body's trailers */
-    bool method_unknown;     /* the parser refused the method: 400 or 501 once the request line is in */
+    bool head_after_cr;         /* the last head byte was CR: LF must follow */
+    bool headers_done;          /* later field callbacks are a chunked body's trailers */
+    bool method_unknown;        /* the parser refused the method: 400 or 501 once the request line is in */
     bool request_ready;
     bool close_after;
-    bool in_process;         /* conn_process() on the stack: a synchronous answer must not recurse */
-    bool readable;           /* edge-triggered: the kernel may hold bytes we have not read yet */
-    bool peer_closed;        /* the client shut its side: its EOF waits behind the bytes we read */
-    unsigned served;         /* responses completed on this connection */
+    bool in_process;             /* conn_process() on the stack: a synchronous answer must not recurse */
+    bool readable;               /* edge-triggered: the kernel may hold bytes we have not read yet */
+    bool peer_closed;            /* the client shut its side: its EOF waits behind the bytes we read */
+    unsigned served;             /* responses completed on this connection */
     char peer[INET6_ADDRSTRLEN]; /* the client's address, for the access log */
-    size_t out_counted;      /* what of `out` is in the server's unsent sum */
-    uint64_t tag;            /* the adopter's, for the close hook */
-    bool stalled;            /* on the server's stalled list: the last write would have blocked */
+    size_t out_counted;          /* what of `out` is in the server's unsent sum */
+    uint64_t tag;                /* the adopter's, for the close hook */
+    bool stalled;                /* on the server's stalled list: the last write would have blocked */
     struct http_conn *stall_prev, *stall_next;
 };
 
@@ -86,12 +86,12 @@ struct http_server {
     void (*on_empty)(void *);
     void *on_empty_arg;
     uint64_t seq;
-    unsigned pid;            /* request ids: pid-seq */
+    unsigned pid; /* request ids: pid-seq */
     http_observer_fn observer;
     void *observer_arg;
-    size_t unsent;           /* bytes in every connection's output the kernel has not taken yet */
+    size_t unsent; /* bytes in every connection's output the kernel has not taken yet */
     struct http_conn *stalled, *stalled_tail; /* writes that would block: longest without a read first */
-    unsigned long slow_closed; /* connections closed because their client did not read */
+    unsigned long slow_closed;                /* connections closed because their client did not read */
     void (*on_close)(void *arg, uint64_t tag);
     void *on_close_arg;
     time_t date_sec;

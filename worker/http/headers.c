@@ -11,14 +11,14 @@ struct header_desc {
 };
 
 static const struct header_desc header_table[HTTP_H_COUNT] = {
-#define HTTP_HEADER_DESC(id, hname, limit)                                                                \
+#define HTTP_HEADER_DESC(id, hname, limit) \
     [HTTP_H_##id] = { .name = hname, .offset = offsetof(struct http_headers, id), .cap = (limit) + 1 },
     HTTP_HEADER_TABLE(HTTP_HEADER_DESC)
 #undef HTTP_HEADER_DESC
 };
 
 /* a name the parser's callbacks could not hold whole would never match */
-#define HTTP_HEADER_NAME_CHECK(id, name, limit)                                                           \
+#define HTTP_HEADER_NAME_CHECK(id, name, limit) \
     _Static_assert(sizeof(name) <= HTTP_HEADER_NAME_MAX, name " is longer than HTTP_HEADER_NAME_MAX");
 HTTP_HEADER_TABLE(HTTP_HEADER_NAME_CHECK)
 #undef HTTP_HEADER_NAME_CHECK

@@ -11,11 +11,11 @@
  * HTTP_HEADER_NAME_MAX - 1 bytes); its value is kept up to `limit` bytes and cut there (no value we use
  * is that long). A repeated header keeps its last value; how often it came is counted (Host must come
  * once). Adding a header is one line here. */
-#define HTTP_HEADER_TABLE(X)                                                                              \
-    X(CONTENT_TYPE, "Content-Type", 127)                                                                  \
-    X(IF_NONE_MATCH, "If-None-Match", 127)                                                                \
-    X(X_REQUEST_ID, "X-Request-Id", HTTP_REQUEST_ID_MAX)                                                  \
-    X(HOST, "Host", 255) /* for allowed_hosts */                                                          \
+#define HTTP_HEADER_TABLE(X)                             \
+    X(CONTENT_TYPE, "Content-Type", 127)                 \
+    X(IF_NONE_MATCH, "If-None-Match", 127)               \
+    X(X_REQUEST_ID, "X-Request-Id", HTTP_REQUEST_ID_MAX) \
+    X(HOST, "Host", 255) /* for allowed_hosts */         \
     X(EXPECT, "Expect", 31)
 
 #define HTTP_HEADER_NAME_MAX 32 /* longer field names are none of the table's */
@@ -24,7 +24,7 @@ enum http_header_id {
 #define HTTP_HEADER_ENUM(id, name, limit) HTTP_H_##id,
     HTTP_HEADER_TABLE(HTTP_HEADER_ENUM)
 #undef HTTP_HEADER_ENUM
-    HTTP_H_COUNT
+        HTTP_H_COUNT
 };
 
 /* The values of one request's headers: a NUL-terminated buffer of limit + 1 bytes per header, "" when

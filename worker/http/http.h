@@ -26,24 +26,24 @@ typedef void (*http_gone_fn)(void *arg);
  * database reply) but must answer exactly once. */
 struct http_request {
     struct http_conn *conn;
-    void *ctx;                    /* the server's handler context (the worker) */
-    int method;                   /* enum http_method of http_parser.h */
+    void *ctx;  /* the server's handler context (the worker) */
+    int method; /* enum http_method of http_parser.h */
     const char *method_name;
-    bool head_method;             /* HEAD: answered like GET without a body */
-    char *path;                   /* raw path, NUL-terminated, without the query */
-    char *query;                  /* raw query after '?', or NULL */
-    struct http_headers headers;  /* the table's headers (headers.h): read them with http_request_header() */
+    bool head_method;            /* HEAD: answered like GET without a body */
+    char *path;                  /* raw path, NUL-terminated, without the query */
+    char *query;                 /* raw query after '?', or NULL */
+    struct http_headers headers; /* the table's headers (headers.h): read them with http_request_header() */
     char request_id[HTTP_REQUEST_ID_MAX + 1]; /* the client's X-Request-Id, made safe, or one of ours */
-    char *body;                   /* NUL-terminated copy of the body (may be empty) */
+    char *body;                               /* NUL-terminated copy of the body (may be empty) */
     size_t body_len;
     uint64_t start_us;
-    const char *cache_status;     /* "HIT" / "MISS" / "BYPASS" for the X-Cache header and the log */
-    char extra_headers[768];      /* "Name: value\r\n" lines added by http_header_add() */
+    const char *cache_status; /* "HIT" / "MISS" / "BYPASS" for the X-Cache header and the log */
+    char extra_headers[768];  /* "Name: value\r\n" lines added by http_header_add() */
     size_t extra_len;
     int status;
-    int route;                    /* set by the handler side for metrics: its route index, -1 = none */
+    int route; /* set by the handler side for metrics: its route index, -1 = none */
     bool responded;
-    http_gone_fn on_gone;         /* http_on_gone */
+    http_gone_fn on_gone; /* http_on_gone */
     void *on_gone_arg;
 };
 

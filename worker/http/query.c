@@ -9,9 +9,12 @@
 
 static int hex_val(char c)
 {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
     return -1;
 }
 
@@ -84,8 +87,9 @@ int query_int(struct http_request *req, const char *name, int64_t min, int64_t m
     bool decimal = found > 0 && decimal_is(buf);
     long long v = decimal ? strtoll(buf, &end, 10) : 0;
     if (!decimal || *end || errno || v < min || v > max) {
-        reply_error(req, 400, "invalid_parameter", "query parameter \"%s\" must be an integer from %lld to %lld",
-                    name, (long long)min, (long long)max);
+        reply_error(req, 400, "invalid_parameter",
+                    "query parameter \"%s\" must be an integer from %lld to %lld", name, (long long)min,
+                    (long long)max);
         return -1;
     }
     *out = v;

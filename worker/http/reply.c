@@ -11,7 +11,8 @@
 void reply_json(struct http_request *req, int status, struct json_object *obj)
 {
     size_t len = 0;
-    const char *s = json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+    const char *s =
+        json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
     if (!s) {
         json_object_put(obj);
         log_error("request %s: cannot serialise the response", req->request_id);

@@ -14,21 +14,26 @@ static const struct resource_field POST_FIELDS[] = {
 static const char *const POST_READ_ONLY[] = { "id", "user_id", "version", "created_at", "updated_at", NULL };
 
 const struct resource resource_posts = {
-    .name = "post", .collection = "posts", .path = "/posts", .parent = &resource_users,
-    .fields = POST_FIELDS, .nfields = 2, .read_only = POST_READ_ONLY,
+    .name = "post",
+    .collection = "posts",
+    .path = "/posts",
+    .parent = &resource_users,
+    .fields = POST_FIELDS,
+    .nfields = 2,
+    .read_only = POST_READ_ONLY,
     RESOURCE_SQL_STATEMENTS("posts", "p", POST_JSON, ", p.user_id", "title = $2, content = $3",
                             "title = COALESCE($2, p.title), content = COALESCE($3, p.content)"),
     RESOURCE_SQL_DELETE("posts", "p", POST_JSON, ", p.user_id"),
     /* the foreign key's violation (no such user) is a 404 that names the user */
-    .sql_create = "INSERT INTO posts AS p (user_id, title, content) VALUES ($1, $2, $3) RETURNING "
-                  RESOURCE_SQL_ROW("p", POST_JSON) ", p.user_id",
-    .sql_create_many = RESOURCE_SQL_CREATE_MANY("posts", "p", "user_id, title, content",
-                                                "$1::bigint[], $2::text[], $3::text[]", POST_JSON,
-                                                ", p.user_id"),
-    .sql_list_by_parent =
-        "SELECT x.id, x.body, x.more FROM users u LEFT JOIN LATERAL ("
-        RESOURCE_SQL_PAGE("SELECT p.id, " POST_JSON "::text AS body FROM posts p WHERE p.user_id = u.id"
-                          " AND p.id > $2 ORDER BY p.id LIMIT $3::bigint + 1", "$3::bigint", "$4::bigint")
-        ") x ON true WHERE u.id = $1 ORDER BY x.id",
+    .sql_create =
+        "INSERT INTO posts AS p (user_id, title, content) VALUES ($1, $2, $3) RETURNING " RESOURCE_SQL_ROW(
+            "p", POST_JSON) ", p.user_id",
+    .sql_create_many =
+        RESOURCE_SQL_CREATE_MANY("posts", "p", "user_id, title, content",
+                                 "$1::bigint[], $2::text[], $3::text[]", POST_JSON, ", p.user_id"),
+    .sql_list_by_parent = "SELECT x.id, x.body, x.more FROM users u LEFT JOIN LATERAL (" RESOURCE_SQL_PAGE(
+        "SELECT p.id, " POST_JSON "::text AS body FROM posts p WHERE p.user_id = u.id"
+        " AND p.id > $2 ORDER BY p.id LIMIT $3::bigint + 1",
+        "$3::bigint", "$4::bigint") ") x ON true WHERE u.id = $1 ORDER BY x.id",
 };
 RESOURCE_REGISTER(resource_posts);

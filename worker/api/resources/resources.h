@@ -8,11 +8,11 @@
 
 extern const struct resource resource_users, resource_posts;
 
-#define USER_JSON                                                                                   \
-    "jsonb_build_object('id', u.id, 'name', u.name, 'email', u.email, 'version', u.version,"         \
+#define USER_JSON                                                                            \
+    "jsonb_build_object('id', u.id, 'name', u.name, 'email', u.email, 'version', u.version," \
     " 'created_at', u.created_at, 'updated_at', u.updated_at)"
-#define POST_JSON                                                                                   \
-    "jsonb_build_object('id', p.id, 'title', p.title, 'content', p.content, 'user_id', p.user_id,"   \
+#define POST_JSON                                                                                  \
+    "jsonb_build_object('id', p.id, 'title', p.title, 'content', p.content, 'user_id', p.user_id," \
     " 'version', p.version, 'created_at', p.created_at, 'updated_at', p.updated_at)"
 
 #endif

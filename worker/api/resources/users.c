@@ -15,10 +15,10 @@ static const char SQL_USER_GET_POSTS[] =
     "SELECT u.id, (" USER_JSON "::jsonb || jsonb_build_object('posts', COALESCE(e.posts, '[]'::jsonb),"
     " 'posts_next', CASE WHEN e.more THEN '/users/' || u.id || '/posts?limit=' || $2::bigint || '&after_id='"
     " || e.last END))::text FROM users u, LATERAL (SELECT jsonb_agg(x.body::jsonb ORDER BY x.id) AS posts,"
-    " bool_and(x.more) AS more, max(x.id) AS last FROM ("
-    RESOURCE_SQL_PAGE("SELECT p.id, " POST_JSON "::text AS body FROM posts p WHERE p.user_id = u.id"
-                      " ORDER BY p.id LIMIT $2::bigint + 1", "$2::bigint", "$3::bigint")
-    ") x) e WHERE u.id = $1";
+    " bool_and(x.more) AS more, max(x.id) AS last FROM (" RESOURCE_SQL_PAGE(
+        "SELECT p.id, " POST_JSON "::text AS body FROM posts p WHERE p.user_id = u.id"
+        " ORDER BY p.id LIMIT $2::bigint + 1",
+        "$2::bigint", "$3::bigint") ") x) e WHERE u.id = $1";
 
 /* the limits mirror the schema's CHECKs */
 static const struct resource_field USER_FIELDS[] = {
@@ -29,19 +29,23 @@ static const struct resource_field USER_FIELDS[] = {
 static const char *const USER_READ_ONLY[] = { "id", "version", "created_at", "updated_at", NULL };
 
 const struct resource resource_users = {
-    .name = "user", .collection = "users", .path = "/users",
-    .fields = USER_FIELDS, .nfields = 2, .read_only = USER_READ_ONLY,
+    .name = "user",
+    .collection = "users",
+    .path = "/users",
+    .fields = USER_FIELDS,
+    .nfields = 2,
+    .read_only = USER_READ_ONLY,
     RESOURCE_SQL_STATEMENTS("users", "u", USER_JSON, "", "name = $2, email = $3",
                             "name = COALESCE($2, u.name), email = COALESCE($3, u.email)"),
-    .sql_create = "INSERT INTO users AS u (name, email) VALUES ($1, $2) RETURNING "
-                  RESOURCE_SQL_ROW("u", USER_JSON),
-    .sql_create_many = RESOURCE_SQL_CREATE_MANY("users", "u", "name, email", "$1::text[], $2::text[]",
-                                                USER_JSON, ""),
+    .sql_create =
+        "INSERT INTO users AS u (name, email) VALUES ($1, $2) RETURNING " RESOURCE_SQL_ROW("u", USER_JSON),
+    .sql_create_many =
+        RESOURCE_SQL_CREATE_MANY("users", "u", "name, email", "$1::text[], $2::text[]", USER_JSON, ""),
     /* user_delete() (migration 0004) locks the user, deletes its posts (posts.user_id ON DELETE
      * CASCADE would too, unnamed) and names them: (id, no body: the answer is 204, the post ids, or
      * NULL when more than the cache drops one by one) */
-    .sql_delete = "SELECT d.id, '{}'::text, CASE WHEN cardinality(d.post_ids) <= "
-                  RESOURCE_STR(CACHE_CHANGE_IDS_MAX) " THEN d.post_ids::text END FROM user_delete($1) d",
+    .sql_delete = "SELECT d.id, '{}'::text, CASE WHEN cardinality(d.post_ids) <= " RESOURCE_STR(
+        CACHE_CHANGE_IDS_MAX) " THEN d.post_ids::text END FROM user_delete($1) d",
     .cascade_names = &resource_posts,
     .embed = { .child = &resource_posts, .sql_get = SQL_USER_GET_POSTS },
 };
