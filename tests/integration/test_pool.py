@@ -3,6 +3,8 @@ the replica and writes on the primary (PgBouncer SHOW STATS), read-your-writes w
 replica, and fallback to the primary while the replica is down."""
 
 import concurrent.futures
+import json
+import socket
 from contextlib import closing
 import time
 import uuid
@@ -11,6 +13,7 @@ import pytest
 
 from lib.bouncer import bouncer_admin_run, bouncer_queries, replay_pause, replay_resume
 from lib.builders import create_user
+from lib.metrics import scrape, total
 from lib.pgapi_server import PgapiServer
 from lib.topology import wait_until
 
@@ -181,30 +184,97 @@ def test_dead_database_gives_503_json(server):
 
 def test_concurrent_reads_are_batched_and_each_gets_its_own_row(schema, server):
     """Reads of one statement that queue behind a busy pool run as one `id = ANY($1)`: fewer statements
-    reach PgBouncer than requests were made, and every request still gets its own row (or its 404)."""
+    reach PgBouncer than requests were made, and every request still gets its own row (or its 404).
+    The reads are made to queue: PgBouncer holds the worker's two connections (PAUSE) while 1,020
+    clients send one read each, and lets go once the worker has queued them. (Sent as fast as this
+    client could, they queued only when the worker outran it: on a busy machine 927 statements ran for
+    1,020 reads.)"""
     ids = []
     for _ in range(20):
         ids.append(new_user_on(schema)["id"])
     missing = [max(ids) + 1000 + i for i in range(10)]
     srv = server(workers=1, topology=schema, overrides={"redis": {"enabled": "off"},
-                                                        "database": {"pool_size": "1"}})
+                                                        "database": {"pool_size": "1", "queue_size": "2048",
+                                                                     "queue_timeout": "60s"}})
     srv.start()
     srv.wait_for(lambda: srv.get("/readyz").status == 200, 20, "/readyz 200")
     time.sleep(1.0)  # the replica has replayed the inserts and the worker has sampled its position
     wanted = (ids + missing) * 34  # 1,020 reads: other servers' health checks are noise beside them
     before = wait_stats_settle(schema)
-    with concurrent.futures.ThreadPoolExecutor(128) as ex:
-        results = list(ex.map(lambda i: (i, srv.get(f"/users/{i}")), wanted))
+    socks = []
+    for db in ("pgapi_ro", "pgapi_rw"):
+        bouncer_admin_run(schema, f"PAUSE {db}")
+    try:
+        socks = reads_send(srv, wanted)
+        # all but the two that PgBouncer holds wait in the worker's queues
+        srv.wait_for(lambda: total(scrape(srv), "pgapi_pool_waiting") >= len(wanted) - 2, 30,
+                     f"{len(wanted) - 2} reads queued in the worker")
+    finally:
+        for db in ("pgapi_ro", "pgapi_rw"):
+            bouncer_admin_run(schema, f"RESUME {db}")
+    answers = [read_answer(sock) for sock in socks]
     time.sleep(2.5)
     after = bouncer_queries(schema)
-    for i, r in results:
+    for i, (status, body) in zip(wanted, answers):
         if i in missing:
-            assert r.status == 404, (i, r)
+            assert status == 404, (i, status, body)
         else:
-            assert r.status == 200 and r.json()["id"] == i, (i, r)
+            assert status == 200 and json.loads(body)["id"] == i, (i, status, body)
     queries = sum(after.get(d, 0) - before.get(d, 0) for d in ("pgapi_ro", "pgapi_rw"))
     # without batching: one statement per read, plus other servers' health checks (so above 1,020)
     assert queries < len(wanted) * 0.9, f"{queries} statements for {len(wanted)} reads: no batching"
+
+
+def test_reads_the_primary_takes_from_the_replicas_queue_are_batched_too(schema, server):
+    """While the replica's connection is held, the primary's connection takes the reads queued for the
+    replicas: as batches, as it takes its own, not one statement per read."""
+    ids = [new_user_on(schema)["id"] for _ in range(20)]
+    srv = server(workers=1, topology=schema, overrides={"redis": {"enabled": "off"},
+                                                        "database": {"pool_size": "1", "queue_size": "2048",
+                                                                     "queue_timeout": "60s"}})
+    srv.start()
+    srv.wait_for(lambda: srv.get("/readyz").status == 200, 20, "/readyz 200")
+    time.sleep(1.0)  # the replica has replayed the inserts and the worker has sampled its position
+    wanted = ids * 25  # 500 reads
+    before = wait_stats_settle(schema)
+    socks = []
+    bouncer_admin_run(schema, "PAUSE pgapi_ro")
+    try:
+        bouncer_admin_run(schema, "PAUSE pgapi_rw")
+        try:
+            socks = reads_send(srv, wanted)
+            srv.wait_for(lambda: total(scrape(srv), "pgapi_pool_waiting") >= len(wanted) - 2, 30,
+                         f"{len(wanted) - 2} reads queued in the worker")
+        finally:
+            bouncer_admin_run(schema, "RESUME pgapi_rw")  # the replica's connection stays held
+        answers = [read_answer(sock) for sock in socks[1:]]  # the first read is the one held
+    finally:
+        bouncer_admin_run(schema, "RESUME pgapi_ro")
+    read_answer(socks[0])
+    after = wait_stats_settle(schema)
+    for i, (status, body) in zip(wanted[1:], answers):
+        assert status == 200 and json.loads(body)["id"] == i, (i, status, body)
+    on_primary = after.get("pgapi_rw", 0) - before.get("pgapi_rw", 0)
+    assert on_primary < len(wanted) / 5, f"{on_primary} statements on the primary for {len(wanted) - 1} reads"
+
+
+def reads_send(srv, ids):
+    """One connection per id, each sending GET /users/<id> at once; the sockets, to read the answers."""
+    socks = []
+    for i in ids:
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+        sock.sendall(f"GET /users/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        socks.append(sock)
+    return socks
+
+def read_answer(sock):
+    """(status, body) of the one answer a Connection: close request gets, read to the close."""
+    with sock:
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
 
 
 def new_user_on(topology):

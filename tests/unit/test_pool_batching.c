@@ -1,5 +1,6 @@
 /* Unit tests for the pool's batching decision (worker/db/queue: queue_batch_joins, queue_batch_take):
- * which queued reads join a statement's batch, on the primary and on a replica, and the BATCH_MAX limit.
+ * which queued reads join a statement's batch, on the primary and on a replica, across the primary's and
+ * the replicas' queues, and the BATCH_MAX limit.
  * Jobs are built as the pool builds them; no server, no connection. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -138,6 +139,30 @@ static void test_at_most_batch_max_jobs(void **state)
     queue_free(&q);
 }
 
+/* A primary connection takes its own queue's reads, then the replicas' (queue_batch_gather): the second
+ * take appends to the batch the first made, and BATCH_MAX bounds both together. */
+static void test_a_batch_spans_two_queues(void **state)
+{
+    (void)state;
+    struct side_queue mine = { 0 }, theirs = { 0 };
+    struct job *a = read_new(SQL_MANY, 0), *b = read_new(SQL_MANY, 900);
+    queue_push(&mine, a);
+    queue_push(&theirs, b);
+    for (int i = 0; i < BATCH_MAX; i++)
+        queue_push(&theirs, read_new(SQL_MANY, 0));
+    struct job *lead = read_new(SQL_MANY, 0);
+    assert_int_equal(queue_batch_take(&mine, lead, NULL, 0), 1);
+    assert_int_equal(queue_batch_take(&theirs, lead, NULL, 0), BATCH_MAX - 2);
+    assert_ptr_equal(lead->batch, a);
+    assert_ptr_equal(a->next, b); /* any fence: the primary serves every read */
+    assert_int_equal(batch_len(lead), BATCH_MAX - 1);
+    assert_int_equal(theirs.len, 3); /* 1 + BATCH_MAX queued, BATCH_MAX - 2 taken */
+    assert_int_equal(queue_batch_take(&theirs, lead, NULL, 0), 0); /* full */
+    jobs_free(lead->batch);
+    free(lead);
+    queue_free(&theirs);
+}
+
 static void test_nothing_to_join(void **state)
 {
     (void)state;
@@ -155,6 +180,7 @@ int main(void)
         cmocka_unit_test(test_a_job_aimed_at_one_backend_stays),
         cmocka_unit_test(test_on_a_replica_only_reads_it_may_serve),
         cmocka_unit_test(test_at_most_batch_max_jobs),
+        cmocka_unit_test(test_a_batch_spans_two_queues),
         cmocka_unit_test(test_nothing_to_join),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -168,6 +168,9 @@ int queue_batch_take(struct side_queue *q, struct job *lead, const struct route_
 {
     struct job **tail = &lead->batch;
     int n = 1;
+    for (; *tail; tail = &(*tail)->next) /* a batch taken from another queue already */
+        n++;
+    int before = n;
     struct job *prev = NULL, *k = q->head;
     while (k && n < BATCH_MAX) {
         struct job *next = k->next;
@@ -182,16 +185,25 @@ int queue_batch_take(struct side_queue *q, struct job *lead, const struct route_
         }
         k = next;
     }
-    return n - 1;
+    return n - before;
 }
 
 bool queue_batch_gather(struct pgconn *c, struct job *j)
 {
     struct pool *p = c->be->pool;
-    struct route_backend replica;
-    route_backend_snapshot(c->be, &replica);
-    bool on_replica = c->be->side == POOL_REPLICA;
-    return queue_batch_take(&p->queue[c->be->side], j, on_replica ? &replica : NULL, p->floor_lsn) > 0;
+    if (c->be->side == POOL_REPLICA) {
+        struct route_backend replica;
+        route_backend_snapshot(c->be, &replica);
+        return queue_batch_take(&p->queue[POOL_REPLICA], j, &replica, p->floor_lsn) > 0;
+    }
+    int n = queue_batch_take(&p->queue[POOL_PRIMARY], j, NULL, p->floor_lsn);
+    /* A primary that takes the replicas' reads (route_pump) takes them batched too: one by one, reads
+     * spilled while every replica connection is busy would cost a statement each. */
+    struct route_backend primary;
+    route_backend_snapshot(c->be, &primary);
+    if (j->kind == JOB_READ && route_primary_takes_reads(&primary))
+        n += queue_batch_take(&p->queue[POOL_REPLICA], j, NULL, p->floor_lsn);
+    return n > 0;
 }
 
 /* Parameter i of the statement: the array of every job's parameter i, in batch order. */

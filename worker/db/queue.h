@@ -23,11 +23,12 @@ bool queue_cancel(struct side_queue *q, const void *arg);
  * backend, and on a replica (replica not NULL) a fence that replica has passed. */
 bool queue_batch_joins(const struct job *lead, const struct job *k, const struct route_backend *replica,
                        uint64_t floor_lsn);
-/* Moves the jobs of q that join lead (queue_batch_joins) into lead->batch, in queue order, until the
- * statement holds BATCH_MAX jobs (lead included); the others stay in order. Returns how many joined. */
+/* Moves the jobs of q that join lead (queue_batch_joins) to the end of lead->batch, in queue order, until
+ * the statement holds BATCH_MAX jobs (lead included); the others stay in order. Returns how many joined. */
 int queue_batch_take(struct side_queue *q, struct job *lead, const struct route_backend *replica,
                      uint64_t floor_lsn);
-/* Moves the queued reads that join j's statement on c into j->batch; true if any. */
+/* Moves the queued reads that join j's statement on c into j->batch (on the primary, those queued for
+ * the replicas too while it takes their reads); true if any. */
 bool queue_batch_gather(struct pgconn *c, struct job *j);
 /* Sends j and its batch as one statement taking each parameter as an array. */
 void queue_batch_send(struct pgconn *c, struct job *j);
