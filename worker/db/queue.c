@@ -233,8 +233,8 @@ void queue_batch_send(struct pgconn *c, struct job *j)
     for (int i = 0; i < POOL_MAX_PARAMS; i++)
         free(arrays[i]);
     if (!ok)
-        pgconn_reset(
-            c, "out of memory building a batch"); /* its jobs fail or are retried as for a broken link */
+        /* its jobs fail or are retried as for a broken link */
+        pgconn_reset(c, "out of memory building a batch");
 }
 
 /* Each read of a batch gets the rows of its own id (none: a 404), or the batch's error. */
