@@ -83,8 +83,7 @@ size_t utf8_sanitize(char *dst, size_t cap, const char *src)
     return out;
 }
 
-/* A hex digit's value, or -1. */
-static int hex_digit(char c)
+int utf8_hex_value(char c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -103,7 +102,7 @@ static long hex4(const char *s, size_t avail)
         return -1;
     for (int i = 0; i < 4; i++) {
         char c = s[i];
-        int d = hex_digit(c);
+        int d = utf8_hex_value(c);
         if (d < 0)
             return -1;
         v = v * 16 + d;

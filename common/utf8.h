@@ -27,4 +27,7 @@ size_t utf8_sanitize(char *dst, size_t cap, const char *src);
  * where the same surrogate sent as raw bytes is refused. */
 size_t utf8_json_lone_surrogate_at(const char *s, size_t len);
 
+/* A hex digit's value (a \u escape's, a %XX escape's), or -1. */
+int utf8_hex_value(char c);
+
 #endif

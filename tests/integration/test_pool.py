@@ -193,12 +193,7 @@ def test_concurrent_reads_are_batched_and_each_gets_its_own_row(schema, server):
     for _ in range(20):
         ids.append(new_user_on(schema)["id"])
     missing = [max(ids) + 1000 + i for i in range(10)]
-    srv = server(workers=1, topology=schema, overrides={"redis": {"enabled": "off"},
-                                                        "database": {"pool_size": "1", "queue_size": "2048",
-                                                                     "queue_timeout": "60s"}})
-    srv.start()
-    srv.wait_for(lambda: srv.get("/readyz").status == 200, 20, "/readyz 200")
-    time.sleep(1.0)  # the replica has replayed the inserts and the worker has sampled its position
+    srv = queueing_server(schema, server)
     wanted = (ids + missing) * 34  # 1,020 reads: other servers' health checks are noise beside them
     before = wait_stats_settle(schema)
     socks = []
@@ -229,12 +224,7 @@ def test_reads_the_primary_takes_from_the_replicas_queue_are_batched_too(schema,
     """While the replica's connection is held, the primary's connection takes the reads queued for the
     replicas: as batches, as it takes its own, not one statement per read."""
     ids = [new_user_on(schema)["id"] for _ in range(20)]
-    srv = server(workers=1, topology=schema, overrides={"redis": {"enabled": "off"},
-                                                        "database": {"pool_size": "1", "queue_size": "2048",
-                                                                     "queue_timeout": "60s"}})
-    srv.start()
-    srv.wait_for(lambda: srv.get("/readyz").status == 200, 20, "/readyz 200")
-    time.sleep(1.0)  # the replica has replayed the inserts and the worker has sampled its position
+    srv = queueing_server(schema, server)
     wanted = ids * 25  # 500 reads
     before = wait_stats_settle(schema)
     socks = []
@@ -256,6 +246,18 @@ def test_reads_the_primary_takes_from_the_replicas_queue_are_batched_too(schema,
         assert status == 200 and json.loads(body)["id"] == i, (i, status, body)
     on_primary = after.get("pgapi_rw", 0) - before.get("pgapi_rw", 0)
     assert on_primary < len(wanted) / 5, f"{on_primary} statements on the primary for {len(wanted) - 1} reads"
+
+
+def queueing_server(schema, server):
+    """One worker with one connection a side, a queue that holds every read the batching tests send and
+    waits as long as they hold PgBouncer; serving once the replica has replayed what was inserted."""
+    srv = server(workers=1, topology=schema, overrides={"redis": {"enabled": "off"},
+                                                        "database": {"pool_size": "1", "queue_size": "2048",
+                                                                     "queue_timeout": "60s"}})
+    srv.start()
+    srv.wait_for(lambda: srv.get("/readyz").status == 200, 20, "/readyz 200")
+    time.sleep(1.0)  # the replica has replayed the inserts and the worker has sampled its position
+    return srv
 
 
 def reads_send(srv, ids):

@@ -5,18 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/utf8.h"
 #include "worker/http/reply.h"
-
-static int hex_val(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 /* Decodes %XX and '+' into buf; false when malformed, holding a NUL or longer than cap - 1. */
 static bool decode_into(const char *s, size_t len, char *buf, size_t cap)
@@ -31,7 +21,7 @@ static bool decode_into(const char *s, size_t len, char *buf, size_t cap)
         } else if (c == '%') {
             if (i + 2 >= len)
                 return false;
-            int h = hex_val(s[i + 1]), l = hex_val(s[i + 2]);
+            int h = utf8_hex_value(s[i + 1]), l = utf8_hex_value(s[i + 2]);
             if (h < 0 || l < 0)
                 return false;
             c = (char)(h * 16 + l);
