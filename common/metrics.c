@@ -6,10 +6,8 @@
 
 #include "common/shm.h"
 
-static const int status_codes[METRICS_STATUSES - 1] = {
-    100, 200, 201, 204, 304, 400, 404, 405, 408, 409, 411, 412,
-    413, 414, 415, 421, 422, 429, 431, 499, 500, 501, 503, 504,
-};
+#define STATUS_CODE(code, reason) code,
+static const int status_codes[METRICS_STATUSES - 1] = { HTTP_STATUS_TABLE(STATUS_CODE) };
 #define NSTATUS ((int)(sizeof(status_codes) / sizeof(status_codes[0])))
 
 static const uint64_t bucket_le_us[METRICS_BUCKETS - 1] = {

@@ -10,6 +10,7 @@
 
 #include "common/config.h"
 #include "common/consistency.h"
+#include "common/http_status.h"
 
 #define METRICS_SLOTS 256 /* config's maximum of workers */
 /* The router's routes at most: its hand-written ones (up to 8), then up to 8 standard routes for each
@@ -20,7 +21,7 @@
 #define METRICS_ROUTE_NONE (METRICS_ROUTES - 1)      /* answered before routing (bad framing, limits) */
 #define METRICS_ROUTE_UNMATCHED (METRICS_ROUTES - 2) /* 404 / 405 */
 #define METRICS_ROUTE_SCRAPE (METRICS_ROUTES - 3)    /* the metrics listener itself */
-#define METRICS_STATUSES 25                          /* the codes of metrics_status_code, then "other" */
+#define METRICS_STATUSES (HTTP_STATUS_COUNT + 1)     /* the codes of common/http_status.h, then "other" */
 #define METRICS_BUCKETS 14 /* latency bounds of metrics_bucket_le, the last one +Inf */
 #define METRICS_BACKENDS (1 + CONFIG_MAX_REPLICAS) /* 0: the primary, 1 + i: replica i */
 

@@ -9,61 +9,22 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/http_status.h"
 #include "common/log.h"
 #include "worker/http/conn.h"
 
 const char *http_status_text(int status)
 {
-    switch (status) {
-    case 100:
-        return "Continue";
-    case 200:
-        return "OK";
-    case 201:
-        return "Created";
-    case 204:
-        return "No Content";
-    case 304:
-        return "Not Modified";
-    case 400:
-        return "Bad Request";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 408:
-        return "Request Timeout";
-    case 409:
-        return "Conflict";
-    case 411:
-        return "Length Required";
-    case 412:
-        return "Precondition Failed";
-    case 413:
-        return "Content Too Large";
-    case 414:
-        return "URI Too Long";
-    case 415:
-        return "Unsupported Media Type";
-    case 421:
-        return "Misdirected Request";
-    case 422:
-        return "Unprocessable Content";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    case 501:
-        return "Not Implemented";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    default:
-        return "Unknown";
-    }
+#define STATUS_ROW(code, reason) { code, reason },
+    static const struct {
+        int code;
+        const char *reason;
+    } table[] = { HTTP_STATUS_TABLE(STATUS_ROW) };
+#undef STATUS_ROW
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+        if (table[i].code == status)
+            return table[i].reason;
+    return "Unknown";
 }
 
 int http_header_add(struct http_request *req, const char *name, const char *value)
