@@ -480,7 +480,7 @@ def test_connections_per_client_forgotten_when_a_worker_dies(server):
     assert_client_refused(s)
     worker = s.worker_pids()[0]
     os.kill(worker, signal.SIGKILL)  # it never gets to release what it counted: the master forgets it
-    s.wait_for(lambda: len(s.worker_pids()) == 1 and worker not in s.worker_pids(), 10, "the worker respawned")
+    s.wait_for(lambda: s.workers_replaced([worker], 1), 10, "the worker respawned")
     for sk in held:
         sk.close()
     again = []

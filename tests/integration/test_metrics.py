@@ -158,7 +158,7 @@ def test_worker_restart_and_reloads_are_counted_and_counters_survive(cached):
     root_before = total(before, "pgapi_http_requests_total", route="/")
     victim = s.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
-    s.wait_for(lambda: len(s.worker_pids()) == 2 and victim not in s.worker_pids(), 15, "the worker respawned")
+    s.wait_for(lambda: s.workers_replaced([victim], 2), 15, "the worker respawned")
     after = wait_until(lambda: (lambda f: f if value(f, "pgapi_worker_restarts_total") == 1 else None)(scrape(s)),
                        10, "pgapi_worker_restarts_total 1")
     assert total(after, "pgapi_http_requests_total", route="/") >= root_before, "a restart must not reset counters"

@@ -29,7 +29,7 @@ def test_worker_killed_is_respawned(server):
     s = server(workers=2).start()
     before = s.worker_pids()
     os.kill(before[0], signal.SIGKILL)
-    s.wait_for(lambda: len(s.worker_pids()) == 2 and before[0] not in s.worker_pids(), 10,
+    s.wait_for(lambda: s.workers_replaced([before[0]], 2), 10,
                "a new worker replacing the killed one")
     assert s.get("/").status == 200
     assert "killed by signal 9" in s.log_text(), f"the master should log the kill; log:\n{s.log_tail()}"
@@ -91,7 +91,7 @@ def test_reload_under_load_changes_config_and_drops_nothing(server, keepalive):
     s.settings["server"]["workers"] = 3
     s.write_ini()
     s.signal(signal.SIGHUP)
-    s.wait_for(lambda: len(s.worker_pids()) == 3 and not (set(s.worker_pids()) & old), 20,
+    s.wait_for(lambda: s.workers_replaced(old, 3), 20,
                "3 new-generation workers and the old ones gone")
     time.sleep(0.5)
     n = finish_clients(stop, results, threads)

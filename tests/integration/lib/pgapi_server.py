@@ -145,6 +145,13 @@ class PgapiServer:
     def worker_pids(self):
         return children_of(self.proc.pid)
 
+    def workers_replaced(self, gone, n):
+        """Whether n workers run and none of `gone` is among them, from one look at /proc. (Two looks,
+        one for the count and one for the absence, saw a worker just killed alive in the first and gone
+        in the second: true before any new worker, or the master's log of the death.)"""
+        pids = self.worker_pids()
+        return len(pids) == n and not set(gone) & set(pids)
+
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
