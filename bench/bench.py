@@ -225,12 +225,18 @@ def write_results(cfg, rounds, snapshots):
         "posts each on both sides; rows added by a round are deleted and Redis is flushed before the next round. "
         f"pgapi runs its default {cfg['workers']} workers, access log off. Latencies in ms; errors are non-2xx "
         "responses plus socket errors.", "",
-        "- **peer**: `../shared/peer-express` as the tutorial runs it, one Node.js process (`src/index-redis.js`).",
-        f"- **peer x2**: the same app in Node's cluster mode with {cfg['workers']} workers (`src/cluster.js`), as "
-        "many processes as pgapi has workers.",
-        "- Both peers talk to PostgreSQL directly (their own database `peer` on the primary, TypeORM pool of 10); "
-        "pgapi goes through PgBouncer, reads to the replica.", "",
     ]
+    if "peer" in cfg["targets"]:
+        lines += [
+            "- **peer**: `../shared/peer-express` as the tutorial runs it, one Node.js process "
+            "(`src/index-redis.js`).",
+            f"- **peer x2**: the same app in Node's cluster mode with {cfg['workers']} workers (`src/cluster.js`), "
+            "as many processes as pgapi has workers.",
+            "- Both peers talk to PostgreSQL directly (their own database `peer` on the primary, TypeORM pool of "
+            "10); pgapi goes through PgBouncer, reads to the replica.", ""]
+    else:
+        lines += ["No peer and no nginx in this run (BENCH_PEERS=0): pgapi alone, and against BENCH_BASELINE's "
+                  "commit when there is one.", ""]
     lines += table(rounds)
     lines += before_after(rounds, cfg)
     lines += ["", "³ not comparable: the peer has no pagination and returns all 10,000 users (one cached blob); "
