@@ -18,6 +18,7 @@ import uuid
 import psycopg2
 import pytest
 
+from lib.pgapi_server import free_port
 from lib.topology import HOST, REPO_ROOT
 
 BINARY = os.environ.get("PGAPI_TEST_BINARY", os.path.join(REPO_ROOT, "build", "asan", "pgapi"))
@@ -100,12 +101,6 @@ def fetch_one(conn, sql, args=None):
     with conn.cursor() as cur:
         cur.execute(sql, args)
         return cur.fetchone()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def copy_migrations(dest):
