@@ -199,9 +199,7 @@ bool queue_batch_gather(struct pgconn *c, struct job *j)
     int n = queue_batch_take(&p->queue[POOL_PRIMARY], j, NULL, p->floor_lsn);
     /* A primary that takes the replicas' reads (route_pump) takes them batched too: one by one, reads
      * spilled while every replica connection is busy would cost a statement each. */
-    struct route_backend primary;
-    route_backend_snapshot(c->be, &primary);
-    if (j->kind == JOB_READ && route_primary_takes_reads(&primary))
+    if (j->kind == JOB_READ && route_primary_takes_reads_now(p))
         n += queue_batch_take(&p->queue[POOL_REPLICA], j, NULL, p->floor_lsn);
     return n > 0;
 }

@@ -40,13 +40,18 @@ void route_view_fill(const struct pool *p, struct route_view *v)
     v->rr = p->rr;
 }
 
+bool route_primary_takes_reads_now(const struct pool *p)
+{
+    struct route_backend primary;
+    route_backend_snapshot(&p->primary, &primary);
+    return route_primary_takes_reads(&primary);
+}
+
 void route_pump(struct pgconn *c)
 {
     struct pool *p = c->be->pool;
-    struct route_backend primary;
-    route_backend_snapshot(&p->primary, &primary);
     struct job *j = queue_take(&p->queue[c->be->side], c->be);
-    if (!j && c->be->side == POOL_PRIMARY && route_primary_takes_reads(&primary))
+    if (!j && c->be->side == POOL_PRIMARY && route_primary_takes_reads_now(p))
         j = queue_take(&p->queue[POOL_REPLICA], c->be);
     if (j)
         pgconn_start(c, j);

@@ -15,6 +15,8 @@ void route_backend_snapshot(const struct backend *be, struct route_backend *out)
 void route_view_fill(const struct pool *p, struct route_view *v);
 /* Whether replica be may serve a read that must see every write up to fence. */
 bool route_replica_eligible(const struct backend *be, uint64_t fence);
+/* Whether the primary, as it stands now, takes the reads queued for the replicas (route_decide.h). */
+bool route_primary_takes_reads_now(const struct pool *p);
 /* Runs j on an idle connection of the backend it belongs to, queues it, or fails it. */
 void route_submit(struct pool *p, struct job *j);
 /* Queued reads move to the side that may now serve them. */
