@@ -124,12 +124,16 @@ def test_pool_gauges_show_connections_per_backend(cached):
         return {(w, b): sum(v for _, l, v in f["pgapi_pool_connections"]["samples"]
                             if l["worker"] == w and l["backend"] == b and l["state"] in ("idle", "in_use"))
                 for w in ("0", "1") for b in ("primary", "replica0")}
+    def up(f):
+        return {(w, b): value(f, "pgapi_backend_up", worker=w, backend=b)
+                for w in ("0", "1") for b in ("primary", "replica0")}
     want = {(w, b): 2 for w in ("0", "1") for b in ("primary", "replica0")}
-    fams = wait_until(lambda: (lambda f: f if connected(f) == want else None)(scrape(s)), 10,
-                      "pool_size (2) connections per worker and backend")
+    # A backend is up once a health check on one of its connections has passed: a connection counts as
+    # connected (in_use, running that check) a moment before. So both are waited for, not one then the other.
+    fams = wait_until(lambda: (lambda f: f if connected(f) == want and set(up(f).values()) == {1}
+                               else None)(scrape(s)), 10,
+                      "pool_size (2) connections per worker and backend, each backend up")
     for w in ("0", "1"):
-        for backend in ("primary", "replica0"):
-            assert value(fams, "pgapi_backend_up", worker=w, backend=backend) == 1
         assert value(fams, "pgapi_pool_waiting", worker=w, side="primary") == 0
 
 
