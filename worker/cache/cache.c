@@ -137,17 +137,18 @@ static const char LUA_CHECK[] = LUA_RUN_ID "return {redis.call('GET', ARGV[1] ..
  * ARGV[2], a position of the primary read after the loss was seen; it becomes the floor of every fence,
  * the epoch moves (values cached before are never read again), and the marker says the store is known.
  * With ARGV[3], a purge recorded on the primary (cache_purge_seen) is applied the same way, once: the
- * store remembers the last one applied. Without, ARGV[4] is the marker the worker saw: if another worker
+ * store remembers the last one applied; a floor already at its position (a verification after it) covers
+ * it: every value of the current epoch was read at or past that position. Without, ARGV[4] is the marker the worker saw: if another worker
  * has verified the store since, with a position read after the same loss, nothing is done. */
 static const char LUA_VERIFY[] =
     LUA_RUN_ID "local p = ARGV[1] "
+               "local f = redis.call('HGET', p .. ':fences', 'floor') "
                "if ARGV[3] ~= '' then "
                "  if tonumber(redis.call('GET', p .. ':purged') or '0') >= tonumber(ARGV[3]) then "
                "return 'purged' end "
                "  redis.call('SET', p .. ':purged', ARGV[3]) "
-               "end "
+               "  if f and f >= ARGV[2] then return 'purged' end "
                "elseif (redis.call('GET', p .. ':verified') or '') ~= ARGV[4] then return 'already' end "
-               "local f = redis.call('HGET', p .. ':fences', 'floor') "
                "if (not f) or f < ARGV[2] then redis.call('HSET', p .. ':fences', 'floor', ARGV[2]) end "
                "redis.call('INCR', p .. ':epoch') "
                "local t = redis.call('TIME') "
@@ -479,8 +480,8 @@ static void verify_deliver(struct cache_cmd *cmd, const redisReply *r)
     if (strcmp(r->str, "already") == 0)
         log_info("redis: store verified by another worker: its fences are trusted");
     else
-        log_info("redis: store %s verified: the primary's position %s is every fence's floor; cache moved to "
-                 "a new epoch",
+        log_info("redis: store %s verified with the primary's position %s as every fence's floor (values "
+                 "cached before are not read)",
                  r->str, cmd->lsn);
 }
 
