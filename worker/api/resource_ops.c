@@ -141,7 +141,7 @@ static void state_answer(struct resource_op_state *s, const char *id, const char
     const struct resource_op *o = &s->o;
     if (s->kind == OP_WRITE && s->commit_lsn && s->commit_lsn != POOL_LSN_NONE) {
         char token[32]; /* the consistency token: a read that sends it back sees this write, anywhere */
-        snprintf(token, sizeof(token), "%X/%X", (unsigned)(s->commit_lsn >> 32), (unsigned)s->commit_lsn);
+        pool_lsn_format(s->commit_lsn, token, sizeof(token));
         http_header_add(o->req, "Pgapi-Lsn", token);
     }
     if (s->status == 204) {
