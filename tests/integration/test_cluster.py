@@ -1,0 +1,153 @@
+"""Issue 16: the read-your-writes guarantee across a deployment of three pgapi servers on their default
+settings (ports apart) sharing one topology and one Redis with one prefix, behind a real HAProxy
+(round-robin, GET /readyz health checks) and also addressed directly (lib/cluster.py).
+
+Each test is one history run (lib/history.py): writers on server a, readers on b, c and through HAProxy,
+by id and as keyset pages, while WAL replay on the replica is paused at random; the chaos tests break
+one thing mid-run (Redis frozen, restarted empty, flushed; a worker killed; b cut off from Redis by
+killing the relay it reaches Redis through) and mend it. After every run: no read contradicted an
+acknowledged write, the primary holds exactly what clients were told, every server answers every key
+as the primary does, the cache serves again, and with replay running at least 30% of the uncached reads
+on b and c are served by the replica. The negative control runs the same load with the deployment-wide
+mechanism off and must find violations. Tests share one deployment (module fixture) and run in file
+order; the negative control, which restarts the servers, comes last."""
+
+import collections
+import os
+import signal
+
+import pytest
+
+from lib.cluster import FAULT_AT_S, Cluster, Run, knows_setting
+from lib.history import check
+
+
+@pytest.fixture(scope="module")
+def cluster(schema, tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("cluster"), schema)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def deployment(cluster):
+    """The deployment with nothing broken: a failed test before may have left a fault in place."""
+    cluster.heal()
+    cluster.wait_healthy()
+    return cluster
+
+
+def test_reads_on_other_servers_see_every_acknowledged_write(deployment):
+    Run(deployment, "no fault").execute().verify()
+
+
+def test_redis_frozen(deployment):
+    held = {}
+
+    def freeze(run):
+        run.at(FAULT_AT_S)
+        held["from"] = run.mark("Redis SIGSTOP")
+        deployment.redis.signal(signal.SIGSTOP)
+        run.hold(held["from"], "the freeze")
+        held["to"] = run.mark("Redis SIGCONT")
+        deployment.redis.signal(signal.SIGCONT)
+
+    run = Run(deployment, "Redis frozen").execute(freeze)
+    run.verify()
+    # a read that cannot learn the deployment's fences goes to the primary, never to a local copy: no
+    # HIT once the freeze has lasted a command timeout (200 ms) and some margin
+    during = [r for r in run.reads_since(held["from"] + 0.5) if r.t_end < held["to"]]
+    hits = [r for r in during if r.source == "HIT"]
+    print(f"reads while Redis was frozen: {len(during)}, X-Cache HIT among them: {len(hits)}")
+    assert during and not hits, \
+        f"expected reads while Redis was frozen, none of them a cache HIT; got {len(hits)} HITs of {len(during)}"
+
+
+def test_redis_restarted_empty(deployment):
+    ids = {}
+
+    def restart(run):
+        ids["before"] = deployment.redis_client().info("server")["run_id"]
+        run.at(FAULT_AT_S)
+        t = run.mark("Redis stopped")
+        deployment.redis.stop()
+        run.hold(t, "Redis down")
+        deployment.redis.start()
+        run.mark("Redis started empty")
+        ids["after"] = deployment.redis_client().info("server")["run_id"]
+
+    Run(deployment, "Redis restarted empty").execute(restart).verify()
+    assert ids["before"] != ids["after"], f"expected a new Redis (another run_id), got {ids}"
+
+
+def test_redis_flushall(deployment):
+    def flush(run):
+        run.at(FAULT_AT_S)
+        t = run.mark("FLUSHALL")
+        assert deployment.redis_client().flushall(), "expected FLUSHALL to succeed"
+        run.hold(t, "the reads after FLUSHALL")
+
+    Run(deployment, "FLUSHALL").execute(flush).verify()
+
+
+def test_worker_killed(deployment):
+    """One worker of a (the writer: writes in flight die with it) and one of b, SIGKILLed together."""
+    a, b = deployment.servers["a"], deployment.servers["b"]
+
+    def kill(run):
+        run.at(FAULT_AT_S)
+        victims = {a: a.worker_pids()[0], b: b.worker_pids()[0]}
+        t = run.mark(f"SIGKILL worker {victims[a]} of a and {victims[b]} of b")
+        for pid in victims.values():
+            os.kill(pid, signal.SIGKILL)
+        for s, pid in victims.items():
+            s.wait_for(lambda: s.workers_replaced([pid], 2), 15, f"server {s.name}: the killed worker respawned")
+        run.mark("both respawned")
+        run.hold(t, "the respawn")
+
+    Run(deployment, "worker SIGKILLed").execute(kill).verify()
+
+
+def test_server_cut_off_from_redis(deployment):
+    """b reaches Redis through a relay; killing it breaks b's connections and refuses new ones while a and
+    c keep Redis. The relay comes back before the run ends."""
+    cut = {}
+
+    def cut_off(run):
+        run.at(FAULT_AT_S)
+        t = run.mark("relay SIGKILL")
+        cut["streams"] = deployment.relay.kill()
+        run.hold(t, "b cut off")
+        deployment.relay.start()
+        run.mark("relay back")
+
+    Run(deployment, "b cut off from Redis").execute(cut_off).verify()
+    assert cut["streams"] >= 1, f"expected b's Redis connections to go through the relay, got {cut}"
+
+
+def test_negative_control_without_deployment_fences(cluster):
+    """The same load with `[redis] deployment_fences = off` on every server: each trusts its own shared
+    memory only, as before issue 16, and the check must find the stale reads. A binary that does not
+    know the setting (before issue 16) has no deployment-wide mechanism at all and runs on its defaults."""
+    cluster.heal()
+    knows = knows_setting("redis", "deployment_fences", "off")
+    if knows:
+        cluster.reconfigure({"deployment_fences": "off"})
+    else:
+        cluster.wait_healthy()
+    try:
+        run = Run(cluster, "negative control" + ("" if knows else " (binary without deployment_fences)"))
+        run.execute()
+        result = check(run.load.h)
+        print(run.figures(result))
+        by_kind = collections.Counter(v.kind for v in result.violations)
+        print(f"negative control: {len(result.violations)} violations by kind {dict(by_kind)}")
+        assert result.violations, \
+            f"expected the history check to find violations with the deployment-wide fences off, got none\n" \
+            f"{result.report(0)}"
+    finally:
+        if knows:
+            cluster.reconfigure({})
