@@ -89,12 +89,15 @@ class Cluster:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self):
+        # each part is recorded before it starts, so that stop() stops whatever a failed start left
         self.redis.start()
-        self.relay = Relay(free_port(), self.redis.port).start()
+        self.relay = Relay(free_port(), self.redis.port)
+        self.relay.start()
         for name in NAMES:
             self.servers[name] = self.make_server(name)
         self.start_servers()
-        self.haproxy = HAProxy(self.dir, [(n, s.port) for n, s in self.servers.items()]).start()
+        self.haproxy = HAProxy(self.dir, [(n, s.port) for n, s in self.servers.items()])
+        self.haproxy.start()
         return self
 
     def make_server(self, name):
@@ -140,6 +143,8 @@ class Cluster:
         """SIGTERM each; every one must exit 0 with no sanitizer report or alert in its log."""
         problems = []
         for s in self.servers.values():
+            if s.proc is None:
+                continue   # never started
             rc = s.stop(signal.SIGTERM)
             bad = s.bad_log_lines()
             if rc != 0 or bad:
@@ -203,7 +208,7 @@ class Run:
 
     def timeline(self):
         t0 = self.load.start or self.load.h.t0
-        return ", ".join(f"{what} {t - t0:+.2f}s" for what, t in self.marks)
+        return ", ".join(f"{what} {t - t0:+.2f}s" for what, t in self.marks) or "no fault"
 
     def _run_load(self):
         try:
@@ -430,8 +435,9 @@ def delta(before, after):
 
 def replica_share(cluster):
     """PROBE_READS uncached reads on each of b and c (pages past the last id: never cached, each one
-    statement), replay running: the share the replica answered."""
-    before = replica_counts(cluster)
+    statement), replay running: the share the replica answered. Counted from published counters only
+    (settle), so that the reads made just before are not taken for the probe's."""
+    before = replica_counts(cluster, settle=True)
     base = 10 ** 12 + random.randrange(10 ** 9)
     for name in ("b", "c"):
         c = Client(cluster.servers[name].port)
