@@ -18,7 +18,7 @@ import signal
 
 import pytest
 
-from lib.cluster import FAULT_AT_S, Cluster, Run, knows_setting
+from lib.cluster import FAULT_AT_S, Cluster, Run, knows_setting, wait_every_worker
 from lib.history import check
 
 
@@ -41,7 +41,12 @@ def deployment(cluster):
 
 
 def test_reads_on_other_servers_see_every_acknowledged_write(deployment):
+    before = deployment.haproxy.requests_by_server()
     Run(deployment, "no fault").execute().verify()
+    after = deployment.haproxy.requests_by_server()
+    spread = {name: after[name] - before[name] for name in after}
+    assert min(spread.values()) >= sum(spread.values()) / 4, \
+        f"expected HAProxy to spread its requests round-robin over a, b and c, got {spread}"
 
 
 def test_redis_frozen(deployment):
@@ -114,18 +119,28 @@ def test_worker_killed(deployment):
 def test_server_cut_off_from_redis(deployment):
     """b reaches Redis through a relay; killing it breaks b's connections and refuses new ones while a and
     c keep Redis. The relay comes back before the run ends."""
+    b = deployment.servers["b"]
     cut = {}
 
     def cut_off(run):
         run.at(FAULT_AT_S)
         t = run.mark("relay SIGKILL")
         cut["streams"] = deployment.relay.kill()
+        wait_every_worker(b, lambda j: j["redis"] != "up", "Redis lost")
+        run.mark("b's workers see Redis gone")
+        # b cannot learn the deployment's fences now: its reads go to the primary, not to a local copy
+        cut["x-cache"] = [b.get(f"/users/{uid}").headers.get("x-cache")
+                          for uid in run.load.keys.hot_users for _ in range(4)]
         run.hold(t, "b cut off")
         deployment.relay.start()
         run.mark("relay back")
 
     Run(deployment, "b cut off from Redis").execute(cut_off).verify()
+    print(f"relay: {cut['streams']} streams cut; X-Cache of b's direct reads meanwhile: "
+          f"{dict(collections.Counter(cut['x-cache']))}")
     assert cut["streams"] >= 1, f"expected b's Redis connections to go through the relay, got {cut}"
+    assert "HIT" not in cut["x-cache"], \
+        f"expected no cache HIT on b while it could not reach Redis, got {collections.Counter(cut['x-cache'])}"
 
 
 def test_negative_control_without_deployment_fences(cluster):
