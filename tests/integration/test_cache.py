@@ -44,7 +44,7 @@ def test_hit_miss_and_invalidation_of_every_route(server, schema):
     for p in paths[:2]:
         status, xc, body = get(s, p)
         assert xc == "MISS" and body["name"] == "renamed", (p, xc, body)
-    assert get(s, paths[2])[1] == "HIT"
+    assert get(s, paths[2])[1] == "HIT", s.log_tail()
     for p in paths:
         until_hit(s, p)
     # PUT post: the post and the embedding user change
