@@ -400,11 +400,20 @@ def cache_back(cluster, uid):
             def hit():
                 c.call("GET", f"/users/{uid}")
                 return c.cache == "HIT"
-            wait_until(hit, CACHE_BACK_S, f"server {s.name} to serve /users/{uid} from the cache (X-Cache HIT)",
-                       interval=0.1)
+            try:
+                wait_until(hit, CACHE_BACK_S, f"server {s.name} to serve /users/{uid} from the cache "
+                           f"(X-Cache HIT) after the run", interval=0.1)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; {redis_diagnosis(s)}") from None
         finally:
             c.close()
     return time.monotonic() - t0
+
+
+def redis_diagnosis(s):
+    """What a server says of its Redis, for a failure message: /readyz and its last log lines on it."""
+    lines = [l for l in s.log_text().splitlines() if "redis" in l.lower() and "GET /" not in l][-8:]
+    return f"/readyz {s.get('/readyz').body.decode()[:300]}; log:\n" + "\n".join(lines)
 
 
 # -- where reads went ----------------------------------------------------------------------------
