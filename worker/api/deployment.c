@@ -20,8 +20,9 @@
 
 static const char SQL_PRIMARY_LSN[] = "SELECT pg_current_wal_lsn()::text";
 static const char SQL_PURGE_READ[] = "SELECT gen::text, lsn::text FROM pgapi_cache_purge";
-static const char SQL_PURGE_RECORD[] =
-    "UPDATE pgapi_cache_purge SET gen = gen + 1, lsn = greatest(lsn, $1::pg_lsn) RETURNING gen::text";
+/* Sent after the write committed: the primary's position then is past its commit (known or not). */
+static const char SQL_PURGE_RECORD[] = "UPDATE pgapi_cache_purge SET gen = gen + 1, lsn = greatest(lsn, "
+                                       "pg_current_wal_lsn()) RETURNING gen::text";
 
 struct deployment {
     struct api_context *api;
@@ -106,7 +107,8 @@ static void primary_lsn_done(void *arg, const struct pool_result *r)
 {
     struct deployment *d = arg;
     uint64_t lsn = 0;
-    bool ok = r->status == POOL_OK && PQntuples(r->res) == 1 && pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) == 0;
+    bool ok =
+        r->status == POOL_OK && PQntuples(r->res) == 1 && pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) == 0;
     cache_primary_lsn_done(d->api->cache, ok, lsn);
 }
 
@@ -150,13 +152,9 @@ static void purge_read_cb(evutil_socket_t fd, short what, void *arg)
     pool_read(d->api->pool, &q, POOL_LSN_NONE, purge_read_done, d);
 }
 
-void deployment_purge_record(struct deployment *d, uint64_t commit_lsn, pool_cb cb, void *arg)
+void deployment_purge_record(struct deployment *d, pool_cb cb, void *arg)
 {
-    char lsn[32] = "0/0";
-    if (commit_lsn != POOL_LSN_NONE)
-        snprintf(lsn, sizeof(lsn), "%X/%X", (unsigned)(commit_lsn >> 32), (unsigned)commit_lsn);
-    const char *params[] = { lsn };
-    struct pool_query q = { .sql = SQL_PURGE_RECORD, .nparams = 1, .params = params };
+    struct pool_query q = { .sql = SQL_PURGE_RECORD };
     pool_write(d->api->pool, &q, cb, arg);
 }
 

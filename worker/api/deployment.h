@@ -28,9 +28,8 @@ bool deployment_on(const struct deployment *d);
 /* cb(ok) once every fence another server logged before this call is in the shared memory: one read of
  * the log serves every request that waits while none is under way (then ok false: Redis unusable). */
 void deployment_sync_wait(struct deployment *d, struct deployment_wait *w);
-/* A write committed (at commit_lsn; POOL_LSN_NONE: unknown) but its fences could not reach Redis:
- * records a purge on the primary (a pool write: cb gets its result; one row, the new gen, when it
- * committed). */
-void deployment_purge_record(struct deployment *d, uint64_t commit_lsn, pool_cb cb, void *arg);
+/* A write committed but its fences could not reach Redis: records a purge on the primary (a pool write:
+ * cb gets its result; one row, the new gen, when it committed). */
+void deployment_purge_record(struct deployment *d, pool_cb cb, void *arg);
 
 #endif

@@ -613,7 +613,7 @@ static void state_step(struct resource_op_state *s, enum op_step next)
         invalidate_send(s);
         return;
     case STEP_PURGE:
-        deployment_purge_record(s->o.api->deployment, s->commit_lsn, purge_done, s);
+        deployment_purge_record(s->o.api->deployment, purge_done, s);
         return;
     case STEP_DONE:
         state_end(s);
