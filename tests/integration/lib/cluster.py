@@ -178,6 +178,11 @@ class Cluster:
     def a(self):
         return self.servers["a"]
 
+    def port_labels(self):
+        labels = {s.port: name for name, s in self.servers.items()}
+        labels[self.haproxy.port] = "haproxy"
+        return labels
+
     def read_ports(self):
         """Reader i reads from entry i % 8: b and c three readers each, HAProxy two."""
         b, c, h = self.servers["b"].port, self.servers["c"].port, self.haproxy.port
@@ -198,6 +203,7 @@ class Run:
         self.load = Load(cluster.a(), self.seed, schedule)
         self.load.write_port = cluster.a().port
         self.load.read_ports = cluster.read_ports()
+        self.load.port_labels = cluster.port_labels()
         self.marks = []
         self.elapsed = None
         self.failure = None

@@ -84,9 +84,10 @@ class Client:
     Like urllib3, a kept-alive connection the server has closed meanwhile (readable while idle: EOF) is
     replaced before the next request rather than written to."""
 
-    def __init__(self, port, timeout=REQUEST_TIMEOUT_S):
+    def __init__(self, port, timeout=REQUEST_TIMEOUT_S, label=""):
         self.port = port
         self.timeout = timeout
+        self.label = label    # which server this is, when there are several: added to self.cache
         self.conn = None
         self.cache = ""
 
@@ -97,7 +98,8 @@ class Client:
 
     def call(self, method, path, body=None):
         """-> (status, parsed JSON body or None, t_send, t_end); raises when there is no answer. The
-        answer's X-Cache header (HIT/MISS/BYPASS) is left in self.cache."""
+        answer's X-Cache header (HIT/MISS/BYPASS, then " from <label>" if the client has one) is left in
+        self.cache."""
         self.drop_if_closed()
         if self.conn is None:
             self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
@@ -115,6 +117,8 @@ class Client:
             raise
         t_end = time.monotonic()
         self.cache = r.getheader("X-Cache", "")
+        if self.cache and self.label:
+            self.cache += f" from {self.label}"
         if r.will_close:
             self.close()
         return r.status, (json.loads(raw) if raw else None), t_send, t_end
@@ -149,6 +153,7 @@ class Load:
         self.srv = srv
         self.write_port = srv.port
         self.read_ports = [srv.port]
+        self.port_labels = {}       # port -> server name, added to each read's source (X-Cache)
         self.seed = seed
         self.schedule = schedule
         self.h = History()
@@ -276,7 +281,8 @@ class Load:
     # -- readers -------------------------------------------------------------------------------
     def reader(self, idx):
         rng = random.Random(self.seed * 1000 + 500 + idx)
-        c = Client(self.read_ports[idx % len(self.read_ports)])
+        port = self.read_ports[idx % len(self.read_ports)]
+        c = Client(port, label=self.port_labels.get(port, ""))
         routes = [self.read_user, self.read_post, self.read_user_with_posts, self.read_users_list,
                   self.read_posts_list, self.read_user_posts]
         try:
@@ -371,7 +377,7 @@ class Load:
         routes = [self.read_user, self.read_post, self.read_user_with_posts, self.read_users_list,
                   self.read_posts_list, self.read_user_posts]
         for port in dict.fromkeys(self.read_ports):   # each port once, in order
-            c = Client(port)
+            c = Client(port, label=self.port_labels.get(port, ""))
             try:
                 for _ in range(passes):
                     for route in routes:
