@@ -12,7 +12,6 @@ import http.client
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -26,7 +25,7 @@ from .consistency import (Client, Load, ReplicaWatch, Schedule, final_versions, 
 from .haproxy import HAProxy
 from .history import check, check_final
 from .metrics import scrape, total
-from .pgapi_server import BINARY, REPO_ROOT, PgapiServer, free_port
+from .pgapi_server import PgapiServer, free_port
 from .relay import Relay
 from .topology import wait_until
 
@@ -58,20 +57,6 @@ def wait_every_worker(s, predicate, what, timeout=20):
         (seen.add if predicate(body) else seen.discard)(body["worker"])
         return len(seen) == WORKERS
     s.wait_for(all_workers, timeout, f"/readyz: {what} on every worker")
-
-
-def knows_setting(section, key, value):
-    """Whether the binary accepts `[section] key = value` (--check-config runs the server's own parser;
-    an unknown key is refused)."""
-    path = f"/tmp/pgapi-cluster-{uuid.uuid4().hex[:8]}.ini"
-    try:
-        with open(path, "w") as f:
-            f.write(f"[{section}]\n{key} = {value}\n")
-        p = subprocess.run([BINARY, "--config", path, "--check-config"], capture_output=True, text=True,
-                           stdin=subprocess.DEVNULL, timeout=30, cwd=REPO_ROOT)
-        return p.returncode == 0
-    finally:
-        os.unlink(path)
 
 
 class Cluster:
