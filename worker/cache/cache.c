@@ -480,10 +480,12 @@ static void verify_deliver(struct cache_cmd *cmd, const redisReply *r)
     consistency_local_drop(c->consistency);
     if (strcmp(r->str, "already") == 0)
         log_info("redis: store verified by another worker: its fences are trusted");
-    else
+    else {
+        c->stats.verifications++;
         log_info("redis: store %s verified with the primary's position %s as every fence's floor (values "
                  "cached before are not read)",
                  r->str, cmd->lsn);
+    }
 }
 
 /* ---- purges: writes whose fences never reached Redis (migration 0005) ------------------------- */
@@ -536,6 +538,7 @@ static void purge_deliver(struct cache_cmd *cmd, const redisReply *r)
     consistency_local_drop(c->consistency);
     if (strcmp(r->str, "purged") != 0) {
         c->stats.epoch_bumps++;
+        c->stats.purges++;
         log_info("redis: purge %" PRIu64 " applied: %s is every fence's floor; cache moved to a new epoch",
                  cmd->purge_gen, cmd->lsn);
     }
@@ -679,6 +682,7 @@ static void invalidate_deliver(struct cache_cmd *cmd, const redisReply *r)
 
 static bool sync_send(struct cache *c)
 {
+    c->stats.log_reads++;
     char count[12];
     snprintf(count, sizeof(count), "%d", SYNC_COUNT);
     const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, c->log.id, count };
@@ -692,6 +696,8 @@ static void sync_finish(struct cache *c, enum cache_sync_result r)
 {
     struct cache_log_cursor *l = &c->log;
     l->busy = false;
+    if (r == CACHE_SYNC_RESET)
+        c->stats.log_resets++;
     l->done(l->arg, r);
 }
 
