@@ -125,10 +125,16 @@ class Cluster:
             self.configure(s)
         self.start_servers()
 
-    def stop_servers(self):
+    def restart(self, name):
+        """Stops one server (SIGTERM, exit 0 and a clean log) and starts it again: new workers."""
+        self.stop_servers([self.servers[name]])
+        self.servers[name].start()
+        self.wait_healthy()
+
+    def stop_servers(self, servers=None):
         """SIGTERM each; every one must exit 0 with no sanitizer report or alert in its log."""
         problems = []
-        for s in self.servers.values():
+        for s in servers or self.servers.values():
             if s.proc is None:
                 continue   # never started
             rc = s.stop(signal.SIGTERM)
@@ -172,6 +178,25 @@ class Cluster:
         """Reader i reads from entry i % 8: b and c three readers each, HAProxy two."""
         b, c, h = self.servers["b"].port, self.servers["c"].port, self.haproxy.port
         return [b, c, b, c, b, c, h, h]
+
+
+def connection_per_worker(s, tries=100):
+    """{worker slot: a keep-alive Client whose connection that worker accepted} for every worker of s
+    (which worker accepts a connection is chance: /readyz names the one that answered)."""
+    out = {}
+    for _ in range(tries):
+        c = Client(s.port)
+        status, body, _, _ = c.call("GET", "/readyz")
+        assert status == 200, f"expected /readyz 200, got {status} {body!r:.200}"
+        if body["worker"] in out:
+            c.close()
+        else:
+            out[body["worker"]] = c
+        if len(out) == WORKERS:
+            return out
+    for c in out.values():
+        c.close()
+    raise AssertionError(f"expected a connection to each of {WORKERS} workers within {tries}, got {sorted(out)}")
 
 
 # -- one history run ---------------------------------------------------------------------------------
