@@ -291,12 +291,12 @@ class Run:
         assert not lost, (f"expected the primary to hold exactly what clients were told, got {len(lost)} "
                           f"problem(s):\n" + "\n".join(lost[:20]) + f"\n{figures}")
         assert_not_vacuous(result, figures)
-        settle_s = converge(cluster, keys, hot_users=load.keys.hot_users)
+        looks, settle_s = converge(cluster, keys, hot_users=load.keys.hot_users)
         cache_s = cache_back(cluster, load.keys.hot_users[0])
         share, probe = replica_share(cluster)
-        print(f"CLUSTER {self.title}: every server agreed with the primary after {settle_s:.2f}s; cache hits "
-              f"again after {cache_s:.2f}s; replica share of {probe['replica'] + probe['primary']} uncached "
-              f"reads on b and c with replay running: {share:.0%} ({probe})")
+        print(f"CLUSTER {self.title}: every server agreed with the primary at look {looks} ({settle_s:.2f}s); "
+              f"cache hits again after {cache_s:.2f}s; replica share of {probe['replica'] + probe['primary']} "
+              f"uncached reads on b and c with replay running: {share:.0%} ({probe})")
         assert share >= MIN_REPLICA_SHARE, \
             (f"expected at least {MIN_REPLICA_SHARE:.0%} of uncached reads on b and c served by the replica "
              f"while replay runs (pgapi_pool_queries_total), got {share:.0%}: {probe}")
@@ -387,16 +387,17 @@ def mismatches(cluster, want):
 
 
 def converge(cluster, keys, hot_users):
-    """Every server's answer for every key equals the primary's within SETTLE_S; returns how long it
-    took (0: at once)."""
+    """Every server's answer for every key equals the primary's within SETTLE_S. Returns how many looks
+    (each a read of every path on every server) that took, and how long."""
     want = primary_state(cluster.topology, keys, hot_users)
     t0 = time.monotonic()
-    last = []
+    last, looks = [], []
 
     def agreed():
+        looks.append(1)
         try:
             last[:] = mismatches(cluster, want)
-        except (AssertionError, OSError, ValueError, http.client.HTTPException) as exc:   # an answer that is neither a row nor a 404
+        except (AssertionError, OSError, ValueError, http.client.HTTPException) as exc:   # not a row, not a 404
             last[:] = [str(exc)]
         return not last
     try:
@@ -404,7 +405,7 @@ def converge(cluster, keys, hot_users):
     except AssertionError:
         raise AssertionError(f"expected every server's answer for every key ({len(want)} paths) to equal the "
                              f"primary's within {SETTLE_S}s, still {len(last)} differ:\n" + "\n".join(last[:20]))
-    return time.monotonic() - t0
+    return len(looks), time.monotonic() - t0
 
 
 def cache_back(cluster, uid):
