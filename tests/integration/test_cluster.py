@@ -17,10 +17,13 @@ import os
 import signal
 
 import pytest
+import redis as redis_lib
 
 from lib.builders import create_user
+from lib.cache import OwnRedis
 from lib.cluster import FAULT_AT_S, Cluster, Run, connection_per_worker, wait_every_worker
 from lib.history import check
+from lib.topology import REDIS_ADMIN_PASSWORDS, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +145,39 @@ def test_server_cut_off_from_redis(deployment):
     assert cut["streams"] >= 1, f"expected b's Redis connections to go through the relay, got {cut}"
     assert "HIT" not in cut["x-cache"], \
         f"expected no cache HIT on b while it could not reach Redis, got {collections.Counter(cut['x-cache'])}"
+
+
+def test_redis_failed_over_to_a_replica_that_missed_writes(deployment, tmp_path):
+    """A replica of the Redis stops replicating (REPLICAOF NO ONE) while writes go on; once 20 more were
+    acknowledged, the Redis is killed and the replica takes its port. It holds the deployment's marker
+    and fences as they were, without the last invalidations: only its run_id tells it apart."""
+    replica = OwnRedis(tmp_path)
+    replica.start()
+    moved = {}
+    try:
+        r = redis_lib.Redis(port=replica.port)
+        r.config_set("masteruser", "default")   # over the connection: the password never on a command line
+        r.config_set("masterauth", REDIS_ADMIN_PASSWORDS[deployment.redis.port])
+        r.replicaof("127.0.0.1", deployment.redis.port)
+        wait_until(lambda: r.info("replication")["master_link_status"] == "up", 10, "the replica in sync")
+
+        def fail_over(run):
+            run.at(FAULT_AT_S)
+            moved["offset"] = r.info("replication")["master_repl_offset"]
+            t = run.mark("replica stops replicating")
+            r.replicaof("NO", "ONE")
+            missed = wait_until(lambda: (lambda w: w if len(w) >= 20 else None)(run.acked_writes_since(t)), 10,
+                                "20 writes acknowledged that the replica missed")
+            run.mark(f"{len(missed)} writes acknowledged since")
+            moved["run_ids"] = (deployment.redis_client().info("server")["run_id"], r.info("server")["run_id"])
+            deployment.fail_over(replica)
+            run.hold(run.mark("Redis killed, the replica on its port"), "the failover")
+
+        Run(deployment, "Redis failed over to a replica that missed writes").execute(fail_over).verify()
+    finally:
+        if deployment.redis is not replica:
+            replica.stop()
+    print(f"failover: replica in sync up to offset {moved.get('offset')}; run_ids (old, new) {moved.get('run_ids')}")
 
 
 def test_restarted_server_serves_no_copy_older_than_a_write_elsewhere(deployment):

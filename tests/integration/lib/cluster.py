@@ -166,6 +166,17 @@ class Cluster:
         if not self.relay.alive():
             self.relay.start()
 
+    def fail_over(self, replica):
+        """The Redis is killed and `replica` (an OwnRedis, no longer replicating) takes its port, as a
+        failover that moves the address would: every server reconnects to a store that missed what was
+        written after its replication stopped."""
+        port = self.redis.port
+        self.redis.proc.kill()
+        self.redis.proc.wait(10)
+        assert redis_lib.Redis(port=replica.port).config_set("port", port), "expected CONFIG SET port to succeed"
+        replica.port = port
+        self.redis = replica
+
     def a(self):
         return self.servers["a"]
 
@@ -264,6 +275,9 @@ class Run:
         """Waits until the load has run `seconds` (a fault's moment in the run)."""
         wait_until(lambda: self.load.start is not None and time.monotonic() - self.load.start >= seconds,
                    RUN_SECONDS + 10, f"the load to have run {seconds}s")
+
+    def acked_writes_since(self, t):
+        return [w for w in list(self.load.h.writes) if w.t_send >= t and w.t_ack is not None]
 
     def reads_since(self, t, source=None):
         return [r for r in list(self.load.h.reads) if r.t_start >= t and (source is None or r.source == source)]
