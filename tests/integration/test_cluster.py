@@ -4,13 +4,14 @@ settings (ports apart) sharing one topology and one Redis with one prefix, behin
 
 Each test is one history run (lib/history.py): writers on server a, readers on b, c and through HAProxy,
 by id and as keyset pages, while WAL replay on the replica is paused at random; the chaos tests break
-one thing mid-run (Redis frozen, restarted empty, flushed; a worker killed; b cut off from Redis by
-killing the relay it reaches Redis through) and mend it. After every run: no read contradicted an
+one thing mid-run (Redis frozen, restarted empty, flushed, failed over to a replica that missed the last
+writes; a worker killed; b cut off from Redis by killing the relay it reaches Redis through) and mend it. After every run: no read contradicted an
 acknowledged write, the primary holds exactly what clients were told, every server answers every key
 as the primary does, the cache serves again, and with replay running at least 30% of the uncached reads
 on b and c are served by the replica. The negative control runs the same load with the deployment-wide
-mechanism off and must find violations. Tests share one deployment (module fixture) and run in file
-order; the negative control, which restarts the servers, comes last."""
+mechanism off and must find violations. One more test makes a case the history runs found by chance
+deterministic (a new worker's copies against a write on another server). Tests share one deployment
+(module fixture) and run in file order; the negative control, which restarts the servers, comes last."""
 
 import collections
 import os
