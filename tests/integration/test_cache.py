@@ -645,3 +645,20 @@ def test_a_404_gives_its_fill_lease_back(server, schema):
             status, xc, _ = get(s, path)
             assert status == 404 and xc == "MISS", (path, status, xc)
     leases_given_back(s, schema)
+
+
+def test_redis_that_may_evict_fences_is_not_trusted(warm_user_on_own_redis):
+    """The deployment's fences have no TTL: under an allkeys-* eviction policy Redis could drop one, and no
+    marker would tell. Such a Redis is not used (one error line; reads from PostgreSQL) until its policy
+    is safe again."""
+    s, own, u = warm_user_on_own_redis
+    r = redis_lib.Redis(port=own.port)
+    r.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        s.wait_for(lambda: all(get(s, f"/users/{u['id']}")[1] == "BYPASS" for _ in range(4)), 10,
+                   "the cache bypassed under allkeys-lru")
+        lines = [l for l in s.log_text().splitlines() if "maxmemory-policy allkeys-lru" in l]
+        assert 1 <= len(lines) <= len(s.worker_pids()), lines
+    finally:
+        r.config_set("maxmemory-policy", "noeviction")
+    until_hit(s, f"/users/{u['id']}")
