@@ -2,28 +2,37 @@
 settings (ports apart) sharing one topology and one Redis with one prefix, behind a real HAProxy
 (round-robin, GET /readyz health checks) and also addressed directly (lib/cluster.py).
 
-Each test is one history run (lib/history.py): writers on server a, readers on b, c and through HAProxy,
-by id and as keyset pages, while WAL replay on the replica is paused at random; the chaos tests break
-one thing mid-run (Redis frozen, restarted empty, flushed, failed over to a replica that missed the last
-writes; a worker killed; b cut off from Redis by killing the relay it reaches Redis through) and mend it. After every run: no read contradicted an
-acknowledged write, the primary holds exactly what clients were told, every server answers every key
-as the primary does, the cache serves again, and with replay running at least 30% of the uncached reads
-on b and c are served by the replica. The negative control runs the same load with the deployment-wide
-mechanism off and must find violations. One more test makes a case the history runs found by chance
-deterministic (a new worker's copies against a write on another server). Tests share one deployment
-(module fixture) and run in file order; the negative control, which restarts the servers, comes last."""
+Most tests are one history run (lib/history.py): writers on server a, readers on b, c and through
+HAProxy, by id and as keyset pages, while WAL replay on the replica is paused at random; the chaos tests
+break one thing mid-run (Redis frozen, restarted empty, flushed, failed over to a replica that missed the
+last writes; a worker killed; b cut off from Redis by killing the relay it reaches Redis through) and
+mend it. After every run: no read contradicted an acknowledged write, the primary holds exactly what
+clients were told, every server answers every key as the primary does, the cache serves again, and with
+replay running at least 30% of the uncached reads on b and c are served by the replica. Two more tests
+make deterministic what a run can only meet by chance (a new worker's copies against a write on another
+server; a killed worker's write that commits after its death). The negative control runs the same load
+with the deployment-wide mechanism off and must find violations. Tests share one deployment (module
+fixture) and run in file order; the negative control, which restarts the servers, comes last."""
 
 import collections
+import contextlib
+import http.client
 import os
 import signal
+import threading
+import time
+from contextlib import closing
 
 import pytest
 import redis as redis_lib
 
+from lib.bouncer import replay_pause, replay_resume
 from lib.builders import create_user
 from lib.cache import OwnRedis
-from lib.cluster import FAULT_AT_S, Cluster, Run, connection_per_worker, wait_every_worker
+from lib.cluster import FAULT_AT_S, SETTLE_S, Cluster, Run, connection_per_worker, wait_every_worker
+from lib.consistency import Client, wait_replica_caught_up
 from lib.history import check
+from lib.locks import statement_waits_on_lock
 from lib.topology import REDIS_ADMIN_PASSWORDS, wait_until
 
 
@@ -178,7 +187,8 @@ def test_redis_failed_over_to_a_replica_that_missed_writes(deployment, tmp_path)
     finally:
         if deployment.redis is not replica:
             replica.stop()
-    print(f"failover: replica in sync up to offset {moved.get('offset')}; run_ids (old, new) {moved.get('run_ids')}")
+    print(f"failover: replica in sync up to offset {moved.get('offset')}; "
+          f"run_ids (old, new) {moved.get('run_ids')}")
 
 
 def test_restarted_server_serves_no_copy_older_than_a_write_elsewhere(deployment):
@@ -205,6 +215,122 @@ def test_restarted_server_serves_no_copy_older_than_a_write_elsewhere(deployment
     print(f"b's workers after the update on a: {after}")
     stale = {slot: got for slot, got in after.items() if got[:2] != (200, 2)}
     assert not stale, f"expected every worker of b to read version 2 after a acknowledged it, got {after}"
+
+
+def read_row(conns, uid):
+    """{(server, worker): (status, version, X-Cache)} for /users/uid on each connection."""
+    out = {}
+    for where, c in conns.items():
+        status, body, _, _ = c.call("GET", f"/users/{uid}")
+        out[where] = (status, body.get("version"), c.cache)
+    return out
+
+
+def test_commit_of_a_killed_worker_reaches_every_server(deployment):
+    """A worker of a dies while its PATCH waits on a row lock; the lock goes after the death, and the
+    UPDATE commits with nobody left to raise its fences (as a write whose invalidation failed). Every
+    worker of every server held the row; the deployment's cache moves to a new epoch after the death and
+    settles; replay on the replica is paused when the commit lands, so the replica would hand the old row
+    to any read routed there. Every worker of every server must answer the committed version within the
+    settle bound."""
+    a, topo = deployment.servers["a"], deployment.topology
+    uid = create_user(a)["id"]
+    conns = {(name, slot): c for name in ("a", "b", "c")
+             for slot, c in connection_per_worker(deployment.servers[name]).items()}
+    victim = Client(a.port, timeout=30)
+    try:
+        wait_until(lambda: all(got[2] == "HIT" for got in read_row(conns, uid).values()), 10,
+                   "every worker of every server serving the row from the cache")
+        pid = victim.call("GET", "/healthz")[1]["pid"]
+        epoch_before = cache_epoch(deployment)
+        try:
+            with row_locked(topo, uid) as held:
+                patch = threading.Thread(target=call_quietly,
+                                         args=(victim, "PATCH", f"/users/{uid}", {"name": "x"}))
+                patch.start()
+                wait_until(lambda: statement_waits_on_lock(topo), 10, "the PATCH waiting on its row lock")
+                os.kill(pid, signal.SIGKILL)
+                a.wait_for(lambda: a.workers_replaced([pid], 2), 15, "the killed worker respawned")
+                wait_until(lambda: cache_epoch(deployment) != epoch_before, SETTLE_S,
+                           "the cache in a new epoch after a's worker died (it may have committed)")
+                wait_epoch_settled(deployment, 1.5)
+                wait_replica_caught_up(topo)   # the replica has everything but the commit to come
+                replay_pause(topo)
+            patch.join(15)
+            wait_until(lambda: primary_version(topo, uid) == 2, 10,
+                       f"the dead worker's UPDATE committed (its row lock was held {held['s']:.1f}s: past the app "
+                       f"role's statement_timeout, 5 s, PostgreSQL cancels it)")
+            t_commit = time.monotonic()
+            during = read_row(conns, uid)   # what the servers say while the replica lacks the commit
+        finally:
+            replay_resume(topo)
+        wait_replica_caught_up(topo)
+        last = {}
+
+        def all_current():
+            last.update(read_row(conns, uid))
+            return all(got[:2] == (200, 2) for got in last.values())
+        try:
+            wait_until(all_current, SETTLE_S, "every worker of every server answering version 2")
+        except AssertionError:
+            raise AssertionError(f"expected every worker of every server to answer the committed version 2 "
+                                 f"within {SETTLE_S}s of the dead worker's commit (row lock held "
+                                 f"{held['s']:.1f}s), got {last}; while replay was paused: {during}") from None
+        print(f"dead worker's commit (row lock held {held['s']:.1f}s): every worker of every server answered it "
+              f"{time.monotonic() - t_commit:.2f}s after the commit; while replay was paused: {during}")
+    finally:
+        victim.close()
+        for c in conns.values():
+            c.close()
+
+
+@contextlib.contextmanager
+def row_locked(topo, uid):
+    """The user's row locked by a direct connection to the primary (PgBouncer does not see it) for the
+    block; yields {"s": how long it was held}, filled in when the lock goes."""
+    locker = topo._pg(host=topo.vars["PGAPI_PRIMARY_SOCKET_DIR"], port=topo.primary_port, dbname="pgapi",
+                      user="postgres")
+    held = {"s": 0.0}
+    try:
+        locker.autocommit = False
+        with locker.cursor() as cur:
+            cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (uid,))
+        t = time.monotonic()
+        yield held
+        locker.rollback()
+        held["s"] = time.monotonic() - t
+    finally:
+        locker.close()
+
+
+def cache_epoch(deployment):
+    return deployment.redis_client().get(f"{deployment.prefix}:epoch")
+
+
+def wait_epoch_settled(deployment, seconds):
+    """The deployment's cache epoch has not moved for `seconds` (every server has reacted)."""
+    moves = [(cache_epoch(deployment), time.monotonic())]
+
+    def settled():
+        now = cache_epoch(deployment)
+        if now != moves[-1][0]:
+            moves.append((now, time.monotonic()))
+        return time.monotonic() - moves[-1][1] >= seconds
+    wait_until(settled, SETTLE_S, f"the cache epoch to stay unchanged for {seconds}s")
+
+
+def call_quietly(c, method, path, body):
+    """A request whose connection is expected to break (its worker is killed): no answer is fine."""
+    try:
+        c.call(method, path, body)
+    except (OSError, http.client.HTTPException):
+        pass
+
+
+def primary_version(topo, uid):
+    with closing(topo.rw()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT version FROM users WHERE id = %s", (uid,))
+        return cur.fetchone()[0]
 
 
 def test_negative_control_without_deployment_fences(cluster):
