@@ -304,9 +304,17 @@ def test_local_cache_serves_hits_and_never_outlives_a_write(server, schema):
     for k in r.scan_iter(f"{s.prefix}:*"):
         if ":v:" in k.decode():
             r.delete(k)
+    time.sleep(1.1)  # the workers publish their counters every second
+    local_before = total(scrape(s), "pgapi_cache_lookups_total", layer="local", result="hit")
     for p in paths:
         hits = [get(s, p)[1] for _ in range(10)]
         assert hits.count("HIT") >= 5, (p, hits)
+    time.sleep(1.1)
+    fams = scrape(s)
+    local = total(fams, "pgapi_cache_lookups_total", layer="local", result="hit") - local_before
+    assert local >= 15, f"expected most of the 30 reads served from the workers' memory, got {local}"
+    resets = total(fams, "pgapi_cache_deployment_events_total", event="log_reset")
+    assert resets <= 2 * len(s.worker_pids()), f"the fence log dropped the local copies {resets} times"
     for i in range(5):
         assert s.request("PATCH", paths[0], body={"name": f"local{i}"}).status == 200
         assert s.request("PUT", paths[2], body={"title": f"t{i}", "content": "c"}).status == 200

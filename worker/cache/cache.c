@@ -133,10 +133,10 @@ static const char LUA_RELEASE[] = "local lk = ARGV[1] .. ':e' .. ARGV[2] .. ':l:
  * sees it change drops its local copies, whose fence log entries may have gone with the loss). */
 /* With its eviction policy: under allkeys-* Redis may evict a fence (they have no TTL), which no marker
  * would tell. */
-static const char LUA_CHECK[] =
-    LUA_RUN_ID "local mem = redis.pcall('INFO', 'memory') "
-               "local policy = type(mem) == 'string' and string.match(mem, 'maxmemory_policy:([%w-]+)') or '' "
-               "return {redis.call('GET', ARGV[1] .. ':verified') or '', id, policy}";
+static const char LUA_CHECK[] = LUA_RUN_ID
+    "local mem = redis.pcall('INFO', 'memory') "
+    "local policy = type(mem) == 'string' and string.match(mem, 'maxmemory_policy:([%w-]+)') or '' "
+    "return {redis.call('GET', ARGV[1] .. ':verified') or '', id, policy}";
 
 /* Verifies a store that lost its state: every write acknowledged before the loss committed at or below
  * ARGV[2], a position of the primary read after the loss was seen; it becomes the floor of every fence,
@@ -216,7 +216,7 @@ enum cache_trust {
 struct cache_log_cursor {
     char id[48];   /* the last entry read; "" before the first sync */
     uint64_t seq;  /* its sequence number: the next entry must be seq + 1, or entries were trimmed */
-    char mark[48]; /* the marker and the epoch as last synced: a change drops every local copy */
+    char mark[96]; /* the marker (74 chars) and the epoch as last synced: a change drops every local copy */
     char epoch[24];
     bool busy;
     bool reset; /* this sync found entries lost */
@@ -257,7 +257,7 @@ struct cache {
     enum cache_trust trust;
     bool check_inflight;
     bool run_id_warned;
-    bool policy_refused; /* an allkeys-* eviction policy was found (logged once) */
+    bool policy_refused;  /* an allkeys-* eviction policy was found (logged once) */
     char marker_seen[96]; /* the marker the last check found wrong: a verification replaces only it */
     struct cache_hooks hooks;
     struct cache_log_cursor log;
@@ -470,9 +470,10 @@ static void check_deliver(struct cache_cmd *cmd, const redisReply *r)
     const char *marker = r->element[0]->str, *run_id = r->element[1]->str, *policy = r->element[2]->str;
     if (strncmp(policy, "allkeys-", 8) == 0) {
         if (!c->policy_refused)
-            log_error("redis: maxmemory-policy %s may evict the deployment's fences: the cache is not used (set "
-                      "noeviction or a volatile-* policy)",
-                      policy);
+            log_error(
+                "redis: maxmemory-policy %s may evict the deployment's fences: the cache is not used (set "
+                "noeviction or a volatile-* policy)",
+                policy);
         c->policy_refused = true;
         c->trust = TRUST_UNCHECKED;
         return;
