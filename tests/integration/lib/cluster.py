@@ -177,9 +177,6 @@ class Cluster:
         replica.port = port
         self.redis = replica
 
-    def a(self):
-        return self.servers["a"]
-
     def port_labels(self):
         labels = {s.port: name for name, s in self.servers.items()}
         labels[self.haproxy.port] = "haproxy"
@@ -221,8 +218,7 @@ class Run:
         self.title = title
         self.seed = seed if seed is not None else seed_of_run()
         schedule = Schedule(random.Random(self.seed), RUN_SECONDS, 0.15, 0.6, (3, 3, 1.5, 2))
-        self.load = Load(cluster.a(), self.seed, schedule)
-        self.load.write_port = cluster.a().port
+        self.load = Load(cluster.servers["a"], self.seed, schedule)
         self.load.read_ports = cluster.read_ports()
         self.load.port_labels = cluster.port_labels()
         self.marks = []
@@ -279,8 +275,8 @@ class Run:
     def acked_writes_since(self, t):
         return [w for w in list(self.load.h.writes) if w.t_send >= t and w.t_ack is not None]
 
-    def reads_since(self, t, source=None):
-        return [r for r in list(self.load.h.reads) if r.t_start >= t and (source is None or r.source == source)]
+    def reads_since(self, t):
+        return [r for r in list(self.load.h.reads) if r.t_start >= t]
 
     def hold(self, t, what):
         """The fault started at t lasts at least FAULT_MIN_S and until FAULT_MIN_READS reads were
