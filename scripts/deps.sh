@@ -22,7 +22,7 @@ PACKAGES=(
     libevent-dev libpq-dev libhiredis-dev libjson-c-dev libinih-dev libhttp-parser-dev
     libcmocka-dev pkg-config gcc make clang-14 libclang-rt-14-dev postgresql pgbouncer redis-server
     python3-pytest python3-psycopg2 python3-redis python3-yaml socat wrk curl procps iproute2 valgrind
-    groff-base man-db systemd libseccomp2 strace clang-format
+    groff-base man-db systemd libseccomp2 strace clang-format haproxy
 )
 
 log() { printf 'deps: %s\n' "$*" >&2; }
