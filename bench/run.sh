@@ -227,6 +227,7 @@ cat >"$STATE/bench.json" <<EOF
   "redis_port": $PGAPI_REDIS_PORT, "secrets": "$STATE/secrets.env",
   "haproxy": "$(haproxy -v 2>/dev/null | head -1 | awk '{print $3}')"},
  "baseline": "${BASELINE:+$BASELINE ($(git rev-parse --short "$BASELINE"))}",
+ "commit": "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench/RESULTS.md' || echo ' + changes')",
  "facts": {"nproc": $(nproc), "cpu": "$(lscpu | sed -n 's/^Model name: *//p' | head -1)", "kernel": "$(uname -r)",
   "postgres": "$($PGBIN/postgres --version | awk '{print $3}')", "pgbouncer": "$(ver pgbouncer --version | awk '{print $2}')",
   "redis": "$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')", "node": "$(node --version)",
