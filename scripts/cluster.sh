@@ -395,8 +395,9 @@ start_haproxy() {
     (
         cd "$CDIR"
         close_fds
-        # -db: in the foreground, logging to stderr, so that its pid is the one we record
-        exec setsid "$HAPROXY_BIN" -db -f "$CDIR/haproxy.cfg" </dev/null >>"$CDIR/haproxy.log" 2>&1
+        # -db: in the foreground, logging to stderr, so that its pid is the one we record; nothing of
+        # the caller's environment (it needs none)
+        exec setsid env -i PATH="$PATH" "$HAPROXY_BIN" -db -f "$CDIR/haproxy.cfg" </dev/null >>"$CDIR/haproxy.log" 2>&1
     ) &
     echo "$!" >"$CDIR/haproxy.pid"
 }
