@@ -113,6 +113,10 @@ static const struct config_key config_keys[] = {
     { "redis", "list_pages", KT_INT, OFF(cache_list_pages), 1, 100000, "256",
       "pages of one list (GET /users, /posts, /users/:id/posts) cached at once; past it a fill evicts one, "
       "so a write that changes the list deletes at most this many" },
+    { "redis", "deployment_fences", KT_BOOL, OFF(deployment_fences), 0, 0, "on",
+      "share every write's fences through Redis with every server on the same prefix (docs/consistency.md); "
+      "off exists only for tests: each server then trusts its own fences, and several servers break the "
+      "read-your-writes guarantee" },
     { "redis", "prefix", KT_STR, OFF(redis_prefix), 0, 0, "pgapi:v2",
       "namespace of every key; bump the version after a schema change" },
     { "redis", "socket", KT_STR, OFF(redis_socket), 0, 0, "",
@@ -599,14 +603,14 @@ void config_print(const struct config *c, FILE *f)
             "[redis]\nenabled = %s\nhost = %s\nport = %d\nttl = %ds\nconnect_timeout = %dms\n"
             "command_timeout = %dms\nprefix = %s\nsocket = %s\nusername = %s\npassword_file = %s\n"
             "local_entries = %d\nlocal_bytes = %zu\nmax_value_bytes = %zu\nlist_pages = "
-            "%d\n\n[metrics]\nlisten = %s\n\n"
+            "%d\ndeployment_fences = %s\n\n[metrics]\nlisten = %s\n\n"
             "[log]\nlevel = %s\nformat = %s\naccess = %s\n",
             c->pool_size, c->statement_timeout_ms, c->connect_timeout_ms, c->queue_size, c->queue_timeout_ms,
             c->max_replica_lag_ms, c->health_interval_ms, c->migrations_dir, c->redis_enabled ? "on" : "off",
             c->redis_host, c->redis_port, c->cache_ttl_s, c->redis_connect_timeout_ms,
             c->redis_command_timeout_ms, c->redis_prefix, c->redis_socket, c->redis_username,
             c->redis_password_file, c->local_cache_entries, c->local_cache_bytes, c->cache_max_value_bytes,
-            c->cache_list_pages, metrics_addr, lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text",
+            c->cache_list_pages, c->deployment_fences ? "on" : "off", metrics_addr, lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text",
             c->access_log ? "on" : "off");
 }
 

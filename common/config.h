@@ -66,6 +66,7 @@ struct config {
     size_t local_cache_bytes;
     size_t cache_max_value_bytes; /* larger values are served, not cached */
     int cache_list_pages;         /* pages cached per list */
+    bool deployment_fences;       /* fences shared through Redis by every server (off: tests only) */
     /* [metrics] */
     struct config_addr metrics_listen; /* GET /metrics (Prometheus text); port 0 = off */
     /* [log] */

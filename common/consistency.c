@@ -9,8 +9,6 @@
 #include "common/log.h"
 #include "common/shm.h"
 
-#define CONSISTENCY_BUCKETS 4096
-
 /* One table's fences. Unknown commits: `unknown_marks` counts them, `unknown_cleared` is the highest
  * count a primary position read afterwards has covered, `unknown_floor` the highest such position. A
  * reader loads marks, then cleared, then floor; a resolver raises floor, then cleared (sequentially
@@ -70,14 +68,52 @@ static unsigned bucket_of(int64_t id)
     return (unsigned)(h >> 52) % CONSISTENCY_BUCKETS;
 }
 
+struct consistency_ref consistency_ref_table(int t)
+{
+    return (struct consistency_ref){ .table = (uint8_t)t, .kind = CONSISTENCY_REF_TABLE };
+}
+
+struct consistency_ref consistency_ref_rowset(int t, enum consistency_rowset s)
+{
+    return (struct consistency_ref){ .table = (uint8_t)t, .kind = CONSISTENCY_REF_ROWSET, .set = (uint8_t)s };
+}
+
+struct consistency_ref consistency_ref_row(int t, enum consistency_rowset s, int64_t id)
+{
+    return (struct consistency_ref){
+        .table = (uint8_t)t, .kind = CONSISTENCY_REF_ROW, .set = (uint8_t)s, .bucket = (uint16_t)bucket_of(id)
+    };
+}
+
+bool consistency_ref_valid(const struct consistency *c, struct consistency_ref r)
+{
+    return r.table < c->ntables && r.kind <= CONSISTENCY_REF_ROW && r.set < CONSISTENCY_ROWSETS &&
+           r.bucket < CONSISTENCY_BUCKETS;
+}
+
+/* The ref's own slot: the one a write raises. */
+static _Atomic uint64_t *ref_slot(struct consistency_table *tb, struct consistency_ref r)
+{
+    if (r.kind == CONSISTENCY_REF_TABLE)
+        return &tb->lsn;
+    if (r.kind == CONSISTENCY_REF_ROWSET)
+        return &tb->rowset[r.set];
+    return &tb->row[r.set][r.bucket];
+}
+
+void consistency_ref_raise(struct consistency *c, struct consistency_ref r, uint64_t lsn)
+{
+    atomic_raise(ref_slot(&c->table[r.table], r), lsn);
+}
+
 void consistency_raise_row(struct consistency *c, int t, enum consistency_rowset s, int64_t id, uint64_t lsn)
 {
-    atomic_raise(&c->table[t].row[s][bucket_of(id)], lsn);
+    consistency_ref_raise(c, consistency_ref_row(t, s, id), lsn);
 }
 
 void consistency_raise_rowset(struct consistency *c, int t, enum consistency_rowset s, uint64_t lsn)
 {
-    atomic_raise(&c->table[t].rowset[s], lsn);
+    consistency_ref_raise(c, consistency_ref_rowset(t, s), lsn);
 }
 
 /* CONSISTENCY_LSN_NONE while the table has an unresolved unknown commit, else its floor. */
@@ -96,16 +132,23 @@ static uint64_t max_lsn(uint64_t a, uint64_t b)
 }
 
 /* A row set's fences follow the writes of its own table (a user's posts are posts). */
+uint64_t consistency_ref_get(const struct consistency *c, struct consistency_ref r)
+{
+    struct consistency_table *tb = (struct consistency_table *)&c->table[r.table];
+    uint64_t lsn = atomic_load(ref_slot(tb, r));
+    if (r.kind == CONSISTENCY_REF_ROW)
+        lsn = max_lsn(lsn, atomic_load(&tb->rowset[r.set]));
+    return max_lsn(lsn, unknown_floor(c, r.table));
+}
+
 uint64_t consistency_get_row(const struct consistency *c, int t, enum consistency_rowset s, int64_t id)
 {
-    const struct consistency_table *tb = &c->table[t];
-    uint64_t row = atomic_load(&tb->row[s][bucket_of(id)]), all = atomic_load(&tb->rowset[s]);
-    return max_lsn(max_lsn(row, all), unknown_floor(c, t));
+    return consistency_ref_get(c, consistency_ref_row(t, s, id));
 }
 
 uint64_t consistency_get(const struct consistency *c, int t)
 {
-    return max_lsn(atomic_load(&c->table[t].lsn), unknown_floor(c, t));
+    return consistency_ref_get(c, consistency_ref_table(t));
 }
 
 void consistency_unknown_mark(struct consistency *c, int t)
@@ -148,6 +191,11 @@ bool consistency_cache_dirty(const struct consistency *c)
 void consistency_cache_dirty_clear(struct consistency *c)
 {
     atomic_store(&c->cache_dirty, false);
+}
+
+void consistency_local_drop(struct consistency *c)
+{
+    atomic_fetch_add(&c->cache_troubles, 1);
 }
 
 uint64_t consistency_cache_troubles(const struct consistency *c)

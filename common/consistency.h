@@ -37,6 +37,27 @@ void consistency_raise_row(struct consistency *c, int t, enum consistency_rowset
 void consistency_raise_rowset(struct consistency *c, int t, enum consistency_rowset s, uint64_t lsn);
 uint64_t consistency_get_row(const struct consistency *c, int t, enum consistency_rowset s, int64_t id);
 
+#define CONSISTENCY_BUCKETS 4096
+
+/* One fence, named: a table's, a row set's as a whole, or one bucket of a row set. A read or a write
+ * lists the fences it waits for or raises as refs, so that one list serves this shared memory and the
+ * deployment's copy of the fences in Redis (worker/api/effects.c names them there). */
+enum consistency_ref_kind { CONSISTENCY_REF_TABLE, CONSISTENCY_REF_ROWSET, CONSISTENCY_REF_ROW };
+struct consistency_ref {
+    uint8_t table, kind, set; /* kind: enum consistency_ref_kind; set: enum consistency_rowset */
+    uint16_t bucket;          /* CONSISTENCY_REF_ROW: < CONSISTENCY_BUCKETS */
+};
+
+struct consistency_ref consistency_ref_table(int t);
+struct consistency_ref consistency_ref_rowset(int t, enum consistency_rowset s);
+struct consistency_ref consistency_ref_row(int t, enum consistency_rowset s, int64_t id);
+/* False when r names no fence of this state (a ref parsed from another server's text). */
+bool consistency_ref_valid(const struct consistency *c, struct consistency_ref r);
+void consistency_ref_raise(struct consistency *c, struct consistency_ref r, uint64_t lsn);
+/* What a read of the ref waits for: a row also waits for its whole set; every ref for the table's
+ * unknown commits (CONSISTENCY_LSN_NONE while one is unresolved). */
+uint64_t consistency_ref_get(const struct consistency *c, struct consistency_ref r);
+
 /* A write to table t committed but its commit LSN could not be read (the connection went after the
  * COMMIT): every read of t (rows and lists) goes to the primary until a position of the primary read
  * after this call is known; that position then becomes a floor of t's fences (it is past the commit). */
@@ -55,6 +76,9 @@ bool consistency_cache_dirty(const struct consistency *c);
 /* Counts the times the cache was marked dirty (a failed invalidation, a worker that died): the workers'
  * local copies taken before the last one are never served. */
 uint64_t consistency_cache_troubles(const struct consistency *c);
+/* Every worker's local copies become invalid (another server's state changed in a way the fences do not
+ * tell: lost Redis state, a new epoch), without a bypass of Redis. */
+void consistency_local_drop(struct consistency *c);
 void consistency_cache_dirty_clear(struct consistency *c);
 
 /* The primary's identity (its system identifier and timeline) as a worker sampled it. Returns true to

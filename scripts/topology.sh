@@ -1124,7 +1124,9 @@ redis_cli() {
 redis_ping() { [[ $(redis_cli ping 2>/dev/null) == PONG ]]; }
 
 # The whole configuration in a file only the redis user reads: the passwords are never in argv.
-# The "pgapi" user has no admin or dangerous command (CONFIG, FLUSHALL, KEYS, DEBUG, ACL, ...).
+# The "pgapi" user has no admin or dangerous command (CONFIG, FLUSHALL, KEYS, DEBUG, ACL, ...) but INFO,
+# read-only: pgapi compares the store's run_id with the one its deployment verified (a restarted or
+# failed-over Redis lost fences: docs/consistency.md, "Several servers").
 # noeviction: never evict a fence or a lease (a full Redis refuses writes: pgapi then reads PostgreSQL).
 redis_conf() {
     cat <<EOF
@@ -1143,7 +1145,7 @@ appendonly no
 maxmemory $REDIS_MAXMEMORY
 maxmemory-policy noeviction
 user default on >$REDIS_ADMIN_PASSWORD ~* &* +@all
-user pgapi on >$REDIS_PASSWORD ~* &* +@all -@admin -@dangerous
+user pgapi on >$REDIS_PASSWORD ~* &* +@all -@admin -@dangerous +info
 EOF
 }
 

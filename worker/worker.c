@@ -19,6 +19,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "worker/api/api.h"
+#include "worker/api/deployment.h"
 #include "worker/api/resource_ops.h"
 #include "worker/api/router.h"
 #include "worker/cache/cache.h"
@@ -37,7 +38,8 @@ struct worker {
     struct event *accept_ev;
     struct event *accept_retry_ev;
     struct event *sigquit_ev, *sigterm_ev, *drain_timer_ev;
-    struct event *warmup_ev;  /* before it accepts: waits for the primary (pool_primary_settled) */
+    struct event *warmup_ev;  /* before it accepts: waits for the primary (pool_primary_settled) and for
+                               * Redis's store to be checked (cache_settled) */
     uint64_t warmup_until_us; /* ...at most until then (connect_timeout) */
     int ready_fd;             /* told this worker's pid once it accepts, then closed (-1) */
     struct http_server *http;
@@ -317,7 +319,8 @@ static void warmup_cb(evutil_socket_t fd, short what, void *arg)
     struct worker *w = arg;
     if (w->draining)
         return; /* told to stop before it ever served */
-    if (!pool_primary_settled(w->pool) && clock_now_us() < w->warmup_until_us) {
+    bool settled = pool_primary_settled(w->pool) && cache_settled(w->cache);
+    if (!settled && clock_now_us() < w->warmup_until_us) {
         struct timeval tv = clock_timeval(WARMUP_POLL_MS);
         event_add(w->warmup_ev, &tv);
         return;
@@ -374,6 +377,7 @@ static void worker_free(struct worker *w)
     pool_free(w->pool);
     cache_free(w->cache);
     resource_ops_discard_all(&w->api);
+    deployment_free(w->api.deployment);
     http_server_free(w->metrics_http);
     metrics_page_free(w->metrics_page);
     if (w->metrics_accept_ev)
@@ -436,7 +440,8 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared,
                                   .slot = slot,
                                   .generation = generation,
                                   .draining = &w.draining };
-    if (!w.http || !w.pool || !w.cache) {
+    w.api.deployment = w.pool && w.cache ? deployment_new(&w.api) : NULL;
+    if (!w.http || !w.pool || !w.cache || !w.api.deployment) {
         log_error("cannot set up the HTTP server, the database pool or the cache client");
         goto done;
     }

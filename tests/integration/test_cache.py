@@ -44,7 +44,7 @@ def test_hit_miss_and_invalidation_of_every_route(server, schema):
     for p in paths[:2]:
         status, xc, body = get(s, p)
         assert xc == "MISS" and body["name"] == "renamed", (p, xc, body)
-    assert get(s, paths[2])[1] == "HIT"
+    assert get(s, paths[2])[1] == "HIT", s.log_tail()
     for p in paths:
         until_hit(s, p)
     # PUT post: the post and the embedding user change
@@ -131,34 +131,52 @@ def warm_user_on_own_redis(server, schema, tmp_path):
 
 
 def test_redis_frozen_during_a_write_never_serves_the_old_value(warm_user_on_own_redis):
+    """The write commits but its fences cannot reach the frozen Redis: it is not acknowledged (503
+    write_outcome_unknown, a purge recorded on the primary), reads go to the primary and see it."""
     s, own, u = warm_user_on_own_redis
     own.signal(signal.SIGSTOP)  # alive, data kept, not answering
     try:
         t0 = time.monotonic()
         r = s.request("PATCH", f"/users/{u['id']}", body={"name": "during-freeze"})
-        assert r.status == 200, r
+        assert r.status == 503 and r.json()["error"]["code"] == "write_outcome_unknown", r
         assert time.monotonic() - t0 < 3, "the write must not hang on a frozen Redis"
         for _ in range(5):
             status, xc, body = get(s, f"/users/{u['id']}")
             assert body["name"] == "during-freeze" and xc == "BYPASS", (xc, body)
+        # the writes sent before the link is seen down commit (and are not acknowledged either)
+        s.wait_for(lambda: s.request("PATCH", f"/users/{u['id']}", body={"name": "x"}).json()["error"]["code"]
+                   == "redis_unavailable", 5, "writes refused before they run once Redis is known down")
+        r = s.request("PATCH", f"/users/{u['id']}", body={"name": "refused"})
+        assert r.status == 503, r  # the other worker may not have seen Redis down yet: then it ran
+        if r.json()["error"]["code"] == "redis_unavailable":
+            assert get(s, f"/users/{u['id']}")[2]["name"] != "refused", "a refused write ran"
     finally:
         own.signal(signal.SIGCONT)
     s.wait_for(lambda: get(s, f"/users/{u['id']}")[1] == "HIT", 15, "the cache in use again")
     for _ in range(5):
-        assert get(s, f"/users/{u['id']}")[2]["name"] == "during-freeze"
+        assert get(s, f"/users/{u['id']}")[2]["name"] in ("during-freeze", "x", "refused")
     assert "new epoch" in s.log_text(), s.log_tail()
 
 
-def test_redis_stopped_and_restarted_requests_keep_succeeding(warm_user_on_own_redis):
+def test_redis_stopped_refuses_writes_serves_reads_and_recovers(warm_user_on_own_redis):
+    """Without Redis no write's fences can reach the other servers: writes are refused before they run
+    (503 redis_unavailable, nothing written); reads keep succeeding from the primary; once Redis is back
+    (empty: verified again) both work."""
     s, own, u = warm_user_on_own_redis
     own.stop()
-    for i in range(20):
-        assert s.request("PATCH", f"/users/{u['id']}", body={"name": f"r{i}"}).status == 200
+    s.wait_for(lambda: s.get("/readyz").json().get("redis") != "up", 5, "redis seen down")
+    for i in range(5):
+        r = s.request("PATCH", f"/users/{u['id']}", body={"name": f"r{i}"})
+        assert r.status == 503 and r.json()["error"]["code"] == "redis_unavailable", r
+        assert r.headers.get("retry-after"), r.headers
         status, xc, body = get(s, f"/users/{u['id']}")
-        assert status == 200 and body["name"] == f"r{i}", (status, xc, body)
+        assert status == 200 and body["name"] == u["name"] and xc == "BYPASS", (status, xc, body)
     own.start()
+    s.wait_for(lambda: s.request("PATCH", f"/users/{u['id']}", body={"name": "back"}).status == 200, 15,
+               "writes accepted again")
     s.wait_for(lambda: get(s, f"/users/{u['id']}")[1] == "HIT", 15, "the cache in use again")
-    assert get(s, f"/users/{u['id']}")[2]["name"] == "r19"
+    assert get(s, f"/users/{u['id']}")[2]["name"] == "back"
+    assert "verified" in s.log_text(), s.log_tail()
 
 
 def test_stampede_of_200_misses_makes_a_handful_of_queries(server, schema):
@@ -426,7 +444,13 @@ def test_wrong_redis_password_bypasses_the_cache_and_says_so_once(server, schema
     refused_before = acl_auth_failures(schema, user)
     s.wait_for(lambda: acl_auth_failures(schema, user) >= refused_before + 3, 15, "three refused AUTH attempts")
     assert s.get("/readyz").json()["redis"] != "up"
-    u = create_user(s)
+    r = s.request("POST", "/users", body={"name": "refused", "email": f"r{uuid.uuid4().hex[:8]}@example.com"})
+    assert r.status == 503 and r.json()["error"]["code"] == "redis_unavailable", r
+    with closing(schema.rw()) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO users (name, email) VALUES ('direct', %s) RETURNING id",
+                    (f"d{uuid.uuid4().hex[:8]}@example.com",))
+        u = {"id": cur.fetchone()[0]}
+        conn.commit()
     for _ in range(3):
         status, xc, body = get(s, f"/users/{u['id']}")
         assert status == 200 and xc not in ("HIT", "MISS") and body["id"] == u["id"], (status, xc, body)
@@ -461,8 +485,9 @@ def test_redis_over_its_unix_socket(server, schema):
 def test_full_redis_refuses_writes_and_never_serves_the_old_value(warm_user_on_own_redis):
     """maxmemory with noeviction (the topology's policy: a fence or a lease is never evicted): a full
     Redis refuses writes and the scripts that write first (Redis 7 checks a script's first write), so
-    an invalidation may fail too: that is handled as any Redis failure. Every request is answered from
-    PostgreSQL, never with the old value, and once Redis has room again hits come back."""
+    the invalidation fails: the write committed but is not acknowledged (503 write_outcome_unknown).
+    Every request is answered from PostgreSQL, never with the old value, and once Redis has room again
+    hits come back."""
     s, own, u = warm_user_on_own_redis
     r = redis_lib.Redis(port=own.port)
     r.config_set("maxmemory-policy", "noeviction")
@@ -470,7 +495,8 @@ def test_full_redis_refuses_writes_and_never_serves_the_old_value(warm_user_on_o
     with pytest.raises(redis_lib.ResponseError, match="OOM"):
         r.set("probe", "x")
     try:
-        assert s.request("PATCH", f"/users/{u['id']}", body={"name": "while-full"}).status == 200
+        w = s.request("PATCH", f"/users/{u['id']}", body={"name": "while-full"})
+        assert w.status == 503 and w.json()["error"]["code"] == "write_outcome_unknown", w
         refusals = lambda: [l for l in s.log_text().splitlines() if "lookup" in l and "OOM" in l]
         logged_before, t0 = len(refusals()), time.monotonic()
         for _ in range(20):

@@ -12,6 +12,7 @@ struct pool;
 struct cache;
 struct local_cache;
 struct consistency;
+struct deployment;
 struct resource_op_state;
 
 struct api_context {
@@ -21,6 +22,7 @@ struct api_context {
     struct cache *cache;
     struct local_cache *local;       /* NULL when off: redis disabled or local_entries = 0 */
     struct consistency *consistency; /* shared with every worker: commit LSNs of acknowledged writes */
+    struct deployment *deployment;   /* what this server shares with the others (deployment.h) */
     struct resource_op_state *ops;   /* requests in flight (resource_ops_discard_all at exit) */
     int slot;                        /* the worker's, for /healthz and /readyz */
     unsigned generation;

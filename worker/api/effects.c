@@ -4,6 +4,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "common/consistency.h"
 
@@ -39,114 +40,209 @@ bool effects_key_page(const struct resource *r, int64_t parent_id, int64_t limit
            key_print(snprintf(buf, cap, "%s:%" PRId64 ":%" PRId64, list, limit, after), cap);
 }
 
-static uint64_t max_lsn(uint64_t a, uint64_t b)
+/* ---- fences --------------------------------------------------------------------------------- */
+
+static void fence_add(struct effects_fences *f, struct consistency_ref r)
 {
-    return a > b ? a : b;
+    if (f->n < EFFECTS_FENCES_MAX)
+        f->ref[f->n++] = r;
+    else
+        f->overflow = true;
+}
+
+void effects_read_fences_row(const struct resource *r, int64_t id, bool embed, struct effects_fences *out)
+{
+    *out = (struct effects_fences){ 0 };
+    fence_add(out, consistency_ref_row(resource_index(r), CONSISTENCY_ROWS, id));
+    if (embed && r->embed.child)
+        fence_add(out, consistency_ref_row(resource_index(r->embed.child), CONSISTENCY_ROWS_BY_PARENT, id));
+}
+
+void effects_read_fences_list(const struct resource *r, bool by_parent, struct effects_fences *out)
+{
+    *out = (struct effects_fences){ 0 };
+    fence_add(out, consistency_ref_table(resource_index(r)));
+    if (by_parent && r->parent)
+        fence_add(out, consistency_ref_table(resource_index(r->parent)));
+}
+
+uint64_t effects_fences_get(const struct consistency *c, const struct effects_fences *f)
+{
+    uint64_t lsn = 0;
+    for (int i = 0; i < f->n; i++) {
+        uint64_t v = consistency_ref_get(c, f->ref[i]);
+        lsn = v > lsn ? v : lsn;
+    }
+    return lsn;
 }
 
 uint64_t effects_row_fence(const struct consistency *c, const struct resource *r, int64_t id, bool embed)
 {
-    uint64_t lsn = consistency_get_row(c, resource_index(r), CONSISTENCY_ROWS, id);
-    if (embed && r->embed.child)
-        lsn = max_lsn(lsn,
-                      consistency_get_row(c, resource_index(r->embed.child), CONSISTENCY_ROWS_BY_PARENT, id));
-    return lsn;
+    struct effects_fences f;
+    effects_read_fences_row(r, id, embed, &f);
+    return effects_fences_get(c, &f);
 }
 
 uint64_t effects_list_fence(const struct consistency *c, const struct resource *r, bool by_parent)
 {
-    uint64_t lsn = consistency_get(c, resource_index(r));
-    if (by_parent && r->parent)
-        lsn = max_lsn(lsn, consistency_get(c, resource_index(r->parent)));
-    return lsn;
+    struct effects_fences f;
+    effects_read_fences_list(r, by_parent, &f);
+    return effects_fences_get(c, &f);
 }
 
-/* ---- the tables a write changed ------------------------------------------------------------- */
+/* ---- the fences a write raises -------------------------------------------------------------- */
 
-typedef void (*table_fn)(struct consistency *c, const struct resource *r, const void *arg);
-
-/* fn on every resource whose rows a deletion of r's rows takes along: its children, theirs, ... */
-static void descendants_each(struct consistency *c, const struct resource *r, table_fn fn, const void *arg)
+/* Every descendant of r (its children, theirs, ...), table and both row sets as a whole: a deletion of r's
+ * rows took some of theirs along without naming them. */
+static void descendants_add(const struct resource *r, bool rows, struct effects_fences *out)
 {
     for (int i = 0; i < resource_count(); i++) {
         const struct resource *child = resource_at(i);
-        if (child->parent == r) {
-            fn(c, child, arg);
-            descendants_each(c, child, fn, arg);
+        if (child->parent != r)
+            continue;
+        fence_add(out, consistency_ref_table(i));
+        if (rows) {
+            fence_add(out, consistency_ref_rowset(i, CONSISTENCY_ROWS));
+            fence_add(out, consistency_ref_rowset(i, CONSISTENCY_ROWS_BY_PARENT));
         }
+        descendants_add(child, true, out);
     }
 }
 
-/* fn on the write's table, and on every table its deletion cascaded to */
-static void tables_each(struct consistency *c, const struct effects_write *w, table_fn fn, const void *arg)
-{
-    fn(c, w->res, arg);
-    if (w->deleted)
-        descendants_each(c, w->res, fn, arg);
-}
-
-static void table_raise(struct consistency *c, const struct resource *r, const void *arg)
-{
-    consistency_raise(c, resource_index(r), *(const uint64_t *)arg);
-}
-
-static void table_mark_unknown(struct consistency *c, const struct resource *r, const void *arg)
-{
-    (void)arg;
-    consistency_unknown_mark(c, resource_index(r));
-}
-
-void effects_mark_unknown(struct consistency *c, const struct effects_write *w)
-{
-    tables_each(c, w, table_mark_unknown, NULL);
-}
-
-/* ---- row fences ----------------------------------------------------------------------------- */
-
-/* A descendant's rows that a deletion removed without naming them: all of them changed. */
-static void rows_raise_all(struct consistency *c, const struct resource *r, const void *arg)
-{
-    uint64_t lsn = *(const uint64_t *)arg;
-    consistency_raise_rowset(c, resource_index(r), CONSISTENCY_ROWS, lsn);
-    consistency_raise_rowset(c, resource_index(r), CONSISTENCY_ROWS_BY_PARENT, lsn);
-}
-
 /* A deletion's children: each child's rows of this parent, and its rows by id (named, or all). */
-static void children_raise(struct consistency *c, const struct effects_write *w, uint64_t lsn)
+static void children_add(const struct effects_write *w, struct effects_fences *out)
 {
     for (int i = 0; i < resource_count(); i++) {
         const struct resource *child = resource_at(i);
         if (child->parent != w->res)
             continue;
-        int t = resource_index(child);
-        consistency_raise_row(c, t, CONSISTENCY_ROWS_BY_PARENT, w->id, lsn);
+        fence_add(out, consistency_ref_table(i));
+        fence_add(out, consistency_ref_row(i, CONSISTENCY_ROWS_BY_PARENT, w->id));
         bool named = child == w->res->cascade_names && w->ncascade >= 0;
         for (int k = 0; named && k < w->ncascade; k++) /* its rows went with it */
-            consistency_raise_row(c, t, CONSISTENCY_ROWS, w->cascade[k], lsn);
+            fence_add(out, consistency_ref_row(i, CONSISTENCY_ROWS, w->cascade[k]));
         if (!named)
-            consistency_raise_rowset(c, t, CONSISTENCY_ROWS, lsn); /* which ones is not known */
-        descendants_each(c, child, rows_raise_all, &lsn);
+            fence_add(out, consistency_ref_rowset(i, CONSISTENCY_ROWS)); /* which ones is not known */
+        descendants_add(child, true, out);
     }
 }
 
-/* The row fences (see effects_row_fence): the row's; its parent's set of such rows (all of them when
- * the parent is not known); a deletion's children. */
-static void rows_raise(struct consistency *c, const struct effects_write *w, uint64_t lsn)
+/* The table's fence (lists wait for it), the row's, its parent's set of such rows (all of them when the
+ * parent is not known), and a deletion's children. */
+void effects_write_fences(const struct effects_write *w, struct effects_fences *out)
 {
-    int t = resource_index(w->res);
-    consistency_raise_row(c, t, CONSISTENCY_ROWS, w->id, lsn);
-    if (w->res->parent && w->parent_id > 0)
-        consistency_raise_row(c, t, CONSISTENCY_ROWS_BY_PARENT, w->parent_id, lsn);
-    else if (w->res->parent)
-        consistency_raise_rowset(c, t, CONSISTENCY_ROWS_BY_PARENT, lsn);
+    const struct resource *r = w->res;
+    int t = resource_index(r);
+    *out = (struct effects_fences){ 0 };
+    fence_add(out, consistency_ref_table(t));
+    fence_add(out, consistency_ref_row(t, CONSISTENCY_ROWS, w->id));
+    if (r->parent && w->parent_id > 0)
+        fence_add(out, consistency_ref_row(t, CONSISTENCY_ROWS_BY_PARENT, w->parent_id));
+    else if (r->parent)
+        fence_add(out, consistency_ref_rowset(t, CONSISTENCY_ROWS_BY_PARENT));
     if (w->deleted)
-        children_raise(c, w, lsn);
+        children_add(w, out);
+}
+
+/* More fences than the list holds (never with the registry's resources): every table's sets as a whole. */
+static void fences_raise_all(struct consistency *c, uint64_t lsn)
+{
+    for (int t = 0; t < resource_count(); t++) {
+        consistency_raise(c, t, lsn);
+        consistency_raise_rowset(c, t, CONSISTENCY_ROWS, lsn);
+        consistency_raise_rowset(c, t, CONSISTENCY_ROWS_BY_PARENT, lsn);
+    }
+}
+
+void effects_fences_raise(struct consistency *c, const struct effects_fences *f, uint64_t lsn)
+{
+    if (f->overflow)
+        fences_raise_all(c, lsn);
+    for (int i = 0; i < f->n; i++)
+        consistency_ref_raise(c, f->ref[i], lsn);
+}
+
+/* Each table named once is enough: a mark counts commits, and any count > 0 sends reads to the primary. */
+void effects_fences_mark_unknown(struct consistency *c, const struct effects_fences *f)
+{
+    bool marked[CONSISTENCY_TABLES_MAX] = { false };
+    for (int i = 0; i < f->n; i++) {
+        int t = f->ref[i].table;
+        if (t < CONSISTENCY_TABLES_MAX && !marked[t]) {
+            consistency_unknown_mark(c, t);
+            marked[t] = true;
+        }
+    }
 }
 
 void effects_raise(struct consistency *c, const struct effects_write *w, uint64_t lsn)
 {
-    tables_each(c, w, table_raise, &lsn);
-    rows_raise(c, w, lsn);
+    struct effects_fences f;
+    effects_write_fences(w, &f);
+    effects_fences_raise(c, &f, lsn);
+}
+
+void effects_mark_unknown(struct consistency *c, const struct effects_write *w)
+{
+    struct effects_fences f;
+    effects_write_fences(w, &f);
+    effects_fences_mark_unknown(c, &f);
+}
+
+/* ---- fences by name, as the deployment shares them in Redis ---------------------------------- */
+
+/* "<collection>:t" (a table), "<collection>:a<set>" (a row set as a whole), "<collection>:r<set>:<bucket>".
+ * Names, not registry positions: servers of different builds name the same tables alike. */
+bool effects_fence_name(struct consistency_ref r, char *buf, size_t cap)
+{
+    const char *coll = resource_at(r.table)->collection;
+    int n;
+    if (r.kind == CONSISTENCY_REF_TABLE)
+        n = snprintf(buf, cap, "%s:t", coll);
+    else if (r.kind == CONSISTENCY_REF_ROWSET)
+        n = snprintf(buf, cap, "%s:a%u", coll, (unsigned)r.set);
+    else
+        n = snprintf(buf, cap, "%s:r%u:%u", coll, (unsigned)r.set, (unsigned)r.bucket);
+    return key_print(n, cap);
+}
+
+static int table_by_collection(const char *name, size_t len)
+{
+    for (int i = 0; i < resource_count(); i++) {
+        const char *coll = resource_at(i)->collection;
+        if (strlen(coll) == len && strncmp(coll, name, len) == 0)
+            return i;
+    }
+    return -1;
+}
+
+bool effects_fence_parse(const char *text, size_t len, struct consistency_ref *out)
+{
+    const char *colon = memchr(text, ':', len);
+    if (!colon || colon + 1 >= text + len)
+        return false;
+    int t = table_by_collection(text, (size_t)(colon - text));
+    char rest[24];
+    size_t rlen = (size_t)(text + len - colon - 1);
+    if (t < 0 || rlen >= sizeof(rest))
+        return false;
+    memcpy(rest, colon + 1, rlen);
+    rest[rlen] = '\0';
+    unsigned set, bucket;
+    char extra;
+    if (strcmp(rest, "t") == 0)
+        *out = consistency_ref_table(t);
+    else if (sscanf(rest, "a%u%c", &set, &extra) == 1 && set < CONSISTENCY_ROWSETS)
+        *out = consistency_ref_rowset(t, (enum consistency_rowset)set);
+    else if (sscanf(rest, "r%u:%u%c", &set, &bucket, &extra) == 2 && set < CONSISTENCY_ROWSETS &&
+             bucket < CONSISTENCY_BUCKETS)
+        *out = (struct consistency_ref){ .table = (uint8_t)t,
+                                         .kind = CONSISTENCY_REF_ROW,
+                                         .set = (uint8_t)set,
+                                         .bucket = (uint16_t)bucket };
+    else
+        return false;
+    return true;
 }
 
 /* ---- cache invalidation --------------------------------------------------------------------- */
@@ -215,11 +311,41 @@ static void children_change(const struct effects_write *w, struct effects_change
     }
 }
 
+/* The fences the write raises, by name; past the list's bound (never with the registry's resources) every
+ * table's sets as a whole would be needed: the whole cache moves to a new epoch instead. */
+static void change_fences(const struct effects_write *w, struct effects_change *out)
+{
+    struct effects_fences f;
+    effects_write_fences(w, &f);
+    struct cache_change *ch = &out->cache;
+    for (int i = 0; i < f.n; i++) {
+        if (!effects_fence_name(f.ref[i], out->fence_names[i], EFFECTS_FENCE_NAME_MAX)) {
+            ch->all = true;
+            continue;
+        }
+        out->fence_ptrs[ch->fences.n++] = out->fence_names[i];
+    }
+    ch->fences.names = out->fence_ptrs;
+    if (f.overflow)
+        ch->all = true;
+}
+
+void effects_fences_name_all(const struct effects_fences *f, struct effects_read_names *out)
+{
+    out->cache = (struct cache_fences){ .names = out->ptrs };
+    for (int i = 0; i < f->n && i < CACHE_READ_FENCES_MAX; i++)
+        if (effects_fence_name(f->ref[i], out->names[out->cache.n], EFFECTS_FENCE_NAME_MAX)) {
+            out->ptrs[out->cache.n] = out->names[out->cache.n];
+            out->cache.n++;
+        }
+}
+
 void effects_change(const struct effects_write *w, struct effects_change *out)
 {
     const struct resource *r = w->res;
     struct cache_change *ch = &out->cache;
-    *out = (struct effects_change){ 0 };
+    memset(out, 0, sizeof(*out));
+    change_fences(w, out);
     list_add(ch, r, 0);
     if (r->parent && w->parent_id <= 0) {
         ch->all = true; /* cannot name the parent's lists: drop everything rather than risk a stale entry */

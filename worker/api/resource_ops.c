@@ -8,6 +8,7 @@
 #include <http_parser.h>
 #include <inttypes.h>
 #include <json-c/json.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include "common/config.h"
 #include "common/consistency.h"
 #include "common/log.h"
+#include "worker/api/deployment.h"
 #include "worker/api/effects.h"
 #include "worker/api/rows.h"
 #include "worker/cache/cache.h"
@@ -42,16 +44,19 @@ enum op_kind {
     OP_WRITE, /* a create, replace, patch or delete */
 };
 
-/* A request's steps. Reads: LOOKUP_LOCAL (rows only), LOOKUP_CACHE, WAIT_FILL while another request
- * fills the key, READ_DB after a miss or a bypass, DONE. Writes: WRITE_DB, INVALIDATE (after the
- * commit, when the cache is on), DONE. */
+/* A request's steps. Reads: LOOKUP_LOCAL (rows only), SYNC_LOCAL (a local copy waits for the
+ * deployment's fence log), LOOKUP_CACHE, WAIT_FILL while another request fills the key, READ_DB after a
+ * miss or a bypass, DONE. Writes: WRITE_DB, INVALIDATE (after the commit, when the cache is on), PURGE
+ * (the invalidation failed: recorded on the primary for every server), DONE. */
 enum op_step {
     STEP_LOOKUP_LOCAL,
+    STEP_SYNC_LOCAL,
     STEP_LOOKUP_CACHE,
     STEP_WAIT_FILL,
     STEP_READ_DB,
     STEP_WRITE_DB,
     STEP_INVALIDATE,
+    STEP_PURGE,
     STEP_DONE,
 };
 
@@ -76,6 +81,8 @@ struct resource_op_state {
     int waits;
     bool gone;                      /* reads: the client went (client_gone) */
     struct local_stamp local_stamp; /* rows: the row's fence before anything was read (local_cache.h) */
+    struct deployment_wait sync;    /* SYNC_LOCAL: the wait for the fence log */
+    struct effects_read_names fence_names; /* LOOKUP_CACHE: the deployment's fences the read waits for */
     struct event *wait_ev;
     struct effects_write done; /* writes: what committed */
     uint64_t commit_lsn;       /* writes: its commit LSN (POOL_LSN_NONE when unknown) */
@@ -235,6 +242,14 @@ static void db_send(struct resource_op_state *s, const char *const *params, int 
     pool_read(s->o.api->pool, &q, fence, cb, s);
 }
 
+/* A read that could not learn the deployment's fences from Redis (a bypass, no key) knows only this
+ * server's: it goes to the primary (docs/consistency.md, "Several servers"). */
+static void fences_unknown(struct resource_op_state *s)
+{
+    if (deployment_on(s->o.api->deployment))
+        s->key_fence = POOL_LSN_NONE;
+}
+
 /* ---- writes: commit, fences, invalidation, answer -------------------------------------------- */
 
 /* The rows a deletion's cascade took with it: the statement's extra column (resource.cascade_names),
@@ -274,7 +289,46 @@ static void invalidate_done(void *arg, bool ok)
     if (!ok)
         consistency_cache_dirty_set(s->o.api->consistency); /* every worker bypasses the cache until a new
                                                              * epoch */
+    if (!ok && deployment_on(s->o.api->deployment)) {
+        state_step(s, STEP_PURGE);
+        return;
+    }
     state_answer(s, s->row_id, s->row_json, s->row_len);
+}
+
+/* The purge is recorded (or could not be): the write committed, but its 2xx would promise what other
+ * servers cannot know yet; the client re-reads to learn the outcome. */
+static void purge_done(void *arg, const struct pool_result *r)
+{
+    struct resource_op_state *s = arg;
+    bool ok = r->status == POOL_OK && PQntuples(r->res) == 1;
+    if (ok)
+        log_warn("request %s: %s %s committed but its fences did not reach Redis: purge %s recorded on the "
+                 "primary; answered 503",
+                 s->o.req->request_id, s->o.res->name, s->row_id, PQgetvalue(r->res, 0, 0));
+    else
+        log_error("request %s: %s %s committed, its fences did not reach Redis, and the purge could not be "
+                  "recorded (%s): other servers may serve older values until they see Redis fail too",
+                  s->o.req->request_id, s->o.res->name, s->row_id,
+                  r->message && r->message[0] ? r->message : "no answer");
+    http_header_add(s->o.req, "Retry-After", "1");
+    reply_error(s->o.req, 503, "write_outcome_unknown",
+                "the write may have been applied but could not be confirmed to every server: read it back");
+    state_step(s, STEP_DONE);
+}
+
+/* A write is refused before it runs while Redis cannot take its fences: once it committed, it could only
+ * be answered write_outcome_unknown. */
+static bool write_refused(struct resource_op_state *s)
+{
+    struct api_context *api = s->o.api;
+    if (!deployment_on(api->deployment) || cache_writable(api->cache))
+        return false;
+    http_header_add(s->o.req, "Retry-After", "1");
+    reply_error(s->o.req, 503, "redis_unavailable",
+                "Redis, which shares every write's fences with the other servers, is unreachable: nothing "
+                "was written");
+    return true;
 }
 
 /* STEP_INVALIDATE: what the write changed leaves the cache; the answer waits for it. */
@@ -440,6 +494,7 @@ static void lookup_done(void *arg, const struct cache_lookup *l)
         break;
     case CACHE_BYPASS:
         req->cache_status = "BYPASS";
+        fences_unknown(s);
         break;
     }
     state_step(s, STEP_READ_DB);
@@ -475,12 +530,51 @@ static void local_lookup(struct resource_op_state *s)
                                            .troubles = consistency_cache_troubles(api->consistency) };
     const char *value;
     size_t len;
-    if (s->key[0] && local_cache_get(api->local, s->key, &s->local_stamp, &value, &len))
-        state_answer_cached(s, value, len);
-    else if (s->key[0] && cache_state(api->cache) != CACHE_DISABLED)
+    if (s->key[0] && local_cache_get(api->local, s->key, &s->local_stamp, &value, &len)) {
+        if (deployment_on(api->deployment))
+            state_step(s, STEP_SYNC_LOCAL); /* first the fences other servers raised */
+        else
+            state_answer_cached(s, value, len);
+    } else if (s->key[0] && cache_state(api->cache) != CACHE_DISABLED) {
         state_step(s, STEP_LOOKUP_CACHE);
-    else
+    } else {
+        fences_unknown(s);
         state_step(s, STEP_READ_DB);
+    }
+}
+
+/* SYNC_LOCAL is over: the fence log, read after this request arrived, is applied. The copy is served if
+ * its stamp still holds (no server raised its row's fence since it was taken), else Redis is asked. */
+static void local_synced(struct deployment_wait *w, bool ok)
+{
+    struct resource_op_state *s =
+        (struct resource_op_state *)(void *)((char *)w - offsetof(struct resource_op_state, sync));
+    struct api_context *api = s->o.api;
+    if (s->gone) {
+        gone_drop(s);
+        return;
+    }
+    s->local_stamp = (struct local_stamp){ .fence = read_fence(s),
+                                           .troubles = consistency_cache_troubles(api->consistency) };
+    const char *value;
+    size_t len;
+    if (ok && local_cache_get(api->local, s->key, &s->local_stamp, &value, &len))
+        state_answer_cached(s, value, len);
+    else
+        state_step(s, STEP_LOOKUP_CACHE);
+}
+
+/* LOOKUP_CACHE: the deployment's fences the read waits for, by name, then Redis. */
+static void cache_lookup_send(struct resource_op_state *s)
+{
+    const struct resource_op *o = &s->o;
+    struct effects_fences f;
+    if (s->kind == OP_ROW)
+        effects_read_fences_row(o->res, o->id, o->embed, &f);
+    else
+        effects_read_fences_list(o->res, o->owner != NULL, &f);
+    effects_fences_name_all(&f, &s->fence_names);
+    cache_lookup(o->api->cache, s->key, s->gen[0] ? s->gen : NULL, &s->fence_names.cache, lookup_done, s);
 }
 
 /* The one transition function: enters step `next` and runs what starts it. */
@@ -491,8 +585,12 @@ static void state_step(struct resource_op_state *s, enum op_step next)
     case STEP_LOOKUP_LOCAL:
         local_lookup(s);
         return;
+    case STEP_SYNC_LOCAL:
+        s->sync.cb = local_synced;
+        deployment_sync_wait(s->o.api->deployment, &s->sync);
+        return;
     case STEP_LOOKUP_CACHE:
-        cache_lookup(s->o.api->cache, s->key, s->gen[0] ? s->gen : NULL, lookup_done, s);
+        cache_lookup_send(s);
         return;
     case STEP_WAIT_FILL:
         fill_wait(s);
@@ -504,13 +602,18 @@ static void state_step(struct resource_op_state *s, enum op_step next)
             by_id_send(s);
         return;
     case STEP_WRITE_DB:
-        if (s->params)
+        if (write_refused(s))
+            state_step(s, STEP_DONE);
+        else if (s->params)
             db_send(s, s->params, s->nparams, row_done);
         else
             by_id_send(s); /* a deletion: $1 = id; row_done answers 204 once the fences are raised */
         return;
     case STEP_INVALIDATE:
         invalidate_send(s);
+        return;
+    case STEP_PURGE:
+        deployment_purge_record(s->o.api->deployment, purge_done, s);
         return;
     case STEP_DONE:
         state_end(s);
@@ -526,8 +629,10 @@ static void read_start(struct resource_op_state *s)
         state_step(s, STEP_LOOKUP_LOCAL);
     else if (s->key[0] && cache_state(s->o.api->cache) != CACHE_DISABLED)
         state_step(s, STEP_LOOKUP_CACHE);
-    else
+    else {
+        fences_unknown(s);
         state_step(s, STEP_READ_DB);
+    }
 }
 
 void resource_op_get(const struct resource_op *o)

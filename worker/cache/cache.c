@@ -20,7 +20,12 @@
 
 /* The keys the scripts use are laid out in cache_keys.h. A list's pages share a generation: a write that
  * can change the list bumps it, and every page key of the old generation is never read again. */
+/* With the deployment's fences (ARGV[5] '1'): a store without its marker lost its state (a restart, a
+ * FLUSHALL) and answers kind 0, trusted for nothing; the fence returned is also the highest of the
+ * deployment's fences the read names (ARGV[6..]) and the floor. */
 static const char LUA_LOOKUP[] = "local p, k = ARGV[1], ARGV[2] "
+                                 "if ARGV[5] == '1' and redis.call('EXISTS', p .. ':verified') == 0 then "
+                                 "return {0, '', '', '', k} end "
                                  "local e = redis.call('GET', p .. ':epoch') or '0' "
                                  "local f "
                                  "if ARGV[4] ~= '' then "
@@ -28,6 +33,10 @@ static const char LUA_LOOKUP[] = "local p, k = ARGV[1], ARGV[2] "
                                  "  f = redis.call('GET', p .. ':f:g:' .. ARGV[4]) "
                                  "else f = redis.call('GET', p .. ':f:' .. k) end "
                                  "f = f or '0000000000000000' "
+                                 "if ARGV[5] == '1' then "
+                                 "  for _, x in ipairs(redis.call('HMGET', p .. ':fences', 'floor', "
+                                 "unpack(ARGV, 6))) do if x and x > f then f = x end end "
+                                 "end "
                                  "local v = redis.call('GET', p .. ':e' .. e .. ':v:' .. k) "
                                  "if v then return {1, v, f, e, k} end "
                                  "local lk = p .. ':e' .. e .. ':l:' .. k "
@@ -64,8 +73,26 @@ static const char LUA_FILL[] =
     "  redis.call('EXPIRE', set, ARGV[6]) "
     "end "
     "return 1";
+/* With the deployment's fences (ARGV[7] '1'), first: the write's fences (ARGV[8 + ngens ..], nfences
+ * of them) are raised in the deployment's hash (not for an unknown commit LSN: the log tells the other
+ * servers instead) and logged in the capped fence log, which the workers read before serving a local
+ * copy. */
 static const char LUA_INVALIDATE[] =
     "local p, lsn, ttl = ARGV[1], ARGV[2], ARGV[3] "
+    "local ngens, nf = tonumber(ARGV[5]), tonumber(ARGV[6]) "
+    "local first = 8 + ngens "
+    "if ARGV[7] == '1' and nf > 0 then "
+    "  local names = {unpack(ARGV, first, first + nf - 1)} "
+    "  if lsn ~= 'FFFFFFFFFFFFFFFF' then "
+    "    local cur, up = redis.call('HMGET', p .. ':fences', unpack(names)), {} "
+    "    for i, x in ipairs(cur) do if (not x) or x < lsn then "
+    "up[#up + 1] = names[i] up[#up + 1] = lsn end end "
+    "    if #up > 0 then redis.call('HSET', p .. ':fences', unpack(up)) end "
+    "  end "
+    "  local seq = redis.call('INCR', p .. ':logseq') "
+    "  redis.call('XADD', p .. ':log', 'MAXLEN', '~', '131072', '*', 's', seq, 'l', lsn, 'f', "
+    "table.concat(names, ' ')) "
+    "end "
     "if ARGV[4] == '1' then redis.call('INCR', p .. ':epoch') end "
     "local e = redis.call('GET', p .. ':epoch') or '0' "
     "local function raise(fk) "
@@ -73,15 +100,14 @@ static const char LUA_INVALIDATE[] =
     "  if (not cur) or cur < lsn then redis.call('SET', fk, lsn, 'PX', ttl) "
     "else redis.call('PEXPIRE', fk, ttl) end "
     "end "
-    "local ngens = tonumber(ARGV[5]) "
-    "for i = 6, 5 + ngens do "
+    "for i = 8, 7 + ngens do "
     "  local set = p .. ':e' .. e .. ':pages:' .. ARGV[i] "
     "  for _, vk in ipairs(redis.call('SMEMBERS', set)) do redis.call('DEL', vk) end "
     "  redis.call('DEL', set) "
     "  redis.call('INCR', p .. ':g:' .. ARGV[i]) "
     "  raise(p .. ':f:g:' .. ARGV[i]) "
     "end "
-    "for i = 6 + ngens, #ARGV do "
+    "for i = first + nf, #ARGV do "
     "  local k = ARGV[i] "
     "  raise(p .. ':f:' .. k) "
     "  redis.call('DEL', p .. ':e' .. e .. ':v:' .. k, p .. ':e' .. e .. ':l:' .. k) "
@@ -95,12 +121,104 @@ static const char LUA_RELEASE[] = "local lk = ARGV[1] .. ':e' .. ARGV[2] .. ':l:
                                   "if redis.call('GET', lk) == ARGV[4] then redis.call('DEL', lk) end "
                                   "return 1";
 
-enum cmd_kind { CMD_PEEK, CMD_LOOKUP, CMD_FILL, CMD_RELEASE, CMD_INVALIDATE, CMD_EPOCH, CMD_SCRIPT_LOAD };
+/* The store's identity: its run_id (a restarted or failed-over Redis has another), or "unknown" when the
+ * ACL refuses INFO (then only a missing marker tells a loss). */
+#define LUA_RUN_ID                                                                  \
+    "local info = redis.pcall('INFO', 'server') "                                   \
+    "local id = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or nil " \
+    "id = id or 'unknown' "
+
+/* Is the store the one this deployment verified? The marker holds the run_id of the store it verified,
+ * then the floor and the time of that verification (each verification makes a new marker: a worker that
+ * sees it change drops its local copies, whose fence log entries may have gone with the loss). */
+static const char LUA_CHECK[] = LUA_RUN_ID "return {redis.call('GET', ARGV[1] .. ':verified') or '', id}";
+
+/* Verifies a store that lost its state: every write acknowledged before the loss committed at or below
+ * ARGV[2], a position of the primary read after the loss was seen; it becomes the floor of every fence,
+ * the epoch moves (values cached before are never read again), and the marker says the store is known.
+ * With ARGV[3], a purge recorded on the primary (cache_purge_seen) is applied the same way, once: the
+ * store remembers the last one applied; a floor already at its position (a verification after it) covers
+ * it: every value of the current epoch was read at or past that position. Without, ARGV[4] is the marker the worker saw: if another worker
+ * has verified the store since, with a position read after the same loss, nothing is done. */
+static const char LUA_VERIFY[] =
+    LUA_RUN_ID "local p = ARGV[1] "
+               "local f = redis.call('HGET', p .. ':fences', 'floor') "
+               "if ARGV[3] ~= '' then "
+               "  if tonumber(redis.call('GET', p .. ':purged') or '0') >= tonumber(ARGV[3]) then "
+               "return 'purged' end "
+               "  redis.call('SET', p .. ':purged', ARGV[3]) "
+               "  if f and f >= ARGV[2] then return 'purged' end "
+               "elseif (redis.call('GET', p .. ':verified') or '') ~= ARGV[4] then return 'already' end "
+               "if (not f) or f < ARGV[2] then redis.call('HSET', p .. ':fences', 'floor', ARGV[2]) end "
+               "redis.call('INCR', p .. ':epoch') "
+               "local t = redis.call('TIME') "
+               "redis.call('SET', p .. ':verified', id .. '/' .. ARGV[2] .. '/' .. t[1] .. t[2]) "
+               "return id";
+
+/* The fence log from just after cursor ARGV[2] (at most ARGV[3] entries), with the marker and the epoch;
+ * cursor '' asks only where the log ends (a worker starting has no local copy to check). {0}: the store
+ * lost its state. */
+static const char LUA_SYNC[] =
+    "local p = ARGV[1] "
+    "local m = redis.call('GET', p .. ':verified') "
+    "if not m then return {0} end "
+    "local e = redis.call('GET', p .. ':epoch') or '0' "
+    "if ARGV[2] == '' then "
+    "  local last = redis.call('XREVRANGE', p .. ':log', '+', '-', 'COUNT', 1) "
+    "  if last[1] then return {1, m, e, last[1][1], last[1][2][2]} end "
+    "  return {1, m, e, '0-0', '0'} "
+    "end "
+    "return {2, m, e, redis.call('XRANGE', p .. ':log', '(' .. ARGV[2], '+', 'COUNT', ARGV[3])}";
+
+enum cmd_kind {
+    CMD_PEEK,
+    CMD_LOOKUP,
+    CMD_FILL,
+    CMD_RELEASE,
+    CMD_INVALIDATE,
+    CMD_EPOCH,
+    CMD_SCRIPT_LOAD,
+    CMD_CHECK,
+    CMD_VERIFY,
+    CMD_SYNC,
+    CMD_PURGE
+};
 
 /* The scripts go by SHA1 (EVALSHA) once SCRIPT LOAD on connect has told us the digests; until then,
  * and after a NOSCRIPT (SCRIPT FLUSH by hand), by their text (EVAL). */
-enum script_id { SCRIPT_LOOKUP, SCRIPT_FILL, SCRIPT_RELEASE, SCRIPT_INVALIDATE, SCRIPT_COUNT };
-static const char *const SCRIPTS[SCRIPT_COUNT] = { LUA_LOOKUP, LUA_FILL, LUA_RELEASE, LUA_INVALIDATE };
+enum script_id {
+    SCRIPT_LOOKUP,
+    SCRIPT_FILL,
+    SCRIPT_RELEASE,
+    SCRIPT_INVALIDATE,
+    SCRIPT_CHECK,
+    SCRIPT_VERIFY,
+    SCRIPT_SYNC,
+    SCRIPT_COUNT
+};
+static const char *const SCRIPTS[SCRIPT_COUNT] = { LUA_LOOKUP, LUA_FILL,   LUA_RELEASE, LUA_INVALIDATE,
+                                                   LUA_CHECK,  LUA_VERIFY, LUA_SYNC };
+
+/* Whether this worker trusts what the store holds (docs/consistency.md, "Several servers"). */
+enum cache_trust {
+    TRUST_UNCHECKED, /* a new link, or a loss seen: the marker not compared with the store yet */
+    TRUST_VERIFYING, /* the store lost its state: verifying it (the primary's position, then LUA_VERIFY) */
+    TRUST_OK,        /* the marker names this store */
+};
+
+/* Where this worker is in the fence log, and the sync under way (one at a time: cache_sync). */
+struct cache_log_cursor {
+    char id[48];    /* the last entry read; "" before the first sync */
+    uint64_t seq;   /* its sequence number: the next entry must be seq + 1, or entries were trimmed */
+    char mark[48];  /* the marker and the epoch as last synced: a change drops every local copy */
+    char epoch[24];
+    bool busy;
+    bool reset;    /* this sync found entries lost */
+    int rounds;    /* reads of this sync (a long backlog is skipped: reset) */
+    cache_log_cb apply;
+    cache_sync_cb done;
+    void *arg;
+};
 
 /* One command in flight; redis_client calls back until it is over (redis_client.h), then it is freed. */
 struct cache_cmd {
@@ -115,6 +233,9 @@ struct cache_cmd {
     char peeked_epoch[24]; /* a peek: the epoch its value key was built from */
     enum script_id script; /* SCRIPT LOAD */
     bool moves_epoch;      /* an invalidation of rows that could not be named */
+    char lsn[CACHE_LSN_HEX]; /* CMD_VERIFY, CMD_PURGE: the floor it sets */
+    uint64_t purge_gen;      /* CMD_PURGE */
+    const struct cache_fences *fences; /* a lookup's: the caller's, valid until its callback */
 };
 
 struct cache {
@@ -127,12 +248,21 @@ struct cache {
     long reply_warned_s;          /* when a failed lookup was last logged (monotonic seconds) */
     unsigned long reply_unlogged; /* failed lookups since, not logged */
     struct cache_stats stats;     /* but the connection's own, which are redis_client's */
+    enum cache_trust trust;
+    bool check_inflight;
+    bool run_id_warned;
+    char marker_seen[96]; /* the marker the last check found wrong: a verification replaces only it */
+    struct cache_hooks hooks;
+    struct cache_log_cursor log;
+    uint64_t purge_seen, purge_applied; /* the primary's purge record (cache_purge_seen) */
+    uint64_t purge_lsn;
+    bool purge_inflight;
 };
 
 static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc, const char **argv,
                                   const size_t *lens, cache_lookup_cb lcb, cache_done_cb dcb, void *arg);
-static void lookup_script_send(struct cache *c, const char *key, const char *list, cache_lookup_cb cb,
-                               void *arg);
+static void lookup_script_send(struct cache *c, const char *key, const char *list,
+                               const struct cache_fences *fences, cache_lookup_cb cb, void *arg);
 
 /* A lookup refused by Redis (a full Redis under noeviction refuses the lease script's first write on
  * every request): one line a second at most, saying how many went unlogged, not one per request. */
@@ -149,9 +279,30 @@ static void reply_warn(struct cache *c, const char *what, const char *err)
     c->reply_unlogged = 0;
 }
 
+static bool deployment_on(const struct cache *c)
+{
+    return c->cfg->deployment_fences;
+}
+
+bool cache_trusted(const struct cache *c)
+{
+    return redis_client_up(c->rc) &&
+           (!deployment_on(c) || (c->trust == TRUST_OK && c->purge_applied >= c->purge_seen));
+}
+
 static bool cache_usable(const struct cache *c)
 {
-    return redis_client_up(c->rc) && !consistency_cache_dirty(c->consistency);
+    return cache_trusted(c) && !consistency_cache_dirty(c->consistency);
+}
+
+bool cache_settled(const struct cache *c)
+{
+    return redis_client_state(c->rc) == CACHE_DISABLED || redis_client_failed(c->rc) || cache_trusted(c);
+}
+
+bool cache_writable(const struct cache *c)
+{
+    return redis_client_up(c->rc);
 }
 
 /* ---- scripts and the epoch ------------------------------------------------------------------ */
@@ -214,18 +365,199 @@ static void epoch_bump(struct cache *c)
         c->epoch_inflight = true;
 }
 
-/* redis_client's events: the link is up (a new connection: its scripts, and the epoch if a bypass is on),
- * and the health timer's tick (the epoch, if a bypass began since). */
+/* ---- trust: is the store the one the deployment's fences were written to? ------------------- */
+
+static void trust_check(struct cache *c)
+{
+    if (!deployment_on(c) || c->check_inflight || c->trust == TRUST_VERIFYING || !redis_client_up(c->rc))
+        return;
+    const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix };
+    script_argv(c, SCRIPT_CHECK, argv);
+    size_t lens[4];
+    eval_lens(4, argv, lens, SIZE_MAX, 0);
+    if (cmd_send(c, CMD_CHECK, 4, argv, lens, NULL, NULL, NULL))
+        c->check_inflight = true;
+}
+
+/* An answer says the marker is gone (a restart, a FLUSHALL): nothing is trusted until it is verified. */
+static void trust_lost(struct cache *c)
+{
+    if (c->trust == TRUST_OK)
+        log_warn("redis: the store lost its state (its marker is gone): reads go to the primary until it is "
+                 "verified again");
+    if (c->trust != TRUST_VERIFYING)
+        c->trust = TRUST_UNCHECKED;
+    trust_check(c);
+}
+
+/* Verifying needs a position of the primary read from now on; the worker's pool reads it (cache_hooks). */
+static void trust_verify_start(struct cache *c)
+{
+    c->trust = TRUST_VERIFYING;
+    if (c->hooks.primary_lsn)
+        c->hooks.primary_lsn(c->hooks.arg, c);
+    else
+        cache_primary_lsn_done(c, false, 0);
+}
+
+void cache_set_hooks(struct cache *c, const struct cache_hooks *hooks)
+{
+    c->hooks = *hooks;
+}
+
+void cache_primary_lsn_done(struct cache *c, bool ok, uint64_t lsn)
+{
+    if (c->trust != TRUST_VERIFYING)
+        return;
+    c->trust = TRUST_UNCHECKED; /* unless the script goes out: checked again on the next tick */
+    if (!ok) {
+        log_warn("redis: cannot verify the store without the primary's position: checked again shortly");
+        return;
+    }
+    char hex[CACHE_LSN_HEX];
+    cache_lsn_hex(lsn, hex);
+    const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, hex, "", c->marker_seen };
+    script_argv(c, SCRIPT_VERIFY, argv);
+    size_t lens[7];
+    eval_lens(7, argv, lens, SIZE_MAX, 0);
+    struct cache_cmd *cmd = redis_client_up(c->rc) ? cmd_send(c, CMD_VERIFY, 7, argv, lens, NULL, NULL, NULL)
+                                                   : NULL;
+    if (cmd) {
+        c->trust = TRUST_VERIFYING;
+        memcpy(cmd->lsn, hex, sizeof(hex));
+    }
+}
+
+/* The marker is "<run_id>/<floor>/<time>": the store is the one verified if its run_id leads it. */
+static bool marker_names(const char *marker, const char *run_id)
+{
+    size_t n = strlen(run_id);
+    return strncmp(marker, run_id, n) == 0 && marker[n] == '/';
+}
+
+static void check_deliver(struct cache_cmd *cmd, const redisReply *r)
+{
+    struct cache *c = cmd->c;
+    c->check_inflight = false;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[1]->type != REDIS_REPLY_STRING) {
+        if (r && r->type == REDIS_REPLY_ERROR)
+            reply_warn(c, "store check failed", r->str);
+        return; /* checked again on the next tick */
+    }
+    const char *marker = r->element[0]->str, *run_id = r->element[1]->str;
+    if (strcmp(run_id, "unknown") == 0 && !c->run_id_warned) {
+        log_warn("redis: INFO is refused to this user: a store replaced by a replica that missed writes is "
+                 "seen only if it lacks the marker (grant +info)");
+        c->run_id_warned = true;
+    }
+    if (marker_names(marker, run_id)) {
+        if (c->trust != TRUST_OK)
+            log_info("redis: store %s verified: its fences are trusted", run_id);
+        c->trust = TRUST_OK;
+        return;
+    }
+    log_warn("redis: store %s is not the one the deployment's fences were written to (marker \"%s\"): reads "
+             "go to the primary while it is verified",
+             run_id, marker);
+    snprintf(c->marker_seen, sizeof(c->marker_seen), "%s", marker);
+    trust_verify_start(c);
+}
+
+static void verify_deliver(struct cache_cmd *cmd, const redisReply *r)
+{
+    struct cache *c = cmd->c;
+    if (c->trust != TRUST_VERIFYING)
+        return;
+    if (!r || r->type != REDIS_REPLY_STRING) {
+        c->trust = TRUST_UNCHECKED;
+        log_warn("redis: verifying the store failed (%s): checked again shortly",
+                 r && r->type == REDIS_REPLY_ERROR ? r->str : "no answer");
+        return;
+    }
+    c->trust = TRUST_OK;
+    consistency_local_drop(c->consistency);
+    if (strcmp(r->str, "already") == 0)
+        log_info("redis: store verified by another worker: its fences are trusted");
+    else
+        log_info("redis: store %s verified with the primary's position %s as every fence's floor (values "
+                 "cached before are not read)",
+                 r->str, cmd->lsn);
+}
+
+/* ---- purges: writes whose fences never reached Redis (migration 0005) ------------------------- */
+
+static void purge_apply(struct cache *c)
+{
+    if (!deployment_on(c) || c->purge_applied >= c->purge_seen || c->purge_inflight || !redis_client_up(c->rc))
+        return;
+    char hex[CACHE_LSN_HEX], gen[24];
+    cache_lsn_hex(c->purge_lsn, hex);
+    snprintf(gen, sizeof(gen), "%" PRIu64, c->purge_seen);
+    const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, hex, gen, "" };
+    script_argv(c, SCRIPT_VERIFY, argv);
+    size_t lens[7];
+    eval_lens(7, argv, lens, SIZE_MAX, 0);
+    struct cache_cmd *cmd = cmd_send(c, CMD_PURGE, 7, argv, lens, NULL, NULL, NULL);
+    if (!cmd)
+        return;
+    c->purge_inflight = true;
+    cmd->purge_gen = c->purge_seen;
+    memcpy(cmd->lsn, hex, sizeof(hex));
+}
+
+void cache_purge_seen(struct cache *c, uint64_t gen, uint64_t lsn)
+{
+    if (gen <= c->purge_seen)
+        return;
+    if (c->purge_seen)
+        log_warn("redis: purge %" PRIu64 " recorded on the primary (a write whose fences never reached Redis): "
+                 "reads go to the primary until it is applied",
+                 gen);
+    c->purge_seen = gen;
+    c->purge_lsn = lsn;
+    purge_apply(c);
+}
+
+static void purge_deliver(struct cache_cmd *cmd, const redisReply *r)
+{
+    struct cache *c = cmd->c;
+    c->purge_inflight = false;
+    if (!r || r->type != REDIS_REPLY_STRING) {
+        log_warn("redis: applying purge %" PRIu64 " failed (%s): tried again shortly", cmd->purge_gen,
+                 r && r->type == REDIS_REPLY_ERROR ? r->str : "no answer");
+        return;
+    }
+    if (cmd->purge_gen > c->purge_applied)
+        c->purge_applied = cmd->purge_gen;
+    consistency_local_drop(c->consistency);
+    if (strcmp(r->str, "purged") != 0) {
+        c->stats.epoch_bumps++;
+        log_info("redis: purge %" PRIu64 " applied: %s is every fence's floor; cache moved to a new epoch",
+                 cmd->purge_gen, cmd->lsn);
+    }
+}
+
+/* redis_client's events: the link is up (a new connection: its scripts, its store checked, and the epoch
+ * if a bypass is on), and the health timer's tick (the epoch, if a bypass began since; the store checked
+ * again: a failover replaces it under a live link's address). */
 static void on_link_up(void *arg)
 {
     struct cache *c = arg;
+    c->trust = TRUST_UNCHECKED;
+    c->check_inflight = false;
+    c->purge_inflight = false;
     scripts_load(c);
     epoch_bump(c);
+    trust_check(c);
+    purge_apply(c);
 }
 
 static void on_tick(void *arg)
 {
     epoch_bump(arg);
+    trust_check(arg);
+    purge_apply(arg);
 }
 
 /* ---- answers -------------------------------------------------------------------------------- */
@@ -267,6 +599,12 @@ static void lookup_deliver(struct cache_cmd *cmd, const redisReply *r)
         r->element[3]->type != REDIS_REPLY_STRING || r->element[4]->type != REDIS_REPLY_STRING) {
         if (r && r->type == REDIS_REPLY_ERROR)
             reply_warn(cmd->c, "lookup script failed", r->str);
+        cmd->lookup_cb(cmd->arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
+        return;
+    }
+    if (r->element[0]->integer == 0) { /* the store lost its state */
+        trust_lost(cmd->c);
+        cmd->c->stats.bypasses++;
         cmd->lookup_cb(cmd->arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
         return;
     }
@@ -313,7 +651,7 @@ static void peek_deliver(struct cache_cmd *cmd, const redisReply *r)
         return;
     }
     snprintf(c->epoch, sizeof(c->epoch), "%s", now);
-    lookup_script_send(c, cmd->key, NULL, cmd->lookup_cb, cmd->arg);
+    lookup_script_send(c, cmd->key, NULL, cmd->fences, cmd->lookup_cb, cmd->arg);
 }
 
 static void invalidate_deliver(struct cache_cmd *cmd, const redisReply *r)
@@ -329,6 +667,126 @@ static void invalidate_deliver(struct cache_cmd *cmd, const redisReply *r)
     }
     if (cmd->done_cb)
         cmd->done_cb(cmd->arg, ok);
+}
+
+/* ---- the fence log ---------------------------------------------------------------------------- */
+
+#define SYNC_COUNT 512     /* entries per read */
+#define SYNC_ROUNDS_MAX 8  /* reads per sync: a longer backlog is skipped (every local copy goes) */
+
+static bool sync_send(struct cache *c)
+{
+    char count[12];
+    snprintf(count, sizeof(count), "%d", SYNC_COUNT);
+    const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, c->log.id, count };
+    script_argv(c, SCRIPT_SYNC, argv);
+    size_t lens[6];
+    eval_lens(6, argv, lens, SIZE_MAX, 0);
+    return cmd_send(c, CMD_SYNC, 6, argv, lens, NULL, NULL, NULL) != NULL;
+}
+
+static void sync_finish(struct cache *c, enum cache_sync_result r)
+{
+    struct cache_log_cursor *l = &c->log;
+    l->busy = false;
+    l->done(l->arg, r);
+}
+
+void cache_sync(struct cache *c, cache_log_cb apply, cache_sync_cb done, void *arg)
+{
+    struct cache_log_cursor *l = &c->log;
+    if (l->busy || !cache_usable(c)) {
+        done(arg, CACHE_SYNC_FAILED);
+        return;
+    }
+    l->busy = true;
+    l->reset = false;
+    l->rounds = 0;
+    l->apply = apply;
+    l->done = done;
+    l->arg = arg;
+    if (!sync_send(c))
+        sync_finish(c, CACHE_SYNC_FAILED);
+}
+
+static bool reply_is_string(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_STRING;
+}
+
+/* A new marker (a store verified again) or a new epoch: entries may have gone with them. */
+static void sync_marks(struct cache_log_cursor *l, const char *marker, const char *epoch)
+{
+    if (l->mark[0] && (strcmp(l->mark, marker) != 0 || strcmp(l->epoch, epoch) != 0))
+        l->reset = true;
+    snprintf(l->mark, sizeof(l->mark), "%s", marker);
+    snprintf(l->epoch, sizeof(l->epoch), "%s", epoch);
+}
+
+/* One entry: [id, [s, seq, l, lsn, f, names]]. False if it is not one. */
+static bool sync_entry_apply(struct cache_log_cursor *l, const redisReply *e)
+{
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || !reply_is_string(e->element[0]) ||
+        e->element[1]->type != REDIS_REPLY_ARRAY || e->element[1]->elements != 6)
+        return false;
+    const redisReply *const *f = (const redisReply *const *)e->element[1]->element;
+    for (int i = 1; i < 6; i += 2)
+        if (!reply_is_string(f[i]))
+            return false;
+    uint64_t seq = strtoull(f[1]->str, NULL, 10);
+    if (seq != l->seq + 1)
+        l->reset = true; /* entries in between were trimmed, or the log began again */
+    struct cache_log_entry entry = { .lsn = cache_fence_parse(f[3]->str),
+                                     .unknown = strcmp(f[3]->str, "FFFFFFFFFFFFFFFF") == 0,
+                                     .names = f[5]->str,
+                                     .len = f[5]->len };
+    l->apply(l->arg, &entry);
+    snprintf(l->id, sizeof(l->id), "%s", e->element[0]->str);
+    l->seq = seq;
+    return true;
+}
+
+static void sync_deliver(struct cache_cmd *cmd, const redisReply *r)
+{
+    struct cache *c = cmd->c;
+    struct cache_log_cursor *l = &c->log;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_INTEGER) {
+        if (r && r->type == REDIS_REPLY_ERROR)
+            reply_warn(c, "fence log read failed", r->str);
+        sync_finish(c, CACHE_SYNC_FAILED);
+        return;
+    }
+    long long kind = r->element[0]->integer;
+    if (kind == 0 || r->elements < 4 || !reply_is_string(r->element[1]) || !reply_is_string(r->element[2])) {
+        if (kind == 0)
+            trust_lost(c);
+        sync_finish(c, CACHE_SYNC_FAILED);
+        return;
+    }
+    sync_marks(l, r->element[1]->str, r->element[2]->str);
+    if (kind == 1) { /* where the log ends: nothing before it concerns this worker's copies */
+        if (r->elements == 5 && reply_is_string(r->element[3]) && reply_is_string(r->element[4])) {
+            snprintf(l->id, sizeof(l->id), "%s", r->element[3]->str);
+            l->seq = strtoull(r->element[4]->str, NULL, 10);
+        }
+        sync_finish(c, l->reset ? CACHE_SYNC_RESET : CACHE_SYNC_OK);
+        return;
+    }
+    const redisReply *entries = r->element[3];
+    size_t n = entries->type == REDIS_REPLY_ARRAY ? entries->elements : 0;
+    for (size_t i = 0; i < n; i++)
+        if (!sync_entry_apply(l, entries->element[i]))
+            l->reset = true;
+    if (n < SYNC_COUNT) {
+        sync_finish(c, l->reset ? CACHE_SYNC_RESET : CACHE_SYNC_OK);
+        return;
+    }
+    if (++l->rounds >= SYNC_ROUNDS_MAX) { /* too far behind: jump to the end and drop every copy */
+        l->id[0] = '\0';
+        l->reset = true;
+    }
+    if (!sync_send(c))
+        sync_finish(c, CACHE_SYNC_FAILED);
 }
 
 static void script_load_deliver(struct cache_cmd *cmd, const redisReply *r)
@@ -369,6 +827,18 @@ static void cmd_deliver(struct cache_cmd *cmd, const redisReply *r)
     case CMD_EPOCH:
         epoch_deliver(cmd, r);
         break;
+    case CMD_CHECK:
+        check_deliver(cmd, r);
+        break;
+    case CMD_VERIFY:
+        verify_deliver(cmd, r);
+        break;
+    case CMD_SYNC:
+        sync_deliver(cmd, r);
+        break;
+    case CMD_PURGE:
+        purge_deliver(cmd, r);
+        break;
     case CMD_FILL:
     case CMD_RELEASE:
         break;
@@ -384,6 +854,14 @@ static void cmd_answer_fail(struct cache_cmd *cmd)
         cmd->done_cb(cmd->arg, false);
     else if (cmd->kind == CMD_EPOCH)
         cmd->c->epoch_inflight = false;
+    else if (cmd->kind == CMD_CHECK)
+        cmd->c->check_inflight = false;
+    else if (cmd->kind == CMD_VERIFY)
+        verify_deliver(cmd, NULL);
+    else if (cmd->kind == CMD_SYNC)
+        sync_finish(cmd->c, CACHE_SYNC_FAILED);
+    else if (cmd->kind == CMD_PURGE)
+        purge_deliver(cmd, NULL);
 }
 
 /* At exit: the request a command answers dies with the process. An invalidation not confirmed may not
@@ -430,6 +908,10 @@ static enum redis_deadline cmd_deadline(enum cmd_kind kind)
         return REDIS_DEADLINE_NONE;
     case CMD_PEEK:
     case CMD_LOOKUP:
+    case CMD_CHECK:
+    case CMD_SYNC:
+    case CMD_VERIFY: /* late, it is checked again: the marker tells what happened */
+    case CMD_PURGE:  /* late, it is applied again: the store remembers what was applied */
         return REDIS_DEADLINE_KEEP_LINK;
     case CMD_INVALIDATE:
     case CMD_EPOCH:
@@ -460,39 +942,53 @@ static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc,
 
 /* A single row's lookup first reads the epoch and the value of the epoch last seen, in one MGET (cheaper
  * for Redis than the script); a list page, a miss or an epoch change goes through the script. */
-void cache_lookup(struct cache *c, const char *key, const char *list, cache_lookup_cb cb, void *arg)
+void cache_lookup(struct cache *c, const char *key, const char *list, const struct cache_fences *fences,
+                  cache_lookup_cb cb, void *arg)
 {
     char epoch_key[96], value_key[192];
     if (list || !c->epoch[0] || !cache_usable(c) ||
         !cache_key_epoch(epoch_key, sizeof(epoch_key), c->cfg->redis_prefix) ||
         !cache_key_value(value_key, sizeof(value_key), c->cfg->redis_prefix, c->epoch, key)) {
-        lookup_script_send(c, key, list, cb, arg);
+        lookup_script_send(c, key, list, fences, cb, arg);
         return;
     }
     const char *argv[] = { "MGET", epoch_key, value_key };
     size_t lens[] = { 4, strlen(epoch_key), strlen(value_key) };
     struct cache_cmd *cmd = cmd_send(c, CMD_PEEK, 3, argv, lens, cb, NULL, arg);
     if (!cmd) {
-        lookup_script_send(c, key, list, cb, arg);
+        lookup_script_send(c, key, list, fences, cb, arg);
         return;
     }
     snprintf(cmd->key, sizeof(cmd->key), "%s", key);
     snprintf(cmd->peeked_epoch, sizeof(cmd->peeked_epoch), "%s", c->epoch);
+    cmd->fences = fences;
 }
 
-static void lookup_script_send(struct cache *c, const char *key, const char *list, cache_lookup_cb cb,
-                               void *arg)
+static void lookup_script_send(struct cache *c, const char *key, const char *list,
+                               const struct cache_fences *fences, cache_lookup_cb cb, void *arg)
 {
+    enum { FIXED = 8 };
     char ttl[16];
     snprintf(ttl, sizeof(ttl), "%d", LEASE_TTL_MS);
-    const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, key, ttl, list ? list : "" };
+    int n = deployment_on(c) && fences ? fences->n : 0;
+    if (n > CACHE_READ_FENCES_MAX)
+        n = CACHE_READ_FENCES_MAX;
+    const char *argv[FIXED + CACHE_READ_FENCES_MAX] = {
+        NULL, NULL, "0", c->cfg->redis_prefix, key, ttl, list ? list : "", deployment_on(c) ? "1" : "0"
+    };
+    for (int i = 0; i < n; i++)
+        argv[FIXED + i] = fences->names[i];
     script_argv(c, SCRIPT_LOOKUP, argv);
-    size_t lens[7];
-    eval_lens(7, argv, lens, SIZE_MAX, 0);
-    if (!cache_usable(c) || !cmd_send(c, CMD_LOOKUP, 7, argv, lens, cb, NULL, arg)) {
+    size_t lens[FIXED + CACHE_READ_FENCES_MAX];
+    eval_lens(FIXED + n, argv, lens, SIZE_MAX, 0);
+    struct cache_cmd *cmd = cache_usable(c) ? cmd_send(c, CMD_LOOKUP, FIXED + n, argv, lens, cb, NULL, arg)
+                                            : NULL;
+    if (!cmd) {
         c->stats.bypasses++;
         cb(arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
+        return;
     }
+    cmd->fences = fences;
 }
 
 void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len,
@@ -539,20 +1035,30 @@ static struct cache_cmd *invalidate_send(struct cache *c, const struct cache_cha
                                          void *arg)
 {
     enum {
-        FIXED = 8,
-        MAXARGS = FIXED + CACHE_CHANGE_GENS_MAX + CACHE_CHANGE_KEYS_MAX + CACHE_CHANGE_IDS_MAX
+        FIXED = 10,
+        MAXARGS = FIXED + CACHE_CHANGE_GENS_MAX + CACHE_CHANGE_FENCES_MAX + CACHE_CHANGE_KEYS_MAX +
+                  CACHE_CHANGE_IDS_MAX
     };
-    char lsn_s[CACHE_LSN_HEX], ttl[16], ngens_s[12];
+    char lsn_s[CACHE_LSN_HEX], ttl[16], ngens_s[12], nfences_s[12];
     cache_lsn_hex(lsn, lsn_s);
     int fence_ttl = c->cfg->max_replica_lag_ms * 6;
+    int nfences = deployment_on(c) ? ch->fences.n : 0;
+    if (nfences > CACHE_CHANGE_FENCES_MAX)
+        nfences = CACHE_CHANGE_FENCES_MAX; /* never with effects.h's bound */
     snprintf(ttl, sizeof(ttl), "%d", fence_ttl > FENCE_TTL_MIN_MS ? fence_ttl : FENCE_TTL_MIN_MS);
     snprintf(ngens_s, sizeof(ngens_s), "%d", ch->ngens);
-    const char *argv[MAXARGS] = { NULL,   NULL, "0", c->cfg->redis_prefix, lsn_s, ttl, ch->all ? "1" : "0",
-                                  ngens_s };
-    script_argv(c, SCRIPT_INVALIDATE, argv);
+    snprintf(nfences_s, sizeof(nfences_s), "%d", nfences);
+    const char *argv[MAXARGS] = { NULL,    NULL,      "0", c->cfg->redis_prefix, lsn_s, ttl, ch->all ? "1" : "0",
+                                  ngens_s, nfences_s, deployment_on(c) ? "1" : "0" };
+    /* by its text, always: after a SCRIPT FLUSH an EVALSHA would fail, and a failed invalidation costs the
+     * write its 2xx (Redis keeps the compiled script: the text is the only cost) */
+    argv[0] = "EVAL";
+    argv[1] = SCRIPTS[SCRIPT_INVALIDATE];
     int argc = FIXED;
     for (int i = 0; i < ch->ngens; i++)
         argv[argc++] = ch->gens[i];
+    for (int i = 0; i < nfences; i++)
+        argv[argc++] = ch->fences.names[i];
     for (int i = 0; i < ch->nkeys; i++)
         argv[argc++] = ch->keys[i];
     for (int i = 0; i < nids; i++) {

@@ -52,10 +52,20 @@ struct cache_lookup {
 #define CACHE_CHANGE_KEYS_MAX 2
 #define CACHE_CHANGE_GENS_MAX 3
 #define CACHE_CHANGE_IDS_MAX 256
+#define CACHE_CHANGE_FENCES_MAX (CACHE_CHANGE_IDS_MAX + 16)
+
+/* The deployment's fences a read waits for or a write raises, by name (worker/api/effects.h names them):
+ * with [redis] deployment_fences on, Redis holds them for every server on the prefix. */
+#define CACHE_READ_FENCES_MAX 8 /* a lookup names at most this many */
+struct cache_fences {
+    const char *const *names;
+    int n;
+};
 
 /* What a committed write changes: single keys, lists (every page of a generation), and the rows a
- * cascade took with it, by id (keys "<id_prefix><id>"). */
+ * cascade took with it, by id (keys "<id_prefix><id>"); and the fences it raises. */
 struct cache_change {
+    struct cache_fences fences;
     char keys[CACHE_CHANGE_KEYS_MAX][CACHE_KEY_MAX];
     char gens[CACHE_CHANGE_GENS_MAX][CACHE_KEY_MAX];
     int nkeys, ngens;
@@ -69,8 +79,11 @@ typedef void (*cache_lookup_cb)(void *arg, const struct cache_lookup *r);
 typedef void (*cache_done_cb)(void *arg, bool ok);
 
 /* Always answers through cb exactly once (synchronously with CACHE_BYPASS when Redis is unusable).
- * `list` names the list (its generation) a page belongs to (NULL for a single row). */
-void cache_lookup(struct cache *c, const char *key, const char *list, cache_lookup_cb cb, void *arg);
+ * `list` names the list (its generation) a page belongs to (NULL for a single row). `fences` (the
+ * caller's, valid until cb runs) are the deployment's fences the read waits for: the key's fence in the
+ * answer is also the highest of them. */
+void cache_lookup(struct cache *c, const char *key, const char *list, const struct cache_fences *fences,
+                  cache_lookup_cb cb, void *arg);
 /* Stores value (with data_lsn) if the lease is still the caller's and data_lsn has reached the key's fence,
  * and the value is at most max_value_bytes. Fire and forget: a fill's slowness or failure costs nothing
  * else (it has no deadline and never drops the connection). */
@@ -83,5 +96,49 @@ void cache_release(struct cache *c, const struct cache_lookup *lease);
  * every worker until it moves to a new epoch. */
 void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb,
                       void *arg);
+
+/* ---- the deployment (docs/consistency.md, "Several servers") ----------------------------------- */
+
+/* The store can be trusted: the link is up and its state was verified (not lost since this server's
+ * fences were last written there). While it cannot, lookups answer CACHE_BYPASS and reads go to the
+ * primary. Always true with deployment_fences off while the link is up. */
+bool cache_trusted(const struct cache *c);
+/* What a new worker waits for before it accepts: Redis is off, down, or its store trusted. */
+bool cache_settled(const struct cache *c);
+/* Redis can take a write's invalidation now (the link is up). */
+bool cache_writable(const struct cache *c);
+
+/* Lost state is re-verified with a position of the primary read after the loss was seen: the cache asks
+ * for one through this hook and is answered with cache_primary_lsn_done (ok false: none could be read). */
+struct cache_hooks {
+    void (*primary_lsn)(void *arg, struct cache *c);
+    void *arg;
+};
+void cache_set_hooks(struct cache *c, const struct cache_hooks *hooks);
+void cache_primary_lsn_done(struct cache *c, bool ok, uint64_t lsn);
+
+/* The primary's purge record (migration 0005), as the worker last read it: a gen not yet applied in the
+ * store is applied (every fence's floor raised to lsn, a new epoch) before Redis is trusted again. */
+void cache_purge_seen(struct cache *c, uint64_t gen, uint64_t lsn);
+
+/* One entry of the deployment's fence log: a write's fences (names separated by spaces) and its commit
+ * LSN (unknown: the write's commit LSN could not be read; its tables read from the primary for a while). */
+struct cache_log_entry {
+    uint64_t lsn;
+    bool unknown;
+    const char *names;
+    size_t len;
+};
+enum cache_sync_result {
+    CACHE_SYNC_OK,     /* every entry logged before the call was applied */
+    CACHE_SYNC_RESET,  /* as OK, but entries were lost to this worker (trimmed, a new epoch, a store
+                        * verified again): every local copy must go */
+    CACHE_SYNC_FAILED, /* Redis unusable: nothing is known */
+};
+typedef void (*cache_log_cb)(void *arg, const struct cache_log_entry *e);
+typedef void (*cache_sync_cb)(void *arg, enum cache_sync_result r);
+/* Reads the log from where this worker left it to its end, applying each entry through `apply`, then
+ * calls done once (synchronously with CACHE_SYNC_FAILED when nothing could be sent). */
+void cache_sync(struct cache *c, cache_log_cb apply, cache_sync_cb done, void *arg);
 
 #endif

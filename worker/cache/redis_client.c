@@ -359,6 +359,11 @@ enum cache_state redis_client_state(const struct redis_client *rc)
     return rc->state;
 }
 
+bool redis_client_failed(const struct redis_client *rc)
+{
+    return rc->state == CACHE_DOWN && rc->failures > 0;
+}
+
 bool redis_client_up(const struct redis_client *rc)
 {
     return rc->state == CACHE_UP && rc->ac;

@@ -34,6 +34,8 @@ struct redis_client *redis_client_new(struct event_base *base, const struct conf
 /* Every command still in flight is answered REDIS_CMD_DISCARDED from here, and no other callback runs. */
 void redis_client_free(struct redis_client *rc);
 enum cache_state redis_client_state(const struct redis_client *rc);
+/* Down after a connection attempt failed (not merely not yet tried). */
+bool redis_client_failed(const struct redis_client *rc);
 /* Up, with a connection to send on. */
 bool redis_client_up(const struct redis_client *rc);
 void redis_client_stats(const struct redis_client *rc, struct redis_client_stats *out);

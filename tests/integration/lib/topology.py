@@ -65,7 +65,7 @@ def own_redis_conf(directory, port):
     pgapi = " ".join(f">{pw}" for pw in REDIS_PGAPI_PASSWORDS)
     text = (f"port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndir {directory}\n"
             f"user default on >{OWN_REDIS_ADMIN_PASSWORD} ~* &* +@all\n"
-            f"user pgapi on {pgapi} ~* &* +@all -@admin -@dangerous\n")
+            f"user pgapi on {pgapi} ~* &* +@all -@admin -@dangerous +info\n")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)

@@ -1,0 +1,191 @@
+/* deployment: the glue between the cache's deployment protocol (cache.h), the shared fences
+ * (consistency.h, named by effects.h) and the pool. Why each step keeps the guarantee:
+ * docs/consistency.md, "Several servers". */
+#include "worker/api/deployment.h"
+
+#include <event2/event.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/config.h"
+#include "common/consistency.h"
+#include "common/log.h"
+#include "worker/api/api.h"
+#include "worker/api/effects.h"
+#include "worker/cache/cache.h"
+#include "worker/db/pool.h"
+
+static const char SQL_PRIMARY_LSN[] = "SELECT pg_current_wal_lsn()::text";
+static const char SQL_PURGE_READ[] = "SELECT gen::text, lsn::text FROM pgapi_cache_purge";
+/* Sent after the write committed: the primary's position then is past its commit (known or not). */
+static const char SQL_PURGE_RECORD[] =
+    "UPDATE pgapi_cache_purge SET gen = gen + 1, lsn = greatest(lsn, pg_current_wal_lsn()) RETURNING gen::text";
+
+struct deployment {
+    struct api_context *api;
+    bool on;
+    /* the fence log: the read under way serves `covered`; requests arriving meanwhile wait in `queued`
+     * for the next one (a read sent before they arrived may miss a fence logged just before) */
+    bool sync_inflight;
+    struct deployment_wait *covered, *queued;
+    struct event *purge_ev;
+    bool purge_read_inflight;
+    bool purge_missing_logged; /* the purge table is missing (migrations not run): said once */
+};
+
+bool deployment_on(const struct deployment *d)
+{
+    return d && d->on;
+}
+
+/* ---- the fence log ---------------------------------------------------------------------------- */
+
+/* One entry: another server's write raised these fences (names separated by spaces). */
+static void log_apply(void *arg, const struct cache_log_entry *e)
+{
+    struct deployment *d = arg;
+    const char *p = e->names, *end = e->names + e->len;
+    while (p < end) {
+        const char *sp = memchr(p, ' ', (size_t)(end - p));
+        size_t n = sp ? (size_t)(sp - p) : (size_t)(end - p);
+        struct consistency_ref ref;
+        if (n && effects_fence_parse(p, n, &ref) && consistency_ref_valid(d->api->consistency, ref)) {
+            if (e->unknown)
+                consistency_unknown_mark(d->api->consistency, ref.table);
+            else
+                consistency_ref_raise(d->api->consistency, ref, e->lsn);
+        }
+        p += n + 1;
+    }
+}
+
+static void sync_send(struct deployment *d);
+
+static void sync_done(void *arg, enum cache_sync_result r)
+{
+    struct deployment *d = arg;
+    d->sync_inflight = false;
+    if (r == CACHE_SYNC_RESET)
+        consistency_local_drop(d->api->consistency);
+    struct deployment_wait *w = d->covered;
+    d->covered = NULL;
+    while (w) {
+        struct deployment_wait *next = w->next;
+        w->cb(w, r != CACHE_SYNC_FAILED);
+        w = next;
+    }
+    if (d->queued && !d->sync_inflight)
+        sync_send(d);
+}
+
+static void sync_send(struct deployment *d)
+{
+    d->covered = d->queued;
+    d->queued = NULL;
+    d->sync_inflight = true;
+    cache_sync(d->api->cache, log_apply, sync_done, d);
+}
+
+void deployment_sync_wait(struct deployment *d, struct deployment_wait *w)
+{
+    if (!deployment_on(d)) {
+        w->cb(w, false);
+        return;
+    }
+    w->next = d->queued;
+    d->queued = w;
+    if (!d->sync_inflight)
+        sync_send(d);
+}
+
+/* ---- the primary's position, for a store that lost its state --------------------------------- */
+
+static void primary_lsn_done(void *arg, const struct pool_result *r)
+{
+    struct deployment *d = arg;
+    uint64_t lsn = 0;
+    bool ok = r->status == POOL_OK && PQntuples(r->res) == 1 && pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) == 0;
+    cache_primary_lsn_done(d->api->cache, ok, lsn);
+}
+
+static void primary_lsn_read(void *arg, struct cache *c)
+{
+    (void)c;
+    struct deployment *d = arg;
+    struct pool_query q = { .sql = SQL_PRIMARY_LSN };
+    pool_read(d->api->pool, &q, POOL_LSN_NONE, primary_lsn_done, d);
+}
+
+/* ---- purges ----------------------------------------------------------------------------------- */
+
+static void purge_read_done(void *arg, const struct pool_result *r)
+{
+    struct deployment *d = arg;
+    d->purge_read_inflight = false;
+    uint64_t lsn;
+    if (r->status == POOL_ERR_SQL && strcmp(r->sqlstate, "42P01") == 0) {
+        if (!d->purge_missing_logged)
+            log_warn("deployment: table pgapi_cache_purge is missing (run pgapi migrate): purges by other "
+                     "servers are not seen");
+        d->purge_missing_logged = true;
+        return;
+    }
+    if (r->status != POOL_OK || PQntuples(r->res) != 1 || pool_lsn_parse(PQgetvalue(r->res, 0, 1), &lsn) < 0)
+        return; /* the primary is down or busy: read again next interval (the pool logged why) */
+    d->purge_missing_logged = false;
+    cache_purge_seen(d->api->cache, strtoull(PQgetvalue(r->res, 0, 0), NULL, 10), lsn);
+}
+
+static void purge_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct deployment *d = arg;
+    if (d->purge_read_inflight || !pool_primary_up(d->api->pool))
+        return;
+    d->purge_read_inflight = true;
+    struct pool_query q = { .sql = SQL_PURGE_READ };
+    pool_read(d->api->pool, &q, POOL_LSN_NONE, purge_read_done, d);
+}
+
+void deployment_purge_record(struct deployment *d, pool_cb cb, void *arg)
+{
+    struct pool_query q = { .sql = SQL_PURGE_RECORD };
+    pool_write(d->api->pool, &q, cb, arg);
+}
+
+/* ---- lifetime --------------------------------------------------------------------------------- */
+
+struct deployment *deployment_new(struct api_context *api)
+{
+    struct deployment *d = calloc(1, sizeof(*d));
+    if (!d) {
+        log_error("deployment: out of memory");
+        return NULL;
+    }
+    d->api = api;
+    d->on = api->cfg->redis_enabled && api->cfg->deployment_fences;
+    if (!d->on)
+        return d;
+    cache_set_hooks(api->cache, &(struct cache_hooks){ .primary_lsn = primary_lsn_read, .arg = d });
+    d->purge_ev = event_new(api->base, -1, EV_PERSIST, purge_read_cb, d);
+    struct timeval tv = clock_timeval(api->cfg->health_interval_ms);
+    if (!d->purge_ev || event_add(d->purge_ev, &tv) < 0) {
+        log_error("deployment: cannot start the purge check");
+        deployment_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+void deployment_free(struct deployment *d)
+{
+    if (!d)
+        return;
+    if (d->purge_ev)
+        event_free(d->purge_ev);
+    free(d);
+}
