@@ -224,8 +224,9 @@ def so_run(cfg, redis, name, label, path, script, role, suffix, n):
     counters = delta(counters_after, counters_before)
     statements = counters.get(("side", "primary"), 0) + counters.get(("side", "replica"), 0)
     r["replica_share"] = counters.get(("side", "replica"), 0) / statements if statements else None
-    lookups = sum(v for k, v in counters.items() if k[0] == "cache")
-    r["local_hit_share"] = counters.get(("cache", "local_hit"), 0) / lookups if lookups else None
+    # per request, not per lookup: a request may count a lookup in more than one layer (a local copy
+    # found, then checked in Redis), so the layers' lookups need not add up to the requests
+    r["local_hit_share"] = counters.get(("cache", "local_hit"), 0) / req if script != "create_user.lua" else None
     log(f"round {n} {label:46} {role:18} {r['rps']:>10.0f} req/s  p99 {r['p99']:7.2f} ms  "
         f"errors {r['errors']}  redis {r['redis_per_req']:.2f} cmd/req")
     return r
@@ -485,7 +486,7 @@ def scaleout_section(rounds, cfg):
               "measured run, the difference divided by the run's requests (every server on the machine counts: the "
               "idle ones' health checks add a few dozen commands a second, under 0.01 per request). Replica share: "
               "statements on replicas over all statements (`pgapi_pool_queries_total`), local hits: "
-              "`pgapi_cache_lookups_total{layer=\"local\",result=\"hit\"}` over all lookups, both over the role's "
+              "`pgapi_cache_lookups_total{layer=\"local\",result=\"hit\"}` per request, both over the role's "
               "servers during the measured run.", ""]
     lines += scaleout_rows(rounds, cfg)
     lines += ["", "### What the cluster costs", "",
