@@ -610,8 +610,8 @@ void config_print(const struct config *c, FILE *f)
             c->redis_host, c->redis_port, c->cache_ttl_s, c->redis_connect_timeout_ms,
             c->redis_command_timeout_ms, c->redis_prefix, c->redis_socket, c->redis_username,
             c->redis_password_file, c->local_cache_entries, c->local_cache_bytes, c->cache_max_value_bytes,
-            c->cache_list_pages, c->deployment_fences ? "on" : "off", metrics_addr, lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text",
-            c->access_log ? "on" : "off");
+            c->cache_list_pages, c->deployment_fences ? "on" : "off", metrics_addr, lv[c->log_level],
+            c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off");
 }
 
 void config_print_keys(FILE *f)

@@ -330,6 +330,13 @@ static void cache_render(struct page *pg)
     family(pg, "pgapi_cache_epoch_bumps_total", "counter",
            "Times the cache moved to a new epoch (everything cached before is dropped).");
     SLOT_COUNTER(pg, "pgapi_cache_epoch_bumps_total", "", cache_epoch_bumps);
+    family(pg, "pgapi_cache_deployment_events_total", "counter",
+           "The deployment's fences in Redis: fence log reads (each serves every local hit waiting), resets "
+           "(entries lost: every local copy dropped), store verifications after lost state, purges applied.");
+    SLOT_COUNTER(pg, "pgapi_cache_deployment_events_total", "event=\"log_read\"", cache_log_reads);
+    SLOT_COUNTER(pg, "pgapi_cache_deployment_events_total", "event=\"log_reset\"", cache_log_resets);
+    SLOT_COUNTER(pg, "pgapi_cache_deployment_events_total", "event=\"verification\"", cache_verifications);
+    SLOT_COUNTER(pg, "pgapi_cache_deployment_events_total", "event=\"purge\"", cache_purges);
     family(pg, "pgapi_http_connections_refused_total", "counter",
            "Connections answered 503 at max_connections.");
     SLOT_COUNTER(pg, "pgapi_http_connections_refused_total", "", connections_refused);

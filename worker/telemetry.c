@@ -107,6 +107,10 @@ static void cache_publish(struct telemetry *t)
     delta_add(&c->cache_epoch_bumps, &last->epoch_bumps, s.epoch_bumps);
     delta_add(&c->cache_invalidation_failures, &last->invalidation_failures, s.invalidation_failures);
     delta_add(&c->cache_ping_failures, &last->ping_failures, s.ping_failures);
+    delta_add(&c->cache_log_reads, &last->log_reads, s.log_reads);
+    delta_add(&c->cache_log_resets, &last->log_resets, s.log_resets);
+    delta_add(&c->cache_verifications, &last->verifications, s.verifications);
+    delta_add(&c->cache_purges, &last->purges, s.purges);
     delta_add(&c->cache_disconnects, &last->disconnects, s.disconnects);
     gauge_set(&t->gauges->cache_up, cache_state(t->src.cache) == CACHE_UP);
     uint64_t hits = 0, entries = 0;

@@ -145,6 +145,54 @@ static void test_fences_follow_the_relations(void **state)
     consistency_destroy(c);
 }
 
+/* The deployment's copy: a write's fences by name, parsed back by another server and raised there, give
+ * that server the same fences as the writer's shared memory. */
+static void test_fence_names_carry_a_write_to_another_server(void **state)
+{
+    (void)state;
+    struct consistency *writer = consistency_create(resource_count());
+    struct consistency *reader = consistency_create(resource_count());
+    assert_non_null(writer);
+    assert_non_null(reader);
+    int64_t gone[] = { 21, 22 };
+    struct effects_write deletion = {
+        .res = &resource_users, .id = 4, .deleted = true, .cascade = gone, .ncascade = 2
+    };
+    effects_raise(writer, &deletion, 300);
+    struct effects_change ch;
+    effects_change(&deletion, &ch);
+    assert_true(ch.cache.fences.n >= 5);
+    for (int i = 0; i < ch.cache.fences.n; i++) {
+        struct consistency_ref ref;
+        const char *name = ch.cache.fences.names[i];
+        assert_true(effects_fence_parse(name, strlen(name), &ref));
+        assert_true(consistency_ref_valid(reader, ref));
+        consistency_ref_raise(reader, ref, 300);
+    }
+    int tables[] = { resource_index(&resource_users), resource_index(&resource_posts),
+                     resource_index(&resource_comments) };
+    for (int t = 0; t < 3; t++)
+        assert_true(consistency_get(reader, tables[t]) == consistency_get(writer, tables[t]));
+    int64_t ids[] = { 4, 21, 22, 23, 99 };
+    for (int i = 0; i < 5; i++) {
+        assert_true(effects_row_fence(reader, &resource_users, ids[i], true) ==
+                    effects_row_fence(writer, &resource_users, ids[i], true));
+        assert_true(effects_row_fence(reader, &resource_posts, ids[i], false) ==
+                    effects_row_fence(writer, &resource_posts, ids[i], false));
+    }
+    struct consistency_ref ref;
+    const char *bad[] = {
+        "users", "users:", "nope:t", "users:r0:4096", "users:a2", "users:r0:1x", "users:tt"
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_false(effects_fence_parse(bad[i], strlen(bad[i]), &ref));
+    char name[EFFECTS_FENCE_NAME_MAX];
+    assert_true(effects_fence_name(consistency_ref_row(tables[0], CONSISTENCY_ROWS, 4), name, sizeof(name)));
+    assert_true(strncmp(name, "users:r0:", 9) == 0);
+    consistency_destroy(writer);
+    consistency_destroy(reader);
+}
+
 static void test_routes_generated(void **state)
 {
     (void)state;
@@ -197,6 +245,7 @@ int main(void)
         cmocka_unit_test(test_user_writes_invalidate),
         cmocka_unit_test(test_post_writes_invalidate_their_parent),
         cmocka_unit_test(test_fences_follow_the_relations),
+        cmocka_unit_test(test_fence_names_carry_a_write_to_another_server),
         cmocka_unit_test(test_routes_generated),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

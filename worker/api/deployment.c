@@ -21,8 +21,8 @@
 static const char SQL_PRIMARY_LSN[] = "SELECT pg_current_wal_lsn()::text";
 static const char SQL_PURGE_READ[] = "SELECT gen::text, lsn::text FROM pgapi_cache_purge";
 /* Sent after the write committed: the primary's position then is past its commit (known or not). */
-static const char SQL_PURGE_RECORD[] =
-    "UPDATE pgapi_cache_purge SET gen = gen + 1, lsn = greatest(lsn, pg_current_wal_lsn()) RETURNING gen::text";
+static const char SQL_PURGE_RECORD[] = "UPDATE pgapi_cache_purge SET gen = gen + 1, lsn = greatest(lsn, "
+                                       "pg_current_wal_lsn()) RETURNING gen::text";
 
 struct deployment {
     struct api_context *api;
@@ -107,7 +107,8 @@ static void primary_lsn_done(void *arg, const struct pool_result *r)
 {
     struct deployment *d = arg;
     uint64_t lsn = 0;
-    bool ok = r->status == POOL_OK && PQntuples(r->res) == 1 && pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) == 0;
+    bool ok =
+        r->status == POOL_OK && PQntuples(r->res) == 1 && pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) == 0;
     cache_primary_lsn_done(d->api->cache, ok, lsn);
 }
 

@@ -236,10 +236,9 @@ bool effects_fence_parse(const char *text, size_t len, struct consistency_ref *o
         *out = consistency_ref_rowset(t, (enum consistency_rowset)set);
     else if (sscanf(rest, "r%u:%u%c", &set, &bucket, &extra) == 2 && set < CONSISTENCY_ROWSETS &&
              bucket < CONSISTENCY_BUCKETS)
-        *out = (struct consistency_ref){ .table = (uint8_t)t,
-                                         .kind = CONSISTENCY_REF_ROW,
-                                         .set = (uint8_t)set,
-                                         .bucket = (uint16_t)bucket };
+        *out = (struct consistency_ref){
+            .table = (uint8_t)t, .kind = CONSISTENCY_REF_ROW, .set = (uint8_t)set, .bucket = (uint16_t)bucket
+        };
     else
         return false;
     return true;

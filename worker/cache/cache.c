@@ -123,8 +123,8 @@ static const char LUA_RELEASE[] = "local lk = ARGV[1] .. ':e' .. ARGV[2] .. ':l:
 
 /* The store's identity: its run_id (a restarted or failed-over Redis has another), or "unknown" when the
  * ACL refuses INFO (then only a missing marker tells a loss). */
-#define LUA_RUN_ID                                                                  \
-    "local info = redis.pcall('INFO', 'server') "                                   \
+#define LUA_RUN_ID                                                                     \
+    "local info = redis.pcall('INFO', 'server') "                                      \
     "local id = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or nil " \
     "id = id or 'unknown' "
 
@@ -138,8 +138,9 @@ static const char LUA_CHECK[] = LUA_RUN_ID "return {redis.call('GET', ARGV[1] ..
  * the epoch moves (values cached before are never read again), and the marker says the store is known.
  * With ARGV[3], a purge recorded on the primary (cache_purge_seen) is applied the same way, once: the
  * store remembers the last one applied; a floor already at its position (a verification after it) covers
- * it: every value of the current epoch was read at or past that position. Without, ARGV[4] is the marker the worker saw: if another worker
- * has verified the store since, with a position read after the same loss, nothing is done. */
+ * it: every value of the current epoch was read at or past that position. Without, ARGV[4] is the marker the
+ * worker saw: if another worker has verified the store since, with a position read after the same loss,
+ * nothing is done. */
 static const char LUA_VERIFY[] =
     LUA_RUN_ID "local p = ARGV[1] "
                "local f = redis.call('HGET', p .. ':fences', 'floor') "
@@ -208,13 +209,13 @@ enum cache_trust {
 
 /* Where this worker is in the fence log, and the sync under way (one at a time: cache_sync). */
 struct cache_log_cursor {
-    char id[48];    /* the last entry read; "" before the first sync */
-    uint64_t seq;   /* its sequence number: the next entry must be seq + 1, or entries were trimmed */
-    char mark[48];  /* the marker and the epoch as last synced: a change drops every local copy */
+    char id[48];   /* the last entry read; "" before the first sync */
+    uint64_t seq;  /* its sequence number: the next entry must be seq + 1, or entries were trimmed */
+    char mark[48]; /* the marker and the epoch as last synced: a change drops every local copy */
     char epoch[24];
     bool busy;
-    bool reset;    /* this sync found entries lost */
-    int rounds;    /* reads of this sync (a long backlog is skipped: reset) */
+    bool reset; /* this sync found entries lost */
+    int rounds; /* reads of this sync (a long backlog is skipped: reset) */
     cache_log_cb apply;
     cache_sync_cb done;
     void *arg;
@@ -228,11 +229,11 @@ struct cache_cmd {
     cache_lookup_cb lookup_cb;
     cache_done_cb done_cb;
     void *arg;
-    char key[64];          /* lookups: the key as asked for */
-    char list[64];         /* a lookup of a list page: its list's generation name ("" for a row) */
-    char peeked_epoch[24]; /* a peek: the epoch its value key was built from */
-    enum script_id script; /* SCRIPT LOAD */
-    bool moves_epoch;      /* an invalidation of rows that could not be named */
+    char key[64];            /* lookups: the key as asked for */
+    char list[64];           /* a lookup of a list page: its list's generation name ("" for a row) */
+    char peeked_epoch[24];   /* a peek: the epoch its value key was built from */
+    enum script_id script;   /* SCRIPT LOAD */
+    bool moves_epoch;        /* an invalidation of rows that could not be named */
     char lsn[CACHE_LSN_HEX]; /* CMD_VERIFY, CMD_PURGE: the floor it sets */
     uint64_t purge_gen;      /* CMD_PURGE */
     const struct cache_fences *fences; /* a lookup's: the caller's, valid until its callback */
@@ -420,8 +421,8 @@ void cache_primary_lsn_done(struct cache *c, bool ok, uint64_t lsn)
     script_argv(c, SCRIPT_VERIFY, argv);
     size_t lens[7];
     eval_lens(7, argv, lens, SIZE_MAX, 0);
-    struct cache_cmd *cmd = redis_client_up(c->rc) ? cmd_send(c, CMD_VERIFY, 7, argv, lens, NULL, NULL, NULL)
-                                                   : NULL;
+    struct cache_cmd *cmd =
+        redis_client_up(c->rc) ? cmd_send(c, CMD_VERIFY, 7, argv, lens, NULL, NULL, NULL) : NULL;
     if (cmd) {
         c->trust = TRUST_VERIFYING;
         memcpy(cmd->lsn, hex, sizeof(hex));
@@ -479,17 +480,20 @@ static void verify_deliver(struct cache_cmd *cmd, const redisReply *r)
     consistency_local_drop(c->consistency);
     if (strcmp(r->str, "already") == 0)
         log_info("redis: store verified by another worker: its fences are trusted");
-    else
+    else {
+        c->stats.verifications++;
         log_info("redis: store %s verified with the primary's position %s as every fence's floor (values "
                  "cached before are not read)",
                  r->str, cmd->lsn);
+    }
 }
 
 /* ---- purges: writes whose fences never reached Redis (migration 0005) ------------------------- */
 
 static void purge_apply(struct cache *c)
 {
-    if (!deployment_on(c) || c->purge_applied >= c->purge_seen || c->purge_inflight || !redis_client_up(c->rc))
+    if (!deployment_on(c) || c->purge_applied >= c->purge_seen || c->purge_inflight ||
+        !redis_client_up(c->rc))
         return;
     char hex[CACHE_LSN_HEX], gen[24];
     cache_lsn_hex(c->purge_lsn, hex);
@@ -511,7 +515,8 @@ void cache_purge_seen(struct cache *c, uint64_t gen, uint64_t lsn)
     if (gen <= c->purge_seen)
         return;
     if (c->purge_seen)
-        log_warn("redis: purge %" PRIu64 " recorded on the primary (a write whose fences never reached Redis): "
+        log_warn("redis: purge %" PRIu64
+                 " recorded on the primary (a write whose fences never reached Redis): "
                  "reads go to the primary until it is applied",
                  gen);
     c->purge_seen = gen;
@@ -533,6 +538,7 @@ static void purge_deliver(struct cache_cmd *cmd, const redisReply *r)
     consistency_local_drop(c->consistency);
     if (strcmp(r->str, "purged") != 0) {
         c->stats.epoch_bumps++;
+        c->stats.purges++;
         log_info("redis: purge %" PRIu64 " applied: %s is every fence's floor; cache moved to a new epoch",
                  cmd->purge_gen, cmd->lsn);
     }
@@ -671,11 +677,12 @@ static void invalidate_deliver(struct cache_cmd *cmd, const redisReply *r)
 
 /* ---- the fence log ---------------------------------------------------------------------------- */
 
-#define SYNC_COUNT 512     /* entries per read */
-#define SYNC_ROUNDS_MAX 8  /* reads per sync: a longer backlog is skipped (every local copy goes) */
+#define SYNC_COUNT 512    /* entries per read */
+#define SYNC_ROUNDS_MAX 8 /* reads per sync: a longer backlog is skipped (every local copy goes) */
 
 static bool sync_send(struct cache *c)
 {
+    c->stats.log_reads++;
     char count[12];
     snprintf(count, sizeof(count), "%d", SYNC_COUNT);
     const char *argv[] = { NULL, NULL, "0", c->cfg->redis_prefix, c->log.id, count };
@@ -689,6 +696,8 @@ static void sync_finish(struct cache *c, enum cache_sync_result r)
 {
     struct cache_log_cursor *l = &c->log;
     l->busy = false;
+    if (r == CACHE_SYNC_RESET)
+        c->stats.log_resets++;
     l->done(l->arg, r);
 }
 
@@ -981,8 +990,8 @@ static void lookup_script_send(struct cache *c, const char *key, const char *lis
     script_argv(c, SCRIPT_LOOKUP, argv);
     size_t lens[FIXED + CACHE_READ_FENCES_MAX];
     eval_lens(FIXED + n, argv, lens, SIZE_MAX, 0);
-    struct cache_cmd *cmd = cache_usable(c) ? cmd_send(c, CMD_LOOKUP, FIXED + n, argv, lens, cb, NULL, arg)
-                                            : NULL;
+    struct cache_cmd *cmd =
+        cache_usable(c) ? cmd_send(c, CMD_LOOKUP, FIXED + n, argv, lens, cb, NULL, arg) : NULL;
     if (!cmd) {
         c->stats.bypasses++;
         cb(arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
@@ -1048,8 +1057,16 @@ static struct cache_cmd *invalidate_send(struct cache *c, const struct cache_cha
     snprintf(ttl, sizeof(ttl), "%d", fence_ttl > FENCE_TTL_MIN_MS ? fence_ttl : FENCE_TTL_MIN_MS);
     snprintf(ngens_s, sizeof(ngens_s), "%d", ch->ngens);
     snprintf(nfences_s, sizeof(nfences_s), "%d", nfences);
-    const char *argv[MAXARGS] = { NULL,    NULL,      "0", c->cfg->redis_prefix, lsn_s, ttl, ch->all ? "1" : "0",
-                                  ngens_s, nfences_s, deployment_on(c) ? "1" : "0" };
+    const char *argv[MAXARGS] = { NULL,
+                                  NULL,
+                                  "0",
+                                  c->cfg->redis_prefix,
+                                  lsn_s,
+                                  ttl,
+                                  ch->all ? "1" : "0",
+                                  ngens_s,
+                                  nfences_s,
+                                  deployment_on(c) ? "1" : "0" };
     /* by its text, always: after a SCRIPT FLUSH an EVALSHA would fail, and a failed invalidation costs the
      * write its 2xx (Redis keeps the compiled script: the text is the only cost) */
     argv[0] = "EVAL";

@@ -18,6 +18,7 @@ struct consistency;
 struct cache_stats {
     uint64_t connects, disconnects, ping_failures;
     uint64_t hits, misses, waits, bypasses, fills, invalidations, invalidation_failures, epoch_bumps;
+    uint64_t log_reads, log_resets, verifications, purges; /* the deployment's (docs/consistency.md) */
 };
 
 struct cache *cache_new(struct event_base *base, const struct config *cfg, struct consistency *consistency);

@@ -45,7 +45,7 @@ CREATE, UPDATE, DELETE = "create", "update", "delete"
 ACKED, FAILED, UNKNOWN = "acked", "failed", "unknown"
 # 5xx error codes that say the write was not applied (never sent, or refused before it could commit);
 # any other 5xx (write_outcome_unknown above all) or no answer leaves the outcome unknown.
-DEFINITE_FAILURE_CODES = frozenset({"database_unavailable", "primary_moved"})
+DEFINITE_FAILURE_CODES = frozenset({"database_unavailable", "primary_moved", "redis_unavailable"})
 
 
 def key_str(key):
