@@ -25,6 +25,7 @@ struct consistency {
     int ntables;
     _Atomic bool cache_dirty;
     _Atomic uint64_t cache_troubles; /* how many times cache_dirty was set: local copies older are dropped */
+    _Atomic uint64_t local_drops;    /* consistency_local_drop calls: local copies older are dropped too */
     _Atomic uint64_t primary_identity; /* 0 until a worker has seen the primary */
     struct consistency_table table[];
 };
@@ -195,7 +196,12 @@ void consistency_cache_dirty_clear(struct consistency *c)
 
 void consistency_local_drop(struct consistency *c)
 {
-    atomic_fetch_add(&c->cache_troubles, 1);
+    atomic_fetch_add(&c->local_drops, 1);
+}
+
+uint64_t consistency_local_generation(const struct consistency *c)
+{
+    return atomic_load(&c->cache_troubles) + atomic_load(&c->local_drops);
 }
 
 uint64_t consistency_cache_troubles(const struct consistency *c)

@@ -73,12 +73,14 @@ void consistency_unknown_resolve(struct consistency *c, const uint64_t marks[CON
  * moved the cache to a new epoch (so nothing cached before the failure is served again). */
 void consistency_cache_dirty_set(struct consistency *c);
 bool consistency_cache_dirty(const struct consistency *c);
-/* Counts the times the cache was marked dirty (a failed invalidation, a worker that died): the workers'
- * local copies taken before the last one are never served. */
+/* Counts the times the cache was marked dirty (a failed invalidation, a worker that died). */
 uint64_t consistency_cache_troubles(const struct consistency *c);
 /* Every worker's local copies become invalid (another server's state changed in a way the fences do not
  * tell: lost Redis state, a new epoch), without a bypass of Redis. */
 void consistency_local_drop(struct consistency *c);
+/* Changes with every trouble and every drop: the workers' local copies stamped with an older one are never
+ * served. */
+uint64_t consistency_local_generation(const struct consistency *c);
 void consistency_cache_dirty_clear(struct consistency *c);
 
 /* The primary's identity (its system identifier and timeline) as a worker sampled it. Returns true to

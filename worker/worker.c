@@ -319,7 +319,8 @@ static void warmup_cb(evutil_socket_t fd, short what, void *arg)
     struct worker *w = arg;
     if (w->draining)
         return; /* told to stop before it ever served */
-    bool settled = pool_primary_settled(w->pool) && cache_settled(w->cache);
+    bool settled =
+        pool_primary_settled(w->pool) && deployment_settled(w->api.deployment) && cache_settled(w->cache);
     if (!settled && clock_now_us() < w->warmup_until_us) {
         struct timeval tv = clock_timeval(WARMUP_POLL_MS);
         event_add(w->warmup_ev, &tv);

@@ -22,7 +22,7 @@ static const char SQL_PRIMARY_LSN[] = "SELECT pg_current_wal_lsn()::text";
 static const char SQL_PURGE_READ[] = "SELECT gen::text, lsn::text FROM pgapi_cache_purge";
 /* Sent after the write committed: the primary's position then is past its commit (known or not). */
 static const char SQL_PURGE_RECORD[] = "UPDATE pgapi_cache_purge SET gen = gen + 1, lsn = greatest(lsn, "
-                                       "pg_current_wal_lsn()) RETURNING gen::text";
+                                       "pg_current_wal_lsn()) RETURNING gen::text, lsn::text";
 
 struct deployment {
     struct api_context *api;
@@ -33,6 +33,7 @@ struct deployment {
     struct deployment_wait *covered, *queued;
     struct event *purge_ev;
     bool purge_read_inflight;
+    bool purge_read_once;      /* the purge record was read (or found missing) at least once */
     bool purge_missing_logged; /* the purge table is missing (migrations not run): said once */
 };
 
@@ -126,6 +127,7 @@ static void purge_read_done(void *arg, const struct pool_result *r)
 {
     struct deployment *d = arg;
     d->purge_read_inflight = false;
+    d->purge_read_once = true;
     uint64_t lsn;
     if (r->status == POOL_ERR_SQL && strcmp(r->sqlstate, "42P01") == 0) {
         if (!d->purge_missing_logged)
@@ -140,11 +142,8 @@ static void purge_read_done(void *arg, const struct pool_result *r)
     cache_purge_seen(d->api->cache, strtoull(PQgetvalue(r->res, 0, 0), NULL, 10), lsn);
 }
 
-static void purge_read_cb(evutil_socket_t fd, short what, void *arg)
+static void purge_read(struct deployment *d)
 {
-    (void)fd;
-    (void)what;
-    struct deployment *d = arg;
     if (d->purge_read_inflight || !pool_primary_up(d->api->pool))
         return;
     d->purge_read_inflight = true;
@@ -152,10 +151,50 @@ static void purge_read_cb(evutil_socket_t fd, short what, void *arg)
     pool_read(d->api->pool, &q, POOL_LSN_NONE, purge_read_done, d);
 }
 
+static void purge_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    purge_read(arg);
+}
+
+bool deployment_settled(struct deployment *d)
+{
+    if (!deployment_on(d) || d->purge_read_once)
+        return true;
+    purge_read(d);
+    return false;
+}
+
 void deployment_purge_record(struct deployment *d, pool_cb cb, void *arg)
 {
     struct pool_query q = { .sql = SQL_PURGE_RECORD };
     pool_write(d->api->pool, &q, cb, arg);
+}
+
+/* The cache-dirty flag's purge (cache_hooks.purge). */
+static void dirty_purge_recorded(void *arg, const struct pool_result *r)
+{
+    struct deployment *d = arg;
+    uint64_t lsn = 0;
+    bool ok =
+        r->status == POOL_OK && PQntuples(r->res) == 1 && pool_lsn_parse(PQgetvalue(r->res, 0, 1), &lsn) == 0;
+    if (ok)
+        log_warn(
+            "deployment: purge %s recorded on the primary (this server's cache was in doubt): every server "
+            "drops what it cached before it",
+            PQgetvalue(r->res, 0, 0));
+    else
+        log_warn("deployment: recording a purge on the primary failed (%s): tried again shortly",
+                 r->message && r->message[0] ? r->message : "no answer");
+    cache_purge_recorded(d->api->cache, ok, ok ? strtoull(PQgetvalue(r->res, 0, 0), NULL, 10) : 0, lsn);
+}
+
+static void dirty_purge_record(void *arg, struct cache *c)
+{
+    (void)c;
+    struct deployment *d = arg;
+    deployment_purge_record(d, dirty_purge_recorded, d);
 }
 
 /* ---- lifetime --------------------------------------------------------------------------------- */
@@ -171,7 +210,8 @@ struct deployment *deployment_new(struct api_context *api)
     d->on = api->cfg->redis_enabled && api->cfg->deployment_fences;
     if (!d->on)
         return d;
-    cache_set_hooks(api->cache, &(struct cache_hooks){ .primary_lsn = primary_lsn_read, .arg = d });
+    cache_set_hooks(api->cache, &(struct cache_hooks){
+                                    .primary_lsn = primary_lsn_read, .purge = dirty_purge_record, .arg = d });
     d->purge_ev = event_new(api->base, -1, EV_PERSIST, purge_read_cb, d);
     struct timeval tv = clock_timeval(api->cfg->health_interval_ms);
     if (!d->purge_ev || event_add(d->purge_ev, &tv) < 0) {

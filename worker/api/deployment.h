@@ -25,6 +25,10 @@ struct deployment *deployment_new(struct api_context *api);
 /* No callback runs from here. */
 void deployment_free(struct deployment *d);
 bool deployment_on(const struct deployment *d);
+/* What a new worker waits for before it accepts (with the primary and the cache): the primary's purge
+ * record read once, so that a purge made before it started is applied before it serves (it reads the
+ * record now if it can). */
+bool deployment_settled(struct deployment *d);
 /* cb(ok) once every fence another server logged before this call is in the shared memory: one read of
  * the log serves every request that waits while none is under way (then ok false: Redis unusable). */
 void deployment_sync_wait(struct deployment *d, struct deployment_wait *w);

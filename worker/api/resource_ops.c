@@ -36,6 +36,7 @@
 #define EMPTY_PAGE "{\"data\":[],\"next\":null}"
 #define CACHE_WAIT_MS 5
 #define CACHE_WAITS_MAX 10
+#define WRITE_WAIT_MS 10
 
 /* What a request reads or writes: it decides the database step and the fences a read waits for. */
 enum op_kind {
@@ -46,7 +47,8 @@ enum op_kind {
 
 /* A request's steps. Reads: LOOKUP_LOCAL (rows only), SYNC_LOCAL (a local copy waits for the
  * deployment's fence log), LOOKUP_CACHE, WAIT_FILL while another request fills the key, READ_DB after a
- * miss or a bypass, DONE. Writes: WRITE_DB, INVALIDATE (after the commit, when the cache is on), PURGE
+ * miss or a bypass, DONE. Writes: WRITE_DB (after a short wait for a Redis link that is not up yet),
+ * INVALIDATE (after the commit, when the cache is on), PURGE
  * (the invalidation failed: recorded on the primary for every server), DONE. */
 enum op_step {
     STEP_LOOKUP_LOCAL,
@@ -69,7 +71,7 @@ struct resource_op_state {
     int status;                /* success status: 200, 201 (with Location) or 204 (no body) */
     const char *sql;           /* the statement */
     const char *sql_many;      /* its batched form (pool_query.batch_sql), or NULL */
-    const char *const *params; /* WRITE_DB: the write's parameters, during state_step only */
+    const char *const *params; /* WRITE_DB: the write's parameters, during state_step only (or owned) */
     int nparams;
     int64_t limit;             /* pages: rows shown */
     int64_t after;             /* pages: the keyset cursor */
@@ -89,7 +91,8 @@ struct resource_op_state {
     char *row_json;            /* writes waiting for their invalidation: the answer, copied */
     size_t row_len;
     char row_id[ID_TEXT_MAX];
-    int64_t *cascade; /* a deletion: the ids of the cascade_names rows that went with it */
+    int64_t *cascade;    /* a deletion: the ids of the cascade_names rows that went with it */
+    char **params_owned; /* a write waiting for Redis: its parameters, copied (params points here) */
 };
 
 static void state_step(struct resource_op_state *s, enum op_step next);
@@ -106,6 +109,9 @@ static void state_free(struct resource_op_state *s)
         event_free(s->wait_ev);
     free(s->row_json);
     free(s->cascade);
+    for (int i = 0; s->params_owned && i < s->nparams; i++)
+        free(s->params_owned[i]);
+    free(s->params_owned);
     free(s);
 }
 
@@ -317,18 +323,55 @@ static void purge_done(void *arg, const struct pool_result *r)
     state_step(s, STEP_DONE);
 }
 
-/* A write is refused before it runs while Redis cannot take its fences: once it committed, it could only
- * be answered write_outcome_unknown. */
-static bool write_refused(struct resource_op_state *s)
+static void write_wait_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    state_step(arg, STEP_WRITE_DB);
+}
+
+/* The write's parameters, owned by the state: it waits past the call that gave them. */
+static bool params_keep(struct resource_op_state *s)
+{
+    if (s->params_owned || !s->params)
+        return true;
+    s->params_owned = calloc((size_t)s->nparams, sizeof(char *));
+    for (int i = 0; s->params_owned && i < s->nparams; i++)
+        if (s->params[i] && !(s->params_owned[i] = strdup(s->params[i])))
+            return false;
+    s->params = (const char *const *)s->params_owned;
+    return s->params_owned != NULL;
+}
+
+/* WAIT_REDIS: the link to Redis is not up (a reconnect, a new worker's first connection): the write waits
+ * for it a little, up to Redis's connect_timeout, rather than fail at once. */
+static bool write_wait(struct resource_op_state *s)
+{
+    const struct config *cfg = s->o.api->cfg;
+    if (s->waits++ * WRITE_WAIT_MS >= cfg->redis_connect_timeout_ms || !params_keep(s))
+        return false;
+    if (!s->wait_ev)
+        s->wait_ev = evtimer_new(s->o.api->base, write_wait_cb, s);
+    struct timeval tv = clock_timeval(WRITE_WAIT_MS);
+    return s->wait_ev && event_add(s->wait_ev, &tv) == 0;
+}
+
+/* A write runs only while Redis can take its fences: once it committed, it could only be answered
+ * write_outcome_unknown. Past the wait it is refused before it runs. False after answering or while it
+ * waits. */
+static bool write_may_run(struct resource_op_state *s)
 {
     struct api_context *api = s->o.api;
     if (!deployment_on(api->deployment) || cache_writable(api->cache))
+        return true;
+    if (write_wait(s))
         return false;
     http_header_add(s->o.req, "Retry-After", "1");
     reply_error(s->o.req, 503, "redis_unavailable",
                 "Redis, which shares every write's fences with the other servers, is unreachable: nothing "
                 "was written");
-    return true;
+    state_step(s, STEP_DONE);
+    return false;
 }
 
 /* STEP_INVALIDATE: what the write changed leaves the cache; the answer waits for it. */
@@ -527,7 +570,7 @@ static void local_lookup(struct resource_op_state *s)
 {
     struct api_context *api = s->o.api;
     s->local_stamp = (struct local_stamp){ .fence = read_fence(s),
-                                           .troubles = consistency_cache_troubles(api->consistency) };
+                                           .troubles = consistency_local_generation(api->consistency) };
     const char *value;
     size_t len;
     if (s->key[0] && local_cache_get(api->local, s->key, &s->local_stamp, &value, &len)) {
@@ -555,7 +598,7 @@ static void local_synced(struct deployment_wait *w, bool ok)
         return;
     }
     s->local_stamp = (struct local_stamp){ .fence = read_fence(s),
-                                           .troubles = consistency_cache_troubles(api->consistency) };
+                                           .troubles = consistency_local_generation(api->consistency) };
     const char *value;
     size_t len;
     if (ok && local_cache_get(api->local, s->key, &s->local_stamp, &value, &len))
@@ -602,9 +645,9 @@ static void state_step(struct resource_op_state *s, enum op_step next)
             by_id_send(s);
         return;
     case STEP_WRITE_DB:
-        if (write_refused(s))
-            state_step(s, STEP_DONE);
-        else if (s->params)
+        if (!write_may_run(s))
+            return;
+        if (s->params)
             db_send(s, s->params, s->nparams, row_done);
         else
             by_id_send(s); /* a deletion: $1 = id; row_done answers 204 once the fences are raised */

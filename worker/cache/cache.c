@@ -258,6 +258,9 @@ struct cache {
     uint64_t purge_seen, purge_applied; /* the primary's purge record (cache_purge_seen) */
     uint64_t purge_lsn;
     bool purge_inflight;
+    bool dirty_purge_requested; /* the cache-dirty flag's purge: asked for (cache_hooks.purge) */
+    uint64_t dirty_purge_gen;   /* ...recorded as this gen: applied, it clears the flag */
+    uint64_t dirty_troubles;    /* consistency_cache_troubles when it was asked for */
 };
 
 static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc, const char **argv,
@@ -352,11 +355,23 @@ static void eval_lens(int argc, const char **argv, size_t *lens, size_t value_in
         lens[i] = (size_t)i == value_index ? value_len : strlen(argv[i]);
 }
 
-/* Ends a bypass: a new epoch makes every value cached before the failure unreachable. */
+/* Ends a bypass: a new epoch makes every value cached before the failure unreachable. With the
+ * deployment's fences, a purge recorded on the primary does it instead: a write whose invalidation did
+ * not run (or a worker that died with one under way) left no fence in Redis, and other servers may read
+ * its rows from a replica that has not replayed it; the purge's floor, a position of the primary read
+ * after the trouble, covers it on every server. */
 static void epoch_bump(struct cache *c)
 {
     if (c->epoch_inflight || !redis_client_up(c->rc) || !consistency_cache_dirty(c->consistency))
         return;
+    if (deployment_on(c) && c->hooks.purge) {
+        if (!c->dirty_purge_requested) {
+            c->dirty_purge_requested = true;
+            c->dirty_troubles = consistency_cache_troubles(c->consistency);
+            c->hooks.purge(c->hooks.arg, c);
+        }
+        return;
+    }
     char key[96];
     if (!cache_key_epoch(key, sizeof(key), c->cfg->redis_prefix))
         return;
@@ -510,6 +525,18 @@ static void purge_apply(struct cache *c)
     memcpy(cmd->lsn, hex, sizeof(hex));
 }
 
+void cache_purge_recorded(struct cache *c, bool ok, uint64_t gen, uint64_t lsn)
+{
+    if (!c->dirty_purge_requested)
+        return;
+    if (!ok) {
+        c->dirty_purge_requested = false; /* asked again on the next tick */
+        return;
+    }
+    c->dirty_purge_gen = gen;
+    cache_purge_seen(c, gen, lsn);
+}
+
 void cache_purge_seen(struct cache *c, uint64_t gen, uint64_t lsn)
 {
     if (gen <= c->purge_seen)
@@ -536,6 +563,13 @@ static void purge_deliver(struct cache_cmd *cmd, const redisReply *r)
     if (cmd->purge_gen > c->purge_applied)
         c->purge_applied = cmd->purge_gen;
     consistency_local_drop(c->consistency);
+    if (c->dirty_purge_requested && c->dirty_purge_gen && c->purge_applied >= c->dirty_purge_gen) {
+        c->dirty_purge_requested = false;
+        c->dirty_purge_gen = 0;
+        if (consistency_cache_troubles(c->consistency) == c->dirty_troubles) /* no new trouble since */
+            consistency_cache_dirty_clear(c->consistency);
+        log_info("redis: cache moved to a new epoch; cached values in use again");
+    }
     if (strcmp(r->str, "purged") != 0) {
         c->stats.epoch_bumps++;
         c->stats.purges++;
@@ -773,7 +807,8 @@ static void sync_deliver(struct cache_cmd *cmd, const redisReply *r)
         return;
     }
     sync_marks(l, r->element[1]->str, r->element[2]->str);
-    if (kind == 1) { /* where the log ends: nothing before it concerns this worker's copies */
+    if (kind == 1) { /* where the log ends: copies stored before this first read cannot be checked */
+        l->reset = true;
         if (r->elements == 5 && reply_is_string(r->element[3]) && reply_is_string(r->element[4])) {
             snprintf(l->id, sizeof(l->id), "%s", r->element[3]->str);
             l->seq = strtoull(r->element[4]->str, NULL, 10);

@@ -113,6 +113,8 @@ bool cache_writable(const struct cache *c);
  * for one through this hook and is answered with cache_primary_lsn_done (ok false: none could be read). */
 struct cache_hooks {
     void (*primary_lsn)(void *arg, struct cache *c);
+    /* The cache-dirty flag is set: record a purge on the primary; answered with cache_purge_recorded. */
+    void (*purge)(void *arg, struct cache *c);
     void *arg;
 };
 void cache_set_hooks(struct cache *c, const struct cache_hooks *hooks);
@@ -121,6 +123,7 @@ void cache_primary_lsn_done(struct cache *c, bool ok, uint64_t lsn);
 /* The primary's purge record (migration 0005), as the worker last read it: a gen not yet applied in the
  * store is applied (every fence's floor raised to lsn, a new epoch) before Redis is trusted again. */
 void cache_purge_seen(struct cache *c, uint64_t gen, uint64_t lsn);
+void cache_purge_recorded(struct cache *c, bool ok, uint64_t gen, uint64_t lsn);
 
 /* One entry of the deployment's fence log: a write's fences (names separated by spaces) and its commit
  * LSN (unknown: the write's commit LSN could not be read; its tables read from the primary for a while). */

@@ -10,7 +10,7 @@
 
 struct local_cache;
 
-/* What an entry is valid for: its row's fence, and the count of cache troubles (common/consistency.h),
+/* What an entry is valid for: its row's fence, and the local generation (consistency_local_generation),
  * both as read before its value was fetched. */
 struct local_stamp {
     uint64_t fence;
