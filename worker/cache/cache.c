@@ -211,7 +211,7 @@ enum cache_trust {
 struct cache_log_cursor {
     char id[48];   /* the last entry read; "" before the first sync */
     uint64_t seq;  /* its sequence number: the next entry must be seq + 1, or entries were trimmed */
-    char mark[48]; /* the marker and the epoch as last synced: a change drops every local copy */
+    char mark[96]; /* the marker (74 chars) and the epoch as last synced: a change drops every local copy */
     char epoch[24];
     bool busy;
     bool reset; /* this sync found entries lost */
