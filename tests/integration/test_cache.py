@@ -304,9 +304,17 @@ def test_local_cache_serves_hits_and_never_outlives_a_write(server, schema):
     for k in r.scan_iter(f"{s.prefix}:*"):
         if ":v:" in k.decode():
             r.delete(k)
+    time.sleep(1.1)  # the workers publish their counters every second
+    local_before = total(scrape(s), "pgapi_cache_lookups_total", layer="local", result="hit")
     for p in paths:
         hits = [get(s, p)[1] for _ in range(10)]
         assert hits.count("HIT") >= 5, (p, hits)
+    time.sleep(1.1)
+    fams = scrape(s)
+    local = total(fams, "pgapi_cache_lookups_total", layer="local", result="hit") - local_before
+    assert local >= 15, f"expected most of the 30 reads served from the workers' memory, got {local}"
+    resets = total(fams, "pgapi_cache_deployment_events_total", event="log_reset")
+    assert resets <= 2 * len(s.worker_pids()), f"the fence log dropped the local copies {resets} times"
     for i in range(5):
         assert s.request("PATCH", paths[0], body={"name": f"local{i}"}).status == 200
         assert s.request("PUT", paths[2], body={"title": f"t{i}", "content": "c"}).status == 200
@@ -645,3 +653,20 @@ def test_a_404_gives_its_fill_lease_back(server, schema):
             status, xc, _ = get(s, path)
             assert status == 404 and xc == "MISS", (path, status, xc)
     leases_given_back(s, schema)
+
+
+def test_redis_that_may_evict_fences_is_not_trusted(warm_user_on_own_redis):
+    """The deployment's fences have no TTL: under an allkeys-* eviction policy Redis could drop one, and no
+    marker would tell. Such a Redis is not used (one error line; reads from PostgreSQL) until its policy
+    is safe again."""
+    s, own, u = warm_user_on_own_redis
+    r = redis_lib.Redis(port=own.port)
+    r.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        s.wait_for(lambda: all(get(s, f"/users/{u['id']}")[1] == "BYPASS" for _ in range(4)), 10,
+                   "the cache bypassed under allkeys-lru")
+        lines = [l for l in s.log_text().splitlines() if "maxmemory-policy allkeys-lru" in l]
+        assert 1 <= len(lines) <= len(s.worker_pids()), lines
+    finally:
+        r.config_set("maxmemory-policy", "noeviction")
+    until_hit(s, f"/users/{u['id']}")

@@ -573,11 +573,10 @@ static void local_lookup(struct resource_op_state *s)
                                            .troubles = consistency_local_generation(api->consistency) };
     const char *value;
     size_t len;
-    if (s->key[0] && local_cache_get(api->local, s->key, &s->local_stamp, &value, &len)) {
-        if (deployment_on(api->deployment))
-            state_step(s, STEP_SYNC_LOCAL); /* first the fences other servers raised */
-        else
-            state_answer_cached(s, value, len);
+    if (s->key[0] && deployment_on(api->deployment) && local_cache_has(api->local, s->key, &s->local_stamp)) {
+        state_step(s, STEP_SYNC_LOCAL); /* first the fences other servers raised */
+    } else if (s->key[0] && local_cache_get(api->local, s->key, &s->local_stamp, &value, &len)) {
+        state_answer_cached(s, value, len);
     } else if (s->key[0] && cache_state(api->cache) != CACHE_DISABLED) {
         state_step(s, STEP_LOOKUP_CACHE);
     } else {

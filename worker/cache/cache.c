@@ -131,7 +131,12 @@ static const char LUA_RELEASE[] = "local lk = ARGV[1] .. ':e' .. ARGV[2] .. ':l:
 /* Is the store the one this deployment verified? The marker holds the run_id of the store it verified,
  * then the floor and the time of that verification (each verification makes a new marker: a worker that
  * sees it change drops its local copies, whose fence log entries may have gone with the loss). */
-static const char LUA_CHECK[] = LUA_RUN_ID "return {redis.call('GET', ARGV[1] .. ':verified') or '', id}";
+/* With its eviction policy: under allkeys-* Redis may evict a fence (they have no TTL), which no marker
+ * would tell. */
+static const char LUA_CHECK[] = LUA_RUN_ID
+    "local mem = redis.pcall('INFO', 'memory') "
+    "local policy = type(mem) == 'string' and string.match(mem, 'maxmemory_policy:([%w-]+)') or '' "
+    "return {redis.call('GET', ARGV[1] .. ':verified') or '', id, policy}";
 
 /* Verifies a store that lost its state: every write acknowledged before the loss committed at or below
  * ARGV[2], a position of the primary read after the loss was seen; it becomes the floor of every fence,
@@ -252,6 +257,7 @@ struct cache {
     enum cache_trust trust;
     bool check_inflight;
     bool run_id_warned;
+    bool policy_refused;  /* an allkeys-* eviction policy was found (logged once) */
     char marker_seen[96]; /* the marker the last check found wrong: a verification replaces only it */
     struct cache_hooks hooks;
     struct cache_log_cursor log;
@@ -455,13 +461,24 @@ static void check_deliver(struct cache_cmd *cmd, const redisReply *r)
 {
     struct cache *c = cmd->c;
     c->check_inflight = false;
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
-        r->element[1]->type != REDIS_REPLY_STRING) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[1]->type != REDIS_REPLY_STRING || r->element[2]->type != REDIS_REPLY_STRING) {
         if (r && r->type == REDIS_REPLY_ERROR)
             reply_warn(c, "store check failed", r->str);
         return; /* checked again on the next tick */
     }
-    const char *marker = r->element[0]->str, *run_id = r->element[1]->str;
+    const char *marker = r->element[0]->str, *run_id = r->element[1]->str, *policy = r->element[2]->str;
+    if (strncmp(policy, "allkeys-", 8) == 0) {
+        if (!c->policy_refused)
+            log_error(
+                "redis: maxmemory-policy %s may evict the deployment's fences: the cache is not used (set "
+                "noeviction or a volatile-* policy)",
+                policy);
+        c->policy_refused = true;
+        c->trust = TRUST_UNCHECKED;
+        return;
+    }
+    c->policy_refused = false;
     if (strcmp(run_id, "unknown") == 0 && !c->run_id_warned) {
         log_warn("redis: INFO is refused to this user: a store replaced by a replica that missed writes is "
                  "seen only if it lacks the marker (grant +info)");

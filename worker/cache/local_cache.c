@@ -73,20 +73,34 @@ void local_cache_free(struct local_cache *lc)
     free(lc);
 }
 
-bool local_cache_get(struct local_cache *lc, const char *key, const struct local_stamp *stamp,
-                     const char **value, size_t *len)
+/* The key's slot if it holds a valid entry for this stamp; a stale one is cleared. */
+static struct slot *slot_valid(struct local_cache *lc, const char *key, const struct local_stamp *stamp)
 {
     if (!lc)
-        return false;
+        return NULL;
     uint64_t h = key_hash(key);
     struct slot *s = &lc->slots[h & lc->mask];
     if (!s->blob || s->hash != h || strcmp(s->blob, key) != 0)
-        return false;
+        return NULL;
     if (s->stamp.fence != stamp->fence || s->stamp.troubles != stamp->troubles ||
         s->expires <= clock_now_s()) {
         slot_clear(lc, s); /* its row was written since, or it is too old: never valid again */
-        return false;
+        return NULL;
     }
+    return s;
+}
+
+bool local_cache_has(struct local_cache *lc, const char *key, const struct local_stamp *stamp)
+{
+    return slot_valid(lc, key, stamp) != NULL;
+}
+
+bool local_cache_get(struct local_cache *lc, const char *key, const struct local_stamp *stamp,
+                     const char **value, size_t *len)
+{
+    struct slot *s = slot_valid(lc, key, stamp);
+    if (!s)
+        return false;
     lc->hits++;
     *value = s->blob + s->klen + 1;
     *len = s->vlen;

@@ -24,6 +24,8 @@ void local_cache_free(struct local_cache *lc);
 /* The value of key if it was stored with this stamp and has not expired; valid until the next put. */
 bool local_cache_get(struct local_cache *lc, const char *key, const struct local_stamp *stamp,
                      const char **value, size_t *len);
+/* As local_cache_get, without serving (not counted as a hit): whether a valid entry is there. */
+bool local_cache_has(struct local_cache *lc, const char *key, const struct local_stamp *stamp);
 void local_cache_put(struct local_cache *lc, const char *key, const struct local_stamp *stamp,
                      const char *value, size_t len);
 void local_cache_stats(const struct local_cache *lc, uint64_t *hits, uint64_t *entries, size_t *bytes);
