@@ -6,8 +6,11 @@ hits all of them alike); the table quotes the median of the rounds. Not a test: 
 Input: a JSON file (argv[1]) written by run.sh:
   {"targets": {"pgapi": {"port": P, "pid": PID}, ...}, "reset": [argv...], "facts": {...}}
 """
+import atexit
 import json
 import os
+import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -18,6 +21,7 @@ DUR = os.environ.get("BENCH_DURATION", "10s")
 WARM = os.environ.get("BENCH_WARMUP", "2s")
 CONN = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+FILL = "3s"  # bench/lua/user_all.lua reads every user once in well under this
 
 # name, label, {target: (path, script, write method)}; the first target is ours, the others compare
 PEERS = ("peer", "peer_cluster")
@@ -48,9 +52,22 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+SCRIPTS = set()  # the scripts written for wrk, removed at exit
+
+
+@atexit.register
+def remove_scripts():
+    for path in SCRIPTS:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def wrk_script(script):
     """wrk takes one script: the report hook plus the scenario's request function."""
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pgapi-bench-{os.getpid()}-{script or 'plain'}.lua")
+    SCRIPTS.add(path)
     with open(path, "w") as out:
         for part in ("report.lua", script):
             if part:
@@ -60,7 +77,8 @@ def wrk_script(script):
 
 
 def wrk_run(port, path, script, target, duration):
-    env = dict(os.environ, BENCH_WRITE_METHOD=WRITE_METHOD.get(target, "PUT"))
+    method = WRITE_METHOD.get(target, "PATCH" if target.startswith("so_") else "PUT")
+    env = dict(os.environ, BENCH_WRITE_METHOD=method)
     cmd = ["wrk", "-t2", f"-c{CONN}", f"-d{duration}", "--latency", "-s", wrk_script(script),
            f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600).stdout
@@ -88,6 +106,140 @@ def tree_rss(pid):
     return out
 
 
+# Scale-out (run.sh, BENCH_SCALEOUT): N servers behind HAProxy ("cluster") against one server with the
+# same total workers, reached directly ("single") and through its own HAProxy ("single_lb"). Where they
+# exist: the cluster with the deployment-wide fences off (a test-only setting: what the fences cost)
+# and BENCH_BASELINE's commit as a cluster. Every role keeps Redis on (a deployment needs it); the
+# uncached reads are pages larger than the roles' max_value_bytes, so each one misses the cache.
+SO_ROLES = ("single", "single_lb", "cluster", "cluster_nofences", "cluster_baseline")
+SO_SCENARIOS = [
+    ("so_cached", "GET /users/:id random, cached (local cache on)", "user_random.lua"),
+    ("so_uncached", "GET /users?limit=10&after_id=random, never cached", "list_random.lua"),
+    ("so_post", "POST /users (primary)", "create_user.lua"),
+    ("so_mix", "90% GET /users/:id, 10% update", "mix.lua"),
+]
+SO_MARK = ("<!-- scale-out: written by bench/bench.py; BENCH_SCALEOUT=only replaces just this section -->",
+           "<!-- /scale-out -->")
+
+
+def so_roles(cfg):
+    have = cfg.get("scaleout", {}).get("roles", {})
+    return [r for r in SO_ROLES if r in have]
+
+
+class Redis:
+    """Just enough RESP to AUTH as Redis's default user and read INFO (no client library needed)."""
+
+    def __init__(self, port, password):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        self.call("AUTH", "default", password)
+
+    def call(self, *args):
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a.encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        self.sock.sendall(out)
+        line = self.line()
+        if line.startswith(b"-"):
+            raise RuntimeError(f"redis {args[0]}: {line.decode()}")
+        if line.startswith(b"$"):
+            n = int(line[1:])
+            while len(self.buf) < n + 2:
+                self.buf += self.sock.recv(65536)
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data.decode()
+        return line.decode()
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("redis closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def commandstats(self):
+        """{command: (calls, usec)} from INFO commandstats."""
+        stats = {}
+        for m in re.finditer(r"^cmdstat_(\S+?):calls=(\d+),usec=(\d+)", self.call("INFO", "commandstats"), re.M):
+            stats[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+        return stats
+
+
+def redis_for(cfg):
+    so = cfg["scaleout"]
+    with open(so["secrets"]) as f:
+        password = next(line.split("=", 1)[1].strip() for line in f if line.startswith("REDIS_ADMIN_PASSWORD="))
+    return Redis(so["redis_port"], password)
+
+
+SAMPLE = re.compile(r'^(pgapi_pool_queries_total|pgapi_cache_lookups_total)\{([^}]*)\} (\S+)$', re.M)
+
+
+def server_counters(ports):
+    """Statements by side and cache lookups by layer/result, summed over the servers' /metrics."""
+    out = {}
+    for port in ports:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            body = b""
+            while chunk := s.recv(65536):
+                body += chunk
+        for name, labels, v in SAMPLE.findall(body.decode()):
+            lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            key = ("side", lab.get("side")) if name == "pgapi_pool_queries_total" else \
+                  ("cache", lab.get("layer") + "_" + lab.get("result"))
+            out[key] = out.get(key, 0) + float(v)
+    return out
+
+
+def delta(after, before):
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
+def so_run(cfg, redis, name, label, script, role, n):
+    """One measured run of a scale-out role, with the Redis commands and the servers' counters it
+    caused (INFO commandstats and /metrics read just before and just after the measured wrk)."""
+    info = cfg["scaleout"]["roles"][role]
+    if name == "so_cached":  # every row read once first: each role's Redis prefix starts empty each round
+        wrk_run(info["port"], "/", "user_all.lua", "so_" + role, FILL)
+    wrk_run(info["port"], "/", script, "so_" + role, WARM)
+    redis_before, counters_before = redis.commandstats(), server_counters(info["metrics"])
+    r = wrk_run(info["port"], "/", script, "so_" + role, DUR)
+    redis_after, counters_after = redis.commandstats(), server_counters(info["metrics"])
+    calls = {k: v[0] - redis_before.get(k, (0, 0))[0] for k, v in redis_after.items()}
+    usec = sum(v[1] - redis_before.get(k, (0, 0))[1] for k, v in redis_after.items())
+    req = max(r["requests"], 1)
+    r["redis_cmds"] = {k: c / req for k, c in calls.items() if c}
+    r["redis_per_req"] = sum(calls.values()) / req
+    r["redis_us_per_req"] = usec / req
+    counters = delta(counters_after, counters_before)
+    statements = counters.get(("side", "primary"), 0) + counters.get(("side", "replica"), 0)
+    r["replica_share"] = counters.get(("side", "replica"), 0) / statements if statements else None
+    # per request, not per lookup: a request may count a lookup in more than one layer (a local copy
+    # found, then checked in Redis), so the layers' lookups need not add up to the requests
+    r["local_hit_share"] = counters.get(("cache", "local_hit"), 0) / req if name in ("so_cached", "so_mix") else None
+    log(f"round {n} {label:46} {role:18} {r['rps']:>10.0f} req/s  p99 {r['p99']:7.2f} ms  "
+        f"errors {r['errors']}  redis {r['redis_per_req']:.2f} cmd/req")
+    return r
+
+
+def run_scaleout(cfg, n, results):
+    if not cfg.get("scaleout", {}).get("roles"):
+        return
+    redis = redis_for(cfg)
+    for name, label, script in SO_SCENARIOS:
+        roles = so_roles(cfg)
+        if n % 2 == 0:
+            roles.reverse()
+        for role in roles:
+            results[(name, role)] = so_run(cfg, redis, name, label, script, role, n)
+    redis.sock.close()
+
+
 def run_round(cfg, n):
     subprocess.run(cfg["reset"], check=True)
     results = {}
@@ -104,6 +256,7 @@ def run_round(cfg, n):
             results[(name, target)] = r
             log(f"round {n} {label:36} {target:22} {r['rps']:>10.0f} req/s  p99 {r['p99']:7.2f} ms  "
                 f"errors {r['errors']}")
+    run_scaleout(cfg, n, results)
     rss = {t: tree_rss(v["pid"]) for t, v in cfg["targets"].items()}
     return results, rss
 
@@ -213,7 +366,157 @@ def targets(rounds, snapshots, cfg):
     return out
 
 
+ROLE_TEXT = {
+    "single": "one server of {total} workers, wrk straight to it",
+    "single_lb": "the same server through an HAProxy of its own (the cluster's HAProxy configuration, one server)",
+    "cluster": "{servers} servers of {workers} worker(s) behind HAProxy (round-robin, `option httpchk GET /readyz`), "
+               "on their defaults (but `max_value_bytes`, above): one Redis prefix, local caches on",
+    "cluster_nofences": "the same cluster with `[redis] deployment_fences = off` (the test-only switch): "
+                        "the difference is what the deployment-wide fences cost",
+    "cluster_baseline": "BENCH_BASELINE's commit ({baseline}) as the same cluster",
+}
+
+
+def so_median(rounds, key, field):
+    vals = [r[key][field] for r in rounds if key in r and r[key].get(field) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def pct(v):
+    return "—" if v is None else f"{v * 100:.0f}%"
+
+
+def change(a, b):
+    return "—" if not a or not b else f"{(a - b) / b * 100:+.1f}%"
+
+
+def top_commands(rounds, key, k=4):
+    """The commands of most calls per request (medians over the rounds), e.g. "evalsha 0.61, mget 0.40"."""
+    cmds = {c for r in rounds if key in r for c in r[key].get("redis_cmds", {})}
+    per = {c: statistics.median([r[key]["redis_cmds"].get(c, 0) for r in rounds if key in r]) for c in cmds}
+    best = sorted((v, c) for c, v in per.items() if v >= 0.005)[::-1][:k]
+    return ", ".join(f"{c} {v:.2f}" for v, c in best) or "—"
+
+
+def scaleout_rows(rounds, cfg):
+    rows = ["| scenario | role | req/s (min..max) | vs single_lb | p50 | p90 | p99 | errors | Redis cmd/req "
+            "| Redis µs/req | commands per request | replica share | local hits |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, label, _ in SO_SCENARIOS:
+        base = so_median(rounds, (name, "single_lb"), "rps")
+        for role in so_roles(cfg):
+            key = (name, role)
+            rps = [r[key]["rps"] for r in rounds if key in r]
+            if not rps:
+                continue
+            m = {f: so_median(rounds, key, f) for f in ("rps", "p50", "p90", "p99", "errors", "redis_per_req",
+                                                          "redis_us_per_req", "replica_share", "local_hit_share")}
+            rows.append(f"| {label} | {role} | {fmt(m['rps'])} ({fmt(min(rps))}..{fmt(max(rps))}) | "
+                        f"{change(m['rps'], base) if role != 'single_lb' else ''} | {fmt(m['p50'], 2)} | "
+                        f"{fmt(m['p90'], 2)} | {fmt(m['p99'], 2)} | {fmt(m['errors'])} | {fmt(m['redis_per_req'], 2)} | "
+                        f"{fmt(m['redis_us_per_req'], 1)} | {top_commands(rounds, key)} | {pct(m['replica_share'])} | "
+                        f"{pct(m['local_hit_share'])} |")
+    return rows
+
+
+def paired(rounds, name, role, other):
+    """Per round, role's req/s over other's (run minutes apart, so the machine's drift cancels out):
+    (median, min, max) of the ratios, or None."""
+    ratios = [r[(name, role)]["rps"] / r[(name, other)]["rps"] for r in rounds
+              if (name, role) in r and (name, other) in r and r[(name, other)]["rps"]]
+    return (statistics.median(ratios), min(ratios), max(ratios)) if ratios else None
+
+
+def scaleout_costs(rounds):
+    def m(name, role, field):
+        return so_median(rounds, (name, role), field)
+
+    out = []
+    # the fences' own cost where the build can switch them off; else the cluster against one server
+    for other, what in (("cluster_nofences", "the same cluster with the deployment-wide fences off"),
+                        ("single_lb", "one server of as many workers behind the same HAProxy")):
+        p = paired(rounds, "so_cached", "cluster", other)
+        if p:
+            out.append(f"- {'met' if p[0] >= 0.85 else 'MISSED'}: cached reads in the cluster against {what}: "
+                       f"{(p[0] - 1) * 100:+.1f}% throughput (median of the rounds' ratios; "
+                       f"{(p[1] - 1) * 100:+.1f}%..{(p[2] - 1) * 100:+.1f}%; target: at most 15% less)")
+            break
+    for other, what in (("single", "one server reached directly (HAProxy's hop included)"),
+                        ("single_lb", "one server behind HAProxy"),
+                        ("cluster_nofences", "the cluster without the deployment-wide fences"),
+                        ("cluster_baseline", "the baseline's cluster")):
+        parts = []
+        for name, label, _ in SO_SCENARIOS:
+            a, b = m(name, "cluster", "p50"), m(name, other, "p50")
+            a99, b99 = m(name, "cluster", "p99"), m(name, other, "p99")
+            p = paired(rounds, name, "cluster", other)
+            if None in (a, b, a99, b99, p):
+                continue
+            parts.append(f"{label}: throughput {(p[0] - 1) * 100:+.1f}%, p50 {a - b:+.2f} ms, p99 {a99 - b99:+.2f} ms")
+        if parts:
+            out.append(f"- the cluster against {what}: " + "; ".join(parts))
+    return out
+
+
+def scaleout_section(rounds, cfg):
+    so = cfg.get("scaleout", {})
+    if not so.get("roles"):
+        return []
+    f = cfg["facts"]
+    total = so["servers"] * so["workers"]
+    lines = [SO_MARK[0], "## Scale-out: servers behind HAProxy against one server", "",
+             f"{time.strftime('%Y-%m-%d')}, `BENCH_SCALEOUT={so['mode']} bench/run.sh` on {cfg.get('commit', '?')} "
+             f"({ROUNDS} rounds, medians "
+             f"quoted, min..max of the rounds beside). Machine: {f['nproc']} cores ({f['cpu']}), HAProxy {so['haproxy']}, "
+             f"Redis {f['redis']}. wrk -t2 -c{CONN} -d{DUR} after a {WARM} warm-up; everything (wrk, HAProxy, every "
+             "server, PostgreSQL, PgBouncer, Redis) shares the same cores. Each role has its own Redis prefix and "
+             "`[redis] max_value_bytes = 1024`: the uncached scenario's pages (1.7 KB) are never cached, so each "
+             "of those reads misses Redis and goes to the database; the rows of the other scenarios (under 300 "
+             "bytes) are cached as on the defaults. Roles (`scripts/cluster.sh` starts each):", ""]
+    for role in SO_ROLES:
+        if role in so["roles"]:
+            lines.append(f"- **{role}**: " + ROLE_TEXT[role].format(total=total, servers=so["servers"],
+                                                                    workers=so["workers"],
+                                                                    baseline=cfg.get("baseline") or "?"))
+    lines += ["", "Redis cmd/req and µs/req: `INFO commandstats` (calls, usec) read just before and just after the "
+              "measured run, the difference divided by the run's requests (every server on the machine counts: the "
+              "idle ones' health checks add a few dozen commands a second, under 0.01 per request). Replica share: "
+              "statements on replicas over all statements (`pgapi_pool_queries_total`), local hits: "
+              "`pgapi_cache_lookups_total{layer=\"local\",result=\"hit\"}` per request, both over the role's "
+              "servers during the measured run.", ""]
+    lines += scaleout_rows(rounds, cfg)
+    lines += ["", "### What the cluster costs", "",
+              "Throughput changes are the median over the rounds of each round's ratio (the two runs minutes "
+              "apart: other work on the machine shifts both alike); latencies are differences of medians.", ""]
+    lines += scaleout_costs(rounds)
+    lines.append(SO_MARK[1])
+    return lines
+
+
+def replace_scaleout_section(path, section):
+    """BENCH_SCALEOUT=only: the scale-out section of an existing report is replaced, the rest kept (or
+    the section goes before the notes, or at the end)."""
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    new = "\n".join(section)
+    if SO_MARK[0] in text and SO_MARK[1] in text:
+        head, rest = text.split(SO_MARK[0], 1)
+        text = head + new + rest.split(SO_MARK[1], 1)[1]
+    elif "\n## Where the time goes" in text:
+        head, rest = text.split("\n## Where the time goes", 1)
+        text = head + "\n" + new + "\n\n## Where the time goes" + rest
+    else:
+        text = text.rstrip("\n") + "\n\n" + new + "\n"
+    with open(path, "w") as out:
+        out.write(text)
+
+
 def write_results(cfg, rounds, snapshots):
+    path = os.environ.get("BENCH_RESULTS") or os.path.join(HERE, "RESULTS.md")
+    if cfg.get("scaleout", {}).get("mode") == "only":
+        section = scaleout_section(rounds, cfg)
+        replace_scaleout_section(path, section)
+        print("\n".join(section))
+        return
     f = cfg["facts"]
     lines = [
         "# Benchmark results", "",
@@ -242,6 +545,9 @@ def write_results(cfg, rounds, snapshots):
     lines += ["", "³ not comparable: the peer has no pagination and returns all 10,000 users (one cached blob); "
               "pgapi returns a page of 50.", "", "## Targets (medians)", ""]
     lines += targets(rounds, snapshots, cfg)
+    section = scaleout_section(rounds, cfg)
+    if section:
+        lines += [""] + section
     lines += ["", "## Memory (RSS in MB after each round: parent + [children])", ""]
     for t in cfg["targets"]:
         lines.append(rss_line(t, snapshots, cfg["targets"][t]["pid"]))
@@ -249,7 +555,7 @@ def write_results(cfg, rounds, snapshots):
     if os.path.exists(notes):
         with open(notes) as f:
             lines += ["", f.read().rstrip()]
-    with open(os.environ.get("BENCH_RESULTS") or os.path.join(HERE, "RESULTS.md"), "w") as out:
+    with open(path, "w") as out:
         out.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

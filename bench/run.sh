@@ -10,7 +10,14 @@
 #      pgapi_baseline and pgapi_baseline_nocache (a before/after comparison in the same run),
 #      BENCH_PEERS=0: no Node.js peer and no nginx (pgapi alone, or against its baseline: a shorter run),
 #      BENCH_RESULTS: where the report goes (bench/RESULTS.md; a run with BENCH_PEERS=0 should not
-#      overwrite it: bench/BEFORE-AFTER.md, say).
+#      overwrite it: bench/BEFORE-AFTER.md, say),
+#      BENCH_SCALEOUT: 1 (default) adds the scale-out scenarios, 0 leaves them out, "only" runs them
+#      alone (no peers, no single-server scenarios) and replaces just their section of the report.
+# Scale-out (scripts/cluster.sh): BENCH_SCALEOUT_SERVERS (3) servers of BENCH_SCALEOUT_WORKERS (1)
+# workers each behind HAProxy, against one server with servers x workers workers, reached directly
+# and through an HAProxy of its own; each with its own Redis prefix. A build with [redis]
+# deployment_fences (a test-only switch) also runs the cluster with it off; BENCH_BASELINE's commit
+# runs as a cluster too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,6 +32,10 @@ declare -A PORT=([pgapi]=$((BASE + 10)) [pgapi_nocache]=$((BASE + 11)) [peer]=$(
                  [nginx]=$((BASE + 30)))
 BASELINE=${BENCH_BASELINE:-}
 PEERS=${BENCH_PEERS:-1}
+SCALEOUT=${BENCH_SCALEOUT:-1}
+SO_SERVERS=${BENCH_SCALEOUT_SERVERS:-3}
+SO_WORKERS=${BENCH_SCALEOUT_WORKERS:-1}
+case $SCALEOUT in 0|1) ;; only) PEERS=0 ;; *) echo "bench: BENCH_SCALEOUT is 0, 1 or only" >&2; exit 2 ;; esac
 if [ "$PEERS" = 0 ]; then
     unset 'PORT[peer]' 'PORT[peer_nocache]' 'PORT[peer_cluster]' 'PORT[peer_cluster_nocache]' 'PORT[nginx]'
 fi
@@ -32,13 +43,20 @@ if [ -n "$BASELINE" ]; then
     PORT[pgapi_baseline]=$((BASE + 13))
     PORT[pgapi_baseline_nocache]=$((BASE + 14))
 fi
+if [ "$SCALEOUT" = only ]; then # the single-server scenarios' targets are not started at all
+    unset 'PORT[pgapi]' 'PORT[pgapi_nocache]' 'PORT[pgapi_baseline]' 'PORT[pgapi_baseline_nocache]'
+fi
 declare -A PID=()
+CLUSTERS=()
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 cleanup() {
-    local t
+    local t c
     for t in "${!PID[@]}"; do kill -TERM "${PID[$t]}" 2>/dev/null || true; done
     for t in "${!PID[@]}"; do wait "${PID[$t]}" 2>/dev/null || true; done
+    for c in "${CLUSTERS[@]}"; do
+        PGAPI_CLUSTER_DIR=$c scripts/cluster.sh down "$STATE" >/dev/null 2>&1 || true
+    done
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
         log "state kept in $STATE"
     else
@@ -103,15 +121,20 @@ start() { # target command...
     cat "$STATE/$t.log" >&2
     exit 1
 }
-start pgapi env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi]}" PGAPI_METRICS_LISTEN="127.0.0.1:$((BASE + 12))" build/pgapi
-start pgapi_nocache env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_nocache]}" PGAPI_METRICS_LISTEN=off PGAPI_REDIS_ENABLED=off build/pgapi
-if [ -n "$BASELINE" ]; then # its own Redis namespace: neither serves the other's entries
+WORKERS=0
+if [ "$SCALEOUT" != only ]; then
+    start pgapi env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi]}" PGAPI_METRICS_LISTEN="127.0.0.1:$((BASE + 12))" \
+        build/pgapi
+    start pgapi_nocache env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_nocache]}" PGAPI_METRICS_LISTEN=off \
+        PGAPI_REDIS_ENABLED=off build/pgapi
+    WORKERS=$(pgrep -c -P "${PID[pgapi]}")
+fi
+if [ -n "$BASELINE" ] && [ "$SCALEOUT" != only ]; then # its own Redis namespace: neither serves the other's entries
     start pgapi_baseline env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_baseline]}" PGAPI_METRICS_LISTEN=off \
         PGAPI_REDIS_PREFIX=pgapi:baseline "$BASELINE_DIR/build/pgapi"
     start pgapi_baseline_nocache env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_baseline_nocache]}" \
         PGAPI_METRICS_LISTEN=off PGAPI_REDIS_ENABLED=off "$BASELINE_DIR/build/pgapi"
 fi
-WORKERS=$(pgrep -c -P "${PID[pgapi]}")
 if [ "$PEERS" != 0 ]; then
     cd "$STATE/peer"
     start peer env PORT="${PORT[peer]}" node src/index-redis.js
@@ -143,6 +166,58 @@ EOF
     start nginx nginx -c "$STATE/nginx/nginx.conf" -e "$STATE/nginx/error.log"
 fi
 
+# Scale-out: clusters of pgapi servers behind HAProxy (scripts/cluster.sh), each in a dir and a port
+# range of its own (BASE + offset: HAProxy, then the servers from offset + 1, their metrics from
+# offset + 10), each with its own Redis prefix so that none serves another's entries.
+SO_ROLES=""
+so_up() { # name offset servers workers binary [PGAPI_X=value...]
+    local name=$1 off=$2 n=$3 w=$4 bin=$5 dir=$STATE/so-$1
+    shift 5
+    CLUSTERS+=("$dir")
+    env "$@" PGAPI_CLUSTER_DIR="$dir" PGAPI_CLUSTER_BIN="$bin" PGAPI_CLUSTER_PORT=$((BASE + off)) \
+        PGAPI_CLUSTER_SERVER_PORT=$((BASE + off + 1)) PGAPI_CLUSTER_METRICS_PORT=$((BASE + off + 10)) \
+        PGAPI_SERVER_WORKERS="$w" scripts/cluster.sh up "$n" "$STATE" >/dev/null 2>"$STATE/so-$name.log" \
+        || { log "scale-out: cluster $name did not start:"; cat "$STATE/so-$name.log" >&2; exit 1; }
+}
+so_role() { # role port offset servers: a target of the scale-out scenarios and its servers' metrics
+    local metrics="" i
+    for ((i = 0; i < $4; i++)); do metrics+="${metrics:+, }$((BASE + $3 + 10 + i))"; done
+    SO_ROLES+="${SO_ROLES:+, }\"$1\": {\"port\": $2, \"metrics\": [$metrics]}"
+}
+so_cluster() { # role offset binary [PGAPI_X=value...]: SO_SERVERS servers behind HAProxy
+    local role=$1 off=$2 bin=$3
+    shift 3
+    so_up "$role" "$off" "$SO_SERVERS" "$SO_WORKERS" "$bin" "$@"
+    so_role "$role" $((BASE + off)) "$off" "$SO_SERVERS"
+}
+so_single() { # role offset [PGAPI_X=value...]: one server of SO_SERVERS x SO_WORKERS workers, reached
+              # directly (role) and through an HAProxy of its own (role_lb)
+    local role=$1 off=$2
+    shift 2
+    so_up "$role" "$off" 1 $((SO_SERVERS * SO_WORKERS)) "$ROOT/build/pgapi" "$@"
+    so_role "$role" $((BASE + off + 1)) "$off" 1
+    so_role "${role}_lb" $((BASE + off)) "$off" 1
+}
+if [ "$SCALEOUT" != 0 ]; then
+    if [ "$SO_SERVERS" -lt 1 ] || [ "$SO_SERVERS" -gt 9 ]; then log "BENCH_SCALEOUT_SERVERS is 1..9"; exit 2; fi
+    log "scale-out: $SO_SERVERS servers x $SO_WORKERS workers behind HAProxy, one server of $((SO_SERVERS * SO_WORKERS)) workers"
+    # Redis stays on for every role (a deployment needs it): the uncached scenario reads pages of
+    # 1.7 KB, over max_value_bytes, so that each read misses it; the single rows of the others (under
+    # 300 bytes) are cached as on the defaults.
+    export PGAPI_REDIS_MAX_VALUE_BYTES=1024
+    so_cluster cluster 40 "$ROOT/build/pgapi" PGAPI_REDIS_PREFIX=pgapi:so-cluster
+    so_single single 60 PGAPI_REDIS_PREFIX=pgapi:so-single
+    # the deployment-wide fences switched off (a test-only setting), where this build has the switch
+    if build/pgapi --check-config 2>/dev/null | grep -q '^deployment_fences'; then
+        so_cluster cluster_nofences 80 "$ROOT/build/pgapi" PGAPI_REDIS_PREFIX=pgapi:so-nofences \
+            PGAPI_REDIS_DEPLOYMENT_FENCES=off
+    fi
+    if [ -n "$BASELINE" ]; then
+        so_cluster cluster_baseline 100 "$BASELINE_DIR/build/pgapi" PGAPI_REDIS_PREFIX=pgapi:so-baseline
+    fi
+    unset PGAPI_REDIS_MAX_VALUE_BYTES
+fi
+
 targets=""
 for t in "${!PORT[@]}"; do
     targets+="${targets:+,}\"$t\": {\"port\": ${PORT[$t]}, \"pid\": ${PID[$t]}}"
@@ -150,7 +225,11 @@ done
 ver() { "$@" 2>&1 | head -1; }
 cat >"$STATE/bench.json" <<EOF
 {"targets": {$targets}, "reset": ["$ROOT/bench/reset.sh", "$STATE"], "workers": $WORKERS,
+ "scaleout": {"mode": "$SCALEOUT", "servers": $SO_SERVERS, "workers": $SO_WORKERS, "roles": {$SO_ROLES},
+  "redis_port": $PGAPI_REDIS_PORT, "secrets": "$STATE/secrets.env",
+  "haproxy": "$(haproxy -v 2>/dev/null | head -1 | awk '{print $3}')"},
  "baseline": "${BASELINE:+$BASELINE ($(git rev-parse --short "$BASELINE"))}",
+ "commit": "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench/RESULTS.md' || echo ' + changes')",
  "facts": {"nproc": $(nproc), "cpu": "$(lscpu | sed -n 's/^Model name: *//p' | head -1)", "kernel": "$(uname -r)",
   "postgres": "$($PGBIN/postgres --version | awk '{print $3}')", "pgbouncer": "$(ver pgbouncer --version | awk '{print $2}')",
   "redis": "$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')", "node": "$(node --version)",
@@ -158,6 +237,7 @@ cat >"$STATE/bench.json" <<EOF
 EOF
 if [ "${1:-}" = --serve ]; then
     log "serving: $(for t in "${!PORT[@]}"; do printf '%s=%s(pid %s) ' "$t" "${PORT[$t]}" "${PID[$t]}"; done)"
+    [ -z "$SO_ROLES" ] || log "scale-out: {$SO_ROLES} (clusters in $STATE/so-*)"
     log "state: $STATE (topology.env, reset.sh); Ctrl-C or SIGTERM to stop"
     trap 'exit 0' INT TERM
     while sleep 1; do :; done
