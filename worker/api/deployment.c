@@ -35,6 +35,11 @@ struct deployment {
     bool purge_read_inflight;
     bool purge_read_once;      /* the purge record was read (or found missing) at least once */
     bool purge_missing_logged; /* the purge table is missing (migrations not run): said once */
+    /* A purge for the cache-dirty flag covers what committed before it; a worker that died (the flag's
+     * main cause) may have left a statement that commits later, until statement_timeout: a second purge
+     * then covers it. */
+    struct event *late_purge_ev;
+    bool late_purge_armed;
 };
 
 bool deployment_on(const struct deployment *d)
@@ -173,6 +178,13 @@ void deployment_purge_record(struct deployment *d, pool_cb cb, void *arg)
 }
 
 /* The cache-dirty flag's purge (cache_hooks.purge). */
+/* How long a statement sent before now may still commit: the statement bound, with a margin (a minute
+ * when statements are not bounded). */
+static int late_purge_ms(const struct config *cfg)
+{
+    return cfg->statement_timeout_ms > 0 ? cfg->statement_timeout_ms + 1000 : 60000;
+}
+
 static void dirty_purge_recorded(void *arg, const struct pool_result *r)
 {
     struct deployment *d = arg;
@@ -188,6 +200,10 @@ static void dirty_purge_recorded(void *arg, const struct pool_result *r)
         log_warn("deployment: recording a purge on the primary failed (%s): tried again shortly",
                  r->message && r->message[0] ? r->message : "no answer");
     cache_purge_recorded(d->api->cache, ok, ok ? strtoull(PQgetvalue(r->res, 0, 0), NULL, 10) : 0, lsn);
+    if (ok && !d->late_purge_armed) {
+        struct timeval tv = clock_timeval(late_purge_ms(d->api->cfg));
+        d->late_purge_armed = event_add(d->late_purge_ev, &tv) == 0;
+    }
 }
 
 static void dirty_purge_record(void *arg, struct cache *c)
@@ -195,6 +211,30 @@ static void dirty_purge_record(void *arg, struct cache *c)
     (void)c;
     struct deployment *d = arg;
     deployment_purge_record(d, dirty_purge_recorded, d);
+}
+
+static void late_purge_recorded(void *arg, const struct pool_result *r)
+{
+    struct deployment *d = arg;
+    uint64_t lsn = 0;
+    if (r->status == POOL_OK && PQntuples(r->res) == 1 && pool_lsn_parse(PQgetvalue(r->res, 0, 1), &lsn) == 0) {
+        log_info("deployment: purge %s recorded on the primary after statement_timeout: a statement of a worker "
+                 "that died could have committed until then",
+                 PQgetvalue(r->res, 0, 0));
+        cache_purge_seen(d->api->cache, strtoull(PQgetvalue(r->res, 0, 0), NULL, 10), lsn);
+    } else {
+        log_warn("deployment: recording the late purge failed (%s)",
+                 r->message && r->message[0] ? r->message : "no answer");
+    }
+}
+
+static void late_purge_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct deployment *d = arg;
+    d->late_purge_armed = false;
+    deployment_purge_record(d, late_purge_recorded, d);
 }
 
 /* ---- lifetime --------------------------------------------------------------------------------- */
@@ -213,8 +253,9 @@ struct deployment *deployment_new(struct api_context *api)
     cache_set_hooks(api->cache, &(struct cache_hooks){
                                     .primary_lsn = primary_lsn_read, .purge = dirty_purge_record, .arg = d });
     d->purge_ev = event_new(api->base, -1, EV_PERSIST, purge_read_cb, d);
+    d->late_purge_ev = evtimer_new(api->base, late_purge_cb, d);
     struct timeval tv = clock_timeval(api->cfg->health_interval_ms);
-    if (!d->purge_ev || event_add(d->purge_ev, &tv) < 0) {
+    if (!d->purge_ev || !d->late_purge_ev || event_add(d->purge_ev, &tv) < 0) {
         log_error("deployment: cannot start the purge check");
         deployment_free(d);
         return NULL;
@@ -228,5 +269,7 @@ void deployment_free(struct deployment *d)
         return;
     if (d->purge_ev)
         event_free(d->purge_ev);
+    if (d->late_purge_ev)
+        event_free(d->late_purge_ev);
     free(d);
 }
