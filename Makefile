@@ -41,7 +41,8 @@ FUZZ_CC   ?= clang-14
 FUZZ_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1 -g
 FUZZ_SRCS := common/clock.c common/config.c common/consistency.c common/log.c common/shm.c common/utf8.c \
              $(wildcard worker/http/*.c worker/api/*.c worker/api/*/*.c) worker/cache/local_cache.c \
-             worker/db/dbreply.c worker/db/id_list.c tests/fuzz/fake_db.c tests/fuzz/fuzz_request.c
+             worker/db/dbreply.c worker/db/id_list.c worker/db/lsn_text.c tests/fuzz/fake_db.c \
+             tests/fuzz/fuzz_request.c
 FUZZ_OBJS := $(FUZZ_SRCS:%.c=build/fuzz/obj/%.o)
 FUZZ_SECONDS ?= 60
 

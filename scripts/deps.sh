@@ -4,7 +4,8 @@
 # for tests/fuzz; groff-base and man-db: the man page check in test_systemd.py; systemd
 # and libseccomp2: systemd-analyze/-sysusers/-tmpfiles and the unit's system call filter there;
 # strace: the argv check in tests/integration/test_topology.py; clang-format: the layout check of
-# tests/run.sh) and run its local topology (with
+# tests/run.sh; haproxy: the load balancer in front of three servers in test_cluster.py) and run its
+# local topology (with
 # --bench: also nginx, Node.js, npm and perf for bench/run.sh).
 # Idempotent and silent when everything is already installed.
 #

@@ -198,12 +198,56 @@ const char *cache_state_name(enum cache_state s)
     return s == CACHE_DISABLED ? "disabled" : "fake";
 }
 
-void cache_lookup(struct cache *c, const char *key, const char *gen, cache_lookup_cb cb, void *arg)
+void cache_lookup(struct cache *c, const char *key, const char *gen, const struct cache_fences *fences,
+                  cache_lookup_cb cb, void *arg)
 {
     (void)c;
     (void)key;
     (void)gen;
+    (void)fences;
     cb(arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
+}
+
+/* The deployment (api_context.deployment is NULL here: off) never calls these; they only link. */
+bool cache_writable(const struct cache *c)
+{
+    (void)c;
+    return false;
+}
+
+void cache_sync(struct cache *c, cache_log_cb apply, cache_sync_cb done, void *arg)
+{
+    (void)c;
+    (void)apply;
+    done(arg, CACHE_SYNC_FAILED);
+}
+
+void cache_set_hooks(struct cache *c, const struct cache_hooks *hooks)
+{
+    (void)c;
+    (void)hooks;
+}
+
+void cache_primary_lsn_done(struct cache *c, bool ok, uint64_t lsn)
+{
+    (void)c;
+    (void)ok;
+    (void)lsn;
+}
+
+void cache_purge_seen(struct cache *c, uint64_t gen, uint64_t lsn)
+{
+    (void)c;
+    (void)gen;
+    (void)lsn;
+}
+
+void cache_purge_recorded(struct cache *c, bool ok, uint64_t gen, uint64_t lsn)
+{
+    (void)c;
+    (void)ok;
+    (void)gen;
+    (void)lsn;
 }
 
 void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len,

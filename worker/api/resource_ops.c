@@ -80,6 +80,7 @@ struct resource_op_state {
     char gen[CACHE_KEY_MAX];   /* pages: the list's generation name ("" for a row) */
     struct cache_lookup lease; /* reads: CACHE_LEASE when this request fills the key */
     uint64_t key_fence;        /* reads: the key's fence from Redis */
+    uint64_t token;            /* reads: the Pgapi-Lsn the client sent back (0: none) */
     int waits;
     bool gone;                      /* reads: the client went (client_gone) */
     struct local_stamp local_stamp; /* rows: the row's fence before anything was read (local_cache.h) */
@@ -138,6 +139,11 @@ static void state_end(struct resource_op_state *s)
 static void state_answer(struct resource_op_state *s, const char *id, const char *json, size_t len)
 {
     const struct resource_op *o = &s->o;
+    if (s->kind == OP_WRITE && s->commit_lsn && s->commit_lsn != POOL_LSN_NONE) {
+        char token[32]; /* the consistency token: a read that sends it back sees this write, anywhere */
+        pool_lsn_format(s->commit_lsn, token, sizeof(token));
+        http_header_add(o->req, "Pgapi-Lsn", token);
+    }
     if (s->status == 204) {
         http_respond(o->req, 204, NULL, NULL, 0);
     } else {
@@ -245,6 +251,8 @@ static void db_send(struct resource_op_state *s, const char *const *params, int 
     uint64_t fence = read_fence(s);
     if (s->key_fence > fence)
         fence = s->key_fence;
+    if (s->token > fence)
+        fence = s->token;
     pool_read(s->o.api->pool, &q, fence, cb, s);
 }
 
@@ -523,6 +531,10 @@ static void lookup_done(void *arg, const struct cache_lookup *l)
     s->key_fence = l->fence;
     switch (l->kind) {
     case CACHE_HIT:
+        if (l->data_lsn < s->token) { /* older than the client's token (a write elsewhere): read it */
+            req->cache_status = "BYPASS";
+            break;
+        }
         local_fill(s, l->value, l->len, l->data_lsn);
         state_answer_cached(s, l->value, l->len);
         return;
@@ -665,9 +677,24 @@ static void state_step(struct resource_op_state *s, enum op_step next)
 
 /* A read's first step: the local copy for a row, Redis when it has a key and the cache is on, else the
  * database. */
+/* A consistency token (Pgapi-Lsn, as a write's 2xx gave it): the read sees at least that position. A
+ * client's own writes stay visible to it even across deployments that share no Redis. False after
+ * answering 400. */
+static bool token_read(struct resource_op_state *s)
+{
+    const char *t = http_request_header(s->o.req, HTTP_H_PGAPI_LSN);
+    if (!t[0] || pool_lsn_parse(t, &s->token) == 0)
+        return true;
+    reply_error(s->o.req, 400, "invalid_header", "Pgapi-Lsn must be a position like 16/B374D848");
+    state_step(s, STEP_DONE);
+    return false;
+}
+
 static void read_start(struct resource_op_state *s)
 {
-    if (s->kind == OP_ROW)
+    if (!token_read(s))
+        return;
+    if (s->kind == OP_ROW && !s->token) /* a local copy carries no position to compare with a token */
         state_step(s, STEP_LOOKUP_LOCAL);
     else if (s->key[0] && cache_state(s->o.api->cache) != CACHE_DISABLED)
         state_step(s, STEP_LOOKUP_CACHE);

@@ -13,16 +13,6 @@
 
 static const char SQL_WRITE_LSN[] = "SELECT pg_current_wal_lsn()::text";
 
-int pool_lsn_parse(const char *s, uint64_t *out)
-{
-    unsigned hi, lo;
-    char tail;
-    if (!s || sscanf(s, "%X/%X%c", &hi, &lo, &tail) != 2)
-        return -1;
-    *out = ((uint64_t)hi << 32) | lo;
-    return 0;
-}
-
 /* Every write of the group succeeded; lsn (POOL_LSN_NONE when unknown: reads of it go to the primary)
  * is at or past each one's commit. Ends the group and starts the next if writes are waiting. */
 void lsn_group_deliver(struct pool *p, struct job *g, uint64_t lsn)

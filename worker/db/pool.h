@@ -97,7 +97,9 @@ bool pool_primary_settled(const struct pool *p);
 int pool_replicas_up(const struct pool *p);
 int pool_replica_count(const struct pool *p);
 
-/* "16/B374D848" -> 64-bit LSN; returns 0 on failure. */
+/* "16/B374D848" -> 64-bit LSN; returns -1 on failure (lsn_text.c). */
 int pool_lsn_parse(const char *s, uint64_t *out);
+/* And back, as PostgreSQL prints it. */
+void pool_lsn_format(uint64_t lsn, char *buf, size_t cap);
 
 #endif

@@ -16,7 +16,8 @@
     X(IF_NONE_MATCH, "If-None-Match", 127)               \
     X(X_REQUEST_ID, "X-Request-Id", HTTP_REQUEST_ID_MAX) \
     X(HOST, "Host", 255) /* for allowed_hosts */         \
-    X(EXPECT, "Expect", 31)
+    X(EXPECT, "Expect", 31)                              \
+    X(PGAPI_LSN, "Pgapi-Lsn", 31) /* a consistency token */
 
 #define HTTP_HEADER_NAME_MAX 32 /* longer field names are none of the table's */
 

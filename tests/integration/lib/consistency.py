@@ -21,7 +21,7 @@ import redis as redis_lib
 
 from .bouncer import bouncer_queries, replay_resume
 from .cache import epoch_of
-from .history import CREATE, DELETE, UPDATE, History, check, check_final, key_str
+from .history import CREATE, DELETE, FAILED, UPDATE, History, check, check_final, key_str, write_outcome
 from .metrics import scrape, total
 
 LOAD_SECONDS = 7.0
@@ -45,6 +45,13 @@ MIN_REPLICA_READS = 10
 # table's fence so that reads of it go to the replica; the next write is then the interesting moment.
 PHASES = ("users", "posts", "both", "none")
 PHASE_TABLES = {"users": ("users",), "posts": ("posts",), "both": ("users", "posts"), "none": ()}
+
+
+def error_code(resp):
+    """The code of an error answer ({"error": {"code": ...}}), else None."""
+    if isinstance(resp, dict) and isinstance(resp.get("error"), dict):
+        return resp["error"].get("code")
+    return None
 
 
 def lsn_int(text):
@@ -77,9 +84,10 @@ class Client:
     Like urllib3, a kept-alive connection the server has closed meanwhile (readable while idle: EOF) is
     replaced before the next request rather than written to."""
 
-    def __init__(self, port, timeout=REQUEST_TIMEOUT_S):
+    def __init__(self, port, timeout=REQUEST_TIMEOUT_S, label=""):
         self.port = port
         self.timeout = timeout
+        self.label = label    # which server this is, when there are several: added to self.cache
         self.conn = None
         self.cache = ""
 
@@ -90,7 +98,8 @@ class Client:
 
     def call(self, method, path, body=None):
         """-> (status, parsed JSON body or None, t_send, t_end); raises when there is no answer. The
-        answer's X-Cache header (HIT/MISS/BYPASS) is left in self.cache."""
+        answer's X-Cache header (HIT/MISS/BYPASS, then " from <label>" if the client has one) is left in
+        self.cache."""
         self.drop_if_closed()
         if self.conn is None:
             self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
@@ -108,6 +117,8 @@ class Client:
             raise
         t_end = time.monotonic()
         self.cache = r.getheader("X-Cache", "")
+        if self.cache and self.label:
+            self.cache += f" from {self.label}"
         if r.will_close:
             self.close()
         return r.status, (json.loads(raw) if raw else None), t_send, t_end
@@ -135,13 +146,18 @@ class Keys:
 
 
 class Load:
-    """Writers and readers against one server, logging into one History."""
+    """Writers and readers against one server, logging into one History. A deployment of several servers
+    sets `write_port` (writers and the set-up) and `read_ports` (reader i reads from read_ports[i % n])."""
 
     def __init__(self, srv, seed, schedule):
         self.srv = srv
+        self.write_port = srv.port
+        self.read_ports = [srv.port]
+        self.port_labels = {}       # port -> server name, added to each read's source (X-Cache)
         self.seed = seed
         self.schedule = schedule
         self.h = History()
+        self.refused_emails = []    # creates answered with a definite refusal: no such row may exist
         self.keys = Keys()
         self.stop = threading.Event()
         self.start = None
@@ -149,7 +165,7 @@ class Load:
 
     # -- setup through the API -------------------------------------------------------------------
     def create_hot_keys(self):
-        c = Client(self.srv.port)
+        c = Client(self.write_port)
         try:
             for i in range(HOT_USERS):
                 uid = self.create_user(c, f"hot{i}")
@@ -165,14 +181,16 @@ class Load:
     def create_user(self, c, name):
         route = "POST /users"
         t = time.monotonic()
+        email = f"c-{uuid.uuid4().hex[:16]}@example.com"
         try:
-            status, body, t_send, t_end = c.call("POST", "/users",
-                                                 {"name": name, "email": f"c-{uuid.uuid4().hex[:16]}@example.com"})
+            status, body, t_send, t_end = c.call("POST", "/users", {"name": name, "email": email})
         except (OSError, http.client.HTTPException) as exc:
             self.h.error(route, t, time.monotonic(), exc)   # no id known: nothing to check
             return None
         if status != 201:
             self.h.error(route, t_send, t_end, f"status {status}")
+            if write_outcome(status, error_code(body)) == FAILED:
+                self.refused_emails.append(email)
             return None
         self.h.write(("user", body["id"]), CREATE, route, t_send, t_end, status, body["version"])
         return body["id"]
@@ -206,11 +224,11 @@ class Load:
         if kind == UPDATE and 200 <= status < 300 and not isinstance(version, int):
             self.crashes.append(f"{route} {key_str(key)} answered {status} without a version: {resp!r}")
         self.h.write(key, kind, route, t_send, t_end, status, version,
-                     detail="" if status < 300 else json.dumps(resp)[:200])
+                     detail="" if status < 300 else json.dumps(resp)[:200], code=error_code(resp))
 
     def writer(self, idx):
         rng = random.Random(self.seed * 1000 + idx)
-        c = Client(self.srv.port)
+        c = Client(self.write_port)
         n = 0
         try:
             while not self.stop.is_set():
@@ -263,7 +281,8 @@ class Load:
     # -- readers -------------------------------------------------------------------------------
     def reader(self, idx):
         rng = random.Random(self.seed * 1000 + 500 + idx)
-        c = Client(self.srv.port)
+        port = self.read_ports[idx % len(self.read_ports)]
+        c = Client(port, label=self.port_labels.get(port, ""))
         routes = [self.read_user, self.read_post, self.read_user_with_posts, self.read_users_list,
                   self.read_posts_list, self.read_user_posts]
         try:
@@ -355,15 +374,16 @@ class Load:
         empty, and any stale value the load left is still there to be found (a hit does not replace it;
         the history check sees what the hit returned)."""
         rng = random.Random(self.seed * 1000 + 999)
-        c = Client(self.srv.port)
         routes = [self.read_user, self.read_post, self.read_user_with_posts, self.read_users_list,
                   self.read_posts_list, self.read_user_posts]
-        try:
-            for _ in range(passes):
-                for route in routes:
-                    route(c, rng)
-        finally:
-            c.close()
+        for port in dict.fromkeys(self.read_ports):   # each port once, in order
+            c = Client(port, label=self.port_labels.get(port, ""))
+            try:
+                for _ in range(passes):
+                    for route in routes:
+                        route(c, rng)
+            finally:
+                c.close()
 
     # -- the run -------------------------------------------------------------------------------
     def run(self, seconds):

@@ -43,7 +43,8 @@ Key = Tuple[str, int]
 
 CREATE, UPDATE, DELETE = "create", "update", "delete"
 ACKED, FAILED, UNKNOWN = "acked", "failed", "unknown"
-# 5xx error codes that say the write was not applied (never sent, or refused before it could commit);
+# 5xx error codes that say the write was not applied (never sent, or refused before it could commit;
+# redis_unavailable: refused because its fences could not be raised deployment-wide, before it ran);
 # any other 5xx (write_outcome_unknown above all) or no answer leaves the outcome unknown.
 DEFINITE_FAILURE_CODES = frozenset({"database_unavailable", "primary_moved", "redis_unavailable"})
 
@@ -258,6 +259,7 @@ def check(history: History, close_ms: float = 100.0) -> Result:
     close_calls = 0
     untracked = 0
     for r in reads:
+        first = len(violations)
         routes[r.route] += 1
         seen = dict(r.seen)
         if r.covers is not None:
@@ -302,6 +304,8 @@ def check(history: History, close_ms: float = 100.0) -> Result:
                 violations.append(Violation("future", k, r.route, v,
                                             f"version <= {limit} (1 + updates sent before the read ended)",
                                             r.t_start, r.t_end, None, t0))
+        for v in violations[first:]:
+            v.note = v.note or (f"answer's source: {r.source}" if r.source else "")
 
     violations.sort(key=lambda v: (v.read_start if v.read_start is not None else 0.0))
     wk = collections.Counter(f"{w.kind}:{w.outcome}" for w in writes)
