@@ -217,10 +217,12 @@ static void late_purge_recorded(void *arg, const struct pool_result *r)
 {
     struct deployment *d = arg;
     uint64_t lsn = 0;
-    if (r->status == POOL_OK && PQntuples(r->res) == 1 && pool_lsn_parse(PQgetvalue(r->res, 0, 1), &lsn) == 0) {
-        log_info("deployment: purge %s recorded on the primary after statement_timeout: a statement of a worker "
-                 "that died could have committed until then",
-                 PQgetvalue(r->res, 0, 0));
+    if (r->status == POOL_OK && PQntuples(r->res) == 1 &&
+        pool_lsn_parse(PQgetvalue(r->res, 0, 1), &lsn) == 0) {
+        log_info(
+            "deployment: purge %s recorded on the primary after statement_timeout: a statement of a worker "
+            "that died could have committed until then",
+            PQgetvalue(r->res, 0, 0));
         cache_purge_seen(d->api->cache, strtoull(PQgetvalue(r->res, 0, 0), NULL, 10), lsn);
     } else {
         log_warn("deployment: recording the late purge failed (%s)",
