@@ -26,6 +26,7 @@ struct consistency {
     _Atomic bool cache_dirty;
     _Atomic uint64_t cache_troubles; /* how many times cache_dirty was set: local copies older are dropped */
     _Atomic uint64_t local_drops;    /* consistency_local_drop calls: local copies older are dropped too */
+    _Atomic uint64_t worker_deaths;
     _Atomic uint64_t primary_identity; /* 0 until a worker has seen the primary */
     struct consistency_table table[];
 };
@@ -182,6 +183,17 @@ void consistency_cache_dirty_set(struct consistency *c)
 {
     atomic_fetch_add(&c->cache_troubles, 1);
     atomic_store(&c->cache_dirty, true);
+}
+
+void consistency_worker_died(struct consistency *c)
+{
+    atomic_fetch_add(&c->worker_deaths, 1);
+    consistency_cache_dirty_set(c);
+}
+
+uint64_t consistency_worker_deaths(const struct consistency *c)
+{
+    return atomic_load(&c->worker_deaths);
 }
 
 bool consistency_cache_dirty(const struct consistency *c)

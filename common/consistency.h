@@ -72,6 +72,10 @@ void consistency_unknown_resolve(struct consistency *c, const uint64_t marks[CON
 /* Set by a worker whose cache invalidation failed: every worker bypasses Redis until one of them has
  * moved the cache to a new epoch (so nothing cached before the failure is served again). */
 void consistency_cache_dirty_set(struct consistency *c);
+/* A worker died: the flag is set as above, and the deaths are counted (a statement the dead worker left
+ * running may still commit later: see docs/consistency.md, "Several servers"). */
+void consistency_worker_died(struct consistency *c);
+uint64_t consistency_worker_deaths(const struct consistency *c);
 bool consistency_cache_dirty(const struct consistency *c);
 /* Counts the times the cache was marked dirty (a failed invalidation, a worker that died). */
 uint64_t consistency_cache_troubles(const struct consistency *c);

@@ -317,7 +317,7 @@ static void cache_dirty_after_death(struct master *m, const struct proc *p, int 
     bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (clean || !m->consistency)
         return;
-    consistency_cache_dirty_set(m->consistency);
+    consistency_worker_died(m->consistency);
     log_warn("worker %d pid %d died: the cache is bypassed until it moves to a new epoch", p->slot,
              (int)p->pid);
 }

@@ -126,6 +126,12 @@ def test_worker_killed(deployment):
             s.wait_for(lambda: s.workers_replaced([pid], 2), 15, f"server {s.name}: the killed worker respawned")
         run.mark("both respawned")
         run.hold(t, "the respawn")
+        # a statement a dead worker left may commit until statement_timeout: a second purge follows then
+        # (docs/consistency.md); it raises every fence's floor, which the replica share below must not meet
+        for s in victims:
+            s.wait_for(lambda: "after statement_timeout" in s.log_text(), 15,
+                       f"server {s.name}: the purge after statement_timeout")
+        run.mark("late purges recorded")
 
     Run(deployment, "worker SIGKILLed").execute(kill).verify()
 

@@ -40,6 +40,7 @@ struct deployment {
      * then covers it. */
     struct event *late_purge_ev;
     bool late_purge_armed;
+    uint64_t deaths_seen; /* consistency_worker_deaths as of the last dirty purge */
 };
 
 bool deployment_on(const struct deployment *d)
@@ -200,7 +201,11 @@ static void dirty_purge_recorded(void *arg, const struct pool_result *r)
         log_warn("deployment: recording a purge on the primary failed (%s): tried again shortly",
                  r->message && r->message[0] ? r->message : "no answer");
     cache_purge_recorded(d->api->cache, ok, ok ? strtoull(PQgetvalue(r->res, 0, 0), NULL, 10) : 0, lsn);
-    if (ok && !d->late_purge_armed) {
+    uint64_t deaths = consistency_worker_deaths(d->api->consistency);
+    bool died = deaths != d->deaths_seen; /* not for a failed invalidation: that write's commit is known */
+    if (ok)
+        d->deaths_seen = deaths;
+    if (ok && died && !d->late_purge_armed) {
         struct timeval tv = clock_timeval(late_purge_ms(d->api->cfg));
         d->late_purge_armed = event_add(d->late_purge_ev, &tv) == 0;
     }
@@ -250,6 +255,7 @@ struct deployment *deployment_new(struct api_context *api)
     }
     d->api = api;
     d->on = api->cfg->redis_enabled && api->cfg->deployment_fences;
+    d->deaths_seen = 0; /* deaths before it started count: a respawned worker often records their purge */
     if (!d->on)
         return d;
     cache_set_hooks(api->cache, &(struct cache_hooks){

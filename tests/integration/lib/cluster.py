@@ -465,10 +465,31 @@ def delta(before, after):
     return {side: int(after[side] - before[side]) for side in ("replica", "primary")}
 
 
+def replicas_sampled_past_primary(cluster):
+    """Every worker of b and c has sampled the replica at or past the primary's position now. A purge
+    (after a fault) raises every fence's floor to the primary's position then: until a worker's next
+    replica sample (each health_interval) shows the replica past it, its reads go to the primary."""
+    with closing(cluster.topology.rw()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_lsn() - '0/0'")
+        target = int(cur.fetchone()[0])
+
+    def sampled():
+        for name in ("b", "c"):
+            fams = scrape(cluster.servers[name])
+            samples = [v for n, labels, v in fams["pgapi_backend_wal_lsn_bytes"]["samples"]
+                       if labels.get("backend") == "replica0"]
+            if not samples or min(samples) < target:
+                return False
+        return True
+    wait_until(sampled, 10, "b and c sampling the replica at or past the primary's position")
+
+
 def replica_share(cluster):
     """PROBE_READS uncached reads on each of b and c (pages past the last id: never cached, each one
-    statement), replay running: the share the replica answered. Counted from published counters only,
-    so that the reads made just before are not taken for the probe's."""
+    statement), replay running, once the servers have sampled the replica past the primary's position:
+    the share the replica answered. Counted from published counters only, so that the reads made just
+    before are not taken for the probe's."""
+    replicas_sampled_past_primary(cluster)
     before = replica_counts(cluster, published=True)
     base = 10 ** 12 + random.randrange(10 ** 9)
     for name in ("b", "c"):
