@@ -6,6 +6,7 @@ import uuid
 
 from lib.bouncer import replay_pause, replay_resume
 from lib.builders import create_user
+from lib.consistency import wait_replica_caught_up
 
 
 def deployment(server, schema):
@@ -27,6 +28,7 @@ def test_a_token_carries_a_write_to_a_deployment_that_never_saw_it(server, schem
     a, b = deployment(server, schema), deployment(server, schema)
     u = create_user(a)
     uid = u["id"]
+    wait_replica_caught_up(schema)  # b, another deployment, knows nothing of the create: it may read the replica
     for _ in range(6):  # b caches the row (Redis and its workers' memory)
         name_on(b, uid)
     replay_pause(schema)
