@@ -26,7 +26,8 @@ from lib.consistency import (Client, ReplicaWatch, cache_mismatches, delayed_sch
 from lib.faultload import FaultLoad
 from lib.locks import statement_waits_on_lock
 from lib.pgapi_fixtures import migrate_env
-from lib.pgapi_server import BINARY, REPO_ROOT, children_of
+from lib.pgapi_server import BINARY, REPO_ROOT
+from lib.relay import Relay
 from lib.topology import pid_alive, wait_until
 
 TOPOLOGY_OFFSET = 30           # base+30..+33 (the session topology is base+0..3; other tests use 10, 20)
@@ -370,39 +371,6 @@ def test_history_with_replica_delay_and_random_pauses(server, schema):
 
 
 # -- PgBouncer paused, and a relay between PgBouncer and the primary killed mid-stream ---------------
-
-class Relay:
-    """socat between PgBouncer and the primary, started and killed by PID (its forked children too)."""
-
-    def __init__(self, port, target_port):
-        self.port, self.target_port, self.proc = port, target_port, None
-
-    def start(self):
-        self.proc = subprocess.Popen(["socat", f"TCP-LISTEN:{self.port},bind=127.0.0.1,fork,reuseaddr",
-                                      f"TCP:127.0.0.1:{self.target_port}"], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: self.listening(), 5, f"socat listening on {self.port}")
-
-    def listening(self):
-        out = subprocess.run(["ss", "-Hltn", f"sport = :{self.port}"], capture_output=True, text=True).stdout
-        return bool(out.strip())
-
-    def kill(self):
-        """Stops the listener (no new stream), then SIGKILLs every relayed stream and the listener.
-        Returns how many streams were cut."""
-        if self.proc is None or self.proc.poll() is not None:
-            return 0
-        self.proc.send_signal(signal.SIGSTOP)
-        streams = children_of(self.proc.pid)
-        for pid in streams:
-            os.kill(pid, signal.SIGKILL)
-        self.proc.kill()
-        self.proc.wait(5)
-        return len(streams)
-
-    def streams(self):
-        return children_of(self.proc.pid) if self.proc and self.proc.poll() is None else []
-
 
 def bouncer_point_rw_at(topo, port):
     """Rewrites PgBouncer's pgapi_rw entry to port and reloads; waits until its servers use it."""
