@@ -457,6 +457,8 @@ static bool marker_names(const char *marker, const char *run_id)
     return strncmp(marker, run_id, n) == 0 && marker[n] == '/';
 }
 
+static void purge_apply(struct cache *c);
+
 static void check_deliver(struct cache_cmd *cmd, const redisReply *r)
 {
     struct cache *c = cmd->c;
@@ -488,6 +490,7 @@ static void check_deliver(struct cache_cmd *cmd, const redisReply *r)
         if (c->trust != TRUST_OK)
             log_info("redis: store %s verified: its fences are trusted", run_id);
         c->trust = TRUST_OK;
+        purge_apply(c);
         return;
     }
     log_warn("redis: store %s is not the one the deployment's fences were written to (marker \"%s\"): reads "
@@ -510,6 +513,7 @@ static void verify_deliver(struct cache_cmd *cmd, const redisReply *r)
     }
     c->trust = TRUST_OK;
     consistency_local_drop(c->consistency);
+    purge_apply(c);
     if (strcmp(r->str, "already") == 0)
         log_info("redis: store verified by another worker: its fences are trusted");
     else {
@@ -522,10 +526,12 @@ static void verify_deliver(struct cache_cmd *cmd, const redisReply *r)
 
 /* ---- purges: writes whose fences never reached Redis (migration 0005) ------------------------- */
 
+/* Only into a verified store: a store being verified gets a floor read after every purge recorded
+ * before, which covers them (the script then only records them as applied). */
 static void purge_apply(struct cache *c)
 {
     if (!deployment_on(c) || c->purge_applied >= c->purge_seen || c->purge_inflight ||
-        !redis_client_up(c->rc))
+        !redis_client_up(c->rc) || c->trust != TRUST_OK)
         return;
     char hex[CACHE_LSN_HEX], gen[24];
     cache_lsn_hex(c->purge_lsn, hex);
