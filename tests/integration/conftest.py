@@ -54,5 +54,22 @@ def make_topology(topology_port_base):
         raise TopologyError("teardown of extra topologies failed:\n" + "\n".join(errors))
 
 
+# Figures a test records with record_property("figures", line): pytest drops a passing test's stdout, so
+# they are repeated in the session's closing summary (make test's log) and are in the JUnit report too.
+_figures = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        _figures.extend(value for name, value in report.user_properties if name == "figures")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _figures:
+        terminalreporter.section("figures")
+        for line in _figures:
+            terminalreporter.write_line(line)
+
+
 # The pgapi binary's fixtures (server factory); imported here so every test module sees them.
 from lib.pgapi_fixtures import api, schema, server  # noqa: E402,F401

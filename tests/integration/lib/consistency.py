@@ -54,6 +54,12 @@ def error_code(resp):
     return None
 
 
+def status_text(status, resp):
+    """How an error answer is logged in the history: "status N", then its error code if it has one."""
+    code = error_code(resp)
+    return f"status {status} {code}" if code else f"status {status}"
+
+
 def lsn_int(text):
     hi, lo = text.split("/")
     return (int(hi, 16) << 32) | int(lo, 16)
@@ -188,7 +194,7 @@ class Load:
             self.h.error(route, t, time.monotonic(), exc)   # no id known: nothing to check
             return None
         if status != 201:
-            self.h.error(route, t_send, t_end, f"status {status}")
+            self.h.error(route, t_send, t_end, status_text(status, body))
             if write_outcome(status, error_code(body)) == FAILED:
                 self.refused_emails.append(email)
             return None
@@ -205,7 +211,7 @@ class Load:
             self.h.error(route, t, time.monotonic(), exc)
             return None
         if status != 201:
-            self.h.error(route, t_send, t_end, f"status {status}")
+            self.h.error(route, t_send, t_end, status_text(status, body))
             return None
         key = ("post", body["id"])
         self.h.member(("posts_of", uid), key)
@@ -302,7 +308,7 @@ class Load:
             self.h.error(route, t, time.monotonic(), exc)
             return None
         if status not in (200, 404):
-            self.h.error(route, t_start, t_end, f"status {status}")
+            self.h.error(route, t_start, t_end, status_text(status, body))
             return None
         return status, body, t_start, t_end
 

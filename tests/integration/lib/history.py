@@ -64,6 +64,7 @@ class Write:
     version: Optional[int]    # the version the acknowledgement returned (creates: 1, deletes: None)
     status: Optional[int]     # HTTP status, None when there was no answer
     detail: str = ""
+    code: Optional[str] = None  # the error answer's code (e.g. write_outcome_unknown), if any
 
     @property
     def t_ack(self):
@@ -134,7 +135,8 @@ class History:
         outcome = write_outcome(status, code)
         if outcome == ACKED and kind == CREATE and version is None:
             version = 1
-        w = Write(key, kind, route, t_send, t_end, outcome, version if outcome == ACKED else None, status, detail)
+        w = Write(key, kind, route, t_send, t_end, outcome, version if outcome == ACKED else None, status, detail,
+                  code)
         with self._lock:
             self.writes.append(w)
             if status == 404:
@@ -148,7 +150,8 @@ class History:
         return r
 
     def error(self, route, t_start, t_end, what):
-        """A read (or anything else) that got no usable answer: counted, not checked."""
+        """A read (or anything else) that got no usable answer: counted, not checked. `what` is
+        "status N [code]" for an answer, else the exception (no answer)."""
         with self._lock:
             self.errors.append((route, t_start, t_end, str(what)))
 
@@ -367,3 +370,44 @@ def check_final(history: History, final: Dict[Key, Optional[int]]) -> List[str]:
                     f"a version in {hi}..{hi + unknown} ({unknown} unanswered updates)")
             problems.append(f"{key_str(k)}: expected {want} (highest acknowledged), got {got}")
     return problems
+
+
+def failed_requests(history: History):
+    """(t_send, t_end, route, what) of every request answered 5xx or not at all: writes, and the reads and
+    creates logged as errors ("status N [code]" or an exception). `what` is the error code, "status N"
+    when the answer had none, or "no answer"."""
+    with history._lock:
+        writes = list(history.writes)
+        errors = list(history.errors)
+    out = []
+    for w in writes:
+        if w.status is None:
+            out.append((w.t_send, w.t_end, w.route, "no answer"))
+        elif w.status >= 500:
+            out.append((w.t_send, w.t_end, w.route, w.code or f"status {w.status}"))
+    for route, t_start, t_end, what in errors:
+        parts = what.split()
+        if parts[:1] != ["status"]:
+            out.append((t_start, t_end, route, "no answer"))
+        elif len(parts) >= 2 and parts[1].isdigit() and int(parts[1]) >= 500:
+            out.append((t_start, t_end, route, parts[2] if len(parts) > 2 else f"status {parts[1]}"))
+    return sorted(out)
+
+
+def unavailability(history: History, gap_s=0.5):
+    """How long clients were turned away, from the history: each failed request (failed_requests) spans
+    [sent, answered]; spans less than `gap_s` apart are one window (a client that failed tries again at
+    once: the gap between its attempts is not availability). Returns {"unavailable_s": the windows' total,
+    "windows": [(start, end) in seconds from the history's t0], "failed": n, "by_code": {code: n}}."""
+    failed = failed_requests(history)
+    windows = []
+    for t_send, t_end, _, _ in failed:
+        if windows and t_send <= windows[-1][1] + gap_s:
+            windows[-1][1] = max(windows[-1][1], t_end)
+        else:
+            windows.append([t_send, t_end])
+    t0 = history.t0
+    return {"unavailable_s": round(sum(end - start for start, end in windows), 2),
+            "windows": [(round(start - t0, 2), round(end - t0, 2)) for start, end in windows],
+            "failed": len(failed),
+            "by_code": dict(collections.Counter(what for _, _, _, what in failed).most_common())}
