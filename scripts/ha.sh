@@ -743,8 +743,9 @@ current_redis_master() {
     return 1
 }
 
-# The users: default (tools, admin), pgapi (the server: no admin or dangerous command but INFO and ROLE),
-# replica (a replica's link to its master) and sentinel (the commands Sentinel needs, from Redis's docs).
+# The users: default (tools, admin), pgapi (the server: no admin or dangerous command but INFO, as in
+# scripts/topology.sh), replica (a replica's link to its master) and sentinel (the commands Sentinel needs,
+# from Redis's documentation).
 redis_conf() { # r1|r2 master-address|""
     local r=$1 master=$2 d=$REDIS_BASE/$1
     cat <<EOF
@@ -763,7 +764,7 @@ maxmemory-policy noeviction
 masteruser replica
 masterauth $REDIS_REPLICA_PASSWORD
 user default on >$REDIS_ADMIN_PASSWORD ~* &* +@all
-user pgapi on >$REDIS_PASSWORD ~* &* +@all -@admin -@dangerous +info +role
+user pgapi on >$REDIS_PASSWORD ~* &* +@all -@admin -@dangerous +info
 user replica on >$REDIS_REPLICA_PASSWORD +psync +replconf +ping
 user sentinel on >$REDIS_SENTINEL_PASSWORD allchannels +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info +client|setname +client|kill +script|kill
 EOF
