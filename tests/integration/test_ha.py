@@ -285,7 +285,8 @@ class HaRun:
         # a row written after the run: the load's hot rows may be fenced "primary only" for the fence TTL
         # (a write whose commit LSN was lost in the fault), which no value can be filled past
         cache_s = cache_back(dep, create_user(dep.servers["a"])["id"])
-        self.figures.update({"converged_s": round(settle_s, 2), "cache_back_s": round(cache_s, 2)})
+        self.figures.update({"converged_s": round(settle_s, 2), "cache_back_s": round(cache_s, 2),
+                             "primary_only_fences": primary_only_fences(dep)})
         return self.figures
 
     def measure(self):
@@ -320,6 +321,15 @@ class HaRun:
             line = "HA-FIGURES " + json.dumps(self.figures, sort_keys=True)
             print(line)
             request.node.user_properties.append(("figures", line))
+
+
+def primary_only_fences(dep):
+    """Cache fences left at "primary only" (a write whose commit LSN was lost): how many, and the longest
+    time (s) they still hold reads to the primary and keep values from being filled."""
+    prefix = dep.ha.pgapi_settings()["redis"].get("prefix", "pgapi:v2")
+    r = dep.ha.redis(dep.ha.redis_node_of(dep.ha.redis_master()))
+    ttls = [r.pttl(k) for k in r.scan_iter(f"{prefix}:f:*", count=1000) if r.get(k) == b"F" * 16]
+    return {"count": len(ttls), "max_ttl_s": round(max(ttls, default=0) / 1000, 1)}
 
 
 def assert_not_vacuous(result, detail):
