@@ -28,6 +28,7 @@ import time
 from contextlib import closing
 
 import pytest
+import redis as redis_lib
 
 from lib.builders import create_user
 from lib.cluster import cache_back, converge, phantom_creates, wait_every_worker
@@ -132,7 +133,11 @@ def redis_tier_ok(ha):
     master = ha.redis_master()
     if master is None:
         return False
-    info = ha.redis(ha.redis_node_of(master)).info("replication")
+    try:
+        with closing(ha.redis(ha.redis_node_of(master))) as r:
+            info = r.info("replication")
+    except redis_lib.RedisError:
+        return False
     return info.get("role") == "master" and info.get("connected_slaves", 0) >= 1 and \
         info.get("slave0", {}).get("state") == "online"
 
@@ -171,8 +176,12 @@ def deployment(migrated, tmp_path_factory):
 
 @pytest.fixture
 def healthy(deployment):
-    """The deployment with the cluster as every case expects it (a failed case may have left it broken)."""
-    wait_cluster_healthy(deployment.ha)
+    """The deployment with the cluster as every case expects it: a failed case may have left a node or a
+    Redis killed, which ha.sh up starts again."""
+    ha = deployment.ha
+    if not (ha.layout_ok() and redis_tier_ok(ha)):
+        ha.up()
+    wait_cluster_healthy(ha)
     deployment.wait_healthy()
     return deployment
 
@@ -327,8 +336,8 @@ def primary_only_fences(dep):
     """Cache fences left at "primary only" (a write whose commit LSN was lost): how many, and the longest
     time (s) they still hold reads to the primary and keep values from being filled."""
     prefix = dep.ha.pgapi_settings()["redis"].get("prefix", "pgapi:v2")
-    r = dep.ha.redis(dep.ha.redis_node_of(dep.ha.redis_master()))
-    ttls = [r.pttl(k) for k in r.scan_iter(f"{prefix}:f:*", count=1000) if r.get(k) == b"F" * 16]
+    with closing(dep.ha.redis(dep.ha.redis_node_of(dep.ha.redis_master()))) as r:
+        ttls = [r.pttl(k) for k in r.scan_iter(f"{prefix}:f:*", count=1000) if r.get(k) == b"F" * 16]
     return {"count": len(ttls), "max_ttl_s": round(max(ttls, default=0) / 1000, 1)}
 
 
