@@ -813,14 +813,16 @@ start_redis_node() { # r1|r2
 }
 
 start_sentinel() { # s1..s3
-    local s=$1 pid master i d=$REDIS_BASE/$1
+    local s=$1 pid master myid i d=$REDIS_BASE/$1
     if pid=$(redis_pid_of "$s"); then
         log "sentinel $s: already running (pid $pid, port ${SENTINEL_PORT[$s]})"
         return 0
     fi
     check_port_free "sentinel $s" "${SENTINEL_PORT[$s]}"
     master=$(current_redis_master) || die "sentinel $s: no Redis master runs to watch"
-    sentinel_conf "$s" "$master" | as_redis_write "$d/sentinel.conf"
+    # a Sentinel restarted keeps its id: the others would count it twice under a new one
+    myid=$(sed -n 's/^sentinel myid \([0-9a-f]\{40\}\)$/\1/p' "$d/sentinel.conf" 2>/dev/null | head -n 1) || myid=""
+    { sentinel_conf "$s" "$master"; [[ -z $myid ]] || echo "sentinel myid $myid"; } | as_redis_write "$d/sentinel.conf"
     rm -f -- "$d/sentinel.pid"
     log "sentinel $s: starting on $HOST:${SENTINEL_PORT[$s]} (master $master)"
     (cd "$d" && close_fds && runuser -u "$REDIS_OS_USER" -- timeout -k 5 30 "$SENTINEL_BIN" "$d/sentinel.conf" </dev/null >/dev/null 2>&1) \
