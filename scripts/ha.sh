@@ -75,16 +75,9 @@ PATRONICTL_BIN=$(command -v patronictl 2>/dev/null || echo /usr/bin/patronictl)
 HAPROXY_BIN=$(command -v haproxy 2>/dev/null || echo /usr/sbin/haproxy)
 SENTINEL_BIN=$(command -v redis-sentinel 2>/dev/null || echo /usr/bin/redis-sentinel)
 
+# The usage is the comment at the top of this file: commands, ports, timings and files.
 usage() {
-    cat >&2 <<'EOF'
-usage: ha.sh up [DIR]
-       ha.sh down [--purge] [DIR]
-       ha.sh status [DIR]
-       ha.sh haproxy-restart [DIR]
-       ha.sh patronictl [DIR] [--] ARGS...
-DIR defaults to $PGAPI_HA_STATE_DIR, else <repo>/var-ha; ports from PGAPI_HA_PORT_BASE (default 16000).
-The layout of the ports and files: the comment at the top of scripts/ha.sh, and DIR/ha.env.
-EOF
+    sed -n '2,/^set -euo pipefail/{/^set /d; s/^# \{0,1\}//; p}' "${BASH_SOURCE[0]}" >&2
     exit 2
 }
 
@@ -115,7 +108,7 @@ case $CMD in
         if [[ $# -gt 0 && $1 == -- ]]; then shift; fi
         CTL_ARGS=("$@")
         ;;
-    *) usage ;;
+    -h|--help|help|*) usage ;;
 esac
 [[ $PURGE == 1 || $PURGE == 0 ]] || PURGE=1
 if ! [[ $WAIT_SECS =~ ^[1-9][0-9]*$ ]]; then WAIT_SECS=60; fi
@@ -774,7 +767,7 @@ EOF
 sentinel_conf() { # s1..s3 master-address
     local s=$1 master=$2 d=$REDIS_BASE/$1
     cat <<EOF
-# Written by scripts/ha.sh (owned by $REDIS_OS_USER, mode 600: Sentinel rewrites it)
+# Written by scripts/ha.sh, owned by $REDIS_OS_USER in a dir only that user enters (the auth-pass): Sentinel rewrites it
 port ${SENTINEL_PORT[$s]}
 bind $HOST
 daemonize yes
@@ -820,14 +813,16 @@ start_redis_node() { # r1|r2
 }
 
 start_sentinel() { # s1..s3
-    local s=$1 pid master i d=$REDIS_BASE/$1
+    local s=$1 pid master myid i d=$REDIS_BASE/$1
     if pid=$(redis_pid_of "$s"); then
         log "sentinel $s: already running (pid $pid, port ${SENTINEL_PORT[$s]})"
         return 0
     fi
     check_port_free "sentinel $s" "${SENTINEL_PORT[$s]}"
     master=$(current_redis_master) || die "sentinel $s: no Redis master runs to watch"
-    sentinel_conf "$s" "$master" | as_redis_write "$d/sentinel.conf"
+    # a Sentinel restarted keeps its id: the others would count it twice under a new one
+    myid=$(sed -n 's/^sentinel myid \([0-9a-f]\{40\}\)$/\1/p' "$d/sentinel.conf" 2>/dev/null | head -n 1) || myid=""
+    { sentinel_conf "$s" "$master"; [[ -z $myid ]] || echo "sentinel myid $myid"; } | as_redis_write "$d/sentinel.conf"
     rm -f -- "$d/sentinel.pid"
     log "sentinel $s: starting on $HOST:${SENTINEL_PORT[$s]} (master $master)"
     (cd "$d" && close_fds && runuser -u "$REDIS_OS_USER" -- timeout -k 5 30 "$SENTINEL_BIN" "$d/sentinel.conf" </dev/null >/dev/null 2>&1) \
@@ -901,6 +896,10 @@ write_ha_env() {
     local f=$DIR/ha.env n i
     {
         echo "# pgapi HA topology ($DIR), written by scripts/ha.sh; . $f"
+        echo "# Ports from PGAPI_HA_PORT_BASE=$BASE: +0 etcd, +1 etcd peer, +2..4 PostgreSQL node1..3, +5..7 their"
+        echo "# Patroni REST APIs, +8 HAProxy rw (/primary), +9 HAProxy ro (every replica), +10..12 HAProxy ro of"
+        echo "# node1..3 alone, +13 PgBouncer (pgapi_rw, pgapi_ro, pgapi_ro1..3), +14 Redis r1, +15 Redis r2,"
+        echo "# +16..18 Sentinels s1..s3 (master name $MASTER_NAME). Logs: PGAPI_HA_*_LOG; pid files: PGAPI_HA_*_PIDFILE."
         echo "export PGAPI_HA_STATE_DIR=$(q "$DIR")"
         echo "export PGAPI_HA_PGDATA_BASE=$(q "$PGBASE")"
         echo "export PGAPI_HA_LOG_DIR=$(q "$PGLOG_DIR")"
@@ -1029,7 +1028,7 @@ cmd_up() {
 }
 
 cmd_down() {
-    local n pid leader_node=""
+    local n pid leader_node="" replicas=()
     if [[ ! -d $DIR ]]; then
         log "no state dir $DIR: nothing to stop"
         return 0
@@ -1039,7 +1038,8 @@ cmd_down() {
     stop_redis_tier
     # the replicas before the leader: none of them is left to take over while it stops
     leader_node=$(leader 2>/dev/null) || leader_node=""
-    for n in "${NODES[@]}"; do [[ $n == "$leader_node" ]] || stop_patronis "$n"; done
+    for n in "${NODES[@]}"; do [[ $n == "$leader_node" ]] || replicas+=("$n"); done
+    stop_patronis "${replicas[@]}"
     [[ -z $leader_node ]] || stop_patronis "$leader_node"
     if pid=$(etcd_pid); then stop_pid etcd "$pid"; fi
     rm -f -- "$ETCD_PIDF"

@@ -111,8 +111,10 @@ def test_pgapi_migrates_and_serves_through_its_ini(ha, tmp_path):
     try:
         def ready():
             r = server.get("/readyz")
-            return r.status == 200 and r.json()
-        body = server.wait_for(ready, 20, "/readyz 200")
+            body = r.json() if r.status == 200 else {}
+            return body.get("redis") == "up" and body.get("replicas_up") == 2 and body
+        # one replica line is the leader's own read-only frontend, with no server behind it: 2 of 3 are up
+        body = server.wait_for(ready, 20, "/readyz 200 with Redis and 2 replicas up")
         assert body.get("redis_master") == f"{HOST}:{ha.redis_port('r1')}", f"expected redis_master r1, got {body}"
         r = server.request("POST", "/users", body={"name": "ha", "email": "ha@example.io"})
         assert r.status == 201, f"expected 201 for a POST through the HA topology, got {r}"

@@ -223,6 +223,17 @@ class HaTopology:
         kill9(*pids)
         return pids
 
+    def haproxy_states(self):
+        """{(proxy, node): status} from HAProxy's admin socket ("UP", "DOWN", "UP 1/2" while changing)."""
+        out = subprocess.run(["socat", "-t", "2", "-", f"UNIX-CONNECT:{self.env['PGAPI_HA_HAPROXY_SOCKET']}"],
+                             input="show stat\n", capture_output=True, text=True, timeout=10).stdout
+        states = {}
+        for line in out.splitlines():
+            f = line.split(",")
+            if len(f) > 17 and f[0].startswith("pg_") and f[1] in NODES:
+                states[(f[0], f[1])] = f[17]
+        return states
+
     # ------------------------------------------------------------ Redis and Sentinel
     def sentinel_masters(self):
         """{sentinel: "host:port" of the master it names, or None}."""
