@@ -337,8 +337,10 @@ def primary_only_fences(dep):
     time (s) they still hold reads to the primary and keep values from being filled."""
     prefix = dep.ha.pgapi_settings()["redis"].get("prefix", "pgapi:v2")
     with closing(dep.ha.redis(dep.ha.redis_node_of(dep.ha.redis_master()))) as r:
-        ttls = [r.pttl(k) for k in r.scan_iter(f"{prefix}:f:*", count=1000) if r.get(k) == b"F" * 16]
-    return {"count": len(ttls), "max_ttl_s": round(max(ttls, default=0) / 1000, 1)}
+        ttls = {k.decode()[len(prefix) + 1:]: r.pttl(k) for k in r.scan_iter(f"{prefix}:f:*", count=1000)
+                if r.get(k) == b"F" * 16}
+    return {"count": len(ttls), "max_ttl_s": round(max(ttls.values(), default=0) / 1000, 1),
+            "some": sorted(ttls)[:6]}
 
 
 def assert_not_vacuous(result, detail):
