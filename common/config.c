@@ -2,6 +2,7 @@
  * documentation. The ini parser, the environment overrides, --check-config and --help all read it. */
 #include "common/config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <ini.h>
@@ -119,6 +120,12 @@ static const struct config_key config_keys[] = {
       "read-your-writes guarantee" },
     { "redis", "prefix", KT_STR, OFF(redis_prefix), 0, 0, "pgapi:v2",
       "namespace of every key; bump the version after a schema change" },
+    { "redis", "sentinels", KT_STR, OFF(redis_sentinels_text), 0, 0, "",
+      "Redis Sentinels (IP literal:port, comma-separated) that name the master (master_name); when set, "
+      "host, port and socket are not used and a master change makes pgapi verify the new store before "
+      "trusting it" },
+    { "redis", "master_name", KT_STR, OFF(redis_master_name), 0, 0, "",
+      "the name the Sentinels monitor the Redis master under (with sentinels)" },
     { "redis", "socket", KT_STR, OFF(redis_socket), 0, 0, "",
       "Unix socket path of Redis; when set, host and port are not used (hiredis 0.14 has no TLS: keep "
       "Redis on this host, on the socket or loopback)" },
@@ -422,6 +429,60 @@ static int file_apply(struct config *cfg, const char *path, char *err, size_t er
     return 0;
 }
 
+/* One "ip:port" (an IPv6 literal in brackets) of [redis] sentinels. An IP literal: hiredis resolves a name
+ * with a blocking getaddrinfo, which must not run on a worker's loop. */
+static int sentinel_parse(const char *item, struct config_addr *out, char *err, size_t errlen)
+{
+    const char *colon = strrchr(item, ':');
+    const char *host = item;
+    size_t hlen = colon ? (size_t)(colon - item) : 0;
+    if (hlen >= 2 && item[0] == '[' && item[hlen - 1] == ']') {
+        host++;
+        hlen -= 2;
+    }
+    char *end = NULL;
+    long port = colon ? strtol(colon + 1, &end, 10) : 0;
+    unsigned char buf[sizeof(struct in6_addr)];
+    if (!colon || hlen == 0 || hlen >= sizeof(out->host) || !end || *end || end == colon + 1 || port < 1 ||
+        port > 65535) {
+        snprintf(err, errlen, "[redis] sentinels: \"%s\" is not ip:port", item);
+        return -1;
+    }
+    memcpy(out->host, host, hlen);
+    out->host[hlen] = '\0';
+    if (inet_pton(AF_INET, out->host, buf) != 1 && inet_pton(AF_INET6, out->host, buf) != 1) {
+        snprintf(err, errlen, "[redis] sentinels: \"%s\" is not an IP literal", out->host);
+        return -1;
+    }
+    out->port = (int)port;
+    return 0;
+}
+
+static int sentinels_parse(struct config *cfg, char *err, size_t errlen)
+{
+    char list[sizeof(cfg->redis_sentinels_text)], *save = NULL;
+    snprintf(list, sizeof(list), "%s", cfg->redis_sentinels_text);
+    cfg->redis_sentinel_count = 0;
+    for (char *item = strtok_r(list, ", ", &save); item; item = strtok_r(NULL, ", ", &save)) {
+        if (cfg->redis_sentinel_count == CONFIG_MAX_SENTINELS) {
+            snprintf(err, errlen, "[redis] sentinels: at most %d", CONFIG_MAX_SENTINELS);
+            return -1;
+        }
+        if (sentinel_parse(item, &cfg->redis_sentinels[cfg->redis_sentinel_count], err, errlen) < 0)
+            return -1;
+        cfg->redis_sentinel_count++;
+    }
+    if (cfg->redis_sentinel_count && !cfg->redis_master_name[0]) {
+        snprintf(err, errlen, "[redis] sentinels is set but master_name is empty");
+        return -1;
+    }
+    if (cfg->redis_sentinel_count && cfg->redis_socket[0]) {
+        snprintf(err, errlen, "[redis] sentinels and socket are both set: keep one");
+        return -1;
+    }
+    return 0;
+}
+
 static int config_validate(struct config *cfg, char *err, size_t errlen)
 {
     if (cfg->workers == 0) {
@@ -442,7 +503,7 @@ static int config_validate(struct config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "[redis] host must not be empty when the cache is enabled");
         return -1;
     }
-    return 0;
+    return sentinels_parse(cfg, err, errlen);
 }
 
 /* The first line of the password file, without its line end. Refused when others may read or write it. */
@@ -601,16 +662,18 @@ void config_print(const struct config *c, FILE *f)
             "pool_size = %d\nstatement_timeout = %dms\nconnect_timeout = %dms\nqueue_size = %d\n"
             "queue_timeout = %dms\nmax_replica_lag = %dms\nhealth_interval = %dms\nmigrations_dir = %s\n\n"
             "[redis]\nenabled = %s\nhost = %s\nport = %d\nttl = %ds\nconnect_timeout = %dms\n"
-            "command_timeout = %dms\nprefix = %s\nsocket = %s\nusername = %s\npassword_file = %s\n"
+            "command_timeout = %dms\nprefix = %s\nsentinels = %s\nmaster_name = %s\nsocket = %s\nusername = "
+            "%s\npassword_file = %s\n"
             "local_entries = %d\nlocal_bytes = %zu\nmax_value_bytes = %zu\nlist_pages = "
             "%d\ndeployment_fences = %s\n\n[metrics]\nlisten = %s\n\n"
             "[log]\nlevel = %s\nformat = %s\naccess = %s\n",
             c->pool_size, c->statement_timeout_ms, c->connect_timeout_ms, c->queue_size, c->queue_timeout_ms,
             c->max_replica_lag_ms, c->health_interval_ms, c->migrations_dir, c->redis_enabled ? "on" : "off",
             c->redis_host, c->redis_port, c->cache_ttl_s, c->redis_connect_timeout_ms,
-            c->redis_command_timeout_ms, c->redis_prefix, c->redis_socket, c->redis_username,
-            c->redis_password_file, c->local_cache_entries, c->local_cache_bytes, c->cache_max_value_bytes,
-            c->cache_list_pages, c->deployment_fences ? "on" : "off", metrics_addr, lv[c->log_level],
+            c->redis_command_timeout_ms, c->redis_prefix, c->redis_sentinels_text, c->redis_master_name,
+            c->redis_socket, c->redis_username, c->redis_password_file, c->local_cache_entries,
+            c->local_cache_bytes, c->cache_max_value_bytes, c->cache_list_pages,
+            c->deployment_fences ? "on" : "off", metrics_addr, lv[c->log_level],
             c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off");
 }
 

@@ -12,6 +12,7 @@
 #define CONFIG_MAX_REPLICAS 8
 #define CONFIG_DSN_MAX 512
 #define CONFIG_ERR_MAX 512
+#define CONFIG_MAX_SENTINELS 8
 /* The environment variable holding the Redis password (the other way is [redis] password_file). */
 #define CONFIG_REDIS_PASSWORD_ENV "PGAPI_REDIS_PASSWORD"
 
@@ -61,7 +62,12 @@ struct config {
     char redis_socket[108];  /* Unix socket path (sun_path); "" = TCP to host:port */
     char redis_username[64]; /* ACL user for AUTH; "" = the default user */
     char redis_password_file[256];
-    char redis_password[256]; /* not a key: from PGAPI_REDIS_PASSWORD or password_file; never printed */
+    char redis_password[256];       /* not a key: from PGAPI_REDIS_PASSWORD or password_file; never printed */
+    char redis_sentinels_text[512]; /* "host:port,..." as written; "" = no Sentinel, host/port are used */
+    char redis_master_name[64];
+    struct config_addr
+        redis_sentinels[CONFIG_MAX_SENTINELS]; /* not a key: parsed from redis_sentinels_text */
+    int redis_sentinel_count;
     int local_cache_entries;
     size_t local_cache_bytes;
     size_t cache_max_value_bytes; /* larger values are served, not cached */

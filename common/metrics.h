@@ -36,6 +36,7 @@ struct metrics_counters {
     metrics_counter timeouts[2], queue_full[2], batches[2], wait_us[2];
     metrics_counter cache_hits, cache_misses, cache_waits, cache_bypasses, cache_fills, cache_invalidations;
     metrics_counter cache_epoch_bumps, cache_invalidation_failures, cache_ping_failures, cache_disconnects;
+    metrics_counter redis_master_changes; /* the Sentinels named another Redis master */
     metrics_counter cache_log_reads, cache_log_resets, cache_verifications, cache_purges;
     metrics_counter local_hits;
     metrics_counter connections_refused;

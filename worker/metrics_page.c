@@ -323,6 +323,11 @@ static void cache_render(struct page *pg)
     SLOT_COUNTER(pg, "pgapi_cache_errors_total", "kind=\"invalidation\"", cache_invalidation_failures);
     SLOT_COUNTER(pg, "pgapi_cache_errors_total", "kind=\"ping\"", cache_ping_failures);
     SLOT_COUNTER(pg, "pgapi_cache_errors_total", "kind=\"disconnect\"", cache_disconnects);
+    family(
+        pg, "pgapi_redis_master_changes_total", "counter",
+        "Times the Redis Sentinels named another master than the one a worker's link used (the new store is "
+        "verified before it is trusted).");
+    SLOT_COUNTER(pg, "pgapi_redis_master_changes_total", "", redis_master_changes);
     family(pg, "pgapi_cache_fills_total", "counter", "Values written to Redis after a miss.");
     SLOT_COUNTER(pg, "pgapi_cache_fills_total", "", cache_fills);
     family(pg, "pgapi_cache_invalidations_total", "counter", "Invalidations sent after committed writes.");

@@ -112,6 +112,7 @@ static void cache_publish(struct telemetry *t)
     delta_add(&c->cache_verifications, &last->verifications, s.verifications);
     delta_add(&c->cache_purges, &last->purges, s.purges);
     delta_add(&c->cache_disconnects, &last->disconnects, s.disconnects);
+    delta_add(&c->redis_master_changes, &last->master_changes, s.master_changes);
     gauge_set(&t->gauges->cache_up, cache_state(t->src.cache) == CACHE_UP);
     uint64_t hits = 0, entries = 0;
     size_t bytes = 0;

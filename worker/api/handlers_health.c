@@ -63,6 +63,9 @@ void handle_readyz(struct api_context *api, struct http_request *req, const stru
     json_object_object_add(o, "replicas_up", json_object_new_int(up));
     json_object_object_add(o, "replicas", reps);
     json_object_object_add(o, "redis", json_object_new_string(cache_state_name(cs)));
+    const char *master = cache_master(api->cache);
+    if (master)
+        json_object_object_add(o, "redis_master", json_object_new_string(master));
     json_object_object_add(o, "worker", json_object_new_int(api->slot));
     reply_json(req, primary ? 200 : 503, o);
 }

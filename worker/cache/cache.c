@@ -1207,6 +1207,11 @@ const char *cache_state_name(enum cache_state s)
     return names[s];
 }
 
+const char *cache_master(const struct cache *c)
+{
+    return redis_client_master(c->rc);
+}
+
 void cache_stats(const struct cache *c, struct cache_stats *out)
 {
     struct redis_client_stats link;
@@ -1215,4 +1220,5 @@ void cache_stats(const struct cache *c, struct cache_stats *out)
     out->connects = link.connects;
     out->disconnects = link.disconnects;
     out->ping_failures = link.ping_failures;
+    out->master_changes = link.master_changes;
 }

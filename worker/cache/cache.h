@@ -16,7 +16,7 @@ struct cache;
 struct consistency;
 
 struct cache_stats {
-    uint64_t connects, disconnects, ping_failures;
+    uint64_t connects, disconnects, ping_failures, master_changes;
     uint64_t hits, misses, waits, bypasses, fills, invalidations, invalidation_failures, epoch_bumps;
     uint64_t log_reads, log_resets, verifications, purges; /* the deployment's (docs/consistency.md) */
 };
@@ -25,6 +25,8 @@ struct cache *cache_new(struct event_base *base, const struct config *cfg, struc
 void cache_free(struct cache *c);
 enum cache_state cache_state(const struct cache *c);
 const char *cache_state_name(enum cache_state s);
+/* With [redis] sentinels: "host:port" of the master the Sentinels named last; else NULL. */
+const char *cache_master(const struct cache *c);
 void cache_stats(const struct cache *c, struct cache_stats *out);
 
 /* Keys are the caller's ("user:42"); the module adds the namespace and the epoch (cache_keys.h). */

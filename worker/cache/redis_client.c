@@ -15,6 +15,7 @@
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "worker/cache/sentinel.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -25,8 +26,14 @@ struct redis_client {
     struct redis_client_events events;
     redisAsyncContext *ac;
     enum cache_state state;
-    char where[300];        /* "host:port" or the socket path, for log lines */
-    char refused[160];      /* why Redis refused the handshake; the connect timer reports it */
+    char where[300]; /* "host:port" or the socket path, for log lines */
+    char host[256];  /* the address connected to: [redis] host/port, or what the Sentinels named */
+    int port;
+    struct sentinel *sentinel; /* with [redis] sentinels: names host/port */
+    bool resolving;            /* CACHE_CONNECTING: waiting for the Sentinels' answer, not yet connecting */
+    bool role_checked;         /* with Sentinels: the handshake also checked that the store is a master */
+    char refused[160];         /* why Redis refused the handshake; the connect timer reports it */
+    char drop[160];         /* why the link is to be dropped: the timer does it (never inside a callback) */
     char down_why[160];     /* the reason last logged: each new one is logged once */
     struct event *timer_ev; /* reconnect back-off, connect (and handshake) timeout */
     struct event *ping_ev;  /* periodic health PING */
@@ -37,6 +44,7 @@ struct redis_client {
 };
 
 static void client_connect(struct redis_client *rc);
+static void client_connect_to(struct redis_client *rc);
 
 static void timer_arm(struct event *ev, int ms)
 {
@@ -70,6 +78,16 @@ static void client_abandon(struct redis_client *rc, const char *why)
     client_down(rc, why);
 }
 
+/* A link to a store that is no master (any more) is dropped from the timer: the reconnection asks the
+ * Sentinels again. Called from inside hiredis callbacks, where the context must not be freed. */
+static void client_drop_soon(struct redis_client *rc, const char *why)
+{
+    if (!rc->ac || rc->drop[0])
+        return;
+    snprintf(rc->drop, sizeof(rc->drop), "%s", why);
+    timer_arm(rc->timer_ev, 0);
+}
+
 /* ---- commands ------------------------------------------------------------------------------- */
 
 /* Past command_timeout the sender answers its own caller; a command whose outcome matters then drops the
@@ -91,6 +109,9 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)ac;
     struct redis_cmd *cmd = priv;
+    const redisReply *r = reply;
+    if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "READONLY", 8) == 0 && !cmd->rc->closing)
+        client_drop_soon(cmd->rc, "the store is a replica now (READONLY)");
     if (cmd->timer_ev) {
         event_free(cmd->timer_ev);
         cmd->timer_ev = NULL;
@@ -148,12 +169,17 @@ static void client_up(struct redis_client *rc)
 
 /* A refusal is reported by the connect timer (fired at once), which drops the link: this runs inside a
  * hiredis callback, where the context must not be freed. Redis's error text names no secret. */
+static void role_check_send(struct redis_client *rc);
+
 static void handshake_done(struct redis_client *rc, const redisReply *r)
 {
     if (!r)
         return; /* the link went: its disconnect (or our timer) already reported it */
     if (r->type != REDIS_REPLY_ERROR) {
-        client_up(rc);
+        if (rc->sentinel && !rc->role_checked)
+            role_check_send(rc);
+        else
+            client_up(rc);
         return;
     }
     const char *hint = "";
@@ -173,6 +199,37 @@ static void handshake_reply(struct redis_cmd *cmd, const redisReply *r, enum red
     if (ev == REDIS_CMD_REPLY && cmd->state == REDIS_CMD_SENT)
         handshake_done(cmd->rc, r);
     free(cmd);
+}
+
+/* With Sentinels, the store they named must be a master when we connect: a former master restarted is
+ * a master with no data until its Sentinels make it a replica. INFO, which the pgapi ACL user has. */
+static void role_check_reply(struct redis_cmd *cmd, const redisReply *r, enum redis_cmd_event ev)
+{
+    struct redis_client *rc = cmd->rc;
+    if (ev == REDIS_CMD_DEADLINE)
+        return;
+    if (ev == REDIS_CMD_REPLY && cmd->state == REDIS_CMD_SENT && r) {
+        rc->role_checked = true;
+        if (r->type == REDIS_REPLY_STRING && strstr(r->str, "role:master")) {
+            client_up(rc);
+        } else {
+            snprintf(rc->refused, sizeof(rc->refused), "%s",
+                     r->type == REDIS_REPLY_ERROR ? "INFO replication refused (the ACL user needs +info)"
+                                                  : "not a master: asking the Sentinels again");
+            timer_arm(rc->timer_ev, 0);
+        }
+    }
+    free(cmd);
+}
+
+static void role_check_send(struct redis_client *rc)
+{
+    const char *argv[] = { "INFO", "replication" };
+    size_t lens[] = { 4, 11 };
+    if (!own_cmd_send(rc, role_check_reply, 2, argv, lens)) {
+        snprintf(rc->refused, sizeof(rc->refused), "cannot send INFO");
+        timer_arm(rc->timer_ev, 0);
+    }
 }
 
 /* The first command of every connection, before any other: AUTH [username] password when a password
@@ -226,14 +283,15 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     client_down(rc, ac->errstr[0] ? ac->errstr : "connection closed");
 }
 
-static void client_connect(struct redis_client *rc)
+static void client_connect_to(struct redis_client *rc)
 {
     const struct config *cfg = rc->cfg;
     redisAsyncContext *ac = NULL;
+    rc->role_checked = false;
     if (cfg->redis_socket[0])
         ac = redisAsyncConnectUnix(cfg->redis_socket);
     else
-        ac = redisAsyncConnect(cfg->redis_host, cfg->redis_port);
+        ac = redisAsyncConnect(rc->host, rc->port);
     if (!ac || ac->err) {
         client_down(rc, ac ? ac->errstr : "out of memory");
         if (ac)
@@ -254,15 +312,85 @@ static void client_connect(struct redis_client *rc)
     timer_arm(rc->timer_ev, rc->cfg->redis_connect_timeout_ms);
 }
 
+/* With Sentinels every connection starts with a question: the master may have moved while we were away.
+ * The Sentinel module bounds each try, so the answer always comes (NULL host: none named one). */
+static void client_connect(struct redis_client *rc)
+{
+    if (!rc->sentinel) {
+        client_connect_to(rc);
+        return;
+    }
+    rc->resolving = true;
+    rc->state = CACHE_CONNECTING;
+    sentinel_ask(rc->sentinel);
+}
+
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     struct redis_client *rc = arg;
-    if (rc->state == CACHE_CONNECTING)
+    if (rc->drop[0]) {
+        char why[sizeof(rc->drop)];
+        snprintf(why, sizeof(why), "%s", rc->drop);
+        rc->drop[0] = '\0';
+        client_abandon(rc, why);
+    } else if (rc->state == CACHE_CONNECTING && !rc->resolving) {
         client_abandon(rc, rc->refused[0] ? rc->refused : "connect_timeout passed");
-    else if (rc->state == CACHE_DOWN)
+    } else if (rc->state == CACHE_DOWN) {
         client_connect(rc);
+    }
+}
+
+/* ---- Sentinel ------------------------------------------------------------------------------- */
+
+/* Records the master the Sentinels name; true when it is another one than the link's. */
+static bool master_note(struct redis_client *rc, const char *host, int port)
+{
+    if (strcmp(rc->host, host) == 0 && rc->port == port)
+        return false;
+    const char *name = rc->cfg->redis_master_name;
+    if (rc->host[0]) {
+        log_warn("redis sentinel: master %s is %s:%d (was %s:%d): its store is verified before it is trusted",
+                 name, host, port, rc->host, rc->port);
+        rc->stats.master_changes++;
+    } else {
+        log_info("redis sentinel: master %s is %s:%d", name, host, port);
+    }
+    snprintf(rc->host, sizeof(rc->host), "%s", host);
+    rc->port = port;
+    snprintf(rc->where, sizeof(rc->where), "%s:%d", host, port);
+    return true;
+}
+
+static void sentinel_answer(void *arg, const char *host, int port)
+{
+    struct redis_client *rc = arg;
+    bool moved = host && master_note(rc, host, port);
+    if (!rc->resolving) {
+        if (moved)
+            client_drop_soon(rc, "the Sentinels name another master");
+        return;
+    }
+    rc->resolving = false;
+    if (host)
+        client_connect_to(rc);
+    else
+        client_down(rc, "no Sentinel named the master");
+}
+
+static void sentinel_switched(void *arg, const char *host, int port)
+{
+    struct redis_client *rc = arg;
+    if (master_note(rc, host, port))
+        client_drop_soon(rc, "the Sentinels switched the master");
+}
+
+static void sentinel_subscribed(void *arg)
+{
+    struct redis_client *rc = arg;
+    if (!rc->resolving && rc->ac)
+        sentinel_ask(rc->sentinel);
 }
 
 /* ---- health --------------------------------------------------------------------------------- */
@@ -320,15 +448,22 @@ struct redis_client *redis_client_new(struct event_base *base, const struct conf
     rc->cfg = cfg;
     rc->events = *events;
     rc->state = CACHE_DISABLED;
+    snprintf(rc->host, sizeof(rc->host), "%s", cfg->redis_sentinel_count ? "" : cfg->redis_host);
+    rc->port = cfg->redis_port;
     if (cfg->redis_socket[0])
         snprintf(rc->where, sizeof(rc->where), "%s", cfg->redis_socket);
+    else if (cfg->redis_sentinel_count)
+        snprintf(rc->where, sizeof(rc->where), "master %s (Sentinels)", cfg->redis_master_name);
     else
         snprintf(rc->where, sizeof(rc->where), "%s:%d", cfg->redis_host, cfg->redis_port);
     if (!cfg->redis_enabled)
         return rc;
     rc->timer_ev = evtimer_new(base, timer_cb, rc);
     rc->ping_ev = event_new(base, -1, EV_PERSIST, ping_cb, rc);
-    if (!rc->timer_ev || !rc->ping_ev) {
+    const struct sentinel_events sev = { sentinel_answer, sentinel_switched, sentinel_subscribed, rc };
+    if (cfg->redis_sentinel_count)
+        rc->sentinel = sentinel_new(base, cfg, &sev);
+    if (!rc->timer_ev || !rc->ping_ev || (cfg->redis_sentinel_count && !rc->sentinel)) {
         redis_client_free(rc);
         return NULL;
     }
@@ -343,6 +478,7 @@ void redis_client_free(struct redis_client *rc)
     if (!rc)
         return;
     rc->closing = true;
+    sentinel_free(rc->sentinel);
     if (rc->ac) {
         rc->ac->data = NULL;
         redisAsyncFree(rc->ac);
@@ -372,4 +508,9 @@ bool redis_client_up(const struct redis_client *rc)
 void redis_client_stats(const struct redis_client *rc, struct redis_client_stats *out)
 {
     *out = rc->stats;
+}
+
+const char *redis_client_master(const struct redis_client *rc)
+{
+    return rc->sentinel && rc->host[0] ? rc->where : NULL;
 }

@@ -26,6 +26,7 @@ struct redis_client_events {
 
 struct redis_client_stats {
     uint64_t connects, disconnects, ping_failures;
+    uint64_t master_changes; /* the Sentinels named another master than the one the link used */
 };
 
 /* With [redis] enabled off the client stays CACHE_DISABLED and never connects. NULL without memory. */
@@ -39,6 +40,8 @@ bool redis_client_failed(const struct redis_client *rc);
 /* Up, with a connection to send on. */
 bool redis_client_up(const struct redis_client *rc);
 void redis_client_stats(const struct redis_client *rc, struct redis_client_stats *out);
+/* With [redis] sentinels: "host:port" of the master the Sentinels last named; else NULL. */
+const char *redis_client_master(const struct redis_client *rc);
 
 /* What happens to a command whose answer has not come within command_timeout. */
 enum redis_deadline {
