@@ -28,6 +28,7 @@ struct consistency {
     _Atomic uint64_t local_drops;    /* consistency_local_drop calls: local copies older are dropped too */
     _Atomic uint64_t worker_deaths;
     _Atomic uint64_t primary_identity; /* 0 until a worker has seen the primary */
+    _Atomic uint64_t primary_position; /* of that identity: see consistency_primary_position */
     struct consistency_table table[];
 };
 
@@ -221,12 +222,35 @@ uint64_t consistency_cache_troubles(const struct consistency *c)
     return atomic_load(&c->cache_troubles);
 }
 
+uint64_t consistency_primary_identity(const struct consistency *c)
+{
+    return atomic_load(&c->primary_identity);
+}
+
+/* A position is noted only under the identity it was read on, so a new primary's lower positions (an
+ * asynchronous failover loses the end of the WAL) replace the old ones instead of hiding under them. */
+void consistency_primary_position_note(struct consistency *c, uint64_t identity, uint64_t lsn)
+{
+    if (atomic_load(&c->primary_identity) != identity)
+        return;
+    uint64_t known = atomic_load(&c->primary_position);
+    while (known < lsn && !atomic_compare_exchange_weak(&c->primary_position, &known, lsn)) {
+    }
+}
+
+uint64_t consistency_primary_position(const struct consistency *c)
+{
+    return atomic_load(&c->primary_position);
+}
+
 bool consistency_primary_seen(struct consistency *c, uint64_t identity)
 {
     uint64_t known = atomic_load(&c->primary_identity);
     while (known != identity) {
-        if (atomic_compare_exchange_weak(&c->primary_identity, &known, identity))
+        if (atomic_compare_exchange_weak(&c->primary_identity, &known, identity)) {
+            atomic_store(&c->primary_position, 0);
             return known != 0; /* this caller made the change: a first sighting is no change */
+        }
     }
     return false;
 }

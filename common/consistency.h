@@ -92,5 +92,10 @@ void consistency_cache_dirty_clear(struct consistency *c);
  * cluster behind the same address. That caller acts on it (the cache may hold rows the new primary
  * never got, if the old one's last commits were not replicated). */
 bool consistency_primary_seen(struct consistency *c, uint64_t identity);
+/* The primary as the workers of this server last saw it: its identity (0: not yet) and the highest WAL
+ * position any of them read on it (health checks, commit LSNs; reset by a new identity). */
+uint64_t consistency_primary_identity(const struct consistency *c);
+void consistency_primary_position_note(struct consistency *c, uint64_t identity, uint64_t lsn);
+uint64_t consistency_primary_position(const struct consistency *c);
 
 #endif

@@ -5,7 +5,7 @@
 # and libseccomp2: systemd-analyze/-sysusers/-tmpfiles and the unit's system call filter there;
 # strace: the argv check in tests/integration/test_topology.py; clang-format: the layout check of
 # tests/run.sh; haproxy: the load balancer in front of three servers in test_cluster.py) and run its
-# local topology (with
+# local topologies (patroni, etcd-server, haproxy, redis-sentinel and jq: scripts/ha.sh's) (with
 # --bench: also nginx, Node.js, npm and perf for bench/run.sh).
 # Idempotent and silent when everything is already installed.
 #
@@ -14,7 +14,7 @@
 #
 # Services are never started by the install: a temporary /usr/sbin/policy-rc.d
 # (exit 101) blocks the packages' postinst from starting PostgreSQL's default
-# cluster, PgBouncer or Redis on their standard ports. If one of them was
+# cluster, PgBouncer, Redis, Redis Sentinel or etcd on their standard ports. If one of them was
 # started by this install anyway, it is stopped again; anything that was
 # already running before is left alone.
 set -euo pipefail
@@ -24,6 +24,7 @@ PACKAGES=(
     libcmocka-dev pkg-config gcc make clang-14 libclang-rt-14-dev postgresql pgbouncer redis-server
     python3-pytest python3-psycopg2 python3-redis python3-yaml socat wrk curl procps iproute2 valgrind
     groff-base man-db systemd libseccomp2 strace clang-format haproxy
+    patroni etcd-server redis-sentinel jq
 )
 
 log() { printf 'deps: %s\n' "$*" >&2; }
@@ -74,6 +75,8 @@ before_clusters=$(pg_clusters_online)
 before_redis=0; listening 6379 && before_redis=1
 before_bouncer=0; listening 6432 && before_bouncer=1
 before_nginx=0; listening 80 && before_nginx=1
+before_sentinel=0; listening 26379 && before_sentinel=1
+before_etcd=0; listening 2379 && before_etcd=1
 
 policy=/usr/sbin/policy-rc.d
 created_policy=0
@@ -121,6 +124,12 @@ if (( ! before_bouncer )) && listening 6432; then
 fi
 if (( ! before_nginx )) && listening 80; then
     stop_pidfile nginx /run/nginx.pid /usr/sbin/nginx
+fi
+if (( ! before_sentinel )) && listening 26379; then
+    stop_pidfile redis-sentinel /run/sentinel/redis-sentinel.pid /usr/bin/redis-sentinel
+fi
+if (( ! before_etcd )) && listening 2379; then
+    log "etcd listens on 2379 after the install: stop it if the package started it (no pid file to check)"
 fi
 
 still=()

@@ -216,6 +216,40 @@ static void test_redis_password_sources(void **state)
     assert_non_null(strstr(err, "unknown key \"password\""));
 }
 
+static void test_sentinels(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "";
+    assert_int_equal(load(&c, "[redis]\nsentinels = 127.0.0.1:26379, [::1]:26380\nmaster_name = pgapi\n", err,
+                          sizeof(err)),
+                     0);
+    assert_int_equal(c.redis_sentinel_count, 2);
+    assert_string_equal(c.redis_sentinels[0].host, "127.0.0.1");
+    assert_int_equal(c.redis_sentinels[0].port, 26379);
+    assert_string_equal(c.redis_sentinels[1].host, "::1");
+    assert_int_equal(c.redis_sentinels[1].port, 26380);
+    assert_int_equal(load(&c, "[redis]\nsentinels = 127.0.0.1:26379\n", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "master_name is empty"));
+    assert_int_equal(
+        load(&c, "[redis]\nsentinels = sentinel.local:26379\nmaster_name = m\n", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "not an IP literal"));
+    const char *bad[] = { "127.0.0.1",       "127.0.0.1:", "127.0.0.1:0",
+                          "127.0.0.1:70000", ":26379",     "127.0.0.1:2x" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char ini[160];
+        snprintf(ini, sizeof(ini), "[redis]\nsentinels = %s\nmaster_name = m\n", bad[i]);
+        assert_int_equal(load(&c, ini, err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "sentinels"));
+    }
+    assert_int_equal(load(&c,
+                          "[redis]\nsentinels = 127.0.0.1:1,127.0.0.1:2,127.0.0.1:3,127.0.0.1:4,127.0.0.1:5,"
+                          "127.0.0.1:6,127.0.0.1:7,127.0.0.1:8,127.0.0.1:9\nmaster_name = m\n",
+                          err, sizeof(err)),
+                     -1);
+    assert_non_null(strstr(err, "at most 8"));
+}
+
 static void test_missing_file(void **state)
 {
     (void)state;
@@ -234,6 +268,7 @@ int main(void)
         cmocka_unit_test(test_bad_values_rejected),
         cmocka_unit_test(test_env_overrides_file),
         cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_sentinels),
         cmocka_unit_test(test_print_masks_every_password_form),
         cmocka_unit_test(test_redis_password_sources),
     };

@@ -17,9 +17,13 @@ static const char SQL_PRIMARY_HEALTH[] =
     "pg_is_in_recovery(),"
     " (SELECT system_identifier FROM pg_control_system())::text,"
     " CASE WHEN pg_is_in_recovery() THEN '' ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
+/* Replay position, lag, and whether it streams from a primary: a standby with no WAL receiver process
+ * (its primary is gone, or the new one refuses its diverged history) is "detached". The pid is the one
+ * column of pg_stat_wal_receiver that a role without pg_read_all_stats sees. */
 static const char SQL_REPLICA_HEALTH[] =
     "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text,"
-    " COALESCE((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)";
+    " COALESCE((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0),"
+    " pg_is_in_recovery() AND NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL)";
 
 /* The primary's address now leads to a standby (a failover demoted it, or PgBouncer or a multi-host
  * conninfo points at the wrong node): out of rotation. conn_deliver then drops the primary's idle
@@ -40,6 +44,13 @@ static void primary_identity_check(struct pool *p, const PGresult *res)
 {
     const char *sysid = PQgetvalue(res, 0, 2), *timeline = PQgetvalue(res, 0, 3);
     uint64_t id = strtoull(sysid, NULL, 10) ^ (strtoull(timeline, NULL, 16) * 0x9E3779B97F4A7C15ULL);
+    if (p->primary_identity && p->primary_identity != id) {
+        log_warn("primary: new timeline %s: every replica gets reads again only once it streams from it",
+                 timeline);
+        for (int i = 0; i < p->nreplicas; i++)
+            p->replicas[i].unproven = true;
+    }
+    p->primary_identity = id;
     if (p->consistency && consistency_primary_seen(p->consistency, id)) {
         log_warn("primary: a new primary (system %s, timeline %s): the cache is bypassed until it moves to "
                  "a new epoch",
@@ -65,12 +76,30 @@ static void primary_health_apply(struct backend *be, const struct pool_result *r
     be->healthy = true;
     be->in_recovery = false;
     primary_identity_check(p, r->res);
+    if (p->consistency)
+        consistency_primary_position_note(p->consistency, p->primary_identity, be->lsn);
     if (p->floor_lsn == 0 && be->lsn != 0)
         p->floor_lsn = be->lsn;
     if (p->consistency)
         consistency_unknown_resolve(p->consistency, p->health_marks, be->lsn);
     if (!was)
         log_info("primary: healthy (lsn %" PRIX64 "): in rotation", be->lsn);
+}
+
+/* Logged on each change: a detached replica serves only what the primary had when this pool last saw it. */
+static void replica_stream_note(struct backend *be, bool detached)
+{
+    if (detached && !be->detached)
+        log_warn("%s: streams from no primary: it serves only reads at or below the primary's last position "
+                 "seen",
+                 be_name(be));
+    else if (!detached && be->detached)
+        log_info("%s: streams from a primary again", be_name(be));
+    if (!detached && be->unproven)
+        log_info("%s: streams from the new primary: it serves reads again", be_name(be));
+    be->detached = detached;
+    if (!detached)
+        be->unproven = false;
 }
 
 void health_apply(struct backend *be, const struct pool_result *r)
@@ -90,6 +119,7 @@ void health_apply(struct backend *be, const struct pool_result *r)
         be->lag_ms =
             be->lsn >= p->primary.lsn ? 0 : (int)ts_lag; /* caught up: no lag, whatever the clock says */
         be->healthy = be->lag_ms <= p->cfg->max_replica_lag_ms;
+        replica_stream_note(be, PQnfields(r->res) > 2 && PQgetvalue(r->res, 0, 2)[0] == 't');
         if (!be->healthy && was)
             log_warn("%s: lag %dms over max_replica_lag: out of rotation", be_name(be), be->lag_ms);
     } else {

@@ -41,8 +41,13 @@ void lsn_group_take(struct pool *p, struct job *g, const struct pool_result *r)
         pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) != 0) {
         log_warn("primary: cannot read pg_current_wal_lsn() after a commit; reads of it go to the primary");
         lsn = POOL_LSN_NONE;
-    } else if (p->consistency) {
-        consistency_unknown_resolve(p->consistency, p->lsn_marks, lsn);
+    } else {
+        if (p->consistency)
+            consistency_unknown_resolve(p->consistency, p->lsn_marks, lsn);
+        if (lsn > p->primary.lsn)
+            p->primary.lsn = lsn; /* a fresher sample of the primary's position than its health check's */
+        if (p->consistency)
+            consistency_primary_position_note(p->consistency, p->primary_identity, lsn);
     }
     lsn_group_deliver(p, g, lsn);
 }

@@ -81,6 +81,8 @@ struct backend {
     uint64_t queries, errors; /* statements answered here, and how many of them failed */
     uint64_t outages;         /* times it left rotation (broken connection or failed health check) */
     bool in_recovery;         /* the primary's last health check found a standby (logged on the change) */
+    bool detached; /* a replica: its last sample found no WAL receiver (streaming from no primary) */
+    bool unproven; /* a replica: the primary changed identity since this one was last seen streaming */
 };
 
 struct side_queue {
@@ -100,6 +102,7 @@ struct pool {
     /* The primary's LSN when this worker first sampled it: every write acknowledged before this
      * process started is at or below it, so no replica serves reads until it has replayed that far. */
     uint64_t floor_lsn;
+    uint64_t primary_identity; /* system identifier and timeline, hashed, as this pool last saw them */
     /* Committed writes waiting for a commit-LSN read, and whether one is under way: one read serves
      * every write that committed before it was sent, so a busy primary does not read it per write. */
     struct side_queue lsn_waiting;

@@ -19,11 +19,31 @@ void route_backend_down(struct backend *be, const char *why)
         pgconn_abandon_reads(be);
 }
 
+/* How far a replica's data may be trusted (docs/consistency.md, "High availability"): its replay position
+ * while it streams from the primary; nothing while the primary changed identity since it last did (it
+ * may hold WAL the new primary never had, until Patroni rewinds it); and, while it streams from no
+ * primary, no further than the primary's position this pool saw (a fence past that may come from a
+ * newer primary this replica will never follow). */
+static uint64_t replica_trusted_lsn(const struct backend *be)
+{
+    const struct pool *p = be->pool;
+    uint64_t primary = p->primary.lsn;
+    if (be->unproven)
+        return 0;
+    if (p->consistency) { /* what the other workers of this server saw of the primary */
+        if (p->primary_identity && consistency_primary_identity(p->consistency) != p->primary_identity)
+            return 0; /* another worker met a new primary: until this one's next check sees it too */
+        uint64_t seen = consistency_primary_position(p->consistency);
+        primary = seen > primary ? seen : primary;
+    }
+    return be->detached && primary < be->lsn ? primary : be->lsn;
+}
+
 void route_backend_snapshot(const struct backend *be, struct route_backend *out)
 {
     *out = (struct route_backend){ .healthy = be->healthy,
                                    .in_recovery = be->in_recovery,
-                                   .lsn = be->lsn,
+                                   .lsn = be->side == POOL_REPLICA ? replica_trusted_lsn(be) : be->lsn,
                                    .idle = be->in_state[PGC_IDLE].len,
                                    .connected = backend_connected(be),
                                    .failures = be->failures,
