@@ -410,9 +410,41 @@ static int env_apply(struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* inih reads a line into a buffer of INI_MAX_LINE bytes (200 in Debian's build) and parses the rest of a
+ * longer one as a line of its own: a long conninfo would fail with a baffling "unknown key". */
+static int lines_check(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0; /* ini_parse reports it */
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int lineno = 0, rc = 0;
+    const ssize_t max = INI_MAX_LINE - 2; /* the line end and the terminating NUL take the rest */
+    while ((n = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            n--;
+        if (n > max) {
+            snprintf(err, errlen,
+                     "%s:%d: line of %zd characters; at most %zd are read (for a long conninfo, move the "
+                     "password file name to PGPASSFILE or use a service file)",
+                     path, lineno, n, max);
+            rc = -1;
+            break;
+        }
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
 static int file_apply(struct config *cfg, const char *path, char *err, size_t errlen)
 {
     struct parse_ctx ctx = { .cfg = cfg };
+    if (lines_check(path, err, errlen) < 0)
+        return -1;
     int rc = ini_parse(path, config_ini_line, &ctx);
     if (rc == -1) {
         snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));

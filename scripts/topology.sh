@@ -17,6 +17,8 @@
 #                     connections). The old primary stays stopped ("former"): up never starts it
 #   rejoin            rebuild the former primary as a replica of the current one (fresh
 #                     pg_basebackup into its data dir, same port); pgapi_ro then reads from it
+#   promote and rejoin are a development convenience for this topology, not the production path:
+#   production fails over with Patroni (docs/operations.md, "High availability"; scripts/ha.sh)
 #   psql-primary|psql-replica|psql-replica2 [DIR] [--] [psql args...]
 #                     psql as app through PgBouncer (pgapi_rw, pgapi_ro, pgapi_ro2)
 #
@@ -83,6 +85,8 @@ usage: topology.sh up [DIR]
        topology.sh rejoin [DIR]        rebuild the old primary as a replica of the new one
        topology.sh psql-primary|psql-replica|psql-replica2 [DIR] [--] [psql args...]
 DIR defaults to $PGAPI_STATE_DIR, else <repo>/var.
+promote and rejoin are a development convenience, not the production path: production fails over
+with Patroni (docs/operations.md, "High availability"; scripts/ha.sh runs it locally).
 EOF
     exit 2
 }

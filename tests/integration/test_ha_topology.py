@@ -6,9 +6,13 @@ DIR/pgapi.ini; no password is on a command line; `down` leaves no process and no
 Ports: port_base() + 100 .. + 118 (lib/ha.py's OFFSET list). The tests run in file order: the last one
 takes the topology down."""
 
+import collections
 import os
 import signal
 import subprocess
+import tempfile
+import threading
+import time
 
 import psycopg2
 import pytest
@@ -121,6 +125,76 @@ def test_pgapi_migrates_and_serves_through_its_ini(ha, tmp_path):
     finally:
         rc = server.stop(signal.SIGTERM)
     assert rc == 0 and not server.bad_log_lines(), f"server exit {rc}:\n{server.log_tail(40)}"
+
+
+def write_passfile(ha):
+    """A libpq passfile for the app role on every node (mode 600): the DSNs name it, no password in them.
+    A short path: inih reads at most 198 characters of a line."""
+    fd, path = tempfile.mkstemp(prefix="pgpass-", dir="/tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{HOST}:*:pgapi:app:{ha.secrets['APP_PASSWORD']}\n")
+    return path
+
+
+def test_pgapi_with_a_multi_host_conninfo_follows_a_switchover(ha, tmp_path):
+    """The other way to deploy (docs/operations.md): no PgBouncer or HAProxy, the primary as a libpq
+    multi-host conninfo with target_session_attrs=read-write and one replica line per node. A switchover
+    under a sequential writer: once a write is acknowledged no read shows an older version, and pgapi
+    finds the new primary by itself."""
+    passfile = write_passfile(ha)
+    hosts = ",".join(HOST for _ in NODES)
+    ports = ",".join(str(ha.pg_port(n)) for n in NODES)
+    base = f"dbname=pgapi user=app passfile={passfile} connect_timeout=2"
+    overrides = ha.pgapi_overrides()
+    overrides["database"] = {
+        "primary": f"host={hosts} port={ports} {base} target_session_attrs=read-write",
+        "replica": [f"host={HOST} port={ha.pg_port(n)} {base}" for n in NODES],
+        "health_interval": "200ms",
+    }
+    server = PgapiServer(str(tmp_path), workers=2, overrides=overrides)
+    server.start()
+    try:
+        server.wait_for(lambda: server.get("/readyz").json().get("redis") == "up", 20, "Redis up")
+        r = server.request("POST", "/users", body={"name": "multi", "email": "multi@example.io"})
+        assert r.status == 201, r
+        path = f"/users/{r.json()['id']}"
+        old_leader = ha.leader()
+        switched = []
+        switch = threading.Thread(target=lambda: switched.append(ha.switchover()))
+        switch.start()
+        acked, stale, writes_refused, t_end = 0, [], 0, time.monotonic() + 60
+        codes, first_refused, last_refused, after = collections.Counter(), None, None, None
+        while time.monotonic() < t_end:
+            w = server.request("PATCH", path, body={"name": f"n{acked}"})
+            if w.status == 200:
+                acked = max(acked, w.json()["version"])
+            else:
+                writes_refused += 1
+                assert w.status == 503, f"a write during the switchover: {w.status} {w.text}"
+                codes[w.json()["error"]["code"]] += 1
+                last_refused = time.monotonic()
+                first_refused = first_refused or last_refused
+            g = server.get(path)
+            if g.status == 200 and g.json()["version"] < acked:
+                stale.append((acked, g.json()["version"], g.headers.get("x-cache")))
+            if switched and w.status == 200:
+                after = after + 1 if after is not None else 0
+                if after == 20:  # acknowledged on the new leader
+                    break
+        switch.join(60)
+        ha.wait_layout()  # the old leader back as a replica, for the tests after this one
+        assert switched and switched[0] != old_leader, f"expected a switchover away from {old_leader}"
+        assert after == 20, "expected writes acknowledged on the new leader"
+        assert not stale, f"reads older than an acknowledged write: {stale[:5]}"
+        # a write may also wait in the queue (queue_timeout) until libpq finds the new primary: no 503 at all
+        window = f"{last_refused - first_refused:.1f}s" if writes_refused else "no time"
+        print(f"multi-host conninfo: {acked} versions acknowledged; writes answered 503 for {window} across "
+              f"the switchover: {dict(codes)}")
+    finally:
+        rc = server.stop(signal.SIGTERM)
+        os.unlink(passfile)
+    assert rc == 0 and not server.bad_log_lines(), f"server exit {rc}:\n{server.log_tail(40)}"
+    assert "new timeline" in server.log_text(), "expected the new primary's timeline noticed in the log"
 
 
 def test_no_password_on_a_command_line(ha):

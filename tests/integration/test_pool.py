@@ -4,6 +4,7 @@ replica, and fallback to the primary while the replica is down."""
 
 import concurrent.futures
 import json
+import os
 import socket
 from contextlib import closing
 import time
@@ -453,3 +454,55 @@ def test_reload_keeps_the_old_generation_serving_while_the_new_one_connects(sche
         assert "reload complete" not in s.log_text(), "the new generation must not serve before its primary answers"
     finally:
         hole.close()  # the new workers' connections fail: they serve (503 for writes) and the old ones go
+
+
+def bouncer_ini_path(topo):
+    """The topology's pgbouncer.ini (under its postgres-owned part, DIR/pg or what DIR/pgdata.path names)."""
+    base = os.path.join(topo.dir, "pg")
+    marker = os.path.join(topo.dir, "pgdata.path")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            base = f.readline().strip()
+    return os.path.join(base, "pgbouncer", "pgbouncer.ini")
+
+
+def test_a_read_the_primary_address_sends_to_a_standby_is_not_served(make_topology, tmp_path):
+    """A load balancer in front of Patroni can hand PgBouncer's pgapi_rw a standby for a moment (HAProxy 2.6
+    starts with every server up; a check takes a moment to see a promotion or a crash restart), while
+    pgapi's own connections to PgBouncer stay up: no reconnection, so no health check runs. A read pgapi
+    sends to the primary waits for no fence (it is taken as the newest data), so it must not be served
+    there. Here pgapi_rw is re-pointed at the replica (RELOAD) while the replica's replay is paused and
+    lacks the row: served, the read would be a 404 for an acknowledged create."""
+    import subprocess
+    from lib.pgapi_fixtures import migrate_env
+    from lib.pgapi_server import BINARY, REPO_ROOT
+    topo = make_topology(20)
+    topo.up()
+    p = subprocess.run([BINARY, "migrate", "up"], env=migrate_env(topo), cwd=REPO_ROOT, capture_output=True,
+                       text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert p.returncode == 0, p.stderr
+    s = PgapiServer(str(tmp_path), topology=topo, workers=1,
+                    overrides={"redis": {"enabled": "off"},
+                               "database": {"health_interval": "60s", "queue_timeout": "1s"}})
+    s.start()
+    try:
+        s.wait_for(lambda: s.get("/readyz").json().get("replicas_up") == 1, 20, "replica in rotation")
+        replay_pause(topo)
+        u = create_user(s)
+        path = f"/users/{u['id']}"
+        assert s.get(path).status == 200, "the primary serves the new row"
+        ini = bouncer_ini_path(topo)
+        with open(ini) as f:
+            text = f.read()
+        rw = f"pgapi_rw = host=127.0.0.1 port={topo.primary_port} "
+        assert rw in text, f"expected {rw!r} in {ini}"
+        with open(ini, "w") as f:
+            f.write(text.replace(rw, f"pgapi_rw = host=127.0.0.1 port={topo.replica_port} "))
+        bouncer_admin_run(topo, "RELOAD")
+        statuses = [s.get(path).status for _ in range(5)]
+        assert 404 not in statuses, f"a read on the primary's address was served by the standby: {statuses}"
+        assert "a read found the primary's address leading to a standby" in s.log_text()
+    finally:
+        replay_resume(topo)
+        rc = s.stop()
+    assert rc == 0, s.log_tail(60)

@@ -250,6 +250,19 @@ static void test_sentinels(void **state)
     assert_non_null(strstr(err, "at most 8"));
 }
 
+static void test_overlong_line_named(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "", ini[512];
+    char dsn[300];
+    memset(dsn, 'x', sizeof(dsn) - 1);
+    dsn[sizeof(dsn) - 1] = '\0';
+    snprintf(ini, sizeof(ini), "[database]\nprimary = host=a passfile=/%s\n", dsn);
+    assert_int_equal(load(&c, ini, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, ":2: line of"));
+}
+
 static void test_missing_file(void **state)
 {
     (void)state;
@@ -269,6 +282,7 @@ int main(void)
         cmocka_unit_test(test_env_overrides_file),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_sentinels),
+        cmocka_unit_test(test_overlong_line_named),
         cmocka_unit_test(test_print_masks_every_password_form),
         cmocka_unit_test(test_redis_password_sources),
     };

@@ -29,7 +29,7 @@ static const char SQL_REPLICA_HEALTH[] =
  * conninfo points at the wrong node): out of rotation. conn_deliver then drops the primary's idle
  * connections so that new ones are made (a conninfo with target_session_attrs=read-write then finds
  * the new primary). */
-static void primary_in_recovery(struct backend *be)
+void health_primary_in_recovery(struct backend *be)
 {
     if (!be->in_recovery)
         log_error("primary: the server is in recovery (a standby): writes fail until it is a primary again; "
@@ -69,7 +69,7 @@ static void primary_health_apply(struct backend *be, const struct pool_result *r
         return;
     }
     if (PQgetvalue(r->res, 0, 1)[0] == 't') {
-        primary_in_recovery(be);
+        health_primary_in_recovery(be);
         return;
     }
     be->lsn = lsn;

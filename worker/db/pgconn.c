@@ -5,6 +5,7 @@
 #include "worker/db/pgconn.h"
 
 #include <event2/event.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -234,9 +235,31 @@ static int statement_bound_ms(const struct pgconn *c)
     return cfg->statement_timeout_ms > 0 ? cfg->statement_timeout_ms + 1000 : 0;
 }
 
+/* A read sent to the primary is trusted as "newest" (it waits for no fence), so it must not run on a
+ * standby: a load balancer whose check has not yet seen a promotion, a crash restart or its own restart
+ * (HAProxy 2.6 starts with every server up) can hand PgBouncer a standby for a moment. The guard runs
+ * first (a lateral join needs it as the outer side) and fails there: pg_current_wal_lsn() raises 55000
+ * during recovery. conn_statement_done then takes the primary out of rotation and runs the read again. */
+static const char READ_GUARD_SQL[] =
+    "SELECT q.* FROM (SELECT pg_current_wal_lsn() AS l) g, LATERAL (SELECT * FROM (%s) o WHERE g.l IS NOT "
+    "NULL) q";
+
+static bool conn_read_guarded(const struct pgconn *c)
+{
+    return c->be->side == POOL_PRIMARY && c->job && c->job->kind == JOB_READ;
+}
+
 void pgconn_send(struct pgconn *c, const char *sql, int nparams, char *const *params, const int *lengths)
 {
-    if (!PQsendQueryParams(c->conn, sql, nparams, NULL, (const char *const *)params, lengths, NULL, 0)) {
+    char *guarded = NULL;
+    if (conn_read_guarded(c) && asprintf(&guarded, READ_GUARD_SQL, sql) < 0) {
+        pgconn_reset(c, "out of memory");
+        return;
+    }
+    int sent = PQsendQueryParams(c->conn, guarded ? guarded : sql, nparams, NULL, (const char *const *)params,
+                                 lengths, NULL, 0);
+    free(guarded);
+    if (!sent) {
         pgconn_reset(c, PQerrorMessage(c->conn));
         return;
     }
@@ -383,6 +406,23 @@ static bool result_link_lost(const PGresult *res)
     return st && sqlstate_link_lost(st);
 }
 
+/* What READ_GUARD_SQL raises on a standby. */
+static bool result_in_recovery(const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return st && strcmp(st, "55000") == 0;
+}
+
+/* A read's guard found a standby behind the primary's address: out of rotation (its next health check
+ * brings it back), every connection to it dropped; the read runs again like one whose link was lost. */
+static void conn_primary_in_recovery(struct pgconn *c)
+{
+    struct backend *be = c->be;
+    health_primary_in_recovery(be);
+    pgconn_reset(c, "a read found the primary's address leading to a standby");
+    pgconn_reset_idle(be, "the primary's address leads to a standby");
+}
+
 /* The statement's results are all in: a committed write waits for its commit LSN; a statement without
  * side effect that lost its server runs again elsewhere; anything else is handed over (a write that lost
  * its server: dbreply tells the client its outcome is unknown). */
@@ -392,6 +432,8 @@ static void conn_statement_done(struct pgconn *c)
         conn_write_committed(c);
     else if (c->job->kind != JOB_WRITE && result_link_lost(c->result))
         pgconn_reset(c, PQresultErrorField(c->result, PG_DIAG_MESSAGE_PRIMARY));
+    else if (conn_read_guarded(c) && result_in_recovery(c->result))
+        conn_primary_in_recovery(c);
     else
         conn_deliver(c);
 }
