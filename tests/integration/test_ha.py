@@ -333,14 +333,15 @@ class HaRun:
 
 
 def primary_only_fences(dep):
-    """Cache fences left at "primary only" (a write whose commit LSN was lost): how many, and the longest
-    time (s) they still hold reads to the primary and keep values from being filled."""
+    """Cache fences left at "primary only" (a write whose commit LSN was lost): how many, the longest time
+    (s) they still hold reads to the primary and keep values from being filled, and a few by name with
+    their TTL (s; -0.0: none)."""
     prefix = dep.ha.pgapi_settings()["redis"].get("prefix", "pgapi:v2")
     with closing(dep.ha.redis(dep.ha.redis_node_of(dep.ha.redis_master()))) as r:
         ttls = {k.decode()[len(prefix) + 1:]: r.pttl(k) for k in r.scan_iter(f"{prefix}:f:*", count=1000)
                 if r.get(k) == b"F" * 16}
     return {"count": len(ttls), "max_ttl_s": round(max(ttls.values(), default=0) / 1000, 1),
-            "some": sorted(ttls)[:6]}
+            "some": {k: round(ttls[k] / 1000, 1) for k in sorted(ttls)[:6]}}
 
 
 def assert_not_vacuous(result, detail):
