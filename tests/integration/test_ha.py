@@ -17,6 +17,7 @@ The topology is started once for the module; cases run in file order and each le
 (leader, sync standby, replica, all streaming; a Redis master with its replica) for the next.
 PGAPI_HA_ROUNDS=N repeats the switchover and the failover N times (default 1) for the medians."""
 
+import collections
 import contextlib
 import json
 import os
@@ -306,6 +307,8 @@ class HaRun:
             "unavailable_s": out["unavailable_s"],
             "write_outcome_unknown": out["by_code"].get("write_outcome_unknown", 0),
             "failed": out["failed"], "failed_by_code": out["by_code"], "windows": out["windows"],
+            "no_answer_by_route": dict(collections.Counter(
+                route for _, _, route, what in failed_requests(self.load.h) if what == "no answer")),
             "load_s": round(self.elapsed or 0, 1),
             "marks": {what: self.since_start(t) for what, t in self.marks},
         })
