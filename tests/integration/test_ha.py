@@ -33,7 +33,7 @@ import redis as redis_lib
 
 from lib.builders import create_user
 from lib.cluster import cache_back, converge, phantom_creates, wait_every_worker
-from lib.consistency import Client, Load, Schedule, final_versions, seed_of_run
+from lib.consistency import Client, Load, Schedule, final_versions, lsn_int, seed_of_run
 from lib.ha import NODES, ha_module, kill9
 from lib.history import check, check_final, failed_requests, unavailability
 from lib.metrics import scrape, total
@@ -362,13 +362,8 @@ def assert_not_vacuous(result, detail):
 
 # -- where reads go --------------------------------------------------------------------------------------
 
-def lsn_of(text):
-    hi, lo = text.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
 def primary_lsn(dep):
-    return lsn_of(dep.topology.one("SELECT pg_current_wal_lsn()::text"))
+    return lsn_int(dep.topology.one("SELECT pg_current_wal_lsn()::text"))
 
 
 def wait_replica_in_rotation(dep, node, timeout=30):
@@ -377,7 +372,7 @@ def wait_replica_in_rotation(dep, node, timeout=30):
     i = NODES.index(node)
     target = primary_lsn(dep)
     for s in dep.servers.values():
-        wait_every_worker(s, lambda j: j["replicas"][i]["up"] and lsn_of(j["replicas"][i]["replay_lsn"]) >= target,
+        wait_every_worker(s, lambda j: j["replicas"][i]["up"] and lsn_int(j["replicas"][i]["replay_lsn"]) >= target,
                           f"server {s.name}: {node} (replica line {i}) up and replayed past {target:X}", timeout)
 
 
