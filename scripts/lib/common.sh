@@ -254,6 +254,10 @@ ensure_roles() {
     # role carries it (the server's own client-side bound is statement_timeout + 1 s).
     pg_sql "$PRIMARY_PORT" "$PRIMARY_SOCK" postgres "ALTER ROLE app SET statement_timeout = '5s'" >/dev/null \
         || fail_server primary "$PRIMARY_LOG" "cannot set the app role's statement_timeout"
+    # pgapi's replica check reads pg_stat_wal_receiver's status (is the standby streaming, or only retrying
+    # a primary whose history it diverged from?): without pg_read_all_stats it sees only the pid.
+    pg_sql "$PRIMARY_PORT" "$PRIMARY_SOCK" postgres "GRANT pg_read_all_stats TO app" >/dev/null \
+        || fail_server primary "$PRIMARY_LOG" "cannot grant pg_read_all_stats to the app role"
     role_login_ok app "$APP_PASSWORD" \
         || fail_server primary "$PRIMARY_LOG" "role app cannot log in over TCP with its password"
 }

@@ -76,7 +76,9 @@ static const char LUA_FILL[] =
 /* With the deployment's fences (ARGV[7] '1'), first: the write's fences (ARGV[8 + ngens ..], nfences
  * of them) are raised in the deployment's hash (not for an unknown commit LSN: the log tells the other
  * servers instead) and logged in the capped fence log, which the workers read before serving a local
- * copy. */
+ * copy. A key's "primary only" fence (an unknown commit LSN) keeps its own expiry: a later write's real
+ * position does not renew it (that position is in the hash, and the write's lease deletion stops older
+ * fills), else a steady write load would keep the key primary-only and uncached for ever. */
 static const char LUA_INVALIDATE[] =
     "local p, lsn, ttl = ARGV[1], ARGV[2], ARGV[3] "
     "local ngens, nf = tonumber(ARGV[5]), tonumber(ARGV[6]) "
@@ -98,7 +100,7 @@ static const char LUA_INVALIDATE[] =
     "local function raise(fk) "
     "  local cur = redis.call('GET', fk) "
     "  if (not cur) or cur < lsn then redis.call('SET', fk, lsn, 'PX', ttl) "
-    "else redis.call('PEXPIRE', fk, ttl) end "
+    "elseif cur ~= 'FFFFFFFFFFFFFFFF' or lsn == cur then redis.call('PEXPIRE', fk, ttl) end "
     "end "
     "for i = 8, 7 + ngens do "
     "  local set = p .. ':e' .. e .. ':pages:' .. ARGV[i] "

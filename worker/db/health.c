@@ -17,13 +17,16 @@ static const char SQL_PRIMARY_HEALTH[] =
     "pg_is_in_recovery(),"
     " (SELECT system_identifier FROM pg_control_system())::text,"
     " CASE WHEN pg_is_in_recovery() THEN '' ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
-/* Replay position, lag, and whether it streams from a primary: a standby with no WAL receiver process
- * (its primary is gone, or the new one refuses its diverged history) is "detached". The pid is the one
- * column of pg_stat_wal_receiver that a role without pg_read_all_stats sees. */
+/* Replay position, lag, whether it streams from a primary, and whether the role can tell: a standby whose
+ * WAL receiver is not streaming (its primary is gone, or the new one refuses its diverged history: the
+ * receiver then restarts every wal_retrieve_retry_interval and fails) is "detached". A role without
+ * pg_read_all_stats sees only the receiver's pid, and a receiver that exists then counts as streaming. */
 static const char SQL_REPLICA_HEALTH[] =
     "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text,"
     " COALESCE((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0),"
-    " pg_is_in_recovery() AND NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL)";
+    " pg_is_in_recovery() AND NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL"
+    " AND COALESCE(status, 'streaming') = 'streaming'),"
+    " EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL AND status IS NULL)";
 
 /* The primary's address now leads to a standby (a failover demoted it, or PgBouncer or a multi-host
  * conninfo points at the wrong node): out of rotation. conn_deliver then drops the primary's idle
@@ -87,8 +90,14 @@ static void primary_health_apply(struct backend *be, const struct pool_result *r
 }
 
 /* Logged on each change: a detached replica serves only what the primary had when this pool last saw it. */
-static void replica_stream_note(struct backend *be, bool detached)
+static void replica_stream_note(struct backend *be, bool detached, bool blind)
 {
+    if (blind && !be->stream_blind_logged)
+        log_warn(
+            "%s: the database role cannot read pg_stat_wal_receiver's status (GRANT pg_read_all_stats): a "
+            "standby retrying a primary it diverged from may count as streaming for a moment",
+            be_name(be));
+    be->stream_blind_logged = be->stream_blind_logged || blind;
     if (detached && !be->detached)
         log_warn("%s: streams from no primary: it serves only reads at or below the primary's last position "
                  "seen",
@@ -111,7 +120,7 @@ void health_apply(struct backend *be, const struct pool_result *r)
         primary_health_apply(be, r, was);
         return;
     }
-    if (r->status == POOL_OK && PQntuples(r->res) == 1 &&
+    if (r->status == POOL_OK && PQntuples(r->res) == 1 && PQnfields(r->res) == 4 &&
         pool_lsn_parse(PQgetvalue(r->res, 0, 0), &be->lsn) == 0) {
         long long ts_lag = atoll(PQgetvalue(r->res, 0, 1));
         if (ts_lag > INT32_MAX)
@@ -119,7 +128,7 @@ void health_apply(struct backend *be, const struct pool_result *r)
         be->lag_ms =
             be->lsn >= p->primary.lsn ? 0 : (int)ts_lag; /* caught up: no lag, whatever the clock says */
         be->healthy = be->lag_ms <= p->cfg->max_replica_lag_ms;
-        replica_stream_note(be, PQnfields(r->res) > 2 && PQgetvalue(r->res, 0, 2)[0] == 't');
+        replica_stream_note(be, PQgetvalue(r->res, 0, 2)[0] == 't', PQgetvalue(r->res, 0, 3)[0] == 't');
         if (!be->healthy && was)
             log_warn("%s: lag %dms over max_replica_lag: out of rotation", be_name(be), be->lag_ms);
     } else {

@@ -83,6 +83,7 @@ struct backend {
     bool in_recovery;         /* the primary's last health check found a standby (logged on the change) */
     bool detached; /* a replica: its last sample found no WAL receiver (streaming from no primary) */
     bool unproven; /* a replica: the primary changed identity since this one was last seen streaming */
+    bool stream_blind_logged; /* a replica: "cannot read the WAL receiver's status" was logged */
 };
 
 struct side_queue {
