@@ -160,6 +160,12 @@ void pool_read(struct pool *p, const struct pool_query *q, uint64_t fence_lsn, p
     job_queue(p, cb, arg, false);
 }
 
+const char *pool_primary_id(const struct pool *p)
+{
+    (void)p;
+    return "";
+}
+
 bool pool_primary_up(const struct pool *p)
 {
     return p->answer == FAKE_NO_ROWS || p->answer == FAKE_ONE_ROW;

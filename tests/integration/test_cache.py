@@ -670,3 +670,37 @@ def test_redis_that_may_evict_fences_is_not_trusted(warm_user_on_own_redis):
     finally:
         r.config_set("maxmemory-policy", "noeviction")
     until_hit(s, f"/users/{u['id']}")
+
+
+def test_a_purge_record_of_another_primary_makes_one_purge_for_the_one_now(server, schema):
+    """The purge record names the primary the deployment's caches were last purged for (migration 0006).
+    Every pgapi server restarted across a failover would see only the new primary, and values Redis
+    cached from the former one would come back: so a worker that finds another primary named there
+    records a purge, once for the whole deployment (the update is conditional), and the cache moves to a
+    new epoch. Here the record is made to name another primary, as after a promotion no server saw."""
+    def record():
+        with closing(schema.rw()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT gen, primary_id FROM pgapi_cache_purge")
+            return cur.fetchone()
+
+    def actual_primary():
+        with closing(schema.rw()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || "
+                        "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
+            return cur.fetchone()[0]
+
+    s = cached_server(server, schema)
+    u = create_user(s)
+    until_hit(s, f"/users/{u['id']}")
+    epoch = epoch_of(s, schema.redis_port)
+    with closing(schema.rw()) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE pgapi_cache_purge SET primary_id = '1/00000001'")
+        conn.commit()
+    gen = record()[0]
+    s.wait_for(lambda: record()[1] == actual_primary(), 10, "the purge recorded for the primary now")
+    assert record()[0] == gen + 1, f"expected one purge for the whole server, got {record()[0] - gen}"
+    s.wait_for(lambda: "recorded for a new primary" in s.log_text(), 5, "the purge logged")
+    s.wait_for(lambda: epoch_of(s, schema.redis_port) > epoch, 10, "the cache moved to a new epoch")
+    until_hit(s, f"/users/{u['id']}")
+    time.sleep(1.0)  # a few more purge reads: the record names this primary now, no second purge
+    assert record()[0] == gen + 1

@@ -19,7 +19,17 @@
 #include "worker/db/pool.h"
 
 static const char SQL_PRIMARY_LSN[] = "SELECT pg_current_wal_lsn()::text";
-static const char SQL_PURGE_READ[] = "SELECT gen::text, lsn::text FROM pgapi_cache_purge";
+static const char SQL_PURGE_READ[] = "SELECT gen::text, lsn::text, primary_id FROM pgapi_cache_purge";
+static const char SQL_PURGE_READ_0005[] = "SELECT gen::text, lsn::text, '' FROM pgapi_cache_purge";
+/* The primary's identity as the health check prints it (worker/db/health.c), computed where it runs. */
+#define PRIMARY_ID_SQL                                                     \
+    "(SELECT system_identifier FROM pg_control_system())::text || '/' || " \
+    "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
+/* Once per new primary for the whole deployment: the workers that race here update one row once. */
+static const char SQL_PURGE_PRIMARY[] =
+    "UPDATE pgapi_cache_purge SET gen = gen + 1, lsn = greatest(lsn, pg_current_wal_lsn()), primary_id "
+    "= " PRIMARY_ID_SQL " WHERE primary_id IS DISTINCT FROM " PRIMARY_ID_SQL
+    " RETURNING gen::text, primary_id";
 /* Sent after the write committed: the primary's position then is past its commit (known or not). */
 static const char SQL_PURGE_RECORD[] = "UPDATE pgapi_cache_purge SET gen = gen + 1, lsn = greatest(lsn, "
                                        "pg_current_wal_lsn()) RETURNING gen::text, lsn::text";
@@ -35,6 +45,8 @@ struct deployment {
     bool purge_read_inflight;
     bool purge_read_once;      /* the purge record was read (or found missing) at least once */
     bool purge_missing_logged; /* the purge table is missing (migrations not run): said once */
+    bool purge_0005;           /* migration 0006 not applied: no primary_id column (said once) */
+    bool primary_purge_inflight;
     /* A purge for the cache-dirty flag covers what committed before it; a worker that died (the flag's
      * main cause) may have left a statement that commits later, until statement_timeout: a second purge
      * then covers it. */
@@ -129,6 +141,29 @@ static void primary_lsn_read(void *arg, struct cache *c)
 
 /* ---- purges ----------------------------------------------------------------------------------- */
 
+static void primary_purge_recorded(void *arg, const struct pool_result *r)
+{
+    struct deployment *d = arg;
+    d->primary_purge_inflight = false;
+    if (r->status == POOL_OK && PQntuples(r->res) == 1)
+        log_warn(
+            "deployment: purge %s recorded for a new primary (%s): every server drops what it cached from "
+            "the former one",
+            PQgetvalue(r->res, 0, 0), PQgetvalue(r->res, 0, 1));
+    /* no row: another worker recorded it first; an error: the next purge read tries again */
+}
+
+/* The purge record names another primary than the one this worker's health check sees: record the
+ * purge for the new one (docs/consistency.md, "High availability"). */
+static void primary_purge_record(struct deployment *d)
+{
+    if (d->primary_purge_inflight)
+        return;
+    d->primary_purge_inflight = true;
+    struct pool_query q = { .sql = SQL_PURGE_PRIMARY };
+    pool_write(d->api->pool, &q, primary_purge_recorded, d);
+}
+
 static void purge_read_done(void *arg, const struct pool_result *r)
 {
     struct deployment *d = arg;
@@ -142,10 +177,21 @@ static void purge_read_done(void *arg, const struct pool_result *r)
         d->purge_missing_logged = true;
         return;
     }
-    if (r->status != POOL_OK || PQntuples(r->res) != 1 || pool_lsn_parse(PQgetvalue(r->res, 0, 1), &lsn) < 0)
+    if (r->status == POOL_ERR_SQL && strcmp(r->sqlstate, "42703") == 0 && !d->purge_0005) {
+        log_warn(
+            "deployment: pgapi_cache_purge has no primary_id (run pgapi migrate): a new primary is purged "
+            "for only by a server that saw the former one");
+        d->purge_0005 = true;
+        return;
+    }
+    if (r->status != POOL_OK || PQntuples(r->res) != 1 || PQnfields(r->res) != 3 ||
+        pool_lsn_parse(PQgetvalue(r->res, 0, 1), &lsn) < 0)
         return; /* the primary is down or busy: read again next interval (the pool logged why) */
     d->purge_missing_logged = false;
     cache_purge_seen(d->api->cache, strtoull(PQgetvalue(r->res, 0, 0), NULL, 10), lsn);
+    const char *recorded = PQgetvalue(r->res, 0, 2), *seen = pool_primary_id(d->api->pool);
+    if (!d->purge_0005 && seen[0] && strcmp(recorded, seen) != 0)
+        primary_purge_record(d);
 }
 
 static void purge_read(struct deployment *d)
@@ -153,7 +199,7 @@ static void purge_read(struct deployment *d)
     if (d->purge_read_inflight || !pool_primary_up(d->api->pool))
         return;
     d->purge_read_inflight = true;
-    struct pool_query q = { .sql = SQL_PURGE_READ };
+    struct pool_query q = { .sql = d->purge_0005 ? SQL_PURGE_READ_0005 : SQL_PURGE_READ };
     pool_read(d->api->pool, &q, POOL_LSN_NONE, purge_read_done, d);
 }
 

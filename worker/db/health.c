@@ -54,6 +54,7 @@ static void primary_identity_check(struct pool *p, const PGresult *res)
             p->replicas[i].unproven = true;
     }
     p->primary_identity = id;
+    snprintf(p->primary_id, sizeof(p->primary_id), "%.20s/%.8s", sysid, timeline);
     if (p->consistency && consistency_primary_seen(p->consistency, id)) {
         log_warn("primary: a new primary (system %s, timeline %s): the cache is bypassed until it moves to "
                  "a new epoch",

@@ -188,6 +188,11 @@ bool pool_primary_up(const struct pool *p)
     return p->primary.healthy && backend_connected(&p->primary) > 0;
 }
 
+const char *pool_primary_id(const struct pool *p)
+{
+    return p->primary_id;
+}
+
 bool pool_primary_settled(const struct pool *p)
 {
     return pool_primary_up(p) || p->primary.failures > 0 || p->primary.in_recovery;

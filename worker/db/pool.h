@@ -90,6 +90,8 @@ struct pool_backend_stats {
 void pool_backend_stats(const struct pool *p, int backend, struct pool_backend_stats *out);
 /* Health as last seen: the primary answered, and how many replicas are in rotation. */
 bool pool_primary_up(const struct pool *p);
+/* "<system identifier>/<timeline>" of the primary as its last health check saw it; "" before. */
+const char *pool_primary_id(const struct pool *p);
 /* True once the primary is in rotation, a connection to it has failed, or it was found in recovery: what
  * a new worker waits for
  * before it accepts, so a reload never hands requests to a worker that is still connecting. */

@@ -104,6 +104,7 @@ struct pool {
      * process started is at or below it, so no replica serves reads until it has replayed that far. */
     uint64_t floor_lsn;
     uint64_t primary_identity; /* system identifier and timeline, hashed, as this pool last saw them */
+    char primary_id[48];       /* the same as "<system identifier>/<timeline in 8 hex digits>" */
     /* Committed writes waiting for a commit-LSN read, and whether one is under way: one read serves
      * every write that committed before it was sent, so a busy primary does not read it per write. */
     struct side_queue lsn_waiting;
