@@ -47,6 +47,7 @@ struct deployment {
     bool purge_missing_logged; /* the purge table is missing (migrations not run): said once */
     bool purge_0005;           /* migration 0006 not applied: no primary_id column (said once) */
     bool primary_purge_inflight;
+    bool doubt_purge_wanted, doubt_purge_inflight; /* see deployment_purge_soon */
     /* A purge for the cache-dirty flag covers what committed before it; a worker that died (the flag's
      * main cause) may have left a statement that commits later, until statement_timeout: a second purge
      * then covers it. */
@@ -203,11 +204,39 @@ static void purge_read(struct deployment *d)
     pool_read(d->api->pool, &q, POOL_LSN_NONE, purge_read_done, d);
 }
 
+static void doubt_purge_recorded(void *arg, const struct pool_result *r)
+{
+    struct deployment *d = arg;
+    d->doubt_purge_inflight = false;
+    if (r->status != POOL_OK || PQntuples(r->res) != 1)
+        return; /* the next interval tries again */
+    d->doubt_purge_wanted = false;
+    log_warn(
+        "deployment: purge %s recorded after writes whose outcome is unknown: every server drops what it "
+        "cached before them",
+        PQgetvalue(r->res, 0, 0));
+}
+
+/* Once the primary answers: the purge that deployment_purge_soon asked for. */
+static void doubt_purge_record(struct deployment *d)
+{
+    if (!d->doubt_purge_wanted || d->doubt_purge_inflight || !pool_primary_up(d->api->pool))
+        return;
+    d->doubt_purge_inflight = true;
+    deployment_purge_record(d, doubt_purge_recorded, d);
+}
+
+void deployment_purge_soon(struct deployment *d)
+{
+    d->doubt_purge_wanted = true;
+}
+
 static void purge_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     purge_read(arg);
+    doubt_purge_record(arg);
 }
 
 bool deployment_settled(struct deployment *d)

@@ -35,5 +35,11 @@ void deployment_sync_wait(struct deployment *d, struct deployment_wait *w);
 /* A write committed but its fences could not reach Redis: records a purge on the primary (a pool write:
  * cb gets its result; one row, the new gen, when it committed). */
 void deployment_purge_record(struct deployment *d, pool_cb cb, void *arg);
+/* A write whose answer was lost with its link may have committed, with nobody left to invalidate what it
+ * changed: a purge is recorded once the primary answers again (next health_interval), so no cache keeps
+ * its old value for ever. Not the cache-dirty flag: that sends every read to the primary, which may be
+ * what is down. The guarantee covers acknowledged writes only: until the purge, the old value may still
+ * be served. */
+void deployment_purge_soon(struct deployment *d);
 
 #endif

@@ -461,10 +461,22 @@ static void local_fill(const struct resource_op_state *s, const char *value, siz
         local_cache_put(s->o.api->local, s->key, &s->local_stamp, value, len);
 }
 
+/* A write whose answer was lost may have committed with nobody left to invalidate what it changed: the
+ * deployment records a purge once the primary answers; a single server moves its cache to a new epoch. */
+static void write_outcome_doubt(struct api_context *api)
+{
+    if (deployment_on(api->deployment))
+        deployment_purge_soon(api->deployment);
+    else
+        consistency_cache_dirty_set(api->consistency);
+}
+
 static void row_done(void *arg, const struct pool_result *r)
 {
     struct resource_op_state *s = arg;
     const struct resource_op *o = &s->o;
+    if (s->kind == OP_WRITE && dbreply_outcome_unknown(o->req, r))
+        write_outcome_doubt(o->api);
     if (owner_missing(o, r) || dbreply_error_answer(o->req, r, o->res->name)) {
         state_step(s, STEP_DONE);
     } else if (PQntuples(r->res) == 0) {

@@ -103,6 +103,13 @@ static void sql_error_reply(struct http_request *req, const struct pool_result *
     }
 }
 
+bool dbreply_outcome_unknown(const struct http_request *req, const struct pool_result *r)
+{
+    if (!request_writes(req))
+        return false;
+    return r->status == POOL_ERR_BROKEN || (r->status == POOL_ERR_SQL && link_lost_after_send(r->sqlstate));
+}
+
 bool dbreply_error_answer(struct http_request *req, const struct pool_result *r, const char *what)
 {
     switch (r->status) {

@@ -9,5 +9,7 @@
 
 /* If r is not POOL_OK, answers req and returns true. `what` names the resource for messages. */
 bool dbreply_error_answer(struct http_request *req, const struct pool_result *r, const char *what);
+/* The write's statement was sent and its answer lost: dbreply_error_answer answers write_outcome_unknown. */
+bool dbreply_outcome_unknown(const struct http_request *req, const struct pool_result *r);
 
 #endif
