@@ -200,6 +200,7 @@ static void test_routes_generated(void **state)
         "GET /",
         "GET /healthz",
         "GET /readyz",
+        "GET /openapi.yaml",
         "GET /users",
         "POST /users",
         "GET /users/:id",
