@@ -33,8 +33,14 @@ def error_code(r):
     return r.json()["error"]["code"] if r.body else None
 
 
+def primary_pgapi(schema):
+    """postgres on the primary's pgapi database (the tables), over its unix socket."""
+    return schema._pg(host=schema.vars["PGAPI_PRIMARY_SOCKET_DIR"], port=schema.primary_port, dbname="pgapi",
+                      user="postgres")
+
+
 def primary_row(schema, table, rid):
-    with closing(schema.primary_admin()) as conn, conn.cursor() as cur:
+    with closing(primary_pgapi(schema)) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT version FROM {table} WHERE id = %s", (rid,))
         row = cur.fetchone()
         return row[0] if row else None
@@ -175,8 +181,9 @@ def test_empty_and_repeated_if_match_are_400(api):
     path, _ = new_row(api, "users")
     tag = etag(api, path)
     for head in (b"If-Match: \r\n", f"If-Match: {tag}\r\nIf-Match: \"x\"\r\n".encode()):
+        body = b'{"name":"raw"}'
         raw = api.raw(b"PATCH " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                      b"Content-Type: application/json\r\nContent-Length: 15\r\n" + head + b"\r\n{\"name\":\"raw\"}")
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body) + head + b"\r\n" + body)
         assert raw.startswith(b"HTTP/1.1 400") and b"invalid_header" in raw, \
             f"expected 400 invalid_header for {head!r}, got {raw[:300]!r}"
 
@@ -197,7 +204,7 @@ def test_if_none_match_on_a_write_is_refused(api, schema, method, value):
 def lock_waiters(schema):
     with closing(schema.primary_admin()) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'pgapi' AND wait_event_type = 'Lock' "
-                    "AND query LIKE 'WITH w AS (UPDATE users%'")
+                    "AND query LIKE 'WITH % users %'")
         return cur.fetchone()[0]
 
 
@@ -208,7 +215,7 @@ def test_two_patches_with_the_same_tag_one_wins(api, schema, round_):
     path, u = new_row(api, "users")
     tag = etag(api, path)
     answers = []
-    with closing(schema.primary_admin()) as locker:
+    with closing(primary_pgapi(schema)) as locker:
         locker.autocommit = False
         with locker.cursor() as cur:
             cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (u["id"],))
@@ -224,6 +231,32 @@ def test_two_patches_with_the_same_tag_one_wins(api, schema, round_):
         t.join(30)
     assert sorted(answers) == [200, 412], f"expected exactly one 200 and one 412, got {answers}"
     assert primary_row(schema, "users", u["id"]) == 2, "expected exactly one write (version 2)"
+
+
+def test_a_delete_and_a_patch_with_the_same_tag_one_wins(api, schema):
+    """The user's conditional DELETE locks the row only if it still matches (tested again after a PATCH
+    that came first); whichever goes first, the other gets 412."""
+    path, u = new_row(api, "users")
+    tag = etag(api, path)
+    answers = []
+    with closing(primary_pgapi(schema)) as locker:
+        locker.autocommit = False
+        with locker.cursor() as cur:
+            cur.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (u["id"],))
+        calls = [("DELETE", None), ("PATCH", {"name": "racer"})]
+        threads = [threading.Thread(target=lambda m=m, b=b: answers.append(write(api, m, path, tag, b).status))
+                   for m, b in calls]
+        for t in threads:
+            t.start()
+        try:
+            wait_until(lambda: lock_waiters(schema) == 2, 15, "the DELETE and the PATCH waiting on the row lock")
+        finally:
+            locker.rollback()
+    for t in threads:
+        t.join(30)
+    assert sorted(answers) in ([200, 412], [204, 412]), f"expected one write and one 412, got {answers}"
+    expected = None if 204 in answers else 2
+    assert primary_row(schema, "users", u["id"]) == expected, f"expected the row as the winner left it ({expected})"
 
 
 # ---- the cache ------------------------------------------------------------------------------------------
