@@ -89,14 +89,14 @@ static void test_if_match_malformed(void **state)
     (void)state;
     refused("");
     refused(" , ");
-    refused("abc");           /* unquoted */
-    refused("\"abc");         /* unterminated */
-    refused("\"a\" \"b\"");   /* no comma */
-    refused("*, \"a\"");      /* "*" alone or not at all */
+    refused("abc");         /* unquoted */
+    refused("\"abc");       /* unterminated */
+    refused("\"a\" \"b\""); /* no comma */
+    refused("*, \"a\"");    /* "*" alone or not at all */
     refused("\"a\", *");
-    refused("w/\"a\"");       /* W/ is case-sensitive */
+    refused("w/\"a\""); /* W/ is case-sensitive */
     refused("W/ \"a\"");
-    refused("\"a b\"");       /* no space in a tag */
+    refused("\"a b\""); /* no space in a tag */
     refused("\"a\x01\"");
     char many[HTTP_IF_MATCH_TAGS_MAX * 4 + 8] = "";
     for (int i = 0; i <= HTTP_IF_MATCH_TAGS_MAX; i++)

@@ -117,10 +117,11 @@ bool resource_registry_check(void);
  * under If-Match: the written row, else (the row exists but matched none) the row's id with a NULL json
  * (and its `returning` columns), else nothing (404). One statement and one snapshot: the second branch
  * reads only when the write wrote nothing. */
-#define RESOURCE_SQL_WRITE_IF(t, a, json, returning, write, tags)                                         \
-    "WITH w AS (" write " WHERE " a ".id = $1 AND " RESOURCE_SQL_IF_MATCH(a, json, tags)                  \
-    " RETURNING " RESOURCE_SQL_ROW(a, json) returning ") SELECT * FROM w UNION ALL SELECT " a            \
-    ".id, NULL::text" returning " FROM " t " " a " WHERE " a ".id = $1 AND NOT EXISTS (SELECT 1 FROM w)"
+#define RESOURCE_SQL_WRITE_IF(t, a, json, returning, write, tags)                                          \
+    "WITH w AS (" write " WHERE " a                                                                        \
+    ".id = $1 AND " RESOURCE_SQL_IF_MATCH(a, json, tags) " RETURNING " RESOURCE_SQL_ROW(a, json) returning \
+        ") SELECT * FROM w UNION ALL SELECT " a ".id, NULL::text" returning " FROM " t " " a " WHERE " a   \
+        ".id = $1 AND NOT EXISTS (SELECT 1 FROM w)"
 /* The statements of table t aliased a whose row is the JSON expression json, in the parameter order
  * of struct resource; the writes' `returning` the columns after (id, json) (", a.user_id" for a
  * parent's id, "" without); replace and patch as their SET lists, and tags their If-Match parameter
@@ -138,10 +139,12 @@ bool resource_registry_check(void);
                  ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning,                            \
     .sql_replace_if =                                                                                  \
         RESOURCE_SQL_WRITE_IF(t, a, json, returning, "UPDATE " t " AS " a " SET " replace_set, tags),  \
-    .sql_patch_if = RESOURCE_SQL_WRITE_IF(t, a, json, returning, "UPDATE " t " AS " a " SET " patch_set, tags)
+    .sql_patch_if =                                                                                    \
+        RESOURCE_SQL_WRITE_IF(t, a, json, returning, "UPDATE " t " AS " a " SET " patch_set, tags)
 /* sql_delete (and its If-Match form) of a table whose deletion names no cascade */
-#define RESOURCE_SQL_DELETE(t, a, json, returning)                                                          \
-    .sql_delete = "DELETE FROM " t " " a " WHERE " a ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning, \
+#define RESOURCE_SQL_DELETE(t, a, json, returning)                                                    \
+    .sql_delete =                                                                                     \
+        "DELETE FROM " t " " a " WHERE " a ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning, \
     .sql_delete_if = RESOURCE_SQL_WRITE_IF(t, a, json, returning, "DELETE FROM " t " " a, "$2")
 
 #endif

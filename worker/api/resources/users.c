@@ -25,6 +25,9 @@ static const char SQL_USER_GET_POSTS[] =
 #define USER_DELETE_POSTS \
     "CASE WHEN cardinality(d.post_ids) <= " RESOURCE_STR(CACHE_CHANGE_IDS_MAX) " THEN d.post_ids::text END"
 
+/* A conditional deletion's test ($2: If-Match's tags) */
+#define USER_MATCHES RESOURCE_SQL_IF_MATCH("u", USER_JSON, "$2")
+
 /* the limits mirror the schema's CHECKs */
 static const struct resource_field USER_FIELDS[] = {
     { .name = "name", .min = 1, .max = 200 },
@@ -53,10 +56,10 @@ const struct resource resource_users = {
     /* under If-Match ($2): the user is locked only if it matches (its newest version is tested again
      * when a write came first), and only a locked user is deleted; one that exists unlocked is the 412's
      * row (NULL json), none at all the 404 */
-    .sql_delete_if = "WITH c AS MATERIALIZED (SELECT u.id FROM users u WHERE u.id = $1 AND " RESOURCE_SQL_IF_MATCH(
-        "u", USER_JSON, "$2") " FOR UPDATE) SELECT d.id, '{}'::text, " USER_DELETE_POSTS
-                          " FROM c, user_delete(c.id) d UNION ALL SELECT u.id, NULL, NULL FROM users u WHERE u.id"
-                          " = $1 AND NOT EXISTS (SELECT 1 FROM c)",
+    .sql_delete_if = "WITH c AS MATERIALIZED (SELECT u.id FROM users u WHERE u.id = $1 AND " USER_MATCHES
+                     " FOR UPDATE) SELECT d.id, '{}'::text, " USER_DELETE_POSTS " FROM c, user_delete(c.id) d"
+                     " UNION ALL SELECT u.id, NULL, NULL FROM users u WHERE u.id = $1 AND NOT EXISTS"
+                     " (SELECT 1 FROM c)",
     .cascade_names = &resource_posts,
     .embed = { .child = &resource_posts, .sql_get = SQL_USER_GET_POSTS },
 };
