@@ -870,6 +870,10 @@ void resource_op_create(const struct resource_op *o)
 
 /* ---- preconditions (If-Match) ---------------------------------------------------------------- */
 
+/* The literal's room: each tag of n bytes took n + 2 quotes + 1 comma of the value, and takes at most 2n
+ * escaped + 3 here, so the literal never outgrows twice the value, plus the braces and the NUL */
+#define TAGS_LITERAL_MAX (2 * HTTP_IF_MATCH_BYTES_MAX + 4)
+
 /* An If-Match's strong tags as a text[] literal: {"tag",...}. A tag with a byte outside visible ASCII
  * is left out: no ETag or version has one, so it could only fail to match (and text must be UTF-8). */
 static void tags_literal(const struct http_if_match *m, char *buf, size_t cap)
@@ -885,6 +889,7 @@ static void tags_literal(const struct http_if_match *m, char *buf, size_t cap)
         if (len > 1)
             buf[len++] = ',';
         buf[len++] = '"';
+        /* len + 4 < cap never fails (TAGS_LITERAL_MAX): a guard only */
         for (size_t j = 0; j < m->tags[i].len && len + 4 < cap; j++) {
             if (m->tags[i].p[j] == '\\') /* '"' is no etagc; '\\' is, and escapes in an array literal */
                 buf[len++] = '\\';
@@ -895,9 +900,6 @@ static void tags_literal(const struct http_if_match *m, char *buf, size_t cap)
     buf[len++] = '}';
     buf[len] = '\0';
 }
-
-/* The literal's room: every byte of the value escaped, plus the braces */
-#define TAGS_LITERAL_MAX (2 * HTTP_IF_MATCH_BYTES_MAX + 4)
 
 /* The preconditions of a PUT, PATCH or DELETE of one row. If-None-Match is refused whatever it holds:
  * PUT here only replaces (it never creates), so "*" (create only if absent) cannot be honoured, and a
