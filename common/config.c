@@ -68,6 +68,9 @@ static const struct config_key config_keys[] = {
     { "server", "allowed_hosts", KT_STR, OFF(allowed_hosts), 0, 0, "",
       "host names a request's Host may name, comma-separated (against DNS rebinding); others get 421; "
       "IP literals always pass; empty = any" },
+    { "server", "cors_origins", KT_STR, OFF(cors_origins), 0, 0, "",
+      "origins (scheme://host[:port], exact, comma-separated) whose browser pages may call the API (CORS); "
+      "\"*\" alone allows any origin (pgapi sends no Access-Control-Allow-Credentials); empty = no CORS" },
     { "server", "page_bytes", KT_SIZE, OFF(page_bytes), 1024, 67108864, "256k",
       "byte budget of the rows of one answer: a page (or a user's embedded posts) ends before the row that "
       "would pass it, and its next link continues after the last row sent (a row larger than the budget "
@@ -515,8 +518,41 @@ static int sentinels_parse(struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* One origin as a browser serialises it: http or https, a host, an optional port; no path, no slash, no
+ * user info, at most CONFIG_ORIGIN_MAX bytes (worker/http/cors.c compares the Origin header byte for
+ * byte). "null" is refused: sandboxed frames and file: pages all send it, so allowing it allows them all. */
+static int origin_check(const char *o, size_t len, char *err, size_t errlen)
+{
+    size_t scheme = strncmp(o, "https://", 8) == 0 ? 8 : strncmp(o, "http://", 7) == 0 ? 7 : 0;
+    bool ok = scheme && len > scheme && len <= CONFIG_ORIGIN_MAX;
+    for (size_t i = scheme; ok && i < len; i++)
+        ok = isalnum((unsigned char)o[i]) || strchr(".-:[]", o[i]);
+    if (!ok)
+        snprintf(err, errlen,
+                 "[server] cors_origins: \"%.*s\" is not an origin (http[s]://host[:port], no path, at most "
+                 "%d bytes)",
+                 (int)(len > 80 ? 80 : len), o, CONFIG_ORIGIN_MAX);
+    return ok ? 0 : -1;
+}
+
+static int cors_origins_check(const char *list, char *err, size_t errlen)
+{
+    if (strcmp(list, "*") == 0)
+        return 0;
+    for (const char *p = list; *p;) {
+        p += strspn(p, " ,");
+        size_t len = strcspn(p, " ,");
+        if (len && origin_check(p, len, err, errlen) < 0)
+            return -1;
+        p += len;
+    }
+    return 0;
+}
+
 static int config_validate(struct config *cfg, char *err, size_t errlen)
 {
+    if (cors_origins_check(cfg->cors_origins, err, errlen) < 0)
+        return -1;
     if (cfg->workers == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         cfg->workers = n > 0 ? (int)n : 1;
@@ -681,12 +717,12 @@ void config_print(const struct config *c, FILE *f)
             "[server]\nlisten = %s:%d\nworkers = %d\nbacklog = %d\nkeepalive_timeout = %dms\n"
             "request_timeout = %dms\ndrain_timeout = %dms\nmax_connections = %d\nmax_body_bytes = %zu\n"
             "max_header_bytes = %zu\nmax_unsent_bytes = %zu\nmax_connections_per_client = %d\nallowed_hosts "
-            "= %s\n"
+            "= %s\ncors_origins = %s\n"
             "page_bytes = %zu\nembed_posts = %d\n\n[database]\n",
             c->listen.host, c->listen.port, c->workers, c->backlog, c->keepalive_timeout_ms,
             c->request_timeout_ms, c->drain_timeout_ms, c->max_connections, c->max_body_bytes,
             c->max_header_bytes, c->max_unsent_bytes, c->max_connections_per_client, c->allowed_hosts,
-            c->page_bytes, c->embed_posts);
+            c->cors_origins, c->page_bytes, c->embed_posts);
     dsn_print_masked(f, "primary", c->primary_dsn);
     for (int i = 0; i < c->replica_count; i++)
         dsn_print_masked(f, "replica", c->replica_dsn[i]);

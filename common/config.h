@@ -13,6 +13,7 @@
 #define CONFIG_DSN_MAX 512
 #define CONFIG_ERR_MAX 512
 #define CONFIG_MAX_SENTINELS 8
+#define CONFIG_ORIGIN_MAX 255 /* one origin of [server] cors_origins */
 /* The environment variable holding the Redis password (the other way is [redis] password_file). */
 #define CONFIG_REDIS_PASSWORD_ENV "PGAPI_REDIS_PASSWORD"
 
@@ -37,6 +38,7 @@ struct config {
     size_t max_unsent_bytes;        /* per worker: responses queued for clients that do not read */
     int max_connections_per_client; /* per client address, across all workers; 0 = no limit */
     char allowed_hosts[512];        /* comma-separated host names; "" = any */
+    char cors_origins[512];         /* comma-separated exact origins, or "*"; "" = no CORS */
     size_t page_bytes;              /* byte budget of the rows of one answer (a page, embedded posts) */
     int embed_posts;                /* posts embedded by ?include=posts */
     /* [database] */

@@ -227,6 +227,7 @@ void log_access(const struct access_entry *e)
     const char *rid = e->request_id ? e->request_id : "-";
     const char *cache = e->cache ? e->cache : "-";
     const char *client = e->client ? e->client : "-";
+    const char *trace = e->trace_id && e->trace_id[0] ? e->trace_id : "-"; /* hex digits only */
     if (log_state.format == LOGF_JSON) {
         n = prefix_json(buf, sizeof(buf), LOGL_INFO);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\"msg\":\"access\",\"method\":\"");
@@ -235,10 +236,11 @@ void log_access(const struct access_entry *e)
         n = json_escape_into(buf, n, sizeof(buf) - 200, e->path);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\",\"request_id\":\"");
         n = json_escape_into(buf, n, sizeof(buf) - 150, rid);
-        n += (size_t)snprintf(
-            buf + n, sizeof(buf) - n,
-            "\",\"status\":%d,\"duration_us\":%llu,\"bytes\":%llu,\"cache\":\"%s\",\"client\":\"", e->status,
-            (unsigned long long)e->duration_us, (unsigned long long)e->bytes, cache);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n,
+                              "\",\"trace_id\":\"%.32s\",\"status\":%d,\"duration_us\":%llu,\"bytes\":%llu,"
+                              "\"cache\":\"%s\",\"client\":\"",
+                              trace, e->status, (unsigned long long)e->duration_us,
+                              (unsigned long long)e->bytes, cache);
         n = json_escape_into(buf, n, sizeof(buf) - 3, client);
         buf[n++] = '"';
         buf[n++] = '}';
@@ -249,7 +251,7 @@ void log_access(const struct access_entry *e)
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, " %d %.3fms %llub cache=%s rid=", e->status,
                               (double)e->duration_us / 1000.0, (unsigned long long)e->bytes, cache);
         n = escape_into(buf, n, sizeof(buf) - 100, rid, 64, false);
-        n += (size_t)snprintf(buf + n, sizeof(buf) - n, " client=");
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, " trace=%.32s client=", trace);
         n = escape_into(buf, n, sizeof(buf) - 2, client, 64, false);
     }
     line_emit(buf, n, sizeof(buf));

@@ -13,8 +13,9 @@ struct access_entry {
     const char *method;
     const char *path;
     const char *request_id;
-    const char *cache;  /* "HIT", "MISS", "BYPASS" or NULL */
-    const char *client; /* the peer's address, or NULL ("-") */
+    const char *trace_id; /* 32 hex digits (W3C trace id), or NULL */
+    const char *cache;    /* "HIT", "MISS", "BYPASS" or NULL */
+    const char *client;   /* the peer's address, or NULL ("-") */
     int status;
     uint64_t duration_us;
     uint64_t bytes;

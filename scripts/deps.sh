@@ -4,7 +4,8 @@
 # for tests/fuzz; groff-base and man-db: the man page check in test_systemd.py; systemd
 # and libseccomp2: systemd-analyze/-sysusers/-tmpfiles and the unit's system call filter there;
 # strace: the argv check in tests/integration/test_topology.py; clang-format: the layout check of
-# tests/run.sh; haproxy: the load balancer in front of three servers in test_cluster.py) and run its
+# tests/run.sh; haproxy: the load balancer in front of three servers in test_cluster.py; chromium: the
+# headless browser of test_cors.py) and run its
 # local topologies (patroni, etcd-server, haproxy, redis-sentinel and jq: scripts/ha.sh's) (with
 # --bench: also nginx, Node.js, npm and perf for bench/run.sh).
 # Idempotent and silent when everything is already installed.
@@ -23,7 +24,7 @@ PACKAGES=(
     libevent-dev libpq-dev libhiredis-dev libjson-c-dev libinih-dev libhttp-parser-dev
     libcmocka-dev pkg-config gcc make clang-14 libclang-rt-14-dev postgresql pgbouncer redis-server
     python3-pytest python3-psycopg2 python3-redis python3-yaml socat wrk curl procps iproute2 valgrind
-    groff-base man-db systemd libseccomp2 strace clang-format haproxy
+    groff-base man-db systemd libseccomp2 strace clang-format haproxy chromium
     patroni etcd-server redis-sentinel jq
 )
 

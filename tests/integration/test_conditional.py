@@ -204,7 +204,7 @@ def test_if_none_match_on_a_write_is_refused(api, schema, method, value):
 def lock_waiters(schema):
     with closing(schema.primary_admin()) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'pgapi' AND wait_event_type = 'Lock' "
-                    "AND query LIKE 'WITH % users %'")
+                    "AND query LIKE '%WITH % users %'")
         return cur.fetchone()[0]
 
 

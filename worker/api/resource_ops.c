@@ -87,6 +87,8 @@ struct resource_op_state {
     struct deployment_wait sync;    /* SYNC_LOCAL: the wait for the fence log */
     struct effects_read_names fence_names; /* LOOKUP_CACHE: the deployment's fences the read waits for */
     struct event *wait_ev;
+    pool_cb db_cb;             /* the step's own callback, behind db_timed */
+    uint64_t cache_t0;         /* when the Redis round trip under way began (Server-Timing) */
     struct effects_write done; /* writes: what committed */
     uint64_t commit_lsn;       /* writes: its commit LSN (POOL_LSN_NONE when unknown) */
     char *row_json;            /* writes waiting for their invalidation: the answer, copied */
@@ -251,11 +253,38 @@ static uint64_t read_fence(const struct resource_op_state *s)
     return effects_list_fence(o->api->consistency, o->res, o->owner != NULL);
 }
 
+/* Every statement's answer passes here first: its times go to the request's Server-Timing. */
+static void db_timed(void *arg, const struct pool_result *r)
+{
+    struct resource_op_state *s = arg;
+    s->o.req->timing.queue_us += r->queue_us;
+    s->o.req->timing.db_us += r->db_us;
+    s->db_cb(arg, r);
+}
+
+/* A Redis round trip (or the fence log's wait) begins, and ends: its time goes to Server-Timing. */
+static void cache_timing_begin(struct resource_op_state *s)
+{
+    s->cache_t0 = clock_now_us();
+}
+
+static void cache_timing_end(struct resource_op_state *s)
+{
+    if (s->cache_t0)
+        s->o.req->timing.cache_us += clock_now_us() - s->cache_t0;
+    s->cache_t0 = 0;
+}
+
 static void db_send(struct resource_op_state *s, const char *const *params, int n, pool_cb cb)
 {
-    struct pool_query q = { .sql = s->sql, .nparams = n, .params = params, .batch_sql = s->sql_many };
+    struct pool_query q = { .sql = s->sql,
+                            .nparams = n,
+                            .params = params,
+                            .batch_sql = s->sql_many,
+                            .traceparent = s->o.req->traceparent };
+    s->db_cb = cb;
     if (s->kind == OP_WRITE) {
-        pool_write(s->o.api->pool, &q, cb, s); /* the pool copies the parameters */
+        pool_write(s->o.api->pool, &q, db_timed, s); /* the pool copies the parameters */
         return;
     }
     uint64_t fence = read_fence(s);
@@ -263,7 +292,7 @@ static void db_send(struct resource_op_state *s, const char *const *params, int 
         fence = s->key_fence;
     if (s->token > fence)
         fence = s->token;
-    pool_read(s->o.api->pool, &q, fence, cb, s);
+    pool_read(s->o.api->pool, &q, fence, db_timed, s);
 }
 
 /* A read that could not learn the deployment's fences from Redis (a bypass, no key) knows only this
@@ -310,6 +339,7 @@ static void write_read(struct resource_op_state *s, const PGresult *res)
 static void invalidate_done(void *arg, bool ok)
 {
     struct resource_op_state *s = arg;
+    cache_timing_end(s);
     if (!ok)
         consistency_cache_dirty_set(s->o.api->consistency); /* every worker bypasses the cache until a new
                                                              * epoch */
@@ -397,6 +427,7 @@ static void invalidate_send(struct resource_op_state *s)
 {
     struct effects_change ch;
     effects_change(&s->done, &ch);
+    cache_timing_begin(s);
     cache_invalidate(s->o.api->cache, &ch.cache, s->commit_lsn, invalidate_done, s);
 }
 
@@ -537,6 +568,7 @@ static void lookup_done(void *arg, const struct cache_lookup *l)
 {
     struct resource_op_state *s = arg;
     struct http_request *req = s->o.req;
+    cache_timing_end(s);
     if (s->gone) {
         gone_drop(s);
         return;
@@ -617,6 +649,7 @@ static void local_synced(struct deployment_wait *w, bool ok)
     struct resource_op_state *s =
         (struct resource_op_state *)(void *)((char *)w - offsetof(struct resource_op_state, sync));
     struct api_context *api = s->o.api;
+    cache_timing_end(s);
     if (s->gone) {
         gone_drop(s);
         return;
@@ -641,6 +674,7 @@ static void cache_lookup_send(struct resource_op_state *s)
     else
         effects_read_fences_list(o->res, o->owner != NULL, &f);
     effects_fences_name_all(&f, &s->fence_names);
+    cache_timing_begin(s);
     cache_lookup(o->api->cache, s->key, s->gen[0] ? s->gen : NULL, &s->fence_names.cache, lookup_done, s);
 }
 
@@ -654,6 +688,7 @@ static void state_step(struct resource_op_state *s, enum op_step next)
         return;
     case STEP_SYNC_LOCAL:
         s->sync.cb = local_synced;
+        cache_timing_begin(s);
         deployment_sync_wait(s->o.api->deployment, &s->sync);
         return;
     case STEP_LOOKUP_CACHE:

@@ -234,6 +234,12 @@ void router_dispatch(struct http_request *req)
         return;
     }
     req->route = METRICS_ROUTE_UNMATCHED;
+    if (req->method == HTTP_OPTIONS && m.allow[0]) {
+        /* no route takes OPTIONS: every path answers it with its methods (a CORS preflight, or RFC 9110's
+         * OPTIONS) */
+        http_cors_preflight(req, m.allow);
+        return;
+    }
     if (m.allow[0]) {
         http_header_add(req, "Allow", m.allow);
         reply_error(req, 405, "method_not_allowed", "%s is not allowed here; allowed: %s", req->method_name,

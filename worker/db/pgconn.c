@@ -249,16 +249,40 @@ static bool conn_read_guarded(const struct pgconn *c)
     return c->be->side == POOL_PRIMARY && c->job && c->job->kind == JOB_READ;
 }
 
+/* The statement as sent: the primary's read guard around it, then the trace's comment before all, so
+ * that pg_stat_activity.query (cut at track_activity_query_size) starts with it. sqlcommenter puts its
+ * comment last; first survives the cut. NULL when out of memory; *owned is what to free. */
+static const char *statement_text(const struct pgconn *c, const char *sql, char **owned)
+{
+    const char *trace = c->job ? c->job->trace : "";
+    bool guard = conn_read_guarded(c);
+    *owned = NULL;
+    if (!guard && !trace[0])
+        return sql;
+    char *inner = NULL;
+    if (guard && asprintf(&inner, READ_GUARD_SQL, sql) < 0)
+        return NULL;
+    if (!trace[0]) {
+        *owned = inner;
+        return inner;
+    }
+    int n = asprintf(owned, "/*traceparent='%s'*/ %s", trace, inner ? inner : sql);
+    free(inner);
+    if (n < 0)
+        *owned = NULL;
+    return *owned;
+}
+
 void pgconn_send(struct pgconn *c, const char *sql, int nparams, char *const *params, const int *lengths)
 {
-    char *guarded = NULL;
-    if (conn_read_guarded(c) && asprintf(&guarded, READ_GUARD_SQL, sql) < 0) {
+    char *owned;
+    const char *text = statement_text(c, sql, &owned);
+    if (!text) {
         pgconn_reset(c, "out of memory");
         return;
     }
-    int sent = PQsendQueryParams(c->conn, guarded ? guarded : sql, nparams, NULL, (const char *const *)params,
-                                 lengths, NULL, 0);
-    free(guarded);
+    int sent = PQsendQueryParams(c->conn, text, nparams, NULL, (const char *const *)params, lengths, NULL, 0);
+    free(owned);
     if (!sent) {
         pgconn_reset(c, PQerrorMessage(c->conn));
         return;
@@ -285,6 +309,7 @@ void pgconn_start(struct pgconn *c, struct job *j)
     if (j->kind != JOB_HEALTH && j->enqueued_us)
         p->stats[c->be->side].wait_us_total += clock_now_us() - j->enqueued_us;
     c->job = j;
+    j->started_us = clock_now_us();
     j->data_lsn = c->be->side == POOL_PRIMARY ? primary_data_lsn(p, j) : c->be->lsn;
     pgconn_move(c, PGC_SENDING); /* PGC_BUSY once PQflush has sent the statement (conn_io_cb) */
     c->result = NULL;

@@ -37,6 +37,8 @@ struct pool_result {
                           * position sampled before the read; on the primary, the read's fence or the
                           * primary's position sampled before it; POOL_LSN_NEWEST after a primary-only
                           * fence: recent, but not a position) */
+    uint64_t queue_us;   /* how long it waited for a connection (its last attempt) */
+    uint64_t db_us;      /* how long its statement ran, from sending to its result */
 };
 
 typedef void (*pool_cb)(void *arg, const struct pool_result *r);
@@ -50,6 +52,10 @@ struct pool_query {
      * (id = ANY($1)) and returning the id as its first column. Reads of it waiting in the queue then
      * run together (batch.h); each still gets the result a single read would have had. */
     const char *batch_sql;
+    /* Optional: a W3C traceparent (copied; anything but lowercase hex and '-' is dropped). The statement
+     * is sent after a comment naming it, sqlcommenter style, so pg_stat_activity shows the trace. A batch
+     * carries its first read's. */
+    const char *traceparent;
 };
 
 struct pool_side_stats {

@@ -12,6 +12,7 @@
 #include "worker/db/pool.h"
 
 #define POOL_MAX_CONNS 256
+#define POOL_TRACE_MAX 55 /* a W3C traceparent, version 00 */
 
 /* A connection's state; each backend keeps one list per state, and pgconn_move moves a connection
  * from one to another (as PgBouncer's change_server_state does). */
@@ -40,11 +41,13 @@ struct job {
     uint64_t fence;
     uint64_t data_lsn; /* set when it starts: see pool_result.data_lsn */
     uint64_t enqueued_us;
+    uint64_t started_us; /* sent on a connection (the last time, after retries) */
     int retries;
-    PGresult *held;         /* a committed write's result, waiting for its commit LSN */
-    struct backend *target; /* health checks run on one given backend */
-    const char *batch_sql;  /* see pool_query.batch_sql */
-    struct job *batch;      /* the reads running in this one's statement (a list through ->next) */
+    PGresult *held;                 /* a committed write's result, waiting for its commit LSN */
+    struct backend *target;         /* health checks run on one given backend */
+    const char *batch_sql;          /* see pool_query.batch_sql */
+    struct job *batch;              /* the reads running in this one's statement (a list through ->next) */
+    char trace[POOL_TRACE_MAX + 1]; /* see pool_query.traceparent; "" = none */
 };
 
 struct pgconn {

@@ -25,6 +25,15 @@ static size_t param_len(const struct pool_query *q, int i)
     return q->params[i] ? strlen(q->params[i]) : 0;
 }
 
+/* The statement's SQL comment names the trace: only the characters a traceparent has may reach it. */
+static void job_trace_copy(struct job *j, const char *tp)
+{
+    size_t n = tp ? strlen(tp) : 0;
+    if (n == 0 || n > POOL_TRACE_MAX || strspn(tp, "0123456789abcdef-") != n)
+        return;
+    memcpy(j->trace, tp, n + 1);
+}
+
 struct job *job_new(const struct pool_query *q, enum job_kind kind, pool_cb cb, void *arg)
 {
     size_t total = sizeof(struct job) + (size_t)q->nparams * (sizeof(char *) + sizeof(int));
@@ -54,6 +63,7 @@ struct job *job_new(const struct pool_query *q, enum job_kind kind, pool_cb cb, 
         j->lengths[i] = (int)len;
         data += len + 1;
     }
+    job_trace_copy(j, q->traceparent);
     return j;
 }
 
@@ -63,6 +73,18 @@ static struct backend *result_backend(struct pool *p, const struct pool_result *
     if (r->side == POOL_PRIMARY)
         return &p->primary;
     return r->backend >= 0 && r->backend < p->nreplicas ? &p->replicas[r->backend] : NULL;
+}
+
+/* The request's Server-Timing figures: queued until sent, then running until now. */
+static void job_timing(const struct job *j, struct pool_result *r)
+{
+    uint64_t now = clock_now_us();
+    if (j->started_us) {
+        r->queue_us = j->enqueued_us && j->started_us > j->enqueued_us ? j->started_us - j->enqueued_us : 0;
+        r->db_us = now > j->started_us ? now - j->started_us : 0;
+    } else if (j->enqueued_us) {
+        r->queue_us = now > j->enqueued_us ? now - j->enqueued_us : 0; /* it never left the queue */
+    }
 }
 
 void job_finish(struct pool *p, struct job *j, const struct pool_result *r)
@@ -78,8 +100,11 @@ void job_finish(struct pool *p, struct job *j, const struct pool_result *r)
             be->errors += failed;
         }
     }
-    if (j->cb)
-        j->cb(j->arg, r);
+    if (j->cb) {
+        struct pool_result timed = *r;
+        job_timing(j, &timed);
+        j->cb(j->arg, &timed);
+    }
     if (j->held)
         PQclear(j->held);
     free(j);
@@ -215,6 +240,7 @@ void queue_batch_send(struct pgconn *c, struct job *j)
         if (k != j && k->enqueued_us)
             p->stats[c->be->side].wait_us_total += clock_now_us() - k->enqueued_us;
         k->data_lsn = j->data_lsn;
+        k->started_us = j->started_us;
     }
     char *arrays[POOL_MAX_PARAMS] = { 0 };
     const char *values[BATCH_MAX];

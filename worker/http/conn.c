@@ -261,6 +261,7 @@ static void conn_dispatch(struct http_conn *c)
     http_parser_pause(&c->parser, 0);
     c->request_ready = false;
     http_request_id_ensure(c); /* before the handler: what it logs names the request */
+    http_trace_ensure(c);      /* and what it sends to the database names the trace */
     http_conn_state_set(c, CONN_HANDLING);
     c->srv->handler(&c->req);
     if (c->state == CONN_HANDLING && c->peer_closed)
@@ -467,6 +468,7 @@ struct http_server *http_server_new(struct event_base *base, const struct config
         return NULL;
     }
     http_request_parser_settings(&srv->settings);
+    http_trace_seed(srv);
     return srv;
 }
 

@@ -96,6 +96,7 @@ struct http_server {
     void *on_close_arg;
     time_t date_sec;
     char date[40];
+    uint64_t rng[2]; /* xorshift128+ for trace and span ids, seeded from getrandom() per server */
 };
 
 /* ---- conn.c: the connection state machine ---- */
@@ -122,6 +123,19 @@ bool http_request_method_error_classify(struct http_conn *c);
 void http_request_parse_error_answer(struct http_conn *c);
 /* Gives the request its id, once: the client's X-Request-Id made safe to echo, else one of ours. */
 void http_request_id_ensure(struct http_conn *c);
+
+/* ---- trace.c: W3C Trace Context ---- */
+/* Seeds the server's id generator. */
+void http_trace_seed(struct http_server *srv);
+/* Gives the request its traceparent, once (see http_request.traceparent). */
+void http_trace_ensure(struct http_conn *c);
+/* The response's traceparent, tracestate and Server-Timing lines. */
+void http_trace_write(struct http_conn *c);
+
+/* ---- cors.c ---- */
+/* The response's CORS lines (Access-Control-Allow-Origin, -Expose-Headers, Vary) when cors_origins is
+ * set. */
+void http_cors_write(struct http_conn *c);
 
 /* ---- response.c: the answer on the wire ---- */
 /* An error the connection itself detected (limits, timeouts, bad syntax): JSON body, then close. */

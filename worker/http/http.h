@@ -23,6 +23,17 @@ struct sockaddr_storage;
 
 typedef void (*http_gone_fn)(void *arg);
 
+#define HTTP_TRACEPARENT_LEN 55 /* "00-" 32 hex "-" 16 hex "-" 2 hex: W3C Trace Context, version 00 */
+#define HTTP_TRACE_ID_LEN 32
+
+/* Where a request's time went, for its Server-Timing header: added up by the handler side as each step
+ * ends (microseconds). */
+struct http_timing {
+    uint64_t queue_us; /* waiting for a database connection */
+    uint64_t db_us;    /* statements running */
+    uint64_t cache_us; /* Redis round trips (and the fence log's) */
+};
+
 /* One request; valid from the handler call until http_respond(). Handlers may answer later (after a
  * database reply) but must answer exactly once. */
 struct http_request {
@@ -35,7 +46,13 @@ struct http_request {
     char *query;                 /* raw query after '?', or NULL */
     struct http_headers headers; /* the table's headers (headers.h): read them with http_request_header() */
     char request_id[HTTP_REQUEST_ID_MAX + 1]; /* the client's X-Request-Id, made safe, or one of ours */
-    char *body;                               /* NUL-terminated copy of the body (may be empty) */
+    /* This server's span (W3C traceparent): the client's trace id and flags when its traceparent was
+     * valid, else new ones; always a new span id. "" until the request is complete. */
+    char traceparent[HTTP_TRACEPARENT_LEN + 1];
+    char trace_id[HTTP_TRACE_ID_LEN + 1]; /* its trace id, for the logs */
+    bool tracestate;                      /* the client's tracestate is valid and passed on */
+    struct http_timing timing;
+    char *body; /* NUL-terminated copy of the body (may be empty) */
     size_t body_len;
     uint64_t start_us;
     const char *cache_status; /* "HIT" / "MISS" / "BYPASS" for the X-Cache header and the log */
@@ -89,5 +106,17 @@ int http_header_add(struct http_request *req, const char *name, const char *valu
 void http_respond(struct http_request *req, int status, const char *content_type, const char *body,
                   size_t len);
 const char *http_status_text(int status);
+
+/* Whether v is a traceparent we pass on: version 00, lowercase hex, trace id and parent id not all
+ * zeros, exactly HTTP_TRACEPARENT_LEN bytes (trace.c). */
+bool http_traceparent_valid(const char *v);
+/* Whether a tracestate may be passed on: 1 to 512 bytes of visible ASCII, spaces and tabs. */
+bool http_tracestate_valid(const char *v);
+/* Whether origin (an Origin header's value) is one of cors_origins (a config value): exact, byte for
+ * byte; "*" allows any (cors.c). */
+bool http_cors_allowed(const char *cors_origins, const char *origin);
+/* Answers an OPTIONS request for a path whose methods are `methods` ("GET, HEAD, POST"): 204, with Allow
+ * and, for an allowed Origin, the preflight's Access-Control-Allow-Methods/-Headers/-Max-Age. */
+void http_cors_preflight(struct http_request *req, const char *methods);
 
 #endif

@@ -67,6 +67,8 @@ static void response_write_head(struct http_conn *c, int status, const char *cty
         evbuffer_add(c->out, "Connection: close\r\n", 19);
     else if (c->parser.http_major == 1 && c->parser.http_minor == 0)
         evbuffer_add(c->out, "Connection: keep-alive\r\n", 24);
+    http_cors_write(c);
+    http_trace_write(c);
     if (r->extra_len)
         evbuffer_add(c->out, r->extra_headers, r->extra_len);
     evbuffer_add(c->out, "\r\n", 2);
@@ -80,6 +82,7 @@ static void request_account(struct http_conn *c, size_t len)
         .method = r->method_name ? r->method_name : "-",
         .path = r->path ? r->path : "-",
         .request_id = r->request_id,
+        .trace_id = r->trace_id,
         .cache = r->cache_status,
         .status = r->status,
         .duration_us = r->start_us ? clock_now_us() - r->start_us : 0,
@@ -123,6 +126,7 @@ void http_respond(struct http_request *req, int status, const char *ctype, const
     etag_apply(req, &status, body, len);
     req->status = c->state == CONN_DEAD ? HTTP_STATUS_CLIENT_GONE : status;
     http_request_id_ensure(c);
+    http_trace_ensure(c);
     /* A handler's 400 (bad JSON, a bad parameter) came with a complete, well-framed request: the
      * connection and the requests pipelined behind it go on. Errors in the framing itself come through
      * conn_fail, which closes. */
