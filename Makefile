@@ -182,4 +182,8 @@ dist:
 clean:
 	rm -rf build
 
+# handlers_openapi.c embeds docs/openapi.yaml (.incbin), which the compiler's dependency files do not name
+build/obj/worker/api/handlers_openapi.o build/asan/obj/worker/api/handlers_openapi.o \
+build/fuzz/obj/worker/api/handlers_openapi.o: docs/openapi.yaml
+
 -include $(OBJS:.o=.d) $(SAN_OBJS:.o=.d) $(FUZZ_OBJS:.o=.d)

@@ -153,6 +153,15 @@ def invalid_queries(params):
     return out
 
 
+def invalid_headers(params):
+    """Header sets each of which breaks a documented precondition header: If-Match not an entity-tag list
+    (400), and one that matches no row (version 0 never exists: 412)."""
+    names = {p["name"] for p in params if p["in"] == "header"}
+    if "If-Match" not in names:
+        return []
+    return [{"If-Match": "not-quoted"}, {"If-Match": '"0"'}]
+
+
 def valid_queries(params):
     out = [""]
     for p in params:
@@ -250,6 +259,10 @@ def test_operation_answers_as_documented(api, path, method):
             call(f"invalid body {body[:40]!r} as {ctype}", fx.url(path), body, ctype)
     valid = json.dumps(example_body(schema)).encode() if schema is not None else None
     ctype = "application/json" if schema is not None else None
+    for h in invalid_headers(params):
+        r = api.request(method.upper(), fx.url(path), body=valid, headers=dict(h, **({"Content-Type": ctype}
+                                                                                  if ctype else {})))
+        seen.add(check_response(op, f"{method.upper()} {fx.url(path)} (headers {h})", r))
     if has_id:
         call("unknown id", fx.url(path, missing=True), valid, ctype)
     for q in valid_queries(params) if method == "get" else [""]:
@@ -294,3 +307,22 @@ def test_documented_bounds_hold(api):
     rest = api.get(body["posts_next"])
     check_response(DOC["paths"]["/users/{id}/posts"]["get"], body["posts_next"], rest)
     assert len(rest.json()["data"]) == 11 and rest.json()["next"] is None, rest
+
+
+def test_served_document_is_the_file(api):
+    """GET /openapi.yaml serves this very file (built into the binary), as YAML, with its ETag for a 304."""
+    with open(DOC_PATH, "rb") as f:
+        on_disk = f.read()
+    r = api.get("/openapi.yaml")
+    assert r.status == 200, r
+    assert r.body == on_disk, (f"expected docs/openapi.yaml as built in ({len(on_disk)} bytes), got {len(r.body)} "
+                               f"bytes: rebuild after editing the document")
+    assert r.headers.get("content-type") == "application/yaml", r.headers
+    assert r.headers.get("cache-control") == "no-cache", r.headers
+    assert yaml.safe_load(r.body) == DOC
+    tag = r.headers.get("etag")
+    assert tag and tag.startswith('"'), r.headers
+    again = api.get("/openapi.yaml", headers={"If-None-Match": tag})
+    assert again.status == 304 and again.body == b"" and again.headers.get("etag") == tag, again
+    head = api.request("HEAD", "/openapi.yaml")
+    assert head.status == 200 and head.body == b"" and head.headers.get("content-length") == str(len(on_disk)), head

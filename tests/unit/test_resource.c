@@ -17,7 +17,10 @@
 
 static const struct resource_field COMMENT_FIELDS[] = { { .name = "text", .min = 1, .max = 500 } };
 
-/* Only what the derivations read; no statement is run here. */
+#define COMMENT_JSON \
+    "jsonb_build_object('id', c.id, 'text', c.text, 'post_id', c.post_id, 'version', c.version)"
+
+/* What the derivations read, and the statements the registry asks for (no statement is run here). */
 static const struct resource resource_comments = {
     .name = "comment",
     .collection = "comments",
@@ -25,6 +28,9 @@ static const struct resource resource_comments = {
     .parent = &resource_posts,
     .fields = COMMENT_FIELDS,
     .nfields = 1,
+    RESOURCE_SQL_STATEMENTS("comments", "c", COMMENT_JSON, ", c.post_id", "text = $2",
+                            "text = COALESCE($2, c.text)", "$3"),
+    RESOURCE_SQL_DELETE("comments", "c", COMMENT_JSON, ", c.post_id"),
 };
 RESOURCE_REGISTER(resource_comments);
 
@@ -200,6 +206,7 @@ static void test_routes_generated(void **state)
         "GET /",
         "GET /healthz",
         "GET /readyz",
+        "GET /openapi.yaml",
         "GET /users",
         "POST /users",
         "GET /users/:id",

@@ -10,6 +10,8 @@
 void handle_root(struct api_context *api, struct http_request *req, const struct route_args *a);
 void handle_healthz(struct api_context *api, struct http_request *req, const struct route_args *a);
 void handle_readyz(struct api_context *api, struct http_request *req, const struct route_args *a);
+/* GET /openapi.yaml: docs/openapi.yaml, built in */
+void handle_openapi(struct api_context *api, struct http_request *req, const struct route_args *a);
 
 void handle_resource(struct api_context *api, struct http_request *req, const struct resource *r,
                      enum route_kind kind, const struct route_args *a);

@@ -42,6 +42,12 @@ bool resource_registry_check(void)
                       RESOURCE_FIELDS_MAX, r->parent ? r->parent->name : "none");
             return false;
         }
+        if (!r->sql_replace_if || !r->sql_patch_if || !r->sql_delete_if) { /* If-Match needs all three */
+            log_error("resource %s: a conditional statement (sql_replace_if, sql_patch_if, sql_delete_if) is "
+                      "missing",
+                      r->name);
+            return false;
+        }
     }
     return true;
 }

@@ -47,6 +47,12 @@ struct resource {
      * absent). get_many: get's batched form (pool_query.batch_sql). list: a RESOURCE_SQL_PAGE of
      * $1 = after_id, $2 = limit, $3 = byte budget. */
     const char *sql_get, *sql_get_many, *sql_list, *sql_replace, *sql_patch, *sql_delete;
+    /* replace, patch and delete under If-Match: the same parameters, then the client's opaque tags as one
+     * text[] (after the fields; delete: $2), compared in the statement that writes with the row's ETag
+     * (md5 of its JSON, what a GET's ETag is) and its version (RESOURCE_SQL_IF_MATCH). They return the
+     * written row as the plain statements do; a row that exists but matched none gives one row whose json
+     * is NULL (412), and no row at all stays a 404 (RESOURCE_SQL_UPDATE_IF). */
+    const char *sql_replace_if, *sql_patch_if, *sql_delete_if;
     /* create: the fields from $1, after the parent's id as $1 when there is a parent; create_many: its
      * batched form (RESOURCE_SQL_CREATE_MANY). */
     const char *sql_create, *sql_create_many;
@@ -101,10 +107,26 @@ bool resource_registry_check(void);
     "SELECT id, body, more FROM (SELECT id, body, row_number() OVER w AS n, sum(octet_length(body)) OVER w" \
     " AS bytes, lead(id) OVER w IS NOT NULL AS more FROM (" rows ") r WINDOW w AS (ORDER BY id ROWS"        \
     " UNBOUNDED PRECEDING)) x WHERE n <= " L " AND (n = 1 OR bytes <= " B ") ORDER BY id"
+/* If-Match's test of row alias a (whose JSON is json) against tags, a text[] parameter: the row's ETag
+ * (the md5 of the JSON text a GET sends: etag.c computes the same) or its version as decimal text. In the
+ * WHERE of the write itself: under READ COMMITTED a row changed meanwhile is tested again in its newest
+ * version before it is written, so no write can slip between the test and the write. */
+#define RESOURCE_SQL_IF_MATCH(a, json, tags) \
+    "(md5(" json "::text) = ANY(" tags "::text[]) OR " a ".version::text = ANY(" tags "::text[]))"
+/* An UPDATE or DELETE of table t aliased a (`write` up to its WHERE, which gets "id = $1 AND" the test)
+ * under If-Match: the written row, else (the row exists but matched none) the row's id with a NULL json
+ * (and its `returning` columns), else nothing (404). One statement and one snapshot: the second branch
+ * reads only when the write wrote nothing. */
+#define RESOURCE_SQL_WRITE_IF(t, a, json, returning, write, tags)                                          \
+    "WITH w AS (" write " WHERE " a                                                                        \
+    ".id = $1 AND " RESOURCE_SQL_IF_MATCH(a, json, tags) " RETURNING " RESOURCE_SQL_ROW(a, json) returning \
+        ") SELECT * FROM w UNION ALL SELECT " a ".id, NULL::text" returning " FROM " t " " a " WHERE " a   \
+        ".id = $1 AND NOT EXISTS (SELECT 1 FROM w)"
 /* The statements of table t aliased a whose row is the JSON expression json, in the parameter order
  * of struct resource; the writes' `returning` the columns after (id, json) (", a.user_id" for a
- * parent's id, "" without); replace and patch as their SET lists. */
-#define RESOURCE_SQL_STATEMENTS(t, a, json, returning, replace_set, patch_set)                         \
+ * parent's id, "" without); replace and patch as their SET lists, and tags their If-Match parameter
+ * (the one after the fields: "$4" after two). */
+#define RESOURCE_SQL_STATEMENTS(t, a, json, returning, replace_set, patch_set, tags)                   \
     .sql_get = "SELECT " RESOURCE_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = $1",            \
     .sql_get_many =                                                                                    \
         "SELECT " RESOURCE_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = " RESOURCE_SQL_ANY_ID, \
@@ -114,9 +136,15 @@ bool resource_registry_check(void);
     .sql_replace = "UPDATE " t " AS " a " SET " replace_set " WHERE " a                                \
                    ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning,                          \
     .sql_patch = "UPDATE " t " AS " a " SET " patch_set " WHERE " a                                    \
-                 ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning
-/* sql_delete of a table whose deletion names no cascade */
-#define RESOURCE_SQL_DELETE(t, a, json, returning) \
-    .sql_delete = "DELETE FROM " t " " a " WHERE " a ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning
+                 ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning,                            \
+    .sql_replace_if =                                                                                  \
+        RESOURCE_SQL_WRITE_IF(t, a, json, returning, "UPDATE " t " AS " a " SET " replace_set, tags),  \
+    .sql_patch_if =                                                                                    \
+        RESOURCE_SQL_WRITE_IF(t, a, json, returning, "UPDATE " t " AS " a " SET " patch_set, tags)
+/* sql_delete (and its If-Match form) of a table whose deletion names no cascade */
+#define RESOURCE_SQL_DELETE(t, a, json, returning)                                                    \
+    .sql_delete =                                                                                     \
+        "DELETE FROM " t " " a " WHERE " a ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning, \
+    .sql_delete_if = RESOURCE_SQL_WRITE_IF(t, a, json, returning, "DELETE FROM " t " " a, "$2")
 
 #endif

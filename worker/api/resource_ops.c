@@ -225,6 +225,16 @@ static void not_found(const struct resource_op *o)
     reply_error(o->req, 404, "not_found", "%s %" PRId64 " not found", what, o->id);
 }
 
+/* A conditional write's row exists but matched none of If-Match: nothing was written, so no fence is
+ * raised and nothing is invalidated. */
+static void precondition_failed(const struct resource_op *o)
+{
+    reply_error(o->req, 412, "precondition_failed",
+                "%s %" PRId64 " matches none of If-Match (its ETag or version changed): nothing was written; "
+                "read it again",
+                o->res->name, o->id);
+}
+
 /* The foreign key to the owner failed (it never existed, or went meanwhile): a 404 that names it. */
 static bool owner_missing(const struct resource_op *o, const struct pool_result *r)
 {
@@ -481,6 +491,9 @@ static void row_done(void *arg, const struct pool_result *r)
         state_step(s, STEP_DONE);
     } else if (PQntuples(r->res) == 0) {
         not_found(o);
+        state_step(s, STEP_DONE);
+    } else if (s->kind == OP_WRITE && PQgetisnull(r->res, 0, 1)) {
+        precondition_failed(o);
         state_step(s, STEP_DONE);
     } else if (s->kind == OP_WRITE) {
         write_committed(s, r);
@@ -865,7 +878,7 @@ static int members_check(struct http_request *req, struct json_object *obj, cons
  * false (PATCH) makes every field optional (NULL when absent) but at least one must be given. sql_many:
  * NULL, or a create's batched form (pool_query.batch_sql). */
 static void write_body(const struct resource_op *o, const char *sql, const char *sql_many, bool required,
-                       int status)
+                       int status, const char *tags)
 {
     const struct resource *res = o->res;
     if (res->nfields < 1 || res->nfields > RESOURCE_FIELDS_MAX) {
@@ -878,17 +891,18 @@ static void write_body(const struct resource_op *o, const char *sql, const char 
     if (!obj)
         return;
     char id[ID_TEXT_MAX];
-    const char *params[1 + RESOURCE_FIELDS_MAX] = { id };
+    const char *params[2 + RESOURCE_FIELDS_MAX] = { id };
     id_text(o->id, id, sizeof(id));
     if (members_check(o->req, obj, res) == 0 &&
         fields_read(o->req, obj, res->fields, res->nfields, required, params + 1) == 0) {
         struct resource_op_state *s = state_new(o, OP_WRITE, status);
         int first = o->id ? 0 : 1;
+        params[1 + res->nfields] = tags;
         if (s) {
             s->sql = sql;
             s->sql_many = sql_many;
             s->params = params + first;
-            s->nparams = 1 + res->nfields - first;
+            s->nparams = 1 + res->nfields - first + (tags ? 1 : 0);
             state_step(s, STEP_WRITE_DB);
             /* no s->params = NULL here: the pool may have answered and freed s already */
         }
@@ -898,21 +912,100 @@ static void write_body(const struct resource_op *o, const char *sql, const char 
 
 void resource_op_create(const struct resource_op *o)
 {
-    write_body(o, o->res->sql_create, o->res->sql_create_many, true, 201);
+    write_body(o, o->res->sql_create, o->res->sql_create_many, true, 201, NULL);
+}
+
+/* ---- preconditions (If-Match) ---------------------------------------------------------------- */
+
+/* The literal's room: each tag of n bytes took n + 2 quotes + 1 comma of the value, and takes at most 2n
+ * escaped + 3 here, so the literal never outgrows twice the value, plus the braces and the NUL */
+#define TAGS_LITERAL_MAX (2 * HTTP_IF_MATCH_BYTES_MAX + 4)
+
+/* An If-Match's strong tags as a text[] literal: {"tag",...}. A tag with a byte outside visible ASCII
+ * is left out: no ETag or version has one, so it could only fail to match (and text must be UTF-8). */
+static void tags_literal(const struct http_if_match *m, char *buf, size_t cap)
+{
+    size_t len = 0;
+    buf[len++] = '{';
+    for (int i = 0; i < m->ntags; i++) {
+        bool ascii = true;
+        for (size_t j = 0; j < m->tags[i].len; j++)
+            ascii = ascii && (unsigned char)m->tags[i].p[j] < 0x80;
+        if (!ascii)
+            continue;
+        if (len > 1)
+            buf[len++] = ',';
+        buf[len++] = '"';
+        /* len + 4 < cap never fails (TAGS_LITERAL_MAX): a guard only */
+        for (size_t j = 0; j < m->tags[i].len && len + 4 < cap; j++) {
+            if (m->tags[i].p[j] == '\\') /* '"' is no etagc; '\\' is, and escapes in an array literal */
+                buf[len++] = '\\';
+            buf[len++] = m->tags[i].p[j];
+        }
+        buf[len++] = '"';
+    }
+    buf[len++] = '}';
+    buf[len] = '\0';
+}
+
+/* The preconditions of a PUT, PATCH or DELETE of one row. If-None-Match is refused whatever it holds:
+ * PUT here only replaces (it never creates), so "*" (create only if absent) cannot be honoured, and a
+ * condition silently ignored would let a write through that its client meant to stop. If-Match: *tags
+ * is NULL when the write is unconditional (none, or "*": the row must exist, which a 404 says), else the
+ * text[] literal of its tags in buf. Returns -1 after answering 400. */
+static int preconditions_read(struct http_request *req, char *buf, const char **tags)
+{
+    *tags = NULL;
+    if (http_headers_seen(&req->headers, HTTP_H_IF_NONE_MATCH)) {
+        reply_error(req, 400, "precondition_unsupported",
+                    "If-None-Match is not supported on %s: PUT only replaces an existing row (POST creates "
+                    "one); use If-Match with the row's ETag or version",
+                    req->method_name);
+        return -1;
+    }
+    unsigned seen = http_headers_seen(&req->headers, HTTP_H_IF_MATCH);
+    if (!seen)
+        return 0;
+    const char *value = http_request_header(req, HTTP_H_IF_MATCH), *err = NULL;
+    struct http_if_match m;
+    if (seen > 1)
+        err = "send one If-Match field, its entity tags separated by commas";
+    else if (strlen(value) > HTTP_IF_MATCH_BYTES_MAX)
+        err = "longer than " RESOURCE_STR(HTTP_IF_MATCH_BYTES_MAX) " bytes";
+    else if (http_if_match_parse(value, &m, &err) == 0 && !m.any) {
+        tags_literal(&m, buf, TAGS_LITERAL_MAX);
+        *tags = buf;
+    }
+    if (err) {
+        reply_error(req, 400, "invalid_header", "If-Match: %s", err);
+        return -1;
+    }
+    return 0;
 }
 
 void resource_op_item_write(const struct resource_op *o)
 {
     const struct resource *res = o->res;
+    char buf[TAGS_LITERAL_MAX], id[ID_TEXT_MAX];
+    const char *tags;
+    if (preconditions_read(o->req, buf, &tags) < 0)
+        return;
     if (o->req->method == HTTP_DELETE) {
         struct resource_op_state *s = state_new(o, OP_WRITE, 204);
-        if (s) {
+        const char *params[] = { id, tags };
+        id_text(o->id, id, sizeof(id));
+        if (s && tags) {
+            s->sql = res->sql_delete_if;
+            s->params = params;
+            s->nparams = 2;
+            state_step(s, STEP_WRITE_DB); /* the pool copies the parameters (or params_keep does) */
+        } else if (s) {
             s->sql = res->sql_delete;
             state_step(s, STEP_WRITE_DB);
         }
     } else if (o->req->method == HTTP_PUT) {
-        write_body(o, res->sql_replace, NULL, true, 200);
+        write_body(o, tags ? res->sql_replace_if : res->sql_replace, NULL, true, 200, tags);
     } else {
-        write_body(o, res->sql_patch, NULL, false, 200);
+        write_body(o, tags ? res->sql_patch_if : res->sql_patch, NULL, false, 200, tags);
     }
 }

@@ -24,6 +24,7 @@ static const struct hand_route hand_routes[] = {
     { HTTP_GET, "/", handle_root },
     { HTTP_GET, "/healthz", handle_healthz },
     { HTTP_GET, "/readyz", handle_readyz },
+    { HTTP_GET, "/openapi.yaml", handle_openapi },
 };
 #define NHAND ((int)(sizeof(hand_routes) / sizeof(hand_routes[0])))
 

@@ -14,6 +14,7 @@
 #define HTTP_HEADER_TABLE(X)                                            \
     X(CONTENT_TYPE, "Content-Type", 127)                                \
     X(IF_NONE_MATCH, "If-None-Match", 127)                              \
+    X(IF_MATCH, "If-Match", 512) /* see etag.h */                       \
     X(X_REQUEST_ID, "X-Request-Id", HTTP_REQUEST_ID_MAX)                \
     X(HOST, "Host", 255) /* for allowed_hosts */                        \
     X(EXPECT, "Expect", 31)                                             \

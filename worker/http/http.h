@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "worker/http/etag.h"
 #include "worker/http/headers.h"
 
 struct event_base;

@@ -1,7 +1,6 @@
 /* response: the answer on the wire (status line, headers, body), the status table, the ETag and its
  * 304, the access log line of each request, and the 503 that refuses a connection outright. */
 #include <errno.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -95,22 +94,24 @@ static void request_account(struct http_conn *c, size_t len)
         c->srv->observer(c->srv->observer_arg, r, e.duration_us);
 }
 
-/* A strong validator computed from the body itself (FNV-1a, 64 bits): the same bytes give the same tag
- * whether they came from Redis or PostgreSQL; every row carries its version, so an update changes it. */
+/* A strong validator computed from the body itself (MD5, etag.c): the same bytes give the same tag
+ * whether they came from Redis or PostgreSQL; every row carries its version, so an update changes it; and
+ * PostgreSQL's md5() of a row's JSON gives it too, which is how a write checks If-Match in its own
+ * statement. A PUT or PATCH answers the row as written: its tag is the one the next If-Match sends. */
 static void etag_apply(struct http_request *req, int *status, const char *body, size_t len)
 {
-    if (*status != 200 || len == 0 || (req->method != HTTP_GET && !req->head_method))
+    bool read = req->method == HTTP_GET || req->head_method;
+    bool written = req->method == HTTP_PUT || req->method == HTTP_PATCH;
+    if (*status != 200 || len == 0 || !(read || written))
         return;
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)body[i];
-        h *= 1099511628211ULL;
-    }
-    char tag[24];
-    snprintf(tag, sizeof(tag), "\"%016" PRIx64 "\"", h);
+    char tag[HTTP_ETAG_HEX + 3];
+    tag[0] = '"';
+    http_etag_md5(body, len, tag + 1);
+    tag[HTTP_ETAG_HEX + 1] = '"';
+    tag[HTTP_ETAG_HEX + 2] = '\0';
     http_header_add(req, "ETag", tag);
     const char *inm = http_request_header(req, HTTP_H_IF_NONE_MATCH);
-    if (strcmp(inm, "*") == 0 || strstr(inm, tag)) /* a list, W/ weak forms included */
+    if (read && (strcmp(inm, "*") == 0 || strstr(inm, tag))) /* a list, W/ weak forms included */
         *status = 304;
 }
 

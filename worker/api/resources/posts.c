@@ -22,7 +22,7 @@ const struct resource resource_posts = {
     .nfields = 2,
     .read_only = POST_READ_ONLY,
     RESOURCE_SQL_STATEMENTS("posts", "p", POST_JSON, ", p.user_id", "title = $2, content = $3",
-                            "title = COALESCE($2, p.title), content = COALESCE($3, p.content)"),
+                            "title = COALESCE($2, p.title), content = COALESCE($3, p.content)", "$4"),
     RESOURCE_SQL_DELETE("posts", "p", POST_JSON, ", p.user_id"),
     /* the foreign key's violation (no such user) is a 404 that names the user */
     .sql_create =

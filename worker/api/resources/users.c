@@ -20,6 +20,14 @@ static const char SQL_USER_GET_POSTS[] =
         " ORDER BY p.id LIMIT $2::bigint + 1",
         "$2::bigint", "$3::bigint") ") x) e WHERE u.id = $1";
 
+/* A deletion's third column: the post ids user_delete() names, or NULL when more than the cache drops one by
+ * one. */
+#define USER_DELETE_POSTS \
+    "CASE WHEN cardinality(d.post_ids) <= " RESOURCE_STR(CACHE_CHANGE_IDS_MAX) " THEN d.post_ids::text END"
+
+/* A conditional deletion's test ($2: If-Match's tags) */
+#define USER_MATCHES RESOURCE_SQL_IF_MATCH("u", USER_JSON, "$2")
+
 /* the limits mirror the schema's CHECKs */
 static const struct resource_field USER_FIELDS[] = {
     { .name = "name", .min = 1, .max = 200 },
@@ -36,7 +44,7 @@ const struct resource resource_users = {
     .nfields = 2,
     .read_only = USER_READ_ONLY,
     RESOURCE_SQL_STATEMENTS("users", "u", USER_JSON, "", "name = $2, email = $3",
-                            "name = COALESCE($2, u.name), email = COALESCE($3, u.email)"),
+                            "name = COALESCE($2, u.name), email = COALESCE($3, u.email)", "$4"),
     .sql_create =
         "INSERT INTO users AS u (name, email) VALUES ($1, $2) RETURNING " RESOURCE_SQL_ROW("u", USER_JSON),
     .sql_create_many =
@@ -44,8 +52,14 @@ const struct resource resource_users = {
     /* user_delete() (migration 0004) locks the user, deletes its posts (posts.user_id ON DELETE
      * CASCADE would too, unnamed) and names them: (id, no body: the answer is 204, the post ids, or
      * NULL when more than the cache drops one by one) */
-    .sql_delete = "SELECT d.id, '{}'::text, CASE WHEN cardinality(d.post_ids) <= " RESOURCE_STR(
-        CACHE_CHANGE_IDS_MAX) " THEN d.post_ids::text END FROM user_delete($1) d",
+    .sql_delete = "SELECT d.id, '{}'::text, " USER_DELETE_POSTS " FROM user_delete($1) d",
+    /* under If-Match ($2): the user is locked only if it matches (its newest version is tested again
+     * when a write came first), and only a locked user is deleted; one that exists unlocked is the 412's
+     * row (NULL json), none at all the 404 */
+    .sql_delete_if = "WITH c AS MATERIALIZED (SELECT u.id FROM users u WHERE u.id = $1 AND " USER_MATCHES
+                     " FOR UPDATE) SELECT d.id, '{}'::text, " USER_DELETE_POSTS " FROM c, user_delete(c.id) d"
+                     " UNION ALL SELECT u.id, NULL, NULL FROM users u WHERE u.id = $1 AND NOT EXISTS"
+                     " (SELECT 1 FROM c)",
     .cascade_names = &resource_posts,
     .embed = { .child = &resource_posts, .sql_get = SQL_USER_GET_POSTS },
 };
