@@ -694,9 +694,9 @@ def test_a_purge_record_of_another_primary_makes_one_purge_for_the_one_now(serve
     until_hit(s, f"/users/{u['id']}")
     epoch = epoch_of(s, schema.redis_port)
     with closing(schema.rw()) as conn, conn.cursor() as cur:
-        cur.execute("UPDATE pgapi_cache_purge SET primary_id = '1/00000001'")
+        cur.execute("UPDATE pgapi_cache_purge SET primary_id = '1/00000001' RETURNING gen")
+        gen = cur.fetchone()[0]
         conn.commit()
-    gen = record()[0]
     s.wait_for(lambda: record()[1] == actual_primary(), 10, "the purge recorded for the primary now")
     assert record()[0] == gen + 1, f"expected one purge for the whole server, got {record()[0] - gen}"
     s.wait_for(lambda: "recorded for a new primary" in s.log_text(), 5, "the purge logged")

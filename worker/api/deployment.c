@@ -25,11 +25,14 @@ static const char SQL_PURGE_READ_0005[] = "SELECT gen::text, lsn::text, '' FROM 
 #define PRIMARY_ID_SQL                                                     \
     "(SELECT system_identifier FROM pg_control_system())::text || '/' || " \
     "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
-/* Once per new primary for the whole deployment: the workers that race here update one row once. */
+/* Once per new primary for the whole deployment: the workers that race here update one row once. The
+ * first primary ever named (the record fresh from migration 0006) only gets its name: there is no
+ * former one whose data a cache could hold. Returns the gen, the primary named and the one before. */
 static const char SQL_PURGE_PRIMARY[] =
-    "UPDATE pgapi_cache_purge SET gen = gen + 1, lsn = greatest(lsn, pg_current_wal_lsn()), primary_id "
-    "= " PRIMARY_ID_SQL " WHERE primary_id IS DISTINCT FROM " PRIMARY_ID_SQL
-    " RETURNING gen::text, primary_id";
+    "WITH old AS (SELECT primary_id AS was FROM pgapi_cache_purge FOR UPDATE) "
+    "UPDATE pgapi_cache_purge SET gen = gen + (old.was <> '')::int, lsn = CASE WHEN old.was = '' THEN lsn "
+    "ELSE greatest(lsn, pg_current_wal_lsn()) END, primary_id = " PRIMARY_ID_SQL " FROM old WHERE "
+    "primary_id IS DISTINCT FROM " PRIMARY_ID_SQL " RETURNING gen::text, primary_id, old.was";
 /* Sent after the write committed: the primary's position then is past its commit (known or not). */
 static const char SQL_PURGE_RECORD[] = "UPDATE pgapi_cache_purge SET gen = gen + 1, lsn = greatest(lsn, "
                                        "pg_current_wal_lsn()) RETURNING gen::text, lsn::text";
@@ -146,12 +149,15 @@ static void primary_purge_recorded(void *arg, const struct pool_result *r)
 {
     struct deployment *d = arg;
     d->primary_purge_inflight = false;
-    if (r->status == POOL_OK && PQntuples(r->res) == 1)
-        log_warn(
-            "deployment: purge %s recorded for a new primary (%s): every server drops what it cached from "
-            "the former one",
-            PQgetvalue(r->res, 0, 0), PQgetvalue(r->res, 0, 1));
     /* no row: another worker recorded it first; an error: the next purge read tries again */
+    if (r->status != POOL_OK || PQntuples(r->res) != 1 || PQnfields(r->res) != 3)
+        return;
+    if (PQgetvalue(r->res, 0, 2)[0])
+        log_warn("deployment: purge %s recorded for a new primary (%s, was %s): every server drops what it "
+                 "cached from the former one",
+                 PQgetvalue(r->res, 0, 0), PQgetvalue(r->res, 0, 1), PQgetvalue(r->res, 0, 2));
+    else
+        log_info("deployment: the purge record names its first primary (%s)", PQgetvalue(r->res, 0, 1));
 }
 
 /* The purge record names another primary than the one this worker's health check sees: record the
