@@ -93,16 +93,7 @@ case $CMD in
         [[ $# -le 1 ]] || usage
         DIR_ARG=${1:-}
         ;;
-    down)
-        while [[ $# -gt 0 ]]; do
-            case $1 in
-                --purge) PURGE=1 ;;
-                -*) usage ;;
-                *) [[ -z $DIR_ARG ]] || usage; DIR_ARG=$1 ;;
-            esac
-            shift
-        done
-        ;;
+    down) down_args "$@" ;;
     patronictl)
         if [[ $# -gt 0 && $1 != -* ]]; then DIR_ARG=$1; shift; fi
         if [[ $# -gt 0 && $1 == -- ]]; then shift; fi

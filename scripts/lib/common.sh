@@ -384,3 +384,15 @@ stop_bouncer() {
     fi
     rm -f -- "$BOUNCER_PID"
 }
+
+# `down [--purge] [DIR]`'s arguments: sets PURGE and DIR_ARG; anything else is the caller's usage().
+down_args() {
+    while [[ $# -gt 0 ]]; do
+        case $1 in
+            --purge) PURGE=1 ;;
+            -*) usage ;;
+            *) [[ -z $DIR_ARG ]] || usage; DIR_ARG=$1 ;;
+        esac
+        shift
+    done
+}

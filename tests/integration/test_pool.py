@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import os
 import socket
+import subprocess
 from contextlib import closing
 import time
 import uuid
@@ -82,8 +83,8 @@ def test_read_your_writes_with_replay_paused(api, schema):
     assert ro >= 30, f"expected reads back on the replica after resume, got {ro} replica-side queries"
 
 
-def test_replica_down_reads_fall_back_to_primary(make_topology, tmp_path):
-    import subprocess
+def migrated_own_topology(make_topology):
+    """A topology of the test's own at base + 20, up and migrated."""
     from lib.pgapi_fixtures import migrate_env
     from lib.pgapi_server import BINARY, REPO_ROOT
     topo = make_topology(20)
@@ -91,6 +92,11 @@ def test_replica_down_reads_fall_back_to_primary(make_topology, tmp_path):
     p = subprocess.run([BINARY, "migrate", "up"], env=migrate_env(topo), cwd=REPO_ROOT, capture_output=True,
                        text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert p.returncode == 0, p.stderr
+    return topo
+
+
+def test_replica_down_reads_fall_back_to_primary(make_topology, tmp_path):
+    topo = migrated_own_topology(make_topology)
     s = PgapiServer(str(tmp_path), topology=topo, workers=1,
                     overrides={"redis": {"enabled": "off"}, "database": {"health_interval": "200ms"}})
     s.start()
@@ -473,14 +479,7 @@ def test_a_read_the_primary_address_sends_to_a_standby_is_not_served(make_topolo
     sends to the primary waits for no fence (it is taken as the newest data), so it must not be served
     there. Here pgapi_rw is re-pointed at the replica (RELOAD) while the replica's replay is paused and
     lacks the row: served, the read would be a 404 for an acknowledged create."""
-    import subprocess
-    from lib.pgapi_fixtures import migrate_env
-    from lib.pgapi_server import BINARY, REPO_ROOT
-    topo = make_topology(20)
-    topo.up()
-    p = subprocess.run([BINARY, "migrate", "up"], env=migrate_env(topo), cwd=REPO_ROOT, capture_output=True,
-                       text=True, stdin=subprocess.DEVNULL, timeout=120)
-    assert p.returncode == 0, p.stderr
+    topo = migrated_own_topology(make_topology)
     s = PgapiServer(str(tmp_path), topology=topo, workers=1,
                     overrides={"redis": {"enabled": "off"},
                                "database": {"health_interval": "60s", "queue_timeout": "1s"}})
