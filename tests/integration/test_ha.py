@@ -32,7 +32,7 @@ import pytest
 import redis as redis_lib
 
 from lib.builders import create_user
-from lib.cluster import cache_back, converge, phantom_creates, wait_every_worker
+from lib.cluster import assert_history_checkable, cache_back, converge, phantom_creates, wait_every_worker
 from lib.consistency import Client, Load, Schedule, final_versions, lsn_int, seed_of_run
 from lib.ha import NODES, ha_module, kill9
 from lib.history import check, check_final, failed_requests, unavailability
@@ -290,7 +290,8 @@ class HaRun:
             f"expected no read to contradict an acknowledged write, got:\n{result.report(20)}\n{detail}"
         assert not lost, (f"expected the primary to hold exactly what clients were told, got {len(lost)} "
                           f"problem(s):\n" + "\n".join(lost[:20]) + f"\n{detail}")
-        assert_not_vacuous(result, detail)
+        assert_history_checkable(result, detail, MIN_READS, MIN_ACKED_UPDATES, MIN_VERSIONED_AFTER_ACK,
+                                 MIN_MUST_EXIST)
         looks, settle_s = converge(dep, keys, hot_users=load.keys.hot_users)
         # a row written after the run: the load's hot rows may be fenced "primary only" for the fence TTL
         # (a write whose commit LSN was lost in the fault), which no value can be filled past
@@ -345,19 +346,6 @@ def primary_only_fences(dep):
                 if r.get(k) == b"F" * 16}
     return {"count": len(ttls), "max_ttl_s": round(max(ttls.values(), default=0) / 1000, 1),
             "some": {k: round(ttls[k] / 1000, 1) for k in sorted(ttls)[:6]}}
-
-
-def assert_not_vacuous(result, detail):
-    s = result.summary
-    ch = s["checkable"]
-    acked_updates = s["writes_by_kind"].get("update:acked", 0)
-    assert s["reads"] >= MIN_READS, f"expected at least {MIN_READS} reads, got {s['reads']}\n{detail}"
-    assert acked_updates >= MIN_ACKED_UPDATES, \
-        f"expected at least {MIN_ACKED_UPDATES} acknowledged updates, got {acked_updates}\n{detail}"
-    assert ch.get("versioned_after_ack", 0) >= MIN_VERSIONED_AFTER_ACK and \
-        ch.get("must_exist", 0) >= MIN_MUST_EXIST, \
-        (f"expected enough reads each check could catch (>= {MIN_VERSIONED_AFTER_ACK} versioned after an "
-         f"acknowledgement, >= {MIN_MUST_EXIST} must-exist), got {ch}\n{detail}")
 
 
 # -- where reads go --------------------------------------------------------------------------------------
