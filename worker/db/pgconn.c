@@ -563,8 +563,12 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
             break;
         }
         c->be->pool->stats[c->be->side].timeouts++;
-        if (c->job)
-            c->job->retries = 1; /* a read that timed out is not tried again */
+        /* The server's own statement_timeout answers a slow statement with an error; no answer at all past
+         * this bound means the link or server is broken (a replica stopped behind PgBouncer, which holds
+         * the query while it cannot log in). A replica's read is then tried once elsewhere, like one whose
+         * connection broke; on the primary a retry would meet the same server, so it is not. */
+        if (c->job && c->be->side == POOL_PRIMARY)
+            c->job->retries = 1;
         pgconn_reset(c, "statement_timeout passed without an answer");
         break;
     case PGC_IDLE:

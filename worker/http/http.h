@@ -25,6 +25,7 @@ typedef void (*http_gone_fn)(void *arg);
 
 #define HTTP_TRACEPARENT_LEN 55 /* "00-" 32 hex "-" 16 hex "-" 2 hex: W3C Trace Context, version 00 */
 #define HTTP_TRACE_ID_LEN 32
+#define HTTP_SUBJECT_MAX 128 /* the longest authenticated subject (a token's `sub`) kept for a request */
 
 /* Where a request's time went, for its Server-Timing header: added up by the handler side as each step
  * ends (microseconds). */
@@ -51,6 +52,9 @@ struct http_request {
     char traceparent[HTTP_TRACEPARENT_LEN + 1];
     char trace_id[HTTP_TRACE_ID_LEN + 1]; /* its trace id, for the logs */
     bool tracestate;                      /* the client's tracestate is valid and passed on */
+    /* The authenticated caller (a verified token's `sub`, made safe for logs), "" when anonymous: the
+     * rate limiter's key and the access log's subject. */
+    char subject[HTTP_SUBJECT_MAX + 1];
     struct http_timing timing;
     char *body; /* NUL-terminated copy of the body (may be empty) */
     size_t body_len;
