@@ -19,7 +19,7 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 DOCS      := README.md $(wildcard docs/*.md docs/*.yaml) conf/prometheus-rules.yml
 
 CC        ?= cc
-PKGS      := libevent libpq hiredis json-c inih
+PKGS      := libevent libpq hiredis json-c inih libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser
 WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2
@@ -39,7 +39,8 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=build/asan/tests/%)
 # target links the request path (HTTP, router, handlers, body and query checks) with a fake database.
 FUZZ_CC   ?= clang-14
 FUZZ_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1 -g
-FUZZ_SRCS := common/clock.c common/config.c common/consistency.c common/log.c common/shm.c common/utf8.c \
+FUZZ_SRCS := common/clock.c common/config.c common/consistency.c common/jwt.c common/log.c common/shm.c \
+             common/utf8.c \
              $(wildcard worker/http/*.c worker/api/*.c worker/api/*/*.c) worker/cache/local_cache.c \
              worker/db/dbreply.c worker/db/id_list.c worker/db/lsn_text.c tests/fuzz/fake_db.c \
              tests/fuzz/fuzz_request.c

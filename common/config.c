@@ -14,6 +14,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
+#include "common/jwt.h"
+
 enum key_type {
     KT_INT,
     KT_MS,
@@ -141,6 +145,29 @@ static const struct config_key config_keys[] = {
     { "metrics", "listen", KT_LISTEN, OFF(metrics_listen), 0, 0, "127.0.0.1:3001",
       "address:port serving GET /metrics (Prometheus text format, every worker's series with a worker "
       "label); keep it off the public interface; \"off\" disables it" },
+    { "auth", "mode", KT_STR, OFF(auth_mode_text), 0, 0, "off",
+      "off: no authentication (allowed on a loopback listen address only, unless allow_anonymous = on); "
+      "required: every API route needs a valid JWT bearer token with its scope" },
+    { "auth", "allow_anonymous", KT_BOOL, OFF(auth_allow_anonymous), 0, 0, "off",
+      "on: mode = off is accepted on a non-loopback listen address (anyone who reaches the port may read "
+      "and write everything)" },
+    { "auth", "hs256_secret_file", KT_STR, OFF(auth_secret_file), 0, 0, "",
+      "file holding the HS256 secret (32 to 512 bytes; one trailing line end is dropped; not readable by "
+      "others); or set " CONFIG_AUTH_SECRET_ENV " in the environment instead; read at start and reload" },
+    { "auth", "public_key_file", KT_STR, OFF(auth_public_key_file), 0, 0, "",
+      "PEM public key (-----BEGIN PUBLIC KEY-----): RSA of 2048 bits or more verifies RS256, EC P-256 "
+      "ES256; read at start and reload" },
+    { "auth", "jwks_file", KT_STR, OFF(auth_jwks_file), 0, 0, "",
+      "JWKS file ({\"keys\":[...]}, RSA and EC P-256 signing keys chosen by kid); read at start and "
+      "reload (a bad one at a reload keeps the old keys)" },
+    { "auth", "audience", KT_STR, OFF(auth_audience), 0, 0, "",
+      "when set, a token's aud (a string or an array) must hold it" },
+    { "auth", "issuer", KT_STR, OFF(auth_issuer), 0, 0, "", "when set, a token's iss must equal it" },
+    { "auth", "leeway", KT_SEC, OFF(auth_leeway_s), 0, 300000, "30s",
+      "clock skew allowed on exp and nbf (at most 5m)" },
+    { "auth", "scope_claim", KT_STR, OFF(auth_scope_claim), 0, 0, "scope",
+      "the claim holding the token's scopes: a space-separated string or a JSON array of strings; routes "
+      "need read (GET), write (POST, PUT, PATCH, DELETE of a post) or admin (DELETE of a user)" },
     { "log", "level", KT_LEVEL, OFF(log_level), 0, 0, "info", "error, warn, info or debug" },
     { "log", "format", KT_FORMAT, OFF(log_format), 0, 0, "text", "text or json (one JSON object a line)" },
     { "log", "access", KT_BOOL, OFF(access_log), 0, 0, "on", "one line per request" },
@@ -549,9 +576,49 @@ static int cors_origins_check(const char *list, char *err, size_t errlen)
     return 0;
 }
 
+/* Whether host (a listen address) is loopback: 127.0.0.0/8, ::1 or "localhost". */
+static bool host_loopback(const char *host)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (strcmp(host, "localhost") == 0)
+        return true;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+/* mode = off on an address others reach serves every row to anyone: only with allow_anonymous = on. */
+static int auth_mode_check(struct config *cfg, char *err, size_t errlen)
+{
+    if (strcmp(cfg->auth_mode_text, "required") == 0)
+        cfg->auth_required = true;
+    else if (strcmp(cfg->auth_mode_text, "off") == 0)
+        cfg->auth_required = false;
+    else {
+        snprintf(err, errlen, "[auth] mode: \"%s\" is not off or required", cfg->auth_mode_text);
+        return -1;
+    }
+    if (!cfg->auth_required && !cfg->auth_allow_anonymous && !host_loopback(cfg->listen.host)) {
+        snprintf(
+            err, errlen,
+            "[auth] mode = off on the non-loopback address %s: anyone who reaches it could read and write "
+            "everything; set [auth] mode = required (with a key), or allow_anonymous = on to accept that",
+            cfg->listen.host);
+        return -1;
+    }
+    if (!cfg->auth_scope_claim[0]) {
+        snprintf(err, errlen, "[auth] scope_claim must not be empty");
+        return -1;
+    }
+    return 0;
+}
+
 static int config_validate(struct config *cfg, char *err, size_t errlen)
 {
     if (cors_origins_check(cfg->cors_origins, err, errlen) < 0)
+        return -1;
+    if (auth_mode_check(cfg, err, errlen) < 0)
         return -1;
     if (cfg->workers == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -637,6 +704,113 @@ static int redis_password_load(struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* A whole key file into out (cap bytes, NUL-terminated); its length, or -1. Refused when it is not a
+ * regular file, longer than cap - 1 bytes, or (secret) readable or writable by others. */
+static long auth_file_read(const char *what, const char *path, char *out, size_t cap, bool secret, char *err,
+                           size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    struct stat st;
+    long n = -1;
+    if (!f) {
+        snprintf(err, errlen, "[auth] %s %s: cannot open: %s", what, path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode))
+        snprintf(err, errlen, "[auth] %s %s: not a regular file", what, path);
+    else if (secret && (st.st_mode & (S_IROTH | S_IWOTH)))
+        snprintf(err, errlen, "[auth] %s %s: mode %04o lets other users read or write it (chmod o-rwx)", what,
+                 path, (unsigned)(st.st_mode & 07777));
+    else if (st.st_size >= (off_t)cap)
+        snprintf(err, errlen, "[auth] %s %s: longer than %zu bytes", what, path, cap - 1);
+    else {
+        size_t got = fread(out, 1, cap - 1, f);
+        if (ferror(f))
+            snprintf(err, errlen, "[auth] %s %s: cannot read: %s", what, path, strerror(errno));
+        else
+            n = (long)got;
+    }
+    if (n >= 0)
+        out[n] = '\0';
+    fclose(f);
+    return n;
+}
+
+/* The HS256 secret from the environment or hs256_secret_file (one trailing line end dropped: editors add
+ * one), never from the ini itself. */
+static int auth_secret_load(struct config *cfg, char *err, size_t errlen)
+{
+    const char *env = getenv(CONFIG_AUTH_SECRET_ENV);
+    char buf[CONFIG_AUTH_SECRET_MAX + 2];
+    long n = 0;
+    if (env && cfg->auth_secret_file[0]) {
+        snprintf(err, errlen, "both %s and [auth] hs256_secret_file are set: keep one",
+                 CONFIG_AUTH_SECRET_ENV);
+        return -1;
+    }
+    if (env) {
+        n = (long)strlen(env);
+        if (n > CONFIG_AUTH_SECRET_MAX) {
+            snprintf(err, errlen, "environment %s: longer than %d bytes", CONFIG_AUTH_SECRET_ENV,
+                     CONFIG_AUTH_SECRET_MAX);
+            return -1;
+        }
+        memcpy(buf, env, (size_t)n);
+    } else if (cfg->auth_secret_file[0]) {
+        n = auth_file_read("hs256_secret_file", cfg->auth_secret_file, buf, sizeof(buf), true, err, errlen);
+        if (n < 0)
+            return -1;
+        if (n > 0 && buf[n - 1] == '\n')
+            n--;
+        if (n > 0 && buf[n - 1] == '\r')
+            n--;
+        if (n > CONFIG_AUTH_SECRET_MAX) {
+            snprintf(err, errlen, "[auth] hs256_secret_file %s: longer than %d bytes", cfg->auth_secret_file,
+                     CONFIG_AUTH_SECRET_MAX);
+            return -1;
+        }
+    }
+    memcpy(cfg->auth_secret, buf, (size_t)n);
+    cfg->auth_secret_len = (size_t)n;
+    OPENSSL_cleanse(buf, sizeof(buf));
+    return 0;
+}
+
+/* Reads the key material and checks it with the verifier's own loader (common/jwt): what a generation's
+ * workers load is what was checked here. With mode = required at least one key must be set. */
+static int auth_keys_load(struct config *cfg, char *err, size_t errlen)
+{
+    char why[CONFIG_ERR_MAX - 64];
+    cfg->auth_public_key[0] = cfg->auth_jwks[0] = '\0';
+    if (auth_secret_load(cfg, err, errlen) < 0)
+        return -1;
+    if (cfg->auth_public_key_file[0] &&
+        auth_file_read("public_key_file", cfg->auth_public_key_file, cfg->auth_public_key,
+                       sizeof(cfg->auth_public_key), false, err, errlen) < 0)
+        return -1;
+    if (cfg->auth_jwks_file[0] && auth_file_read("jwks_file", cfg->auth_jwks_file, cfg->auth_jwks,
+                                                 sizeof(cfg->auth_jwks), false, err, errlen) < 0)
+        return -1;
+    if (!cfg->auth_required && !cfg->auth_secret_len && !cfg->auth_public_key[0] && !cfg->auth_jwks[0])
+        return 0;
+    struct jwt_keys *keys = config_auth_keys(cfg, why, sizeof(why));
+    if (!keys) {
+        snprintf(err, errlen, "[auth] %s", why);
+        return -1;
+    }
+    jwt_keys_free(keys);
+    return 0;
+}
+
+struct jwt_keys *config_auth_keys(const struct config *cfg, char *err, size_t errlen)
+{
+    struct jwt_key_source src = { .secret = cfg->auth_secret,
+                                  .secret_len = cfg->auth_secret_len,
+                                  .pem = cfg->auth_public_key,
+                                  .jwks = cfg->auth_jwks };
+    return jwt_keys_load(&src, err, errlen);
+}
+
 int config_load(struct config *out, const char *path, char *err, size_t errlen)
 {
     struct config *cfg = malloc(sizeof(*cfg));
@@ -656,11 +830,12 @@ int config_load(struct config *out, const char *path, char *err, size_t errlen)
             goto done;
     }
     if (env_apply(cfg, err, errlen) < 0 || redis_password_load(cfg, err, errlen) < 0 ||
-        config_validate(cfg, err, errlen) < 0)
+        config_validate(cfg, err, errlen) < 0 || auth_keys_load(cfg, err, errlen) < 0)
         goto done;
     *out = *cfg;
     rc = 0;
 done:
+    OPENSSL_cleanse(cfg, sizeof(*cfg)); /* the secrets of a refused configuration too */
     free(cfg);
     return rc;
 }
@@ -707,6 +882,19 @@ static void dsn_print_masked(FILE *f, const char *name, const char *dsn)
     PQconninfoFree(opts);
 }
 
+/* [auth] as --check-config shows it: where the keys come from, never the secret itself. */
+static void auth_print(const struct config *c, FILE *f)
+{
+    fprintf(f,
+            "\n[auth]\nmode = %s\nallow_anonymous = %s\nhs256_secret_file = %s\npublic_key_file = %s\n"
+            "jwks_file = %s\naudience = %s\nissuer = %s\nleeway = %ds\nscope_claim = %s\n",
+            c->auth_mode_text, c->auth_allow_anonymous ? "on" : "off", c->auth_secret_file,
+            c->auth_public_key_file, c->auth_jwks_file, c->auth_audience, c->auth_issuer, c->auth_leeway_s,
+            c->auth_scope_claim);
+    if (c->auth_secret_len && !c->auth_secret_file[0])
+        fprintf(f, "# the HS256 secret comes from %s (not shown)\n", CONFIG_AUTH_SECRET_ENV);
+}
+
 void config_print(const struct config *c, FILE *f)
 {
     static const char *lv[] = { "error", "warn", "info", "debug" };
@@ -743,6 +931,7 @@ void config_print(const struct config *c, FILE *f)
             c->local_cache_bytes, c->cache_max_value_bytes, c->cache_list_pages,
             c->deployment_fences ? "on" : "off", metrics_addr, lv[c->log_level],
             c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off");
+    auth_print(c, f);
 }
 
 void config_print_keys(FILE *f)

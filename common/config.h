@@ -16,6 +16,11 @@
 #define CONFIG_ORIGIN_MAX 255 /* one origin of [server] cors_origins */
 /* The environment variable holding the Redis password (the other way is [redis] password_file). */
 #define CONFIG_REDIS_PASSWORD_ENV "PGAPI_REDIS_PASSWORD"
+/* The environment variable holding the HS256 secret (the other way is [auth] hs256_secret_file). */
+#define CONFIG_AUTH_SECRET_ENV "PGAPI_AUTH_HS256_SECRET"
+#define CONFIG_AUTH_SECRET_MAX 512 /* common/jwt.h's JWT_SECRET_MAX */
+#define CONFIG_AUTH_PEM_MAX 8192   /* JWT_PEM_MAX */
+#define CONFIG_AUTH_JWKS_MAX 16384 /* JWT_JWKS_MAX */
 
 /* An address:port to listen on; port 0 = off (only where the key allows it). */
 struct config_addr {
@@ -77,6 +82,24 @@ struct config {
     bool deployment_fences;       /* fences shared through Redis by every server (off: tests only) */
     /* [metrics] */
     struct config_addr metrics_listen; /* GET /metrics (Prometheus text); port 0 = off */
+    /* [auth] */
+    char auth_mode_text[16]; /* "off" or "required" as written */
+    bool auth_required;      /* not a key: mode = required */
+    bool auth_allow_anonymous;
+    char auth_secret_file[256];
+    char auth_public_key_file[256];
+    char auth_jwks_file[256];
+    char auth_audience[256];
+    char auth_issuer[256];
+    int auth_leeway_s;
+    char auth_scope_claim[64];
+    /* Not keys: the key material itself, read (and checked by common/jwt) when the configuration loads,
+     * so that a generation's workers verify with exactly what was checked, and a bad file at a reload
+     * keeps the old generation and its keys. The secret is never printed. */
+    unsigned char auth_secret[CONFIG_AUTH_SECRET_MAX];
+    size_t auth_secret_len;
+    char auth_public_key[CONFIG_AUTH_PEM_MAX + 1];
+    char auth_jwks[CONFIG_AUTH_JWKS_MAX + 1];
     /* [log] */
     enum log_level log_level;
     enum log_format log_format;
@@ -86,6 +109,12 @@ struct config {
 /* Loads defaults, then `path` (NULL: defaults only), then the environment. On failure returns -1 and
  * writes "file:line: reason" into err. The result is complete and validated or untouched. */
 int config_load(struct config *out, const char *path, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* The key set of cfg's [auth] key material (common/jwt.h), NULL with the reason in err when there is none
+ * or it is malformed (config_load has checked it: a loaded configuration's keys load). */
+struct jwt_keys;
+struct jwt_keys *config_auth_keys(const struct config *cfg, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
 /* Writes every key with its effective value (secrets masked) in ini form: the --help/--check-config text. */

@@ -228,12 +228,13 @@ void log_access(const struct access_entry *e)
     const char *cache = e->cache ? e->cache : "-";
     const char *client = e->client ? e->client : "-";
     const char *trace = e->trace_id && e->trace_id[0] ? e->trace_id : "-"; /* hex digits only */
+    const char *sub = e->subject && e->subject[0] ? e->subject : "-";
     if (log_state.format == LOGF_JSON) {
         n = prefix_json(buf, sizeof(buf), LOGL_INFO);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\"msg\":\"access\",\"method\":\"");
         n = json_escape_into(buf, n, sizeof(buf) - 200, e->method);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\",\"path\":\"");
-        n = json_escape_into(buf, n, sizeof(buf) - 200, e->path);
+        n = json_escape_into(buf, n, sizeof(buf) - 400, e->path);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\",\"request_id\":\"");
         n = json_escape_into(buf, n, sizeof(buf) - 150, rid);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n,
@@ -241,18 +242,22 @@ void log_access(const struct access_entry *e)
                               "\"cache\":\"%s\",\"client\":\"",
                               trace, e->status, (unsigned long long)e->duration_us,
                               (unsigned long long)e->bytes, cache);
-        n = json_escape_into(buf, n, sizeof(buf) - 3, client);
+        n = json_escape_into(buf, n, sizeof(buf) - 150, client);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\",\"sub\":\"");
+        n = json_escape_into(buf, n, sizeof(buf) - 3, sub);
         buf[n++] = '"';
         buf[n++] = '}';
     } else {
         n = prefix_text(buf, sizeof(buf), LOGL_INFO);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s ", e->method);
-        n = escape_into(buf, n, sizeof(buf) - 200, e->path, 512, false);
+        n = escape_into(buf, n, sizeof(buf) - 400, e->path, 512, false);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, " %d %.3fms %llub cache=%s rid=", e->status,
                               (double)e->duration_us / 1000.0, (unsigned long long)e->bytes, cache);
         n = escape_into(buf, n, sizeof(buf) - 100, rid, 64, false);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, " trace=%.32s client=", trace);
-        n = escape_into(buf, n, sizeof(buf) - 2, client, 64, false);
+        n = escape_into(buf, n, sizeof(buf) - 140, client, 64, false);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, " sub=");
+        n = escape_into(buf, n, sizeof(buf) - 2, sub, 128, false);
     }
     line_emit(buf, n, sizeof(buf));
 }

@@ -42,6 +42,7 @@ struct metrics_counters {
     metrics_counter connections_refused;
     metrics_counter client_connections_refused; /* at max_connections_per_client */
     metrics_counter slow_readers_closed;        /* closed past max_unsent_bytes */
+    metrics_counter auth[8];                    /* bearer token checks, by enum auth_result */
 };
 
 /* Per (generation parity, slot): what one process last published; the master clears it when that

@@ -10,6 +10,7 @@
 
 #include "common/log.h"
 #include "common/metrics.h"
+#include "worker/api/auth.h"
 #include "worker/api/router.h"
 #include "worker/http/reply.h"
 #include "worker/telemetry.h"
@@ -354,6 +355,19 @@ static void cache_render(struct page *pg)
     SLOT_COUNTER(pg, "pgapi_http_slow_readers_closed_total", "", slow_readers_closed);
 }
 
+static void auth_render(struct page *pg)
+{
+    char labels[64];
+    family(pg, "pgapi_auth_total", "counter",
+           "Bearer token checks of API requests ([auth] mode = required), by result: ok, missing (no bearer "
+           "token), invalid, expired, insufficient_scope.");
+    for (int r = 0; r < AUTH_RESULTS; r++) {
+        snprintf(labels, sizeof(labels), "result=\"%s\"", auth_result_label((enum auth_result)r));
+        slot_counter_render(pg, "pgapi_auth_total", labels,
+                            offsetof(struct metrics_counters, auth) + (size_t)r * sizeof(metrics_counter));
+    }
+}
+
 static void process_gauges_render(struct page *pg)
 {
     static const struct {
@@ -481,6 +495,7 @@ static char *page_render(const struct metrics_page *mp, size_t *len)
     latency_render(&pg);
     pool_render(&pg);
     cache_render(&pg);
+    auth_render(&pg);
     if (fclose(pg.f) != 0) {
         free(buf);
         return NULL;

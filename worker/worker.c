@@ -19,6 +19,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "worker/api/api.h"
+#include "worker/api/auth.h"
 #include "worker/api/deployment.h"
 #include "worker/api/resource_ops.h"
 #include "worker/api/router.h"
@@ -386,6 +387,7 @@ static void worker_free(struct worker *w)
     if (w->metrics_fd >= 0)
         close(w->metrics_fd);
     http_server_free(w->http);
+    auth_free(w->api.auth); /* after the server: no request is dispatched past it */
     local_cache_free(w->local);
     struct event *evs[] = { w->accept_ev,  w->accept_retry_ev, w->sigquit_ev,
                             w->sigterm_ev, w->drain_timer_ev,  w->warmup_ev };
@@ -442,8 +444,9 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared,
                                   .generation = generation,
                                   .draining = &w.draining };
     w.api.deployment = w.pool && w.cache ? deployment_new(&w.api) : NULL;
-    if (!w.http || !w.pool || !w.cache || !w.api.deployment) {
-        log_error("cannot set up the HTTP server, the database pool or the cache client");
+    w.api.auth = auth_new(cfg, w.metrics ? w.metrics->slot[slot].auth : NULL, slot == 0);
+    if (!w.http || !w.pool || !w.cache || !w.api.deployment || !w.api.auth) {
+        log_error("cannot set up the HTTP server, the database pool, the cache client or the token keys");
         goto done;
     }
     struct telemetry_sources sources = { .http = w.http,

@@ -57,7 +57,7 @@ static void test_units_and_lists(void **state)
     int rc = load(&c,
                   "[server]\nlisten = 0.0.0.0:8080\nworkers = 3\nkeepalive_timeout = 250ms\n"
                   "max_body_bytes = 2m\n[database]\nreplica = host=a\nreplica = host=b\n"
-                  "[redis]\nttl = 2m\n[log]\nformat = json\nlevel = debug\n",
+                  "[redis]\nttl = 2m\n[log]\nformat = json\nlevel = debug\n[auth]\nallow_anonymous = on\n",
                   err, sizeof(err));
     assert_int_equal(rc, 0);
     assert_int_equal(c.listen.port, 8080);
@@ -69,6 +69,42 @@ static void test_units_and_lists(void **state)
     assert_int_equal(c.cache_ttl_s, 120);
     assert_int_equal(c.log_format, LOGF_JSON);
     assert_int_equal(c.log_level, LOGL_DEBUG);
+}
+
+/* [auth] mode = off is only for loopback listeners, unless allow_anonymous says so; required needs a key. */
+static void test_auth_mode_and_listen(void **state)
+{
+    (void)state;
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "";
+    assert_int_equal(load(&c, "[server]\nlisten = 0.0.0.0:8080\n", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "[auth] mode = off on the non-loopback address 0.0.0.0"));
+    assert_int_equal(load(&c, "[server]\nlisten = 127.0.0.2:8080\n", err, sizeof(err)), 0);
+    assert_false(c.auth_required);
+    assert_int_equal(
+        load(&c, "[server]\nlisten = 0.0.0.0:8080\n[auth]\nallow_anonymous = on\n", err, sizeof(err)), 0);
+    assert_int_equal(load(&c, "[auth]\nmode = required\n", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "no key"));
+    assert_int_equal(load(&c, "[auth]\nmode = sometimes\n", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "is not off or required"));
+    setenv("PGAPI_AUTH_HS256_SECRET", "short", 1);
+    assert_int_equal(load(&c, "[auth]\nmode = required\n", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "HS256 secret of 5 bytes"));
+    setenv("PGAPI_AUTH_HS256_SECRET", "0123456789abcdef0123456789abcdef", 1);
+    assert_int_equal(load(&c, "[server]\nlisten = 0.0.0.0:8080\n[auth]\nmode = required\n", err, sizeof(err)),
+                     0);
+    assert_true(c.auth_required);
+    assert_int_equal(c.auth_secret_len, 32);
+    assert_int_equal(c.auth_leeway_s, 30);
+    char *out = NULL;
+    size_t outlen = 0;
+    FILE *f = open_memstream(&out, &outlen);
+    config_print(&c, f);
+    fclose(f);
+    assert_null(strstr(out, "0123456789abcdef")); /* the secret is never printed */
+    assert_non_null(strstr(out, "mode = required"));
+    free(out);
+    unsetenv("PGAPI_AUTH_HS256_SECRET");
 }
 
 static void test_unknown_key_names_file_and_line(void **state)
@@ -277,6 +313,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_units_and_lists),
+        cmocka_unit_test(test_auth_mode_and_listen),
         cmocka_unit_test(test_unknown_key_names_file_and_line),
         cmocka_unit_test(test_bad_values_rejected),
         cmocka_unit_test(test_env_overrides_file),

@@ -31,6 +31,7 @@ static const struct resource resource_comments = {
     RESOURCE_SQL_STATEMENTS("comments", "c", COMMENT_JSON, ", c.post_id", "text = $2",
                             "text = COALESCE($2, c.text)", "$3"),
     RESOURCE_SQL_DELETE("comments", "c", COMMENT_JSON, ", c.post_id"),
+    .scopes = { .read = RESOURCE_SCOPE_READ, .write = RESOURCE_SCOPE_WRITE, .remove = RESOURCE_SCOPE_WRITE },
 };
 RESOURCE_REGISTER(resource_comments);
 

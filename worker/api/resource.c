@@ -48,6 +48,10 @@ bool resource_registry_check(void)
                       r->name);
             return false;
         }
+        if (!r->scopes.read || !r->scopes.write || !r->scopes.remove) { /* [auth] needs one per route */
+            log_error("resource %s: a scope (scopes.read, scopes.write, scopes.remove) is missing", r->name);
+            return false;
+        }
     }
     return true;
 }

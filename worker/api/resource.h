@@ -26,6 +26,20 @@ struct resource_embed {
     const char *sql_get;
 };
 
+/* The scopes a bearer token may hold ([auth] mode = required; worker/api/auth.c names them "read",
+ * "write", "admin"). A route needs exactly one; holding "admin" does not imply the others. */
+enum resource_scope {
+    RESOURCE_SCOPE_READ = 1u << 0,
+    RESOURCE_SCOPE_WRITE = 1u << 1,
+    RESOURCE_SCOPE_ADMIN = 1u << 2,
+};
+
+/* The scope each kind of request on a resource needs: its GETs, its writes (POST, PUT, PATCH) and its
+ * DELETE, which may ask for more than the other writes (deleting a user takes all its posts). */
+struct resource_scopes {
+    unsigned read, write, remove;
+};
+
 /* Every statement returns the columns (id, json text), then, for a resource with a parent, the parent's
  * id (so a write's invalidation never reads it out of the JSON), then for sql_delete of a resource that
  * names its cascade, the ids the cascade removed (see cascade_names). */
@@ -63,7 +77,8 @@ struct resource {
      * more than the cache drops one by one). The rows of any other child (or grandchild) a deletion
      * cascades to cannot be named: all of them count as changed. */
     const struct resource *cascade_names;
-    struct resource_embed embed; /* child NULL: no ?include= */
+    struct resource_embed embed;   /* child NULL: no ?include= */
+    struct resource_scopes scopes; /* every one set: the registry refuses a declaration without them */
 };
 
 /* Registers a declaration (one line at the end of its file): a pointer to it goes into the linker

@@ -10,6 +10,8 @@
 
 #include "common/consistency.h"
 #include "common/metrics.h"
+#include "worker/api/api.h"
+#include "worker/api/auth.h"
 #include "worker/api/handlers.h"
 #include "worker/api/resource.h"
 #include "worker/http/reply.h"
@@ -217,6 +219,14 @@ void router_find(int method, const char *path, struct router_match *m)
     }
 }
 
+/* The scope a standard route needs, from its resource's declaration. */
+static unsigned kind_scope(const struct resource *r, enum route_kind kind)
+{
+    if (kind_methods[kind] == HTTP_GET)
+        return r->scopes.read;
+    return kind == ROUTE_DELETE ? r->scopes.remove : r->scopes.write;
+}
+
 void router_dispatch(struct http_request *req)
 {
     struct api_context *api = req->ctx;
@@ -227,9 +237,11 @@ void router_dispatch(struct http_request *req)
     router_find(req->method, req->path, &m);
     if (m.index >= 0) {
         req->route = m.index;
+        /* The hand-written routes (/, /healthz, /readyz, /openapi.yaml) need no token: probes and
+         * scrapers have none, and they show no row. Every standard route needs its scope. */
         if (m.fn)
             m.fn(api, req, &m.args);
-        else
+        else if (auth_allow(api->auth, req, kind_scope(m.res, m.kind)))
             handle_resource(api, req, m.res, m.kind, &m.args);
         return;
     }

@@ -6,6 +6,9 @@
 #include <stddef.h>
 
 #define HTTP_REQUEST_ID_MAX 64
+/* "Bearer " and a token of up to 4096 bytes (common/jwt.h's JWT_TOKEN_MAX), and one byte more: a value
+ * that fills the buffer was longer, and is refused rather than verified cut. */
+#define HTTP_AUTHORIZATION_MAX (7 + 4096 + 1)
 
 /* X(ID, name, limit): HTTP_H_ID names the header `name` (matched without regard to case, at most
  * HTTP_HEADER_NAME_MAX - 1 bytes); its value is kept up to `limit` bytes and cut there (no value we use
@@ -21,7 +24,8 @@
     X(PGAPI_LSN, "Pgapi-Lsn", 31)     /* a consistency token */         \
     X(ORIGIN, "Origin", 256)          /* CORS: 256 = longer than any */ \
     X(TRACEPARENT, "traceparent", 56) /* W3C: 55 for version 00 */      \
-    X(TRACESTATE, "tracestate", 513)  /* W3C: at most 512 */
+    X(TRACESTATE, "tracestate", 513)  /* W3C: at most 512 */            \
+    X(AUTHORIZATION, "Authorization", HTTP_AUTHORIZATION_MAX)
 
 #define HTTP_HEADER_NAME_MAX 32 /* longer field names are none of the table's */
 

@@ -88,6 +88,7 @@ static void request_account(struct http_conn *c, size_t len)
         .duration_us = r->start_us ? clock_now_us() - r->start_us : 0,
         .bytes = len,
         .client = c->peer,
+        .subject = r->subject,
     };
     log_access(&e);
     if (c->srv->observer)

@@ -35,5 +35,6 @@ const struct resource resource_posts = {
         "SELECT p.id, " POST_JSON "::text AS body FROM posts p WHERE p.user_id = u.id"
         " AND p.id > $2 ORDER BY p.id LIMIT $3::bigint + 1",
         "$3::bigint", "$4::bigint") ") x ON true WHERE u.id = $1 ORDER BY x.id",
+    .scopes = { .read = RESOURCE_SCOPE_READ, .write = RESOURCE_SCOPE_WRITE, .remove = RESOURCE_SCOPE_WRITE },
 };
 RESOURCE_REGISTER(resource_posts);

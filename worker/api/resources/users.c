@@ -62,5 +62,7 @@ const struct resource resource_users = {
                      " (SELECT 1 FROM c)",
     .cascade_names = &resource_posts,
     .embed = { .child = &resource_posts, .sql_get = SQL_USER_GET_POSTS },
+    /* deleting a user deletes every post of it: more than any other write, hence admin */
+    .scopes = { .read = RESOURCE_SCOPE_READ, .write = RESOURCE_SCOPE_WRITE, .remove = RESOURCE_SCOPE_ADMIN },
 };
 RESOURCE_REGISTER(resource_users);
