@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -22,6 +23,7 @@
 #include "common/log.h"
 #include "tests/fuzz/fake_db.h"
 #include "worker/api/api.h"
+#include "worker/api/auth.h"
 #include "worker/api/resource.h"
 #include "worker/api/router.h"
 #include "worker/cache/local_cache.h"
@@ -32,9 +34,12 @@
 #define FUZZ_TIMEOUTS 0x04     /* the client never closes its side: the server's timers end it */
 #define FUZZ_SMALL_BUF 0x08    /* the smallest socket buffers: short reads and writes, EAGAIN */
 #define FUZZ_DRAIN 0x10        /* the worker starts a graceful stop between the two sends */
-#define FUZZ_LOG_JSON 0x20     /* log lines (access lines included) as JSON, else as text */
+#define FUZZ_LOG_JSON 0x20     /* log lines as JSON, else as text; and [auth] mode = required (FUZZ_SECRET) */
 #define FUZZ_SMALL_LIMITS 0x40 /* small max_header_bytes and max_body_bytes: limits within short inputs */
 #define FUZZ_ABORT 0x80        /* the client closes at once after sending, unread responses and all */
+
+/* The HS256 secret of FUZZ_LOG_JSON runs (corpus/auth-*: tokens signed with it, exp in 2100) */
+#define FUZZ_SECRET "fuzz-hs256-secret-0123456789abcdef"
 
 #define TURNS_MAX 100000 /* loop turns one input may take: more is a connection that never ends */
 #define SETTLE_TURNS 8   /* turns between the two sends, so the server sees the first part alone */
@@ -164,6 +169,11 @@ static int config_make(struct config *cfg, unsigned flags)
     }
     if (flags & FUZZ_SMALL_BUF)
         cfg->max_unsent_bytes = 1; /* any write that would block closes: the slow-reader path */
+    if (flags & FUZZ_LOG_JSON) {   /* the token check before every standard route */
+        cfg->auth_required = true;
+        cfg->auth_secret_len = sizeof(FUZZ_SECRET) - 1;
+        memcpy(cfg->auth_secret, FUZZ_SECRET, cfg->auth_secret_len);
+    }
     log_configure(LOGL_DEBUG, flags & FUZZ_LOG_JSON ? LOGF_JSON : LOGF_TEXT, true);
     return 0;
 }
@@ -189,8 +199,9 @@ static int run_setup(struct fuzz_run *r, unsigned flags)
                                      .consistency = r->w.fences,
                                      .generation = 1,
                                      .draining = &r->w.draining };
+    r->w.api.auth = auth_new(&r->cfg, NULL, false);
     r->w.http = http_server_new(r->w.base, &r->cfg, router_dispatch, &r->w.api);
-    if (!r->w.pool || !r->w.http)
+    if (!r->w.pool || !r->w.http || !r->w.api.auth)
         return -1;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
         return -1;
@@ -208,6 +219,7 @@ static void run_teardown(struct fuzz_run *r)
     if (r->client >= 0)
         close(r->client);
     http_server_free(r->w.http);
+    auth_free(r->w.api.auth);
     pool_free(r->w.pool);
     local_cache_free(r->w.local);
     consistency_destroy(r->w.fences);
