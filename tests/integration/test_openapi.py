@@ -2,7 +2,9 @@
 valid request, then the invalid ones its parameters and body schema describe); every status must be one
 the operation documents, every documented status but 503 must be seen, and JSON bodies must have the
 documented required properties and types. Every route the server has (`pgapi routes`: the router's,
-generated from the resource declarations) is documented, and the document has no operation it lacks."""
+generated from the resource declarations) is documented, and the document has no operation it lacks.
+The 401 and 403 of the operations with `security` are seen on a second server that requires bearer tokens,
+with tokens lacking the operation's `x-scopes` and holding only them."""
 
 import json
 import os
@@ -10,15 +12,22 @@ import re
 import subprocess
 import uuid
 
+import time
+
+import jwt
 import pytest
 import yaml
 
 from lib.builders import create_post, create_user
+from lib.pgapi_fixtures import module_server
 from lib.pgapi_server import BINARY, REPO_ROOT
 
 DOC_PATH = os.path.join(REPO_ROOT, "docs", "openapi.yaml")
 METHODS = ("get", "put", "post", "delete", "patch")
 UNTRIGGERABLE = {"503"}  # a healthy topology never answers it on purpose
+AUTH_STATUSES = {"401", "403"}  # seen by test_security_answers_as_documented, on a server requiring tokens
+SCOPES = ("read", "write", "admin")
+SECRET = "openapi-test-hs256-secret-0123456789abcdef"
 
 with open(DOC_PATH) as f:
     DOC = yaml.safe_load(f)
@@ -269,7 +278,7 @@ def test_operation_answers_as_documented(api, path, method):
         r = call("valid request", fx.url(path) + q, valid, ctype)
         assert 200 <= r.status < 300, f"{method.upper()} {fx.url(path)}{q}: expected success, got {r}"
     documented = {c for c in op["responses"] if c != "default"}
-    unseen = documented - seen - UNTRIGGERABLE
+    unseen = documented - seen - UNTRIGGERABLE - AUTH_STATUSES
     assert not unseen, f"{method.upper()} {path}: documented statuses never produced: {sorted(unseen)} (saw {sorted(seen)})"
 
 
@@ -326,3 +335,58 @@ def test_served_document_is_the_file(api):
     assert again.status == 304 and again.body == b"" and again.headers.get("etag") == tag, again
     head = api.request("HEAD", "/openapi.yaml")
     assert head.status == 200 and head.body == b"" and head.headers.get("content-length") == str(len(on_disk)), head
+
+
+# ---- bearer tokens ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def authed(schema, tmp_path_factory):
+    """A server with [auth] mode = required and an HS256 secret."""
+    secret = tmp_path_factory.mktemp("oa-keys") / "secret"
+    secret.write_text(SECRET)
+    secret.chmod(0o600)
+    yield from module_server(tmp_path_factory, "oa-auth", schema,
+                             {"auth": {"mode": "required", "hs256_secret_file": str(secret)},
+                              "redis": {"enabled": "off"}, "database": {"health_interval": "200ms"}})
+
+
+def token(scopes):
+    return jwt.encode({"sub": "openapi", "exp": int(time.time()) + 600, "scope": " ".join(scopes)}, SECRET,
+                      algorithm="HS256")
+
+
+class Bearer:
+    """The server as a client holding a token sees it (for Fixtures and lib.builders)."""
+
+    def __init__(self, s, scopes):
+        self.s, self.auth = s, {"Authorization": f"Bearer {token(scopes)}"}
+
+    def request(self, method, path, body=None, headers=None, **kw):
+        return self.s.request(method, path, body=body, headers={**(headers or {}), **self.auth}, **kw)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+
+@pytest.mark.parametrize("path,method", operations())
+def test_security_answers_as_documented(authed, path, method):
+    op = DOC["paths"][path][method]
+    fx = Fixtures(Bearer(authed, SCOPES))
+    schema = body_schema(op)
+    body = json.dumps(example_body(schema)).encode() if schema is not None else None
+    headers = {"Content-Type": "application/json"} if schema is not None else {}
+    if "security" not in op:  # open: no token needed
+        r = authed.request(method.upper(), fx.url(path), body=body, headers=headers)
+        assert r.status == 200, f"{method.upper()} {path} is documented open but answered {r}"
+        return
+    need = op.get("x-scopes")
+    assert op["security"] == [{"bearerAuth": []}] and need and set(need) <= set(SCOPES), (path, method, op)
+    seen = set()
+    for what, client, extra in (("no token", authed, {}), ("bad token", authed, {"Authorization": "Bearer x.y.z"}),
+                                ("without " + need[0], Bearer(authed, [s for s in SCOPES if s not in need]), {})):
+        r = client.request(method.upper(), fx.url(path), body=body, headers={**headers, **extra})
+        seen.add(check_response(op, f"{method.upper()} {path} ({what})", r))
+    assert seen == AUTH_STATUSES, f"{method.upper()} {path}: expected 401 and 403, saw {sorted(seen)}"
+    r = Bearer(authed, need).request(method.upper(), fx.url(path), body=body, headers=headers)
+    check_response(op, f"{method.upper()} {path} (with {need})", r)
+    assert 200 <= r.status < 300, f"{method.upper()} {path} with a token holding {need}: expected success, got {r}"
