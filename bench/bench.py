@@ -7,6 +7,9 @@ Input: a JSON file (argv[1]) written by run.sh:
   {"targets": {"pgapi": {"port": P, "pid": PID}, ...}, "reset": [argv...], "facts": {...}}
 """
 import atexit
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -30,6 +33,10 @@ SCENARIOS = [
                                 "nginx": ("/", None)}),
     ("user_cached", "GET /users/:id random, cached",
      {t: ("/", "user_random.lua") for t in ("pgapi",) + PEERS}),
+    # the same reads with an HS256 bearer token (the same one every request: the worker's verified-token
+    # cache), against a server with [auth] mode = required beside the open one (issue 18: <= 10% cost)
+    ("user_cached_auth", "GET /users/:id random, cached, HS256 token",
+     {"pgapi_auth": ("/", "user_random_auth.lua")}),
     ("user_nocache", "GET /users/:id random, cache off",
      {"pgapi_nocache": ("/", "user_random.lua"), "peer_nocache": ("/", "user_random.lua"),
       "peer_cluster_nocache": ("/", "user_random.lua")}),
@@ -76,9 +83,21 @@ def wrk_script(script):
     return path
 
 
+TOKEN = {}  # "token": the HS256 bearer token of pgapi_auth, made once from run.sh's secret file
+
+
+def hs256_token(secret):
+    """A JWT with every scope, valid for a day, signed with secret (bytes)."""
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(
+        {"sub": "bench", "exp": int(time.time()) + 86400, "scope": "read write admin"}).encode())
+    return signing + "." + b64(hmac.new(secret, signing.encode(), hashlib.sha256).digest())
+
+
 def wrk_run(port, path, script, target, duration):
     method = WRITE_METHOD.get(target, "PATCH" if target.startswith("so_") else "PUT")
-    env = dict(os.environ, BENCH_WRITE_METHOD=method)
+    env = dict(os.environ, BENCH_WRITE_METHOD=method, BENCH_TOKEN=TOKEN.get("token", ""))
     cmd = ["wrk", "-t2", f"-c{CONN}", f"-d{duration}", "--latency", "-s", wrk_script(script),
            f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600).stdout
@@ -286,7 +305,7 @@ def rss_line(label, snapshots, pid):
 
 
 def ours(name):
-    return "pgapi_nocache" if name.endswith("nocache") else "pgapi"
+    return "pgapi_nocache" if name.endswith("nocache") else "pgapi_auth" if name.endswith("_auth") else "pgapi"
 
 
 def peer_of(name, base):
@@ -347,6 +366,10 @@ def targets(rounds, snapshots, cfg):
             continue
         r = rps(name, ours(name)) / rps(name, peer_of(name, "peer"))
         out.append(check(r >= want, f"{name}: {r:.1f}x the peer (target {want}x)"))
+    if rps("user_cached_auth", "pgapi_auth") and rps("user_cached", "pgapi"):
+        r = rps("user_cached_auth", "pgapi_auth") / rps("user_cached", "pgapi")
+        out.append(check(r >= 0.9, f"cached GET /users/:id with an HS256 token: {r:.2f}x the same reads without "
+                         "(target >= 0.90x: authentication costs at most 10%)"))
     p99 = median(rounds, ("user_cached", "pgapi"), "p99") or 0
     out.append(check(p99 < 5, f"cached GET /users/:id p99 {p99:.2f} ms at {CONN} connections (target < 5 ms)"))
     if rps("hello", "nginx"):
@@ -563,6 +586,9 @@ def write_results(cfg, rounds, snapshots):
 def main():
     with open(sys.argv[1]) as f:
         cfg = json.load(f)
+    if cfg.get("auth_secret_file") and os.path.exists(cfg["auth_secret_file"]):
+        with open(cfg["auth_secret_file"], "rb") as f:
+            TOKEN["token"] = hs256_token(f.read().strip())
     rounds, snapshots = [], []
     for n in range(1, ROUNDS + 1):
         r, rss = run_round(cfg, n)

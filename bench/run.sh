@@ -27,7 +27,7 @@ STATE=$(mktemp -d /tmp/pgapi-bench-XXXXXX)
 chmod 755 "$STATE"
 export PGAPI_PRIMARY_PORT=$BASE PGAPI_REPLICA_PORT=$((BASE + 1)) PGAPI_BOUNCER_PORT=$((BASE + 2)) \
        PGAPI_REDIS_PORT=$((BASE + 3))
-declare -A PORT=([pgapi]=$((BASE + 10)) [pgapi_nocache]=$((BASE + 11)) [peer]=$((BASE + 20))
+declare -A PORT=([pgapi]=$((BASE + 10)) [pgapi_nocache]=$((BASE + 11)) [pgapi_auth]=$((BASE + 15)) [peer]=$((BASE + 20))
                  [peer_nocache]=$((BASE + 21)) [peer_cluster]=$((BASE + 22)) [peer_cluster_nocache]=$((BASE + 23))
                  [nginx]=$((BASE + 30)))
 BASELINE=${BENCH_BASELINE:-}
@@ -44,7 +44,7 @@ if [ -n "$BASELINE" ]; then
     PORT[pgapi_baseline_nocache]=$((BASE + 14))
 fi
 if [ "$SCALEOUT" = only ]; then # the single-server scenarios' targets are not started at all
-    unset 'PORT[pgapi]' 'PORT[pgapi_nocache]' 'PORT[pgapi_baseline]' 'PORT[pgapi_baseline_nocache]'
+    unset 'PORT[pgapi]' 'PORT[pgapi_nocache]' 'PORT[pgapi_auth]' 'PORT[pgapi_baseline]' 'PORT[pgapi_baseline_nocache]'
 fi
 declare -A PID=()
 CLUSTERS=()
@@ -127,6 +127,12 @@ if [ "$SCALEOUT" != only ]; then
         build/pgapi
     start pgapi_nocache env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_nocache]}" PGAPI_METRICS_LISTEN=off \
         PGAPI_REDIS_ENABLED=off build/pgapi
+    # the same server with [auth] mode = required: bench.py signs one HS256 token with this secret (a file:
+    # the secret is never on a command line) and sends it with every request of user_cached_auth
+    head -c 48 /dev/urandom | base64 -w0 >"$STATE/jwt.secret"
+    chmod 600 "$STATE/jwt.secret"
+    start pgapi_auth env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_auth]}" PGAPI_METRICS_LISTEN=off \
+        PGAPI_AUTH_MODE=required PGAPI_AUTH_HS256_SECRET_FILE="$STATE/jwt.secret" build/pgapi
     WORKERS=$(pgrep -c -P "${PID[pgapi]}")
 fi
 if [ -n "$BASELINE" ] && [ "$SCALEOUT" != only ]; then # its own Redis namespace: neither serves the other's entries
@@ -225,6 +231,7 @@ done
 ver() { "$@" 2>&1 | head -1; }
 cat >"$STATE/bench.json" <<EOF
 {"targets": {$targets}, "reset": ["$ROOT/bench/reset.sh", "$STATE"], "workers": $WORKERS,
+ "auth_secret_file": "$STATE/jwt.secret",
  "scaleout": {"mode": "$SCALEOUT", "servers": $SO_SERVERS, "workers": $SO_WORKERS, "roles": {$SO_ROLES},
   "redis_port": $PGAPI_REDIS_PORT, "secrets": "$STATE/secrets.env",
   "haproxy": "$(haproxy -v 2>/dev/null | head -1 | awk '{print $3}')"},
