@@ -91,7 +91,8 @@ def test_text_access_log_escapes_line_breaks_and_names_the_client(server):
     assert len(forged) == 1 and f"GET {FORGING_ESCAPED} 404 " in forged[0], forged
     for rid in ("forge-1", "plain-1"):
         line = access_lines_of(s, f"rid={rid}")[0]
-        assert line.endswith(" client=127.0.0.1"), f"expected the client address on the access line: {line!r}"
+        assert line.endswith(" client=127.0.0.1 sub=-"), \
+            f"expected the client address (and sub=- : no token) on the access line: {line!r}"
 
 
 def test_json_access_log_escapes_line_breaks_the_same_way(server):
