@@ -118,6 +118,7 @@ static void conn_free(struct http_conn *c)
     evbuffer_free(c->out);
     free(c->url);
     free(c->req.body);
+    http_headers_release(&c->req.headers);
     free(c);
 }
 

@@ -1,6 +1,8 @@
 /* headers: the table of request headers pgapi reads (HTTP_HEADER_TABLE), and where their values go. */
 #include "worker/http/headers.h"
 
+#include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -33,14 +35,24 @@ int http_headers_lookup(const char *name, size_t len)
     return -1;
 }
 
+static bool on_heap(enum http_header_id id)
+{
+    return header_table[id].cap > HTTP_HEADER_INLINE_MAX + 1;
+}
+
+/* NULL for a heap-held value not allocated (none came, or no memory: it then reads as absent) */
 static char *value_buffer(struct http_headers *h, enum http_header_id id)
 {
-    return (char *)h + header_table[id].offset;
+    return on_heap(id) ? h->heap[id] : (char *)h + header_table[id].offset;
 }
 
 void http_headers_value_begin(struct http_headers *h, enum http_header_id id)
 {
-    value_buffer(h, id)[0] = '\0';
+    if (on_heap(id) && !h->heap[id])
+        h->heap[id] = malloc(header_table[id].cap);
+    char *dst = value_buffer(h, id);
+    if (dst)
+        dst[0] = '\0';
     if (h->seen[id] < 255)
         h->seen[id]++;
 }
@@ -48,6 +60,8 @@ void http_headers_value_begin(struct http_headers *h, enum http_header_id id)
 void http_headers_value_append(struct http_headers *h, enum http_header_id id, const char *at, size_t len)
 {
     char *dst = value_buffer(h, id);
+    if (!dst)
+        return;
     size_t cap = header_table[id].cap, cur = strlen(dst);
     if (cur + len >= cap)
         len = cap - 1 - cur; /* longer values are cut: none we use is that long */
@@ -57,7 +71,17 @@ void http_headers_value_append(struct http_headers *h, enum http_header_id id, c
 
 const char *http_headers_value(const struct http_headers *h, enum http_header_id id)
 {
+    if (on_heap(id))
+        return h->heap[id] ? h->heap[id] : "";
     return (const char *)h + header_table[id].offset;
+}
+
+void http_headers_release(struct http_headers *h)
+{
+    for (int id = 0; id < HTTP_H_COUNT; id++) {
+        free(h->heap[id]);
+        h->heap[id] = NULL;
+    }
 }
 
 unsigned http_headers_seen(const struct http_headers *h, enum http_header_id id)

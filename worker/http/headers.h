@@ -13,7 +13,9 @@
 /* X(ID, name, limit): HTTP_H_ID names the header `name` (matched without regard to case, at most
  * HTTP_HEADER_NAME_MAX - 1 bytes); its value is kept up to `limit` bytes and cut there (no value we use
  * is that long). A repeated header keeps its last value; how often it came is counted (Host must come
- * once). Adding a header is one line here. */
+ * once). Adding a header is one line here. A value whose limit is over HTTP_HEADER_INLINE_MAX (a bearer
+ * token) is kept on the heap, only while its request lasts: every connection holds a struct http_headers,
+ * and thousands of idle ones must not each hold 4 KB for a header most requests never send. */
 #define HTTP_HEADER_TABLE(X)                                            \
     X(CONTENT_TYPE, "Content-Type", 127)                                \
     X(IF_NONE_MATCH, "If-None-Match", 127)                              \
@@ -27,7 +29,8 @@
     X(TRACESTATE, "tracestate", 513)  /* W3C: at most 512 */            \
     X(AUTHORIZATION, "Authorization", HTTP_AUTHORIZATION_MAX)
 
-#define HTTP_HEADER_NAME_MAX 32 /* longer field names are none of the table's */
+#define HTTP_HEADER_NAME_MAX 32     /* longer field names are none of the table's */
+#define HTTP_HEADER_INLINE_MAX 1024 /* values with a larger limit live on the heap (see above) */
 
 enum http_header_id {
 #define HTTP_HEADER_ENUM(id, name, limit) HTTP_H_##id,
@@ -39,9 +42,10 @@ enum http_header_id {
 /* The values of one request's headers: a NUL-terminated buffer of limit + 1 bytes per header, "" when
  * absent, and how many times each came. */
 struct http_headers {
-#define HTTP_HEADER_VALUE(id, name, limit) char id[(limit) + 1];
+#define HTTP_HEADER_VALUE(id, name, limit) char id[(limit) > HTTP_HEADER_INLINE_MAX ? 1 : (limit) + 1];
     HTTP_HEADER_TABLE(HTTP_HEADER_VALUE)
 #undef HTTP_HEADER_VALUE
+    char *heap[HTTP_H_COUNT];         /* the values over HTTP_HEADER_INLINE_MAX; NULL until one comes */
     unsigned char seen[HTTP_H_COUNT]; /* saturates at 255: only "more than once" matters */
 };
 
@@ -55,5 +59,7 @@ void http_headers_value_append(struct http_headers *h, enum http_header_id id, c
 const char *http_headers_value(const struct http_headers *h, enum http_header_id id);
 /* How many field lines of the header came (up to 255). */
 unsigned http_headers_seen(const struct http_headers *h, enum http_header_id id);
+/* Frees the heap-held values (before the struct is reset or freed); they read "" again. */
+void http_headers_release(struct http_headers *h);
 
 #endif

@@ -19,6 +19,7 @@
 void http_request_reset(struct http_conn *c)
 {
     char *body = c->req.body;
+    http_headers_release(&c->req.headers); /* a bearer token is not kept past its request */
     c->req = (struct http_request){ .conn = c, .ctx = c->srv->ctx, .body = body, .route = -1 };
     /* An idle connection keeps only small buffers: one large request each must not pin max_body_bytes
      * (and a long URL) on every one of max_connections kept-alive connections. */
