@@ -892,7 +892,7 @@ static void auth_print(const struct config *c, FILE *f)
             c->auth_public_key_file, c->auth_jwks_file, c->auth_audience, c->auth_issuer, c->auth_leeway_s,
             c->auth_scope_claim);
     if (c->auth_secret_len && !c->auth_secret_file[0])
-        fprintf(f, "# the HS256 secret comes from %s (not shown)\n", CONFIG_AUTH_SECRET_ENV);
+        fprintf(f, "; the HS256 secret comes from %s (not shown)\n", CONFIG_AUTH_SECRET_ENV);
 }
 
 void config_print(const struct config *c, FILE *f)
