@@ -11,6 +11,7 @@
 #      BENCH_PEERS=0: no Node.js peer and no nginx (pgapi alone, or against its baseline: a shorter run),
 #      BENCH_RESULTS: where the report goes (bench/RESULTS.md; a run with BENCH_PEERS=0 should not
 #      overwrite it: bench/BEFORE-AFTER.md, say),
+#      BENCH_ONLY=user_cached_auth,...: only these scenarios of bench.py (a quick look; not for RESULTS.md),
 #      BENCH_SCALEOUT: 1 (default) adds the scale-out scenarios, 0 leaves them out, "only" runs them
 #      alone (no peers, no single-server scenarios) and replaces just their section of the report.
 # Scale-out (scripts/cluster.sh): BENCH_SCALEOUT_SERVERS (3) servers of BENCH_SCALEOUT_WORKERS (1)
