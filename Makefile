@@ -134,7 +134,7 @@ SUBST := sed 's|@BINDIR@|$(BINDIR)|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g; s|@SHAREDI
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SHAREDIR)/migrations $(DESTDIR)$(SYSCONFDIR)/$(NAME) \
 	           $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSUSERSDIR) \
-	           $(DESTDIR)$(TMPFILESDIR)
+	           $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSCONFDIR)/logrotate.d
 	install -m 755 build/$(NAME) $(DESTDIR)$(BINDIR)/$(NAME)
 	install -m 644 migrations/*.sql $(DESTDIR)$(SHAREDIR)/migrations/
 	install -m 640 conf/$(NAME).ini $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example
@@ -147,6 +147,7 @@ install: all
 	gzip -9n < docs/$(NAME).8 > $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz
 	chmod 644 $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz
 	install -m 644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	install -m 644 conf/$(NAME).logrotate $(DESTDIR)$(SYSCONFDIR)/logrotate.d/$(NAME)
 	install -m 644 systemd/$(NAME).sysusers $(DESTDIR)$(SYSUSERSDIR)/$(NAME).conf
 	$(SUBST) systemd/$(NAME).tmpfiles.in > $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf
 	chmod 644 $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf
@@ -159,7 +160,7 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/$(NAME) $(DESTDIR)$(UNITDIR)/$(NAME).service \
 	      $(DESTDIR)$(SYSUSERSDIR)/$(NAME).conf $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf \
 	      $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz \
-	      $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example
+	      $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example $(DESTDIR)$(SYSCONFDIR)/logrotate.d/$(NAME)
 	rm -f $(addprefix $(DESTDIR)$(SHAREDIR)/migrations/,$(notdir $(wildcard migrations/*.sql))) \
 	      $(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(DOCS)))
 	rmdir $(DESTDIR)$(SHAREDIR)/migrations $(DESTDIR)$(SHAREDIR) $(DESTDIR)$(DOCDIR) \

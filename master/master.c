@@ -166,6 +166,7 @@ static void child_become_worker(struct master *m, int slot)
     close(m->sig_fd);
     close(m->ready_rd);
     sockets_close(&m->old);
+    signal(SIGUSR1, SIG_IGN); /* until the worker's handler is in: a rotation must not kill it */
     sigprocmask(SIG_SETMASK, &m->old_mask, NULL);
     struct worker_shared shared = {
         .consistency = m->consistency, .capacity = m->capacity, .metrics = m->metrics, .clients = m->clients
@@ -237,6 +238,32 @@ static void reload_finish(struct master *m)
     notify_send("READY=1\nSTATUS=serving");
 }
 
+/* SIGUSR1 after a rotation: the master opens the log file again, then every worker does (each holds its
+ * own descriptor). */
+static void log_rotate(struct master *m)
+{
+    if (!m->cfg.log_file[0])
+        return;
+    if (log_file_reopen() < 0)
+        log_error("log file %s: cannot reopen: %s; still writing to the old one", m->cfg.log_file,
+                  strerror(errno));
+    else
+        log_info("log file %s reopened", m->cfg.log_file);
+    procs_signal(m, SIGUSR1, NULL);
+}
+
+/* A reload that names another log file: lines go there from now on; one that cannot be opened keeps the
+ * old file (stderr, when none was set), and says so. */
+static void log_file_switch(struct master *m, const char *old)
+{
+    if (!m->cfg.log_file[0] || strcmp(m->cfg.log_file, old) == 0)
+        return;
+    if (log_file_use(m->cfg.log_file) < 0) {
+        log_error("log file %s: %s; logging stays where it was", m->cfg.log_file, strerror(errno));
+        snprintf(m->cfg.log_file, sizeof(m->cfg.log_file), "%s", old);
+    }
+}
+
 static void reload_start(struct master *m)
 {
     char err[CONFIG_ERR_MAX];
@@ -255,7 +282,10 @@ static void reload_start(struct master *m)
         return;
     }
     /* A reload during a reload: the half-started generation is retired like any old one. */
+    char old_file[sizeof(m->cfg.log_file)];
+    snprintf(old_file, sizeof(old_file), "%s", m->cfg.log_file);
     m->cfg = next;
+    log_file_switch(m, old_file);
     m->generation++;
     metrics_add(&m->metrics->reloads, 1);
     metrics_publish_master(m);
@@ -381,6 +411,8 @@ static void signal_read(struct master *m)
             reload_start(m);
         else if (sig == SIGTERM || sig == SIGINT || sig == SIGQUIT)
             stop_start(m, sig);
+        else if (sig == SIGUSR1)
+            log_rotate(m);
     }
 }
 
@@ -404,7 +436,7 @@ static int master_setup(struct master *m)
 {
     sigset_t set;
     sigemptyset(&set);
-    int sigs[] = { SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD };
+    int sigs[] = { SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGUSR1 };
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         sigaddset(&set, sigs[i]);
     signal(SIGPIPE, SIG_IGN);
@@ -474,6 +506,11 @@ int master_run(const struct config *cfg, const char *config_path)
     m->generation = 1;
     m->socks = m->old = (struct worker_sockets){ -1, -1 };
     log_set_process("master", -1, m->generation);
+    if (m->cfg.log_file[0] && log_file_use(m->cfg.log_file) < 0) {
+        log_error("log file %s: %s", m->cfg.log_file, strerror(errno));
+        free(m);
+        return 1;
+    }
     if (master_setup(m) < 0) {
         sockets_close(&m->socks);
         free(m);
