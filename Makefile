@@ -16,7 +16,7 @@ SYSCONFDIR ?= /etc
 UNITDIR   ?= /lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
-DOCS      := README.md $(wildcard docs/*.md docs/*.yaml) conf/prometheus-rules.yml
+DOCS      := README.md $(wildcard docs/*.md docs/*.yaml) conf/prometheus-rules.yml conf/grafana-dashboard.json
 
 CC        ?= cc
 PKGS      := libevent libpq hiredis json-c inih
