@@ -153,11 +153,12 @@ install: all
 	chmod 644 $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf
 	$(SUBST) systemd/$(NAME).service.in > $(DESTDIR)$(UNITDIR)/$(NAME).service
 	chmod 644 $(DESTDIR)$(UNITDIR)/$(NAME).service
+	install -m 644 systemd/$(NAME).socket $(DESTDIR)$(UNITDIR)/$(NAME).socket
 
 # uninstall: what install put there, with the same variables; the configuration a user wrote
 # ($(SYSCONFDIR)/pgapi/pgapi.ini, pgpass) and the `pgapi` user are left alone.
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/$(NAME) $(DESTDIR)$(UNITDIR)/$(NAME).service \
+	rm -f $(DESTDIR)$(BINDIR)/$(NAME) $(DESTDIR)$(UNITDIR)/$(NAME).service $(DESTDIR)$(UNITDIR)/$(NAME).socket \
 	      $(DESTDIR)$(SYSUSERSDIR)/$(NAME).conf $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf \
 	      $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz \
 	      $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example $(DESTDIR)$(SYSCONFDIR)/logrotate.d/$(NAME)

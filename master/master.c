@@ -53,8 +53,9 @@ struct master {
     struct config cfg;
     const char *config_path;
     unsigned generation;
-    struct worker_sockets socks; /* the current generation's listening sockets */
-    struct worker_sockets old;   /* previous ones while their workers drain after an address change */
+    struct worker_sockets socks;   /* the current generation's listening sockets */
+    struct worker_sockets old;     /* previous ones while their workers drain after an address change */
+    struct listener_passed passed; /* systemd's sockets (socket activation): kept whatever listen says */
     int sig_fd;
     struct consistency *consistency; /* shared memory the workers write; the master only sets cache-dirty */
     struct capacity *capacity;       /* shared: which workers have room for a connection */
@@ -126,9 +127,9 @@ static bool addr_same(const struct config_addr *a, const struct config_addr *b)
 /* A socket for addr: the current one if the address is unchanged (*reused set), else a new one; -1 for
  * an address that is off. Returns -2 when a needed socket cannot be opened (logged by listener_open). */
 static int socket_for(const struct config_addr *addr, const struct config_addr *cur_addr, int cur_fd,
-                      int backlog, bool *reused)
+                      bool passed, int backlog, bool *reused)
 {
-    *reused = cur_fd >= 0 && addr_same(addr, cur_addr);
+    *reused = cur_fd >= 0 && (passed || addr_same(addr, cur_addr));
     if (*reused)
         return cur_fd;
     if (addr->port == 0)
@@ -142,11 +143,12 @@ static int socket_for(const struct config_addr *addr, const struct config_addr *
 static int sockets_prepare(struct master *m, const struct config *next)
 {
     bool keep_listen, keep_metrics;
-    int lfd = socket_for(&next->listen, &m->cfg.listen, m->socks.listen_fd, next->backlog, &keep_listen);
+    int lfd = socket_for(&next->listen, &m->cfg.listen, m->socks.listen_fd, m->passed.http_fd >= 0,
+                         next->backlog, &keep_listen);
     if (lfd == -2)
         return -1;
-    int mfd = socket_for(&next->metrics_listen, &m->cfg.metrics_listen, m->socks.metrics_fd, next->backlog,
-                         &keep_metrics);
+    int mfd = socket_for(&next->metrics_listen, &m->cfg.metrics_listen, m->socks.metrics_fd,
+                         m->passed.metrics_fd >= 0, next->backlog, &keep_metrics);
     if (mfd == -2) {
         if (!keep_listen)
             close(lfd);
@@ -156,6 +158,26 @@ static int sockets_prepare(struct master *m, const struct config *next)
     m->old = (struct worker_sockets){ keep_listen ? -1 : m->socks.listen_fd,
                                       keep_metrics ? -1 : m->socks.metrics_fd };
     m->socks = (struct worker_sockets){ lfd, mfd };
+    return 0;
+}
+
+/* Socket activation: systemd holds the listening socket across restarts and upgrades of the service, so
+ * no connection is refused while no pgapi runs; the kernel queues them. Its address is the socket
+ * unit's, whatever [server] listen says. */
+static int sockets_adopt_passed(struct master *m)
+{
+    if (listener_inherit(&m->passed) < 0)
+        return -1;
+    if (m->passed.http_fd >= 0) {
+        m->socks.listen_fd = m->passed.http_fd;
+        log_info("serving on the socket systemd passed (fd %d); [server] listen is not used",
+                 m->passed.http_fd);
+    }
+    if (m->passed.metrics_fd >= 0) {
+        m->socks.metrics_fd = m->passed.metrics_fd;
+        log_info("metrics on the socket systemd passed (fd %d); [metrics] listen is not used",
+                 m->passed.metrics_fd);
+    }
     return 0;
 }
 
@@ -459,7 +481,10 @@ static int master_setup(struct master *m)
     if (!m->consistency || !m->capacity || !m->metrics || !m->clients)
         return -1;
     metrics_publish_master(m);
-    return sockets_prepare(m, &m->cfg); /* no socket yet: opens each one the configuration asks for */
+    if (sockets_adopt_passed(m) < 0)
+        return -1;
+    return sockets_prepare(
+        m, &m->cfg); /* opens each socket the configuration asks for and systemd did not pass */
 }
 
 static void master_loop(struct master *m)
@@ -480,8 +505,11 @@ static void master_loop(struct master *m)
             respawns_run(m);
         if (!announced && !m->stopping && generation_ready(m)) {
             announced = true;
-            log_info("serving on %s:%d with %d workers", m->cfg.listen.host, m->cfg.listen.port,
-                     m->cfg.workers);
+            if (m->passed.http_fd >= 0)
+                log_info("serving on systemd's socket with %d workers", m->cfg.workers);
+            else
+                log_info("serving on %s:%d with %d workers", m->cfg.listen.host, m->cfg.listen.port,
+                         m->cfg.workers);
             notify_send("READY=1\nSTATUS=serving");
         }
         if (m->reloading && generation_ready(m))
