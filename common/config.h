@@ -102,6 +102,7 @@ struct config {
     char auth_jwks[CONFIG_AUTH_JWKS_MAX + 1];
     /* [log] */
     enum log_level log_level;
+    char log_file[256];
     enum log_format log_format;
     bool access_log;
 };

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -341,6 +342,37 @@ def test_mode_off_refused_on_a_public_address(tmp_path):
     serve = subprocess.run([BINARY, "--config", str(tmp_path / "serve.ini")], capture_output=True, text=True,
                            env=env, cwd=REPO_ROOT, timeout=30, stdin=subprocess.DEVNULL)
     assert serve.returncode == 1 and "non-loopback" in serve.stderr, serve
+
+
+# systemd's part in socket activation (as test_socket_activation.py plays it): the held socket becomes fd 3
+ACTIVATE = ('exec 3<&{fd} {fd}<&-; LISTEN_PID=$$; LISTEN_FDS=1; LISTEN_FDNAMES=http; '
+            'export LISTEN_PID LISTEN_FDS LISTEN_FDNAMES; exec "$0" "$@"')
+
+
+def test_mode_off_refused_on_a_public_socket_systemd_passed(server, keys):
+    """The socket unit's address is not [server] listen: a passed socket on 0.0.0.0 is checked too."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", 0))
+    sock.listen(16)
+    sock.set_inheritable(True)
+    try:
+        def activated(overrides):
+            s = server(workers=1, overrides=overrides, wrapper=["bash", "-c", ACTIVATE.format(fd=sock.fileno())])
+            s.pass_fds = (sock.fileno(),)
+            s.port = sock.getsockname()[1]
+            return s
+        off = activated({})
+        with open(off.log_path, "ab") as log:  # start() would wait for workers that never come
+            off.proc = subprocess.Popen(off.wrapper + [off.binary, "--config", off.ini_path], env=off.env(),
+                                        cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        pass_fds=off.pass_fds)
+        assert off.proc.wait(20) == 1, off.log_tail()
+        assert "mode = off on the non-loopback socket systemd passed" in off.log_text(), off.log_tail()
+        on = activated({"auth": {"mode": "required", "hs256_secret_file": keys.secret_file}}).start()
+        assert_401(on.get("/users?limit=1"), "missing_token")
+    finally:
+        sock.close()
 
 
 def test_secret_never_printed(tmp_path, keys):
