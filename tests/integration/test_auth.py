@@ -247,6 +247,13 @@ def test_overlong_token_is_refused(auth):
     assert_401(auth.get("/users?limit=1", headers=bearer(big)), "invalid_token", "longer than 4096")
 
 
+def test_two_authorization_headers_are_refused(auth):
+    good = hs256()
+    raw = auth.raw(f"GET /users?limit=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {good}\r\n"
+                   f"Authorization: Bearer {good}\r\nConnection: close\r\n\r\n".encode())
+    assert raw.startswith(b"HTTP/1.1 401 ") and b"more than one Authorization header" in raw, raw[:300]
+
+
 # ---- scopes and open routes ---------------------------------------------------------------------
 
 def test_scopes_per_route(auth):

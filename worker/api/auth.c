@@ -249,6 +249,10 @@ bool auth_allow(struct auth *a, struct http_request *req, unsigned scope)
         reply_invalid(a, req, JWT_MALFORMED, "the token is longer than 4096 bytes");
         return false;
     }
+    if (http_headers_seen(&req->headers, HTTP_H_AUTHORIZATION) > 1) { /* which one would a proxy have read? */
+        reply_invalid(a, req, JWT_MALFORMED, "more than one Authorization header");
+        return false;
+    }
     bool hashed = token_hash(a, token, len, hash);
     const struct cached_token *hit = hashed ? cache_find(a, hash, now) : NULL;
     if (hit) {
