@@ -284,12 +284,12 @@ def test_redis_down_each_worker_limits_alone_and_counts_it(rl, redis_relay):
     rl.wait_for(lambda: ratelimit_counts(rl)["local_limited"] > before["local_limited"] and
                 ratelimit_counts(rl)["local_allowed"] > before["local_allowed"], 5,
                 "pgapi_ratelimit_total{result=local_*} counting the local decisions")
-    starts = lines("ratelimit: Redis cannot answer")
-    assert 1 <= len(starts) <= 2, f"expected the fallback logged once per worker at most, got {starts}"
-    for _ in range(5):  # more local decisions add no line
+    for _ in range(10):  # more local decisions, on both workers: no line per request
         read_as(rl, fresh_remote())
-    again = lines("ratelimit: Redis cannot answer")
-    assert again == starts, f"expected no line per request, got {again[len(starts):]}"
+    starts = lines("ratelimit: Redis cannot answer")
+    per_worker = [re.search(r" (worker#\d+) ", l).group(1) for l in starts]
+    assert starts and len(per_worker) == len(set(per_worker)), \
+        f"expected the fallback logged once per worker (when it first decided alone), got {starts}"
     redis_relay.proc = Relay(redis_relay.port, redis_relay.target_port).start().proc  # the fixture stops it
     rl.wait_for(lambda: read_as(rl, fresh_remote()).status == 200 and lines("ratelimit: Redis answers again"), 15,
                 "the shared limiter back")
