@@ -9,7 +9,8 @@
 
 /* What a browser page may see of an answer beyond the CORS-safelisted headers. */
 #define CORS_EXPOSE \
-    "ETag, Pgapi-Lsn, X-Cache, X-Request-Id, Location, Retry-After, Server-Timing, traceparent"
+    "ETag, Pgapi-Lsn, X-Cache, X-Request-Id, Location, Retry-After, Server-Timing, traceparent, RateLimit, " \
+    "RateLimit-Policy"
 /* What a page may send beyond the safelisted ones (Content-Type: application/json is not safelisted). */
 #define CORS_ALLOW_HEADERS                                                                             \
     "Content-Type, If-Match, If-None-Match, Idempotency-Key, Authorization, traceparent, tracestate, " \
