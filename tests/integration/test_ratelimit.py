@@ -266,6 +266,35 @@ def ratelimit_counts(s):
             for r in ("allowed", "limited", "local_allowed", "local_limited")}
 
 
+def settled_decisions(s):
+    """The decisions counted, once every worker has published the earlier tests' (each publishes once a
+    second): the same sum in two scrapes more than a second apart."""
+    last, since = None, 0.0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = sum(ratelimit_counts(s).values())
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > 1.2:
+            return now
+        time.sleep(0.1)
+    pytest.fail(f"the decision count never settled (last {last})")
+
+
+def test_one_decision_per_limited_request_and_none_for_probes(rl):
+    """The limiter's cost: each request of an API route is one decision, one EVALSHA (a decision is one
+    command by construction: cache_rate_check); probes make none."""
+    before = settled_decisions(rl)
+    n = 7
+    for _ in range(n):
+        read_as(rl, fresh_remote())
+        read_as(rl, fresh_remote(), path="/healthz")
+        read_as(rl, fresh_remote(), path="/readyz")
+    rl.wait_for(lambda: sum(ratelimit_counts(rl).values()) - before >= n, 5, f"{n} decisions counted")
+    after = sum(ratelimit_counts(rl).values())
+    assert after - before == n, f"expected {n} decisions for {n} API requests and {2 * n} probes, got {after - before}"
+
+
 # last: it cuts Redis off (and brings it back)
 def test_redis_down_each_worker_limits_alone_and_counts_it(rl, redis_relay):
     rl.wait_for(lambda: ratelimit_counts(rl)["allowed"] > 0 and ratelimit_counts(rl)["limited"] > 0, 5,

@@ -8,7 +8,7 @@
 #include "worker/http/conn.h"
 
 /* What a browser page may see of an answer beyond the CORS-safelisted headers. */
-#define CORS_EXPOSE \
+#define CORS_EXPOSE                                                                                          \
     "ETag, Pgapi-Lsn, X-Cache, X-Request-Id, Location, Retry-After, Server-Timing, traceparent, RateLimit, " \
     "RateLimit-Policy"
 /* What a page may send beyond the safelisted ones (Content-Type: application/json is not safelisted). */
