@@ -16,7 +16,7 @@ SYSCONFDIR ?= /etc
 UNITDIR   ?= /lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
-DOCS      := README.md $(wildcard docs/*.md docs/*.yaml) conf/prometheus-rules.yml
+DOCS      := README.md $(wildcard docs/*.md docs/*.yaml) conf/prometheus-rules.yml conf/grafana-dashboard.json
 
 CC        ?= cc
 PKGS      := libevent libpq hiredis json-c inih
@@ -134,7 +134,7 @@ SUBST := sed 's|@BINDIR@|$(BINDIR)|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g; s|@SHAREDI
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SHAREDIR)/migrations $(DESTDIR)$(SYSCONFDIR)/$(NAME) \
 	           $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSUSERSDIR) \
-	           $(DESTDIR)$(TMPFILESDIR)
+	           $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSCONFDIR)/logrotate.d
 	install -m 755 build/$(NAME) $(DESTDIR)$(BINDIR)/$(NAME)
 	install -m 644 migrations/*.sql $(DESTDIR)$(SHAREDIR)/migrations/
 	install -m 640 conf/$(NAME).ini $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example
@@ -147,19 +147,21 @@ install: all
 	gzip -9n < docs/$(NAME).8 > $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz
 	chmod 644 $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz
 	install -m 644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	install -m 644 conf/$(NAME).logrotate $(DESTDIR)$(SYSCONFDIR)/logrotate.d/$(NAME)
 	install -m 644 systemd/$(NAME).sysusers $(DESTDIR)$(SYSUSERSDIR)/$(NAME).conf
 	$(SUBST) systemd/$(NAME).tmpfiles.in > $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf
 	chmod 644 $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf
 	$(SUBST) systemd/$(NAME).service.in > $(DESTDIR)$(UNITDIR)/$(NAME).service
 	chmod 644 $(DESTDIR)$(UNITDIR)/$(NAME).service
+	install -m 644 systemd/$(NAME).socket $(DESTDIR)$(UNITDIR)/$(NAME).socket
 
 # uninstall: what install put there, with the same variables; the configuration a user wrote
 # ($(SYSCONFDIR)/pgapi/pgapi.ini, pgpass) and the `pgapi` user are left alone.
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/$(NAME) $(DESTDIR)$(UNITDIR)/$(NAME).service \
+	rm -f $(DESTDIR)$(BINDIR)/$(NAME) $(DESTDIR)$(UNITDIR)/$(NAME).service $(DESTDIR)$(UNITDIR)/$(NAME).socket \
 	      $(DESTDIR)$(SYSUSERSDIR)/$(NAME).conf $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf \
 	      $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz \
-	      $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example
+	      $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example $(DESTDIR)$(SYSCONFDIR)/logrotate.d/$(NAME)
 	rm -f $(addprefix $(DESTDIR)$(SHAREDIR)/migrations/,$(notdir $(wildcard migrations/*.sql))) \
 	      $(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(DOCS)))
 	rmdir $(DESTDIR)$(SHAREDIR)/migrations $(DESTDIR)$(SHAREDIR) $(DESTDIR)$(DOCDIR) \
