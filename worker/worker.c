@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "worker/api/api.h"
 #include "worker/api/deployment.h"
+#include "worker/api/ratelimit.h"
 #include "worker/api/resource_ops.h"
 #include "worker/api/router.h"
 #include "worker/cache/cache.h"
@@ -391,6 +392,7 @@ static void worker_free(struct worker *w)
     telemetry_free(w->telemetry); /* publishes its last numbers: before the pool and cache go */
     pool_free(w->pool);
     cache_free(w->cache);
+    ratelimit_free(w->api.ratelimit); /* after the cache: a check in flight was discarded by it */
     resource_ops_discard_all(&w->api);
     deployment_free(w->api.deployment);
     http_server_free(w->metrics_http);
@@ -456,6 +458,7 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared,
                                   .generation = generation,
                                   .draining = &w.draining };
     w.api.deployment = w.pool && w.cache ? deployment_new(&w.api) : NULL;
+    w.api.ratelimit = w.cache ? ratelimit_new(cfg, w.cache) : NULL;
     if (!w.http || !w.pool || !w.cache || !w.api.deployment) {
         log_error("cannot set up the HTTP server, the database pool or the cache client");
         goto done;
@@ -464,6 +467,7 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared,
                                          .pool = w.pool,
                                          .cache = w.cache,
                                          .local = w.local,
+                                         .ratelimit = w.api.ratelimit,
                                          .refused_total = &w.refused_total,
                                          .client_refused_total = &w.client_refused_total };
     w.telemetry = telemetry_new(w.base, w.metrics, w.slot, w.generation, &sources);

@@ -14,6 +14,7 @@ struct local_cache;
 struct consistency;
 struct deployment;
 struct resource_op_state;
+struct ratelimit;
 
 struct api_context {
     const struct config *cfg;
@@ -24,6 +25,7 @@ struct api_context {
     struct consistency *consistency; /* shared with every worker: commit LSNs of acknowledged writes */
     struct deployment *deployment;   /* what this server shares with the others (deployment.h) */
     struct resource_op_state *ops;   /* requests in flight (resource_ops_discard_all at exit) */
+    struct ratelimit *ratelimit;     /* NULL when [ratelimit] enabled is off */
     int slot;                        /* the worker's, for /healthz and /readyz */
     unsigned generation;
     const bool *draining; /* the worker's: true once it stops accepting */

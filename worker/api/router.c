@@ -6,11 +6,13 @@
 #include <http_parser.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/consistency.h"
 #include "common/metrics.h"
 #include "worker/api/handlers.h"
+#include "worker/api/ratelimit.h"
 #include "worker/api/resource.h"
 #include "worker/http/reply.h"
 
@@ -217,6 +219,42 @@ void router_find(int method, const char *path, struct router_match *m)
     }
 }
 
+static void route_call(struct api_context *api, struct http_request *req, const struct router_match *m)
+{
+    if (m->fn)
+        m->fn(api, req, &m->args);
+    else
+        handle_resource(api, req, m->res, m->kind, &m->args);
+}
+
+/* A route the rate limiter let through (req NULL: it answered 429, or the worker exits). */
+struct route_pending {
+    struct api_context *api;
+    struct router_match m;
+};
+
+static void route_admitted(void *arg, struct http_request *req)
+{
+    struct route_pending *p = arg;
+    if (req)
+        route_call(p->api, req, &p->m);
+    free(p);
+}
+
+/* The resources' routes are limited; the health probes, GET / and the OpenAPI document (static, and
+ * what a prober or scraper needs most when clients are being limited) are not. */
+static void route_limited_call(struct api_context *api, struct http_request *req,
+                               const struct router_match *m)
+{
+    struct route_pending *p = malloc(sizeof(*p));
+    if (!p) {
+        reply_error(req, 503, "out_of_memory", "server out of memory");
+        return;
+    }
+    *p = (struct route_pending){ .api = api, .m = *m };
+    ratelimit_admit(api->ratelimit, req, route_admitted, p);
+}
+
 void router_dispatch(struct http_request *req)
 {
     struct api_context *api = req->ctx;
@@ -227,10 +265,10 @@ void router_dispatch(struct http_request *req)
     router_find(req->method, req->path, &m);
     if (m.index >= 0) {
         req->route = m.index;
-        if (m.fn)
-            m.fn(api, req, &m.args);
+        if (m.res && api->ratelimit)
+            route_limited_call(api, req, &m);
         else
-            handle_resource(api, req, m.res, m.kind, &m.args);
+            route_call(api, req, &m);
         return;
     }
     req->route = METRICS_ROUTE_UNMATCHED;

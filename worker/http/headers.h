@@ -6,22 +6,24 @@
 #include <stddef.h>
 
 #define HTTP_REQUEST_ID_MAX 64
+#define HTTP_XFF_MAX 1024 /* X-Forwarded-For: a value cut here names no client (client.c) */
 
 /* X(ID, name, limit): HTTP_H_ID names the header `name` (matched without regard to case, at most
  * HTTP_HEADER_NAME_MAX - 1 bytes); its value is kept up to `limit` bytes and cut there (no value we use
  * is that long). A repeated header keeps its last value; how often it came is counted (Host must come
  * once). Adding a header is one line here. */
-#define HTTP_HEADER_TABLE(X)                                            \
-    X(CONTENT_TYPE, "Content-Type", 127)                                \
-    X(IF_NONE_MATCH, "If-None-Match", 127)                              \
-    X(IF_MATCH, "If-Match", 512) /* see etag.h */                       \
-    X(X_REQUEST_ID, "X-Request-Id", HTTP_REQUEST_ID_MAX)                \
-    X(HOST, "Host", 255) /* for allowed_hosts */                        \
-    X(EXPECT, "Expect", 31)                                             \
-    X(PGAPI_LSN, "Pgapi-Lsn", 31)     /* a consistency token */         \
-    X(ORIGIN, "Origin", 256)          /* CORS: 256 = longer than any */ \
-    X(TRACEPARENT, "traceparent", 56) /* W3C: 55 for version 00 */      \
-    X(TRACESTATE, "tracestate", 513)  /* W3C: at most 512 */
+#define HTTP_HEADER_TABLE(X)                                                              \
+    X(CONTENT_TYPE, "Content-Type", 127)                                                  \
+    X(IF_NONE_MATCH, "If-None-Match", 127)                                                \
+    X(IF_MATCH, "If-Match", 512) /* see etag.h */                                         \
+    X(X_REQUEST_ID, "X-Request-Id", HTTP_REQUEST_ID_MAX)                                  \
+    X(HOST, "Host", 255) /* for allowed_hosts */                                          \
+    X(EXPECT, "Expect", 31)                                                               \
+    X(PGAPI_LSN, "Pgapi-Lsn", 31)                       /* a consistency token */         \
+    X(ORIGIN, "Origin", 256)                            /* CORS: 256 = longer than any */ \
+    X(TRACEPARENT, "traceparent", 56)                   /* W3C: 55 for version 00 */      \
+    X(TRACESTATE, "tracestate", 513)                    /* W3C: at most 512 */            \
+    X(X_FORWARDED_FOR, "X-Forwarded-For", HTTP_XFF_MAX) /* client.c */
 
 #define HTTP_HEADER_NAME_MAX 32 /* longer field names are none of the table's */
 
