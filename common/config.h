@@ -75,6 +75,9 @@ struct config {
     size_t cache_max_value_bytes; /* larger values are served, not cached */
     int cache_list_pages;         /* pages cached per list */
     bool deployment_fences;       /* fences shared through Redis by every server (off: tests only) */
+    /* [idempotency] */
+    int idempotency_ttl_s;             /* how long a write's Idempotency-Key and its answer are kept */
+    int idempotency_purge_interval_ms; /* how often expired keys are deleted on the primary */
     /* [metrics] */
     struct config_addr metrics_listen; /* GET /metrics (Prometheus text); port 0 = off */
     /* [log] */
