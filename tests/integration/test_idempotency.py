@@ -1,4 +1,4 @@
-"""Issue 18 item 4: Idempotency-Key (draft-ietf-httpapi-idempotency-key-header-06) on POST, PUT, PATCH and
+"""Issue 18 item 4: Idempotency-Key (draft-ietf-httpapi-idempotency-key-header-09) on POST, PUT, PATCH and
 DELETE. The answer is stored by the statement that writes (migration 0007); the same key with the same
 request gets it again (Idempotent-Replayed: true) and writes nothing; with another request 422; while the
 first is in flight 409; a failed write stores nothing; expired keys are reused and purged; malformed keys

@@ -1,4 +1,4 @@
-/* idempotency: Idempotency-Key (draft-ietf-httpapi-idempotency-key-header-06) on POST, PUT, PATCH and
+/* idempotency: Idempotency-Key (draft-ietf-httpapi-idempotency-key-header-09) on POST, PUT, PATCH and
  * DELETE. The key is checked here; the keyed statement (resource.h, RESOURCE_SQL_KEYED) decides in one
  * transaction whether the write runs, is replayed, or is refused; its answer is read here; expired keys
  * are purged here. */

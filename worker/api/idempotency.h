@@ -1,4 +1,4 @@
-/* idempotency: the Idempotency-Key of a write (draft-ietf-httpapi-idempotency-key-header-06): the key read
+/* idempotency: the Idempotency-Key of a write (draft-ietf-httpapi-idempotency-key-header-09): the key read
  * and checked, the parameter a keyed statement takes (resource.h, RESOURCE_SQL_KEYED), the answers of its
  * own outcomes, and the periodic purge of expired keys on the primary. Where the answer is stored and why
  * in one statement: migrations/0007_idempotency_keys.sql and resource.h. */
@@ -22,7 +22,9 @@ struct idempotency_purge;
 #define IDEMPOTENCY_PARAM_MAX (2 * (HTTP_SUBJECT_MAX + IDEMPOTENCY_KEY_MAX) + 128)
 
 /* The request's Idempotency-Key: *key is NULL without one (the write is as any other), else the key (1 to
- * IDEMPOTENCY_KEY_MAX bytes of visible ASCII, taken as an opaque string). -1 after answering 400
+ * IDEMPOTENCY_KEY_MAX bytes of visible ASCII, the field's value as sent: the draft's form, a quoted
+ * sf-string like "8e03978e", and a bare token are both taken, quotes and all, so a key never changes on
+ * its way to the table). -1 after answering 400
  * invalid_header: empty, too long, a byte outside visible ASCII, or the field sent twice. */
 int idempotency_key_read(struct http_request *req, const char **key);
 
