@@ -6,13 +6,14 @@ are 400; a write_outcome_unknown says whether a resend is safe; a replay raises 
 nothing. Real server, real primary + replica through PgBouncer, real Redis where the cache matters."""
 
 import json
+import signal
 import threading
 from contextlib import closing
 
 import pytest
 
 from lib.builders import create_post, create_user, uniq
-from lib.cache import cached_server
+from lib.cache import OwnRedis, cached_server
 from lib.pgapi_fixtures import module_server
 from lib.topology import wait_until
 
@@ -349,3 +350,29 @@ def test_a_replay_invalidates_nothing_and_a_keyed_write_invalidates_like_any(ser
     r = c.get(path)
     assert r.headers.get("x-cache") == "HIT" and r.json()["version"] == 2, \
         f"a replay writes nothing and invalidates nothing: got X-Cache={r.headers.get('x-cache')} {r}"
+
+
+def test_a_write_committed_without_its_answer_is_replayed_on_resend(server, schema, tmp_path):
+    """The write commits but its fences cannot reach a frozen Redis: 503 write_outcome_unknown, though its
+    key and answer committed with it. Once Redis answers again, the resend with the same key gets that
+    answer and writes nothing (polling with it is safe: that is the point)."""
+    own = OwnRedis(tmp_path)
+    own.start()
+    try:
+        c = cached_server(server, schema, redis_port=own.port)
+        path, u = new_row(c, "users")
+        key = uniq("k")
+        own.signal(signal.SIGSTOP)
+        try:
+            r = keyed(c, "PATCH", path, key, body={"name": "unconfirmed"})
+            assert r.status == 503 and code(r) == "write_outcome_unknown", r
+            assert "same Idempotency-Key is safe" in r.json()["error"]["message"], r
+        finally:
+            own.signal(signal.SIGCONT)
+        assert stored(schema, key) == [(200, str(u["id"]))], "the key committed with the write"
+        again = c.wait_for(lambda: (lambda a: a if a.status == 200 else None)(
+            keyed(c, "PATCH", path, key, body={"name": "unconfirmed"})), 15, "the resend answered once Redis is back")
+        assert replayed(again) == "true" and again.json()["name"] == "unconfirmed", again
+        assert version(schema, "users", u["id"]) == 2, "expected the write applied once"
+    finally:
+        own.stop()
