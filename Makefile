@@ -16,7 +16,7 @@ SYSCONFDIR ?= /etc
 UNITDIR   ?= /lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
-DOCS      := README.md $(wildcard docs/*.md docs/*.yaml) conf/prometheus-rules.yml
+DOCS      := README.md $(wildcard docs/*.md docs/*.yaml) conf/prometheus-rules.yml conf/grafana-dashboard.json
 
 CC        ?= cc
 PKGS      := libevent libpq hiredis json-c inih
@@ -24,7 +24,8 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser
 WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2
 CFLAGS    ?= -O2 -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -DPGAPI_VERSION='"$(VERSION)"' $(WARN) $(CFLAGS) \
+# CPPFLAGS and LDFLAGS from the environment too: a package build passes dpkg-buildflags' hardening there.
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -DPGAPI_VERSION='"$(VERSION)"' $(WARN) $(CPPFLAGS) $(CFLAGS) \
               -I. $(PKG_CFLAGS) -fno-strict-aliasing -MMD -MP
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
@@ -47,13 +48,13 @@ FUZZ_OBJS := $(FUZZ_SRCS:%.c=build/fuzz/obj/%.o)
 FUZZ_SECONDS ?= 60
 
 .PHONY: all asan deps build unit fuzz fuzz-run format run test test-unit test-integration topology-up \
-        topology-down install uninstall dist clean bench check-config
+        topology-down install uninstall dist deb clean bench check-config
 
 all: build/$(NAME)
 build: all
 
 build/$(NAME): $(OBJS)
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
 
 build/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -134,7 +135,7 @@ SUBST := sed 's|@BINDIR@|$(BINDIR)|g; s|@SYSCONFDIR@|$(SYSCONFDIR)|g; s|@SHAREDI
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SHAREDIR)/migrations $(DESTDIR)$(SYSCONFDIR)/$(NAME) \
 	           $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSUSERSDIR) \
-	           $(DESTDIR)$(TMPFILESDIR)
+	           $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSCONFDIR)/logrotate.d
 	install -m 755 build/$(NAME) $(DESTDIR)$(BINDIR)/$(NAME)
 	install -m 644 migrations/*.sql $(DESTDIR)$(SHAREDIR)/migrations/
 	install -m 640 conf/$(NAME).ini $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example
@@ -147,19 +148,21 @@ install: all
 	gzip -9n < docs/$(NAME).8 > $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz
 	chmod 644 $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz
 	install -m 644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	install -m 644 conf/$(NAME).logrotate $(DESTDIR)$(SYSCONFDIR)/logrotate.d/$(NAME)
 	install -m 644 systemd/$(NAME).sysusers $(DESTDIR)$(SYSUSERSDIR)/$(NAME).conf
 	$(SUBST) systemd/$(NAME).tmpfiles.in > $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf
 	chmod 644 $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf
 	$(SUBST) systemd/$(NAME).service.in > $(DESTDIR)$(UNITDIR)/$(NAME).service
 	chmod 644 $(DESTDIR)$(UNITDIR)/$(NAME).service
+	install -m 644 systemd/$(NAME).socket $(DESTDIR)$(UNITDIR)/$(NAME).socket
 
 # uninstall: what install put there, with the same variables; the configuration a user wrote
 # ($(SYSCONFDIR)/pgapi/pgapi.ini, pgpass) and the `pgapi` user are left alone.
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/$(NAME) $(DESTDIR)$(UNITDIR)/$(NAME).service \
+	rm -f $(DESTDIR)$(BINDIR)/$(NAME) $(DESTDIR)$(UNITDIR)/$(NAME).service $(DESTDIR)$(UNITDIR)/$(NAME).socket \
 	      $(DESTDIR)$(SYSUSERSDIR)/$(NAME).conf $(DESTDIR)$(TMPFILESDIR)/$(NAME).conf \
 	      $(DESTDIR)$(MANDIR)/man8/$(NAME).8.gz \
-	      $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example
+	      $(DESTDIR)$(SYSCONFDIR)/$(NAME)/$(NAME).ini.example $(DESTDIR)$(SYSCONFDIR)/logrotate.d/$(NAME)
 	rm -f $(addprefix $(DESTDIR)$(SHAREDIR)/migrations/,$(notdir $(wildcard migrations/*.sql))) \
 	      $(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(DOCS)))
 	rmdir $(DESTDIR)$(SHAREDIR)/migrations $(DESTDIR)$(SHAREDIR) $(DESTDIR)$(DOCDIR) \
@@ -178,6 +181,18 @@ dist:
 	    echo "dist: warning: uncommitted changes are not in the tarball (it is $(DIST_REF))" >&2
 	git archive --format=tar.gz --prefix=$(NAME)-$(VERSION)/ -o build/$(NAME)-$(VERSION).tar.gz $(DIST_REF)
 	@echo build/$(NAME)-$(VERSION).tar.gz
+
+# deb: build/deb/pgapi_VERSION_ARCH.deb by dpkg-buildpackage (debian/), from a copy of the working tree
+# (tracked and new files, not ignored ones: build/ and var/ stay out), then lintian, which must report
+# no error and no warning (debian/pgapi.lintian-overrides holds the few overrides, each with its reason).
+DEB_DIR := build/deb
+deb:
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/$(NAME)-$(VERSION)
+	git ls-files -co --exclude-standard | while read -r f; do [ -e "$$f" ] || [ -L "$$f" ] && echo "$$f"; done | \
+	    tar -cf - -T - | tar -xf - -C $(DEB_DIR)/$(NAME)-$(VERSION)
+	cd $(DEB_DIR)/$(NAME)-$(VERSION) && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error,warning --info $(DEB_DIR)/$(NAME)_$(VERSION)_*.deb
+	@ls $(DEB_DIR)/$(NAME)_$(VERSION)_*.deb
 
 clean:
 	rm -rf build

@@ -149,6 +149,9 @@ static const struct config_key config_keys[] = {
     { "log", "level", KT_LEVEL, OFF(log_level), 0, 0, "info", "error, warn, info or debug" },
     { "log", "format", KT_FORMAT, OFF(log_format), 0, 0, "text", "text or json (one JSON object a line)" },
     { "log", "access", KT_BOOL, OFF(access_log), 0, 0, "on", "one line per request" },
+    { "log", "file", KT_STR, OFF(log_file), 0, 0, "",
+      "append every line to this file (created mode 0640) instead of stderr, for hosts without journald; "
+      "SIGUSR1 reopens it after a rotation (logrotate's postrotate); empty: stderr" },
 };
 
 #define NKEYS (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -739,7 +742,7 @@ void config_print(const struct config *c, FILE *f)
             "%s\npassword_file = %s\n"
             "local_entries = %d\nlocal_bytes = %zu\nmax_value_bytes = %zu\nlist_pages = "
             "%d\ndeployment_fences = %s\n\n[metrics]\nlisten = %s\n\n"
-            "[log]\nlevel = %s\nformat = %s\naccess = %s\n",
+            "[log]\nlevel = %s\nformat = %s\naccess = %s\nfile = %s\n",
             c->pool_size, c->statement_timeout_ms, c->connect_timeout_ms, c->queue_size, c->queue_timeout_ms,
             c->max_replica_lag_ms, c->health_interval_ms, c->migrations_dir, c->redis_enabled ? "on" : "off",
             c->redis_host, c->redis_port, c->cache_ttl_s, c->redis_connect_timeout_ms,
@@ -747,7 +750,7 @@ void config_print(const struct config *c, FILE *f)
             c->redis_socket, c->redis_username, c->redis_password_file, c->local_cache_entries,
             c->local_cache_bytes, c->cache_max_value_bytes, c->cache_list_pages,
             c->deployment_fences ? "on" : "off", metrics_addr, lv[c->log_level],
-            c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off");
+            c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off", c->log_file);
 }
 
 void config_print_keys(FILE *f)

@@ -82,6 +82,7 @@ struct config {
     struct config_addr metrics_listen; /* GET /metrics (Prometheus text); port 0 = off */
     /* [log] */
     enum log_level log_level;
+    char log_file[256];
     enum log_format log_format;
     bool access_log;
 };

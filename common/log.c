@@ -3,6 +3,7 @@
 #include "common/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,7 +25,8 @@ static struct {
     const char *role;
     int worker;
     unsigned generation;
-} log_state = { LOGL_INFO, LOGF_TEXT, true, "main", -1, 0 };
+    char file[256]; /* [log] file, "" = stderr as inherited */
+} log_state = { LOGL_INFO, LOGF_TEXT, true, "main", -1, 0, "" };
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 
@@ -45,6 +47,38 @@ void log_set_process(const char *role, int worker, unsigned generation)
 bool log_enabled(enum log_level level)
 {
     return level <= log_state.level;
+}
+
+/* dup2 swaps stderr in one step: a line is written either to the old file (renamed by the rotation,
+ * so kept) or to the new one, never lost between them. */
+static int file_open_as_stderr(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -1;
+    int rc = fd == STDERR_FILENO ? 0 : dup2(fd, STDERR_FILENO);
+    int saved = errno;
+    if (fd != STDERR_FILENO)
+        close(fd);
+    errno = saved;
+    return rc < 0 ? -1 : 0;
+}
+
+int log_file_use(const char *path)
+{
+    if (strlen(path) >= sizeof(log_state.file)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    if (file_open_as_stderr(path) < 0)
+        return -1;
+    snprintf(log_state.file, sizeof(log_state.file), "%s", path);
+    return 0;
+}
+
+int log_file_reopen(void)
+{
+    return log_state.file[0] ? file_open_as_stderr(log_state.file) : 0;
 }
 
 int log_level_parse(const char *s, enum log_level *out)

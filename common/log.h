@@ -28,6 +28,13 @@ bool log_enabled(enum log_level level);
 void log_write(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_access(const struct access_entry *e);
 
+/* Lines go to path (opened O_APPEND, created 0640) instead of stderr: the file becomes this process's
+ * stderr, so children forked later inherit it. -1 (errno set, nothing changed) if it cannot be opened. */
+int log_file_use(const char *path);
+/* After a rotation (SIGUSR1): opens the file's path again and makes it stderr. A no-op without a file;
+ * -1 (the old file kept, errno set) if the path cannot be opened. */
+int log_file_reopen(void);
+
 int log_level_parse(const char *s, enum log_level *out);
 int log_format_parse(const char *s, enum log_format *out);
 

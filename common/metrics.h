@@ -24,6 +24,7 @@
 #define METRICS_STATUSES (HTTP_STATUS_COUNT + 1)     /* the codes of common/http_status.h, then "other" */
 #define METRICS_BUCKETS 14 /* latency bounds of metrics_bucket_le, the last one +Inf */
 #define METRICS_BACKENDS (1 + CONFIG_MAX_REPLICAS) /* 0: the primary, 1 + i: replica i */
+#define METRICS_PRIMARY_READS 4                    /* the reasons of enum pool_primary_read */
 
 typedef _Atomic uint64_t metrics_counter;
 
@@ -34,6 +35,7 @@ struct metrics_counters {
     metrics_counter latency_us[METRICS_ROUTES];
     metrics_counter queries[METRICS_BACKENDS], query_errors[METRICS_BACKENDS];
     metrics_counter timeouts[2], queue_full[2], batches[2], wait_us[2];
+    metrics_counter primary_reads[METRICS_PRIMARY_READS]; /* by enum pool_primary_read */
     metrics_counter cache_hits, cache_misses, cache_waits, cache_bypasses, cache_fills, cache_invalidations;
     metrics_counter cache_epoch_bumps, cache_invalidation_failures, cache_ping_failures, cache_disconnects;
     metrics_counter redis_master_changes; /* the Sentinels named another Redis master */

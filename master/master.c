@@ -53,8 +53,9 @@ struct master {
     struct config cfg;
     const char *config_path;
     unsigned generation;
-    struct worker_sockets socks; /* the current generation's listening sockets */
-    struct worker_sockets old;   /* previous ones while their workers drain after an address change */
+    struct worker_sockets socks;   /* the current generation's listening sockets */
+    struct worker_sockets old;     /* previous ones while their workers drain after an address change */
+    struct listener_passed passed; /* systemd's sockets (socket activation): kept whatever listen says */
     int sig_fd;
     struct consistency *consistency; /* shared memory the workers write; the master only sets cache-dirty */
     struct capacity *capacity;       /* shared: which workers have room for a connection */
@@ -126,9 +127,9 @@ static bool addr_same(const struct config_addr *a, const struct config_addr *b)
 /* A socket for addr: the current one if the address is unchanged (*reused set), else a new one; -1 for
  * an address that is off. Returns -2 when a needed socket cannot be opened (logged by listener_open). */
 static int socket_for(const struct config_addr *addr, const struct config_addr *cur_addr, int cur_fd,
-                      int backlog, bool *reused)
+                      bool passed, int backlog, bool *reused)
 {
-    *reused = cur_fd >= 0 && addr_same(addr, cur_addr);
+    *reused = cur_fd >= 0 && (passed || addr_same(addr, cur_addr));
     if (*reused)
         return cur_fd;
     if (addr->port == 0)
@@ -142,11 +143,12 @@ static int socket_for(const struct config_addr *addr, const struct config_addr *
 static int sockets_prepare(struct master *m, const struct config *next)
 {
     bool keep_listen, keep_metrics;
-    int lfd = socket_for(&next->listen, &m->cfg.listen, m->socks.listen_fd, next->backlog, &keep_listen);
+    int lfd = socket_for(&next->listen, &m->cfg.listen, m->socks.listen_fd, m->passed.http_fd >= 0,
+                         next->backlog, &keep_listen);
     if (lfd == -2)
         return -1;
-    int mfd = socket_for(&next->metrics_listen, &m->cfg.metrics_listen, m->socks.metrics_fd, next->backlog,
-                         &keep_metrics);
+    int mfd = socket_for(&next->metrics_listen, &m->cfg.metrics_listen, m->socks.metrics_fd,
+                         m->passed.metrics_fd >= 0, next->backlog, &keep_metrics);
     if (mfd == -2) {
         if (!keep_listen)
             close(lfd);
@@ -159,6 +161,26 @@ static int sockets_prepare(struct master *m, const struct config *next)
     return 0;
 }
 
+/* Socket activation: systemd holds the listening socket across restarts and upgrades of the service, so
+ * no connection is refused while no pgapi runs; the kernel queues them. Its address is the socket
+ * unit's, whatever [server] listen says. */
+static int sockets_adopt_passed(struct master *m)
+{
+    if (listener_inherit(&m->passed) < 0)
+        return -1;
+    if (m->passed.http_fd >= 0) {
+        m->socks.listen_fd = m->passed.http_fd;
+        log_info("serving on the socket systemd passed (fd %d); [server] listen is not used",
+                 m->passed.http_fd);
+    }
+    if (m->passed.metrics_fd >= 0) {
+        m->socks.metrics_fd = m->passed.metrics_fd;
+        log_info("metrics on the socket systemd passed (fd %d); [metrics] listen is not used",
+                 m->passed.metrics_fd);
+    }
+    return 0;
+}
+
 /* The child: restores the signal mask, drops the master's descriptors and becomes a worker. */
 static void child_become_worker(struct master *m, int slot)
 {
@@ -166,6 +188,7 @@ static void child_become_worker(struct master *m, int slot)
     close(m->sig_fd);
     close(m->ready_rd);
     sockets_close(&m->old);
+    signal(SIGUSR1, SIG_IGN); /* until the worker's handler is in: a rotation must not kill it */
     sigprocmask(SIG_SETMASK, &m->old_mask, NULL);
     struct worker_shared shared = {
         .consistency = m->consistency, .capacity = m->capacity, .metrics = m->metrics, .clients = m->clients
@@ -237,6 +260,32 @@ static void reload_finish(struct master *m)
     notify_send("READY=1\nSTATUS=serving");
 }
 
+/* SIGUSR1 after a rotation: the master opens the log file again, then every worker does (each holds its
+ * own descriptor). */
+static void log_rotate(struct master *m)
+{
+    if (!m->cfg.log_file[0])
+        return;
+    if (log_file_reopen() < 0)
+        log_error("log file %s: cannot reopen: %s; still writing to the old one", m->cfg.log_file,
+                  strerror(errno));
+    else
+        log_info("log file %s reopened", m->cfg.log_file);
+    procs_signal(m, SIGUSR1, NULL);
+}
+
+/* A reload that names another log file: lines go there from now on; one that cannot be opened keeps the
+ * old file (stderr, when none was set), and says so. */
+static void log_file_switch(struct master *m, const char *old)
+{
+    if (!m->cfg.log_file[0] || strcmp(m->cfg.log_file, old) == 0)
+        return;
+    if (log_file_use(m->cfg.log_file) < 0) {
+        log_error("log file %s: %s; logging stays where it was", m->cfg.log_file, strerror(errno));
+        snprintf(m->cfg.log_file, sizeof(m->cfg.log_file), "%s", old);
+    }
+}
+
 static void reload_start(struct master *m)
 {
     char err[CONFIG_ERR_MAX];
@@ -255,7 +304,10 @@ static void reload_start(struct master *m)
         return;
     }
     /* A reload during a reload: the half-started generation is retired like any old one. */
+    char old_file[sizeof(m->cfg.log_file)];
+    snprintf(old_file, sizeof(old_file), "%s", m->cfg.log_file);
     m->cfg = next;
+    log_file_switch(m, old_file);
     m->generation++;
     metrics_add(&m->metrics->reloads, 1);
     metrics_publish_master(m);
@@ -381,6 +433,8 @@ static void signal_read(struct master *m)
             reload_start(m);
         else if (sig == SIGTERM || sig == SIGINT || sig == SIGQUIT)
             stop_start(m, sig);
+        else if (sig == SIGUSR1)
+            log_rotate(m);
     }
 }
 
@@ -404,7 +458,7 @@ static int master_setup(struct master *m)
 {
     sigset_t set;
     sigemptyset(&set);
-    int sigs[] = { SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD };
+    int sigs[] = { SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGUSR1 };
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         sigaddset(&set, sigs[i]);
     signal(SIGPIPE, SIG_IGN);
@@ -427,7 +481,10 @@ static int master_setup(struct master *m)
     if (!m->consistency || !m->capacity || !m->metrics || !m->clients)
         return -1;
     metrics_publish_master(m);
-    return sockets_prepare(m, &m->cfg); /* no socket yet: opens each one the configuration asks for */
+    if (sockets_adopt_passed(m) < 0)
+        return -1;
+    return sockets_prepare(
+        m, &m->cfg); /* opens each socket the configuration asks for and systemd did not pass */
 }
 
 static void master_loop(struct master *m)
@@ -448,8 +505,11 @@ static void master_loop(struct master *m)
             respawns_run(m);
         if (!announced && !m->stopping && generation_ready(m)) {
             announced = true;
-            log_info("serving on %s:%d with %d workers", m->cfg.listen.host, m->cfg.listen.port,
-                     m->cfg.workers);
+            if (m->passed.http_fd >= 0)
+                log_info("serving on systemd's socket with %d workers", m->cfg.workers);
+            else
+                log_info("serving on %s:%d with %d workers", m->cfg.listen.host, m->cfg.listen.port,
+                         m->cfg.workers);
             notify_send("READY=1\nSTATUS=serving");
         }
         if (m->reloading && generation_ready(m))
@@ -474,6 +534,11 @@ int master_run(const struct config *cfg, const char *config_path)
     m->generation = 1;
     m->socks = m->old = (struct worker_sockets){ -1, -1 };
     log_set_process("master", -1, m->generation);
+    if (m->cfg.log_file[0] && log_file_use(m->cfg.log_file) < 0) {
+        log_error("log file %s: %s", m->cfg.log_file, strerror(errno));
+        free(m);
+        return 1;
+    }
     if (master_setup(m) < 0) {
         sockets_close(&m->socks);
         free(m);

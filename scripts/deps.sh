@@ -5,7 +5,8 @@
 # and libseccomp2: systemd-analyze/-sysusers/-tmpfiles and the unit's system call filter there;
 # strace: the argv check in tests/integration/test_topology.py; clang-format: the layout check of
 # tests/run.sh; haproxy: the load balancer in front of three servers in test_cluster.py; chromium: the
-# headless browser of test_cors.py) and run its
+# headless browser of test_cors.py; prometheus: promtool and a real scrape in test_prometheus.py; debhelper, dpkg-dev,
+# lintian, fakeroot: make deb and test_deb.py) and run its
 # local topologies (patroni, etcd-server, haproxy, redis-sentinel and jq: scripts/ha.sh's) (with
 # --bench: also nginx, Node.js, npm and perf for bench/run.sh).
 # Idempotent and silent when everything is already installed.
@@ -25,7 +26,7 @@ PACKAGES=(
     libcmocka-dev pkg-config gcc make clang-14 libclang-rt-14-dev postgresql pgbouncer redis-server
     python3-pytest python3-psycopg2 python3-redis python3-yaml socat wrk curl procps iproute2 valgrind
     groff-base man-db systemd libseccomp2 strace clang-format haproxy chromium
-    patroni etcd-server redis-sentinel jq
+    patroni etcd-server redis-sentinel jq prometheus debhelper dpkg-dev lintian fakeroot
 )
 
 log() { printf 'deps: %s\n' "$*" >&2; }

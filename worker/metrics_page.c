@@ -264,6 +264,25 @@ static void side_counter_render(struct page *pg, const char *metric, const char 
         }
 }
 
+/* enum pool_primary_read order */
+static const char *const primary_read_reasons[METRICS_PRIMARY_READS] = { "newest", "fence", "no_replica",
+                                                                         "replicas_busy" };
+
+static void primary_reads_render(struct page *pg)
+{
+    family(
+        pg, "pgapi_pool_primary_reads_total", "counter",
+        "Reads run on the primary, by why no replica took them: newest (the read must see the newest data: "
+        "its fences are unknown while a Redis store is verified or bypassed, or a commit position is "
+        "unknown), fence (no replica in rotation has replayed its fence yet), no_replica (none in "
+        "rotation), replicas_busy (the replicas that could serve it were busy and the primary idle).");
+    for (int w = 0; w < pg->nslots; w++)
+        for (int r = 0; r < METRICS_PRIMARY_READS; r++)
+            fprintf(pg->f, "pgapi_pool_primary_reads_total{worker=\"%d\",reason=\"%s\"} %llu\n", w,
+                    primary_read_reasons[r],
+                    (unsigned long long)metrics_get(&pg->m->slot[w].primary_reads[r]));
+}
+
 static void pool_render(struct page *pg)
 {
     pool_connections_render(pg);
@@ -292,6 +311,7 @@ static void pool_render(struct page *pg)
                         offsetof(struct metrics_counters, batches), 1.0);
     side_counter_render(pg, "pgapi_pool_wait_seconds_total", "Time statements spent queued for a connection.",
                         offsetof(struct metrics_counters, wait_us), 1e-6);
+    primary_reads_render(pg);
     backend_state_render(pg);
 }
 

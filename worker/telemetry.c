@@ -18,10 +18,14 @@
 
 #define PUBLISH_MS 1000
 
+_Static_assert(POOL_PRIMARY_READS == METRICS_PRIMARY_READS,
+               "one counter per reason a read ran on the primary");
+
 /* The pool's and cache's counters as last copied into the slot. */
 struct published {
     uint64_t queries[METRICS_BACKENDS], query_errors[METRICS_BACKENDS];
     uint64_t timeouts[2], queue_full[2], batches[2], wait_us[2];
+    uint64_t primary_reads[METRICS_PRIMARY_READS];
     struct cache_stats cache;
     uint64_t local_hits;
     uint64_t refused, client_refused, slow_closed;
@@ -89,6 +93,8 @@ static void sides_publish(struct telemetry *t)
         delta_add(&t->counters->batches[side], &t->last.batches[side], s.batches);
         delta_add(&t->counters->wait_us[side], &t->last.wait_us[side], s.wait_us_total);
         gauge_set(&t->gauges->waiting[side], s.waiting);
+        for (int r = 0; side == POOL_PRIMARY && r < POOL_PRIMARY_READS; r++)
+            delta_add(&t->counters->primary_reads[r], &t->last.primary_reads[r], s.primary_reads[r]);
     }
 }
 

@@ -38,7 +38,7 @@ struct worker {
     int listen_fd;
     struct event *accept_ev;
     struct event *accept_retry_ev;
-    struct event *sigquit_ev, *sigterm_ev, *drain_timer_ev;
+    struct event *sigquit_ev, *sigterm_ev, *sigusr1_ev, *drain_timer_ev;
     struct event *warmup_ev;  /* before it accepts: waits for the primary (pool_primary_settled) and for
                                * Redis's store to be checked (cache_settled) */
     uint64_t warmup_until_us; /* ...at most until then (connect_timeout) */
@@ -299,6 +299,17 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     }
 }
 
+/* SIGUSR1: the master reopened the log file after a rotation; this worker's stderr is its own copy. */
+static void log_reopen_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct worker *w = arg;
+    if (w->cfg->log_file[0] && log_file_reopen() < 0)
+        log_error("log file %s: cannot reopen: %s; still writing to the old one", w->cfg->log_file,
+                  strerror(errno));
+}
+
 static void ready_announce(struct worker *w)
 {
     pid_t pid = getpid();
@@ -343,13 +354,16 @@ static int worker_events_setup(struct worker *w)
     w->accept_retry_ev = evtimer_new(w->base, accept_retry_cb, w);
     w->sigquit_ev = evsignal_new(w->base, SIGQUIT, signal_cb, w);
     w->sigterm_ev = evsignal_new(w->base, SIGTERM, signal_cb, w);
+    w->sigusr1_ev = evsignal_new(w->base, SIGUSR1, log_reopen_cb, w);
     w->drain_timer_ev = evtimer_new(w->base, drain_timeout_cb, w);
     w->warmup_ev = evtimer_new(w->base, warmup_cb, w);
-    if (!w->accept_ev || !w->accept_retry_ev || !w->sigquit_ev || !w->sigterm_ev || !w->drain_timer_ev ||
-        !w->warmup_ev)
+    if (!w->accept_ev || !w->accept_retry_ev || !w->sigquit_ev || !w->sigterm_ev || !w->sigusr1_ev ||
+        !w->drain_timer_ev || !w->warmup_ev)
         return -1;
-    if (event_add(w->sigquit_ev, NULL) < 0 || event_add(w->sigterm_ev, NULL) < 0)
+    if (event_add(w->sigquit_ev, NULL) < 0 || event_add(w->sigterm_ev, NULL) < 0 ||
+        event_add(w->sigusr1_ev, NULL) < 0)
         return -1;
+    log_reopen_cb(SIGUSR1, 0, w); /* a rotation signalled before the handler was in (it was ignored) */
     return 0;
 }
 
@@ -390,8 +404,8 @@ static void worker_free(struct worker *w)
         close(w->metrics_fd);
     http_server_free(w->http);
     local_cache_free(w->local);
-    struct event *evs[] = { w->accept_ev,  w->accept_retry_ev, w->sigquit_ev,
-                            w->sigterm_ev, w->drain_timer_ev,  w->warmup_ev };
+    struct event *evs[] = { w->accept_ev,  w->accept_retry_ev, w->sigquit_ev, w->sigterm_ev,
+                            w->sigusr1_ev, w->drain_timer_ev,  w->warmup_ev };
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
         if (evs[i])
             event_free(evs[i]);

@@ -5,10 +5,14 @@ and carry request_id as a field on error lines too, and no password anywhere: no
 
 import http.client
 import json
+import os
+import signal
 import subprocess
+import threading
+import time
 
 from lib.metrics import scrape
-from lib.pgapi_server import BINARY
+from lib.pgapi_server import BAD_LOG_MARKERS, BINARY
 
 SECRET = "s3cr3t-Pa55w0rd"
 
@@ -103,3 +107,86 @@ def test_json_access_log_escapes_line_breaks_the_same_way(server):
     assert len(access) == 1 and f'"path":"{FORGING_ESCAPED}"' in access[0], access
     rec = json.loads(access[0])
     assert rec["path"] == FORGING.decode() and rec["client"] == "127.0.0.1", rec
+
+
+def rotation_load(s, clients, answered, failed, stop):
+    """Keep-alive clients sending GET /healthz with their own X-Request-Id until stop is set; the ids
+    answered 200 go to `answered`, anything else to `failed`."""
+    def client(n):
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+        i = 0
+        try:
+            while not stop.is_set():
+                rid = f"rot-{n}-{i}"
+                i += 1
+                conn.request("GET", "/healthz", headers={"X-Request-Id": rid})
+                r = conn.getresponse()
+                r.read()
+                (answered if r.status == 200 else failed).append((rid, r.status))
+        except (OSError, http.client.HTTPException) as exc:
+            failed.append((f"client {n}", repr(exc)))
+        finally:
+            conn.close()
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def file_text(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def test_log_file_rotated_twice_under_load_loses_no_line(server, tmp_path):
+    """[log] file: every line goes to the file (stderr stays empty), created 0640; a logrotate-style
+    rotation (rename, then SIGUSR1 to the master) under load moves the master's and the workers' lines to
+    a new file, and every request has exactly one access line across the files."""
+    path = str(tmp_path / "pgapi.log")
+    s = server(workers=2, overrides={"log": {"file": path}}).start()
+    assert os.stat(path).st_mode & 0o777 == 0o640, oct(os.stat(path).st_mode)
+    answered, failed, stop = [], [], threading.Event()
+    threads = rotation_load(s, 4, answered, failed, stop)
+    try:
+        for k in (1, 2):
+            mark = len(answered)
+            wait_until(lambda: len(answered) >= mark + 300, 20, f"300 requests before rotation {k}")
+            os.rename(path, f"{path}.{k}")
+            s.signal(signal.SIGUSR1)
+            wait_until(lambda: "reopened" in file_text(path), 10, f"the master's line in the new file ({k})")
+            mark = len(answered)
+            # the workers reopen after the master: their lines of requests sent from now reach the new file
+            wait_until(lambda: len(answered) >= mark + 300 and file_text(path).count(" rid=rot-") >= 100, 20,
+                       f"access lines in the new file after rotation {k}")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    s.stop()
+    assert not failed, f"requests failed during the rotations: {failed[:10]}"
+    texts = [file_text(f"{path}.1"), file_text(f"{path}.2"), file_text(path)]
+    counts = {}
+    for text in texts:
+        for line in text.splitlines():
+            if " rid=rot-" in line:
+                rid = line.split(" rid=", 1)[1].split(" ", 1)[0]
+                counts[rid] = counts.get(rid, 0) + 1
+    missing = [rid for rid, _ in answered if counts.get(rid) != 1]
+    assert not missing, f"{len(missing)} of {len(answered)} requests without exactly one access line: {missing[:10]}"
+    assert len(counts) == len(answered), f"{len(counts)} access lines for {len(answered)} requests"
+    bad = [l for t in texts for l in t.splitlines() if any(m in l for m in BAD_LOG_MARKERS)]
+    assert not bad, f"sanitizer or alert lines in the log files: {bad[:10]}"
+    assert " rid=rot-" not in s.log_text(), "access lines reached stderr with [log] file set"
+    print(f"log rotation: {len(answered)} requests, lines per file {[t.count(' rid=rot-') for t in texts]}")

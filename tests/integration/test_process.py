@@ -2,17 +2,16 @@
 in a SIGHUP storm), graceful and fast stop, readiness, log format, --check-config, --version and --help.
 Each test starts its own server on a private port. The HTTP side of the same issue is in test_http.py."""
 
-import http.client
 import json
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
 
+from lib.clients import finish_clients, run_clients
 from lib.pgapi_server import BINARY, free_port
 from lib.topology import own_redis_conf
 
@@ -33,53 +32,6 @@ def test_worker_killed_is_respawned(server):
                "a new worker replacing the killed one")
     assert s.get("/").status == 200
     assert "killed by signal 9" in s.log_text(), f"the master should log the kill; log:\n{s.log_tail()}"
-
-
-def client_loop(port, stop, results, keepalive=False):
-    """Requests until stop is set; records (ok, detail). keep-alive clients retry a GET once when the
-    server closed an idle connection before reading it, as RFC 9112 section 9.3.1 allows."""
-    conn = None
-    while not stop.is_set():
-        for attempt in range(2):
-            try:
-                if conn is None or not keepalive:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request("GET", "/healthz")
-                r = conn.getresponse()
-                body = r.read()
-                results.append((r.status == 200, f"{r.status} {body[:80]!r}"))
-                if not keepalive or r.getheader("Connection") == "close":
-                    conn.close()
-                    conn = None
-                break
-            except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine) as exc:
-                conn = None
-                if not keepalive or attempt == 1:
-                    results.append((False, repr(exc)))
-                    break
-            except OSError as exc:
-                conn = None
-                results.append((False, repr(exc)))
-                break
-
-
-def run_clients(port, n, keepalive):
-    stop = threading.Event()
-    results = []
-    threads = [threading.Thread(target=client_loop, args=(port, stop, results, keepalive)) for _ in range(n)]
-    for t in threads:
-        t.start()
-    return stop, results, threads
-
-
-def finish_clients(stop, results, threads):
-    stop.set()
-    for t in threads:
-        t.join(30)
-    failed = [d for ok, d in results if not ok]
-    assert results, "the clients made no request"
-    assert not failed, f"{len(failed)} of {len(results)} requests failed, e.g. {failed[:5]}"
-    return len(results)
 
 
 @pytest.mark.parametrize("keepalive", [False, True])

@@ -92,7 +92,8 @@ def test_make_install_honours_prefix_and_destdir(tmp_path):
     assert (dest / "usr/share/pgapi/migrations/0001_create_users.sql").exists()
     assert (dest / "etc/pgapi/pgapi.ini.example").exists()
     for f in ["usr/share/man/man8/pgapi.8.gz", "usr/share/doc/pgapi/README.md", "usr/share/doc/pgapi/openapi.yaml",
-              "usr/lib/sysusers.d/pgapi.conf", "usr/lib/tmpfiles.d/pgapi.conf"]:
+              "usr/lib/sysusers.d/pgapi.conf", "usr/lib/tmpfiles.d/pgapi.conf", "etc/logrotate.d/pgapi",
+              "lib/systemd/system/pgapi.socket"]:
         assert (dest / f).is_file(), f"expected {dest / f} after make install PREFIX=/usr DESTDIR={dest}"
     # a DESTDIR is another system: its group ids are unknown here, so the example keeps the installer's
     # group and the tmpfiles.d file (with the target's paths) gives it the pgapi group there
@@ -327,7 +328,7 @@ def test_installed_unit_files_and_user(installed, tmp_path):
 
     # systemd's own checker: directives, executables, man:pgapi(8) resolvable
     if shutil.which("systemd-analyze"):
-        p = run(["systemd-analyze", "verify", installed.unit_path],
+        p = run(["systemd-analyze", "verify", installed.unit_path, os.path.join(installed.unitdir, "pgapi.socket")],
                 env=dict(os.environ, MANPATH=os.path.join(installed.prefix, "share", "man")))
         assert p.returncode == 0 and not p.stderr.strip(), \
             f"systemd-analyze verify: expected exit 0 and no complaint, got {p.returncode}:\n{p.stderr}"

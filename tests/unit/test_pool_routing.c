@@ -127,6 +127,21 @@ static void test_primary_known_down(void **state)
     expect(route_decide(&v, false, 0), ROUTE_QUEUE, POOL_PRIMARY, -1);
 }
 
+/* The reason pgapi_pool_primary_reads_total gives for a read that the primary runs. */
+static void test_why_a_read_runs_on_the_primary(void **state)
+{
+    (void)state;
+    struct route_view v = view_new(2);
+    assert_int_equal(route_primary_read_reason(&v, POOL_LSN_NONE), POOL_PRIMARY_READ_NEWEST);
+    assert_int_equal(route_primary_read_reason(&v, POOL_LSN_NEWEST), POOL_PRIMARY_READ_NEWEST);
+    assert_int_equal(route_primary_read_reason(&v, 501), POOL_PRIMARY_READ_FENCE);
+    v.replicas[1].lsn = 501;
+    v.replicas[1].idle = 0; /* it may serve the read, but every connection of it is busy */
+    assert_int_equal(route_primary_read_reason(&v, 501), POOL_PRIMARY_READ_REPLICAS_BUSY);
+    v.replicas[0].healthy = v.replicas[1].healthy = false;
+    assert_int_equal(route_primary_read_reason(&v, 0), POOL_PRIMARY_READ_NO_REPLICA);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -136,6 +151,7 @@ int main(void)
         cmocka_unit_test(test_round_robin_prefers_an_idle_replica),
         cmocka_unit_test(test_spill_to_an_idle_primary_connection),
         cmocka_unit_test(test_primary_known_down),
+        cmocka_unit_test(test_why_a_read_runs_on_the_primary),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -313,7 +313,10 @@ void pgconn_start(struct pgconn *c, struct job *j)
     j->data_lsn = c->be->side == POOL_PRIMARY ? primary_data_lsn(p, j) : c->be->lsn;
     pgconn_move(c, PGC_SENDING); /* PGC_BUSY once PQflush has sent the statement (conn_io_cb) */
     c->result = NULL;
-    if (j->batch_sql && queue_batch_gather(c, j)) {
+    bool batched = j->batch_sql && queue_batch_gather(c, j);
+    if (c->be->side == POOL_PRIMARY)
+        route_primary_reads_note(p, j);
+    if (batched) {
         queue_batch_send(c, j);
         return;
     }

@@ -58,9 +58,20 @@ struct pool_query {
     const char *traceparent;
 };
 
+/* Why a read ran on the primary rather than a replica (pgapi_pool_primary_reads_total{reason}). */
+enum pool_primary_read {
+    POOL_PRIMARY_READ_NEWEST,        /* it must see the newest data: its fences are unknown (a Redis store
+                                      * being verified, Redis bypassed, a commit position unknown) */
+    POOL_PRIMARY_READ_FENCE,         /* no replica in rotation has replayed its fence yet */
+    POOL_PRIMARY_READ_NO_REPLICA,    /* no replica in rotation */
+    POOL_PRIMARY_READ_REPLICAS_BUSY, /* every replica that may serve it was busy: the primary was idle */
+    POOL_PRIMARY_READS
+};
+
 struct pool_side_stats {
     uint64_t queries, errors, timeouts, queue_full, wait_us_total;
-    uint64_t batches; /* statements that ran several queued reads at once */
+    uint64_t primary_reads[POOL_PRIMARY_READS]; /* the primary side's only */
+    uint64_t batches;                           /* statements that ran several queued reads at once */
     int in_use, idle, connecting, down, waiting;
 };
 

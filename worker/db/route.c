@@ -67,6 +67,15 @@ bool route_primary_takes_reads_now(const struct pool *p)
     return route_primary_takes_reads(&primary);
 }
 
+void route_primary_reads_note(struct pool *p, const struct job *j)
+{
+    struct route_view v;
+    route_view_fill(p, &v);
+    for (const struct job *k = j; k; k = k == j ? j->batch : k->next)
+        if (k->kind == JOB_READ)
+            p->stats[POOL_PRIMARY].primary_reads[route_primary_read_reason(&v, k->fence)]++;
+}
+
 void route_pump(struct pgconn *c)
 {
     struct pool *p = c->be->pool;

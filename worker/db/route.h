@@ -17,6 +17,8 @@ void route_view_fill(const struct pool *p, struct route_view *v);
 bool route_replica_eligible(const struct backend *be, uint64_t fence);
 /* Whether the primary, as it stands now, takes the reads queued for the replicas (route_decide.h). */
 bool route_primary_takes_reads_now(const struct pool *p);
+/* Counts the reads of j (and of its batch) that start on the primary, by why no replica took them. */
+void route_primary_reads_note(struct pool *p, const struct job *j);
 /* Runs j on an idle connection of the backend it belongs to, queues it, or fails it. */
 void route_submit(struct pool *p, struct job *j);
 /* Queued reads move to the side that may now serve them. */

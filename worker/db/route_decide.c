@@ -61,6 +61,17 @@ static struct route_decision decide_replica(const struct route_view *v, int repl
     return (struct route_decision){ .where = ROUTE_QUEUE, .side = POOL_REPLICA, .backend = replica };
 }
 
+enum pool_primary_read route_primary_read_reason(const struct route_view *v, uint64_t fence)
+{
+    bool idle;
+    if (fence == POOL_LSN_NONE || fence == POOL_LSN_NEWEST)
+        return POOL_PRIMARY_READ_NEWEST;
+    if (route_replicas_up(v) == 0)
+        return POOL_PRIMARY_READ_NO_REPLICA;
+    return route_replica_pick(v, fence, &idle) >= 0 ? POOL_PRIMARY_READ_REPLICAS_BUSY
+                                                    : POOL_PRIMARY_READ_FENCE;
+}
+
 struct route_decision route_decide(const struct route_view *v, bool read, uint64_t fence)
 {
     bool idle = false;

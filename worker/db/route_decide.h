@@ -50,6 +50,8 @@ int route_replicas_up(const struct route_view *v);
 /* The replica for a read: round-robin over the eligible replicas, preferring one with an idle
  * connection (*idle true). -1 when none is eligible (the read then goes to the primary). */
 int route_replica_pick(const struct route_view *v, uint64_t fence, bool *idle);
+/* Why a read with this fence runs on the primary (it does: no replica took it). */
+enum pool_primary_read route_primary_read_reason(const struct route_view *v, uint64_t fence);
 /* Where a statement goes: a read (fence as pool_read's) or, when !read, a write or a statement for the
  * primary. */
 struct route_decision route_decide(const struct route_view *v, bool read, uint64_t fence);

@@ -93,6 +93,7 @@ class PgapiServer:
         self.metrics_port = free_port()
         self.binary = binary
         self.wrapper = list(wrapper or [])  # e.g. valgrind and its options, run in front of the binary
+        self.pass_fds = ()  # descriptors the server inherits (socket activation's listening socket)
         self.ini_path = os.path.join(workdir, "pgapi.ini")
         self.log_path = os.path.join(workdir, "pgapi.log")
         self.proc = None
@@ -142,7 +143,8 @@ class PgapiServer:
     def start(self, wait_workers=None, timeout=20):
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.wrapper + [self.binary, "--config", self.ini_path], stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL, env=self.env(), cwd=REPO_ROOT)
+                                     stdin=subprocess.DEVNULL, env=self.env(), cwd=REPO_ROOT,
+                                     pass_fds=self.pass_fds)
         log.close()
         n = wait_workers if wait_workers is not None else int(self.settings["server"]["workers"])
         self.wait_for(lambda: len(self.worker_pids()) == n and self.get("/healthz").status == 200,
