@@ -157,6 +157,11 @@ static const struct config_key config_keys[] = {
       "POST, PUT, PATCH and DELETE requests per second one client may make, sustained" },
     { "ratelimit", "write_burst", KT_INT, OFF(write_burst), 1, 1000000, "40",
       "writes one client may make at once, above the rate, after a quiet spell" },
+    { "idempotency", "ttl", KT_SEC, OFF(idempotency_ttl_s), 1000, 2592000000LL, "24h",
+      "how long a write sent with an Idempotency-Key is remembered: the same key and request within it get "
+      "the first answer again (Idempotent-Replayed: true) and write nothing; units s, m, h" },
+    { "idempotency", "purge_interval", KT_MS, OFF(idempotency_purge_interval_ms), 100, 86400000, "1m",
+      "how often one worker of each server deletes expired keys on the primary (in batches of 1000)" },
     { "metrics", "listen", KT_LISTEN, OFF(metrics_listen), 0, 0, "127.0.0.1:3001",
       "address:port serving GET /metrics (Prometheus text format, every worker's series with a worker "
       "label); keep it off the public interface; \"off\" disables it" },

@@ -91,6 +91,9 @@ struct config {
     /* [ratelimit] (worker/api/ratelimit.c): requests per second and burst, reads and writes apart */
     bool ratelimit_enabled;
     int read_rate, read_burst, write_rate, write_burst;
+    /* [idempotency] */
+    int idempotency_ttl_s;             /* how long a write's Idempotency-Key and its answer are kept */
+    int idempotency_purge_interval_ms; /* how often expired keys are deleted on the primary */
     /* [metrics] */
     struct config_addr metrics_listen; /* GET /metrics (Prometheus text); port 0 = off */
     /* [log] */

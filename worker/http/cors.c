@@ -10,7 +10,7 @@
 /* What a browser page may see of an answer beyond the CORS-safelisted headers. */
 #define CORS_EXPOSE                                                                                          \
     "ETag, Pgapi-Lsn, X-Cache, X-Request-Id, Location, Retry-After, Server-Timing, traceparent, RateLimit, " \
-    "RateLimit-Policy"
+    "RateLimit-Policy, Idempotent-Replayed"
 /* What a page may send beyond the safelisted ones (Content-Type: application/json is not safelisted). */
 #define CORS_ALLOW_HEADERS                                                                             \
     "Content-Type, If-Match, If-None-Match, Idempotency-Key, Authorization, traceparent, tracestate, " \

@@ -23,7 +23,8 @@
     X(ORIGIN, "Origin", 256)                            /* CORS: 256 = longer than any */ \
     X(TRACEPARENT, "traceparent", 56)                   /* W3C: 55 for version 00 */      \
     X(TRACESTATE, "tracestate", 513)                    /* W3C: at most 512 */            \
-    X(X_FORWARDED_FOR, "X-Forwarded-For", HTTP_XFF_MAX) /* client.c */
+    X(X_FORWARDED_FOR, "X-Forwarded-For", HTTP_XFF_MAX) /* client.c */                    \
+    X(IDEMPOTENCY_KEY, "Idempotency-Key", 256)
 
 #define HTTP_HEADER_NAME_MAX 32 /* longer field names are none of the table's */
 
