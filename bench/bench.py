@@ -131,7 +131,7 @@ def tree_rss(pid):
 # exist: the cluster with the deployment-wide fences off (a test-only setting: what the fences cost)
 # and BENCH_BASELINE's commit as a cluster. Every role keeps Redis on (a deployment needs it); the
 # uncached reads are pages larger than the roles' max_value_bytes, so each one misses the cache.
-SO_ROLES = ("single", "single_lb", "cluster", "cluster_nofences", "cluster_baseline")
+SO_ROLES = ("single", "single_lb", "single_ratelimit", "cluster", "cluster_nofences", "cluster_baseline")
 SO_SCENARIOS = [
     ("so_cached", "GET /users/:id random, cached (local cache on)", "user_random.lua"),
     ("so_uncached", "GET /users?limit=10&after_id=random, never cached", "list_random.lua"),
@@ -397,6 +397,8 @@ def targets(rounds, snapshots, cfg):
 
 ROLE_TEXT = {
     "single": "one server of {total} workers, wrk straight to it",
+    "single_ratelimit": "the same with `[ratelimit]` on, limits too high to refuse anything (one GCRA `EVALSHA` "
+                        "per request of the users and posts routes)",
     "single_lb": "the same server through an HAProxy of its own (the cluster's HAProxy configuration, one server)",
     "cluster": "{servers} servers of {workers} worker(s) behind HAProxy (round-robin, `option httpchk GET /readyz`), "
                "on their defaults (but `max_value_bytes`, above): one Redis prefix, local caches on",
@@ -487,6 +489,29 @@ def scaleout_costs(rounds):
     return out
 
 
+def script_calls(rounds, key):
+    """EVALSHA and EVAL calls per request (median of the rounds): each is one round trip, whatever the
+    script runs inside (INFO commandstats also counts the commands a script calls: TIME, GET, SET)."""
+    vals = [sum(r[key].get("redis_cmds", {}).get(c, 0) for c in ("evalsha", "eval")) for r in rounds if key in r]
+    return statistics.median(vals) if vals else None
+
+
+def ratelimit_costs(rounds):
+    """What `[ratelimit]` adds: the issue's target is at most one Redis round trip per request."""
+    out = []
+    for name, label, _ in SO_SCENARIOS:
+        a, b = script_calls(rounds, (name, "single_ratelimit")), script_calls(rounds, (name, "single"))
+        ca, cb = so_median(rounds, (name, "single_ratelimit"), "redis_per_req"), so_median(rounds, (name, "single"),
+                                                                                            "redis_per_req")
+        p = paired(rounds, name, "single_ratelimit", "single")
+        if None in (a, b, ca, cb, p):
+            continue
+        out.append(f"- {'met' if a - b <= 1.05 else 'MISSED'}: {label}: the rate limiter adds {a - b:+.2f} script "
+                   f"calls (round trips) per request (target: at most one); {ca - cb:+.2f} commands counted with "
+                   f"the script's own TIME, GET and SET; throughput {(p[0] - 1) * 100:+.1f}%")
+    return out
+
+
 def scaleout_section(rounds, cfg):
     so = cfg.get("scaleout", {})
     if not so.get("roles"):
@@ -518,6 +543,12 @@ def scaleout_section(rounds, cfg):
               "Throughput changes are the median over the rounds of each round's ratio (the two runs minutes "
               "apart: other work on the machine shifts both alike); latencies are differences of medians.", ""]
     lines += scaleout_costs(rounds)
+    rl = ratelimit_costs(rounds)
+    if rl:
+        lines += ["", "### What the rate limiter costs", "",
+                  "`single_ratelimit` against `single` (the same server, `[ratelimit]` on): one `EVALSHA` before "
+                  "the handler, not pipelined with the cache lookup (a local hit needs no Redis at all).", ""]
+        lines += rl
     lines.append(SO_MARK[1])
     return lines
 

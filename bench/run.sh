@@ -214,6 +214,13 @@ if [ "$SCALEOUT" != 0 ]; then
     export PGAPI_REDIS_MAX_VALUE_BYTES=1024
     so_cluster cluster 40 "$ROOT/build/pgapi" PGAPI_REDIS_PREFIX=pgapi:so-cluster
     so_single single 60 PGAPI_REDIS_PREFIX=pgapi:so-single
+    # the same server with the rate limiter on (limits no run reaches), where this build has it
+    if build/pgapi --check-config 2>/dev/null | grep -q '^\[ratelimit\]'; then
+        so_up single_ratelimit 120 1 $((SO_SERVERS * SO_WORKERS)) "$ROOT/build/pgapi" \
+            PGAPI_REDIS_PREFIX=pgapi:so-ratelimit PGAPI_RATELIMIT_ENABLED=on PGAPI_RATELIMIT_READ_RATE=1000000 \
+            PGAPI_RATELIMIT_READ_BURST=1000000 PGAPI_RATELIMIT_WRITE_RATE=1000000 PGAPI_RATELIMIT_WRITE_BURST=1000000
+        so_role single_ratelimit $((BASE + 121)) 120 1
+    fi
     # the deployment-wide fences switched off (a test-only setting), where this build has the switch
     if build/pgapi --check-config 2>/dev/null | grep -q '^deployment_fences'; then
         so_cluster cluster_nofences 80 "$ROOT/build/pgapi" PGAPI_REDIS_PREFIX=pgapi:so-nofences \

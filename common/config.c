@@ -81,6 +81,14 @@ static const struct config_key config_keys[] = {
       "comes alone); units k, m" },
     { "server", "embed_posts", KT_INT, OFF(embed_posts), 1, 1000, "50",
       "posts embedded by GET /users/:id?include=posts, the first in id order; posts_next links to the rest" },
+    { "server", "proxy_protocol", KT_BOOL, OFF(proxy_protocol), 0, 0, "off",
+      "a connection from a trusted_proxies address may start with a PROXY protocol v2 header (HAProxy "
+      "send-proxy-v2), whose source address is then the client's; one from any other address that sends "
+      "one is closed" },
+    { "server", "trusted_proxies", KT_STR, OFF(trusted_proxies_text), 0, 0, "",
+      "networks (CIDR, comma-separated, at most 16) of the proxies in front of pgapi: only their PROXY "
+      "header and X-Forwarded-For (its rightmost address that is not itself a trusted proxy) name the "
+      "client, for the rate limiter and the access log; empty = every client is its socket's peer" },
     { "database", "primary", KT_DSN, OFF(primary_dsn), 0, 0,
       "host=127.0.0.1 port=64320 dbname=pgapi_rw user=app",
       "libpq conninfo of the read-write side (PgBouncer database pointing at the primary); "
@@ -142,6 +150,22 @@ static const struct config_key config_keys[] = {
       "file whose first line is the Redis password, read at start and on every reload (not readable by "
       "others); or set PGAPI_REDIS_PASSWORD in the environment instead; never put the password in this "
       "file" },
+    { "ratelimit", "enabled", KT_BOOL, OFF(ratelimit_enabled), 0, 0, "off",
+      "limit the API routes' requests per client (the token's subject, else the client address) in Redis; "
+      "429 rate_limited past the limit" },
+    { "ratelimit", "read_rate", KT_INT, OFF(read_rate), 1, 1000000, "100",
+      "GET and HEAD requests per second one client may make, sustained" },
+    { "ratelimit", "read_burst", KT_INT, OFF(read_burst), 1, 1000000, "200",
+      "GET and HEAD requests one client may make at once, above the rate, after a quiet spell" },
+    { "ratelimit", "write_rate", KT_INT, OFF(write_rate), 1, 1000000, "20",
+      "POST, PUT, PATCH and DELETE requests per second one client may make, sustained" },
+    { "ratelimit", "write_burst", KT_INT, OFF(write_burst), 1, 1000000, "40",
+      "writes one client may make at once, above the rate, after a quiet spell" },
+    { "idempotency", "ttl", KT_SEC, OFF(idempotency_ttl_s), 1000, 2592000000LL, "24h",
+      "how long a write sent with an Idempotency-Key is remembered: the same key and request within it get "
+      "the first answer again (Idempotent-Replayed: true) and write nothing; units s, m, h" },
+    { "idempotency", "purge_interval", KT_MS, OFF(idempotency_purge_interval_ms), 100, 86400000, "1m",
+      "how often one worker of each server deletes expired keys on the primary (in batches of 1000)" },
     { "metrics", "listen", KT_LISTEN, OFF(metrics_listen), 0, 0, "127.0.0.1:3001",
       "address:port serving GET /metrics (Prometheus text format, every worker's series with a worker "
       "label); keep it off the public interface; \"off\" disables it" },
@@ -617,9 +641,56 @@ static int auth_mode_check(struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* One "address[/bits]" of trusted_proxies; without /bits, the single address. */
+static int cidr_parse(const char *item, struct config_cidr *out, char *err, size_t errlen)
+{
+    char addr[64];
+    const char *slash = strchr(item, '/');
+    size_t len = slash ? (size_t)(slash - item) : strlen(item);
+    if (len >= sizeof(addr))
+        goto bad;
+    memcpy(addr, item, len);
+    addr[len] = '\0';
+    *out = (struct config_cidr){ .family = strchr(addr, ':') ? AF_INET6 : AF_INET };
+    int max = out->family == AF_INET6 ? 128 : 32;
+    if (inet_pton(out->family, addr, out->addr) != 1)
+        goto bad;
+    out->bits = max;
+    if (slash) {
+        char *end;
+        errno = 0;
+        long bits = strtol(slash + 1, &end, 10);
+        if (errno || end == slash + 1 || *end || bits < 0 || bits > max)
+            goto bad;
+        out->bits = (int)bits;
+    }
+    return 0;
+bad:
+    snprintf(err, errlen, "[server] trusted_proxies: \"%.64s\" is not an address or address/bits", item);
+    return -1;
+}
+
+static int trusted_proxies_parse(struct config *cfg, char *err, size_t errlen)
+{
+    char list[sizeof(cfg->trusted_proxies_text)], *save = NULL;
+    snprintf(list, sizeof(list), "%s", cfg->trusted_proxies_text);
+    cfg->trusted_proxy_count = 0;
+    for (char *item = strtok_r(list, ", ", &save); item; item = strtok_r(NULL, ", ", &save)) {
+        if (cfg->trusted_proxy_count == CONFIG_MAX_TRUSTED_PROXIES) {
+            snprintf(err, errlen, "[server] trusted_proxies: at most %d networks",
+                     CONFIG_MAX_TRUSTED_PROXIES);
+            return -1;
+        }
+        if (cidr_parse(item, &cfg->trusted_proxies[cfg->trusted_proxy_count], err, errlen) < 0)
+            return -1;
+        cfg->trusted_proxy_count++;
+    }
+    return 0;
+}
+
 static int config_validate(struct config *cfg, char *err, size_t errlen)
 {
-    if (cors_origins_check(cfg->cors_origins, err, errlen) < 0)
+    if (cors_origins_check(cfg->cors_origins, err, errlen) < 0 || trusted_proxies_parse(cfg, err, errlen) < 0)
         return -1;
     if (auth_mode_check(cfg, err, errlen) < 0)
         return -1;
@@ -934,6 +1005,12 @@ void config_print(const struct config *c, FILE *f)
             c->local_cache_bytes, c->cache_max_value_bytes, c->cache_list_pages,
             c->deployment_fences ? "on" : "off", metrics_addr, lv[c->log_level],
             c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off", c->log_file);
+    fprintf(f, "\n[server]\nproxy_protocol = %s\ntrusted_proxies = %s\n", c->proxy_protocol ? "on" : "off",
+            c->trusted_proxies_text);
+    fprintf(
+        f,
+        "\n[ratelimit]\nenabled = %s\nread_rate = %d\nread_burst = %d\nwrite_rate = %d\nwrite_burst = %d\n",
+        c->ratelimit_enabled ? "on" : "off", c->read_rate, c->read_burst, c->write_rate, c->write_burst);
     auth_print(c, f);
 }
 

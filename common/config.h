@@ -13,7 +13,8 @@
 #define CONFIG_DSN_MAX 512
 #define CONFIG_ERR_MAX 512
 #define CONFIG_MAX_SENTINELS 8
-#define CONFIG_ORIGIN_MAX 255 /* one origin of [server] cors_origins */
+#define CONFIG_ORIGIN_MAX 255         /* one origin of [server] cors_origins */
+#define CONFIG_MAX_TRUSTED_PROXIES 16 /* networks of [server] trusted_proxies */
 /* The environment variable holding the Redis password (the other way is [redis] password_file). */
 #define CONFIG_REDIS_PASSWORD_ENV "PGAPI_REDIS_PASSWORD"
 /* The environment variable holding the HS256 secret (the other way is [auth] hs256_secret_file). */
@@ -21,6 +22,14 @@
 #define CONFIG_AUTH_SECRET_MAX 512 /* common/jwt.h's JWT_SECRET_MAX */
 #define CONFIG_AUTH_PEM_MAX 8192   /* JWT_PEM_MAX */
 #define CONFIG_AUTH_JWKS_MAX 16384 /* JWT_JWKS_MAX */
+
+/* One network of [server] trusted_proxies: an IPv4 (family AF_INET, addr[0..3]) or IPv6 address and
+ * its prefix length. */
+struct config_cidr {
+    int family;
+    unsigned char addr[16];
+    int bits;
+};
 
 /* An address:port to listen on; port 0 = off (only where the key allows it). */
 struct config_addr {
@@ -46,6 +55,10 @@ struct config {
     char cors_origins[512];         /* comma-separated exact origins, or "*"; "" = no CORS */
     size_t page_bytes;              /* byte budget of the rows of one answer (a page, embedded posts) */
     int embed_posts;                /* posts embedded by ?include=posts */
+    bool proxy_protocol;            /* a trusted proxy's connection may start with a PROXY v2 header */
+    char trusted_proxies_text[512]; /* networks (CIDR) whose X-Forwarded-For or PROXY header is believed */
+    struct config_cidr trusted_proxies[CONFIG_MAX_TRUSTED_PROXIES]; /* not a key: parsed from the text */
+    int trusted_proxy_count;
     /* [database] */
     char primary_dsn[CONFIG_DSN_MAX];
     char replica_dsn[CONFIG_MAX_REPLICAS][CONFIG_DSN_MAX];
@@ -80,6 +93,12 @@ struct config {
     size_t cache_max_value_bytes; /* larger values are served, not cached */
     int cache_list_pages;         /* pages cached per list */
     bool deployment_fences;       /* fences shared through Redis by every server (off: tests only) */
+    /* [ratelimit] (worker/api/ratelimit.c): requests per second and burst, reads and writes apart */
+    bool ratelimit_enabled;
+    int read_rate, read_burst, write_rate, write_burst;
+    /* [idempotency] */
+    int idempotency_ttl_s;             /* how long a write's Idempotency-Key and its answer are kept */
+    int idempotency_purge_interval_ms; /* how often expired keys are deleted on the primary */
     /* [metrics] */
     struct config_addr metrics_listen; /* GET /metrics (Prometheus text); port 0 = off */
     /* [auth] */

@@ -28,6 +28,15 @@
 
 typedef _Atomic uint64_t metrics_counter;
 
+/* pgapi_ratelimit_total's result label (worker/api/ratelimit.h) */
+enum {
+    METRICS_RATELIMIT_ALLOWED,
+    METRICS_RATELIMIT_LIMITED,
+    METRICS_RATELIMIT_LOCAL_ALLOWED,
+    METRICS_RATELIMIT_LOCAL_LIMITED,
+    METRICS_RATELIMIT_RESULTS
+};
+
 /* Per slot, only ever added to (by the slot's current and retiring workers at once, hence atomics). */
 struct metrics_counters {
     metrics_counter requests[METRICS_ROUTES][METRICS_STATUSES];
@@ -44,7 +53,8 @@ struct metrics_counters {
     metrics_counter connections_refused;
     metrics_counter client_connections_refused; /* at max_connections_per_client */
     metrics_counter slow_readers_closed;        /* closed past max_unsent_bytes */
-    metrics_counter auth[8];                    /* bearer token checks, by enum auth_result */
+    metrics_counter ratelimit[METRICS_RATELIMIT_RESULTS];
+    metrics_counter auth[8]; /* bearer token checks, by enum auth_result */
 };
 
 /* Per (generation parity, slot): what one process last published; the master clears it when that

@@ -373,6 +373,15 @@ static void cache_render(struct page *pg)
         pg, "pgapi_http_slow_readers_closed_total", "counter",
         "Connections closed because their client did not read while the worker was over max_unsent_bytes.");
     SLOT_COUNTER(pg, "pgapi_http_slow_readers_closed_total", "", slow_readers_closed);
+    family(pg, "pgapi_ratelimit_total", "counter",
+           "Rate limiter decisions on the API routes: allowed or limited in Redis (every server's shared "
+           "budget), or by a worker alone while Redis could not answer (local_allowed, local_limited).");
+    SLOT_COUNTER(pg, "pgapi_ratelimit_total", "result=\"allowed\"", ratelimit[METRICS_RATELIMIT_ALLOWED]);
+    SLOT_COUNTER(pg, "pgapi_ratelimit_total", "result=\"limited\"", ratelimit[METRICS_RATELIMIT_LIMITED]);
+    SLOT_COUNTER(pg, "pgapi_ratelimit_total", "result=\"local_allowed\"",
+                 ratelimit[METRICS_RATELIMIT_LOCAL_ALLOWED]);
+    SLOT_COUNTER(pg, "pgapi_ratelimit_total", "result=\"local_limited\"",
+                 ratelimit[METRICS_RATELIMIT_LOCAL_LIMITED]);
 }
 
 static void auth_render(struct page *pg)

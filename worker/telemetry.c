@@ -11,6 +11,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "worker/api/ratelimit.h"
 #include "worker/cache/cache.h"
 #include "worker/cache/local_cache.h"
 #include "worker/db/pool.h"
@@ -29,6 +30,7 @@ struct published {
     struct cache_stats cache;
     uint64_t local_hits;
     uint64_t refused, client_refused, slow_closed;
+    struct ratelimit_stats ratelimit;
 };
 
 struct telemetry {
@@ -129,6 +131,19 @@ static void cache_publish(struct telemetry *t)
     gauge_set(&t->gauges->local_bytes, (int64_t)bytes);
 }
 
+static void ratelimit_publish(struct telemetry *t)
+{
+    struct ratelimit_stats s;
+    struct ratelimit_stats *last = &t->last.ratelimit;
+    ratelimit_stats(t->src.ratelimit, &s);
+    delta_add(&t->counters->ratelimit[METRICS_RATELIMIT_ALLOWED], &last->allowed, s.allowed);
+    delta_add(&t->counters->ratelimit[METRICS_RATELIMIT_LIMITED], &last->limited, s.limited);
+    delta_add(&t->counters->ratelimit[METRICS_RATELIMIT_LOCAL_ALLOWED], &last->local_allowed,
+              s.local_allowed);
+    delta_add(&t->counters->ratelimit[METRICS_RATELIMIT_LOCAL_LIMITED], &last->local_limited,
+              s.local_limited);
+}
+
 void telemetry_publish(struct telemetry *t)
 {
     if (!t)
@@ -153,6 +168,8 @@ void telemetry_publish(struct telemetry *t)
     }
     if (src->cache)
         cache_publish(t);
+    if (src->ratelimit)
+        ratelimit_publish(t);
     atomic_store_explicit(&t->gauges->generation, t->generation, memory_order_release);
 }
 

@@ -13,6 +13,7 @@ struct local_cache;
 struct metrics;
 struct pool;
 struct cache;
+struct ratelimit;
 struct telemetry;
 
 /* Where a worker's numbers come from: its objects (any may be NULL) and its refusal counters. They stay
@@ -22,6 +23,7 @@ struct telemetry_sources {
     struct pool *pool;
     struct cache *cache;
     struct local_cache *local;
+    struct ratelimit *ratelimit;               /* NULL when off */
     const unsigned long *refused_total;        /* connections refused at max_connections */
     const unsigned long *client_refused_total; /* connections refused at max_connections_per_client */
 };

@@ -21,6 +21,8 @@
 #include "worker/api/api.h"
 #include "worker/api/auth.h"
 #include "worker/api/deployment.h"
+#include "worker/api/idempotency.h"
+#include "worker/api/ratelimit.h"
 #include "worker/api/resource_ops.h"
 #include "worker/api/router.h"
 #include "worker/cache/cache.h"
@@ -55,6 +57,7 @@ struct worker {
     struct cache *cache;
     struct local_cache *local;          /* NULL when off: redis disabled or local_entries = 0 */
     struct api_context api;             /* what the API code sees of this worker (the router's context) */
+    struct idempotency_purge *idem;     /* slot 0: deletes expired Idempotency-Keys */
     struct consistency *consistency;    /* shared with every worker: commit LSNs of acknowledged writes */
     struct capacity *capacity;          /* shared with every worker: who has room under max_connections */
     struct clients *clients;            /* shared with every worker: connections per client address */
@@ -392,7 +395,9 @@ static void worker_free(struct worker *w)
     telemetry_free(w->telemetry); /* publishes its last numbers: before the pool and cache go */
     pool_free(w->pool);
     cache_free(w->cache);
+    ratelimit_free(w->api.ratelimit); /* after the cache: a check in flight was discarded by it */
     resource_ops_discard_all(&w->api);
+    idempotency_purge_free(w->idem); /* after the pool: its statement's callback never runs */
     deployment_free(w->api.deployment);
     http_server_free(w->metrics_http);
     metrics_page_free(w->metrics_page);
@@ -458,8 +463,10 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared,
                                   .generation = generation,
                                   .draining = &w.draining };
     w.api.deployment = w.pool && w.cache ? deployment_new(&w.api) : NULL;
+    w.api.ratelimit = w.cache ? ratelimit_new(cfg, w.cache) : NULL;
+    w.idem = w.pool ? idempotency_purge_new(&w.api) : NULL;
     w.api.auth = auth_new(cfg, w.metrics ? w.metrics->slot[slot].auth : NULL, slot == 0);
-    if (!w.http || !w.pool || !w.cache || !w.api.deployment || !w.api.auth) {
+    if (!w.http || !w.pool || !w.cache || !w.api.deployment || !w.idem || !w.api.auth) {
         log_error("cannot set up the HTTP server, the database pool, the cache client or the token keys");
         goto done;
     }
@@ -467,6 +474,7 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared,
                                          .pool = w.pool,
                                          .cache = w.cache,
                                          .local = w.local,
+                                         .ratelimit = w.api.ratelimit,
                                          .refused_total = &w.refused_total,
                                          .client_refused_total = &w.client_refused_total };
     w.telemetry = telemetry_new(w.base, w.metrics, w.slot, w.generation, &sources);

@@ -221,6 +221,16 @@ void cache_lookup(struct cache *c, const char *key, const char *gen, const struc
 }
 
 /* The deployment (api_context.deployment is NULL here: off) never calls these; they only link. */
+void cache_rate_check(struct cache *c, const char *key, uint64_t interval_us, uint64_t tolerance_us,
+                      cache_rate_cb cb, void *arg)
+{
+    (void)c;
+    (void)key;
+    (void)interval_us;
+    (void)tolerance_us;
+    cb(arg, &(struct cache_rate){ .result = CACHE_RATE_UNKNOWN });
+}
+
 bool cache_writable(const struct cache *c)
 {
     (void)c;

@@ -8,6 +8,7 @@
  * then the bytes the client sends. */
 #include <errno.h>
 #include <event2/event.h>
+#include <netinet/in.h>
 #include <sanitizer/common_interface_defs.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -24,6 +25,7 @@
 #include "tests/fuzz/fake_db.h"
 #include "worker/api/api.h"
 #include "worker/api/auth.h"
+#include "worker/api/ratelimit.h"
 #include "worker/api/resource.h"
 #include "worker/api/router.h"
 #include "worker/cache/local_cache.h"
@@ -47,6 +49,9 @@
 #define LOCAL_ENTRIES 16
 #define SMALL_HEADER_BYTES 512
 #define SMALL_BODY_BYTES 1024
+/* The client's socket is a socketpair; the server is told it comes from this trusted proxy, so that a
+ * PROXY v2 header and X-Forwarded-For are believed and parsed to the end. */
+static const unsigned char PROXY_ADDR[4] = { 127, 0, 0, 9 };
 
 struct fuzz_worker {
     struct event_base *base;
@@ -161,6 +166,16 @@ static int config_make(struct config *cfg, unsigned flags)
         return -1;
     }
     cfg->redis_enabled = false;
+    /* PROXY headers and X-Forwarded-For from a trusted proxy (PROXY_ADDR); the rate limiter on, alone in
+     * the worker (no Redis), with bursts that only long pipelines pass (429 without starving the rest) */
+    cfg->proxy_protocol = true;
+    cfg->trusted_proxies[0] = (struct config_cidr){ .family = AF_INET, .bits = 32 };
+    memcpy(cfg->trusted_proxies[0].addr, PROXY_ADDR, sizeof(PROXY_ADDR));
+    cfg->trusted_proxy_count = 1;
+    cfg->ratelimit_enabled = true;
+    cfg->read_rate = cfg->write_rate = 1;
+    cfg->read_burst = 64;
+    cfg->write_burst = 16;
     if (flags & FUZZ_TIMEOUTS)
         cfg->request_timeout_ms = cfg->keepalive_timeout_ms = TIMER_MS;
     if (flags & FUZZ_SMALL_LIMITS) {
@@ -199,9 +214,10 @@ static int run_setup(struct fuzz_run *r, unsigned flags)
                                      .consistency = r->w.fences,
                                      .generation = 1,
                                      .draining = &r->w.draining };
+    r->w.api.ratelimit = ratelimit_new(&r->cfg, NULL);
     r->w.api.auth = auth_new(&r->cfg, NULL, false);
     r->w.http = http_server_new(r->w.base, &r->cfg, router_dispatch, &r->w.api);
-    if (!r->w.pool || !r->w.http || !r->w.api.auth)
+    if (!r->w.pool || !r->w.http || !r->w.api.ratelimit || !r->w.api.auth)
         return -1;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
         return -1;
@@ -210,7 +226,9 @@ static int run_setup(struct fuzz_run *r, unsigned flags)
         socket_buffers_shrink(sv[0]);
         socket_buffers_shrink(sv[1]);
     }
-    http_server_adopt(r->w.http, sv[0], NULL, 0);
+    struct sockaddr_storage peer = { .ss_family = AF_INET };
+    memcpy(&((struct sockaddr_in *)&peer)->sin_addr, PROXY_ADDR, sizeof(PROXY_ADDR));
+    http_server_adopt(r->w.http, sv[0], &peer, 0);
     return 0;
 }
 
@@ -219,6 +237,7 @@ static void run_teardown(struct fuzz_run *r)
     if (r->client >= 0)
         close(r->client);
     http_server_free(r->w.http);
+    ratelimit_free(r->w.api.ratelimit);
     auth_free(r->w.api.auth);
     pool_free(r->w.pool);
     local_cache_free(r->w.local);

@@ -21,7 +21,8 @@ from lib.builders import create_user
 from lib.pgapi_fixtures import module_server
 from lib.pgapi_server import BINARY, free_port
 
-EXPOSED = {"etag", "pgapi-lsn", "x-cache", "location", "retry-after", "server-timing", "traceparent"}
+EXPOSED = {"etag", "pgapi-lsn", "x-cache", "location", "retry-after", "server-timing", "traceparent",
+           "idempotent-replayed", "ratelimit", "ratelimit-policy"}
 PREFLIGHT_HEADERS = {"content-type", "if-match", "idempotency-key", "authorization", "traceparent", "tracestate",
                      "pgapi-lsn"}
 

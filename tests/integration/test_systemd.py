@@ -824,7 +824,7 @@ def test_make_dist_tarball_builds_on_its_own(tmp_path):
         assert not outside, f"expected every member under {top}/, got {outside[:10]}"
         unwanted = [n for n in names if n.split("/")[1:2] in (["var"], ["build"]) or ".git" in n.split("/")]
         assert not unwanted, f"expected no var/, build/ or .git in the tarball, got {unwanted[:10]}"
-        files = {m.name[len(top) + 1:] for m in members if m.isfile()}
+        files = {m.name[len(top) + 1:] for m in members if m.isfile() or m.issym()}
         needed = ["Makefile", "README.md", "conf/pgapi.ini", "docs/pgapi.8", "docs/openapi.yaml",
                   "systemd/pgapi.service.in", "systemd/pgapi.sysusers", "scripts/deps.sh", "scripts/topology.sh",
                   "tests/run.sh", "tests/integration/conftest.py", "master/main.c"]

@@ -29,7 +29,7 @@ static const struct resource resource_comments = {
     .fields = COMMENT_FIELDS,
     .nfields = 1,
     RESOURCE_SQL_STATEMENTS("comments", "c", COMMENT_JSON, ", c.post_id", "text = $2",
-                            "text = COALESCE($2, c.text)", "$3"),
+                            "text = COALESCE($2, c.text)", "$3", "$4"),
     RESOURCE_SQL_DELETE("comments", "c", COMMENT_JSON, ", c.post_id"),
     .scopes = { .read = RESOURCE_SCOPE_READ, .write = RESOURCE_SCOPE_WRITE, .remove = RESOURCE_SCOPE_WRITE },
 };

@@ -14,6 +14,7 @@ struct local_cache;
 struct consistency;
 struct deployment;
 struct resource_op_state;
+struct ratelimit;
 struct auth;
 
 struct api_context {
@@ -25,6 +26,7 @@ struct api_context {
     struct consistency *consistency; /* shared with every worker: commit LSNs of acknowledged writes */
     struct deployment *deployment;   /* what this server shares with the others (deployment.h) */
     struct resource_op_state *ops;   /* requests in flight (resource_ops_discard_all at exit) */
+    struct ratelimit *ratelimit;     /* NULL when [ratelimit] enabled is off */
     struct auth *auth;               /* bearer tokens ([auth]); NULL: none needed */
     int slot;                        /* the worker's, for /healthz and /readyz */
     unsigned generation;

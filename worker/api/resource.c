@@ -48,6 +48,14 @@ bool resource_registry_check(void)
                       r->name);
             return false;
         }
+        /* Idempotency-Key: every write needs its keyed form (create only when the resource creates) */
+        if (!r->sql_replace_keyed || !r->sql_patch_keyed || !r->sql_delete_keyed ||
+            (r->sql_create && !r->sql_create_keyed)) {
+            log_error("resource %s: a keyed statement (sql_create_keyed, sql_replace_keyed, sql_patch_keyed, "
+                      "sql_delete_keyed) is missing",
+                      r->name);
+            return false;
+        }
         if (!r->scopes.read || !r->scopes.write || !r->scopes.remove) { /* [auth] needs one per route */
             log_error("resource %s: a scope (scopes.read, scopes.write, scopes.remove) is missing", r->name);
             return false;

@@ -67,6 +67,9 @@ struct resource {
      * written row as the plain statements do; a row that exists but matched none gives one row whose json
      * is NULL (412), and no row at all stays a 404 (RESOURCE_SQL_UPDATE_IF). */
     const char *sql_replace_if, *sql_patch_if, *sql_delete_if;
+    /* create, replace, patch and delete with an Idempotency-Key (RESOURCE_SQL_KEYED): the same parameters,
+     * then (but create) the If-Match tags or NULL, then the key's own text[] (idempotency.h). */
+    const char *sql_create_keyed, *sql_replace_keyed, *sql_patch_keyed, *sql_delete_keyed;
     /* create: the fields from $1, after the parent's id as $1 when there is a parent; create_many: its
      * batched form (RESOURCE_SQL_CREATE_MANY). */
     const char *sql_create, *sql_create_many;
@@ -137,29 +140,94 @@ bool resource_registry_check(void);
     ".id = $1 AND " RESOURCE_SQL_IF_MATCH(a, json, tags) " RETURNING " RESOURCE_SQL_ROW(a, json) returning \
         ") SELECT * FROM w UNION ALL SELECT " a ".id, NULL::text" returning " FROM " t " " a " WHERE " a   \
         ".id = $1 AND NOT EXISTS (SELECT 1 FROM w)"
+/* ---- Idempotency-Key (worker/api/idempotency.h, migration 0007) ---------------------------------- */
+
+/* The condition a keyed write's own statement writes under: the gate g (RESOURCE_SQL_KEYED) said so. */
+#define RESOURCE_SQL_KEY_GO "EXISTS (SELECT 1 FROM g WHERE g.outcome = 'write')"
+/* The class of the keys' transaction-scoped advisory locks ("pgid"): the two-int form, whose space is
+ * apart from the one-bigint locks of migrate and seed. */
+#define RESOURCE_SQL_KEY_LOCK_CLASS "1885825380"
+/* The keyed form of a write, one statement (so it runs as one transaction through PgBouncer's
+ * transaction mode): `writes` are its CTEs, "w AS (...)" the write itself gated by RESOURCE_SQL_KEY_GO
+ * and returning (id, body, ...), `result` the CTE holding what the plain statement returns; k is the
+ * key's parameter, one text[] {scope, key, request hash, status, ttl in seconds}.
+ *  i     the parameter's fields.
+ *  g     the key's lock, tried and never waited for (the request in flight with the key holds it until
+ *        its transaction ends), and the key's stored answer younger than the ttl; outcome 'replay' (the
+ *        same request hash), 'mismatch' (another request), 'busy' (nothing stored, the lock held
+ *        elsewhere: in flight) or 'write'.
+ *  gone  the key's answer past the ttl (not yet purged), deleted under the lock: the key is reused.
+ *  w...  the write, which writes only on 'write'.
+ *  s     the answer stored, when w wrote a row: a 404, a 412 or an error stores nothing (the client may
+ *        send the key again). It reads gone's count first, so the old row is gone before it inserts. A
+ *        row of the key that committed after this statement's snapshot but before its lock (that
+ *        request just ended) fails the insert on the primary key: the whole statement, write included,
+ *        is undone, and answered 409 as 'busy' is.
+ * The rows: the plain statement's, then idempotency (the outcome) and the stored answer's status, id and
+ * body: one row when not 'write'; on 'write', no row at all is the plain statement's 404. */
+#define RESOURCE_SQL_KEYED(k, writes, result)                                                                \
+    "WITH i AS MATERIALIZED (SELECT a[1] AS scope, a[2] AS key, a[3] AS hash, a[4]::smallint AS status,"     \
+    " a[5]::int * interval '1 second' AS ttl FROM (SELECT " k "::text[] AS a) x), g AS MATERIALIZED (SELECT" \
+    " l.locked, p.status, p.row_id, p.body, CASE WHEN p.request_hash = i.hash THEN 'replay' WHEN"            \
+    " p.request_hash IS NOT NULL THEN 'mismatch' WHEN l.locked THEN 'write' ELSE 'busy' END AS outcome"      \
+    " FROM i CROSS JOIN LATERAL (SELECT pg_try_advisory_xact_lock(" RESOURCE_SQL_KEY_LOCK_CLASS              \
+    ", hashtext(length(i.scope) || ':' || i.scope || i.key)) AS locked) l LEFT JOIN pgapi_idempotency_keys"  \
+    " p ON p.scope = i.scope AND p.key = i.key AND p.created_at > now() - i.ttl), gone AS (DELETE FROM"      \
+    " pgapi_idempotency_keys p USING i, g WHERE g.locked AND p.scope = i.scope AND p.key = i.key AND"        \
+    " p.created_at <= now() - i.ttl RETURNING 1), " writes ", s AS (INSERT INTO pgapi_idempotency_keys"      \
+    " (scope, key, request_hash, status, row_id, body) SELECT i.scope, i.key, i.hash, i.status, w.id::text," \
+    " CASE WHEN i.status <> 204 THEN w.body END FROM i, w WHERE (SELECT count(*) FROM gone) >= 0 RETURNING"  \
+    " 1) SELECT r.*, g.outcome AS idempotency, g.status::text AS idempotency_status, g.row_id AS"            \
+    " idempotency_id, g.body AS idempotency_body FROM g LEFT JOIN " result " r ON g.outcome = 'write'"       \
+    " WHERE g.outcome <> 'write' OR r.id IS NOT NULL"
+/* A keyed UPDATE or DELETE of table t aliased a (`write` up to its WHERE), tags its If-Match parameter
+ * (NULL: unconditional) and k the key's: as RESOURCE_SQL_WRITE_IF, gated. */
+#define RESOURCE_SQL_KEYED_WRITE(t, a, json, returning, write, tags, k)                                  \
+    RESOURCE_SQL_KEYED(                                                                                  \
+        k,                                                                                               \
+        "w AS (" write " WHERE " a ".id = $1 AND (" tags "::text[] IS NULL OR " RESOURCE_SQL_IF_MATCH(   \
+            a, json, tags) ") AND " RESOURCE_SQL_KEY_GO " RETURNING " a ".id, " json                     \
+                           "::text AS body" returning "), r AS (SELECT * FROM w UNION ALL SELECT " a     \
+                           ".id, NULL::text" returning " FROM " t " " a " WHERE " a ".id = $1 AND " tags \
+                           "::text[] IS NOT NULL AND NOT EXISTS (SELECT 1 FROM w))",                     \
+        "r")
+/* A keyed create of table t aliased a: its columns cols take `values` (the parameters, typed), k is the
+ * key's parameter. */
+#define RESOURCE_SQL_KEYED_CREATE(t, a, cols, values, json, returning, k)                                    \
+    RESOURCE_SQL_KEYED(k,                                                                                    \
+                       "w AS (INSERT INTO " t " AS " a " (" cols ") SELECT " values                          \
+                       " WHERE " RESOURCE_SQL_KEY_GO " RETURNING " a ".id, " json "::text AS body" returning \
+                       ")",                                                                                  \
+                       "w")
+
 /* The statements of table t aliased a whose row is the JSON expression json, in the parameter order
  * of struct resource; the writes' `returning` the columns after (id, json) (", a.user_id" for a
- * parent's id, "" without); replace and patch as their SET lists, and tags their If-Match parameter
- * (the one after the fields: "$4" after two). */
-#define RESOURCE_SQL_STATEMENTS(t, a, json, returning, replace_set, patch_set, tags)                   \
-    .sql_get = "SELECT " RESOURCE_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = $1",            \
-    .sql_get_many =                                                                                    \
-        "SELECT " RESOURCE_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = " RESOURCE_SQL_ANY_ID, \
-    .sql_list = RESOURCE_SQL_PAGE("SELECT " a ".id, " json "::text AS body FROM " t " " a " WHERE " a  \
-                                  ".id > $1 ORDER BY " a ".id LIMIT $2::bigint + 1",                   \
-                                  "$2::bigint", "$3::bigint"),                                         \
-    .sql_replace = "UPDATE " t " AS " a " SET " replace_set " WHERE " a                                \
-                   ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning,                          \
-    .sql_patch = "UPDATE " t " AS " a " SET " patch_set " WHERE " a                                    \
-                 ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning,                            \
-    .sql_replace_if =                                                                                  \
-        RESOURCE_SQL_WRITE_IF(t, a, json, returning, "UPDATE " t " AS " a " SET " replace_set, tags),  \
-    .sql_patch_if =                                                                                    \
-        RESOURCE_SQL_WRITE_IF(t, a, json, returning, "UPDATE " t " AS " a " SET " patch_set, tags)
+ * parent's id, "" without); replace and patch as their SET lists, tags their If-Match parameter
+ * (the one after the fields: "$4" after two) and key the Idempotency-Key's (the one after: "$5"). */
+#define RESOURCE_SQL_STATEMENTS(t, a, json, returning, replace_set, patch_set, tags, key)               \
+    .sql_get = "SELECT " RESOURCE_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = $1",             \
+    .sql_get_many =                                                                                     \
+        "SELECT " RESOURCE_SQL_ROW(a, json) " FROM " t " " a " WHERE " a ".id = " RESOURCE_SQL_ANY_ID,  \
+    .sql_list = RESOURCE_SQL_PAGE("SELECT " a ".id, " json "::text AS body FROM " t " " a " WHERE " a   \
+                                  ".id > $1 ORDER BY " a ".id LIMIT $2::bigint + 1",                    \
+                                  "$2::bigint", "$3::bigint"),                                          \
+    .sql_replace = "UPDATE " t " AS " a " SET " replace_set " WHERE " a                                 \
+                   ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning,                           \
+    .sql_patch = "UPDATE " t " AS " a " SET " patch_set " WHERE " a                                     \
+                 ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning,                             \
+    .sql_replace_if =                                                                                   \
+        RESOURCE_SQL_WRITE_IF(t, a, json, returning, "UPDATE " t " AS " a " SET " replace_set, tags),   \
+    .sql_patch_if =                                                                                     \
+        RESOURCE_SQL_WRITE_IF(t, a, json, returning, "UPDATE " t " AS " a " SET " patch_set, tags),     \
+    .sql_replace_keyed = RESOURCE_SQL_KEYED_WRITE(t, a, json, returning,                                \
+                                                  "UPDATE " t " AS " a " SET " replace_set, tags, key), \
+    .sql_patch_keyed =                                                                                  \
+        RESOURCE_SQL_KEYED_WRITE(t, a, json, returning, "UPDATE " t " AS " a " SET " patch_set, tags, key)
 /* sql_delete (and its If-Match form) of a table whose deletion names no cascade */
 #define RESOURCE_SQL_DELETE(t, a, json, returning)                                                    \
     .sql_delete =                                                                                     \
         "DELETE FROM " t " " a " WHERE " a ".id = $1 RETURNING " RESOURCE_SQL_ROW(a, json) returning, \
-    .sql_delete_if = RESOURCE_SQL_WRITE_IF(t, a, json, returning, "DELETE FROM " t " " a, "$2")
+    .sql_delete_if = RESOURCE_SQL_WRITE_IF(t, a, json, returning, "DELETE FROM " t " " a, "$2"),      \
+    .sql_delete_keyed = RESOURCE_SQL_KEYED_WRITE(t, a, json, returning, "DELETE FROM " t " " a, "$2", "$3")
 
 #endif

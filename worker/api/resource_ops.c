@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "worker/api/deployment.h"
 #include "worker/api/effects.h"
+#include "worker/api/idempotency.h"
 #include "worker/api/rows.h"
 #include "worker/cache/cache.h"
 #include "worker/cache/local_cache.h"
@@ -83,6 +84,7 @@ struct resource_op_state {
     uint64_t token;            /* reads: the Pgapi-Lsn the client sent back (0: none) */
     int waits;
     bool gone;                      /* reads: the client went (client_gone) */
+    bool keyed;                     /* writes: sent with an Idempotency-Key (its keyed statement) */
     struct local_stamp local_stamp; /* rows: the row's fence before anything was read (local_cache.h) */
     struct deployment_wait sync;    /* SYNC_LOCAL: the wait for the fence log */
     struct effects_read_names fence_names; /* LOOKUP_CACHE: the deployment's fences the read waits for */
@@ -367,7 +369,8 @@ static void purge_done(void *arg, const struct pool_result *r)
                   r->message && r->message[0] ? r->message : "no answer");
     http_header_add(s->o.req, "Retry-After", "1");
     reply_error(s->o.req, 503, "write_outcome_unknown",
-                "the write may have been applied but could not be confirmed to every server: read it back");
+                "the write may have been applied but could not be confirmed to every server; %s",
+                dbreply_retry_advice(s->o.req));
     state_step(s, STEP_DONE);
 }
 
@@ -481,12 +484,36 @@ static void write_outcome_doubt(struct api_context *api)
         consistency_cache_dirty_set(api->consistency);
 }
 
+/* A keyed write's own outcomes (RESOURCE_SQL_KEYED): the stored answer of the key's first request, sent
+ * again with Idempotent-Replayed and nothing written (no fence raised, nothing invalidated; Pgapi-Lsn is
+ * this statement's commit position, past the first one's), or 422/409. False when it ran as any write. */
+static bool keyed_answered(struct resource_op_state *s, const struct pool_result *r)
+{
+    enum idempotency_outcome outcome = s->keyed ? idempotency_outcome(r) : IDEMPOTENCY_WRITE;
+    if (outcome == IDEMPOTENCY_WRITE)
+        return false;
+    if (outcome != IDEMPOTENCY_REPLAY) {
+        idempotency_refuse(s->o.req, outcome);
+        state_step(s, STEP_DONE);
+        return true;
+    }
+    struct idempotency_answer a;
+    idempotency_replay(r, &a);
+    s->status = a.status;
+    s->commit_lsn = r->commit_lsn;
+    http_header_add(s->o.req, "Idempotent-Replayed", "true");
+    state_answer(s, a.id, a.body, a.len);
+    return true;
+}
+
 static void row_done(void *arg, const struct pool_result *r)
 {
     struct resource_op_state *s = arg;
     const struct resource_op *o = &s->o;
     if (s->kind == OP_WRITE && dbreply_outcome_unknown(o->req, r))
         write_outcome_doubt(o->api);
+    if (keyed_answered(s, r))
+        return;
     if (owner_missing(o, r) || dbreply_error_answer(o->req, r, o->res->name)) {
         state_step(s, STEP_DONE);
     } else if (PQntuples(r->res) == 0) {
@@ -506,7 +533,7 @@ static void row_done(void *arg, const struct pool_result *r)
     }
 }
 
-/* READ_DB of a row, or WRITE_DB of a deletion: $1 = id (then, embedding, $2 = the most children it
+/* READ_DB of a row: $1 = id (then, embedding, $2 = the most children it
  * embeds, $3 = their byte budget). */
 static void by_id_send(struct resource_op_state *s)
 {
@@ -718,10 +745,7 @@ static void state_step(struct resource_op_state *s, enum op_step next)
     case STEP_WRITE_DB:
         if (!write_may_run(s))
             return;
-        if (s->params)
-            db_send(s, s->params, s->nparams, row_done);
-        else
-            by_id_send(s); /* a deletion: $1 = id; row_done answers 204 once the fences are raised */
+        db_send(s, s->params, s->nparams, row_done); /* a deletion's 204 comes once the fences are raised */
         return;
     case STEP_INVALIDATE:
         invalidate_send(s);
@@ -874,11 +898,44 @@ static int members_check(struct http_request *req, struct json_object *obj, cons
     return -1;
 }
 
-/* Runs a write whose parameters are $1 = id (when id != 0) then the body's fields in order; required =
- * false (PATCH) makes every field optional (NULL when absent) but at least one must be given. sql_many:
- * NULL, or a create's batched form (pool_query.batch_sql). */
-static void write_body(const struct resource_op *o, const char *sql, const char *sql_many, bool required,
-                       int status, const char *tags)
+/* The statements one write may run: plain, its batched form (a create's pool_query.batch_sql, else
+ * NULL), and keyed (Idempotency-Key). */
+struct write_sql {
+    const char *plain, *many, *keyed;
+};
+
+/* Starts a write of params[0..n) (the caller's: the pool copies them, or params_keep). With a key, the
+ * keyed statement with its own parameter appended (params has room for it), never batched: a batch would
+ * store one answer for several requests, and each keyed write has its own lock and stored answer. */
+static void write_start(const struct resource_op *o, const struct write_sql *w, const char **params, int n,
+                        int status, const char *key)
+{
+    char keyed[IDEMPOTENCY_PARAM_MAX];
+    const char *sql = w->plain, *many = w->many;
+    if (key) {
+        if (!idempotency_param(o->req, key, status, o->api->cfg->idempotency_ttl_s, params, n, keyed))
+            return;
+        params[n++] = keyed;
+        sql = w->keyed;
+        many = NULL;
+    }
+    struct resource_op_state *s = state_new(o, OP_WRITE, status);
+    if (!s)
+        return;
+    s->sql = sql;
+    s->sql_many = many;
+    s->params = params;
+    s->nparams = n;
+    s->keyed = key != NULL;
+    state_step(s, STEP_WRITE_DB);
+    /* no s->params = NULL here: the pool may have answered and freed s already */
+}
+
+/* Runs a write whose parameters are $1 = id (when id != 0) then the body's fields in order, then the
+ * If-Match tags when given (always with a key: NULL when unconditional); required = false (PATCH) makes
+ * every field optional (NULL when absent) but at least one must be given. */
+static void write_body(const struct resource_op *o, const struct write_sql *w, bool required, int status,
+                       const char *tags, const char *key)
 {
     const struct resource *res = o->res;
     if (res->nfields < 1 || res->nfields > RESOURCE_FIELDS_MAX) {
@@ -891,28 +948,29 @@ static void write_body(const struct resource_op *o, const char *sql, const char 
     if (!obj)
         return;
     char id[ID_TEXT_MAX];
-    const char *params[2 + RESOURCE_FIELDS_MAX] = { id };
+    const char *params[3 + RESOURCE_FIELDS_MAX] = { id }; /* id, fields, tags, the key's */
     id_text(o->id, id, sizeof(id));
     if (members_check(o->req, obj, res) == 0 &&
         fields_read(o->req, obj, res->fields, res->nfields, required, params + 1) == 0) {
-        struct resource_op_state *s = state_new(o, OP_WRITE, status);
-        int first = o->id ? 0 : 1;
+        int first = o->id ? 0 : 1, n = 1 + res->nfields - first;
         params[1 + res->nfields] = tags;
-        if (s) {
-            s->sql = sql;
-            s->sql_many = sql_many;
-            s->params = params + first;
-            s->nparams = 1 + res->nfields - first + (tags ? 1 : 0);
-            state_step(s, STEP_WRITE_DB);
-            /* no s->params = NULL here: the pool may have answered and freed s already */
-        }
+        if (tags || (key && o->req->method != HTTP_POST)) /* a create has no If-Match */
+            n++;
+        write_start(o, w, params + first, n, status, key);
     }
     json_object_put(obj); /* the values were owned by obj; the pool copied them */
 }
 
 void resource_op_create(const struct resource_op *o)
 {
-    write_body(o, o->res->sql_create, o->res->sql_create_many, true, 201, NULL);
+    const struct resource *res = o->res;
+    const char *key;
+    if (idempotency_key_read(o->req, &key) < 0)
+        return;
+    struct write_sql w = { .plain = res->sql_create,
+                           .many = res->sql_create_many,
+                           .keyed = res->sql_create_keyed };
+    write_body(o, &w, true, 201, NULL, key);
 }
 
 /* ---- preconditions (If-Match) ---------------------------------------------------------------- */
@@ -987,25 +1045,22 @@ void resource_op_item_write(const struct resource_op *o)
 {
     const struct resource *res = o->res;
     char buf[TAGS_LITERAL_MAX], id[ID_TEXT_MAX];
-    const char *tags;
-    if (preconditions_read(o->req, buf, &tags) < 0)
+    const char *tags, *key;
+    if (preconditions_read(o->req, buf, &tags) < 0 || idempotency_key_read(o->req, &key) < 0)
         return;
     if (o->req->method == HTTP_DELETE) {
-        struct resource_op_state *s = state_new(o, OP_WRITE, 204);
-        const char *params[] = { id, tags };
+        const char *params[] = { id, tags, NULL }; /* id, tags (NULL: none), the key's */
+        struct write_sql w = { .plain = tags ? res->sql_delete_if : res->sql_delete,
+                               .keyed = res->sql_delete_keyed };
         id_text(o->id, id, sizeof(id));
-        if (s && tags) {
-            s->sql = res->sql_delete_if;
-            s->params = params;
-            s->nparams = 2;
-            state_step(s, STEP_WRITE_DB); /* the pool copies the parameters (or params_keep does) */
-        } else if (s) {
-            s->sql = res->sql_delete;
-            state_step(s, STEP_WRITE_DB);
-        }
+        write_start(o, &w, params, tags || key ? 2 : 1, 204, key);
     } else if (o->req->method == HTTP_PUT) {
-        write_body(o, tags ? res->sql_replace_if : res->sql_replace, NULL, true, 200, tags);
+        struct write_sql w = { .plain = tags ? res->sql_replace_if : res->sql_replace,
+                               .keyed = res->sql_replace_keyed };
+        write_body(o, &w, true, 200, tags, key);
     } else {
-        write_body(o, tags ? res->sql_patch_if : res->sql_patch, NULL, false, 200, tags);
+        struct write_sql w = { .plain = tags ? res->sql_patch_if : res->sql_patch,
+                               .keyed = res->sql_patch_keyed };
+        write_body(o, &w, false, 200, tags, key);
     }
 }

@@ -6,6 +6,7 @@
 #include <http_parser.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/consistency.h"
@@ -13,6 +14,7 @@
 #include "worker/api/api.h"
 #include "worker/api/auth.h"
 #include "worker/api/handlers.h"
+#include "worker/api/ratelimit.h"
 #include "worker/api/resource.h"
 #include "worker/http/reply.h"
 
@@ -227,6 +229,42 @@ static unsigned kind_scope(const struct resource *r, enum route_kind kind)
     return kind == ROUTE_DELETE ? r->scopes.remove : r->scopes.write;
 }
 
+static void route_call(struct api_context *api, struct http_request *req, const struct router_match *m)
+{
+    if (m->fn)
+        m->fn(api, req, &m->args);
+    else
+        handle_resource(api, req, m->res, m->kind, &m->args);
+}
+
+/* A route the rate limiter let through (req NULL: it answered 429, or the worker exits). */
+struct route_pending {
+    struct api_context *api;
+    struct router_match m;
+};
+
+static void route_admitted(void *arg, struct http_request *req)
+{
+    struct route_pending *p = arg;
+    if (req)
+        route_call(p->api, req, &p->m);
+    free(p);
+}
+
+/* The resources' routes are limited; the health probes, GET / and the OpenAPI document (static, and
+ * what a prober or scraper needs most when clients are being limited) are not. */
+static void route_limited_call(struct api_context *api, struct http_request *req,
+                               const struct router_match *m)
+{
+    struct route_pending *p = malloc(sizeof(*p));
+    if (!p) {
+        reply_error(req, 503, "out_of_memory", "server out of memory");
+        return;
+    }
+    *p = (struct route_pending){ .api = api, .m = *m };
+    ratelimit_admit(api->ratelimit, req, route_admitted, p);
+}
+
 void router_dispatch(struct http_request *req)
 {
     struct api_context *api = req->ctx;
@@ -238,11 +276,14 @@ void router_dispatch(struct http_request *req)
     if (m.index >= 0) {
         req->route = m.index;
         /* The hand-written routes (/, /healthz, /readyz, /openapi.yaml) need no token: probes and
-         * scrapers have none, and they show no row. Every standard route needs its scope. */
-        if (m.fn)
-            m.fn(api, req, &m.args);
-        else if (auth_allow(api->auth, req, kind_scope(m.res, m.kind)))
-            handle_resource(api, req, m.res, m.kind, &m.args);
+         * scrapers have none, and they show no row. Every standard route needs its scope, checked
+         * before the rate limiter, which keys on the token's subject. */
+        if (m.res && !auth_allow(api->auth, req, kind_scope(m.res, m.kind)))
+            return; /* answered: 401 or 403 */
+        if (m.res && api->ratelimit)
+            route_limited_call(api, req, &m);
+        else
+            route_call(api, req, &m);
         return;
     }
     req->route = METRICS_ROUTE_UNMATCHED;

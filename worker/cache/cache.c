@@ -178,7 +178,26 @@ static const char LUA_SYNC[] =
     "end "
     "return {2, m, e, redis.call('XRANGE', p .. ':log', '(' .. ARGV[2], '+', 'COUNT', ARGV[3])}";
 
+/* The rate limiter's GCRA (generic cell rate algorithm, as redis-cell and Stripe's limiter): one key per
+ * client holds its theoretical arrival time (TAT, microseconds of Redis' own clock, so every server
+ * agrees). A request is allowed when TAT, pushed one emission interval (ARGV[1], 1/rate) past
+ * max(TAT, now), is at most the tolerance (ARGV[2], burst intervals) ahead of now; a refused one changes
+ * nothing. The key expires when the bucket would be full again: an idle client leaves nothing behind.
+ * Answers {allowed, remaining, retry_us, reset_us}. Lua numbers are doubles: microseconds since 1970
+ * (2^50) stay exact, and '%.0f' writes them without an exponent. */
+static const char LUA_RATE[] = "local k, T, tol = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]) "
+                               "local t = redis.call('TIME') "
+                               "local now = tonumber(t[1]) * 1000000 + tonumber(t[2]) "
+                               "local tat = tonumber(redis.call('GET', k) or '0') or 0 "
+                               "if tat < now then tat = now end "
+                               "local ahead = tat + T - now "
+                               "if ahead > tol then return {0, 0, ahead - tol, tat - now} end "
+                               "redis.call('SET', k, string.format('%.0f', now + ahead), 'PX', "
+                               "math.floor(ahead / 1000) + 1) "
+                               "return {1, math.floor((tol - ahead) / T), 0, ahead}";
+
 enum cmd_kind {
+    CMD_RATE,
     CMD_PEEK,
     CMD_LOOKUP,
     CMD_FILL,
@@ -202,10 +221,11 @@ enum script_id {
     SCRIPT_CHECK,
     SCRIPT_VERIFY,
     SCRIPT_SYNC,
+    SCRIPT_RATE,
     SCRIPT_COUNT
 };
 static const char *const SCRIPTS[SCRIPT_COUNT] = { LUA_LOOKUP, LUA_FILL,   LUA_RELEASE, LUA_INVALIDATE,
-                                                   LUA_CHECK,  LUA_VERIFY, LUA_SYNC };
+                                                   LUA_CHECK,  LUA_VERIFY, LUA_SYNC,    LUA_RATE };
 
 /* Whether this worker trusts what the store holds (docs/consistency.md, "Several servers"). */
 enum cache_trust {
@@ -235,6 +255,7 @@ struct cache_cmd {
     enum cmd_kind kind;
     cache_lookup_cb lookup_cb;
     cache_done_cb done_cb;
+    cache_rate_cb rate_cb;
     void *arg;
     char key[64];            /* lookups: the key as asked for */
     char list[64];           /* a lookup of a list page: its list's generation name ("" for a row) */
@@ -877,10 +898,34 @@ static void epoch_deliver(struct cache_cmd *cmd, const redisReply *r)
     }
 }
 
+static long long reply_int(const redisReply *r, size_t i)
+{
+    return r->element[i]->type == REDIS_REPLY_INTEGER ? r->element[i]->integer : 0;
+}
+
+/* Anything but the script's four integers (an error, a lost link) is UNKNOWN: the caller limits locally. */
+static void rate_deliver(struct cache_cmd *cmd, const redisReply *r)
+{
+    struct cache_rate out = { .result = CACHE_RATE_UNKNOWN };
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 4) {
+        long long remaining = reply_int(r, 1), retry = reply_int(r, 2), reset = reply_int(r, 3);
+        out = (struct cache_rate){ .result = reply_int(r, 0) ? CACHE_RATE_ALLOWED : CACHE_RATE_LIMITED,
+                                   .remaining = remaining > 0 ? (uint64_t)remaining : 0,
+                                   .retry_us = retry > 0 ? (uint64_t)retry : 0,
+                                   .reset_us = reset > 0 ? (uint64_t)reset : 0 };
+    } else if (r && r->type == REDIS_REPLY_ERROR) {
+        reply_warn(cmd->c, "rate limit script", r->str);
+    }
+    cmd->rate_cb(cmd->arg, &out);
+}
+
 /* The answer to a command not yet answered (r NULL: the link went). Fills and releases want none. */
 static void cmd_deliver(struct cache_cmd *cmd, const redisReply *r)
 {
     switch (cmd->kind) {
+    case CMD_RATE:
+        rate_deliver(cmd, r);
+        break;
     case CMD_PEEK:
         peek_deliver(cmd, r);
         break;
@@ -919,6 +964,8 @@ static void cmd_answer_fail(struct cache_cmd *cmd)
 {
     if (cmd->kind == CMD_LOOKUP || cmd->kind == CMD_PEEK)
         cmd->lookup_cb(cmd->arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
+    else if (cmd->kind == CMD_RATE)
+        cmd->rate_cb(cmd->arg, &(struct cache_rate){ .result = CACHE_RATE_UNKNOWN });
     else if (cmd->kind == CMD_INVALIDATE && cmd->done_cb)
         cmd->done_cb(cmd->arg, false);
     else if (cmd->kind == CMD_EPOCH)
@@ -941,6 +988,8 @@ static void cmd_discard(struct cache_cmd *cmd)
         log_warn("redis: exiting with an invalidation unconfirmed: the cache is bypassed until a new epoch");
         consistency_cache_dirty_set(cmd->c->consistency);
     }
+    if (cmd->kind == CMD_RATE && cmd->sent.state == REDIS_CMD_SENT)
+        cmd->rate_cb(cmd->arg, NULL); /* its caller frees what it kept for the request */
     free(cmd);
 }
 
@@ -975,6 +1024,7 @@ static enum redis_deadline cmd_deadline(enum cmd_kind kind)
     case CMD_FILL:
     case CMD_RELEASE:
         return REDIS_DEADLINE_NONE;
+    case CMD_RATE: /* late, its request was limited locally */
     case CMD_PEEK:
     case CMD_LOOKUP:
     case CMD_CHECK:
@@ -1190,6 +1240,26 @@ struct cache *cache_new(struct event_base *base, const struct config *cfg, struc
 
 /* No callback runs from here (worker_free relies on it): every pending command is discarded
  * (cmd_discard), not answered. */
+void cache_rate_check(struct cache *c, const char *key, uint64_t interval_us, uint64_t tolerance_us,
+                      cache_rate_cb cb, void *arg)
+{
+    char full[384], interval[24], tolerance[24];
+    snprintf(full, sizeof(full), "%s:rl:%s", c->cfg->redis_prefix, key);
+    snprintf(interval, sizeof(interval), "%" PRIu64, interval_us);
+    snprintf(tolerance, sizeof(tolerance), "%" PRIu64, tolerance_us);
+    const char *argv[] = { NULL, NULL, "1", full, interval, tolerance };
+    script_argv(c, SCRIPT_RATE, argv);
+    size_t lens[6];
+    eval_lens(6, argv, lens, SIZE_MAX, 0);
+    struct cache_cmd *cmd =
+        redis_client_up(c->rc) ? cmd_send(c, CMD_RATE, 6, argv, lens, NULL, NULL, arg) : NULL;
+    if (!cmd) {
+        cb(arg, &(struct cache_rate){ .result = CACHE_RATE_UNKNOWN });
+        return;
+    }
+    cmd->rate_cb = cb;
+}
+
 void cache_free(struct cache *c)
 {
     if (!c)

@@ -100,6 +100,27 @@ void cache_release(struct cache *c, const struct cache_lookup *lease);
 void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb,
                       void *arg);
 
+/* ---- the rate limiter's counter (worker/api/ratelimit.c) --------------------------------------- */
+
+enum cache_rate_result {
+    CACHE_RATE_ALLOWED,
+    CACHE_RATE_LIMITED,
+    CACHE_RATE_UNKNOWN, /* Redis down, slow (command_timeout) or refusing: the caller decides alone */
+};
+struct cache_rate {
+    enum cache_rate_result result;
+    uint64_t remaining; /* ALLOWED: requests still allowed at once */
+    uint64_t retry_us;  /* LIMITED: until the next one is allowed */
+    uint64_t reset_us;  /* until the client's whole burst is available again */
+};
+/* r is NULL only when the worker exits with the command in flight: free, answer nothing. */
+typedef void (*cache_rate_cb)(void *arg, const struct cache_rate *r);
+/* One GCRA step (one EVALSHA) on the client `key` (at most CACHE_KEY_MAX bytes, under the prefix): one
+ * request every interval_us, tolerance_us (burst intervals) ahead at most. Answers through cb exactly once
+ * (synchronously with CACHE_RATE_UNKNOWN when Redis is not up), UNKNOWN past command_timeout. */
+void cache_rate_check(struct cache *c, const char *key, uint64_t interval_us, uint64_t tolerance_us,
+                      cache_rate_cb cb, void *arg);
+
 /* ---- the deployment (docs/consistency.md, "Several servers") ----------------------------------- */
 
 /* The store can be trusted: the link is up and its state was verified (not lost since this server's

@@ -22,14 +22,23 @@ static bool link_lost_after_send(const char *st)
     return sqlstate_link_lost(st) && !sqlstate_before_statement(st);
 }
 
+const char *dbreply_retry_advice(const struct http_request *req)
+{
+    if (http_headers_seen(&req->headers, HTTP_H_IDEMPOTENCY_KEY))
+        return "resending the same request with the same Idempotency-Key is safe: it is applied at most "
+               "once, and answered as the first was if that one was applied";
+    return "read the resource before retrying (a write sent with an Idempotency-Key can be resent safely)";
+}
+
 /* A write sent to the primary whose answer never came: it may or may not have been applied, so the
- * client must read before it writes again (it is never retried here). */
+ * client must read before it writes again, or resend it with its Idempotency-Key (it is never retried
+ * here). */
 static void outcome_unknown_reply(struct http_request *req, const char *why, const char *detail)
 {
     log_warn("request %s: write outcome unknown: %s%s%s", req->request_id, why, detail[0] ? ": " : "",
              detail);
-    reply_error(req, 503, "write_outcome_unknown",
-                "%s: the write may or may not have been applied; read the resource before retrying", why);
+    reply_error(req, 503, "write_outcome_unknown", "%s: the write may or may not have been applied; %s", why,
+                dbreply_retry_advice(req));
 }
 
 /* A field of the error (PG_DIAG_*), or "" when the result or the field is missing. */

@@ -257,12 +257,55 @@ static void conn_client_gone(struct http_conn *c)
         c->req.on_gone(c->req.on_gone_arg);
 }
 
+/* The request's client: the connection's (its peer, or its PROXY header's source), unless that is a
+ * trusted proxy whose X-Forwarded-For names another. */
+static void conn_client_ensure(struct http_conn *c)
+{
+    const struct config *cfg = c->srv->cfg;
+    const char *xff = http_request_header(&c->req, HTTP_H_X_FORWARDED_FOR);
+    if (!xff[0] || !http_addr_trusted(cfg, &c->peer_addr) ||
+        !http_xff_client(cfg, xff, c->req.client, sizeof(c->req.client)))
+        snprintf(c->req.client, sizeof(c->req.client), "%s", c->peer);
+}
+
+/* [server] proxy_protocol: a connection may open with a PROXY v2 header, believed from a trusted proxy
+ * only (any other peer could name any client). False when the connection must wait for more bytes or
+ * was closed (a malformed header, or one from an untrusted peer: refused without an answer, as there is
+ * no HTTP client to answer). Bounded: a header is at most HTTP_PROXY_V2_HEAD + HTTP_PROXY_V2_BODY_MAX
+ * bytes, and request_timeout runs while it comes. */
+static bool conn_proxy_take(struct http_conn *c)
+{
+    size_t avail = evbuffer_get_length(c->in), want = HTTP_PROXY_V2_HEAD + HTTP_PROXY_V2_BODY_MAX;
+    size_t n = avail < want ? avail : want, consumed = 0;
+    const unsigned char *buf = evbuffer_pullup(c->in, (ev_ssize_t)n);
+    struct sockaddr_storage src;
+    enum http_proxy_parse r = buf ? http_proxy_v2_parse(buf, n, &src, &consumed) : HTTP_PROXY_MALFORMED;
+    if (r == HTTP_PROXY_MORE)
+        return false;
+    c->proxy_wait = false;
+    if (r == HTTP_PROXY_NONE)
+        return true;
+    if (r == HTTP_PROXY_MALFORMED || !http_addr_trusted(c->srv->cfg, &c->peer_addr)) {
+        log_info("fd %d: %s PROXY header from %s: connection refused", c->fd,
+                 r == HTTP_PROXY_MALFORMED ? "malformed" : "untrusted peer's", c->peer);
+        http_conn_close(c);
+        return false;
+    }
+    evbuffer_drain(c->in, consumed);
+    if (r == HTTP_PROXY_ADDRESS) {
+        c->peer_addr = src;
+        http_addr_format(&src, c->peer, sizeof(c->peer));
+    }
+    return true;
+}
+
 static void conn_dispatch(struct http_conn *c)
 {
     http_parser_pause(&c->parser, 0);
     c->request_ready = false;
     http_request_id_ensure(c); /* before the handler: what it logs names the request */
     http_trace_ensure(c);      /* and what it sends to the database names the trace */
+    conn_client_ensure(c);     /* and whom its rate limit counts */
     http_conn_state_set(c, CONN_HANDLING);
     c->srv->handler(&c->req);
     if (c->state == CONN_HANDLING && c->peer_closed)
@@ -275,6 +318,10 @@ static void conn_process(struct http_conn *c)
     while ((c->state == CONN_IDLE || c->state == CONN_READING) && evbuffer_get_length(c->in) > 0) {
         if (c->state == CONN_IDLE)
             http_conn_state_set(c, CONN_READING);
+        if (c->proxy_wait && !conn_proxy_take(c))
+            break;
+        if (evbuffer_get_length(c->in) == 0)
+            break;
         bool ok = http_request_parse_buffered(c);
         if (!ok && c->method_unknown && !http_request_method_error_classify(c))
             break; /* more of the request line to come */
@@ -382,19 +429,6 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- server --------------------------------------------------------------------------------- */
 
-/* The peer's address as text: an IP address, "unix" for a Unix socket, "-" if unknown. */
-static void peer_format(char *dst, size_t cap, const struct sockaddr_storage *peer)
-{
-    const void *addr = NULL;
-    if (peer && peer->ss_family == AF_INET)
-        addr = &((const struct sockaddr_in *)peer)->sin_addr;
-    else if (peer && peer->ss_family == AF_INET6)
-        addr = &((const struct sockaddr_in6 *)peer)->sin6_addr;
-    if (addr && inet_ntop(peer->ss_family, addr, dst, (socklen_t)cap))
-        return;
-    snprintf(dst, cap, "%s", peer && peer->ss_family == AF_UNIX ? "unix" : "-");
-}
-
 void http_server_on_close(struct http_server *srv, void (*fn)(void *arg, uint64_t tag), void *arg)
 {
     srv->on_close = fn;
@@ -412,7 +446,12 @@ void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_st
     c->srv = srv;
     c->fd = fd;
     c->tag = tag;
-    peer_format(c->peer, sizeof(c->peer), peer);
+    if (peer)
+        c->peer_addr = *peer;
+    else
+        c->peer_addr.ss_family = AF_UNSPEC;
+    http_addr_format(peer, c->peer, sizeof(c->peer));
+    c->proxy_wait = srv->cfg->proxy_protocol;
     c->in = evbuffer_new();
     c->out = evbuffer_new();
     c->read_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST | EV_ET | EV_CLOSED, read_cb, c);

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "worker/http/http.h"
@@ -65,9 +66,11 @@ struct http_conn {
     bool peer_closed;            /* the client shut its side: its EOF waits behind the bytes we read */
     unsigned served;             /* responses completed on this connection */
     char peer[INET6_ADDRSTRLEN]; /* the client's address, for the access log */
-    size_t out_counted;          /* what of `out` is in the server's unsent sum */
-    uint64_t tag;                /* the adopter's, for the close hook */
-    bool stalled;                /* on the server's stalled list: the last write would have blocked */
+    struct sockaddr_storage peer_addr; /* the socket's peer, or the source its PROXY header named */
+    bool proxy_wait;                   /* [server] proxy_protocol: the first bytes may be a PROXY v2 header */
+    size_t out_counted;                /* what of `out` is in the server's unsent sum */
+    uint64_t tag;                      /* the adopter's, for the close hook */
+    bool stalled;                      /* on the server's stalled list: the last write would have blocked */
     struct http_conn *stall_prev, *stall_next;
 };
 

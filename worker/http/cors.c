@@ -8,9 +8,9 @@
 #include "worker/http/conn.h"
 
 /* What a browser page may see of an answer beyond the CORS-safelisted headers. */
-#define CORS_EXPOSE                                                                               \
-    "ETag, Pgapi-Lsn, X-Cache, X-Request-Id, Location, Retry-After, Server-Timing, traceparent, " \
-    "WWW-Authenticate"
+#define CORS_EXPOSE                                                                                          \
+    "ETag, Pgapi-Lsn, X-Cache, X-Request-Id, Location, Retry-After, Server-Timing, traceparent, RateLimit, " \
+    "RateLimit-Policy, Idempotent-Replayed, WWW-Authenticate"
 /* What a page may send beyond the safelisted ones (Content-Type: application/json is not safelisted). */
 #define CORS_ALLOW_HEADERS                                                                             \
     "Content-Type, If-Match, If-None-Match, Idempotency-Key, Authorization, traceparent, tracestate, " \

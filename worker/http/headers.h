@@ -9,6 +9,7 @@
 /* "Bearer " and a token of up to 4096 bytes (common/jwt.h's JWT_TOKEN_MAX), and one byte more: a value
  * that fills the buffer was longer, and is refused rather than verified cut. */
 #define HTTP_AUTHORIZATION_MAX (7 + 4096 + 1)
+#define HTTP_XFF_MAX 1024 /* X-Forwarded-For: a value cut here names no client (client.c) */
 
 /* X(ID, name, limit): HTTP_H_ID names the header `name` (matched without regard to case, at most
  * HTTP_HEADER_NAME_MAX - 1 bytes); its value is kept up to `limit` bytes and cut there (no value we use
@@ -16,17 +17,19 @@
  * once). Adding a header is one line here. A value whose limit is over HTTP_HEADER_INLINE_MAX (a bearer
  * token) is kept on the heap, only while its request lasts: every connection holds a struct http_headers,
  * and thousands of idle ones must not each hold 4 KB for a header most requests never send. */
-#define HTTP_HEADER_TABLE(X)                                            \
-    X(CONTENT_TYPE, "Content-Type", 127)                                \
-    X(IF_NONE_MATCH, "If-None-Match", 127)                              \
-    X(IF_MATCH, "If-Match", 512) /* see etag.h */                       \
-    X(X_REQUEST_ID, "X-Request-Id", HTTP_REQUEST_ID_MAX)                \
-    X(HOST, "Host", 255) /* for allowed_hosts */                        \
-    X(EXPECT, "Expect", 31)                                             \
-    X(PGAPI_LSN, "Pgapi-Lsn", 31)     /* a consistency token */         \
-    X(ORIGIN, "Origin", 256)          /* CORS: 256 = longer than any */ \
-    X(TRACEPARENT, "traceparent", 56) /* W3C: 55 for version 00 */      \
-    X(TRACESTATE, "tracestate", 513)  /* W3C: at most 512 */            \
+#define HTTP_HEADER_TABLE(X)                                                              \
+    X(CONTENT_TYPE, "Content-Type", 127)                                                  \
+    X(IF_NONE_MATCH, "If-None-Match", 127)                                                \
+    X(IF_MATCH, "If-Match", 512) /* see etag.h */                                         \
+    X(X_REQUEST_ID, "X-Request-Id", HTTP_REQUEST_ID_MAX)                                  \
+    X(HOST, "Host", 255) /* for allowed_hosts */                                          \
+    X(EXPECT, "Expect", 31)                                                               \
+    X(PGAPI_LSN, "Pgapi-Lsn", 31)                       /* a consistency token */         \
+    X(ORIGIN, "Origin", 256)                            /* CORS: 256 = longer than any */ \
+    X(TRACEPARENT, "traceparent", 56)                   /* W3C: 55 for version 00 */      \
+    X(TRACESTATE, "tracestate", 513)                    /* W3C: at most 512 */            \
+    X(X_FORWARDED_FOR, "X-Forwarded-For", HTTP_XFF_MAX) /* client.c */                    \
+    X(IDEMPOTENCY_KEY, "Idempotency-Key", 256)                                            \
     X(AUTHORIZATION, "Authorization", HTTP_AUTHORIZATION_MAX)
 
 #define HTTP_HEADER_NAME_MAX 32     /* longer field names are none of the table's */

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "worker/http/client.h"
 #include "worker/http/etag.h"
 #include "worker/http/headers.h"
 
@@ -55,6 +56,9 @@ struct http_request {
     /* The authenticated caller (a verified token's `sub`, made safe for logs), "" when anonymous: the
      * rate limiter's key and the access log's subject. */
     char subject[HTTP_SUBJECT_MAX + 1];
+    /* The client's address (client.h): the peer, or what a trusted proxy's PROXY header or
+     * X-Forwarded-For named; "" until the request is complete. The rate limiter's key when anonymous. */
+    char client[HTTP_CLIENT_MAX];
     struct http_timing timing;
     char *body; /* NUL-terminated copy of the body (may be empty) */
     size_t body_len;

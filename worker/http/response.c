@@ -87,7 +87,7 @@ static void request_account(struct http_conn *c, size_t len)
         .status = r->status,
         .duration_us = r->start_us ? clock_now_us() - r->start_us : 0,
         .bytes = len,
-        .client = c->peer,
+        .client = r->client[0] ? r->client : c->peer,
         .subject = r->subject,
     };
     log_access(&e);

@@ -14,10 +14,11 @@ BACKEND = "pgapi"
 CHECK_INTERVAL = "500ms"
 
 
-def config_text(port, admin_socket, servers):
+def config_text(port, admin_socket, servers, server_options=""):
     """servers: [(name, port)]. Requests are balanced one by one (HTTP mode). http-server-close closes
     the server side after each answer: a kept-alive connection to pgapi could be closed by its
-    keepalive_timeout just as HAProxy sends on it (a 502 that no client caused)."""
+    keepalive_timeout just as HAProxy sends on it (a 502 that no client caused). server_options go on
+    every server line (e.g. "send-proxy-v2 source 127.0.0.9")."""
     lines = [
         "global",
         f"    stats socket {admin_socket} mode 600 level admin",
@@ -35,12 +36,13 @@ def config_text(port, admin_socket, servers):
         "    balance roundrobin",
         "    option httpchk GET /readyz",
     ]
-    lines += [f"    server {name} 127.0.0.1:{p} check inter {CHECK_INTERVAL} fall 2 rise 1" for name, p in servers]
+    lines += [f"    server {name} 127.0.0.1:{p} check inter {CHECK_INTERVAL} fall 2 rise 1 {server_options}".rstrip()
+              for name, p in servers]
     return "\n".join(lines) + "\n"
 
 
 class HAProxy:
-    def __init__(self, workdir, servers):
+    def __init__(self, workdir, servers, server_options=""):
         self.dir = str(workdir)
         self.port = free_port()
         self.names = [name for name, _ in servers]
@@ -49,7 +51,7 @@ class HAProxy:
         self.log_path = os.path.join(self.dir, "haproxy.log")
         self.proc = None
         with open(self.cfg, "w") as f:
-            f.write(config_text(self.port, self.admin_socket, servers))
+            f.write(config_text(self.port, self.admin_socket, servers, server_options))
 
     def start(self):
         check = subprocess.run(["haproxy", "-c", "-q", "-f", self.cfg], capture_output=True, text=True,

@@ -22,12 +22,15 @@ const struct resource resource_posts = {
     .nfields = 2,
     .read_only = POST_READ_ONLY,
     RESOURCE_SQL_STATEMENTS("posts", "p", POST_JSON, ", p.user_id", "title = $2, content = $3",
-                            "title = COALESCE($2, p.title), content = COALESCE($3, p.content)", "$4"),
+                            "title = COALESCE($2, p.title), content = COALESCE($3, p.content)", "$4", "$5"),
     RESOURCE_SQL_DELETE("posts", "p", POST_JSON, ", p.user_id"),
     /* the foreign key's violation (no such user) is a 404 that names the user */
     .sql_create =
         "INSERT INTO posts AS p (user_id, title, content) VALUES ($1, $2, $3) RETURNING " RESOURCE_SQL_ROW(
             "p", POST_JSON) ", p.user_id",
+    .sql_create_keyed =
+        RESOURCE_SQL_KEYED_CREATE("posts", "p", "user_id, title, content", "$1::bigint, $2::text, $3::text",
+                                  POST_JSON, ", p.user_id", "$4"),
     .sql_create_many =
         RESOURCE_SQL_CREATE_MANY("posts", "p", "user_id, title, content",
                                  "$1::bigint[], $2::text[], $3::text[]", POST_JSON, ", p.user_id"),

@@ -44,9 +44,11 @@ const struct resource resource_users = {
     .nfields = 2,
     .read_only = USER_READ_ONLY,
     RESOURCE_SQL_STATEMENTS("users", "u", USER_JSON, "", "name = $2, email = $3",
-                            "name = COALESCE($2, u.name), email = COALESCE($3, u.email)", "$4"),
+                            "name = COALESCE($2, u.name), email = COALESCE($3, u.email)", "$4", "$5"),
     .sql_create =
         "INSERT INTO users AS u (name, email) VALUES ($1, $2) RETURNING " RESOURCE_SQL_ROW("u", USER_JSON),
+    .sql_create_keyed =
+        RESOURCE_SQL_KEYED_CREATE("users", "u", "name, email", "$1::text, $2::text", USER_JSON, "", "$3"),
     .sql_create_many =
         RESOURCE_SQL_CREATE_MANY("users", "u", "name, email", "$1::text[], $2::text[]", USER_JSON, ""),
     /* user_delete() (migration 0004) locks the user, deletes its posts (posts.user_id ON DELETE
@@ -60,6 +62,15 @@ const struct resource resource_users = {
                      " FOR UPDATE) SELECT d.id, '{}'::text, " USER_DELETE_POSTS " FROM c, user_delete(c.id) d"
                      " UNION ALL SELECT u.id, NULL, NULL FROM users u WHERE u.id = $1 AND NOT EXISTS"
                      " (SELECT 1 FROM c)",
+    /* with an Idempotency-Key ($3): as sql_delete_if, gated, with $2 NULL for no If-Match */
+    .sql_delete_keyed = RESOURCE_SQL_KEYED(
+        "$3",
+        "c AS MATERIALIZED (SELECT u.id FROM users u WHERE u.id = $1 AND ($2::text[] IS NULL OR " USER_MATCHES
+        ") AND " RESOURCE_SQL_KEY_GO
+        " FOR UPDATE), w AS MATERIALIZED (SELECT d.id, '{}'::text AS body, " USER_DELETE_POSTS
+        " FROM c, user_delete(c.id) d), r AS (SELECT * FROM w UNION ALL SELECT u.id, NULL, NULL"
+        " FROM users u WHERE u.id = $1 AND $2::text[] IS NOT NULL AND NOT EXISTS (SELECT 1 FROM c))",
+        "r"),
     .cascade_names = &resource_posts,
     .embed = { .child = &resource_posts, .sql_get = SQL_USER_GET_POSTS },
     /* deleting a user deletes every post of it: more than any other write, hence admin */
