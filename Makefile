@@ -191,7 +191,7 @@ deb:
 	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/$(NAME)-$(VERSION)
 	git ls-files -co --exclude-standard | while read -r f; do [ -e "$$f" ] || [ -L "$$f" ] && echo "$$f"; done | \
 	    tar -cf - -T - | tar -xf - -C $(DEB_DIR)/$(NAME)-$(VERSION)
-	cd $(DEB_DIR)/$(NAME)-$(VERSION) && dpkg-buildpackage -us -uc -b
+	cd $(DEB_DIR)/$(NAME)-$(VERSION) && dpkg-buildpackage -us -uc -b -J
 	lintian --fail-on error,warning --info $(DEB_DIR)/$(NAME)_$(VERSION)_*.deb
 	@ls $(DEB_DIR)/$(NAME)_$(VERSION)_*.deb
 

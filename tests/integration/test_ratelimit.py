@@ -12,12 +12,14 @@ and whole again within 3 s. Tests never count on timing: each client address is 
 198.18/15), a 429 is awaited within many more requests than the burst, and recovery is polled."""
 
 import http.client
+import os
 import random
 import re
 import socket
 import struct
 import time
 
+import jwt
 import pytest
 
 from lib.builders import uniq
@@ -50,6 +52,27 @@ def rl(schema, tmp_path_factory, redis_relay):
                       "write_burst": WRITE_BURST},
         "redis": {"port": redis_relay.port},
         "database": {"health_interval": "200ms"}})
+
+
+AUTH_SECRET = "ratelimit-subjects-" + "5e" * 20  # HS256: at least 32 bytes
+
+
+@pytest.fixture(scope="module")
+def rl_auth(schema, tmp_path_factory):
+    """A server requiring tokens, with the same small limits: its budgets are the tokens' subjects'."""
+    secret = tmp_path_factory.mktemp("rl-secret") / "hs256"
+    secret.write_text(AUTH_SECRET + "\n")
+    os.chmod(secret, 0o600)
+    yield from module_server(tmp_path_factory, "ratelimit-auth", schema, {
+        "auth": {"mode": "required", "hs256_secret_file": str(secret)},
+        "ratelimit": {"enabled": "on", "read_rate": 1, "read_burst": READ_BURST, "write_rate": 1,
+                      "write_burst": WRITE_BURST},
+        "database": {"health_interval": "200ms"}})
+
+
+def token(sub):
+    return jwt.encode({"sub": sub, "scope": "read write", "exp": int(time.time()) + 300}, AUTH_SECRET,
+                      algorithm="HS256")
 
 
 @pytest.fixture(scope="module")
@@ -322,3 +345,22 @@ def test_redis_down_each_worker_limits_alone_and_counts_it(rl, redis_relay):
     redis_relay.proc = Relay(redis_relay.port, redis_relay.target_port).start().proc  # the fixture stops it
     rl.wait_for(lambda: read_as(rl, fresh_remote()).status == 200 and lines("ratelimit: Redis answers again"), 15,
                 "the shared limiter back")
+
+
+def test_authenticated_clients_are_limited_per_subject_not_per_address(rl_auth):
+    """Two subjects from one address: one spends its reads, the other still reads; the same subject from
+    another address shares the spent budget."""
+    alice, bob = uniq("alice"), uniq("bob")
+    here, there = fresh_loopback(), fresh_loopback()
+
+    def read(sub, source):
+        return call(rl_auth.port, "GET", "/users?limit=1", source, {"Authorization": f"Bearer {token(sub)}"})
+    n, limited = until_limited(lambda: read(alice, here))
+    assert n >= READ_BURST - 1 and limited.json()["error"]["code"] == "rate_limited", limited
+    r = read(bob, here)
+    assert r.status == 200 and r.headers.get("ratelimit") == '"reads";r=2;t=1', \
+        f"expected another subject from the same address to have its own budget, got {r} {r.headers}"
+    r = read(alice, there)
+    assert r.status == 429, f"expected the subject's budget spent from any address, got {r}"
+    anonymous = call(rl_auth.port, "GET", "/users?limit=1", here)
+    assert anonymous.status == 401, anonymous
