@@ -327,20 +327,6 @@ def test_subject_in_access_log_and_no_secret_anywhere(auth):
         [l for l in lines if "auth:" in l]
 
 
-def test_rate_limiter_keys_on_the_subject(server, schema, keys):
-    """Two subjects from one address have a limit each: the token is checked before the limiter, which
-    keys on req->subject (a refused token is answered 401 before it)."""
-    s = server(workers=1, topology=schema, overrides={
-        "auth": {"mode": "required", "hs256_secret_file": keys.secret_file},
-        "ratelimit": {"enabled": "on", "read_rate": 1, "read_burst": 2}}).start()
-    alice, bob = (bearer(hs256(claims(sub=who, scope="read", aud=None, iss=None))) for who in ("alice", "bob"))
-    for _ in range(5):
-        assert_401(s.get("/users?limit=1", headers=bearer("a.b.c")), "invalid_token")
-    statuses = [s.get("/users?limit=1", headers=alice).status for _ in range(10)]
-    assert statuses[0] == 200 and 429 in statuses, f"alice: expected 200 first, then 429 past a burst of 2: {statuses}"
-    assert s.get("/users?limit=1", headers=bob).status == 200, "bob shares alice's address, not her limit"
-
-
 # ---- configuration ---------------------------------------------------------------------------------
 
 def check_config(tmp_path, ini, env_extra=None):

@@ -364,3 +364,15 @@ def test_authenticated_clients_are_limited_per_subject_not_per_address(rl_auth):
     assert r.status == 429, f"expected the subject's budget spent from any address, got {r}"
     anonymous = call(rl_auth.port, "GET", "/users?limit=1", here)
     assert anonymous.status == 401, anonymous
+
+
+def test_bad_tokens_are_limited_by_their_address(rl_auth):
+    """A client guessing tokens gets 401s until its address's budget is spent, then 429s: a refused
+    token is no way around the limits."""
+    source = fresh_loopback()
+    bad = {"Authorization": "Bearer " + token(uniq("mallory"))[:-4] + "AAAA"}  # a signature that fails
+    n, limited = until_limited(lambda: call(rl_auth.port, "GET", "/users?limit=1", source, bad), ok=(401,))
+    assert n >= READ_BURST - 1, f"expected the burst of 401s first, got a 429 after {n + 1}"
+    assert limited.json()["error"]["code"] == "rate_limited" and "retry-after" in limited.headers, limited
+    assert call(rl_auth.port, "GET", "/users?limit=1", fresh_loopback(), bad).status == 401, \
+        "another address still gets its own budget"

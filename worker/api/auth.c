@@ -178,25 +178,6 @@ static void cache_put(struct auth *a, const unsigned char *hash, const struct jw
     memcpy(e->sub, c->sub, sizeof(e->sub));
 }
 
-/* 401 without a usable token (RFC 6750 3.1: no error code when the request had no credentials). */
-static void reply_missing(struct auth *a, struct http_request *req, const char *why)
-{
-    count(a, AUTH_MISSING);
-    http_header_add(req, "WWW-Authenticate", "Bearer");
-    reply_error(req, 401, "missing_token", "%s; send Authorization: Bearer <token>", why);
-}
-
-static void reply_invalid(struct auth *a, struct http_request *req, enum jwt_result r, const char *why)
-{
-    char challenge[320];
-    count(a, r == JWT_EXPIRED ? AUTH_EXPIRED : AUTH_INVALID);
-    /* why is one of our fixed texts (jwt_result_text): no quote, nothing of the client's */
-    snprintf(challenge, sizeof(challenge), "Bearer error=\"invalid_token\", error_description=\"%s\"", why);
-    http_header_add(req, "WWW-Authenticate", challenge);
-    log_debug("request %s: bearer token refused: %s", req->request_id, why);
-    reply_error(req, 401, "invalid_token", "%s", why);
-}
-
 static const char *scope_name(unsigned scope)
 {
     for (int i = 0; SCOPE_NAMES[i]; i++)
@@ -205,20 +186,50 @@ static const char *scope_name(unsigned scope)
     return "";
 }
 
-static bool scope_check(struct auth *a, struct http_request *req, unsigned held, unsigned scope)
+/* Records a refusal (counted at once: pgapi_auth_total tells what clients sent, answered or limited). */
+static bool refused(struct auth *a, struct auth_verdict *v, enum auth_result result, const char *why)
 {
-    char challenge[128];
-    if (held & scope) {
-        count(a, AUTH_OK);
-        return true;
-    }
-    count(a, AUTH_INSUFFICIENT_SCOPE);
-    snprintf(challenge, sizeof(challenge), "Bearer error=\"insufficient_scope\", scope=\"%s\"",
-             scope_name(scope));
-    http_header_add(req, "WWW-Authenticate", challenge);
-    reply_error(req, 403, "insufficient_scope", "this request needs a token with the scope \"%s\"",
-                scope_name(scope));
+    count(a, result);
+    v->result = result;
+    v->why = why;
     return false;
+}
+
+static bool scope_check(struct auth *a, unsigned held, struct auth_verdict *v)
+{
+    if (!(held & v->scope))
+        return refused(a, v, AUTH_INSUFFICIENT_SCOPE, "");
+    count(a, AUTH_OK);
+    return true;
+}
+
+void auth_refuse(struct http_request *req, const struct auth_verdict *v)
+{
+    char challenge[320];
+    switch (v->result) {
+    case AUTH_MISSING: /* RFC 6750 3.1: no error code when the request had no credentials */
+        http_header_add(req, "WWW-Authenticate", "Bearer");
+        reply_error(req, 401, "missing_token", "%s; send Authorization: Bearer <token>", v->why);
+        return;
+    case AUTH_INSUFFICIENT_SCOPE:
+        snprintf(challenge, sizeof(challenge), "Bearer error=\"insufficient_scope\", scope=\"%s\"",
+                 scope_name(v->scope));
+        http_header_add(req, "WWW-Authenticate", challenge);
+        reply_error(req, 403, "insufficient_scope", "this request needs a token with the scope \"%s\"",
+                    scope_name(v->scope));
+        return;
+    case AUTH_OK:
+    case AUTH_INVALID:
+    case AUTH_EXPIRED:
+    case AUTH_RESULTS:
+        break;
+    }
+    /* why is one of our fixed texts (jwt_result_text): no quote, nothing of the client's */
+    snprintf(challenge, sizeof(challenge), "Bearer error=\"invalid_token\", error_description=\"%s\"",
+             v->why);
+    http_header_add(req, "WWW-Authenticate", challenge);
+    log_debug("request %s: bearer token refused: %s", req->request_id, v->why);
+    reply_error(req, 401, "invalid_token", "%s", v->why);
 }
 
 /* The token of an Authorization value "Bearer <token>" (the scheme in any case, RFC 7235 2.1), or NULL. */
@@ -232,8 +243,9 @@ static const char *bearer_token(const char *value, size_t *len)
     return value;
 }
 
-bool auth_allow(struct auth *a, struct http_request *req, unsigned scope)
+bool auth_check(struct auth *a, struct http_request *req, unsigned scope, struct auth_verdict *v)
 {
+    *v = (struct auth_verdict){ .result = AUTH_OK, .why = "", .scope = scope };
     if (!a || !a->required)
         return true;
     const char *value = http_request_header(req, HTTP_H_AUTHORIZATION);
@@ -241,32 +253,25 @@ bool auth_allow(struct auth *a, struct http_request *req, unsigned scope)
     const char *token = bearer_token(value, &len);
     unsigned char hash[HASH_LEN];
     int64_t now = (int64_t)time(NULL);
-    if (!value[0] || !token) {
-        reply_missing(a, req, value[0] ? "Authorization is not a Bearer token" : "no bearer token");
-        return false;
-    }
-    if (strlen(value) >= HTTP_AUTHORIZATION_MAX) {
-        reply_invalid(a, req, JWT_MALFORMED, "the token is longer than 4096 bytes");
-        return false;
-    }
-    if (http_headers_seen(&req->headers, HTTP_H_AUTHORIZATION) > 1) { /* which one would a proxy have read? */
-        reply_invalid(a, req, JWT_MALFORMED, "more than one Authorization header");
-        return false;
-    }
+    if (!value[0] || !token)
+        return refused(a, v, AUTH_MISSING,
+                       value[0] ? "Authorization is not a Bearer token" : "no bearer token");
+    if (strlen(value) >= HTTP_AUTHORIZATION_MAX)
+        return refused(a, v, AUTH_INVALID, "the token is longer than 4096 bytes");
+    if (http_headers_seen(&req->headers, HTTP_H_AUTHORIZATION) > 1) /* which one would a proxy have read? */
+        return refused(a, v, AUTH_INVALID, "more than one Authorization header");
     bool hashed = token_hash(a, token, len, hash);
     const struct cached_token *hit = hashed ? cache_find(a, hash, now) : NULL;
     if (hit) {
         snprintf(req->subject, sizeof(req->subject), "%s", hit->sub);
-        return scope_check(a, req, hit->scopes, scope);
+        return scope_check(a, hit->scopes, v);
     }
     struct jwt_claims claims;
     enum jwt_result r = jwt_verify(a->keys, &a->rules, token, len, now, &claims);
-    if (r != JWT_OK) {
-        reply_invalid(a, req, r, jwt_result_text(r));
-        return false;
-    }
+    if (r != JWT_OK)
+        return refused(a, v, r == JWT_EXPIRED ? AUTH_EXPIRED : AUTH_INVALID, jwt_result_text(r));
     if (hashed)
         cache_put(a, hash, &claims);
     snprintf(req->subject, sizeof(req->subject), "%s", claims.sub);
-    return scope_check(a, req, claims.scopes, scope);
+    return scope_check(a, claims.scopes, v);
 }

@@ -237,16 +237,20 @@ static void route_call(struct api_context *api, struct http_request *req, const 
         handle_resource(api, req, m->res, m->kind, &m->args);
 }
 
-/* A route the rate limiter let through (req NULL: it answered 429, or the worker exits). */
+/* A route the rate limiter let through (req NULL: it answered 429, or the worker exits); one the token
+ * check refused is answered only then, so that bad tokens count against their address's budget. */
 struct route_pending {
     struct api_context *api;
     struct router_match m;
+    struct auth_verdict verdict;
 };
 
 static void route_admitted(void *arg, struct http_request *req)
 {
     struct route_pending *p = arg;
-    if (req)
+    if (req && p->verdict.result != AUTH_OK)
+        auth_refuse(req, &p->verdict);
+    else if (req)
         route_call(p->api, req, &p->m);
     free(p);
 }
@@ -254,14 +258,14 @@ static void route_admitted(void *arg, struct http_request *req)
 /* The resources' routes are limited; the health probes, GET / and the OpenAPI document (static, and
  * what a prober or scraper needs most when clients are being limited) are not. */
 static void route_limited_call(struct api_context *api, struct http_request *req,
-                               const struct router_match *m)
+                               const struct router_match *m, const struct auth_verdict *verdict)
 {
     struct route_pending *p = malloc(sizeof(*p));
     if (!p) {
         reply_error(req, 503, "out_of_memory", "server out of memory");
         return;
     }
-    *p = (struct route_pending){ .api = api, .m = *m };
+    *p = (struct route_pending){ .api = api, .m = *m, .verdict = *verdict };
     ratelimit_admit(api->ratelimit, req, route_admitted, p);
 }
 
@@ -277,11 +281,13 @@ void router_dispatch(struct http_request *req)
         req->route = m.index;
         /* The hand-written routes (/, /healthz, /readyz, /openapi.yaml) need no token: probes and
          * scrapers have none, and they show no row. Every standard route needs its scope, checked
-         * before the rate limiter, which keys on the token's subject. */
-        if (m.res && !auth_allow(api->auth, req, kind_scope(m.res, m.kind)))
-            return; /* answered: 401 or 403 */
+         * before the rate limiter, which keys on the token's subject (on the address without one). */
+        struct auth_verdict verdict = { .result = AUTH_OK };
+        bool allowed = !m.res || auth_check(api->auth, req, kind_scope(m.res, m.kind), &verdict);
         if (m.res && api->ratelimit)
-            route_limited_call(api, req, &m);
+            route_limited_call(api, req, &m, &verdict);
+        else if (!allowed)
+            auth_refuse(req, &verdict);
         else
             route_call(api, req, &m);
         return;
