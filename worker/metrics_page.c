@@ -310,6 +310,9 @@ static void pool_render(struct page *pg)
     side_counter_render(pg, "pgapi_pool_batches_total",
                         "Statements that ran several queued requests at once.",
                         offsetof(struct metrics_counters, batches), 1.0);
+    side_counter_render(pg, "pgapi_pool_replay_samples_total",
+                        "Replay positions learned from the replicas' reads (the replica side only).",
+                        offsetof(struct metrics_counters, replay_samples), 1.0);
     side_counter_render(pg, "pgapi_pool_wait_seconds_total", "Time statements spent queued for a connection.",
                         offsetof(struct metrics_counters, wait_us), 1e-6);
     primary_reads_render(pg);

@@ -61,11 +61,35 @@ static void test_result_pick_by_first_column(void **state)
     PQclear(res);
 }
 
+static void test_result_drop_last_column(void **state)
+{
+    (void)state;
+    const char *names[] = { "id", "body", "replay" };
+    const char *cells[] = { "10", "{\"a\":1}", "0/3000060", "11", "{\"b\":1}", "0/3000070" };
+    PGresult *res = result_of(3, names, 2, cells);
+    PGresult *out = batch_result_drop_last(res); /* a replica read without its replay position */
+    assert_non_null(out);
+    assert_int_equal(PQntuples(out), 2);
+    assert_int_equal(PQnfields(out), 2);
+    assert_string_equal(PQfname(out, 1), "body");
+    assert_string_equal(PQgetvalue(out, 1, 0), "11");
+    assert_string_equal(PQgetvalue(out, 1, 1), "{\"b\":1}");
+    PQclear(out);
+    PQclear(res);
+    res = result_of(3, names, 0, cells); /* no row: still the shape of the statement as written */
+    out = batch_result_drop_last(res);
+    assert_int_equal(PQntuples(out), 0);
+    assert_int_equal(PQnfields(out), 2);
+    PQclear(out);
+    PQclear(res);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_array_text_quotes_and_nulls),
         cmocka_unit_test(test_result_pick_by_first_column),
+        cmocka_unit_test(test_result_drop_last_column),
     };
     return cmocka_run_group_tests_name("batch", tests, NULL, NULL);
 }

@@ -142,6 +142,34 @@ static void test_why_a_read_runs_on_the_primary(void **state)
     assert_int_equal(route_primary_read_reason(&v, 0), POOL_PRIMARY_READ_NO_REPLICA);
 }
 
+/* A replica's position learned from its reads: it only rises, and a sample taken before the pool's view
+ * of the replica was reset is dropped. */
+static void test_replay_learned_from_reads(void **state)
+{
+    (void)state;
+    assert_int_equal(route_replay_learn(500, 520, false), 520); /* the read saw a newer position */
+    assert_int_equal(route_replay_learn(520, 510, false), 520); /* an older sample never lowers it */
+    assert_int_equal(route_replay_learn(520, 520, false), 520);
+    assert_int_equal(route_replay_learn(300, 520, true), 300); /* sent before a reset: dropped */
+    assert_int_equal(route_replay_learn(0, 520, false), 520);  /* never sampled by a health check yet */
+}
+
+/* The learned position routes the next read: a fence the health check had not seen passed goes back to
+ * the replica as soon as a read reports the replica past it; the detached and unproven rules apply to the
+ * learned position as to a sampled one (route.c caps it before route_decide sees it). */
+static void test_learned_position_routes_the_next_read(void **state)
+{
+    (void)state;
+    struct route_view v = view_new(1);
+    uint64_t fence = 510; /* a fresh write's commit, past the replica's last health check (500) */
+    expect(route_decide(&v, true, fence), ROUTE_START, POOL_PRIMARY, -1);
+    assert_int_equal(route_primary_read_reason(&v, fence), POOL_PRIMARY_READ_FENCE);
+    v.replicas[0].lsn = route_replay_learn(v.replicas[0].lsn, 512, false);
+    expect(route_decide(&v, true, fence), ROUTE_START, POOL_REPLICA, 0);
+    v.replicas[0].lsn = route_replay_learn(v.replicas[0].lsn, 505, false); /* a slower read's sample */
+    expect(route_decide(&v, true, fence), ROUTE_START, POOL_REPLICA, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -152,6 +180,8 @@ int main(void)
         cmocka_unit_test(test_spill_to_an_idle_primary_connection),
         cmocka_unit_test(test_primary_known_down),
         cmocka_unit_test(test_why_a_read_runs_on_the_primary),
+        cmocka_unit_test(test_replay_learned_from_reads),
+        cmocka_unit_test(test_learned_position_routes_the_next_read),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

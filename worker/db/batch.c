@@ -34,11 +34,11 @@ char *batch_array_text(const char *const *values, int n)
     return out;
 }
 
-/* An empty result with the columns of res from first_col on. */
-static PGresult *result_shape(const PGresult *res, int first_col)
+/* An empty result with the columns of res from first_col to end_col (excluded). */
+static PGresult *result_shape(const PGresult *res, int first_col, int end_col)
 {
     PGresult *out = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
-    int n = PQnfields(res) - first_col;
+    int n = end_col - first_col;
     if (!out || n <= 0)
         return out;
     PGresAttDesc *atts = calloc((size_t)n, sizeof(*atts));
@@ -65,16 +65,17 @@ static PGresult *result_shape(const PGresult *res, int first_col)
     return out;
 }
 
-PGresult *batch_result_pick(const PGresult *res, const char *key, int first_col)
+/* The rows of res whose first column is key (NULL: every row), columns first_col to end_col. */
+static PGresult *result_copy(const PGresult *res, const char *key, int first_col, int end_col)
 {
-    PGresult *out = result_shape(res, first_col);
+    PGresult *out = result_shape(res, first_col, end_col);
     if (!out)
         return NULL;
-    int ncols = PQnfields(res), row = 0;
+    int row = 0;
     for (int i = 0; i < PQntuples(res); i++) {
-        if (strcmp(PQgetvalue(res, i, 0), key) != 0)
+        if (key && strcmp(PQgetvalue(res, i, 0), key) != 0)
             continue;
-        for (int col = first_col; col < ncols; col++) {
+        for (int col = first_col; col < end_col; col++) {
             int len = PQgetisnull(res, i, col) ? -1 : PQgetlength(res, i, col);
             if (!PQsetvalue(out, row, col - first_col, PQgetvalue(res, i, col), len)) {
                 PQclear(out);
@@ -84,4 +85,14 @@ PGresult *batch_result_pick(const PGresult *res, const char *key, int first_col)
         row++;
     }
     return out;
+}
+
+PGresult *batch_result_pick(const PGresult *res, const char *key, int first_col)
+{
+    return result_copy(res, key, first_col, PQnfields(res));
+}
+
+PGresult *batch_result_drop_last(const PGresult *res)
+{
+    return result_copy(res, NULL, 0, PQnfields(res) > 0 ? PQnfields(res) - 1 : 0);
 }

@@ -16,5 +16,8 @@ char *batch_array_text(const char *const *values, int n);
  * columns from first_col on: the shape a statement of its own would have returned. NULL when out of
  * memory. */
 PGresult *batch_result_pick(const PGresult *res, const char *key, int first_col);
+/* A copy of res (PQclear it) without its last column: a replica read's result without the replay
+ * position the pool added to its statement (pgconn.c). NULL when out of memory. */
+PGresult *batch_result_drop_last(const PGresult *res);
 
 #endif

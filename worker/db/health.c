@@ -50,8 +50,10 @@ static void primary_identity_check(struct pool *p, const PGresult *res)
     if (p->primary_identity && p->primary_identity != id) {
         log_warn("primary: new timeline %s: every replica gets reads again only once it streams from it",
                  timeline);
-        for (int i = 0; i < p->nreplicas; i++)
+        for (int i = 0; i < p->nreplicas; i++) {
             p->replicas[i].unproven = true;
+            p->replicas[i].resets++;
+        }
     }
     p->primary_identity = id;
     snprintf(p->primary_id, sizeof(p->primary_id), "%.20s/%.8s", sysid, timeline);
@@ -121,8 +123,14 @@ void health_apply(struct backend *be, const struct pool_result *r)
         primary_health_apply(be, r, was);
         return;
     }
+    uint64_t lsn;
     if (r->status == POOL_OK && PQntuples(r->res) == 1 && PQnfields(r->res) == 4 &&
-        pool_lsn_parse(PQgetvalue(r->res, 0, 0), &be->lsn) == 0) {
+        pool_lsn_parse(PQgetvalue(r->res, 0, 0), &lsn) == 0) {
+        /* Lower than known: another server, or one restarted, or only a sample older than a read's
+         * (pgconn.c): the check is believed, and positions the reads in flight carry are dropped. */
+        if (lsn < be->lsn)
+            be->resets++;
+        be->lsn = lsn;
         long long ts_lag = atoll(PQgetvalue(r->res, 0, 1));
         if (ts_lag > INT32_MAX)
             ts_lag = INT32_MAX;

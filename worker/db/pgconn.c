@@ -11,6 +11,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "worker/db/batch.h"
 #include "worker/db/health.h"
 #include "worker/db/lsn.h"
 #include "worker/db/queue.h"
@@ -249,18 +250,34 @@ static bool conn_read_guarded(const struct pgconn *c)
     return c->be->side == POOL_PRIMARY && c->job && c->job->kind == JOB_READ;
 }
 
-/* The statement as sent: the primary's read guard around it, then the trace's comment before all, so
- * that pg_stat_activity.query (cut at track_activity_query_size) starts with it. sqlcommenter puts its
- * comment last; first survives the cut. NULL when out of memory; *owned is what to free. */
+/* A read on a replica returns the replica's replay position in the same statement, as one more column
+ * (the same expression as the health check's): the pool learns how far each replica has replayed on
+ * every read, not once per health_interval, so reads a fresh write's fence sent to the primary come back
+ * sooner. conn_replay_take reads it and hands the caller the result without it. */
+static const char REPLICA_READ_SQL[] =
+    "SELECT o.*, CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() "
+    "END::text FROM (%s) o";
+
+static bool conn_read_sampled(const struct pgconn *c)
+{
+    return c->be->side == POOL_REPLICA && c->job && c->job->kind == JOB_READ;
+}
+
+/* The statement as sent: the primary's read guard or a replica's replay position around it, then the trace's
+ * comment before all, so that pg_stat_activity.query (cut at track_activity_query_size) starts with it.
+ * sqlcommenter puts its comment last; first survives the cut. NULL when out of memory; *owned is what to
+ * free. */
 static const char *statement_text(const struct pgconn *c, const char *sql, char **owned)
 {
     const char *trace = c->job ? c->job->trace : "";
-    bool guard = conn_read_guarded(c);
+    bool guard = conn_read_guarded(c), sampled = conn_read_sampled(c);
     *owned = NULL;
-    if (!guard && !trace[0])
+    if (!guard && !sampled && !trace[0])
         return sql;
     char *inner = NULL;
     if (guard && asprintf(&inner, READ_GUARD_SQL, sql) < 0)
+        return NULL;
+    if (sampled && asprintf(&inner, REPLICA_READ_SQL, sql) < 0)
         return NULL;
     if (!trace[0]) {
         *owned = inner;
@@ -311,6 +328,7 @@ void pgconn_start(struct pgconn *c, struct job *j)
     c->job = j;
     j->started_us = clock_now_us();
     j->data_lsn = c->be->side == POOL_PRIMARY ? primary_data_lsn(p, j) : c->be->lsn;
+    j->resets = c->be->resets;
     pgconn_move(c, PGC_SENDING); /* PGC_BUSY once PQflush has sent the statement (conn_io_cb) */
     c->result = NULL;
     bool batched = j->batch_sql && queue_batch_gather(c, j);
@@ -351,11 +369,36 @@ void pgconn_reset_idle(struct backend *be, const char *why)
             pgconn_reset(idle[i], why);
 }
 
+/* A replica read's result: the replay position its statement returned (the last row's last column, the
+ * newest) raises the replica's known position (route_replay_learn: never the read's own data_lsn, which
+ * stays the position sampled before it was sent), and *res loses that column. True when the position
+ * rose. A result without rows says nothing of the position. */
+static bool conn_replay_take(struct backend *be, const struct job *j, PGresult **res)
+{
+    int n = PQntuples(*res), col = PQnfields(*res) - 1;
+    uint64_t sample;
+    bool rose = false;
+    if (n > 0 && col >= 0 && !PQgetisnull(*res, n - 1, col) &&
+        pool_lsn_parse(PQgetvalue(*res, n - 1, col), &sample) == 0) {
+        uint64_t known = route_replay_learn(be->lsn, sample, j->resets != be->resets);
+        rose = known > be->lsn;
+        be->lsn = known;
+        be->pool->stats[POOL_REPLICA].replay_samples++;
+    }
+    PGresult *own = batch_result_drop_last(*res);
+    PQclear(*res);
+    *res = own; /* NULL when out of memory: the read fails (result_status) */
+    return rose;
+}
+
 static void conn_deliver(struct pgconn *c)
 {
     struct backend *be = c->be;
     PGresult *res;
     struct job *j = conn_statement_take(c, &res);
+    bool rose = false;
+    if (be->side == POOL_REPLICA && j->kind == JOB_READ && res && PQresultStatus(res) == PGRES_TUPLES_OK)
+        rose = conn_replay_take(be, j, &res);
     bool health = j->kind == JOB_HEALTH;
     struct pool_result r = { .status = result_status(res),
                              .res = res,
@@ -401,6 +444,8 @@ static void conn_deliver(struct pgconn *c)
         route_pump(c);
     if (moved)
         pgconn_reset_idle(be, "the primary's address leads to a standby");
+    if (rose && be->pool->queue[POOL_PRIMARY].len > 0)
+        route_reroute(be->pool); /* reads queued on the primary for their fence may go to this replica now */
 }
 
 /* A write's statement committed: its connection is free at once, its answer waits for a commit LSN. */

@@ -72,6 +72,7 @@ struct pool_side_stats {
     uint64_t queries, errors, timeouts, queue_full, wait_us_total;
     uint64_t primary_reads[POOL_PRIMARY_READS]; /* the primary side's only */
     uint64_t batches;                           /* statements that ran several queued reads at once */
+    uint64_t replay_samples; /* the replica side's only: replay positions its reads returned */
     int in_use, idle, connecting, down, waiting;
 };
 

@@ -40,6 +40,7 @@ struct job {
     void *arg;
     uint64_t fence;
     uint64_t data_lsn; /* set when it starts: see pool_result.data_lsn */
+    uint64_t resets;   /* a replica read: its backend's resets when it started (route_replay_learn) */
     uint64_t enqueued_us;
     uint64_t started_us; /* sent on a connection (the last time, after retries) */
     int retries;
@@ -79,7 +80,10 @@ struct backend {
     bool healthy; /* last health check passed (and, for a replica, lag within limits) */
     bool health_inflight;
     int failures; /* consecutive failed or lost connections; 0 once one connects */
-    uint64_t lsn; /* primary: current WAL position; replica: replay position */
+    uint64_t lsn; /* primary: current WAL position; replica: replay position (health checks, reads) */
+    /* A replica: times the pool's view of it was reset (a health check found it lower, it left rotation,
+     * the primary changed identity): a read sent before carries a position that may no longer hold. */
+    uint64_t resets;
     int lag_ms;
     uint64_t queries, errors; /* statements answered here, and how many of them failed */
     uint64_t outages;         /* times it left rotation (broken connection or failed health check) */

@@ -14,6 +14,7 @@ void route_backend_down(struct backend *be, const char *why)
         return;
     be->healthy = false;
     be->outages++;
+    be->resets++;
     log_warn("%s: out of rotation: %s", be_name(be), why);
     if (be->side == POOL_REPLICA)
         pgconn_abandon_reads(be);

@@ -88,3 +88,11 @@ struct route_decision route_decide(const struct route_view *v, bool read, uint64
         return (struct route_decision){ .where = ROUTE_START, .side = POOL_PRIMARY, .backend = -1 };
     return (struct route_decision){ .where = ROUTE_QUEUE, .side = POOL_PRIMARY, .backend = -1 };
 }
+
+/* Not the read's own data position (pool_result.data_lsn stays the position sampled before it): replay
+ * goes on while the statement runs, so the sample may be newer than the statement's snapshot. It only
+ * routes later reads, whose snapshots are taken after the replica had replayed that far. */
+uint64_t route_replay_learn(uint64_t known, uint64_t sample, bool reset)
+{
+    return reset || sample <= known ? known : sample;
+}

@@ -52,6 +52,12 @@ int route_replicas_up(const struct route_view *v);
 int route_replica_pick(const struct route_view *v, uint64_t fence, bool *idle);
 /* Why a read with this fence runs on the primary (it does: no replica took it). */
 enum pool_primary_read route_primary_read_reason(const struct route_view *v, uint64_t fence);
+/* A replica's replay position after one of its reads returned `sample` (its pg_last_wal_replay_lsn()
+ * read in the read's own statement): the replica has replayed at least that far, so the known position
+ * rises to it, never falls; unless the pool's view of the replica was reset after the read was sent
+ * (`reset`: a health check found it lower, it left rotation, the primary changed identity), when the
+ * sample may describe the server as it was before and is dropped. */
+uint64_t route_replay_learn(uint64_t known, uint64_t sample, bool reset);
 /* Where a statement goes: a read (fence as pool_read's) or, when !read, a write or a statement for the
  * primary. */
 struct route_decision route_decide(const struct route_view *v, bool read, uint64_t fence);
