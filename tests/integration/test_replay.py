@@ -1,0 +1,114 @@
+"""Issue 20: replay positions learned from the replicas' own reads. A replica read returns the replica's
+pg_last_wal_replay_lsn() in its statement, so reads a fresh write's fence sent to the primary return to
+the replica without waiting for a health check (health_interval is set long here: 60 s, so that none runs
+while a test waits), and what the client gets is the row alone (the column is the pool's)."""
+
+import time
+import uuid
+from contextlib import closing
+
+import pytest
+
+from lib.builders import create_user
+from lib.metrics import scrape, total
+from lib.pgapi_server import PgapiServer
+from lib.topology import wait_until
+
+
+def replica_queries(s):
+    return total(scrape(s), "pgapi_pool_queries_total", backend="replica0")
+
+
+def fence_reads(s):
+    return total(scrape(s), "pgapi_pool_primary_reads_total", reason="fence")
+
+
+def served_by_replica(s, path):
+    """GET path (200 expected) and whether the replica ran its statement (one worker: its counters are
+    exact when scraped)."""
+    before = replica_queries(s)
+    r = s.get(path)
+    assert r.status == 200, f"expected 200 for {path}, got {r}"
+    return replica_queries(s) > before, r
+
+
+@pytest.fixture(scope="module")
+def replay_server(schema, tmp_path_factory):
+    """One worker, cache off (every read reaches the pool), health checks every 60 s, and a user written on
+    the primary before the server started (no fence of this server is above it): its reads go to the
+    replica as soon as the replica's first sample has reached the pool's floor."""
+    with closing(schema.rw()) as conn, conn.cursor() as cur:
+        tag = uuid.uuid4().hex[:12]
+        cur.execute("INSERT INTO users (name, email) VALUES (%s, %s) RETURNING id",
+                    (f"old-{tag}", f"old-{tag}@example.com"))
+        old_id = cur.fetchone()[0]
+    with closing(schema.ro()) as conn, conn.cursor() as cur:
+        def replayed():
+            cur.execute("SELECT count(*) FROM users WHERE id = %s", (old_id,))
+            return cur.fetchone()[0] == 1
+        wait_until(replayed, 20, "the replica replays the user written before the server started")
+    s = PgapiServer(str(tmp_path_factory.mktemp("replay")), topology=schema, workers=1,
+                    overrides={"redis": {"enabled": "off"}, "database": {"health_interval": "60s"}})
+    s.start()
+    try:
+        s.wait_for(lambda: s.get("/readyz").json().get("replicas_up") == 1, 20, "replica in rotation")
+        # The replica's first sample may trail the primary's first (the pool's floor) by a WAL record
+        # written between them: then only the next health check lets it serve (up to 60 s, rarely).
+        s.wait_for(lambda: served_by_replica(s, f"/users/{old_id}")[0], 130, "a read of the old user on the replica")
+        s.old_id = old_id
+        yield s
+    finally:
+        rc = s.stop()
+        bad = s.bad_log_lines()
+        assert rc == 0 and not bad, f"server exit {rc}; bad log lines: {bad[:10]}\n{s.log_tail(60)}"
+
+
+def test_after_a_write_reads_of_its_row_return_to_the_replica_before_a_health_check(replay_server, record_property):
+    s = replay_server
+    u = create_user(s)
+    samples0 = total(scrape(s), "pgapi_pool_replay_samples_total", side="replica")
+    for round_ in range(3):
+        r = s.request("PATCH", f"/users/{u['id']}", body={"name": f"r{round_}"})
+        assert r.status == 200, r
+        fence0 = fence_reads(s)
+        # No replica read since the commit: the pool knows no replica position at or past it.
+        on_replica, got = served_by_replica(s, f"/users/{u['id']}")
+        assert not on_replica, "the first read after the write ran on the replica before any position passed it"
+        assert got.json()["name"] == f"r{round_}", f"read your write: expected r{round_}, got {got.json()}"
+        assert fence_reads(s) == fence0 + 1, "expected the read counted as a primary read for its fence"
+        t0, polls = time.monotonic(), 0
+
+        def back_on_replica():
+            nonlocal polls
+            polls += 1
+            assert served_by_replica(s, f"/users/{s.old_id}")[0], "a read of an unfenced row left the replica"
+            on, again = served_by_replica(s, f"/users/{u['id']}")
+            assert again.json()["name"] == f"r{round_}", f"expected r{round_}, got {again.json()}"
+            return on
+        s.wait_for(back_on_replica, 20, "a read of the written row back on the replica")
+        record_property("figures", f"replay round {round_}: the written row back on the replica after {polls} "
+                        f"poll(s), {1000 * (time.monotonic() - t0):.0f} ms (health_interval 60 s; noisy machine)")
+        assert fence_reads(s) - fence0 <= polls, "the reads of the written row kept going to the primary"
+    samples = total(scrape(s), "pgapi_pool_replay_samples_total", side="replica") - samples0
+    assert samples >= 6, f"expected replay positions learned from the replica's reads, got {samples}"
+
+
+def test_replica_reads_answer_the_row_alone(replay_server):
+    """The position's column never reaches the client: a row by id (the keys a write answers), a page of a
+    list (its rows and next link: rows.c reads the last row's columns), a 404 (no row, no position)."""
+    s = replay_server
+    written = create_user(s)
+    on_replica, r = served_by_replica(s, f"/users/{s.old_id}")
+    assert on_replica, "expected the unfenced read on the replica"
+    assert sorted(r.json()) == sorted(written), f"expected the keys {sorted(written)}, got {r.json()}"
+    wait_until(lambda: served_by_replica(s, f"/users/{written['id']}")[0], 20, "the new user read on the replica")
+    on_replica, r = served_by_replica(s, f"/users?after_id={s.old_id - 1}&limit=2")
+    assert on_replica, "expected the page read on the replica"
+    page = r.json()
+    assert page["data"][0]["id"] == s.old_id and len(page["data"]) == 2, page
+    assert all(sorted(u) == sorted(written) for u in page["data"]), page
+    assert page["next"] == f"/users?limit=2&after_id={page['data'][1]['id']}", page  # more users follow
+    on_replica, r = served_by_replica(s, f"/users?after_id={written['id']}&limit=2")
+    assert r.json() == {"data": [], "next": None}, f"expected the empty last page, got {r.json()}"
+    r = s.get(f"/users/{2 ** 62}")
+    assert r.status == 404 and r.json()["error"]["code"] == "not_found", f"expected a 404, got {r}"
