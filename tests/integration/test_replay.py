@@ -23,6 +23,27 @@ def fence_reads(s):
     return total(scrape(s), "pgapi_pool_primary_reads_total", reason="fence")
 
 
+def fence_bucket(user_id):
+    """common/consistency.c bucket_of: the row fence a read by id waits for."""
+    return ((user_id * 0x9E3779B97F4A7C15) % 2 ** 64 >> 52) % 4096
+
+
+def create_user_apart(s):
+    """A new user whose row fence is not the old user's (1 in 4096 would share it: the old user's reads,
+    which teach the pool the replica's position, would then wait for the new one's writes too)."""
+    while True:
+        u = create_user(s)
+        if fence_bucket(u["id"]) != fence_bucket(s.old_id):
+            return u
+
+
+def back_on_replica(s, path):
+    """Reads the old user (unfenced: on the replica, whose position it returns), then path: whether the
+    replica ran path's read, and its answer."""
+    assert served_by_replica(s, f"/users/{s.old_id}")[0], "a read of an unfenced row left the replica"
+    return served_by_replica(s, path)
+
+
 def served_by_replica(s, path):
     """GET path (200 expected) and whether the replica ran its statement (one worker: its counters are
     exact when scraped)."""
@@ -65,7 +86,7 @@ def replay_server(schema, tmp_path_factory):
 
 def test_after_a_write_reads_of_its_row_return_to_the_replica_before_a_health_check(replay_server, record_property):
     s = replay_server
-    u = create_user(s)
+    u = create_user_apart(s)
     samples0 = total(scrape(s), "pgapi_pool_replay_samples_total", side="replica")
     for round_ in range(3):
         r = s.request("PATCH", f"/users/{u['id']}", body={"name": f"r{round_}"})
@@ -78,14 +99,13 @@ def test_after_a_write_reads_of_its_row_return_to_the_replica_before_a_health_ch
         assert fence_reads(s) == fence0 + 1, "expected the read counted as a primary read for its fence"
         t0, polls = time.monotonic(), 0
 
-        def back_on_replica():
+        def moved():
             nonlocal polls
             polls += 1
-            assert served_by_replica(s, f"/users/{s.old_id}")[0], "a read of an unfenced row left the replica"
-            on, again = served_by_replica(s, f"/users/{u['id']}")
+            on, again = back_on_replica(s, f"/users/{u['id']}")
             assert again.json()["name"] == f"r{round_}", f"expected r{round_}, got {again.json()}"
             return on
-        s.wait_for(back_on_replica, 20, "a read of the written row back on the replica")
+        s.wait_for(moved, 20, "a read of the written row back on the replica")
         record_property("figures", f"replay round {round_}: the written row back on the replica after {polls} "
                         f"poll(s), {1000 * (time.monotonic() - t0):.0f} ms (health_interval 60 s; noisy machine)")
         assert fence_reads(s) - fence0 <= polls, "the reads of the written row kept going to the primary"
@@ -97,11 +117,11 @@ def test_replica_reads_answer_the_row_alone(replay_server):
     """The position's column never reaches the client: a row by id (the keys a write answers), a page of a
     list (its rows and next link: rows.c reads the last row's columns), a 404 (no row, no position)."""
     s = replay_server
-    written = create_user(s)
+    written = create_user_apart(s)
     on_replica, r = served_by_replica(s, f"/users/{s.old_id}")
     assert on_replica, "expected the unfenced read on the replica"
     assert sorted(r.json()) == sorted(written), f"expected the keys {sorted(written)}, got {r.json()}"
-    wait_until(lambda: served_by_replica(s, f"/users/{written['id']}")[0], 20, "the new user read on the replica")
+    s.wait_for(lambda: back_on_replica(s, f"/users/{written['id']}")[0], 20, "the new user read on the replica")
     on_replica, r = served_by_replica(s, f"/users?after_id={s.old_id - 1}&limit=2")
     assert on_replica, "expected the page read on the replica"
     page = r.json()
