@@ -380,10 +380,11 @@ static bool conn_replay_take(struct backend *be, const struct job *j, PGresult *
     bool rose = false;
     if (n > 0 && col >= 0 && !PQgetisnull(*res, n - 1, col) &&
         pool_lsn_parse(PQgetvalue(*res, n - 1, col), &sample) == 0) {
-        uint64_t known = route_replay_learn(be->lsn, sample, j->resets != be->resets);
+        bool reset = j->resets != be->resets;
+        uint64_t known = route_replay_learn(be->lsn, sample, reset);
         rose = known > be->lsn;
         be->lsn = known;
-        be->pool->stats[POOL_REPLICA].replay_samples++;
+        be->pool->stats[POOL_REPLICA].replay_samples += !reset;
     }
     PGresult *own = batch_result_drop_last(*res);
     PQclear(*res);

@@ -72,7 +72,8 @@ struct pool_side_stats {
     uint64_t queries, errors, timeouts, queue_full, wait_us_total;
     uint64_t primary_reads[POOL_PRIMARY_READS]; /* the primary side's only */
     uint64_t batches;                           /* statements that ran several queued reads at once */
-    uint64_t replay_samples; /* the replica side's only: replay positions its reads returned */
+    uint64_t replay_samples; /* the replica side's only: replay positions its reads returned and the
+                              * pool took (not dropped by a reset: route_replay_learn) */
     int in_use, idle, connecting, down, waiting;
 };
 
