@@ -114,14 +114,15 @@ def hs256_token(secret):
     return signing + "." + b64(hmac.new(secret, signing.encode(), hashlib.sha256).digest())
 
 
-def wrk_run(port, path, script, target, duration, conns=None, users=None):
+def wrk_run(port, path, script, target, duration, conns=None, users=None, timeout=None):
     method = WRITE_METHOD.get(target, "PATCH" if target.startswith(("so_", "growth")) else "PUT")
     env = dict(os.environ, BENCH_WRITE_METHOD=method, BENCH_TOKEN=TOKEN.get("token", ""))
     env["BENCH_ZIPF"] = os.environ.get("BENCH_GROWTH_ZIPF", "1.1")
     if users:
         env["BENCH_USERS"] = str(users)
-    cmd = ["wrk", "-t2", f"-c{conns or CONN}", f"-d{duration}", "--latency", "-s", wrk_script(script),
-           f"http://127.0.0.1:{port}{path}"]
+    cmd = ["wrk", "-t2", f"-c{conns or CONN}", f"-d{duration}", "--latency", "-s", wrk_script(script)]
+    cmd += [f"--timeout={timeout}"] if timeout else []
+    cmd += [f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600).stdout
     for line in out.splitlines():
         if line.startswith("RESULT "):
@@ -654,6 +655,7 @@ def replace_scaleout_section(path, section):
 GROWTH_SIZES = [int(x) for x in os.environ.get("BENCH_GROWTH_SIZES", "10000,100000,1000000").split(",") if x]
 GROWTH_CONNS = [int(x) for x in os.environ.get("BENCH_GROWTH_CONNS", "64,1024,8192").split(",") if x]
 GROWTH_IDLE = int(os.environ.get("BENCH_GROWTH_IDLE", "4000"))
+GROWTH_TIMEOUT = "10s"  # wrk's reply timeout in the connection curve
 GROWTH_FILL_RATE = 15000  # rows a second assumed for the fill (uncached reads): its length, capped at 120 s
 GROWTH_MARK = ("<!-- growth: written by bench/bench.py; BENCH_GROWTH=only replaces just this section -->",
                "<!-- /growth -->")
@@ -714,8 +716,9 @@ def growth_conns(cfg, n, res):
         growth_fill(cfg, target, 10000)
         port = cfg["targets"][target]["port"]
         for conns in GROWTH_CONNS:
-            wrk_run(port, "/", "user_random.lua", target, WARM, conns=conns)
-            r = wrk_run(port, "/", "user_random.lua", target, DUR, conns=conns)
+            # wrk's 2 s timeout would count the slowest of 8,192 connections as errors, not as latency
+            wrk_run(port, "/", "user_random.lua", target, WARM, conns=conns, timeout=GROWTH_TIMEOUT)
+            r = wrk_run(port, "/", "user_random.lua", target, DUR, conns=conns, timeout=GROWTH_TIMEOUT)
             r["rss"] = workers_rss(cfg, target)
             res.setdefault(("conns", target, conns), []).append(r)
             log(f"growth round {n} {target:18} {conns:>5} connections {r['rps']:>10.0f} req/s  p99 {r['p99']:7.2f} ms  "
@@ -725,7 +728,8 @@ def growth_conns(cfg, n, res):
 def growth_idle(cfg, target, count):
     """The RSS the workers of target gain per idle keep-alive connection: count connections opened, one
     GET / answered on each (so each has been through a request and holds what a kept-alive connection
-    holds), left idle for a second; the workers' RSS summed before and after, the difference divided."""
+    holds), left idle for a second; the workers' RSS summed before and after, the difference divided.
+    Run on servers that have served nothing yet (run_growth), whose heaps hold no freed memory to reuse."""
     port = cfg["targets"][target]["port"]
     before = sum(workers_rss(cfg, target))
     socks = []
@@ -751,14 +755,16 @@ def growth_idle(cfg, target, count):
 def run_growth(cfg):
     """The growth curves, sizes ascending (each size's rows added once, its rounds run on them)."""
     res = {}
-    subprocess.run(cfg["growth"]["grow"] + ["10000"], check=True)
-    for n in range(1, ROUNDS + 1):
-        growth_conns(cfg, n, res)
+    # the idle connections first, while the servers have served nothing: a worker's heap keeps what a
+    # load of 8,192 connections made it take, and idle connections opened after that would reuse it
     for target in ("growth_w1", "growth_w2"):
         r = growth_idle(cfg, target, GROWTH_IDLE)
         res[("idle", target)] = r
         log(f"growth {target}: {r['count']} idle keep-alive connections: workers' RSS {r['before']:.1f} -> "
             f"{r['after']:.1f} MB, {r['bytes']:,.0f} bytes per connection")
+    subprocess.run(cfg["growth"]["grow"] + ["10000"], check=True)
+    for n in range(1, ROUNDS + 1):
+        growth_conns(cfg, n, res)
     for users in GROWTH_SIZES:
         subprocess.run(cfg["growth"]["grow"] + [str(users)], check=True)
         for n in range(1, ROUNDS + 1):
