@@ -19,7 +19,8 @@
 #      BENCH_SCALEOUT: 1 (default) adds the scale-out scenarios, 0 leaves them out, "only" runs them
 #      alone (no peers, no single-server scenarios) and replaces just their section of the report.
 #      BENCH_GROWTH: 0 (default) none, 1 adds the growth curves after the rounds, "only" runs them alone
-#      (no peers, no single-server scenarios, no scale-out) and replaces just their section of the report.
+#      (no peers, no single-server scenarios, no scale-out; `make bench-growth`) and replaces just their
+#      section of the report.
 #      They are opt-in because they take about as long again as the default run (seeding up to 1M users,
 #      filling the cache, 8,192-connection runs). BENCH_GROWTH_SIZES (10000,100000,1000000) users,
 #      BENCH_GROWTH_CONNS (64,1024,8192) wrk connections, BENCH_GROWTH_IDLE (4000) idle keep-alive
@@ -159,7 +160,7 @@ start() { # target command...
     exit 1
 }
 WORKERS=0
-if [ "$SCALEOUT" != only ]; then
+if [ -n "${PORT[pgapi]:-}" ]; then # not with BENCH_SCALEOUT=only or BENCH_GROWTH=only
     start pgapi env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi]}" PGAPI_METRICS_LISTEN="127.0.0.1:$((BASE + 12))" \
         build/pgapi
     start pgapi_nocache env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_nocache]}" PGAPI_METRICS_LISTEN=off \
@@ -188,7 +189,7 @@ if [ "$GROWTH" != 0 ]; then
     start growth_w2_nocache env "${GROWTH_ENV[@]}" PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[growth_w2_nocache]}" \
         PGAPI_SERVER_WORKERS=2 PGAPI_METRICS_LISTEN="127.0.0.1:$((BASE + 147))" PGAPI_REDIS_ENABLED=off build/pgapi
 fi
-if [ -n "$BASELINE" ] && [ "$SCALEOUT" != only ]; then # its own Redis namespace: neither serves the other's entries
+if [ -n "${PORT[pgapi_baseline]:-}" ]; then # its own Redis namespace: neither serves the other's entries
     start pgapi_baseline env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_baseline]}" PGAPI_METRICS_LISTEN=off \
         PGAPI_REDIS_PREFIX=pgapi:baseline "$BASELINE_DIR/build/pgapi"
     start pgapi_baseline_nocache env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_baseline_nocache]}" \
