@@ -126,9 +126,10 @@ def wrk_run(port, path, script, target, duration, conns=None, users=None, timeou
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600).stdout
     for line in out.splitlines():
         if line.startswith("RESULT "):
-            rps, p50, p90, p99, errors, total = line.split()[1:]
+            rps, p50, p90, p99, errors, total = line.split()[1:7]
+            kinds = dict(zip(("connect", "read", "write", "timeout", "status"), map(int, line.split()[7:12])))
             return {"rps": float(rps), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-                    "errors": int(errors), "requests": int(total)}
+                    "errors": int(errors), "requests": int(total), "error_kinds": {k: v for k, v in kinds.items() if v}}
     raise RuntimeError(f"wrk printed no result for {target} {path}: {out[-500:]}")
 
 
@@ -655,8 +656,9 @@ def replace_scaleout_section(path, section):
 GROWTH_SIZES = [int(x) for x in os.environ.get("BENCH_GROWTH_SIZES", "10000,100000,1000000").split(",") if x]
 GROWTH_CONNS = [int(x) for x in os.environ.get("BENCH_GROWTH_CONNS", "64,1024,8192").split(",") if x]
 GROWTH_IDLE = int(os.environ.get("BENCH_GROWTH_IDLE", "4000"))
+METRICS_LAG = 1.2  # a worker publishes its counters to /metrics once a second: wait for the last ones
 GROWTH_TIMEOUT = "10s"  # wrk's reply timeout in the connection curve
-GROWTH_FILL_RATE = 15000  # rows a second assumed for the fill (uncached reads): its length, capped at 120 s
+GROWTH_FILL_MAX = "300s"  # the longest a fill may take (1M rows at 3,500 reads a second)
 GROWTH_MARK = ("<!-- growth: written by bench/bench.py; BENCH_GROWTH=only replaces just this section -->",
                "<!-- /growth -->")
 GROWTH_DIST = (("uniform", "user_random.lua"), ("zipf", "user_zipf.lua"))
@@ -664,10 +666,10 @@ GROWTH_READS = (("growth_w2", "cached"), ("growth_w2_nocache", "uncached"))
 
 
 def growth_fill(cfg, target, users):
-    """Every row read once (bench/lua/user_all.lua), so a cached run starts on a warm cache; the share
-    of reads the cache answered during the measured run is reported beside it, so a short fill shows."""
-    secs = max(3, min(120, users // GROWTH_FILL_RATE + 2))
-    wrk_run(cfg["targets"][target]["port"], "/", "user_all.lua", target, f"{secs}s", users=users)
+    """Every row read once (bench/lua/user_all.lua stops after one pass), so a cached run starts on a
+    warm cache; capped at GROWTH_FILL_MAX, and the share of reads the cache answered during the measured
+    run is reported beside it, so a fill cut short shows."""
+    wrk_run(cfg["targets"][target]["port"], "/", "user_all.lua", target, GROWTH_FILL_MAX, users=users)
 
 
 def growth_hits(cfg, target, fn):
@@ -676,6 +678,7 @@ def growth_hits(cfg, target, fn):
     before = server_counters([port]) if port else {}
     r = fn()
     if port:
+        time.sleep(METRICS_LAG)
         d = delta(server_counters([port]), before)
         hits = d.get(("cache", "local_hit"), 0) + d.get(("cache", "redis_hit"), 0)
         r["hits"] = min(1.0, hits / max(r["requests"], 1))
@@ -686,6 +689,12 @@ def workers_rss(cfg, target):
     """RSS (MB) of each worker of target (its master's children), in pid order."""
     pid = cfg["targets"][target]["pid"]
     return [v for p, v in sorted(tree_rss(pid).items()) if p != pid]
+
+
+def kinds(r):
+    """wrk's errors by kind, e.g. "(connect 12, timeout 3)", or ""."""
+    k = r.get("error_kinds") or {}
+    return "(" + ", ".join(f"{name} {v:,}" for name, v in k.items()) + ")" if k else ""
 
 
 def growth_data(cfg, users, n, res):
@@ -722,7 +731,7 @@ def growth_conns(cfg, n, res):
             r["rss"] = workers_rss(cfg, target)
             res.setdefault(("conns", target, conns), []).append(r)
             log(f"growth round {n} {target:18} {conns:>5} connections {r['rps']:>10.0f} req/s  p99 {r['p99']:7.2f} ms  "
-                f"errors {r['errors']}  worker RSS {', '.join(f'{v:.1f}' for v in r['rss'])} MB")
+                f"errors {r['errors']} {kinds(r)} worker RSS {', '.join(f'{v:.1f}' for v in r['rss'])} MB")
 
 
 def growth_idle(cfg, target, count):
@@ -792,7 +801,7 @@ def growth_section(res, cfg):
              f"wrk -t2 -d{DUR} after a {WARM} warm-up on the same cores as everything else. Servers of 1 and 2 "
              "workers (Redis on, each its own prefix) and of 2 workers with Redis off, `max_connections` 20,000, "
              "`keepalive_timeout` 10 min. Cached runs start after every row was read once (`user_all.lua`, "
-             f"up to 120 s); \"cache hits/req\" is what the cache (local or Redis) answered during the measured run "
+             f"up to {GROWTH_FILL_MAX}); \"cache hits/req\" is what the cache (local or Redis) answered during the measured run "
              f"(`pgapi_cache_lookups_total`). Zipf: rank k drawn with weight k^-{zipf}, ranks spread over the ids.", "",
              "### Data size (2 workers, 64 connections)", "",
              "| users | reads | ids | req/s | p50 | p99 | errors | cache hits/req | |", "|---|---|---|---|---|---|---|---|---|"]
@@ -808,7 +817,7 @@ def growth_section(res, cfg):
                              f"{fmt(m['errors'])} | {pct(m['hits']) if kind == 'cached' else '—'} | "
                              f"`{bar(m['rps'], top)}` |")
     lines += ["", "### Connections and workers (cached reads, uniform ids over 10,000 users)", "",
-              "| workers | connections | req/s | p50 | p99 | errors | RSS per worker after (MB) | |",
+              "| workers | connections | req/s | p50 | p99 | errors (the last round's by kind) | RSS per worker after (MB) | |",
               "|---|---|---|---|---|---|---|---|"]
     for target, w in (("growth_w1", 1), ("growth_w2", 2)):
         for conns in GROWTH_CONNS:
@@ -818,7 +827,7 @@ def growth_section(res, cfg):
             m = {k: growth_median(runs, k) for k in ("rps", "p50", "p99", "errors")}
             rss = ", ".join(f"{v:.1f}" for v in runs[-1]["rss"])
             lines.append(f"| {w} | {conns:,} | {fmt(m['rps'])} | {fmt(m['p50'], 2)} | {fmt(m['p99'], 2)} | "
-                         f"{fmt(m['errors'])} | {rss} | `{bar(m['rps'], top)}` |")
+                         f"{fmt(m['errors'])} {kinds(runs[-1])} | {rss} | `{bar(m['rps'], top)}` |")
     lines += ["", "### Memory per idle keep-alive connection (target: at most 4 KB)", ""]
     for target, w in (("growth_w1", 1), ("growth_w2", 2)):
         r = res.get(("idle", target))
