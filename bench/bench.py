@@ -16,6 +16,7 @@ import hmac
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -669,7 +670,17 @@ def growth_fill(cfg, target, users):
     """Every row read once (bench/lua/user_all.lua stops after one pass), so a cached run starts on a
     warm cache; capped at GROWTH_FILL_MAX, and the share of reads the cache answered during the measured
     run is reported beside it, so a fill cut short shows."""
-    wrk_run(cfg["targets"][target]["port"], "/", "user_all.lua", target, GROWTH_FILL_MAX, users=users)
+    port = cfg["targets"][target]["port"]
+    env = dict(os.environ, BENCH_USERS=str(users))
+    cmd = ["wrk", "-t2", f"-c{CONN}", f"-d{GROWTH_FILL_MAX}", "-s", wrk_script("user_all.lua"), f"http://127.0.0.1:{port}/"]
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as p:
+        filled = 0
+        for line in p.stdout:  # wrk runs for its whole -d even when its threads have stopped
+            filled += line.strip() == "FILLED"
+            if filled == 2:  # -t2
+                p.send_signal(signal.SIGINT)
+                break
+        p.communicate(timeout=60)
 
 
 def growth_hits(cfg, target, fn):

@@ -1,6 +1,7 @@
 -- GET /users/:id for every id of 1..BENCH_USERS in turn (threads interleaved), so that a scenario
 -- of cached reads starts on a warm cache, as a deployment that has been running does. Each thread
--- stops once it has its share of the ids answered (one pass), or at wrk's -d, whichever comes first.
+-- stops once it has its share of the ids answered (one pass) and prints FILLED: wrk itself still runs
+-- for its -d, so bench.py's growth_fill ends it (SIGINT) once every thread has said so.
 local users = tonumber(os.getenv("BENCH_USERS") or "10000")
 local threads = 0
 -- nthreads: bench.py runs wrk with -t2
@@ -13,5 +14,9 @@ request = function()
 end
 response = function(status, headers, body)
   answered = answered + 1
-  if answered == share then wrk.thread:stop() end
+  if answered == share then
+    io.write("FILLED\n")
+    io.flush()
+    wrk.thread:stop()
+  end
 end
