@@ -702,6 +702,31 @@ def workers_rss(cfg, target):
     return [v for p, v in sorted(tree_rss(pid).items()) if p != pid]
 
 
+STATUS = re.compile(r'^pgapi_http_requests_total\{[^}]*status="(\w+)"\} (\d+)$', re.M)
+REFUSED = re.compile(r'^pgapi_http_(?:client_)?connections_refused_total(?:\{[^}]*\})? (\d+)$', re.M)
+
+
+def http_statuses(port):
+    """The server's answers by status and its refused connections, from its /metrics: {"503": n, ...,
+    "refused": n}."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        body = b""
+        while chunk := s.recv(65536):
+            body += chunk
+    text, out = body.decode(), {}
+    for status, n in STATUS.findall(text):
+        out[status] = out.get(status, 0) + int(n)
+    out["refused"] = sum(int(n) for n in REFUSED.findall(text))
+    return out
+
+
+def not_ok(after, before):
+    """What a run's non-2xx answers were, e.g. "503 x 966, refused 12" (from two http_statuses)."""
+    d = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) and not k.startswith("2")}
+    return ", ".join(f"{k} x {v:,}" for k, v in sorted(d.items()))
+
+
 def kinds(r):
     """wrk's errors by kind, e.g. "(connect 12, timeout 3)", or ""."""
     k = r.get("error_kinds") or {}
@@ -738,11 +763,15 @@ def growth_conns(cfg, n, res):
         for conns in GROWTH_CONNS:
             # wrk's 2 s timeout would count the slowest of 8,192 connections as errors, not as latency
             wrk_run(port, "/", "user_random.lua", target, WARM, conns=conns, timeout=GROWTH_TIMEOUT)
+            mport = cfg["growth"]["metrics"][target]
+            before = http_statuses(mport)
             r = wrk_run(port, "/", "user_random.lua", target, DUR, conns=conns, timeout=GROWTH_TIMEOUT)
             r["rss"] = workers_rss(cfg, target)
+            time.sleep(METRICS_LAG)
+            r["answers"] = not_ok(http_statuses(mport), before)
             res.setdefault(("conns", target, conns), []).append(r)
             log(f"growth round {n} {target:18} {conns:>5} connections {r['rps']:>10.0f} req/s  p99 {r['p99']:7.2f} ms  "
-                f"errors {r['errors']} {kinds(r)} worker RSS {', '.join(f'{v:.1f}' for v in r['rss'])} MB")
+                f"errors {r['errors']} {kinds(r)} {r['answers']} worker RSS {', '.join(f'{v:.1f}' for v in r['rss'])} MB")
 
 
 def growth_idle(cfg, target, count):
@@ -828,8 +857,9 @@ def growth_section(res, cfg):
                              f"{fmt(m['errors'])} | {pct(m['hits']) if kind == 'cached' else '—'} | "
                              f"`{bar(m['rps'], top)}` |")
     lines += ["", "### Connections and workers (cached reads, uniform ids over 10,000 users)", "",
-              "| workers | connections | req/s | p50 | p99 | errors (the last round's by kind) | RSS per worker after (MB) | |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| workers | connections | req/s | p50 | p99 | errors (the last round's by kind) | the server's non-2xx "
+              "answers and refused connections (last round) | RSS per worker after (MB) | |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for target, w in (("growth_w1", 1), ("growth_w2", 2)):
         for conns in GROWTH_CONNS:
             runs = res.get(("conns", target, conns))
@@ -838,7 +868,8 @@ def growth_section(res, cfg):
             m = {k: growth_median(runs, k) for k in ("rps", "p50", "p99", "errors")}
             rss = ", ".join(f"{v:.1f}" for v in runs[-1]["rss"])
             lines.append(f"| {w} | {conns:,} | {fmt(m['rps'])} | {fmt(m['p50'], 2)} | {fmt(m['p99'], 2)} | "
-                         f"{fmt(m['errors'])} {kinds(runs[-1])} | {rss} | `{bar(m['rps'], top)}` |")
+                         f"{fmt(m['errors'])} {kinds(runs[-1])} | {runs[-1]['answers'] or '—'} | {rss} | "
+                         f"`{bar(m['rps'], top)}` |")
     lines += ["", "### Memory per idle keep-alive connection (target: at most 4 KB)", ""]
     for target, w in (("growth_w1", 1), ("growth_w2", 2)):
         r = res.get(("idle", target))
