@@ -870,7 +870,10 @@ def growth_section(res, cfg):
             lines.append(f"| {w} | {conns:,} | {fmt(m['rps'])} | {fmt(m['p50'], 2)} | {fmt(m['p99'], 2)} | "
                          f"{fmt(m['errors'])} {kinds(runs[-1])} | {runs[-1]['answers'] or '—'} | {rss} | "
                          f"`{bar(m['rps'], top)}` |")
-    lines += ["", "### Memory per idle keep-alive connection (target: at most 4 KB)", ""]
+    lines += ["", "Non-2xx answers are `pgapi_http_requests_total` by status over the measured run (499: requests "
+              "still in flight when wrk closed its connections at the run's end, not errors the client saw); "
+              "refused: `pgapi_http_connections_refused_total`.", "",
+              "### Memory per idle keep-alive connection (target: at most 4 KB)", ""]
     for target, w in (("growth_w1", 1), ("growth_w2", 2)):
         r = res.get(("idle", target))
         if r:
