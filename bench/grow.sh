@@ -5,6 +5,7 @@
 # go there: a lagging replica would answer them 404).
 # Usage: bench/grow.sh STATE_DIR N (reads STATE_DIR/topology.env)
 set -e
+# shellcheck disable=SC1091  # the topology's own file, written by scripts/topology.sh
 . "$1/topology.env"
 N=$2
 case $N in '' | *[!0-9]*) echo "grow.sh: N must be a number, got '$N'" >&2; exit 2 ;; esac

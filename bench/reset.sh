@@ -4,6 +4,7 @@
 # no index, so a cascade would scan posts once per deleted user.
 # Usage: bench/reset.sh STATE_DIR [USERS] (reads STATE_DIR/topology.env and secrets.env)
 set -e
+# shellcheck disable=SC1091  # the topology's own file, written by scripts/topology.sh
 . "$1/topology.env"
 N=${2:-10000}
 case $N in *[!0-9]*) echo "reset.sh: USERS must be a number, got '$N'" >&2; exit 2 ;; esac
