@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -28,17 +29,42 @@ static void test_holders_found_by_their_exact_lease(void **state)
     assert_null(fill_wait_find(&w, "17", "4", "user:1")); /* another epoch */
     assert_null(fill_wait_find(&w, "17", "3", "user:2")); /* another key */
     assert_null(fill_wait_find(&w, "18", "3", "user:1")); /* another lease of the key: not this one */
-    fill_wait_drop(&b);                                   /* the middle of a bucket's chain */
+    fill_wait_drop(&w, &b);                               /* the middle of a bucket's chain */
     assert_null(fill_wait_find(&w, "81", "3", "user:2"));
     assert_ptr_equal(fill_wait_find(&w, "17", "3", "user:1"), &a);
     assert_ptr_equal(fill_wait_find(&w, "145", "3", "users:g4"), &c);
-    fill_wait_drop(&c);
-    fill_wait_drop(&a);
-    fill_wait_drop(&a); /* twice: nothing */
+    fill_wait_drop(&w, &c);
+    fill_wait_drop(&w, &a);
+    fill_wait_drop(&w, &a); /* twice: nothing */
     for (int i = 0; i < FILL_WAIT_BUCKETS; i++)
         assert_null(w.buckets[i]);
     fill_wait_hold(&w, &a, "17", "3", "user:1"); /* a dropped holder may hold again */
-    fill_wait_drop(&a);
+    fill_wait_drop(&w, &a);
+}
+
+static void test_leases_that_ended_are_remembered_a_while(void **state)
+{
+    (void)state;
+    static struct fill_waits w;
+    memset(&w, 0, sizeof(w));
+    struct fill_holder h = { 0 };
+    assert_false(fill_wait_ended(&w, ""));
+    assert_false(fill_wait_ended(&w, "7"));
+    fill_wait_hold(&w, &h, "7", "0", "user:1");
+    assert_false(fill_wait_ended(&w, "7")); /* still held */
+    fill_wait_drop(&w, &h);
+    assert_true(fill_wait_ended(&w, "7"));
+    char token[24];
+    for (int i = 0; i < FILL_WAIT_RECENT - 1; i++) {
+        snprintf(token, sizeof(token), "%d", 100 + i);
+        fill_wait_hold(&w, &h, token, "0", "user:1");
+        fill_wait_drop(&w, &h);
+    }
+    assert_true(fill_wait_ended(&w, "7")); /* the oldest of FILL_WAIT_RECENT */
+    fill_wait_hold(&w, &h, "99", "0", "user:1");
+    fill_wait_drop(&w, &h);
+    assert_false(fill_wait_ended(&w, "7")); /* forgotten: a WAIT on it polls */
+    assert_true(fill_wait_ended(&w, "99"));
 }
 
 static void test_waiters_in_order_bounded_and_leaving(void **state)
@@ -72,7 +98,7 @@ static void test_waiters_in_order_bounded_and_leaving(void **state)
     assert_ptr_equal(last, &x[1]);
     assert_int_equal(h.nwaiters, 0);
     assert_true(fill_wait_join(&h, &x[0]));
-    fill_wait_drop(&h); /* drops with a waiter still on it: detached */
+    fill_wait_drop(&w, &h); /* drops with a waiter still on it: detached */
     assert_null(x[0].holder);
     assert_null(fill_wait_find(&w, "5", "0", "post:9"));
 }
@@ -113,6 +139,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_holders_found_by_their_exact_lease),
         cmocka_unit_test(test_waiters_in_order_bounded_and_leaving),
+        cmocka_unit_test(test_leases_that_ended_are_remembered_a_while),
         cmocka_unit_test(test_polling_backs_off_and_is_bounded),
         cmocka_unit_test(test_a_value_serves_only_waiters_whose_fence_it_reaches),
     };

@@ -78,10 +78,12 @@ struct fill_waiter *fill_wait_pop(struct fill_holder *h)
     return x;
 }
 
-void fill_wait_drop(struct fill_holder *h)
+void fill_wait_drop(struct fill_waits *w, struct fill_holder *h)
 {
     if (!h->held)
         return;
+    snprintf(w->recent[w->recent_next], sizeof(w->recent[0]), "%s", h->token);
+    w->recent_next = (w->recent_next + 1) % FILL_WAIT_RECENT;
     while (fill_wait_pop(h))
         ;
     if (h->prev)
@@ -91,6 +93,14 @@ void fill_wait_drop(struct fill_holder *h)
     if (h->next)
         h->next->prev = h->prev;
     *h = (struct fill_holder){ 0 };
+}
+
+bool fill_wait_ended(const struct fill_waits *w, const char *token)
+{
+    for (int i = 0; token[0] && i < FILL_WAIT_RECENT; i++)
+        if (strcmp(w->recent[i], token) == 0)
+            return true;
+    return false;
 }
 
 unsigned fill_wait_poll_ms(int polls)

@@ -10,6 +10,7 @@
 
 #define FILL_WAIT_BUCKETS 64      /* holders hashed by lease token */
 #define FILL_WAITERS_MAX 256      /* per lease: past it a waiter polls */
+#define FILL_WAIT_RECENT 64       /* leases of this worker that ended, remembered */
 #define FILL_WAIT_POLL_FIRST_MS 2 /* polling back-off: 2, 4, 8, 16, 16... ms */
 #define FILL_WAIT_POLL_CAP_MS 16
 #define FILL_WAIT_POLL_TOTAL_MS 50 /* the most a poller waits, then it reads the database (not filling) */
@@ -41,6 +42,8 @@ struct fill_wait_stats {
 /* One per worker (api_context); zero-initialised is empty. */
 struct fill_waits {
     struct fill_holder *buckets[FILL_WAIT_BUCKETS];
+    char recent[FILL_WAIT_RECENT][24]; /* tokens of the last leases dropped, a ring */
+    unsigned recent_next;
     struct fill_wait_stats stats;
 };
 
@@ -56,8 +59,13 @@ bool fill_wait_join(struct fill_holder *h, struct fill_waiter *x);
 void fill_wait_leave(struct fill_waiter *x);
 /* Takes h's first waiter off its list, or NULL. */
 struct fill_waiter *fill_wait_pop(struct fill_holder *h);
-/* h stops holding: unregistered, its remaining waiters detached (the caller pops them first to wake them). */
-void fill_wait_drop(struct fill_holder *h);
+/* h stops holding: unregistered, its remaining waiters detached (the caller pops them first to wake them),
+ * its token remembered (fill_wait_ended). Its fill or release must have been sent to Redis already. */
+void fill_wait_drop(struct fill_waits *w, struct fill_holder *h);
+/* Whether `token` is one of the last FILL_WAIT_RECENT leases this worker dropped: a WAIT on it was
+ * answered before the fill or release, which Redis has by now (one connection, in order): look again at
+ * once rather than poll. */
+bool fill_wait_ended(const struct fill_waits *w, const char *token);
 
 /* The delay before poll number `polls` (0 first) of a lease held elsewhere, or 0 when that delay would
  * take the polls' total past FILL_WAIT_POLL_TOTAL_MS (the request then reads the database without

@@ -111,7 +111,7 @@ static void state_step(struct resource_op_state *s, enum op_step next);
 static void state_free(struct resource_op_state *s)
 {
     fill_wait_leave(&s->waiter);
-    fill_wait_drop(&s->holder); /* at exit: its waiters are freed too, answered by nobody */
+    fill_wait_drop(&s->o.api->fill_waits, &s->holder); /* at exit: its waiters go too, unanswered */
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -667,16 +667,22 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* STEP_WAIT_FILL: another request holds the fill lease (one query per hot key, not N). A request of
- * this worker holds it: wait on it, woken by its fill. Else poll Redis with back-off, and past
+ * this worker holds it: wait on it, woken by its fill (held a moment ago: look again at once). Else poll
+ * Redis with back-off, and past
  * FILL_WAIT_POLL_TOTAL_MS read the database without filling. */
 static void fill_wait(struct resource_op_state *s)
 {
     struct fill_waits *fw = &s->o.api->fill_waits;
-    struct fill_holder *h = NULL;
-    if (s->lease.kind == CACHE_WAIT && s->retries < FILL_RETRIES_MAX)
-        h = fill_wait_find(fw, s->lease.token, s->lease.epoch, s->lease.key);
+    bool ours = s->lease.kind == CACHE_WAIT && s->retries < FILL_RETRIES_MAX;
+    struct fill_holder *h = ours ? fill_wait_find(fw, s->lease.token, s->lease.epoch, s->lease.key) : NULL;
     if (h && fill_wait_join(h, &s->waiter))
         return;
+    if (!h && ours && fill_wait_ended(fw, s->lease.token)) { /* its fill or release is in Redis now */
+        fw->stats.retried++;
+        s->retries++;
+        state_step(s, STEP_LOOKUP_CACHE);
+        return;
+    }
     unsigned ms = fill_wait_poll_ms(s->waits++);
     if (!ms) {
         state_step(s, STEP_READ_DB);
@@ -720,7 +726,7 @@ static void waiters_wake(struct resource_op_state *s, const char *value, size_t 
             state_step(w, STEP_LOOKUP_CACHE);
         }
     }
-    fill_wait_drop(&s->holder);
+    fill_wait_drop(fw, &s->holder);
 }
 
 /* STEP_LOOKUP_LOCAL: the worker's own copy of a row, valid while the row's fence is unchanged. */
