@@ -48,10 +48,9 @@ enum op_kind {
 
 /* A request's steps. Reads: LOOKUP_LOCAL (rows only), SYNC_LOCAL (a local copy waits for the
  * deployment's fence log), LOOKUP_CACHE, WAIT_FILL while another request fills the key (woken by that
- * fill when the request is this worker's, else polling Redis), READ_DB after a
- * miss or a bypass, DONE. Writes: WRITE_DB (after a short wait for a Redis link that is not up yet),
- * INVALIDATE (after the commit, when the cache is on), PURGE
- * (the invalidation failed: recorded on the primary for every server), DONE. */
+ * fill when the request is this worker's, else polling Redis), READ_DB after a miss or a bypass, DONE.
+ * Writes: WRITE_DB (after a short wait for a Redis link that is not up yet), INVALIDATE (after the commit,
+ * when the cache is on), PURGE (the invalidation failed: recorded on the primary for every server), DONE. */
 enum op_step {
     STEP_LOOKUP_LOCAL,
     STEP_SYNC_LOCAL,
@@ -137,11 +136,12 @@ static void lease_fill(struct resource_op_state *s, const char *value, size_t le
     s->lease.kind = CACHE_BYPASS;
 }
 
-/* STEP_DONE: a fill lease the read did not use (a 404, an error, a value not cached) is given back, so
- * other readers of the key do not wait for a fill that never comes; then the state goes. (Not
- * state_free's job: that one also runs at exit, when the cache may be gone.) */
 static void waiters_wake(struct resource_op_state *s, const char *value, size_t len, uint64_t data_lsn);
 
+/* STEP_DONE: a fill lease the read did not use (a 404, an error, a value not cached) is given back, so
+ * other readers of the key do not wait for a fill that never comes, and this worker's readers waiting on
+ * it look again; then the state goes. (Not state_free's job: that one also runs at exit, when the cache
+ * may be gone.) */
 static void state_end(struct resource_op_state *s)
 {
     if (s->lease.kind == CACHE_LEASE)
@@ -668,8 +668,7 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
 
 /* STEP_WAIT_FILL: another request holds the fill lease (one query per hot key, not N). A request of
  * this worker holds it: wait on it, woken by its fill (held a moment ago: look again at once). Else poll
- * Redis with back-off, and past
- * FILL_WAIT_POLL_TOTAL_MS read the database without filling. */
+ * Redis with back-off, and past FILL_WAIT_POLL_TOTAL_MS read the database without filling. */
 static void fill_wait(struct resource_op_state *s)
 {
     struct fill_waits *fw = &s->o.api->fill_waits;
