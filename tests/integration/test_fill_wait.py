@@ -177,3 +177,30 @@ def test_a_waiter_whose_client_leaves_is_dropped_and_the_fill_still_answers_the_
     assert first[0] == 200 and kept[0] == 200 and kept[2] == first[2], (first, kept)
     d = delta(before, counts(s))
     assert (d["queries"], d["woken"], d["polled"]) == (1, 1, 0), d
+
+
+def test_a_worker_stopped_with_waiters_on_a_fill_frees_them(schema, server):
+    """A stop (SIGTERM) while a fill's statement waits in PgBouncer with reads waiting on it: past the
+    drain timeout the worker frees the holder and its waiters unanswered, and exits 0 with no sanitizer
+    report (the fixture checks the log)."""
+    s = server(workers=1, topology=schema,
+               overrides={"redis": {"enabled": "on", "prefix": f"t{uuid.uuid4().hex[:8]}", "local_entries": "0"},
+                          "database": {"health_interval": "60s"}, "server": {"drain_timeout": "300ms"}}).start()
+    s.wait_for(lambda: s.get("/readyz").json().get("redis") == "up", 15, "redis up")
+    uid = s.request("POST", "/users", body={"name": "x", "email": f"x{uuid.uuid4().hex[:10]}@example.com"}
+                    ).json()["id"]
+    before = counts(s)
+    socks = []
+    try:
+        with Paused(schema):
+            for _ in range(4):
+                sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+                sock.sendall(f"GET /users/{uid} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                socks.append(sock)
+            wait_until(lambda: counts(s)["wait"] - before["wait"] >= 3, 15, "3 reads waiting on the lease")
+            assert s.stop(signal.SIGTERM) == 0, s.log_tail()
+            assert "drain_timeout passed with 4 connection(s) open" in s.log_text(), \
+                f"expected the worker to exit with the 4 reads still in flight:\n{s.log_tail()}"
+    finally:
+        for sock in socks:
+            sock.close()
