@@ -49,7 +49,7 @@ FUZZ_OBJS := $(FUZZ_SRCS:%.c=build/fuzz/obj/%.o)
 FUZZ_SECONDS ?= 60
 
 .PHONY: all asan deps build unit fuzz fuzz-run format run test test-unit test-integration topology-up \
-        topology-down install uninstall dist deb clean bench check-config
+        topology-down install uninstall dist deb clean bench bench-growth check-config
 
 all: build/$(NAME)
 build: all
@@ -125,6 +125,11 @@ test-integration: all asan
 
 bench: deps all
 	bench/run.sh
+
+# the growth curves alone (data size, connections, workers, memory per idle connection): opt-in, as long
+# again as `make bench`; they replace just their section of bench/RESULTS.md
+bench-growth: deps all
+	BENCH_GROWTH=only bench/run.sh
 
 # install: the binary, migrations, example ini (mode 640, group pgapi: it may get secrets added), the man
 # page, README and docs, the unit, the sysusers.d file that creates the `pgapi` user and group the unit runs

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Benchmarks pgapi side by side with the Node.js peer (../shared/peer-express) and nginx, in one run on
-# this machine: a throw-away topology, 10,000 users x 5 posts on both sides, wrk -t2 -c64 for 10 s per
-# scenario after a warm-up, medians of 3 rounds. bench/bench.py drives wrk and writes bench/RESULTS.md.
+# Benchmarks pgapi side by side with the Node.js peers (../shared/peer-express, and ../shared/peer-fastify
+# in cluster mode with pgapi's worker count), nginx and pgbench through PgBouncer (the database's own
+# ceiling: SELECT by id and INSERT, 64 clients), in one run on this machine: a throw-away topology,
+# 10,000 users x 5 posts on every side, wrk -t2 -c64 for 10 s per scenario after a warm-up, medians of 3
+# rounds. bench/bench.py drives wrk and pgbench and writes bench/RESULTS.md.
 # Not a test: nothing here asserts a speed.
 # bench/run.sh --serve: set everything up, print the ports and wait (for profiling by hand; Ctrl-C ends).
 # Env: BENCH_ROUNDS (3), BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_CONNECTIONS (64),
-#      BENCH_PORT_BASE (24000), BENCH_PEER_DIR (../shared/peer-express), BENCH_KEEP=1 keeps the state,
+#      BENCH_PORT_BASE (24000), BENCH_PEER_DIR (../shared/peer-express), BENCH_FASTIFY_DIR
+#      (../shared/peer-fastify; BENCH_FASTIFY=0 leaves that peer out), BENCH_PGBENCH=0 leaves the pgbench
+#      lines out, BENCH_KEEP=1 keeps the state,
 #      BENCH_BASELINE=<git ref>: that commit is built too and run beside this tree, as the targets
 #      pgapi_baseline and pgapi_baseline_nocache (a before/after comparison in the same run),
 #      BENCH_PEERS=0: no Node.js peer and no nginx (pgapi alone, or against its baseline: a shorter run),
@@ -14,6 +18,18 @@
 #      BENCH_ONLY=user_cached_auth,...: only these scenarios of bench.py (a quick look; not for RESULTS.md),
 #      BENCH_SCALEOUT: 1 (default) adds the scale-out scenarios, 0 leaves them out, "only" runs them
 #      alone (no peers, no single-server scenarios) and replaces just their section of the report.
+#      BENCH_GROWTH: 0 (default) none, 1 adds the growth curves after the rounds, "only" runs them alone
+#      (no peers, no single-server scenarios, no scale-out; `make bench-growth`) and replaces just their
+#      section of the report.
+#      They are opt-in because they take about as long again as the default run (seeding up to 1M users,
+#      filling the cache, 8,192-connection runs). BENCH_GROWTH_SIZES (10000,100000,1000000) users,
+#      BENCH_GROWTH_CONNS (64,1024,8192) wrk connections, BENCH_GROWTH_IDLE (4000) idle keep-alive
+#      connections opened for the memory per connection, BENCH_GROWTH_ZIPF (1.1) the Zipf exponent.
+# Growth (bench.py, growth section): cached (Redis on) and uncached (Redis off) GET /users/:id with ids
+# drawn uniformly and Zipf over 10k, 100k and 1M users (bench/grow.sh adds the users between sizes);
+# cached reads at 64, 1,024 and 8,192 keep-alive connections against servers of 1 and 2 workers, with
+# each worker's RSS; and the RSS a worker gains per idle keep-alive connection. Their servers run with
+# max_connections and keepalive_timeout raised (PGAPI_SERVER_*), and this script raises ulimit -n.
 # Scale-out (scripts/cluster.sh): BENCH_SCALEOUT_SERVERS (3) servers of BENCH_SCALEOUT_WORKERS (1)
 # workers each behind HAProxy, against one server with servers x workers workers, reached directly
 # and through an HAProxy of its own; each with its own Redis prefix. A build with [redis]
@@ -24,27 +40,34 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 BASE=${BENCH_PORT_BASE:-24000}
 PEER_SRC=${BENCH_PEER_DIR:-$ROOT/../shared/peer-express}
+FASTIFY_SRC=${BENCH_FASTIFY_DIR:-$ROOT/../shared/peer-fastify}
 STATE=$(mktemp -d /tmp/pgapi-bench-XXXXXX)
 chmod 755 "$STATE"
 export PGAPI_PRIMARY_PORT=$BASE PGAPI_REPLICA_PORT=$((BASE + 1)) PGAPI_BOUNCER_PORT=$((BASE + 2)) \
        PGAPI_REDIS_PORT=$((BASE + 3))
 declare -A PORT=([pgapi]=$((BASE + 10)) [pgapi_nocache]=$((BASE + 11)) [pgapi_auth]=$((BASE + 15)) [peer]=$((BASE + 20))
                  [peer_nocache]=$((BASE + 21)) [peer_cluster]=$((BASE + 22)) [peer_cluster_nocache]=$((BASE + 23))
-                 [nginx]=$((BASE + 30)))
+                 [fastify]=$((BASE + 24)) [fastify_nocache]=$((BASE + 25)) [nginx]=$((BASE + 30)))
 BASELINE=${BENCH_BASELINE:-}
 PEERS=${BENCH_PEERS:-1}
 SCALEOUT=${BENCH_SCALEOUT:-1}
 SO_SERVERS=${BENCH_SCALEOUT_SERVERS:-3}
 SO_WORKERS=${BENCH_SCALEOUT_WORKERS:-1}
+FASTIFY=${BENCH_FASTIFY:-1}
+PGBENCH=${BENCH_PGBENCH:-1}
+GROWTH=${BENCH_GROWTH:-0}
 case $SCALEOUT in 0|1) ;; only) PEERS=0 ;; *) echo "bench: BENCH_SCALEOUT is 0, 1 or only" >&2; exit 2 ;; esac
+case $GROWTH in 0|1) ;; only) PEERS=0 SCALEOUT=0 PGBENCH=0 ;; *) echo "bench: BENCH_GROWTH is 0, 1 or only" >&2; exit 2 ;; esac
 if [ "$PEERS" = 0 ]; then
     unset 'PORT[peer]' 'PORT[peer_nocache]' 'PORT[peer_cluster]' 'PORT[peer_cluster_nocache]' 'PORT[nginx]'
+    FASTIFY=0
 fi
+[ "$FASTIFY" != 0 ] || unset 'PORT[fastify]' 'PORT[fastify_nocache]'
 if [ -n "$BASELINE" ]; then
     PORT[pgapi_baseline]=$((BASE + 13))
     PORT[pgapi_baseline_nocache]=$((BASE + 14))
 fi
-if [ "$SCALEOUT" = only ]; then # the single-server scenarios' targets are not started at all
+if [ "$SCALEOUT" = only ] || [ "$GROWTH" = only ]; then # the single-server scenarios' targets are not started
     unset 'PORT[pgapi]' 'PORT[pgapi_nocache]' 'PORT[pgapi_auth]' 'PORT[pgapi_baseline]' 'PORT[pgapi_baseline_nocache]'
 fi
 declare -A PID=()
@@ -70,6 +93,7 @@ trap cleanup EXIT
 
 scripts/deps.sh --bench
 [ "$PEERS" = 0 ] || [ -f "$PEER_SRC/package.json" ] || { log "no Node.js peer at $PEER_SRC"; exit 1; }
+[ "$FASTIFY" = 0 ] || [ -f "$FASTIFY_SRC/package.json" ] || { log "no Fastify peer at $FASTIFY_SRC"; exit 1; }
 make -s all
 if [ -n "$BASELINE" ]; then
     BASELINE_DIR=$(mktemp -d /tmp/pgapi-bench-baseline-XXXXXX)
@@ -78,6 +102,9 @@ if [ -n "$BASELINE" ]; then
     make -s -C "$BASELINE_DIR" all >/dev/null
 fi
 
+# 1M users' rows cached take about 300 MB of Redis beside the rest: room for them (noeviction otherwise
+# refuses the fills, and the cached reads would go to the database)
+[ "$GROWTH" = 0 ] || export PGAPI_REDIS_MAXMEMORY=${PGAPI_REDIS_MAXMEMORY:-2gb}
 log "topology in $STATE"
 scripts/topology.sh up "$STATE" >/dev/null
 # shellcheck disable=SC1091
@@ -107,6 +134,16 @@ if [ "$PEERS" != 0 ]; then
                    'Content of post ' || u.id || '.' || g || ', written by ' || u.name || '.', u.id
                    FROM users u, generate_series(2, 5) g; ANALYZE users, posts" >/dev/null
 fi
+if [ "$FASTIFY" != 0 ]; then
+    # the same tables and rows as the Express peer's, in a database of its own (a copy of it), so that
+    # neither peer's writes touch the other's rows; reads go to the replica, as its README describes
+    log "fastify peer: npm ci, database peer_fastify (a copy of peer's)"
+    cp -r "$FASTIFY_SRC" "$STATE/fastify"
+    chmod -R u+w "$STATE/fastify"
+    (cd "$STATE/fastify" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    runuser -u postgres -- "$PGBIN/psql" -qX -h "$PGAPI_PRIMARY_SOCKET_DIR" -p "$PGAPI_PRIMARY_PORT" -d postgres \
+        -c "CREATE DATABASE peer_fastify OWNER app TEMPLATE peer" >/dev/null
+fi
 
 start() { # target command...
     local t=$1
@@ -123,7 +160,7 @@ start() { # target command...
     exit 1
 }
 WORKERS=0
-if [ "$SCALEOUT" != only ]; then
+if [ -n "${PORT[pgapi]:-}" ]; then # not with BENCH_SCALEOUT=only or BENCH_GROWTH=only
     start pgapi env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi]}" PGAPI_METRICS_LISTEN="127.0.0.1:$((BASE + 12))" \
         build/pgapi
     start pgapi_nocache env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_nocache]}" PGAPI_METRICS_LISTEN=off \
@@ -136,7 +173,23 @@ if [ "$SCALEOUT" != only ]; then
         PGAPI_AUTH_MODE=required PGAPI_AUTH_HS256_SECRET_FILE="$STATE/jwt.secret" build/pgapi
     WORKERS=$(pgrep -c -P "${PID[pgapi]}")
 fi
-if [ -n "$BASELINE" ] && [ "$SCALEOUT" != only ]; then # its own Redis namespace: neither serves the other's entries
+if [ "$GROWTH" != 0 ]; then
+    # growth curves: servers of 1 and 2 workers (Redis on, each its own prefix) and 2 workers with Redis
+    # off, each taking 8,192 connections and more (max_connections is per worker), keeping idle ones
+    # open for the run (keepalive_timeout), with a listen backlog as deep as the kernel allows
+    ulimit -n "$(ulimit -Hn)"
+    [ "$(ulimit -n)" -ge 20000 ] || log "growth: ulimit -n is $(ulimit -n): 8,192 connections may fail"
+    PORT[growth_w1]=$((BASE + 140)) PORT[growth_w2]=$((BASE + 141)) PORT[growth_w2_nocache]=$((BASE + 142))
+    GROWTH_ENV=(PGAPI_SERVER_MAX_CONNECTIONS=20000 PGAPI_SERVER_KEEPALIVE_TIMEOUT=10m
+                PGAPI_SERVER_BACKLOG="$(cat /proc/sys/net/core/somaxconn)")
+    start growth_w1 env "${GROWTH_ENV[@]}" PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[growth_w1]}" PGAPI_SERVER_WORKERS=1 \
+        PGAPI_METRICS_LISTEN="127.0.0.1:$((BASE + 145))" PGAPI_REDIS_PREFIX=pgapi:growth1 build/pgapi
+    start growth_w2 env "${GROWTH_ENV[@]}" PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[growth_w2]}" PGAPI_SERVER_WORKERS=2 \
+        PGAPI_METRICS_LISTEN="127.0.0.1:$((BASE + 146))" PGAPI_REDIS_PREFIX=pgapi:growth2 build/pgapi
+    start growth_w2_nocache env "${GROWTH_ENV[@]}" PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[growth_w2_nocache]}" \
+        PGAPI_SERVER_WORKERS=2 PGAPI_METRICS_LISTEN="127.0.0.1:$((BASE + 147))" PGAPI_REDIS_ENABLED=off build/pgapi
+fi
+if [ -n "${PORT[pgapi_baseline]:-}" ]; then # its own Redis namespace: neither serves the other's entries
     start pgapi_baseline env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_baseline]}" PGAPI_METRICS_LISTEN=off \
         PGAPI_REDIS_PREFIX=pgapi:baseline "$BASELINE_DIR/build/pgapi"
     start pgapi_baseline_nocache env PGAPI_SERVER_LISTEN="127.0.0.1:${PORT[pgapi_baseline_nocache]}" \
@@ -148,6 +201,13 @@ if [ "$PEERS" != 0 ]; then
     start peer_nocache env PORT="${PORT[peer_nocache]}" NO_CACHE=1 node src/index-redis.js
     start peer_cluster env PORT="${PORT[peer_cluster]}" CLUSTER="$WORKERS" node src/cluster.js
     start peer_cluster_nocache env PORT="${PORT[peer_cluster_nocache]}" CLUSTER="$WORKERS" NO_CACHE=1 node src/cluster.js
+    if [ "$FASTIFY" != 0 ]; then # cluster mode with pgapi's worker count; its own Redis database number
+        cd "$STATE/fastify"
+        export DB_DATABASE=peer_fastify DB_REPLICA_HOST=127.0.0.1 DB_REPLICA_PORT=$PGAPI_REPLICA_PORT
+        export REDIS_URL=redis://default:$REDIS_ADMIN_PASSWORD@127.0.0.1:$PGAPI_REDIS_PORT/2
+        start fastify env PORT="${PORT[fastify]}" CLUSTER="$WORKERS" node src/server.js
+        start fastify_nocache env PORT="${PORT[fastify_nocache]}" CLUSTER="$WORKERS" NO_CACHE=1 node src/server.js
+    fi
     cd "$ROOT"
     mkdir -p "$STATE/nginx"
     cat >"$STATE/nginx/nginx.conf" <<EOF
@@ -240,6 +300,9 @@ ver() { "$@" 2>&1 | head -1; }
 cat >"$STATE/bench.json" <<EOF
 {"targets": {$targets}, "reset": ["$ROOT/bench/reset.sh", "$STATE"], "workers": $WORKERS,
  "auth_secret_file": "$STATE/jwt.secret",
+ "pgbench": $([ "$PGBENCH" = 0 ] && echo null || echo "{\"bin\": \"$PGBIN/pgbench\", \"port\": $PGAPI_BOUNCER_PORT, \"passfile\": \"$PGPASSFILE\"}"),
+ "growth": {"mode": "$GROWTH", "grow": ["$ROOT/bench/grow.sh", "$STATE"],
+  "metrics": {"growth_w1": $((BASE + 145)), "growth_w2": $((BASE + 146)), "growth_w2_nocache": $((BASE + 147))}},
  "scaleout": {"mode": "$SCALEOUT", "servers": $SO_SERVERS, "workers": $SO_WORKERS, "roles": {$SO_ROLES},
   "redis_port": $PGAPI_REDIS_PORT, "secrets": "$STATE/secrets.env",
   "haproxy": "$(haproxy -v 2>/dev/null | head -1 | awk '{print $3}')"},

@@ -50,6 +50,7 @@ struct metrics_counters {
     metrics_counter redis_master_changes; /* the Sentinels named another Redis master */
     metrics_counter cache_log_reads, cache_log_resets, cache_verifications, cache_purges;
     metrics_counter local_hits;
+    metrics_counter fill_woken, fill_retried, fill_polled; /* waits for a fill lease (fill_wait.h) */
     metrics_counter connections_refused;
     metrics_counter client_connections_refused; /* at max_connections_per_client */
     metrics_counter slow_readers_closed;        /* closed past max_unsent_bytes */

@@ -341,6 +341,14 @@ static void cache_render(struct page *pg)
     SLOT_COUNTER(pg, "pgapi_cache_lookups_total", "layer=\"redis\",result=\"miss\"", cache_misses);
     SLOT_COUNTER(pg, "pgapi_cache_lookups_total", "layer=\"redis\",result=\"wait\"", cache_waits);
     SLOT_COUNTER(pg, "pgapi_cache_lookups_total", "layer=\"redis\",result=\"bypass\"", cache_bypasses);
+    family(
+        pg, "pgapi_cache_fill_waits_total", "counter",
+        "How reads that found another request filling their key waited: woken (answered by the fill of "
+        "a request of the same worker), retried (that fill failed or could not serve them: looked up again "
+        "at once), polled (one timed Redis poll each, the lease being another worker's or server's).");
+    SLOT_COUNTER(pg, "pgapi_cache_fill_waits_total", "result=\"woken\"", fill_woken);
+    SLOT_COUNTER(pg, "pgapi_cache_fill_waits_total", "result=\"retried\"", fill_retried);
+    SLOT_COUNTER(pg, "pgapi_cache_fill_waits_total", "result=\"polled\"", fill_polled);
     family(pg, "pgapi_cache_errors_total", "counter",
            "Redis failures: failed invalidations (the cache then moves to a new epoch), failed pings, lost "
            "connections.");

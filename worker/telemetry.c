@@ -11,6 +11,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "worker/api/fill_wait.h"
 #include "worker/api/ratelimit.h"
 #include "worker/cache/cache.h"
 #include "worker/cache/local_cache.h"
@@ -29,6 +30,7 @@ struct published {
     uint64_t primary_reads[METRICS_PRIMARY_READS];
     struct cache_stats cache;
     uint64_t local_hits;
+    struct fill_wait_stats fill;
     uint64_t refused, client_refused, slow_closed;
     struct ratelimit_stats ratelimit;
 };
@@ -128,6 +130,12 @@ static void cache_publish(struct telemetry *t)
     if (t->src.local)
         local_cache_stats(t->src.local, &hits, &entries, &bytes);
     delta_add(&c->local_hits, &t->last.local_hits, hits);
+    if (t->src.fill_waits) {
+        const struct fill_wait_stats *fw = &t->src.fill_waits->stats;
+        delta_add(&c->fill_woken, &t->last.fill.woken, fw->woken);
+        delta_add(&c->fill_retried, &t->last.fill.retried, fw->retried);
+        delta_add(&c->fill_polled, &t->last.fill.polled, fw->polled);
+    }
     gauge_set(&t->gauges->local_entries, (int64_t)entries);
     gauge_set(&t->gauges->local_bytes, (int64_t)bytes);
 }

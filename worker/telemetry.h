@@ -10,6 +10,7 @@ struct event_base;
 struct http_request;
 struct http_server;
 struct local_cache;
+struct fill_waits;
 struct metrics;
 struct pool;
 struct cache;
@@ -23,6 +24,7 @@ struct telemetry_sources {
     struct pool *pool;
     struct cache *cache;
     struct local_cache *local;
+    const struct fill_waits *fill_waits;       /* the API's waits for fill leases */
     struct ratelimit *ratelimit;               /* NULL when off */
     const unsigned long *refused_total;        /* connections refused at max_connections */
     const unsigned long *client_refused_total; /* connections refused at max_connections_per_client */

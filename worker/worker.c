@@ -474,6 +474,7 @@ int worker_run(const struct config *cfg, const struct worker_shared *shared,
                                          .pool = w.pool,
                                          .cache = w.cache,
                                          .local = w.local,
+                                         .fill_waits = &w.api.fill_waits,
                                          .ratelimit = w.api.ratelimit,
                                          .refused_total = &w.refused_total,
                                          .client_refused_total = &w.client_refused_total };

@@ -500,7 +500,13 @@ def test_a_read_the_primary_address_sends_to_a_standby_is_not_served(make_topolo
         bouncer_admin_run(topo, "RELOAD")
         statuses = [s.get(path).status for _ in range(5)]
         assert 404 not in statuses, f"a read on the primary's address was served by the standby: {statuses}"
-        assert "a read found the primary's address leading to a standby" in s.log_text()
+        # the first to meet the standby says so at warn level (the rest of the outage at debug): the read
+        # ("a read found the primary's address leading to a standby") or, when a connection of the primary
+        # side was made again first, its check ("the primary's address leads to a standby"); a helper's run
+        # on a loaded machine met the second first and missed the first line
+        log = s.log_text()
+        assert "the primary's address leads to a standby" in log or "primary's address leading to a standby" in log, \
+            s.log_tail(30)
     finally:
         replay_resume(topo)
         rc = s.stop()

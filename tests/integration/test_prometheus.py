@@ -129,15 +129,19 @@ class Prometheus:
 @pytest.fixture(scope="module")
 def scraped(schema, tmp_path_factory):
     """A pgapi (cache on, its own prefix) under a mixed load, scraped by Prometheus."""
+    # command_timeout 1 s: on a loaded machine a slower Redis answer would make writes 503 and reads
+    # bypass the cache, which this test is not about
     yield from module_server(tmp_path_factory, "scraped", schema,
-                             {"redis": {"enabled": "on", "prefix": f"prom{uuid.uuid4().hex[:8]}"},
+                             {"redis": {"enabled": "on", "prefix": f"prom{uuid.uuid4().hex[:8]}",
+                                        "command_timeout": "1s"},
                               "database": {"health_interval": "200ms"}})
 
 
 def mixed_load(s, seconds):
-    """Creates, reads (twice: a miss, then a hit), patches and lists users from 4 clients."""
+    """Creates, reads (twice: a miss, then a hit), patches and lists users from 4 clients. The load only
+    feeds the metrics: a create refused on a loaded machine is counted, not a failure of this test."""
     stop = time.monotonic() + seconds
-    errors = []
+    created, errors = [], []
 
     def client(n):
         i = 0
@@ -147,6 +151,7 @@ def mixed_load(s, seconds):
             if r.status != 201:
                 errors.append(r)
                 continue
+            created.append(r)
             uid = r.json()["id"]
             for _ in range(2):
                 s.get(f"/users/{uid}")
@@ -159,7 +164,7 @@ def mixed_load(s, seconds):
         t.start()
     for t in threads:
         t.join()
-    assert not errors, f"the load's creates failed: {errors[:5]}"
+    assert len(created) >= 20, f"expected the load to create users, got {len(created)} ({errors[:5]})"
 
 
 def test_every_dashboard_expression_returns_data_from_a_real_scrape(scraped, tmp_path):
@@ -172,18 +177,28 @@ def test_every_dashboard_expression_returns_data_from_a_real_scrape(scraped, tmp
         mixed_load(scraped, 4.0)
         time.sleep(1.5)  # three more scrapes: the last samples hold the load's final counts
         empty, failed = [], []
-        for title, expr in dashboard_queries():
-            ans = prom.query(expr)
-            if not ans or ans.get("status") != "success":
-                failed.append((title, expr, ans))
-            elif not ans["data"]["result"]:
-                empty.append((title, expr))
+
+        def all_answer():
+            """Every expression run; true when none failed or came back empty (a loaded machine's
+            Prometheus may be a scrape or two behind: the caller asks again for a while)."""
+            empty.clear()
+            failed.clear()
+            for title, expr in dashboard_queries():
+                ans = prom.query(expr)
+                if not ans or ans.get("status") != "success":
+                    failed.append((title, expr, ans))
+                elif not ans["data"]["result"]:
+                    empty.append((title, expr))
+            return not failed and not empty
+        deadline = time.monotonic() + 10
+        while not all_answer() and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert not failed, "dashboard expressions Prometheus refused:\n" + "\n".join(map(str, failed))
         assert not empty, "dashboard expressions with no data after load:\n" + "\n".join(map(str, empty))
         # and the load shows: requests were counted, reads went somewhere and some hit the cache
-        rate = prom.query('sum(rate(pgapi_http_requests_total{route!=""}[15s]))')["data"]["result"]
+        rate = prom.query('sum(rate(pgapi_http_requests_total{route!=""}[60s]))')["data"]["result"]
         assert float(rate[0]["value"][1]) > 0, rate
-        hits = prom.query('sum(increase(pgapi_cache_lookups_total{result="hit"}[15s]))')["data"]["result"]
+        hits = prom.query('sum(increase(pgapi_cache_lookups_total{result="hit"}[60s]))')["data"]["result"]
         assert float(hits[0]["value"][1]) > 0, hits
         print(f"dashboard: {len(dashboard_queries())} expressions answered with data")
     finally:

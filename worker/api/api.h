@@ -6,6 +6,8 @@
 
 #include <stdbool.h>
 
+#include "worker/api/fill_wait.h"
+
 struct config;
 struct event_base;
 struct pool;
@@ -26,6 +28,7 @@ struct api_context {
     struct consistency *consistency; /* shared with every worker: commit LSNs of acknowledged writes */
     struct deployment *deployment;   /* what this server shares with the others (deployment.h) */
     struct resource_op_state *ops;   /* requests in flight (resource_ops_discard_all at exit) */
+    struct fill_waits fill_waits;    /* reads waiting for a fill lease another of them holds */
     struct ratelimit *ratelimit;     /* NULL when [ratelimit] enabled is off */
     struct auth *auth;               /* bearer tokens ([auth]); NULL: none needed */
     int slot;                        /* the worker's, for /healthz and /readyz */

@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "worker/api/deployment.h"
 #include "worker/api/effects.h"
+#include "worker/api/fill_wait.h"
 #include "worker/api/idempotency.h"
 #include "worker/api/rows.h"
 #include "worker/cache/cache.h"
@@ -35,8 +36,7 @@
 #define ID_TEXT_MAX 24
 #define PATH_TEXT_MAX 64
 #define EMPTY_PAGE "{\"data\":[],\"next\":null}"
-#define CACHE_WAIT_MS 5
-#define CACHE_WAITS_MAX 10
+#define FILL_RETRIES_MAX 3 /* a waiter sent back to Redis by failed fills this often polls instead */
 #define WRITE_WAIT_MS 10
 
 /* What a request reads or writes: it decides the database step and the fences a read waits for. */
@@ -47,10 +47,10 @@ enum op_kind {
 };
 
 /* A request's steps. Reads: LOOKUP_LOCAL (rows only), SYNC_LOCAL (a local copy waits for the
- * deployment's fence log), LOOKUP_CACHE, WAIT_FILL while another request fills the key, READ_DB after a
- * miss or a bypass, DONE. Writes: WRITE_DB (after a short wait for a Redis link that is not up yet),
- * INVALIDATE (after the commit, when the cache is on), PURGE
- * (the invalidation failed: recorded on the primary for every server), DONE. */
+ * deployment's fence log), LOOKUP_CACHE, WAIT_FILL while another request fills the key (woken by that
+ * fill when the request is this worker's, else polling Redis), READ_DB after a miss or a bypass, DONE.
+ * Writes: WRITE_DB (after a short wait for a Redis link that is not up yet), INVALIDATE (after the commit,
+ * when the cache is on), PURGE (the invalidation failed: recorded on the primary for every server), DONE. */
 enum op_step {
     STEP_LOOKUP_LOCAL,
     STEP_SYNC_LOCAL,
@@ -79,7 +79,12 @@ struct resource_op_state {
     char base[PATH_TEXT_MAX];  /* pages: where the next-page link points */
     char key[CACHE_KEY_MAX];   /* reads: the cache key, "" when not cached */
     char gen[CACHE_KEY_MAX];   /* pages: the list's generation name ("" for a row) */
-    struct cache_lookup lease; /* reads: CACHE_LEASE when this request fills the key */
+    struct cache_lookup lease; /* reads: CACHE_LEASE when this request fills the key; CACHE_WAIT (the
+                                * holder's lease) while it waits for another's fill */
+    struct fill_holder holder; /* reads holding the lease: the worker's requests waiting for its fill */
+    struct fill_waiter waiter; /* WAIT_FILL: on a holder of this worker */
+    uint64_t sent_fence;       /* READ_DB: the fence the read was sent with */
+    int retries;               /* fills that failed this waiter (FILL_RETRIES_MAX) */
     uint64_t key_fence;        /* reads: the key's fence from Redis */
     uint64_t token;            /* reads: the Pgapi-Lsn the client sent back (0: none) */
     int waits;
@@ -104,6 +109,8 @@ static void state_step(struct resource_op_state *s, enum op_step next);
 
 static void state_free(struct resource_op_state *s)
 {
+    fill_wait_leave(&s->waiter);
+    fill_wait_drop(&s->o.api->fill_waits, &s->holder); /* at exit: its waiters go too, unanswered */
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -129,13 +136,17 @@ static void lease_fill(struct resource_op_state *s, const char *value, size_t le
     s->lease.kind = CACHE_BYPASS;
 }
 
+static void waiters_wake(struct resource_op_state *s, const char *value, size_t len, uint64_t data_lsn);
+
 /* STEP_DONE: a fill lease the read did not use (a 404, an error, a value not cached) is given back, so
- * other readers of the key do not wait for a fill that never comes; then the state goes. (Not
- * state_free's job: that one also runs at exit, when the cache may be gone.) */
+ * other readers of the key do not wait for a fill that never comes, and this worker's readers waiting on
+ * it look again; then the state goes. (Not state_free's job: that one also runs at exit, when the cache
+ * may be gone.) */
 static void state_end(struct resource_op_state *s)
 {
     if (s->lease.kind == CACHE_LEASE)
         cache_release(s->o.api->cache, &s->lease);
+    waiters_wake(s, NULL, 0, 0); /* after the release: their lookups reach Redis behind it */
     state_free(s);
 }
 
@@ -203,7 +214,10 @@ static void client_gone(void *arg)
     struct resource_op_state *s = arg;
     s->gone = true;
     if (s->step == STEP_WAIT_FILL) {
-        event_del(s->wait_ev);
+        if (s->waiter.holder)
+            fill_wait_leave(&s->waiter);
+        else
+            event_del(s->wait_ev);
         gone_drop(s);
     } else if (s->step == STEP_READ_DB && pool_cancel(s->o.api->pool, s)) {
         gone_drop(s);
@@ -294,6 +308,7 @@ static void db_send(struct resource_op_state *s, const char *const *params, int 
         fence = s->key_fence;
     if (s->token > fence)
         fence = s->token;
+    s->sent_fence = fence;
     pool_read(s->o.api->pool, &q, fence, db_timed, s);
 }
 
@@ -529,6 +544,7 @@ static void row_done(void *arg, const struct pool_result *r)
         size_t len = (size_t)PQgetlength(r->res, 0, 1);
         lease_fill(s, json, len, r->data_lsn);
         local_fill(s, json, len, r->data_lsn);
+        waiters_wake(s, json, len, r->data_lsn);
         state_answer(s, PQgetvalue(r->res, 0, 0), json, len);
     }
 }
@@ -571,6 +587,7 @@ static void page_answer(struct resource_op_state *s, const struct pool_result *r
      * larger> would make one each */
     if (!(s->after > 0 && (PQntuples(res) == 0 || empty)))
         lease_fill(s, body, len, r->data_lsn);
+    waiters_wake(s, body, len, r->data_lsn); /* served even when not cached: it is what they would read */
     http_respond(s->o.req, 200, "application/json", body, len);
     evbuffer_free(b);
 }
@@ -624,12 +641,15 @@ static void lookup_done(void *arg, const struct cache_lookup *l)
         return;
     case CACHE_WAIT:
         req->cache_status = "MISS";
+        s->lease = *l; /* the holder's lease, to find it among this worker's requests */
+        s->lease.value = NULL;
         state_step(s, STEP_WAIT_FILL);
         return;
     case CACHE_LEASE:
         req->cache_status = "MISS";
         s->lease = *l;
         s->lease.value = NULL;
+        fill_wait_hold(&s->o.api->fill_waits, &s->holder, l->token, l->epoch, l->key);
         break;
     case CACHE_BYPASS:
         req->cache_status = "BYPASS";
@@ -646,19 +666,66 @@ static void wait_cb(evutil_socket_t fd, short what, void *arg)
     state_step(arg, STEP_LOOKUP_CACHE);
 }
 
-/* STEP_WAIT_FILL: another request holds the fill lease: wait a few ms for its value (one query per hot
- * key, not N), then read the database without filling. */
+/* STEP_WAIT_FILL: another request holds the fill lease (one query per hot key, not N). A request of
+ * this worker holds it: wait on it, woken by its fill (held a moment ago: look again at once). Else poll
+ * Redis with back-off, and past FILL_WAIT_POLL_TOTAL_MS read the database without filling. */
 static void fill_wait(struct resource_op_state *s)
 {
-    if (s->waits++ >= CACHE_WAITS_MAX) {
+    struct fill_waits *fw = &s->o.api->fill_waits;
+    bool ours = s->lease.kind == CACHE_WAIT && s->retries < FILL_RETRIES_MAX;
+    struct fill_holder *h = ours ? fill_wait_find(fw, s->lease.token, s->lease.epoch, s->lease.key) : NULL;
+    if (h && fill_wait_join(h, &s->waiter))
+        return;
+    if (!h && ours && fill_wait_ended(fw, s->lease.token)) { /* its fill or release is in Redis now */
+        fw->stats.retried++;
+        s->retries++;
+        state_step(s, STEP_LOOKUP_CACHE);
+        return;
+    }
+    unsigned ms = fill_wait_poll_ms(s->waits++);
+    if (!ms) {
         state_step(s, STEP_READ_DB);
         return;
     }
+    fw->stats.polled++;
     if (!s->wait_ev)
         s->wait_ev = evtimer_new(s->o.api->base, wait_cb, s);
-    struct timeval tv = clock_timeval(CACHE_WAIT_MS);
+    struct timeval tv = clock_timeval(ms);
     if (!s->wait_ev || event_add(s->wait_ev, &tv) < 0)
         state_step(s, STEP_READ_DB);
+}
+
+/* The fence a waiter's answer must reach: its read's fence now (later than at its lookup: stricter), the
+ * key's fence Redis gave it, the client's token. */
+static uint64_t waiter_fence(const struct resource_op_state *w)
+{
+    uint64_t fence = read_fence(w);
+    if (w->key_fence > fence)
+        fence = w->key_fence;
+    if (w->token > fence)
+        fence = w->token;
+    return fence;
+}
+
+/* The holder's read is over: each of its waiters is answered with the value when it may serve them
+ * (fill_wait_serves), else looks up again at once (value NULL: no value, the lease went back). */
+static void waiters_wake(struct resource_op_state *s, const char *value, size_t len, uint64_t data_lsn)
+{
+    struct fill_waits *fw = &s->o.api->fill_waits;
+    struct fill_waiter *x;
+    while ((x = fill_wait_pop(&s->holder))) {
+        struct resource_op_state *w =
+            (struct resource_op_state *)(void *)((char *)x - offsetof(struct resource_op_state, waiter));
+        if (value && fill_wait_serves(data_lsn, POOL_LSN_NEWEST, s->sent_fence, waiter_fence(w))) {
+            fw->stats.woken++;
+            state_answer_cached(w, value, len);
+        } else {
+            fw->stats.retried++;
+            w->retries++;
+            state_step(w, STEP_LOOKUP_CACHE);
+        }
+    }
+    fill_wait_drop(fw, &s->holder);
 }
 
 /* STEP_LOOKUP_LOCAL: the worker's own copy of a row, valid while the row's fence is unchanged. */

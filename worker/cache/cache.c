@@ -40,7 +40,8 @@ static const char LUA_LOOKUP[] = "local p, k = ARGV[1], ARGV[2] "
                                  "local v = redis.call('GET', p .. ':e' .. e .. ':v:' .. k) "
                                  "if v then return {1, v, f, e, k} end "
                                  "local lk = p .. ':e' .. e .. ':l:' .. k "
-                                 "if redis.call('EXISTS', lk) == 1 then return {3, '', f, e, k} end "
+                                 "local h = redis.call('GET', lk) "
+                                 "if h then return {3, h, f, e, k} end "
                                  "local t = tostring(redis.call('INCR', p .. ':seq')) "
                                  "redis.call('SET', lk, t, 'PX', ARGV[3]) "
                                  "return {2, t, f, e, k}";
@@ -702,7 +703,7 @@ static void lookup_deliver(struct cache_cmd *cmd, const redisReply *r)
     if (l.kind == CACHE_HIT && !value_split(r->element[1], &l)) {
         cmd->lookup_cb(cmd->arg, &(struct cache_lookup){ .kind = CACHE_BYPASS });
         return;
-    } else if (l.kind == CACHE_LEASE) {
+    } else if (l.kind != CACHE_HIT) { /* a lease: ours, or (WAIT) the holder's, for fill_wait */
         snprintf(l.token, sizeof(l.token), "%s", r->element[1]->str);
     }
     snprintf(l.epoch, sizeof(l.epoch), "%s", r->element[3]->str);

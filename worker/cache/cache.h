@@ -33,7 +33,7 @@ void cache_stats(const struct cache *c, struct cache_stats *out);
 enum cache_lookup_kind {
     CACHE_HIT,    /* value holds the cached body */
     CACHE_LEASE,  /* a miss; this caller holds the fill lease (token) */
-    CACHE_WAIT,   /* a miss; another request is filling: retry shortly */
+    CACHE_WAIT,   /* a miss; another request is filling (token: its lease): wait for its fill */
     CACHE_BYPASS, /* Redis unusable: read the database, do not fill */
 };
 
@@ -43,7 +43,7 @@ struct cache_lookup {
     size_t len;
     uint64_t data_lsn; /* CACHE_HIT: every write up to this LSN is in the value (see pool_result) */
     uint64_t fence;    /* the key's fence: a read for the fill must see at least this LSN */
-    char token[24];    /* CACHE_LEASE: the lease, for cache_fill */
+    char token[24];    /* CACHE_LEASE: the lease, for cache_fill; CACHE_WAIT: the holder's lease */
     char epoch[24];
     char key[96];  /* the key as stored (a list page's includes its generation) */
     char list[64]; /* a list page: its list's generation name; "" for a single row */
