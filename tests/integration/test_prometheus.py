@@ -111,7 +111,10 @@ class Prometheus:
             with urllib.request.urlopen(url, timeout=5) as r:
                 return json.load(r)
         except urllib.error.HTTPError as e:
-            return json.load(e)
+            try:
+                return json.load(e)  # a refused query: its error, in the API's JSON
+            except ValueError:
+                return None  # "Service Unavailable" in plain text while its storage starts
         except OSError:
             return None
 
