@@ -132,6 +132,19 @@ static int key_add(struct jwt_keys *ks, char *err, size_t errlen, struct jwt_key
     return 0;
 }
 
+/* A public key for alg, owned by the set from now on (freed here when the set is full). */
+static int key_add_pkey(struct jwt_keys *ks, EVP_PKEY *pkey, enum jwt_alg alg, char *err, size_t errlen,
+                        struct jwt_key **out)
+{
+    if (key_add(ks, err, errlen, out) < 0) {
+        EVP_PKEY_free(pkey);
+        return -1;
+    }
+    (*out)->alg = alg;
+    (*out)->pkey = pkey;
+    return 0;
+}
+
 /* The algorithm a public key verifies: RS256 for RSA of at least 2048 bits, ES256 for EC on P-256. */
 static int pkey_alg(EVP_PKEY *pkey, enum jwt_alg *alg, char *err, size_t errlen)
 {
@@ -173,13 +186,7 @@ static int pem_load(struct jwt_keys *ks, const char *pem, char *err, size_t errl
         EVP_PKEY_free(pkey);
         return -1;
     }
-    if (key_add(ks, err, errlen, &k) < 0) {
-        EVP_PKEY_free(pkey);
-        return -1;
-    }
-    k->alg = alg;
-    k->pkey = pkey;
-    return 0;
+    return key_add_pkey(ks, pkey, alg, err, errlen, &k);
 }
 
 /* A base64url member of a JWK decoded into buf; its length, or -1. */
@@ -311,12 +318,8 @@ static int jwk_load(struct jwt_keys *ks, struct json_object *jwk, int i, char *e
         EVP_PKEY_free(pkey);
         return -1;
     }
-    if (key_add(ks, err, errlen, &k) < 0) {
-        EVP_PKEY_free(pkey);
+    if (key_add_pkey(ks, pkey, alg, err, errlen, &k) < 0)
         return -1;
-    }
-    k->alg = alg;
-    k->pkey = pkey;
     if (kid) {
         k->has_kid = true;
         memcpy(k->kid, kid, kid_len + 1);
