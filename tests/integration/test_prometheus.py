@@ -88,7 +88,11 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
-        self.wait_for(lambda: self.query("up") is not None, 30, "Prometheus answering")
+        try:
+            self.wait_for(lambda: self.query("up") is not None, 30, "Prometheus answering")
+        except BaseException:
+            self.stop()  # the caller's finally is not reached: no Prometheus may outlive the test
+            raise
         return self
 
     def stop(self):
