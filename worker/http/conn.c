@@ -376,10 +376,8 @@ static ssize_t conn_read(struct http_conn *c)
     return n;
 }
 
-static void read_cb(evutil_socket_t fd, short what, void *arg)
+static void conn_read_event(struct http_conn *c, short what)
 {
-    (void)fd;
-    struct http_conn *c = arg;
     if (what & EV_CLOSED)
         c->peer_closed = true;
     if (c->state == CONN_LINGER) {
@@ -412,18 +410,28 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
         event_active(&c->read_ev, EV_READ, 1); /* a full chunk: more may wait, one chunk per turn */
 }
 
+/* The requests answered during a connection's callback are reclaimed when it returns: nothing that used
+ * them is on the stack any more (a handler that answered at once has returned), and a burst of
+ * connections answered in one loop iteration then shares a few spares rather than each taking its own. */
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    struct http_conn *c = arg;
+    conn_read_event(c, what);
+    http_request_reclaim(c->srv);
+}
+
 static void write_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    http_conn_flush(arg);
+    struct http_conn *c = arg;
+    http_conn_flush(c);
+    http_request_reclaim(c->srv);
 }
 
-static void timer_cb(evutil_socket_t fd, short what, void *arg)
+static void conn_timer_event(struct http_conn *c)
 {
-    (void)fd;
-    (void)what;
-    struct http_conn *c = arg;
     if (c->state == CONN_READING) {
         log_info("fd %d: request not received within request_timeout: 408", c->fd);
         http_conn_fail(c, 408, "request_timeout", "request not received in time");
@@ -432,6 +440,15 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     if (c->state == CONN_WRITING)
         log_info("fd %d: client did not read the response within request_timeout", c->fd);
     http_conn_close(c); /* idle keep-alive expired, slow reader, or linger over */
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct http_conn *c = arg;
+    conn_timer_event(c);
+    http_request_reclaim(c->srv);
 }
 
 /* ---- server --------------------------------------------------------------------------------- */
