@@ -104,6 +104,24 @@ def test_idle_keepalive_connection_costs_at_most_4kb(server):
         f"for {CONNECTIONS} idle connections; it grew {grown} bytes ({per:,.0f} per connection)")
 
 
+def test_pipelined_requests_answered_at_once_share_one_request(server):
+    """2,000 requests pipelined on one connection, each answered at once: each gives its request back
+    before the next is parsed, so the worker does not hold 2,000 of them (5 KB each, 10 MB) at once."""
+    s = server(workers=1, binary=PLAIN_BINARY, overrides={"server": {"keepalive_timeout": "60s"}}).start()
+    worker = s.worker_pids()[0]
+    before = rss_bytes(worker)
+    n = 2000
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sk:
+        sk.sendall(REQUEST * n)
+        answers = Answers(sk)
+        for i in range(n):
+            status, body = answers.next()
+            assert status == 200 and b"Hello" in body, (i, status, body)
+    grown = rss_bytes(worker) - before
+    print(f"{n} pipelined requests: worker RSS grew {grown // 1024} kB")
+    assert grown < 1024 * 1024, f"expected under 1 MB of worker RSS for {n} pipelined requests; it grew {grown} bytes"
+
+
 def test_a_keepalive_connection_s_requests_go_on_after_idle_and_large_ones(server):
     """The request a connection holds is given back when it idles and taken again at the next byte: the
     next request sees nothing of the last one (its headers, its body, a long URL), pipelined or not."""

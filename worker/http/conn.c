@@ -338,7 +338,11 @@ static void conn_process(struct http_conn *c)
         }
         if (!c->request_ready)
             break;
+        struct http_exchange *x = c->x;
         conn_dispatch(c);
+        /* answered at once: its handler has returned. Only this one: conn_process may run inside the
+         * callback that answered the request before it, which may still read that one */
+        http_request_reclaim_last(c->srv, x);
     }
     c->in_process = false;
     if (c->state == CONN_IDLE && c->srv->draining && c->served > 0)

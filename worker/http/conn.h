@@ -134,6 +134,9 @@ bool http_request_begin(struct http_conn *c) __attribute__((warn_unused_result))
 void http_request_reset(struct http_conn *c);
 /* The spent requests: kept as spares up to HTTP_SPARE_MAX (with small buffers only), the rest freed. */
 void http_request_reclaim(struct http_server *srv);
+/* The same for x alone, if it is the last request spent: a handler that answered at once has returned,
+ * and a client's pipelined requests then share one. */
+void http_request_reclaim_last(struct http_server *srv, struct http_exchange *x);
 /* Frees a request and its buffers (a connection's at its end; the server's lists when it is freed). */
 void http_request_free(struct http_exchange *x);
 /* The parser's callbacks, for the server's http_parser_settings. */

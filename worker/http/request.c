@@ -56,31 +56,45 @@ bool http_request_begin(struct http_conn *c)
     return true;
 }
 
+/* A spent request becomes a spare, or is freed. */
+static void exchange_retire(struct http_server *srv, struct http_exchange *x)
+{
+    if ((int)srv->nspare >= HTTP_SPARE_MAX) { /* int: HTTP_SPARE_MAX may be 0 */
+        http_request_free(x);
+        return;
+    }
+    http_headers_release(&x->req.headers); /* a bearer token is not kept past its request */
+    /* one large request must not pin max_body_bytes (and a long URL) in a spare */
+    if (x->body_cap > BODY_KEEP) {
+        free(x->req.body);
+        x->req.body = NULL;
+        x->body_cap = 0;
+    }
+    if (x->url_cap > URL_KEEP) {
+        free(x->url);
+        x->url = NULL;
+        x->url_cap = 0;
+    }
+    x->next = srv->spare;
+    srv->spare = x;
+    srv->nspare++;
+}
+
 void http_request_reclaim(struct http_server *srv)
 {
     while (srv->spent) {
         struct http_exchange *x = srv->spent;
         srv->spent = x->next;
-        if ((int)srv->nspare >= HTTP_SPARE_MAX) { /* int: HTTP_SPARE_MAX may be 0 */
-            http_request_free(x);
-            continue;
-        }
-        http_headers_release(&x->req.headers); /* a bearer token is not kept past its request */
-        /* one large request must not pin max_body_bytes (and a long URL) in a spare */
-        if (x->body_cap > BODY_KEEP) {
-            free(x->req.body);
-            x->req.body = NULL;
-            x->body_cap = 0;
-        }
-        if (x->url_cap > URL_KEEP) {
-            free(x->url);
-            x->url = NULL;
-            x->url_cap = 0;
-        }
-        x->next = srv->spare;
-        srv->spare = x;
-        srv->nspare++;
+        exchange_retire(srv, x);
     }
+}
+
+void http_request_reclaim_last(struct http_server *srv, struct http_exchange *x)
+{
+    if (srv->spent != x)
+        return;
+    srv->spent = x->next;
+    exchange_retire(srv, x);
 }
 
 void http_request_reset(struct http_conn *c)
