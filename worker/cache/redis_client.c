@@ -8,6 +8,7 @@
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +40,8 @@ struct redis_client {
     struct event *ping_ev;  /* periodic health PING */
     bool ping_inflight;
     int failures;
-    bool closing; /* redis_client_free: replies are discarded */
+    bool closing;                    /* redis_client_free: replies are discarded */
+    const struct redis_cmd *awaited; /* the command whose deadline passed, while its socket is read */
     struct redis_client_stats stats;
 };
 
@@ -92,12 +94,36 @@ static void client_drop_soon(struct redis_client *rc, const char *why)
 
 /* Past command_timeout the sender answers its own caller; a command whose outcome matters then drops the
  * connection (the sender chose REDIS_DEADLINE_DROP_LINK): hiredis answers it NULL from the free. */
+#define DEADLINE_READS 64 /* reads of hiredis' 16 kB a deadline may take: 1 MB of replies at most */
+
+static bool fd_readable(int fd)
+{
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    return poll(&p, 1, 0) > 0; /* a timeout of 0: the loop never waits here */
+}
+
+/* Whether cmd was answered by the replies already in our socket. hiredis reads 16 kB per readable event,
+ * once per loop iteration; a worker whose iterations are long (thousands of connections served in each)
+ * took a backlog of replies Redis had long sent for Redis's silence, bypassed the cache and sent every
+ * read to the database (whose queue then overflowed: 503). The socket is read before a deadline counts. */
+static bool cmd_answered_meanwhile(struct redis_client *rc, const struct redis_cmd *cmd)
+{
+    rc->awaited = cmd;
+    for (int i = 0; i < DEADLINE_READS && rc->ac && rc->awaited == cmd && fd_readable(rc->ac->c.fd); i++)
+        redisAsyncHandleRead(rc->ac);   /* as the libevent adapter's read event does */
+    bool answered = rc->awaited != cmd; /* its reply (or the link's end) came: cmd may be freed */
+    rc->awaited = NULL;
+    return answered;
+}
+
 static void cmd_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     struct redis_cmd *cmd = arg;
     struct redis_client *rc = cmd->rc;
+    if (cmd_answered_meanwhile(rc, cmd))
+        return;
     enum redis_deadline deadline = cmd->deadline;
     cmd->state = REDIS_CMD_TIMED_OUT;
     cmd->cb(cmd, NULL, REDIS_CMD_DEADLINE);
@@ -110,6 +136,8 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv)
     (void)ac;
     struct redis_cmd *cmd = priv;
     const redisReply *r = reply;
+    if (cmd->rc->awaited == cmd)
+        cmd->rc->awaited = NULL;
     if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "READONLY", 8) == 0 && !cmd->rc->closing)
         client_drop_soon(cmd->rc, "the store is a replica now (READONLY)");
     if (cmd->timer_ev) {

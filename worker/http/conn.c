@@ -26,9 +26,9 @@ static void conn_process(struct http_conn *c);
 static void conn_timer_set(struct http_conn *c, const struct timeval *tv)
 {
     if (tv)
-        event_add(c->timer_ev, tv);
+        event_add(&c->timer_ev, tv);
     else
-        event_del(c->timer_ev);
+        event_del(&c->timer_ev);
 }
 
 void http_conn_state_set(struct http_conn *c, enum conn_state state)
@@ -111,14 +111,15 @@ static void fd_release(struct http_server *srv, int fd, uint64_t tag)
 
 static void conn_free(struct http_conn *c)
 {
-    event_free(c->read_ev);
-    event_free(c->write_ev);
-    event_free(c->timer_ev);
-    evbuffer_free(c->in);
-    evbuffer_free(c->out);
-    free(c->url);
-    free(c->req.body);
-    http_headers_release(&c->req.headers);
+    event_del(&c->read_ev);
+    event_del(&c->write_ev);
+    event_del(&c->timer_ev);
+    if (c->in)
+        evbuffer_free(c->in);
+    if (c->out)
+        evbuffer_free(c->out);
+    if (c->x)
+        http_request_free(c->x);
     free(c);
 }
 
@@ -132,6 +133,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
         srv->dead = c->next;
         conn_free(c);
     }
+    http_request_reclaim(srv);
     if (srv->draining && srv->nconns == 0 && srv->on_empty) {
         void (*fn)(void *) = srv->on_empty;
         srv->on_empty = NULL;
@@ -157,14 +159,14 @@ void http_conn_close(struct http_conn *c)
 {
     stall_unlink(c);
     if (c->fd >= 0) {
-        event_del(c->read_ev);
-        event_del(c->write_ev);
-        event_del(c->timer_ev);
+        event_del(&c->read_ev);
+        event_del(&c->write_ev);
+        event_del(&c->timer_ev);
         fd_release(c->srv, c->fd, c->tag);
         c->fd = -1;
     }
     out_account(c); /* what it held is no longer anyone's to send */
-    bool awaiting_handler = c->state == CONN_HANDLING && !c->req.responded;
+    bool awaiting_handler = c->state == CONN_HANDLING && !c->x->req.responded; /* HANDLING holds one */
     http_conn_state_set(c, CONN_DEAD);
     if (awaiting_handler)
         return;
@@ -196,7 +198,7 @@ static void conn_response_done(struct http_conn *c)
     http_request_reset(c);
     http_conn_state_set(c, evbuffer_get_length(c->in) ? CONN_READING : CONN_IDLE);
     if (c->readable) /* bytes left in the kernel while we answered: no new edge will report them */
-        event_active(c->read_ev, EV_READ, 1);
+        event_active(&c->read_ev, EV_READ, 1);
     if (!c->in_process)
         conn_process(c);
 }
@@ -225,7 +227,7 @@ void http_conn_flush(struct http_conn *c)
             out_account(c);
             if (progressed || !c->stalled)
                 stall_renew(c);
-            event_add(c->write_ev, NULL);
+            event_add(&c->write_ev, NULL);
             unsent_enforce(c->srv);
             return;
         }
@@ -251,10 +253,10 @@ void http_on_gone(struct http_request *req, http_gone_fn fn, void *arg)
  * (499). The socket closes now; the struct stays until the handler answers (conn_close). */
 static void conn_client_gone(struct http_conn *c)
 {
-    log_debug("fd %d: request %s: client gone before its answer", c->fd, c->req.request_id);
+    log_debug("fd %d: request %s: client gone before its answer", c->fd, c->x->req.request_id);
     http_conn_close(c);
-    if (c->req.on_gone)
-        c->req.on_gone(c->req.on_gone_arg);
+    if (c->x->req.on_gone)
+        c->x->req.on_gone(c->x->req.on_gone_arg);
 }
 
 /* The request's client: the connection's (its peer, or its PROXY header's source), unless that is a
@@ -262,10 +264,10 @@ static void conn_client_gone(struct http_conn *c)
 static void conn_client_ensure(struct http_conn *c)
 {
     const struct config *cfg = c->srv->cfg;
-    const char *xff = http_request_header(&c->req, HTTP_H_X_FORWARDED_FOR);
+    const char *xff = http_request_header(&c->x->req, HTTP_H_X_FORWARDED_FOR);
     if (!xff[0] || !http_addr_trusted(cfg, &c->peer_addr) ||
-        !http_xff_client(cfg, xff, c->req.client, sizeof(c->req.client)))
-        snprintf(c->req.client, sizeof(c->req.client), "%s", c->peer);
+        !http_xff_client(cfg, xff, c->x->req.client, sizeof(c->x->req.client)))
+        snprintf(c->x->req.client, sizeof(c->x->req.client), "%s", c->peer);
 }
 
 /* [server] proxy_protocol: a connection may open with a PROXY v2 header, believed from a trusted proxy
@@ -307,7 +309,7 @@ static void conn_dispatch(struct http_conn *c)
     http_trace_ensure(c);      /* and what it sends to the database names the trace */
     conn_client_ensure(c);     /* and whom its rate limit counts */
     http_conn_state_set(c, CONN_HANDLING);
-    c->srv->handler(&c->req);
+    c->srv->handler(&c->x->req);
     if (c->state == CONN_HANDLING && c->peer_closed)
         conn_client_gone(c); /* its EOF came with the request */
 }
@@ -318,6 +320,11 @@ static void conn_process(struct http_conn *c)
     while ((c->state == CONN_IDLE || c->state == CONN_READING) && evbuffer_get_length(c->in) > 0) {
         if (c->state == CONN_IDLE)
             http_conn_state_set(c, CONN_READING);
+        if (!c->x && !http_request_begin(c)) {
+            log_error("fd %d: out of memory for a request: closing", c->fd);
+            http_conn_close(c);
+            break;
+        }
         if (c->proxy_wait && !conn_proxy_take(c))
             break;
         if (evbuffer_get_length(c->in) == 0)
@@ -331,7 +338,11 @@ static void conn_process(struct http_conn *c)
         }
         if (!c->request_ready)
             break;
+        struct http_exchange *x = c->x;
         conn_dispatch(c);
+        /* answered at once: its handler has returned. Only this one: conn_process may run inside the
+         * callback that answered the request before it, which may still read that one */
+        http_request_reclaim_last(c->srv, x);
     }
     c->in_process = false;
     if (c->state == CONN_IDLE && c->srv->draining && c->served > 0)
@@ -345,7 +356,7 @@ static void conn_linger_read(struct http_conn *c)
     for (int i = 0; i < 16 && (n = read(c->fd, buf, sizeof(buf))) > 0; i++)
         ;
     if (n > 0) /* more to discard: come back on the next loop, the edge will not repeat */
-        event_active(c->read_ev, EV_READ, 1);
+        event_active(&c->read_ev, EV_READ, 1);
     else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
         http_conn_close(c);
 }
@@ -369,10 +380,8 @@ static ssize_t conn_read(struct http_conn *c)
     return n;
 }
 
-static void read_cb(evutil_socket_t fd, short what, void *arg)
+static void conn_read_event(struct http_conn *c, short what)
 {
-    (void)fd;
-    struct http_conn *c = arg;
     if (what & EV_CLOSED)
         c->peer_closed = true;
     if (c->state == CONN_LINGER) {
@@ -390,7 +399,7 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return;
     if (n < 0 && errno == EINTR) {
-        event_active(c->read_ev, EV_READ, 1);
+        event_active(&c->read_ev, EV_READ, 1);
         return;
     }
     if (n <= 0) {
@@ -402,21 +411,31 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
     }
     conn_process(c);
     if (c->readable && (c->state == CONN_IDLE || c->state == CONN_READING))
-        event_active(c->read_ev, EV_READ, 1); /* a full chunk: more may wait, one chunk per turn */
+        event_active(&c->read_ev, EV_READ, 1); /* a full chunk: more may wait, one chunk per turn */
+}
+
+/* The requests answered during a connection's callback are reclaimed when it returns: nothing that used
+ * them is on the stack any more (a handler that answered at once has returned), and a burst of
+ * connections answered in one loop iteration then shares a few spares rather than each taking its own. */
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    struct http_conn *c = arg;
+    conn_read_event(c, what);
+    http_request_reclaim(c->srv);
 }
 
 static void write_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    http_conn_flush(arg);
+    struct http_conn *c = arg;
+    http_conn_flush(c);
+    http_request_reclaim(c->srv);
 }
 
-static void timer_cb(evutil_socket_t fd, short what, void *arg)
+static void conn_timer_event(struct http_conn *c)
 {
-    (void)fd;
-    (void)what;
-    struct http_conn *c = arg;
     if (c->state == CONN_READING) {
         log_info("fd %d: request not received within request_timeout: 408", c->fd);
         http_conn_fail(c, 408, "request_timeout", "request not received in time");
@@ -425,6 +444,15 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     if (c->state == CONN_WRITING)
         log_info("fd %d: client did not read the response within request_timeout", c->fd);
     http_conn_close(c); /* idle keep-alive expired, slow reader, or linger over */
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct http_conn *c = arg;
+    conn_timer_event(c);
+    http_request_reclaim(c->srv);
 }
 
 /* ---- server --------------------------------------------------------------------------------- */
@@ -452,15 +480,16 @@ void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_st
         c->peer_addr.ss_family = AF_UNSPEC;
     http_addr_format(peer, c->peer, sizeof(c->peer));
     c->proxy_wait = srv->cfg->proxy_protocol;
-    c->in = evbuffer_new();
-    c->out = evbuffer_new();
-    c->read_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST | EV_ET | EV_CLOSED, read_cb, c);
+    /* assigned first: conn_free deletes them, whatever failed after */
+    event_assign(&c->read_ev, srv->base, fd, EV_READ | EV_PERSIST | EV_ET | EV_CLOSED, read_cb, c);
     /* edge-triggered too: libevent registers the fd with EPOLLET only if the event being added has
      * EV_ET, so a level-triggered write event would turn reads level-triggered for good, and the loop
      * would spin on unread input (or EOF) while a response waits for a slow reader */
-    c->write_ev = event_new(srv->base, fd, EV_WRITE | EV_ET, write_cb, c);
-    c->timer_ev = evtimer_new(srv->base, timer_cb, c);
-    if (!c->in || !c->out || !c->read_ev || !c->write_ev || !c->timer_ev) {
+    event_assign(&c->write_ev, srv->base, fd, EV_WRITE | EV_ET, write_cb, c);
+    evtimer_assign(&c->timer_ev, srv->base, timer_cb, c);
+    c->in = evbuffer_new();
+    c->out = evbuffer_new();
+    if (!c->in || !c->out) {
         log_error("out of memory: connection dropped");
         fd_release(srv, fd, tag);
         c->fd = -1;
@@ -476,7 +505,7 @@ void http_server_adopt(struct http_server *srv, int fd, const struct sockaddr_st
     srv->nconns++;
     http_request_reset(c);
     http_conn_state_set(c, CONN_IDLE);
-    if (event_add(c->read_ev, NULL) < 0) {
+    if (event_add(&c->read_ev, NULL) < 0) {
         log_error("fd %d: cannot watch the connection: dropped", fd);
         http_conn_close(c);
     }
@@ -533,6 +562,12 @@ void http_server_free(struct http_server *srv)
         struct http_conn *c = srv->dead;
         srv->dead = c->next;
         conn_free(c);
+    }
+    http_request_reclaim(srv);
+    while (srv->spare) {
+        struct http_exchange *x = srv->spare;
+        srv->spare = x->next;
+        http_request_free(x);
     }
     if (srv->reap_ev)
         event_free(srv->reap_ev);

@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <http_parser.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -36,18 +37,29 @@ enum head_state {
     HEAD_DONE /* the empty line seen: the body (or the next request) is not ours to check */
 };
 
+/* One request with its buffers, held by a connection only while the request is received, handled and
+ * answered: an idle keep-alive connection holds none (its struct http_request alone is over 4 KB, most of
+ * it the table's header values). Taken when a request's first byte is read (http_request_begin), given
+ * back once it is answered (http_request_reset), and reclaimed after the loop iteration (reap), so a
+ * handler that still reads its request after http_respond() returns reads memory that is still its own. */
+struct http_exchange {
+    struct http_request req; /* what the handler sees; req.conn is the connection */
+    char *url;
+    size_t url_len, url_cap;
+    size_t body_cap;
+    struct http_exchange *next; /* on the server's spent or spare list */
+};
+
 struct http_conn {
     struct http_server *srv;
     struct http_conn *prev, *next;
     int fd;
     enum conn_state state;
-    struct event *read_ev, *write_ev, *timer_ev;
+    /* embedded (event_assign), not event_new: three allocations and their malloc headers fewer */
+    struct event read_ev, write_ev, timer_ev;
     struct evbuffer *in, *out;
     http_parser parser;
-    struct http_request req;
-    char *url;
-    size_t url_len, url_cap;
-    size_t body_cap;
+    struct http_exchange *x; /* the request in progress; NULL between requests */
     size_t header_bytes;
     char field_name[HTTP_HEADER_NAME_MAX]; /* of the field line being parsed, cut there */
     size_t field_name_len;                 /* its whole length, past the cut too */
@@ -85,6 +97,9 @@ struct http_server {
     struct event *reap_ev;
     const struct timeval *tv_keepalive, *tv_request, *tv_linger, *tv_drain_idle;
     http_parser_settings settings;
+    struct http_exchange *spent; /* answered requests, freed (or kept as spares) after the loop iteration */
+    struct http_exchange *spare; /* freed ones kept for the next requests, at most HTTP_SPARE_MAX */
+    unsigned nspare;
     bool draining;
     void (*on_empty)(void *);
     void *on_empty_arg;
@@ -112,8 +127,18 @@ void http_conn_close(struct http_conn *c);
 void http_conn_flush(struct http_conn *c);
 
 /* ---- request.c: parsing one request, its head's checks and limits ---- */
-/* Readies the connection for its next request (keeping only small buffers). */
+/* Gives the connection a request to receive (a spare one, or a new one): false when out of memory. */
+bool http_request_begin(struct http_conn *c) __attribute__((warn_unused_result));
+/* Readies the connection for its next request: its answered request goes to the server's spent list,
+ * reclaimed by http_request_reclaim() after the loop iteration. */
 void http_request_reset(struct http_conn *c);
+/* The spent requests: kept as spares up to HTTP_SPARE_MAX (with small buffers only), the rest freed. */
+void http_request_reclaim(struct http_server *srv);
+/* The same for x alone, if it is the last request spent: a handler that answered at once has returned,
+ * and a client's pipelined requests then share one. */
+void http_request_reclaim_last(struct http_server *srv, struct http_exchange *x);
+/* Frees a request and its buffers (a connection's at its end; the server's lists when it is freed). */
+void http_request_free(struct http_exchange *x);
 /* The parser's callbacks, for the server's http_parser_settings. */
 void http_request_parser_settings(http_parser_settings *settings);
 /* Feeds buffered input to the parser; returns false when parsing must stop for now (then error_status or

@@ -41,7 +41,7 @@ bool http_cors_allowed(const char *list, const char *origin)
  * that). */
 static const char *cors_origin(const struct http_conn *c)
 {
-    const struct http_request *r = &c->req;
+    const struct http_request *r = &c->x->req;
     const char *origin = http_request_header(r, HTTP_H_ORIGIN);
     if (http_headers_seen(&r->headers, HTTP_H_ORIGIN) != 1 ||
         !http_cors_allowed(c->srv->cfg->cors_origins, origin))

@@ -53,7 +53,7 @@ static const char *date_now(struct http_server *srv)
 
 static void response_write_head(struct http_conn *c, int status, const char *ctype, size_t len)
 {
-    struct http_request *r = &c->req;
+    struct http_request *r = &c->x->req;
     bool no_body_status = status == 204 || status == 304 || status < 200;
     evbuffer_add_printf(c->out, "HTTP/1.1 %d %s\r\nServer: pgapi\r\nDate: %s\r\nX-Request-Id: %s\r\n", status,
                         http_status_text(status), date_now(c->srv), r->request_id);
@@ -77,7 +77,7 @@ static void response_write_head(struct http_conn *c, int status, const char *cty
 /* The request is answered: one access log line, and the observer's count. */
 static void request_account(struct http_conn *c, size_t len)
 {
-    struct http_request *r = &c->req;
+    struct http_request *r = &c->x->req;
     struct access_entry e = {
         .method = r->method_name ? r->method_name : "-",
         .path = r->path ? r->path : "-",
@@ -148,14 +148,18 @@ void http_respond(struct http_request *req, int status, const char *ctype, const
 /* An error the connection itself detected (limits, timeouts, bad syntax): JSON body, then close. */
 void http_conn_fail(struct http_conn *c, int status, const char *code, const char *message)
 {
+    if (!c->x && !http_request_begin(c)) { /* every caller is receiving a request: a defence only */
+        http_conn_close(c);
+        return;
+    }
     char body[256];
     int n = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, message);
     c->close_after = true;
-    c->req.responded = false;
-    c->req.extra_len = 0;
-    if (!c->req.path)
-        c->req.path = "-";
-    http_respond(&c->req, status, "application/json", body, (size_t)n);
+    c->x->req.responded = false;
+    c->x->req.extra_len = 0;
+    if (!c->x->req.path)
+        c->x->req.path = "-";
+    http_respond(&c->x->req, status, "application/json", body, (size_t)n);
 }
 
 void http_refuse(int fd, const char *message)

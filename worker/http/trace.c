@@ -79,7 +79,7 @@ static void id_hex(struct http_server *srv, char *out)
 
 void http_trace_ensure(struct http_conn *c)
 {
-    struct http_request *r = &c->req;
+    struct http_request *r = &c->x->req;
     if (r->traceparent[0])
         return;
     const char *in = http_request_header(r, HTTP_H_TRACEPARENT);
@@ -104,7 +104,7 @@ void http_trace_ensure(struct http_conn *c)
 
 void http_trace_write(struct http_conn *c)
 {
-    struct http_request *r = &c->req;
+    struct http_request *r = &c->x->req;
     if (r->traceparent[0])
         evbuffer_add_printf(c->out, "traceparent: %s\r\n", r->traceparent);
     if (r->tracestate)
