@@ -92,8 +92,6 @@ static void client_drop_soon(struct redis_client *rc, const char *why)
 
 /* ---- commands ------------------------------------------------------------------------------- */
 
-/* Past command_timeout the sender answers its own caller; a command whose outcome matters then drops the
- * connection (the sender chose REDIS_DEADLINE_DROP_LINK): hiredis answers it NULL from the free. */
 #define DEADLINE_READS 64 /* reads of hiredis' 16 kB a deadline may take: 1 MB of replies at most */
 
 static bool fd_readable(int fd)
@@ -116,6 +114,8 @@ static bool cmd_answered_meanwhile(struct redis_client *rc, const struct redis_c
     return answered;
 }
 
+/* Past command_timeout the sender answers its own caller; a command whose outcome matters then drops the
+ * connection (the sender chose REDIS_DEADLINE_DROP_LINK): hiredis answers it NULL from the free. */
 static void cmd_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
