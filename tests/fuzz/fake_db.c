@@ -273,8 +273,9 @@ void cache_purge_recorded(struct cache *c, bool ok, uint64_t gen, uint64_t lsn)
 }
 
 void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len,
-                uint64_t data_lsn)
+                uint64_t data_lsn, uint64_t reach_lsn)
 {
+    (void)reach_lsn;
     (void)c;
     (void)lease;
     (void)value;

@@ -123,15 +123,22 @@ static void test_a_value_serves_only_waiters_whose_fence_it_reaches(void **state
 {
     (void)state;
     /* a replica's read: its replay position before the read is what the value holds */
-    assert_true(fill_wait_serves(100, NEWEST, 0, 100));
-    assert_true(fill_wait_serves(100, NEWEST, 0, 0));
-    assert_false(fill_wait_serves(100, NEWEST, 0, 101));   /* a write the waiter must see is past it */
-    assert_false(fill_wait_serves(100, NEWEST, 500, 101)); /* the sent fence says nothing of a replica */
+    assert_true(fill_wait_serves(fill_wait_reach(100, false, NEWEST, 0), 100));
+    assert_true(fill_wait_serves(fill_wait_reach(100, false, NEWEST, 0), 0));
+    assert_false(fill_wait_serves(fill_wait_reach(100, false, NEWEST, 0), 101));   /* a write past it */
+    assert_false(fill_wait_serves(fill_wait_reach(100, false, NEWEST, 500), 101)); /* the sent fence says
+                                                                                    * nothing of a replica */
     /* a primary-only read (NEWEST): it holds what was fenced when it was sent, nothing known beyond */
-    assert_true(fill_wait_serves(NEWEST, NEWEST, 300, 300));
-    assert_false(fill_wait_serves(NEWEST, NEWEST, 300, 301));
-    assert_false(fill_wait_serves(NEWEST, NEWEST, 300, UINT64_MAX)); /* a primary-only waiter */
-    assert_true(fill_wait_serves(NEWEST, NEWEST, UINT64_MAX, UINT64_MAX));
+    assert_true(fill_wait_serves(fill_wait_reach(NEWEST, true, NEWEST, 300), 300));
+    assert_false(fill_wait_serves(fill_wait_reach(NEWEST, true, NEWEST, 300), 301));
+    assert_false(fill_wait_serves(fill_wait_reach(NEWEST, true, NEWEST, 300), UINT64_MAX)); /* primary-only */
+    assert_true(fill_wait_serves(fill_wait_reach(NEWEST, true, NEWEST, UINT64_MAX), UINT64_MAX));
+    /* a primary read at a fence: its data_lsn is one short of the fence (route_primary_data_lsn), yet for
+     * its own key it reaches the fence; a newer sample reaches further */
+    assert_int_equal(fill_wait_reach(299, true, NEWEST, 300), 300);
+    assert_true(fill_wait_serves(fill_wait_reach(299, true, NEWEST, 300), 300));
+    assert_false(fill_wait_serves(fill_wait_reach(299, true, NEWEST, 300), 301));
+    assert_int_equal(fill_wait_reach(409, true, NEWEST, 300), 409);
 }
 
 int main(void)

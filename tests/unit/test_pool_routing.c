@@ -154,6 +154,23 @@ static void test_replay_learned_from_reads(void **state)
     assert_int_equal(route_replay_learn(0, 520, false), 520);  /* never sampled by a health check yet */
 }
 
+/* A primary read claims strictly less than its fence and the position last sampled: a write flushed at
+ * that position but not yet visible (waiting for its synchronous standby) can read that very position as
+ * its commit LSN once it completes, and a copy without it must not carry its fence. */
+static void test_primary_read_claims_strictly_below_what_it_knows(void **state)
+{
+    (void)state;
+    assert_int_equal(route_primary_data_lsn(510, 0), 509);   /* its fence: a write's commit LSN */
+    assert_int_equal(route_primary_data_lsn(510, 520), 519); /* the sample is newer */
+    assert_int_equal(route_primary_data_lsn(520, 510), 519);
+    assert_int_equal(route_primary_data_lsn(0, 0), 0); /* nothing known yet */
+    /* the copy's claim never reaches the fence of the write it may lack: that write's fence raise
+     * changes every stamp taken at or below the claim */
+    uint64_t fence_of_a = 510, claim = route_primary_data_lsn(fence_of_a, fence_of_a);
+    uint64_t fence_of_b = fence_of_a; /* b committed before a's LSN read, completed after the read */
+    assert_true(fence_of_b > claim);
+}
+
 /* The learned position routes the next read: a fence the health check had not seen passed goes back to
  * the replica as soon as a read reports the replica past it; the detached and unproven rules apply to the
  * learned position as to a sampled one (route.c caps it before route_decide sees it). */
@@ -182,6 +199,7 @@ int main(void)
         cmocka_unit_test(test_why_a_read_runs_on_the_primary),
         cmocka_unit_test(test_replay_learned_from_reads),
         cmocka_unit_test(test_learned_position_routes_the_next_read),
+        cmocka_unit_test(test_primary_read_claims_strictly_below_what_it_knows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -116,8 +116,16 @@ unsigned fill_wait_poll_ms(int polls)
     return step;
 }
 
-bool fill_wait_serves(uint64_t data_lsn, uint64_t newest, uint64_t sent_fence, uint64_t waiter_fence)
+uint64_t fill_wait_reach(uint64_t data_lsn, bool on_primary, uint64_t newest, uint64_t sent_fence)
 {
-    uint64_t reached = data_lsn == newest ? sent_fence : data_lsn;
-    return reached >= waiter_fence;
+    if (!on_primary)
+        return data_lsn;
+    if (data_lsn == newest)
+        return sent_fence;
+    return sent_fence > data_lsn ? sent_fence : data_lsn;
+}
+
+bool fill_wait_serves(uint64_t reach, uint64_t waiter_fence)
+{
+    return reach >= waiter_fence;
 }

@@ -72,11 +72,18 @@ bool fill_wait_ended(const struct fill_waits *w, const char *token);
  * filling). */
 unsigned fill_wait_poll_ms(int polls);
 
-/* Whether a value read by the holder may answer a waiter. The lease the waiter saw in Redis was the
- * holder's, so no write of the key was invalidated between the two lookups; on top, the value must hold
- * every write up to the waiter's own fence: data_lsn (the position the value is known to include; the
- * pool's POOL_LSN_NEWEST for the primary, `newest` here) must reach it, and a primary read is taken as
- * reaching only the fence its holder sent it with (the primary's snapshot is not known to be newer). */
-bool fill_wait_serves(uint64_t data_lsn, uint64_t newest, uint64_t sent_fence, uint64_t waiter_fence);
+/* The fence a value read by a lease holder answers for that key: a replica's read, its data_lsn (the
+ * replay position before it); a primary read, also the fence it was sent with (`newest`: the pool's
+ * POOL_LSN_NEWEST, a primary-only read, counts as that fence alone). A primary read's data_lsn stays
+ * strictly below what it knows (route_primary_data_lsn: a write not yet visible may carry that very
+ * position), but for the key it was sent for it holds every write up to its fence: one invalidated before
+ * the holder's lookup completed before the read, and a later one deletes the holder's lease, so neither its
+ * fill nor its waiters (who saw that lease) are served from it. */
+uint64_t fill_wait_reach(uint64_t data_lsn, bool on_primary, uint64_t newest, uint64_t sent_fence);
+
+/* Whether a value read by the holder may answer a waiter: the lease the waiter saw in Redis was the
+ * holder's, so no write of the key was invalidated between the two lookups; on top, what the value
+ * reaches (fill_wait_reach) must be at least the waiter's own fence. */
+bool fill_wait_serves(uint64_t reach, uint64_t waiter_fence);
 
 #endif

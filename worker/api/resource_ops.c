@@ -128,16 +128,27 @@ static void state_free(struct resource_op_state *s)
     free(s);
 }
 
-/* Fills the key whose lease this request holds (if it holds one); the lease is used up either way. */
-static void lease_fill(struct resource_op_state *s, const char *value, size_t len, uint64_t data_lsn)
+/* What the read's value reaches for the key whose lease this request holds (fill_wait_reach). */
+static uint64_t read_reach(const struct resource_op_state *s, const struct pool_result *r)
+{
+    return fill_wait_reach(r->data_lsn, r->side == POOL_PRIMARY, POOL_LSN_NEWEST, s->sent_fence);
+}
+
+/* Fills the key whose lease this request holds (if it holds one); the lease is used up either way. The
+ * value is stored with its data_lsn (what it holds of every key, for other servers' local copies and
+ * tokens) and checked against the key's fence with what it reaches for this key (a primary-only read:
+ * "newest", which a primary-only fence refuses). */
+static void lease_fill(struct resource_op_state *s, const char *value, size_t len,
+                       const struct pool_result *r)
 {
     if (s->lease.kind != CACHE_LEASE)
         return;
-    cache_fill(s->o.api->cache, &s->lease, value, len, data_lsn);
+    uint64_t reach = r->data_lsn == POOL_LSN_NEWEST ? POOL_LSN_NEWEST : read_reach(s, r);
+    cache_fill(s->o.api->cache, &s->lease, value, len, r->data_lsn, reach);
     s->lease.kind = CACHE_BYPASS;
 }
 
-static void waiters_wake(struct resource_op_state *s, const char *value, size_t len, uint64_t data_lsn);
+static void waiters_wake(struct resource_op_state *s, const char *value, size_t len, uint64_t reach);
 
 /* STEP_DONE: a fill lease the read did not use (a 404, an error, a value not cached) is given back, so
  * other readers of the key do not wait for a fill that never comes, and this worker's readers waiting on
@@ -576,9 +587,9 @@ static void row_done(void *arg, const struct pool_result *r)
     } else {
         const char *json = PQgetvalue(r->res, 0, 1);
         size_t len = (size_t)PQgetlength(r->res, 0, 1);
-        lease_fill(s, json, len, r->data_lsn);
+        lease_fill(s, json, len, r);
         local_fill(s, json, len, r->data_lsn);
-        waiters_wake(s, json, len, r->data_lsn);
+        waiters_wake(s, json, len, read_reach(s, r));
         state_answer(s, PQgetvalue(r->res, 0, 0), json, len);
     }
 }
@@ -620,8 +631,9 @@ static void page_answer(struct resource_op_state *s, const struct pool_result *r
     /* a page past the last id is not cached (state_end gives its lease back): ?after_id=<anything
      * larger> would make one each */
     if (!(s->after > 0 && (PQntuples(res) == 0 || empty)))
-        lease_fill(s, body, len, r->data_lsn);
-    waiters_wake(s, body, len, r->data_lsn); /* served even when not cached: it is what they would read */
+        lease_fill(s, body, len, r);
+    waiters_wake(s, body, len,
+                 read_reach(s, r)); /* served even when not cached: it is what they would read */
     http_respond(s->o.req, 200, "application/json", body, len);
     evbuffer_free(b);
 }
@@ -742,15 +754,16 @@ static uint64_t waiter_fence(const struct resource_op_state *w)
 }
 
 /* The holder's read is over: each of its waiters is answered with the value when it may serve them
- * (fill_wait_serves), else looks up again at once (value NULL: no value, the lease went back). */
-static void waiters_wake(struct resource_op_state *s, const char *value, size_t len, uint64_t data_lsn)
+ * (fill_wait_serves: reach is read_reach), else looks up again at once (value NULL: no value, the lease
+ * went back). */
+static void waiters_wake(struct resource_op_state *s, const char *value, size_t len, uint64_t reach)
 {
     struct fill_waits *fw = &s->o.api->fill_waits;
     struct fill_waiter *x;
     while ((x = fill_wait_pop(&s->holder))) {
         struct resource_op_state *w =
             (struct resource_op_state *)(void *)((char *)x - offsetof(struct resource_op_state, waiter));
-        if (value && fill_wait_serves(data_lsn, POOL_LSN_NEWEST, s->sent_fence, waiter_fence(w))) {
+        if (value && fill_wait_serves(reach, waiter_fence(w))) {
             fw->stats.woken++;
             state_answer_cached(w, value, len);
         } else {

@@ -49,7 +49,9 @@ static const char LUA_LOOKUP[] = "local p, k = ARGV[1], ARGV[2] "
  * so an invalidation can delete every live page: no page of an old generation is left behind. The set
  * holds at most ARGV[10] pages (list_pages): a fill into a full set first deletes pages the set names
  * (SPOP: any one), value and member together, so every stored page stays tracked and one invalidation
- * deletes at most that many (clients asking for thousands of distinct pages cannot make it block Redis). */
+ * deletes at most that many (clients asking for thousands of distinct pages cannot make it block Redis).
+ * The key's fence is checked against ARGV[11], what the value holds of this key; ARGV[7], what it holds of
+ * every key, is stored with it (cache_fill). */
 static const char LUA_FILL[] =
     "local p, k, e = ARGV[1], ARGV[2], ARGV[3] "
     "if (redis.call('GET', p .. ':epoch') or '0') ~= e then return 0 end "
@@ -61,7 +63,7 @@ static const char LUA_FILL[] =
     "  if k ~= ARGV[9] .. ':g' .. (redis.call('GET', p .. ':g:' .. g) or '0') then return 0 end "
     "  f = redis.call('GET', p .. ':f:g:' .. g) "
     "else f = redis.call('GET', p .. ':f:' .. k) end "
-    "if ARGV[7] < (f or '0000000000000000') then return 0 end "
+    "if ARGV[11] < (f or '0000000000000000') then return 0 end "
     "local vk = p .. ':e' .. e .. ':v:' .. k "
     "redis.call('SET', vk, ARGV[7] .. ARGV[5], 'EX', ARGV[6]) "
     "if g ~= '' then "
@@ -1196,7 +1198,7 @@ static void lookup_script_send(struct cache *c, const char *key, const char *lis
 }
 
 void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len,
-                uint64_t data_lsn)
+                uint64_t data_lsn, uint64_t reach_lsn)
 {
     const char *key = lease->key;
     if (!cache_usable(c) || lease->kind != CACHE_LEASE)
@@ -1206,16 +1208,17 @@ void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *v
         cache_release(c, lease);
         return;
     }
-    char ttl[16], lsn[CACHE_LSN_HEX], pages[16];
+    char ttl[16], lsn[CACHE_LSN_HEX], reach[CACHE_LSN_HEX], pages[16];
     snprintf(ttl, sizeof(ttl), "%d", c->cfg->cache_ttl_s);
     snprintf(pages, sizeof(pages), "%d", c->cfg->cache_list_pages);
     cache_lsn_hex(data_lsn, lsn);
+    cache_lsn_hex(reach_lsn, reach);
     const char *argv[] = { NULL,  NULL, "0", c->cfg->redis_prefix, key,         lease->epoch, lease->token,
-                           value, ttl,  lsn, lease->list,          lease->base, pages };
+                           value, ttl,  lsn, lease->list,          lease->base, pages,        reach };
     script_argv(c, SCRIPT_FILL, argv);
-    size_t lens[13];
-    eval_lens(13, argv, lens, 7, len);
-    if (!cmd_send(c, CMD_FILL, 13, argv, lens, NULL, NULL, NULL))
+    size_t lens[14];
+    eval_lens(14, argv, lens, 7, len);
+    if (!cmd_send(c, CMD_FILL, 14, argv, lens, NULL, NULL, NULL))
         log_debug("redis: fill of %s not sent", key);
     else
         c->stats.fills++;

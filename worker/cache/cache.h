@@ -103,11 +103,12 @@ typedef void (*cache_done_cb)(void *arg, bool ok);
  * answer is also the highest of them. */
 void cache_lookup(struct cache *c, const char *key, const char *list, const struct cache_fences *fences,
                   cache_lookup_cb cb, void *arg);
-/* Stores value (with data_lsn) if the lease is still the caller's and data_lsn has reached the key's fence,
- * and the value is at most max_value_bytes. Fire and forget: a fill's slowness or failure costs nothing
- * else (it has no deadline and never drops the connection). */
+/* Stores value (with data_lsn: what it holds of every key) if the lease is still the caller's, reach_lsn
+ * (what it holds of this key: fill_wait_reach) has reached the key's fence, and the value is at most
+ * max_value_bytes. Fire and forget: a fill's slowness or failure costs nothing else (it has no deadline
+ * and never drops the connection). */
 void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *value, size_t len,
-                uint64_t data_lsn);
+                uint64_t data_lsn, uint64_t reach_lsn);
 /* Gives the lease back without a value (the caller will not fill), so other readers need not wait for it. */
 void cache_release(struct cache *c, const struct cache_lookup *lease);
 /* A committed write's row, for write-through (docs/consistency.md, "Write-through"). */

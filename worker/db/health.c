@@ -17,12 +17,15 @@ static const char SQL_PRIMARY_HEALTH[] =
     "pg_is_in_recovery(),"
     " (SELECT system_identifier FROM pg_control_system())::text,"
     " CASE WHEN pg_is_in_recovery() THEN '' ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
-/* Replay position, lag, whether it streams from a primary, and whether the role can tell: a standby whose
- * WAL receiver is not streaming (its primary is gone, or the new one refuses its diverged history: the
- * receiver then restarts every wal_retrieve_retry_interval and fails) is "detached". A role without
- * pg_read_all_stats sees only the receiver's pid, and a receiver that exists then counts as streaming. */
+/* Replay position (on a node no longer in recovery, one byte short of its WAL position: a commit flushed
+ * there may not be visible yet, route_primary_data_lsn), lag, whether it streams from a primary, and
+ * whether the role can tell: a standby whose WAL receiver is not streaming (its primary is gone, or the
+ * new one refuses its diverged history: the receiver then restarts every wal_retrieve_retry_interval and
+ * fails) is "detached". A role without pg_read_all_stats sees only the receiver's pid, and a receiver
+ * that exists then counts as streaming. */
 static const char SQL_REPLICA_HEALTH[] =
-    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text,"
+    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() - 1 "
+    "END::text,"
     " COALESCE((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0),"
     " pg_is_in_recovery() AND NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL"
     " AND COALESCE(status, 'streaming') = 'streaming'),"

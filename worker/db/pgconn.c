@@ -253,9 +253,11 @@ static bool conn_read_guarded(const struct pgconn *c)
 /* A read on a replica returns the replica's replay position in the same statement, as one more column
  * (the same expression as the health check's): the pool learns how far each replica has replayed on
  * every read, not once per health_interval, so reads a fresh write's fence sent to the primary come back
- * sooner. conn_replay_take reads it and hands the caller the result without it. */
+ * sooner. conn_replay_take reads it and hands the caller the result without it. A node that is no
+ * longer in recovery (a promoted replica still behind its replica address) answers one byte short of its
+ * WAL position: a commit flushed there may not be visible yet (route_primary_data_lsn). */
 static const char REPLICA_READ_SQL[] =
-    "SELECT o.*, CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() "
+    "SELECT o.*, CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() - 1 "
     "END::text FROM (%s) o";
 
 static bool conn_read_sampled(const struct pgconn *c)
@@ -308,16 +310,14 @@ void pgconn_send(struct pgconn *c, const char *sql, int nparams, char *const *pa
     conn_io_cb(c->io_fd, EV_WRITE, c);
 }
 
-/* What a read on the primary is sure to include: every write whose fence its reader saw (they were
- * committed before it started), and the WAL before the position last sampled (a commit record there
- * may still be becoming visible at that very position: hence - 1). A read made to wait for the
- * primary-only fence gets "newest", which a cache may store but never treats as a position. */
+/* What a read on the primary is sure to include (route_primary_data_lsn: strictly below its fence and
+ * the position last sampled). A read made to wait for the primary-only fence gets "newest", which a
+ * cache may store but never treats as a position. */
 static uint64_t primary_data_lsn(const struct pool *p, const struct job *j)
 {
     if (j->fence == POOL_LSN_NONE)
         return POOL_LSN_NEWEST;
-    uint64_t sampled = p->primary.lsn ? p->primary.lsn - 1 : 0;
-    return j->fence > sampled ? j->fence : sampled;
+    return route_primary_data_lsn(j->fence, p->primary.lsn);
 }
 
 void pgconn_start(struct pgconn *c, struct job *j)

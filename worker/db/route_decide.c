@@ -96,3 +96,16 @@ uint64_t route_replay_learn(uint64_t known, uint64_t sample, bool reset)
 {
     return reset || sample <= known ? known : sample;
 }
+
+/* Why strictly below: a position read from the primary (pg_current_wal_lsn(), the fences' commit LSNs
+ * and the sampled positions alike) may already be past the commit record of a write that is not visible
+ * yet (flushed, still waiting for its synchronous standby), and that write's own commit LSN, read once it
+ * has completed, may then be that very position. Claiming the position itself would let a copy lacking
+ * the write carry the same LSN as the write's fence, which raises nothing, so the copy stays valid. Every
+ * write that completes after the read's snapshot reads a commit LSN at or past every position read
+ * before that snapshot: strictly past the claim. */
+uint64_t route_primary_data_lsn(uint64_t fence, uint64_t sampled)
+{
+    uint64_t known = fence > sampled ? fence : sampled;
+    return known ? known - 1 : 0;
+}

@@ -58,6 +58,10 @@ enum pool_primary_read route_primary_read_reason(const struct route_view *v, uin
  * (`reset`: a health check found it lower, it left rotation, the primary changed identity), when the
  * sample may describe the server as it was before and is dropped. */
 uint64_t route_replay_learn(uint64_t known, uint64_t sample, bool reset);
+/* What a read on the primary is sure to include (its pool_result.data_lsn), from its fence and the
+ * primary's position last sampled before it was sent: every write whose commit LSN is at or below the
+ * answer, which is strictly below both (route_decide.c says why). */
+uint64_t route_primary_data_lsn(uint64_t fence, uint64_t sampled);
 /* Where a statement goes: a read (fence as pool_read's) or, when !read, a write or a statement for the
  * primary. */
 struct route_decision route_decide(const struct route_view *v, bool read, uint64_t fence);
