@@ -133,6 +133,10 @@ static const struct config_key config_keys[] = {
       "share every write's fences through Redis with every server on the same prefix (docs/consistency.md); "
       "off exists only for tests: each server then trusts its own fences, and several servers break the "
       "read-your-writes guarantee" },
+    { "redis", "write_through", KT_BOOL, OFF(cache_write_through), 0, 0, "on",
+      "a committed update or create stores its row in Redis (only when it is provably the newest: "
+      "docs/consistency.md, \"Write-through\"), so the next reads hit; off: it only deletes the row's "
+      "value" },
     { "redis", "prefix", KT_STR, OFF(redis_prefix), 0, 0, "pgapi:v2",
       "namespace of every key; bump the version after a schema change" },
     { "redis", "sentinels", KT_STR, OFF(redis_sentinels_text), 0, 0, "",
@@ -995,7 +999,7 @@ void config_print(const struct config *c, FILE *f)
             "command_timeout = %dms\nprefix = %s\nsentinels = %s\nmaster_name = %s\nsocket = %s\nusername = "
             "%s\npassword_file = %s\n"
             "local_entries = %d\nlocal_bytes = %zu\nmax_value_bytes = %zu\nlist_pages = "
-            "%d\ndeployment_fences = %s\n\n[metrics]\nlisten = %s\n\n"
+            "%d\ndeployment_fences = %s\nwrite_through = %s\n\n[metrics]\nlisten = %s\n\n"
             "[log]\nlevel = %s\nformat = %s\naccess = %s\nfile = %s\n",
             c->pool_size, c->statement_timeout_ms, c->connect_timeout_ms, c->queue_size, c->queue_timeout_ms,
             c->max_replica_lag_ms, c->health_interval_ms, c->migrations_dir, c->redis_enabled ? "on" : "off",
@@ -1003,8 +1007,9 @@ void config_print(const struct config *c, FILE *f)
             c->redis_command_timeout_ms, c->redis_prefix, c->redis_sentinels_text, c->redis_master_name,
             c->redis_socket, c->redis_username, c->redis_password_file, c->local_cache_entries,
             c->local_cache_bytes, c->cache_max_value_bytes, c->cache_list_pages,
-            c->deployment_fences ? "on" : "off", metrics_addr, lv[c->log_level],
-            c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off", c->log_file);
+            c->deployment_fences ? "on" : "off", c->cache_write_through ? "on" : "off", metrics_addr,
+            lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off",
+            c->log_file);
     fprintf(f, "\n[server]\nproxy_protocol = %s\ntrusted_proxies = %s\n", c->proxy_protocol ? "on" : "off",
             c->trusted_proxies_text);
     fprintf(

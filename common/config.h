@@ -93,6 +93,7 @@ struct config {
     size_t cache_max_value_bytes; /* larger values are served, not cached */
     int cache_list_pages;         /* pages cached per list */
     bool deployment_fences;       /* fences shared through Redis by every server (off: tests only) */
+    bool cache_write_through;     /* a write stores its row in Redis when provably the newest */
     /* [ratelimit] (worker/api/ratelimit.c): requests per second and burst, reads and writes apart */
     bool ratelimit_enabled;
     int read_rate, read_burst, write_rate, write_burst;

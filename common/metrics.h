@@ -37,6 +37,18 @@ enum {
     METRICS_RATELIMIT_RESULTS
 };
 
+/* pgapi_cache_write_through_total's result label: enum cache_through_result (worker/cache/cache.h), in
+ * its order */
+enum {
+    METRICS_THROUGH_STORED,
+    METRICS_THROUGH_OLDER,
+    METRICS_THROUGH_FENCE,
+    METRICS_THROUGH_EPOCH,
+    METRICS_THROUGH_UNKNOWN,
+    METRICS_THROUGH_LARGE,
+    METRICS_THROUGH_RESULTS
+};
+
 /* Per slot, only ever added to (by the slot's current and retiring workers at once, hence atomics). */
 struct metrics_counters {
     metrics_counter requests[METRICS_ROUTES][METRICS_STATUSES];
@@ -49,6 +61,7 @@ struct metrics_counters {
     metrics_counter cache_epoch_bumps, cache_invalidation_failures, cache_ping_failures, cache_disconnects;
     metrics_counter redis_master_changes; /* the Sentinels named another Redis master */
     metrics_counter cache_log_reads, cache_log_resets, cache_verifications, cache_purges;
+    metrics_counter cache_through[METRICS_THROUGH_RESULTS]; /* write-through, by enum cache_through_result */
     metrics_counter local_hits;
     metrics_counter fill_woken, fill_retried, fill_polled; /* waits for a fill lease (fill_wait.h) */
     metrics_counter connections_refused;

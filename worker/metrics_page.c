@@ -364,6 +364,23 @@ static void cache_render(struct page *pg)
     SLOT_COUNTER(pg, "pgapi_cache_fills_total", "", cache_fills);
     family(pg, "pgapi_cache_invalidations_total", "counter", "Invalidations sent after committed writes.");
     SLOT_COUNTER(pg, "pgapi_cache_invalidations_total", "", cache_invalidations);
+    family(pg, "pgapi_cache_write_through_total", "counter",
+           "Rows of committed writes offered to Redis ([redis] write_through): stored, or refused (then "
+           "only deleted) because a newer version was recorded (older), the commit LSN did not pass the "
+           "key's fence (fence), the epoch moved or the store was not verified (epoch), the commit LSN was "
+           "unknown (unknown), the row was over max_value_bytes (large).");
+    SLOT_COUNTER(pg, "pgapi_cache_write_through_total", "result=\"stored\"",
+                 cache_through[METRICS_THROUGH_STORED]);
+    SLOT_COUNTER(pg, "pgapi_cache_write_through_total", "result=\"older\"",
+                 cache_through[METRICS_THROUGH_OLDER]);
+    SLOT_COUNTER(pg, "pgapi_cache_write_through_total", "result=\"fence\"",
+                 cache_through[METRICS_THROUGH_FENCE]);
+    SLOT_COUNTER(pg, "pgapi_cache_write_through_total", "result=\"epoch\"",
+                 cache_through[METRICS_THROUGH_EPOCH]);
+    SLOT_COUNTER(pg, "pgapi_cache_write_through_total", "result=\"unknown\"",
+                 cache_through[METRICS_THROUGH_UNKNOWN]);
+    SLOT_COUNTER(pg, "pgapi_cache_write_through_total", "result=\"large\"",
+                 cache_through[METRICS_THROUGH_LARGE]);
     family(pg, "pgapi_cache_epoch_bumps_total", "counter",
            "Times the cache moved to a new epoch (everything cached before is dropped).");
     SLOT_COUNTER(pg, "pgapi_cache_epoch_bumps_total", "", cache_epoch_bumps);

@@ -122,6 +122,10 @@ static void cache_publish(struct telemetry *t)
     delta_add(&c->cache_log_resets, &last->log_resets, s.log_resets);
     delta_add(&c->cache_verifications, &last->verifications, s.verifications);
     delta_add(&c->cache_purges, &last->purges, s.purges);
+    _Static_assert((int)CACHE_THROUGH_RESULTS == (int)METRICS_THROUGH_RESULTS,
+                   "one label per write-through result");
+    for (int i = 0; i < CACHE_THROUGH_RESULTS; i++)
+        delta_add(&c->cache_through[i], &last->through[i], s.through[i]);
     delta_add(&c->cache_disconnects, &last->disconnects, s.disconnects);
     delta_add(&c->redis_master_changes, &last->master_changes, s.master_changes);
     gauge_set(&t->gauges->cache_up, cache_state(t->src.cache) == CACHE_UP);

@@ -289,11 +289,18 @@ void cache_release(struct cache *c, const struct cache_lookup *lease)
     (void)lease;
 }
 
-void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb,
-                      void *arg)
+void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn,
+                      const struct cache_through *t, cache_done_cb cb, void *arg)
 {
     (void)c;
     (void)ch;
     (void)lsn;
+    (void)t;
     cb(arg, false);
+}
+
+const char *cache_epoch(const struct cache *c)
+{
+    (void)c;
+    return "";
 }

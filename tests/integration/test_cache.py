@@ -39,11 +39,12 @@ def test_hit_miss_and_invalidation_of_every_route(server, schema):
         status, xc, _ = get(s, p)
         assert status == 200 and xc in ("MISS", "HIT"), (p, status, xc)
         until_hit(s, p)
-    # PATCH user: the user and its embedding are invalidated, the post is not
+    # PATCH user: the user is written through (test_write_through.py), its embedding invalidated, the post
+    # untouched
     assert s.request("PATCH", f"/users/{uid}", body={"name": "renamed"}).status == 200
-    for p in paths[:2]:
+    for p, want in zip(paths[:2], ("HIT", "MISS")):
         status, xc, body = get(s, p)
-        assert xc == "MISS" and body["name"] == "renamed", (p, xc, body)
+        assert xc == want and body["name"] == "renamed", (p, xc, body)
     assert get(s, paths[2])[1] == "HIT", s.log_tail()
     for p in paths:
         until_hit(s, p)
@@ -180,7 +181,7 @@ def test_redis_stopped_refuses_writes_serves_reads_and_recovers(warm_user_on_own
 
 
 def test_stampede_of_200_misses_makes_a_handful_of_queries(server, schema):
-    s = cached_server(server, schema, health_interval="30s")
+    s = cached_server(server, schema, health_interval="30s", redis={"write_through": "off"})
     u = create_user(s)
     time.sleep(0.5)
     assert s.request("PATCH", f"/users/{u['id']}", body={"name": "cold"}).status == 200  # evict
@@ -567,7 +568,7 @@ def test_a_fill_slower_than_command_timeout_costs_no_invalidation(server, schema
     once Redis lets it run, and the next write invalidates in the same epoch. (Commands sent behind a fill
     on the worker's one connection wait for it; max_value_bytes keeps that wait short. The health PING,
     every health_interval, is kept out of this window: it would wait behind the held fill and time out.)"""
-    s = cached_server(server, schema, health_interval="60s")
+    s = cached_server(server, schema, health_interval="60s", redis={"write_through": "off"})  # a miss
     u = create_user(s)
     path = f"/users/{u['id']}"
     r = redis_lib.Redis(port=schema.redis_port)

@@ -184,7 +184,8 @@ def test_a_worker_stopped_with_waiters_on_a_fill_frees_them(schema, server):
     drain timeout the worker frees the holder and its waiters unanswered, and exits 0 with no sanitizer
     report (the fixture checks the log)."""
     s = server(workers=1, topology=schema,
-               overrides={"redis": {"enabled": "on", "prefix": f"t{uuid.uuid4().hex[:8]}", "local_entries": "0"},
+               overrides={"redis": {"enabled": "on", "prefix": f"t{uuid.uuid4().hex[:8]}", "local_entries": "0",
+                                    "write_through": "off"},  # the create leaves the row uncached
                           "database": {"health_interval": "60s"}, "server": {"drain_timeout": "300ms"}}).start()
     s.wait_for(lambda: s.get("/readyz").json().get("redis") == "up", 15, "redis up")
     uid = s.request("POST", "/users", body={"name": "x", "email": f"x{uuid.uuid4().hex[:10]}@example.com"}

@@ -335,7 +335,7 @@ def test_write_outcome_unknown_says_a_keyed_resend_is_safe(s, schema):
 # ---- the cache ----------------------------------------------------------------------------------------
 
 def test_a_replay_invalidates_nothing_and_a_keyed_write_invalidates_like_any(server, schema):
-    c = cached_server(server, schema)
+    c = cached_server(server, schema, redis={"write_through": "off"})  # the invalidation itself
     path, _ = new_row(c, "users")
     wait_until(lambda: c.get(path).headers.get("x-cache") == "HIT", 10, "the user cached")
     key = uniq("k")

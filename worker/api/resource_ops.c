@@ -98,6 +98,7 @@ struct resource_op_state {
     uint64_t cache_t0;         /* when the Redis round trip under way began (Server-Timing) */
     struct effects_write done; /* writes: what committed */
     uint64_t commit_lsn;       /* writes: its commit LSN (POOL_LSN_NONE when unknown) */
+    char epoch_sent[24];       /* writes: the cache's epoch when the write was sent (cache_through) */
     char *row_json;            /* writes waiting for their invalidation: the answer, copied */
     size_t row_len;
     char row_id[ID_TEXT_MAX];
@@ -451,13 +452,46 @@ static bool write_may_run(struct resource_op_state *s)
     return false;
 }
 
-/* STEP_INVALIDATE: what the write changed leaves the cache; the answer waits for it. */
+/* The row's version column from its JSON (0 when it has none): it orders the writes of one row. */
+static int64_t row_version(const char *json, size_t len)
+{
+    struct json_tokener *tok = json_tokener_new();
+    struct json_object *obj = tok ? json_tokener_parse_ex(tok, json, (int)len) : NULL, *v;
+    int64_t version = 0;
+    if (obj && json_object_object_get_ex(obj, "version", &v) && json_object_is_type(v, json_type_int))
+        version = json_object_get_int64(v);
+    json_object_put(obj);
+    if (tok)
+        json_tokener_free(tok);
+    return version;
+}
+
+/* The write's row offered to the cache: written through when it is provably the newest
+ * (docs/consistency.md, "Write-through"); a deletion's tombstones. False when there is no row key. */
+static bool through_build(const struct resource_op_state *s, char *key, size_t cap, struct cache_through *t)
+{
+    if (!effects_key_row(s->o.res, s->done.id, key, cap))
+        return false;
+    *t = (struct cache_through){ .key = key, .deleted = s->done.deleted, .epoch = s->epoch_sent };
+    if (!s->done.deleted && s->row_len <= INT32_MAX) {
+        t->version = row_version(s->row_json, s->row_len);
+        t->value = s->row_json;
+        t->len = s->row_len;
+    }
+    return true;
+}
+
+/* STEP_INVALIDATE: what the write changed leaves the cache (or, for its own row, is written through);
+ * the answer waits for it. */
 static void invalidate_send(struct resource_op_state *s)
 {
     struct effects_change ch;
+    struct cache_through t;
+    char key[CACHE_KEY_MAX];
     effects_change(&s->done, &ch);
+    bool row = through_build(s, key, sizeof(key), &t);
     cache_timing_begin(s);
-    cache_invalidate(s->o.api->cache, &ch.cache, s->commit_lsn, invalidate_done, s);
+    cache_invalidate(s->o.api->cache, &ch.cache, s->commit_lsn, row ? &t : NULL, invalidate_done, s);
 }
 
 /* A committed write: fences raised (its commit LSN unknown: the tables it changed read from the primary
@@ -825,6 +859,7 @@ static void state_step(struct resource_op_state *s, enum op_step next)
     case STEP_WRITE_DB:
         if (!write_may_run(s))
             return;
+        snprintf(s->epoch_sent, sizeof(s->epoch_sent), "%s", cache_epoch(s->o.api->cache));
         db_send(s, s->params, s->nparams, row_done); /* a deletion's 204 comes once the fences are raised */
         return;
     case STEP_INVALIDATE:

@@ -76,16 +76,32 @@ static const char LUA_FILL[] =
     "  redis.call('EXPIRE', set, ARGV[6]) "
     "end "
     "return 1";
-/* With the deployment's fences (ARGV[7] '1'), first: the write's fences (ARGV[8 + ngens ..], nfences
+/* With the deployment's fences (ARGV[7] '1'), first: the write's fences (ARGV[14 + ngens ..], nfences
  * of them) are raised in the deployment's hash (not for an unknown commit LSN: the log tells the other
  * servers instead) and logged in the capped fence log, which the workers read before serving a local
  * copy. A key's "primary only" fence (an unknown commit LSN) keeps its own expiry: a later write's real
  * position does not renew it (that position is in the hash, and the write's lease deletion stops older
  * fills), else a steady write load would keep the key primary-only and uncached for ever. */
+/* Write-through (ARGV[8..13], docs/consistency.md "Write-through"): ARGV[8] is '' (none), 's' (store the
+ * row ARGV[11] under its key ARGV[9] if it is provably the newest), 'v' (only record its version) or 'd'
+ * (a deletion: every key it names gets a tombstone). <prefix>:wv:<key> holds the highest version a write
+ * of the row stored or invalidated ('d' after a deletion); the row's version ARGV[10] orders writes of one
+ * row, which their commit LSNs (read after the commit, grouped) do not. A store needs a newer version than
+ * recorded, a commit LSN above the key's fence as it was (strictly: a write with the same grouped LSN
+ * may be newer), no primary-only fence, the epoch the worker saw before it sent the write (ARGV[13]: no
+ * new epoch, so no invalidation that could not name the row, came between) and, with the deployment's
+ * fences, a verified store. The value is tagged with LSN 0: the commit LSN is read after the commit and
+ * does not say the row holds every write up to it (a newer write of the row may have committed before
+ * it was read), so a token read bypasses it and no local cache copies it. A write older than the version
+ * recorded leaves the key's value: it holds that newer write, which committed after this one (the row
+ * lock orders them), and every fill since read at or past its fence. The lease always goes (a fill under
+ * way may have read before this commit). Answers {result, epoch}:
+ * result 1 (nothing tried), 2 stored, 3 older, 4 fence, 5 epoch. */
 static const char LUA_INVALIDATE[] =
     "local p, lsn, ttl = ARGV[1], ARGV[2], ARGV[3] "
     "local ngens, nf = tonumber(ARGV[5]), tonumber(ARGV[6]) "
-    "local first = 8 + ngens "
+    "local wm, wk = ARGV[8], ARGV[9] "
+    "local first = 14 + ngens "
     "if ARGV[7] == '1' and nf > 0 then "
     "  local names = {unpack(ARGV, first, first + nf - 1)} "
     "  if lsn ~= 'FFFFFFFFFFFFFFFF' then "
@@ -100,12 +116,29 @@ static const char LUA_INVALIDATE[] =
     "end "
     "if ARGV[4] == '1' then redis.call('INCR', p .. ':epoch') end "
     "local e = redis.call('GET', p .. ':epoch') or '0' "
+    "local res, store, keep = 1, false, false "
+    "if wm == 's' or wm == 'v' then "
+    "  local vk, v = p .. ':wv:' .. wk, tonumber(ARGV[10]) "
+    "  local cur = redis.call('GET', vk) "
+    "  if cur == 'd' or (cur and tonumber(cur) >= v) then "
+    "    if wm == 's' then res = 3 end "
+    "    keep = cur ~= 'd' "
+    "  else "
+    "    redis.call('SET', vk, ARGV[10], 'PX', ttl) "
+    "    if wm == 's' then "
+    "      local f = redis.call('GET', p .. ':f:' .. wk) or '0000000000000000' "
+    "      if e ~= ARGV[13] or (ARGV[7] == '1' and redis.call('EXISTS', p .. ':verified') == 0) then res = 5 "
+    "      elseif f == 'FFFFFFFFFFFFFFFF' or lsn == 'FFFFFFFFFFFFFFFF' or lsn <= f then res = 4 "
+    "      else res, store = 2, true end "
+    "    end "
+    "  end "
+    "end "
     "local function raise(fk) "
     "  local cur = redis.call('GET', fk) "
     "  if (not cur) or cur < lsn then redis.call('SET', fk, lsn, 'PX', ttl) "
     "elseif cur ~= 'FFFFFFFFFFFFFFFF' or lsn == cur then redis.call('PEXPIRE', fk, ttl) end "
     "end "
-    "for i = 8, 7 + ngens do "
+    "for i = 14, 13 + ngens do "
     "  local set = p .. ':e' .. e .. ':pages:' .. ARGV[i] "
     "  for _, vk in ipairs(redis.call('SMEMBERS', set)) do redis.call('DEL', vk) end "
     "  redis.call('DEL', set) "
@@ -115,9 +148,18 @@ static const char LUA_INVALIDATE[] =
     "for i = first + nf, #ARGV do "
     "  local k = ARGV[i] "
     "  raise(p .. ':f:' .. k) "
-    "  redis.call('DEL', p .. ':e' .. e .. ':v:' .. k, p .. ':e' .. e .. ':l:' .. k) "
+    "  redis.call('DEL', p .. ':e' .. e .. ':l:' .. k) "
+    "  if not (keep and k == wk) then redis.call('DEL', p .. ':e' .. e .. ':v:' .. k) end "
+    "  if wm == 'd' then redis.call('SET', p .. ':wv:' .. k, 'd', 'PX', ttl) end "
     "end "
-    "return 1";
+    "if wm == 's' or wm == 'v' then "
+    "  raise(p .. ':f:' .. wk) "
+    "  redis.call('DEL', p .. ':e' .. e .. ':l:' .. wk) "
+    "  if not keep then redis.call('DEL', p .. ':e' .. e .. ':v:' .. wk) end "
+    "end "
+    "if store then "
+    "redis.call('SET', p .. ':e' .. e .. ':v:' .. wk, '0000000000000000' .. ARGV[11], 'EX', ARGV[12]) end "
+    "return {res, e}";
 
 /* A lease whose holder will not fill (the value is too large, or a page past the last id) is given back
  * at once: left to expire, it would make every other reader of the key wait for a fill that never comes
@@ -137,11 +179,13 @@ static const char LUA_RELEASE[] = "local lk = ARGV[1] .. ':e' .. ARGV[2] .. ':l:
  * then the floor and the time of that verification (each verification makes a new marker: a worker that
  * sees it change drops its local copies, whose fence log entries may have gone with the loss). */
 /* With its eviction policy: under allkeys-* Redis may evict a fence (they have no TTL), which no marker
- * would tell. */
+ * would tell; and the epoch, read with the marker (a worker trusts the store knowing its epoch: cache_epoch).
+ */
 static const char LUA_CHECK[] = LUA_RUN_ID
     "local mem = redis.pcall('INFO', 'memory') "
     "local policy = type(mem) == 'string' and string.match(mem, 'maxmemory_policy:([%w-]+)') or '' "
-    "return {redis.call('GET', ARGV[1] .. ':verified') or '', id, policy}";
+    "return {redis.call('GET', ARGV[1] .. ':verified') or '', id, policy, "
+    "redis.call('GET', ARGV[1] .. ':epoch') or '0'}";
 
 /* Verifies a store that lost its state: every write acknowledged before the loss committed at or below
  * ARGV[2], a position of the primary read after the loss was seen; it becomes the floor of every fence,
@@ -207,6 +251,7 @@ enum cmd_kind {
     CMD_RELEASE,
     CMD_INVALIDATE,
     CMD_EPOCH,
+    CMD_EPOCH_READ,
     CMD_SCRIPT_LOAD,
     CMD_CHECK,
     CMD_VERIFY,
@@ -265,6 +310,7 @@ struct cache_cmd {
     char peeked_epoch[24];   /* a peek: the epoch its value key was built from */
     enum script_id script;   /* SCRIPT LOAD */
     bool moves_epoch;        /* an invalidation of rows that could not be named */
+    bool through;            /* an invalidation that may store its write's row (LUA_INVALIDATE 's') */
     char lsn[CACHE_LSN_HEX]; /* CMD_VERIFY, CMD_PURGE: the floor it sets */
     uint64_t purge_gen;      /* CMD_PURGE */
     const struct cache_fences *fences; /* a lookup's: the caller's, valid until its callback */
@@ -413,6 +459,26 @@ static void epoch_bump(struct cache *c)
         c->epoch_inflight = true;
 }
 
+/* The epoch as the store holds it, learnt on every connect: a write is offered to the cache only with the
+ * epoch known before it was sent (cache_epoch), and a worker that has not looked anything up yet knows
+ * none. Its answer comes before the store check's, so a new worker knows it before it accepts. */
+static void epoch_read(struct cache *c)
+{
+    char key[96];
+    if (!cache_key_epoch(key, sizeof(key), c->cfg->redis_prefix))
+        return;
+    const char *argv[] = { "GET", key };
+    size_t lens[] = { 3, strlen(key) };
+    if (!cmd_send(c, CMD_EPOCH_READ, 2, argv, lens, NULL, NULL, NULL))
+        log_debug("redis: the epoch's read not sent");
+}
+
+static void epoch_read_deliver(struct cache_cmd *cmd, const redisReply *r)
+{
+    if (r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_NIL))
+        snprintf(cmd->c->epoch, sizeof(cmd->c->epoch), "%s", r->type == REDIS_REPLY_STRING ? r->str : "0");
+}
+
 /* ---- trust: is the store the one the deployment's fences were written to? ------------------- */
 
 static void trust_check(struct cache *c)
@@ -489,13 +555,15 @@ static void check_deliver(struct cache_cmd *cmd, const redisReply *r)
 {
     struct cache *c = cmd->c;
     c->check_inflight = false;
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING ||
-        r->element[1]->type != REDIS_REPLY_STRING || r->element[2]->type != REDIS_REPLY_STRING) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 4 || r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[1]->type != REDIS_REPLY_STRING || r->element[2]->type != REDIS_REPLY_STRING ||
+        r->element[3]->type != REDIS_REPLY_STRING) {
         if (r && r->type == REDIS_REPLY_ERROR)
             reply_warn(c, "store check failed", r->str);
         return; /* checked again on the next tick */
     }
     const char *marker = r->element[0]->str, *run_id = r->element[1]->str, *policy = r->element[2]->str;
+    snprintf(c->epoch, sizeof(c->epoch), "%s", r->element[3]->str);
     if (strncmp(policy, "allkeys-", 8) == 0) {
         if (!c->policy_refused)
             log_error(
@@ -539,6 +607,7 @@ static void verify_deliver(struct cache_cmd *cmd, const redisReply *r)
     }
     c->trust = TRUST_OK;
     consistency_local_drop(c->consistency);
+    epoch_read(c); /* the script moved it */
     purge_apply(c);
     if (strcmp(r->str, "already") == 0)
         log_info("redis: store verified by another worker: its fences are trusted");
@@ -611,6 +680,7 @@ static void purge_deliver(struct cache_cmd *cmd, const redisReply *r)
     }
     if (cmd->purge_gen > c->purge_applied)
         c->purge_applied = cmd->purge_gen;
+    epoch_read(c); /* the script may have moved it */
     consistency_local_drop(c->consistency);
     if (c->dirty_purge_requested && c->dirty_purge_gen && c->purge_applied >= c->dirty_purge_gen) {
         c->dirty_purge_requested = false;
@@ -638,6 +708,7 @@ static void on_link_up(void *arg)
     c->purge_inflight = false;
     scripts_load(c);
     epoch_bump(c);
+    epoch_read(c);
     trust_check(c);
     purge_apply(c);
 }
@@ -753,6 +824,13 @@ static void invalidate_deliver(struct cache_cmd *cmd, const redisReply *r)
     if (!ok) {
         c->stats.invalidation_failures++;
         log_warn("redis: invalidation failed: %s", r ? r->str : "connection lost");
+    }
+    if (ok && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_INTEGER && r->element[1]->type == REDIS_REPLY_STRING) {
+        long long res = r->element[0]->integer;
+        if (cmd->through && res >= 2 && res <= 5)
+            c->stats.through[res - 2]++; /* the script's 2..5 are CACHE_THROUGH_STORED..EPOCH */
+        snprintf(c->epoch, sizeof(c->epoch), "%s", r->element[1]->str);
     }
     if (cmd->done_cb)
         cmd->done_cb(cmd->arg, ok);
@@ -894,6 +972,8 @@ static void epoch_deliver(struct cache_cmd *cmd, const redisReply *r)
 {
     struct cache *c = cmd->c;
     c->epoch_inflight = false;
+    if (r && r->type == REDIS_REPLY_INTEGER)
+        snprintf(c->epoch, sizeof(c->epoch), "%lld", r->integer);
     if (r && r->type != REDIS_REPLY_ERROR) {
         c->stats.epoch_bumps++;
         consistency_cache_dirty_clear(c->consistency);
@@ -943,6 +1023,9 @@ static void cmd_deliver(struct cache_cmd *cmd, const redisReply *r)
         break;
     case CMD_EPOCH:
         epoch_deliver(cmd, r);
+        break;
+    case CMD_EPOCH_READ:
+        epoch_read_deliver(cmd, r);
         break;
     case CMD_CHECK:
         check_deliver(cmd, r);
@@ -1031,6 +1114,7 @@ static enum redis_deadline cmd_deadline(enum cmd_kind kind)
     case CMD_PEEK:
     case CMD_LOOKUP:
     case CMD_CHECK:
+    case CMD_EPOCH_READ: /* late, the first lookup learns it */
     case CMD_SYNC:
     case CMD_VERIFY: /* late, it is checked again: the marker tells what happened */
     case CMD_PURGE:  /* late, it is applied again: the store remembers what was applied */
@@ -1151,18 +1235,43 @@ void cache_release(struct cache *c, const struct cache_lookup *lease)
         log_debug("redis: release of the lease of %s not sent", lease->key);
 }
 
+/* What the invalidation does with the write's row (LUA_INVALIDATE's ARGV[8]): '' nothing, 'd' tombstones,
+ * 'v' records the version only (counted in *why when a store was possible but is refused here), 's'
+ * stores it if the script finds it the newest. */
+static const char *through_mode(struct cache *c, const struct cache_change *ch, uint64_t lsn,
+                                const struct cache_through *t, int *why)
+{
+    *why = -1;
+    if (!t || !t->key || !t->key[0])
+        return "";
+    if (t->deleted)
+        return "d";
+    if (t->version <= 0)
+        return ""; /* nothing orders its writes: never stored, nothing to record */
+    if (!c->cfg->cache_write_through || !t->value)
+        return "v";
+    if (lsn == CONSISTENCY_LSN_NONE)
+        *why = CACHE_THROUGH_UNKNOWN;
+    else if (t->len > c->cfg->cache_max_value_bytes)
+        *why = CACHE_THROUGH_LARGE;
+    else if (ch->all || !t->epoch || !t->epoch[0])
+        *why = CACHE_THROUGH_EPOCH;
+    return *why >= 0 ? "v" : "s";
+}
+
 /* Sends the invalidation script: its fixed arguments, then the change's generations, keys, and ids as
  * keys (written into id_keys, nids of them). NULL when it could not be sent. */
 static struct cache_cmd *invalidate_send(struct cache *c, const struct cache_change *ch, uint64_t lsn,
-                                         int nids, char (*id_keys)[CACHE_KEY_MAX], cache_done_cb cb,
-                                         void *arg)
+                                         const struct cache_through *t, int nids,
+                                         char (*id_keys)[CACHE_KEY_MAX], cache_done_cb cb, void *arg)
 {
     enum {
-        FIXED = 10,
+        FIXED = 16,
         MAXARGS = FIXED + CACHE_CHANGE_GENS_MAX + CACHE_CHANGE_FENCES_MAX + CACHE_CHANGE_KEYS_MAX +
-                  CACHE_CHANGE_IDS_MAX
+                  CACHE_CHANGE_IDS_MAX,
+        VALUE_AT = 13, /* ARGV[11] */
     };
-    char lsn_s[CACHE_LSN_HEX], ttl[16], ngens_s[12], nfences_s[12];
+    char lsn_s[CACHE_LSN_HEX], ttl[16], ngens_s[12], nfences_s[12], version[24], value_ttl[16];
     cache_lsn_hex(lsn, lsn_s);
     int fence_ttl = c->cfg->max_replica_lag_ms * 6;
     int nfences = deployment_on(c) ? ch->fences.n : 0;
@@ -1171,6 +1280,11 @@ static struct cache_cmd *invalidate_send(struct cache *c, const struct cache_cha
     snprintf(ttl, sizeof(ttl), "%d", fence_ttl > FENCE_TTL_MIN_MS ? fence_ttl : FENCE_TTL_MIN_MS);
     snprintf(ngens_s, sizeof(ngens_s), "%d", ch->ngens);
     snprintf(nfences_s, sizeof(nfences_s), "%d", nfences);
+    snprintf(value_ttl, sizeof(value_ttl), "%d", c->cfg->cache_ttl_s);
+    int why;
+    const char *mode = through_mode(c, ch, lsn, t, &why);
+    snprintf(version, sizeof(version), "%" PRId64, t ? t->version : 0);
+    bool store = mode[0] == 's';
     const char *argv[MAXARGS] = { NULL,
                                   NULL,
                                   "0",
@@ -1180,7 +1294,13 @@ static struct cache_cmd *invalidate_send(struct cache *c, const struct cache_cha
                                   ch->all ? "1" : "0",
                                   ngens_s,
                                   nfences_s,
-                                  deployment_on(c) ? "1" : "0" };
+                                  deployment_on(c) ? "1" : "0",
+                                  mode,
+                                  mode[0] ? t->key : "",
+                                  version,
+                                  store ? t->value : "",
+                                  value_ttl,
+                                  store ? t->epoch : "" };
     /* by its text, always: after a SCRIPT FLUSH an EVALSHA would fail, and a failed invalidation costs the
      * write its 2xx (Redis keeps the compiled script: the text is the only cost) */
     argv[0] = "EVAL";
@@ -1197,12 +1317,18 @@ static struct cache_cmd *invalidate_send(struct cache *c, const struct cache_cha
         argv[argc++] = id_keys[i];
     }
     size_t lens[MAXARGS];
-    eval_lens(argc, argv, lens, SIZE_MAX, 0);
-    return cmd_send(c, CMD_INVALIDATE, argc, argv, lens, NULL, cb, arg);
+    eval_lens(argc, argv, lens, VALUE_AT, store ? t->len : 0);
+    struct cache_cmd *cmd = cmd_send(c, CMD_INVALIDATE, argc, argv, lens, NULL, cb, arg);
+    if (cmd) {
+        cmd->through = store;
+        if (why >= 0)
+            c->stats.through[why]++;
+    }
+    return cmd;
 }
 
-void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb,
-                      void *arg)
+void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn,
+                      const struct cache_through *t, cache_done_cb cb, void *arg)
 {
     if (redis_client_state(c->rc) == CACHE_DISABLED) {
         cb(arg, true);
@@ -1213,7 +1339,7 @@ void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t l
         int nids = ch->nids < CACHE_CHANGE_IDS_MAX ? ch->nids : CACHE_CHANGE_IDS_MAX;
         char(*id_keys)[CACHE_KEY_MAX] = nids > 0 ? malloc((size_t)nids * sizeof(*id_keys)) : NULL;
         if (nids == 0 || id_keys)
-            cmd = invalidate_send(c, ch, lsn, nids, id_keys, cb, arg);
+            cmd = invalidate_send(c, ch, lsn, t, nids, id_keys, cb, arg);
         free(id_keys);
     }
     if (!cmd) {
@@ -1222,6 +1348,11 @@ void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t l
         return;
     }
     cmd->moves_epoch = ch->all;
+}
+
+const char *cache_epoch(const struct cache *c)
+{
+    return cache_usable(c) ? c->epoch : "";
 }
 
 /* ---- lifetime ------------------------------------------------------------------------------- */

@@ -15,8 +15,24 @@ struct config;
 struct cache;
 struct consistency;
 
+/* What became of a write's row offered to the cache (cache_through): stored, or refused because a newer
+ * version of the row was recorded (older), the commit LSN was not above the key's fence or the fence is
+ * primary-only (fence), the epoch moved since the write was sent, or the store is not verified (epoch),
+ * the commit LSN is unknown (unknown), the row is over max_value_bytes (large). The first four are the
+ * invalidation script's answers 2..5, in this order. */
+enum cache_through_result {
+    CACHE_THROUGH_STORED,
+    CACHE_THROUGH_OLDER,
+    CACHE_THROUGH_FENCE,
+    CACHE_THROUGH_EPOCH,
+    CACHE_THROUGH_UNKNOWN,
+    CACHE_THROUGH_LARGE,
+    CACHE_THROUGH_RESULTS
+};
+
 struct cache_stats {
     uint64_t connects, disconnects, ping_failures, master_changes;
+    uint64_t through[CACHE_THROUGH_RESULTS]; /* write-through, by enum cache_through_result */
     uint64_t hits, misses, waits, bypasses, fills, invalidations, invalidation_failures, epoch_bumps;
     uint64_t log_reads, log_resets, verifications, purges; /* the deployment's (docs/consistency.md) */
 };
@@ -95,11 +111,26 @@ void cache_fill(struct cache *c, const struct cache_lookup *lease, const char *v
                 uint64_t data_lsn, uint64_t reach_lsn);
 /* Gives the lease back without a value (the caller will not fill), so other readers need not wait for it. */
 void cache_release(struct cache *c, const struct cache_lookup *lease);
+/* A committed write's row, for write-through (docs/consistency.md, "Write-through"). */
+struct cache_through {
+    const char *key;   /* the row's key ("user:42"); NULL: no row to offer */
+    int64_t version;   /* the row's version column as the write returned it (0: unknown) */
+    bool deleted;      /* a deletion: the row and every key the change names get a tombstone */
+    const char *value; /* the row as a GET of it answers (NULL: record the version only) */
+    size_t len;
+    const char *epoch; /* cache_epoch() before the write was sent */
+};
+
 /* After a commit at lsn: bumps each list's generation and raises its fence, raises each key's fence and
- * deletes its value and lease. cb(ok=false) after a failure or timeout: the cache is then bypassed by
- * every worker until it moves to a new epoch. */
-void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn, cache_done_cb cb,
-                      void *arg);
+ * deletes its value and lease. With t, the write's row key too: its version is recorded, and with
+ * [redis] write_through on the row is stored under it when it is provably the newest (else deleted as
+ * any key). cb(ok=false) after a failure or timeout: the cache is then bypassed by every worker until it
+ * moves to a new epoch. */
+void cache_invalidate(struct cache *c, const struct cache_change *ch, uint64_t lsn,
+                      const struct cache_through *t, cache_done_cb cb, void *arg);
+/* The epoch this worker saw last ("" when the cache is not usable): a write reads it before it is sent, and
+ * its row is stored only if no new epoch came between. */
+const char *cache_epoch(const struct cache *c);
 
 /* ---- the rate limiter's counter (worker/api/ratelimit.c) --------------------------------------- */
 

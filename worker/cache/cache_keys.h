@@ -4,7 +4,8 @@
  * Keys: <prefix>:epoch, <prefix>:seq (lease tokens), <prefix>:f:<key> (fence, 16 hex digits, compared
  * as strings: Lua numbers are doubles), <prefix>:e<epoch>:v:<key> (value: the data's LSN in 16 hex
  * digits, then the body), <prefix>:e<epoch>:l:<key> (lease). A list's pages share a generation
- * (<prefix>:g:<name>, with its fence <prefix>:f:g:<name>) and a page set (<prefix>:e<epoch>:pages:<name>). */
+ * (<prefix>:g:<name>, with its fence <prefix>:f:g:<name>) and a page set (<prefix>:e<epoch>:pages:<name>).
+ * A row key's highest version written (<prefix>:wv:<key>, "d" after a deletion) orders write-through. */
 #ifndef PGAPI_CACHE_KEYS_H
 #define PGAPI_CACHE_KEYS_H
 
