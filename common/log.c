@@ -273,9 +273,10 @@ void log_access(const struct access_entry *e)
         n = json_escape_into(buf, n, sizeof(buf) - 150, rid);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n,
                               "\",\"trace_id\":\"%.32s\",\"status\":%d,\"duration_us\":%llu,\"bytes\":%llu,"
-                              "\"cache\":\"%s\",\"client\":\"",
+                              "\"cache\":\"%s\",%s%s%s\"client\":\"",
                               trace, e->status, (unsigned long long)e->duration_us,
-                              (unsigned long long)e->bytes, cache);
+                              (unsigned long long)e->bytes, cache, e->from ? "\"cache_from\":\"" : "",
+                              e->from ? e->from : "", e->from ? "\"," : "");
         n = json_escape_into(buf, n, sizeof(buf) - 150, client);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "\",\"sub\":\"");
         n = json_escape_into(buf, n, sizeof(buf) - 3, sub);
@@ -285,8 +286,9 @@ void log_access(const struct access_entry *e)
         n = prefix_text(buf, sizeof(buf), LOGL_INFO);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s ", e->method);
         n = escape_into(buf, n, sizeof(buf) - 400, e->path, 512, false);
-        n += (size_t)snprintf(buf + n, sizeof(buf) - n, " %d %.3fms %llub cache=%s rid=", e->status,
-                              (double)e->duration_us / 1000.0, (unsigned long long)e->bytes, cache);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, " %d %.3fms %llub cache=%s%s%s rid=", e->status,
+                              (double)e->duration_us / 1000.0, (unsigned long long)e->bytes, cache,
+                              e->from ? " from=" : "", e->from ? e->from : "");
         n = escape_into(buf, n, sizeof(buf) - 100, rid, 64, false);
         n += (size_t)snprintf(buf + n, sizeof(buf) - n, " trace=%.32s client=", trace);
         n = escape_into(buf, n, sizeof(buf) - 140, client, 64, false);

@@ -15,6 +15,7 @@ struct access_entry {
     const char *request_id;
     const char *trace_id; /* 32 hex digits (W3C trace id), or NULL */
     const char *cache;    /* "HIT", "MISS", "BYPASS" or NULL */
+    const char *from;     /* a hit's source ("redis", "local", "fill") or NULL */
     const char *client;   /* the peer's address, or NULL ("-") */
     const char *subject;  /* a verified token's sub (visible ASCII), "" or NULL when anonymous ("-") */
     int status;

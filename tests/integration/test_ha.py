@@ -189,6 +189,23 @@ def healthy(deployment):
 
 # -- one run -------------------------------------------------------------------------------------------
 
+def violation_access_lines(dep, violations, limit=10):
+    """The servers' access lines of the first violating reads (each read's X-Request-Id is in its note):
+    which cache answered it (from=redis|local|fill), on which worker, when."""
+    rids = []
+    for v in violations:
+        note = v.note or ""
+        if "(request id " in note:
+            rid = note.rsplit("(request id ", 1)[1].rstrip(")")
+            if rid not in rids:
+                rids.append(rid)
+    lines = []
+    for s in dep.servers.values():
+        text = s.log_text()
+        lines += [f"{s.name}: {l}" for rid in rids[:limit] for l in text.splitlines() if f" rid={rid} " in l]
+    return "\n".join(lines) or "(no access line found)"
+
+
 class HaRun:
     """A history run against the deployment with `fault(run)` called in this thread meanwhile; the fault
     returns once the cluster is whole again, and the load runs TAIL_S past pgapi's recovery."""
@@ -286,6 +303,8 @@ class HaRun:
         detail = (f"HA {self.case} round {self.round}: seed={self.seed} {result.report(0)}\n"
                   f"  timeline: {self.timeline()}\n  unavailability: {out}")
         print(detail)
+        if result.violations:
+            detail += "\n  access lines of the first violating reads:\n" + violation_access_lines(dep, result.violations)
         assert not result.violations, \
             f"expected no read to contradict an acknowledged write, got:\n{result.report(20)}\n{detail}"
         assert not lost, (f"expected the primary to hold exactly what clients were told, got {len(lost)} "

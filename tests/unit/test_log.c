@@ -101,9 +101,33 @@ static void test_access_line_without_client_says_dash(void **state)
         fail_msg("expected client=- in the line, got: %s", line);
 }
 
+/* A hit names its source (from= in text, cache_from in JSON); a miss has none. */
+static void test_access_line_names_a_hits_source(void **state)
+{
+    (void)state;
+    char line[4096];
+    struct access_entry e = {
+        .method = "GET", .path = "/users/1", .request_id = "r", .status = 200, .cache = "HIT", .from = "local"
+    };
+    log_configure(LOGL_INFO, LOGF_TEXT, true);
+    access_line_capture(&e, line, sizeof(line));
+    if (!strstr(line, " cache=HIT from=local rid=r"))
+        fail_msg("expected the hit's source in the text line, got: %s", line);
+    log_configure(LOGL_INFO, LOGF_JSON, true);
+    access_line_capture(&e, line, sizeof(line));
+    if (!strstr(line, "\"cache\":\"HIT\",\"cache_from\":\"local\",\"client\""))
+        fail_msg("expected the hit's source in the JSON line, got: %s", line);
+    e.cache = "MISS";
+    e.from = NULL;
+    access_line_capture(&e, line, sizeof(line));
+    if (strstr(line, "cache_from") || !strstr(line, "\"cache\":\"MISS\",\"client\""))
+        fail_msg("expected no source for a miss, got: %s", line);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_access_line_names_a_hits_source),
         cmocka_unit_test(test_json_access_line_utf8),
         cmocka_unit_test(test_json_access_line_truncated_sequence),
         cmocka_unit_test(test_text_access_line_escapes_like_json),

@@ -184,10 +184,11 @@ static void state_answer(struct resource_op_state *s, const char *id, const char
     state_step(s, STEP_DONE);
 }
 
-/* A cached value (local or Redis) as the answer, then the end. */
-static void state_answer_cached(struct resource_op_state *s, const char *value, size_t len)
+/* A cached value as the answer, then the end; `from` says which cache (the access log's from=). */
+static void state_answer_cached(struct resource_op_state *s, const char *value, size_t len, const char *from)
 {
     s->o.req->cache_status = "HIT";
+    s->o.req->cache_from = from;
     http_respond(s->o.req, 200, "application/json", value, len);
     state_step(s, STEP_DONE);
 }
@@ -683,7 +684,7 @@ static void lookup_done(void *arg, const struct cache_lookup *l)
             break;
         }
         local_fill(s, l->value, l->len, l->data_lsn);
-        state_answer_cached(s, l->value, l->len);
+        state_answer_cached(s, l->value, l->len, "redis");
         return;
     case CACHE_WAIT:
         req->cache_status = "MISS";
@@ -765,7 +766,7 @@ static void waiters_wake(struct resource_op_state *s, const char *value, size_t 
             (struct resource_op_state *)(void *)((char *)x - offsetof(struct resource_op_state, waiter));
         if (value && fill_wait_serves(reach, waiter_fence(w))) {
             fw->stats.woken++;
-            state_answer_cached(w, value, len);
+            state_answer_cached(w, value, len, "fill");
         } else {
             fw->stats.retried++;
             w->retries++;
@@ -786,7 +787,7 @@ static void local_lookup(struct resource_op_state *s)
     if (s->key[0] && deployment_on(api->deployment) && local_cache_has(api->local, s->key, &s->local_stamp)) {
         state_step(s, STEP_SYNC_LOCAL); /* first the fences other servers raised */
     } else if (s->key[0] && local_cache_get(api->local, s->key, &s->local_stamp, &value, &len)) {
-        state_answer_cached(s, value, len);
+        state_answer_cached(s, value, len, "local");
     } else if (s->key[0] && cache_state(api->cache) != CACHE_DISABLED) {
         state_step(s, STEP_LOOKUP_CACHE);
     } else {
@@ -812,7 +813,7 @@ static void local_synced(struct deployment_wait *w, bool ok)
     const char *value;
     size_t len;
     if (ok && local_cache_get(api->local, s->key, &s->local_stamp, &value, &len))
-        state_answer_cached(s, value, len);
+        state_answer_cached(s, value, len, "local");
     else
         state_step(s, STEP_LOOKUP_CACHE);
 }

@@ -64,6 +64,8 @@ struct http_request {
     size_t body_len;
     uint64_t start_us;
     const char *cache_status; /* "HIT" / "MISS" / "BYPASS" for the X-Cache header and the log */
+    const char *cache_from;   /* a hit's source, for the log only: "redis", "local" (the worker's copy) or
+                               * "fill" (a waiter answered by its worker's fill) */
     char extra_headers[768];  /* "Name: value\r\n" lines added by http_header_add() */
     size_t extra_len;
     int status;

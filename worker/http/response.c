@@ -84,6 +84,7 @@ static void request_account(struct http_conn *c, size_t len)
         .request_id = r->request_id,
         .trace_id = r->trace_id,
         .cache = r->cache_status,
+        .from = r->cache_from,
         .status = r->status,
         .duration_us = r->start_us ? clock_now_us() - r->start_us : 0,
         .bytes = len,

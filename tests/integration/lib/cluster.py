@@ -445,8 +445,11 @@ def cache_back(cluster, uid):
 
 
 def redis_diagnosis(s):
-    """What a server says of its Redis, for a failure message: /readyz and its last log lines on it."""
-    lines = [l for l in s.log_text().splitlines() if "redis" in l.lower() and "GET /" not in l][-8:]
+    """What a server says of its Redis, for a failure message: /readyz and its last log lines on it (and on
+    the purges, epochs and primaries that decide whether its cache is in use)."""
+    marks = ("redis", "purge", "epoch", "primary", "deployment")
+    lines = [l for l in s.log_text().splitlines()
+             if any(m in l.lower() for m in marks) and " GET /" not in l and " POST /" not in l][-24:]
     return f"/readyz {s.get('/readyz').body.decode()[:300]}; log:\n" + "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ import bisect
 import collections
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import random
@@ -85,6 +86,9 @@ class Schedule:
         return self.phases[max(0, bisect.bisect_right(self.starts, elapsed) - 1)]
 
 
+REQUEST_IDS = itertools.count(1)   # X-Request-Id of the history's requests: a violation names its access line
+
+
 class Client:
     """One keep-alive HTTP connection; a request that gets no answer closes it (the next one reconnects).
     Like urllib3, a kept-alive connection the server has closed meanwhile (readable while idle: EOF) is
@@ -96,6 +100,7 @@ class Client:
         self.label = label    # which server this is, when there are several: added to self.cache
         self.conn = None
         self.cache = ""
+        self.rid = ""
 
     def drop_if_closed(self):
         sock = self.conn.sock if self.conn is not None else None
@@ -109,7 +114,8 @@ class Client:
         self.drop_if_closed()
         if self.conn is None:
             self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-        headers, data = {}, None
+        self.rid = f"h{next(REQUEST_IDS)}"
+        headers, data = {"X-Request-Id": self.rid}, None
         if body is not None:
             data = json.dumps(body)
             headers["Content-Type"] = "application/json"
@@ -317,7 +323,7 @@ class Load:
         got = self.get(c, route, path_of(key[1]))
         if got:
             status, body, t0, t1 = got
-            self.h.read(route, t0, t1, status, {key: body["version"] if status == 200 else None}, source=c.cache)
+            self.h.read(route, t0, t1, status, {key: body["version"] if status == 200 else None}, source=c.cache, rid=c.rid)
 
     def read_user(self, c, rng):
         self.read_one(c, rng, "user", "GET /users/:id", lambda i: f"/users/{i}")
@@ -332,13 +338,13 @@ class Load:
         if got:
             status, body, t0, t1 = got
             if status == 404:
-                self.h.read(route, t0, t1, status, {("user", uid): None}, source=c.cache)
+                self.h.read(route, t0, t1, status, {("user", uid): None}, source=c.cache, rid=c.rid)
                 return
             seen = {("user", uid): body["version"]}
             seen.update({("post", p["id"]): p["version"] for p in body["posts"]})
             # the embedding lists every post of the user only when no link leads to more (issue 14's bound)
             covers = ("posts_of", uid) if body["posts_next"] is None else None
-            self.h.read(route, t0, t1, status, seen, covers=covers, source=c.cache)
+            self.h.read(route, t0, t1, status, seen, covers=covers, source=c.cache, rid=c.rid)
 
     def read_list(self, c, rng, kind, route, path):
         want = self.keys.pick(rng, kind)
@@ -351,7 +357,7 @@ class Load:
             seen = {(kind, want): None}
             for row in body["data"]:
                 seen[(kind, row["id"])] = row["version"]
-            self.h.read(route, t0, t1, status, seen, source=c.cache)
+            self.h.read(route, t0, t1, status, seen, source=c.cache, rid=c.rid)
 
     def read_users_list(self, c, rng):
         self.read_list(c, rng, "user", "GET /users?after_id=&limit=1", "/users")
@@ -367,11 +373,11 @@ class Load:
         if got:
             status, body, t0, t1 = got
             if status != 200:
-                self.h.read(route, t0, t1, status, {("user", uid): None}, source=c.cache)
+                self.h.read(route, t0, t1, status, {("user", uid): None}, source=c.cache, rid=c.rid)
                 return
             seen = {("post", p["id"]): p["version"] for p in body["data"]}
             covers = ("posts_of", uid) if body["next"] is None else None
-            self.h.read(route, t0, t1, status, seen, covers=covers, source=c.cache)
+            self.h.read(route, t0, t1, status, seen, covers=covers, source=c.cache, rid=c.rid)
 
     def settle(self, passes=30):
         """After the load, with no write running: reads of every route, recorded like the others. A load

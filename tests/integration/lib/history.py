@@ -80,6 +80,7 @@ class Read:
     seen: Dict[Key, Optional[int]]   # key -> version, or None: absent
     covers: Any = None               # a group whose members not in `seen` were absent
     source: str = ""                 # where the server says the answer came from (e.g. X-Cache), if it says
+    rid: str = ""                    # the X-Request-Id it was sent with: its access line on the server
 
 
 @dataclass
@@ -143,8 +144,8 @@ class History:
                 self.reads.append(Read(route + " (404)", t_send, t_end, status, {key: None}))
         return w
 
-    def read(self, route, t_start, t_end, status, seen, covers=None, source=""):
-        r = Read(route, t_start, t_end, status, dict(seen), covers, source)
+    def read(self, route, t_start, t_end, status, seen, covers=None, source="", rid=""):
+        r = Read(route, t_start, t_end, status, dict(seen), covers, source, rid)
         with self._lock:
             self.reads.append(r)
         return r
@@ -309,6 +310,7 @@ def check(history: History, close_ms: float = 100.0) -> Result:
                                             r.t_start, r.t_end, None, t0))
         for v in violations[first:]:
             v.note = v.note or (f"answer's source: {r.source}" if r.source else "")
+            v.note += f" (request id {r.rid})" if r.rid else ""
 
     violations.sort(key=lambda v: (v.read_start if v.read_start is not None else 0.0))
     wk = collections.Counter(f"{w.kind}:{w.outcome}" for w in writes)
