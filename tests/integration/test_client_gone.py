@@ -146,5 +146,7 @@ def test_write_whose_client_leaves_still_commits_and_invalidates(schema, server)
     r = s.get(path)
     assert r.status == 200 and r.json()["name"] == "left-before-commit", \
         f"expected the cache invalidated (the new name served), got {r} X-Cache={r.headers.get('x-cache')}"
-    assert r.headers.get("x-cache") == "MISS", \
-        f"expected a MISS (the old value deleted, the cache not bypassed), got X-Cache={r.headers.get('x-cache')}"
+    # the invalidation ran (the cache is not bypassed): the old value deleted (MISS), or replaced by the
+    # write's own row (HIT: write-through; the name above is the new one)
+    assert r.headers.get("x-cache") in ("MISS", "HIT"), \
+        f"expected a MISS or the written-through row, the cache not bypassed, got X-Cache={r.headers.get('x-cache')}"
