@@ -15,7 +15,7 @@ import time
 import uuid
 
 from lib.builders import create_user
-from lib.cache import OwnRedis, redis_receive_queue
+from lib.cache import OwnRedis, redis_receive_queue, tcp_receive_queue
 
 HIREDIS_READ = 16384  # what hiredis reads per readable event
 WINDOW_BYTES = 56 * 1024  # replies held for the frozen worker: well within a TCP receive window (64 kB)
@@ -25,14 +25,7 @@ TIMEOUT_S = 2.0  # [redis] command_timeout: wide, the lookups must not expire be
 
 def client_receive_queue(redis_port):
     """Bytes Redis sent on its connections that the (frozen) worker has not read yet."""
-    total = 0
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            remote, state, queues = fields[2], fields[3], fields[4]
-            if state == "01" and int(remote.split(":")[1], 16) == redis_port:
-                total += int(queues.split(":")[1], 16)
-    return total
+    return tcp_receive_queue(redis_port, "remote")
 
 
 def until(predicate, timeout, what):

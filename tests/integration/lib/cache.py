@@ -64,16 +64,23 @@ def cached_server(server, schema, redis_port=None, local_entries="0", redis=None
     return s
 
 
-def redis_receive_queue(port):
-    """Bytes that reached the (frozen) Redis listening on port but were not read, over its connections."""
+def tcp_receive_queue(port, end="local"):
+    """Bytes received but not read yet over the established TCP connections whose `end` ("local": this
+    side listens on port; "remote": its peer does) is port, from /proc/net/tcp."""
+    column = 1 if end == "local" else 2
     total = 0
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:
             fields = line.split()
-            local, state, queues = fields[1], fields[3], fields[4]
-            if state == "01" and int(local.split(":")[1], 16) == port:
+            address, state, queues = fields[column], fields[3], fields[4]
+            if state == "01" and int(address.split(":")[1], 16) == port:
                 total += int(queues.split(":")[1], 16)
     return total
+
+
+def redis_receive_queue(port):
+    """Bytes that reached the (frozen) Redis listening on port but were not read, over its connections."""
+    return tcp_receive_queue(port, "local")
 
 
 PING_BYTES = len(b"*1\r\n$4\r\nPING\r\n")   # one health PING may wait in Redis too (never two at once)
