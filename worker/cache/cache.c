@@ -14,6 +14,7 @@
 #include "common/consistency.h"
 #include "common/log.h"
 #include "worker/cache/cache_keys.h"
+#include "worker/cache/dirty_purge.h"
 
 #define LEASE_TTL_MS 3000
 #define FENCE_TTL_MIN_MS 60000
@@ -336,9 +337,7 @@ struct cache {
     uint64_t purge_seen, purge_applied; /* the primary's purge record (cache_purge_seen) */
     uint64_t purge_lsn;
     bool purge_inflight;
-    bool dirty_purge_requested; /* the cache-dirty flag's purge: asked for (cache_hooks.purge) */
-    uint64_t dirty_purge_gen;   /* ...recorded as this gen: applied, it clears the flag */
-    uint64_t dirty_troubles;    /* consistency_cache_troubles when it was asked for */
+    struct dirty_purge dirty; /* the cache-dirty flag's purge (cache_hooks.purge) */
 };
 
 static struct cache_cmd *cmd_send(struct cache *c, enum cmd_kind kind, int argc, const char **argv,
@@ -443,11 +442,8 @@ static void epoch_bump(struct cache *c)
     if (c->epoch_inflight || !redis_client_up(c->rc) || !consistency_cache_dirty(c->consistency))
         return;
     if (deployment_on(c) && c->hooks.purge) {
-        if (!c->dirty_purge_requested) {
-            c->dirty_purge_requested = true;
-            c->dirty_troubles = consistency_cache_troubles(c->consistency);
+        if (dirty_purge_begin(&c->dirty, consistency_cache_troubles(c->consistency)))
             c->hooks.purge(c->hooks.arg, c);
-        }
         return;
     }
     char key[96];
@@ -643,16 +639,25 @@ static void purge_apply(struct cache *c)
     memcpy(cmd->lsn, hex, sizeof(hex));
 }
 
+/* The bypass's purge is applied (here or by another worker): the flag is cleared unless a trouble came
+ * after the purge was asked for (the next tick asks for another then). */
+static void dirty_purge_end(struct cache *c, enum dirty_purge_outcome o)
+{
+    if (o != DIRTY_PURGE_ENDED)
+        return;
+    if (!dirty_purge_clears(&c->dirty, consistency_cache_troubles(c->consistency)))
+        return;
+    consistency_cache_dirty_clear(c->consistency);
+    log_info("redis: cache moved to a new epoch; cached values in use again");
+}
+
+/* A failed record is asked again on the next tick. The purge may already be applied: another worker of
+ * this server may have seen and applied it (or a later one) before this reply came. */
 void cache_purge_recorded(struct cache *c, bool ok, uint64_t gen, uint64_t lsn)
 {
-    if (!c->dirty_purge_requested)
-        return;
-    if (!ok) {
-        c->dirty_purge_requested = false; /* asked again on the next tick */
-        return;
-    }
-    c->dirty_purge_gen = gen;
-    cache_purge_seen(c, gen, lsn);
+    if (ok)
+        cache_purge_seen(c, gen, lsn);
+    dirty_purge_end(c, dirty_purge_recorded(&c->dirty, ok, gen, c->purge_applied));
 }
 
 void cache_purge_seen(struct cache *c, uint64_t gen, uint64_t lsn)
@@ -682,13 +687,7 @@ static void purge_deliver(struct cache_cmd *cmd, const redisReply *r)
         c->purge_applied = cmd->purge_gen;
     epoch_read(c); /* the script may have moved it */
     consistency_local_drop(c->consistency);
-    if (c->dirty_purge_requested && c->dirty_purge_gen && c->purge_applied >= c->dirty_purge_gen) {
-        c->dirty_purge_requested = false;
-        c->dirty_purge_gen = 0;
-        if (consistency_cache_troubles(c->consistency) == c->dirty_troubles) /* no new trouble since */
-            consistency_cache_dirty_clear(c->consistency);
-        log_info("redis: cache moved to a new epoch; cached values in use again");
-    }
+    dirty_purge_end(c, dirty_purge_applied(&c->dirty, c->purge_applied));
     if (strcmp(r->str, "purged") != 0) {
         c->stats.epoch_bumps++;
         c->stats.purges++;

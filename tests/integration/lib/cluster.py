@@ -438,7 +438,7 @@ def cache_back(cluster, uid):
                 wait_until(hit, CACHE_BACK_S, f"server {s.name} to serve /users/{uid} from the cache "
                            f"(X-Cache HIT) after the run", interval=0.1)
             except AssertionError as exc:
-                raise AssertionError(f"{exc}; {redis_diagnosis(s)}") from None
+                raise AssertionError(f"{exc}; last X-Cache {c.cache}; {redis_diagnosis(s)}") from None
         finally:
             c.close()
     return time.monotonic() - t0
