@@ -392,6 +392,82 @@ def test_concurrent_post_creates_with_a_missing_owner_fail_only_their_own(schema
         assert cur.fetchone()[0] == 300
 
 
+def writes_send(srv, writes):
+    """One connection per (method, path, body), each sent at once; the sockets, to read the answers."""
+    socks = []
+    for method, path, body in writes:
+        data = json.dumps(body).encode()
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+        socks.append(sock)
+    return socks
+
+
+def test_concurrent_patches_share_statements_and_each_gets_its_own_row(schema, server):
+    """Plain PATCHes and PUTs queued behind a busy pool run as one UPDATE ... FROM per statement, rows
+    locked in id order: each request still gets its own row (or its 404), two writes of one row never
+    share a statement (both apply, one after the other), and a conflict (a duplicate email) fails only
+    its own write (the shared statement commits nothing and each runs again alone)."""
+    tag = uuid.uuid4().hex[:10]
+    users = [new_user_on(schema)["id"] for _ in range(40)]
+    taken = new_user_on(schema)["id"]
+    with closing(schema.rw()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT email FROM users WHERE id = %s", (taken,))
+        taken_email = cur.fetchone()[0]
+        cur.execute("INSERT INTO posts (user_id, title, content) SELECT %s, 'p', 'c' FROM generate_series(1, 10)"
+                    " RETURNING id", (users[0],))
+        posts = [r[0] for r in cur.fetchall()]
+        conn.commit()
+    missing = max(users + [taken]) + 100000
+    writes = [("PATCH", f"/users/{u}", {"name": f"a-{tag}-{u}"}) for u in users[10:]]
+    for u in users[:10]:  # each row twice in a row: never in one statement, both applied in turn
+        writes += [("PATCH", f"/users/{u}", {"name": f"a-{tag}-{u}"}), ("PATCH", f"/users/{u}", {"name": f"c-{tag}-{u}"})]
+    writes += [("PUT", f"/users/{u}", {"name": f"b-{tag}-{u}", "email": f"b-{tag}-{u}@example.com"})
+               for u in users[10:20]]  # a PUT runs in statements of its own kind
+    writes += [("PATCH", f"/users/{missing}", {"name": "nobody"}),
+               ("PATCH", f"/users/{users[20]}", {"email": taken_email})]  # the conflict: 409
+    writes += [("PATCH", f"/posts/{p}", {"title": f"t-{tag}-{p}"}) for p in posts]
+    srv = queueing_server(schema, server)
+    before = total(scrape(srv), "pgapi_pool_batches_total", side="primary")
+    socks = []
+    bouncer_admin_run(schema, "PAUSE pgapi_rw")
+    try:
+        socks = writes_send(srv, writes)
+        srv.wait_for(lambda: total(scrape(srv), "pgapi_pool_waiting") >= len(writes) - 1, 30,
+                     f"{len(writes) - 1} writes queued in the worker")
+    finally:
+        bouncer_admin_run(schema, "RESUME pgapi_rw")
+    answers = [read_answer(sock) for sock in socks]
+    batches = total(scrape(srv), "pgapi_pool_batches_total", side="primary") - before
+    final = {}
+    for (method, path, body), (status, raw) in zip(writes, answers):
+        if path == f"/users/{missing}":
+            assert status == 404, (path, status, raw)
+            continue
+        if body.get("email") == taken_email:
+            assert status == 409, (path, status, raw)
+            continue
+        assert status == 200, (method, path, status, raw)
+        row = json.loads(raw)
+        assert f"/{row['id']}" == path[path.rindex("/"):], (path, row)
+        for k, v in body.items():
+            assert row[k] == v, (method, path, k, row)
+        final.setdefault(path, []).append(row)
+    with closing(schema.rw()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, name, email, version FROM users WHERE id = ANY(%s)", (users,))
+        rows = {r[0]: r[1:] for r in cur.fetchall()}
+    for u in users:
+        answered = sorted(final[f"/users/{u}"], key=lambda r: r["version"])
+        if u in users[:20]:  # both writes applied, one after the other, each answered its own version
+            assert len(answered) == 2 and answered[1]["version"] == answered[0]["version"] + 1, answered
+        newest = answered[-1]
+        assert rows[u] == (newest["name"], newest["email"], newest["version"]), (u, rows[u], newest)
+    # 71 writes queued, at most 32 to a statement, of three kinds (users' PATCH and PUT, posts' PATCH):
+    # at least one shared statement per kind, two for the 50 user PATCHes
+    assert batches >= 4, f"{batches} shared statements for {len(writes)} queued writes"
+
+
 def bouncer_waiting_clients(topology, db):
     """Client connections PgBouncer holds for db, waiting for a server (SHOW POOLS cl_waiting)."""
     conn = topology.bouncer_admin()

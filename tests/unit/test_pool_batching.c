@@ -1,6 +1,6 @@
 /* Unit tests for the pool's batching decision (worker/db/queue: queue_batch_joins, queue_batch_take):
  * which queued reads join a statement's batch, on the primary and on a replica, across the primary's and
- * the replicas' queues, and the BATCH_MAX limit.
+ * the replicas' queues, the BATCH_MAX limit, and writes of one row kept apart.
  * Jobs are built as the pool builds them; no server, no connection. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -24,6 +24,17 @@ static struct job *read_new(const char *batch_sql, uint64_t fence)
     struct job *j = job_new(&q, JOB_READ, NULL, NULL);
     assert_non_null(j);
     j->fence = fence;
+    return j;
+}
+
+static struct job *write_new(const char *batch_sql, const char *id)
+{
+    const char *params[] = { id, "x", NULL };
+    struct pool_query q = {
+        .sql = SQL_ONE, .nparams = 3, .params = params, .batch_sql = batch_sql, .batch_distinct = true
+    };
+    struct job *j = job_new(&q, JOB_WRITE, NULL, NULL);
+    assert_non_null(j);
     return j;
 }
 
@@ -124,6 +135,46 @@ static void test_on_a_replica_only_reads_it_may_serve(void **state)
     free(lead2);
 }
 
+/* An UPDATE ... FROM applies one input row per row: two patches of row 7 never share a statement (the
+ * second waits for the next one); reads of one id do. */
+static void test_writes_of_one_row_run_apart(void **state)
+{
+    (void)state;
+    struct side_queue q = { 0 };
+    struct job *a = write_new(SQL_MANY, "8"), *dup = write_new(SQL_MANY, "7"), *b = write_new(SQL_MANY, "9");
+    struct job *dup2 = write_new(SQL_MANY, "8");
+    queue_push(&q, a);
+    queue_push(&q, dup);
+    queue_push(&q, b);
+    queue_push(&q, dup2);
+    struct job *lead = write_new(SQL_MANY, "7");
+    assert_int_equal(queue_batch_take(&q, lead, NULL, 0), 2);
+    assert_ptr_equal(lead->batch, a);
+    assert_ptr_equal(a->next, b);
+    assert_null(b->next);
+    assert_int_equal(q.len, 2);
+    assert_ptr_equal(q.head, dup);
+    assert_ptr_equal(dup->next, dup2);
+    /* the next statement of another row 7 takes the other row 8, not the first row 7 */
+    struct job *lead2 = write_new(SQL_MANY, "7");
+    assert_int_equal(queue_batch_take(&q, lead2, NULL, 0), 1);
+    assert_ptr_equal(lead2->batch, dup2);
+    assert_int_equal(q.len, 1);
+    assert_ptr_equal(q.head, dup);
+    struct job *r1 = read_new(SQL_MANY, 0), *r2 = read_new(SQL_MANY, 0); /* both read id 7 */
+    assert_true(queue_batch_joins(r1, r2, NULL, 0));
+    r1->batch_distinct = r2->batch_distinct = false; /* creates: one name twice shares a statement */
+    r1->kind = r2->kind = JOB_WRITE;
+    assert_true(queue_batch_joins(r1, r2, NULL, 0));
+    jobs_free(lead->batch);
+    jobs_free(lead2->batch);
+    free(lead);
+    free(lead2);
+    free(r1);
+    free(r2);
+    queue_free(&q);
+}
+
 static void test_at_most_batch_max_jobs(void **state)
 {
     (void)state;
@@ -179,6 +230,7 @@ int main(void)
         cmocka_unit_test(test_same_statement_joins_in_order),
         cmocka_unit_test(test_a_job_aimed_at_one_backend_stays),
         cmocka_unit_test(test_on_a_replica_only_reads_it_may_serve),
+        cmocka_unit_test(test_writes_of_one_row_run_apart),
         cmocka_unit_test(test_at_most_batch_max_jobs),
         cmocka_unit_test(test_a_batch_spans_two_queues),
         cmocka_unit_test(test_nothing_to_join),

@@ -67,6 +67,9 @@ struct resource {
      * written row as the plain statements do; a row that exists but matched none gives one row whose json
      * is NULL (412), and no row at all stays a 404 (RESOURCE_SQL_UPDATE_IF). */
     const char *sql_replace_if, *sql_patch_if, *sql_delete_if;
+    /* replace and patch batched (RESOURCE_SQL_UPDATE_MANY): plain writes of distinct rows queued behind a
+     * busy primary share one statement and one commit */
+    const char *sql_replace_many, *sql_patch_many;
     /* create, replace, patch and delete with an Idempotency-Key (RESOURCE_SQL_KEYED): the same parameters,
      * then (but create) the If-Match tags or NULL, then the key's own text[] (idempotency.h). */
     const char *sql_create_keyed, *sql_replace_keyed, *sql_patch_keyed, *sql_delete_keyed;
@@ -116,6 +119,19 @@ bool resource_registry_check(void);
     ") SELECT id, " cols " FROM input ORDER BY ord RETURNING " RESOURCE_SQL_ROW(                     \
         a, json) " AS body" returning ") SELECT "                                                    \
                  "input.ord::text, made.* FROM made JOIN input USING (id)"
+/* A batched replace or patch (pool_query.batch_sql) of table t aliased a: the input rows (cols, id
+ * first, typed as the casts in unnest_args) name distinct rows (the pool never batches two writes whose
+ * first parameter is the same: UPDATE ... FROM would apply only one of them), locked in id order before
+ * any is written, so two batches never wait on each other in a cycle; `set` reads the input as v. A row
+ * missing gives its job no row (a 404), as the plain statement would. */
+#define RESOURCE_SQL_UPDATE_MANY(t, a, cols, unnest_args, set, json, returning)                              \
+    "WITH v AS MATERIALIZED (SELECT x.* FROM unnest(" unnest_args ") WITH ORDINALITY AS x(" cols ", ord)), " \
+    "locked AS MATERIALIZED (SELECT " a ".id FROM " t " " a " WHERE " a                                      \
+    ".id IN (SELECT id FROM v) ORDER BY " a ".id FOR UPDATE), made AS (UPDATE " t " AS " a " SET " set       \
+    " FROM v JOIN locked USING (id) WHERE " a                                                                \
+    ".id = v.id RETURNING " RESOURCE_SQL_ROW(a, json) " AS body" returning                                   \
+                                                      ") SELECT v.ord::text, made.* FROM "                   \
+                                                      "made JOIN v USING (id)"
 /* A page bounded in SQL, so PostgreSQL never sends a row the answer would drop: `rows` selects (id,
  * body text) in id order, at most L + 1 of them; of those the page keeps the first L, and only while
  * their bodies add up to at most B bytes (the first row always, however long). The third column tells

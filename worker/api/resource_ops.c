@@ -72,6 +72,7 @@ struct resource_op_state {
     int status;                /* success status: 200, 201 (with Location) or 204 (no body) */
     const char *sql;           /* the statement */
     const char *sql_many;      /* its batched form (pool_query.batch_sql), or NULL */
+    bool many_distinct;        /* pool_query.batch_distinct: the batched form writes rows named by $1 */
     const char *const *params; /* WRITE_DB: the write's parameters, during state_step only (or owned) */
     int nparams;
     int64_t limit;             /* pages: rows shown */
@@ -310,6 +311,7 @@ static void db_send(struct resource_op_state *s, const char *const *params, int 
                             .nparams = n,
                             .params = params,
                             .batch_sql = s->sql_many,
+                            .batch_distinct = s->many_distinct,
                             .traceparent = s->o.req->traceparent };
     s->db_cb = cb;
     if (s->kind == OP_WRITE) {
@@ -1014,10 +1016,11 @@ static int members_check(struct http_request *req, struct json_object *obj, cons
     return -1;
 }
 
-/* The statements one write may run: plain, its batched form (a create's pool_query.batch_sql, else
- * NULL), and keyed (Idempotency-Key). */
+/* The statements one write may run: plain, its batched form (pool_query.batch_sql: a create's, an
+ * unconditional replace's or patch's; else NULL), and keyed (Idempotency-Key). */
 struct write_sql {
     const char *plain, *many, *keyed;
+    bool many_distinct; /* many writes the rows its $1 names (a replace's or a patch's) */
 };
 
 /* Starts a write of params[0..n) (the caller's: the pool copies them, or params_keep). With a key, the
@@ -1040,6 +1043,7 @@ static void write_start(const struct resource_op *o, const struct write_sql *w, 
         return;
     s->sql = sql;
     s->sql_many = many;
+    s->many_distinct = w->many_distinct;
     s->params = params;
     s->nparams = n;
     s->keyed = key != NULL;
@@ -1172,11 +1176,15 @@ void resource_op_item_write(const struct resource_op *o)
         write_start(o, &w, params, tags || key ? 2 : 1, 204, key);
     } else if (o->req->method == HTTP_PUT) {
         struct write_sql w = { .plain = tags ? res->sql_replace_if : res->sql_replace,
-                               .keyed = res->sql_replace_keyed };
+                               .many = tags ? NULL : res->sql_replace_many,
+                               .keyed = res->sql_replace_keyed,
+                               .many_distinct = true };
         write_body(o, &w, true, 200, tags, key);
     } else {
         struct write_sql w = { .plain = tags ? res->sql_patch_if : res->sql_patch,
-                               .keyed = res->sql_patch_keyed };
+                               .many = tags ? NULL : res->sql_patch_many,
+                               .keyed = res->sql_patch_keyed,
+                               .many_distinct = true };
         write_body(o, &w, false, 200, tags, key);
     }
 }

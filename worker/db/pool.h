@@ -52,6 +52,9 @@ struct pool_query {
      * (id = ANY($1)) and returning the id as its first column. Reads of it waiting in the queue then
      * run together (batch.h); each still gets the result a single read would have had. */
     const char *batch_sql;
+    /* With batch_sql: the jobs of one statement must differ in their first parameter (the row a batched
+     * replace or patch writes: an UPDATE ... FROM applies one input row per row). */
+    bool batch_distinct;
     /* Optional: a W3C traceparent (copied; anything but lowercase hex and '-' is dropped). The statement
      * is sent after a comment naming it, sqlcommenter style, so pg_stat_activity shows the trace. A batch
      * carries its first read's. */

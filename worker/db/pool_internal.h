@@ -47,6 +47,7 @@ struct job {
     PGresult *held;                 /* a committed write's result, waiting for its commit LSN */
     struct backend *target;         /* health checks run on one given backend */
     const char *batch_sql;          /* see pool_query.batch_sql */
+    bool batch_distinct;            /* see pool_query.batch_distinct */
     struct job *batch;              /* the reads running in this one's statement (a list through ->next) */
     char trace[POOL_TRACE_MAX + 1]; /* see pool_query.traceparent; "" = none */
 };

@@ -45,6 +45,7 @@ struct job *job_new(const struct pool_query *q, enum job_kind kind, pool_cb cb, 
     j->kind = kind;
     j->sql = q->sql;
     j->batch_sql = kind == JOB_WRITE || (kind == JOB_READ && q->nparams == 1) ? q->batch_sql : NULL;
+    j->batch_distinct = q->batch_distinct;
     j->nparams = q->nparams;
     j->cb = cb;
     j->arg = arg;
@@ -180,12 +181,23 @@ bool queue_cancel(struct side_queue *q, const void *arg)
     return false;
 }
 
-/* Moves the queued reads of j's statement that c's backend may serve into j->batch; true if any. */
+/* Whether a job of the batch led by lead has v as its first parameter. */
+static bool batch_names(const struct job *lead, const char *v)
+{
+    for (const struct job *k = lead; k; k = k == lead ? lead->batch : k->next)
+        if (k->nparams > 0 && k->params[0] && v && strcmp(k->params[0], v) == 0)
+            return true;
+    return false;
+}
+
+/* Whether queued job k may run in lead's statement: the same batched statement, and, when its jobs must
+ * differ in their first parameter (pool_query.batch_distinct), one the batch does not name yet. */
 bool queue_batch_joins(const struct job *lead, const struct job *k, const struct route_backend *replica,
                        uint64_t floor_lsn)
 {
     return k->batch_sql == lead->batch_sql && !k->target &&
-           (!replica || route_replica_may_serve(replica, floor_lsn, k->fence));
+           (!replica || route_replica_may_serve(replica, floor_lsn, k->fence)) &&
+           (!lead->batch_distinct || k->nparams < 1 || !batch_names(lead, k->params[0]));
 }
 
 int queue_batch_take(struct side_queue *q, struct job *lead, const struct route_backend *replica,

@@ -5,6 +5,9 @@
 
 #include <stddef.h>
 
+/* a batched replace's or patch's parameters: $1 = ids, then the fields' */
+#define POST_UNNEST "$1::bigint[], $2::text[], $3::text[]"
+
 /* content may be empty; the limits mirror the schema's CHECKs */
 static const struct resource_field POST_FIELDS[] = {
     { .name = "title", .min = 1, .max = 200 },
@@ -34,6 +37,14 @@ const struct resource resource_posts = {
     .sql_create_many =
         RESOURCE_SQL_CREATE_MANY("posts", "p", "user_id, title, content",
                                  "$1::bigint[], $2::text[], $3::text[]", POST_JSON, ", p.user_id"),
+    .sql_replace_many =
+        RESOURCE_SQL_UPDATE_MANY("posts", "p", "id, title, content", POST_UNNEST,
+                                 "title = v.title, content = v.content", POST_JSON, ", p.user_id"),
+    .sql_patch_many =
+        RESOURCE_SQL_UPDATE_MANY("posts", "p", "id, title, content", POST_UNNEST,
+                                 "title = COALESCE(v.title, p.title), content = COALESCE(v.content, "
+                                 "p.content)",
+                                 POST_JSON, ", p.user_id"),
     .sql_list_by_parent = "SELECT x.id, x.body, x.more FROM users u LEFT JOIN LATERAL (" RESOURCE_SQL_PAGE(
         "SELECT p.id, " POST_JSON "::text AS body FROM posts p WHERE p.user_id = u.id"
         " AND p.id > $2 ORDER BY p.id LIMIT $3::bigint + 1",

@@ -28,6 +28,9 @@ static const char SQL_USER_GET_POSTS[] =
 /* A conditional deletion's test ($2: If-Match's tags) */
 #define USER_MATCHES RESOURCE_SQL_IF_MATCH("u", USER_JSON, "$2")
 
+/* a batched replace's or patch's parameters: $1 = ids, then the fields' */
+#define USER_UNNEST "$1::bigint[], $2::text[], $3::text[]"
+
 /* the limits mirror the schema's CHECKs */
 static const struct resource_field USER_FIELDS[] = {
     { .name = "name", .min = 1, .max = 200 },
@@ -51,6 +54,11 @@ const struct resource resource_users = {
         RESOURCE_SQL_KEYED_CREATE("users", "u", "name, email", "$1::text, $2::text", USER_JSON, "", "$3"),
     .sql_create_many =
         RESOURCE_SQL_CREATE_MANY("users", "u", "name, email", "$1::text[], $2::text[]", USER_JSON, ""),
+    .sql_replace_many = RESOURCE_SQL_UPDATE_MANY("users", "u", "id, name, email", USER_UNNEST,
+                                                 "name = v.name, email = v.email", USER_JSON, ""),
+    .sql_patch_many = RESOURCE_SQL_UPDATE_MANY(
+        "users", "u", "id, name, email", USER_UNNEST,
+        "name = COALESCE(v.name, u.name), email = COALESCE(v.email, u.email)", USER_JSON, ""),
     /* user_delete() (migration 0004) locks the user, deletes its posts (posts.user_id ON DELETE
      * CASCADE would too, unnamed) and names them: (id, no body: the answer is 204, the post ids, or
      * NULL when more than the cache drops one by one) */
