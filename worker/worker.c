@@ -64,8 +64,10 @@ struct worker {
     unsigned long client_refused_total; /* connections refused at max_connections_per_client */
     long client_refused_logged_s;       /* when the last such refusal was logged (monotonic seconds) */
     bool draining;
-    bool room_published;   /* what this worker last said in capacity */
-    unsigned long refused; /* connections refused at max_connections since the last log line */
+    bool room_published;     /* what this worker last said in capacity */
+    int conns_published;     /* ...and the connections it said it held */
+    uint64_t ahead_since_us; /* since when it has left new connections to the others (0: it takes them) */
+    unsigned long refused;   /* connections refused at max_connections since the last log line */
     unsigned long refused_total;
     long refused_logged_s; /* when that line was written (monotonic seconds) */
     int exit_code;
@@ -73,6 +75,15 @@ struct worker {
 
 #define ACCEPT_BATCH 32
 #define CAP_DEFER_MS 10 /* at max_connections: how often a worker looks at its room and the others' */
+/* Accepts balanced. The listening socket is shared: whichever worker wakes first takes what waits, so a
+ * burst of connections (a load balancer's pool, wrk's 64) could all land on one worker while the other
+ * idles, and a busy worker serves its keep-alive connections alone for their whole life. A worker holding
+ * more than the fewest another worker with room holds, plus a slack (2, and an eighth beyond that, so a
+ * storm of thousands is not taken a handful at a time), leaves new connections to the others: it stops
+ * watching the socket for AHEAD_DEFER_MS. If they take none for AHEAD_WAIT_MAX_US (a worker stuck in a
+ * long step), it takes them anyway. */
+#define AHEAD_DEFER_MS 1
+#define AHEAD_WAIT_MAX_US 50000
 
 static void accept_pause(struct worker *w, int ms)
 {
@@ -88,10 +99,27 @@ static bool worker_at_cap(const struct worker *w)
 
 static void room_publish(struct worker *w, bool room)
 {
-    if (room == w->room_published)
+    int conns = w->http ? http_server_conn_count(w->http) : 0;
+    if (room == w->room_published && conns == w->conns_published)
         return;
     w->room_published = room;
-    capacity_set(w->capacity, w->slot, w->generation, room);
+    w->conns_published = conns;
+    capacity_set(w->capacity, w->slot, w->generation, room, (unsigned)conns);
+}
+
+/* Whether this worker leaves the connections waiting to the others for now (see AHEAD_DEFER_MS). */
+static bool worker_ahead(struct worker *w)
+{
+    unsigned fewest = capacity_fewest_elsewhere(w->capacity, w->slot, w->generation);
+    unsigned conns = (unsigned)http_server_conn_count(w->http);
+    if (fewest == CAPACITY_NONE || conns <= fewest + 2 + fewest / 8) {
+        w->ahead_since_us = 0;
+        return false;
+    }
+    uint64_t now = clock_now_us();
+    if (!w->ahead_since_us)
+        w->ahead_since_us = now;
+    return now - w->ahead_since_us < AHEAD_WAIT_MAX_US;
 }
 
 #define TAKE_NONE (-1)   /* nothing waiting (or an error that does not last) */
@@ -146,6 +174,10 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
             accept_pause(w, CAP_DEFER_MS); /* leave the queue to workers with room */
             return;
         }
+        if (worker_ahead(w)) {
+            accept_pause(w, AHEAD_DEFER_MS);
+            return;
+        }
         struct sockaddr_storage peer;
         int cfd = connection_take(w, &peer);
         if (cfd < 0)
@@ -158,6 +190,7 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
         int one = 1;
         setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         http_server_adopt(w->http, cfd, &peer, w->cfg->max_connections_per_client > 0 ? key : 0);
+        room_publish(w, true); /* the count the others compare with */
     }
 }
 
@@ -166,6 +199,8 @@ static void client_gone(void *arg, uint64_t tag)
 {
     struct worker *w = arg;
     clients_release(w->clients, w->slot, w->generation, tag);
+    if (w->room_published) /* not while draining or at the cap: those say no room */
+        room_publish(w, true);
 }
 
 /* One warning a second at most, however fast connections are refused. */
