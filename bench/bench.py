@@ -961,7 +961,7 @@ def write_results(cfg, rounds, snapshots, growth=None):
             "- ⁴ Fastify's `GET /users?limit=50` is paginated like ours but never cached (a replica read each)."]
     if cfg.get("pgbench"):
         lines += [f"pgbench rows: `pgbench -n -M extended -c {CONN} -j 2 -T <duration>` through PgBouncer (pgapi_ro "
-                  "for the SELECT, pgapi_rw for the INSERT), one statement per transaction as pgapi sends them: the "
+                  "for the SELECT, pgapi_rw for the INSERT and the UPDATE), one statement per transaction as pgapi sends them: the "
                   "database's own ceiling for those statements on this machine. ⁵ pgbench reports a mean latency, "
                   "not percentiles: the mean is in the p50 column.", ""]
     else:
