@@ -64,10 +64,10 @@ struct worker {
     unsigned long client_refused_total; /* connections refused at max_connections_per_client */
     long client_refused_logged_s;       /* when the last such refusal was logged (monotonic seconds) */
     bool draining;
-    bool room_published;     /* what this worker last said in capacity */
-    int conns_published;     /* ...and the connections it said it held */
-    uint64_t ahead_since_us; /* since when it has left new connections to the others (0: it takes them) */
-    unsigned long refused;   /* connections refused at max_connections since the last log line */
+    bool room_published;   /* what this worker last said in capacity */
+    int conns_published;   /* ...and the connections it said it held */
+    unsigned ahead_defers; /* pauses since it was last within the slack */
+    unsigned long refused; /* connections refused at max_connections since the last log line */
     unsigned long refused_total;
     long refused_logged_s; /* when that line was written (monotonic seconds) */
     int exit_code;
@@ -80,10 +80,10 @@ struct worker {
  * idles, and a busy worker serves its keep-alive connections alone for their whole life. A worker holding
  * more than the fewest another worker with room holds, plus a slack (2, and an eighth beyond that, so a
  * storm of thousands is not taken a handful at a time), leaves new connections to the others: it stops
- * watching the socket for AHEAD_DEFER_MS. If they take none for AHEAD_WAIT_MAX_US (a worker stuck in a
- * long step), it takes them anyway. */
+ * watching the socket for AHEAD_DEFER_MS. After AHEAD_DEFERS_MAX such pauses without getting back within
+ * the slack (the others take none: a worker stuck in a long step), it takes them anyway. */
 #define AHEAD_DEFER_MS 1
-#define AHEAD_WAIT_MAX_US 50000
+#define AHEAD_DEFERS_MAX 50
 
 static void accept_pause(struct worker *w, int ms)
 {
@@ -113,13 +113,13 @@ static bool worker_ahead(struct worker *w)
     unsigned fewest = capacity_fewest_elsewhere(w->capacity, w->slot, w->generation);
     unsigned conns = (unsigned)http_server_conn_count(w->http);
     if (fewest == CAPACITY_NONE || conns <= fewest + 2 + fewest / 8) {
-        w->ahead_since_us = 0;
+        w->ahead_defers = 0;
         return false;
     }
-    uint64_t now = clock_now_us();
-    if (!w->ahead_since_us)
-        w->ahead_since_us = now;
-    return now - w->ahead_since_us < AHEAD_WAIT_MAX_US;
+    if (w->ahead_defers >= AHEAD_DEFERS_MAX)
+        return false;
+    w->ahead_defers++;
+    return true;
 }
 
 #define TAKE_NONE (-1)   /* nothing waiting (or an error that does not last) */
