@@ -369,18 +369,13 @@ static void cache_render(struct page *pg)
            "only deleted) because a newer version was recorded (older), the commit LSN did not pass the "
            "key's fence (fence), the epoch moved or the store was not verified (epoch), the commit LSN was "
            "unknown (unknown), the row was over max_value_bytes (large).");
-    SLOT_COUNTER(pg, "pgapi_cache_write_through_total", "result=\"stored\"",
-                 cache_through[METRICS_THROUGH_STORED]);
-    SLOT_COUNTER(pg, "pgapi_cache_write_through_total", "result=\"older\"",
-                 cache_through[METRICS_THROUGH_OLDER]);
-    SLOT_COUNTER(pg, "pgapi_cache_write_through_total", "result=\"fence\"",
-                 cache_through[METRICS_THROUGH_FENCE]);
-    SLOT_COUNTER(pg, "pgapi_cache_write_through_total", "result=\"epoch\"",
-                 cache_through[METRICS_THROUGH_EPOCH]);
-    SLOT_COUNTER(pg, "pgapi_cache_write_through_total", "result=\"unknown\"",
-                 cache_through[METRICS_THROUGH_UNKNOWN]);
-    SLOT_COUNTER(pg, "pgapi_cache_write_through_total", "result=\"large\"",
-                 cache_through[METRICS_THROUGH_LARGE]);
+    static const char *const through[METRICS_THROUGH_RESULTS] = {
+        [METRICS_THROUGH_STORED] = "result=\"stored\"",   [METRICS_THROUGH_OLDER] = "result=\"older\"",
+        [METRICS_THROUGH_FENCE] = "result=\"fence\"",     [METRICS_THROUGH_EPOCH] = "result=\"epoch\"",
+        [METRICS_THROUGH_UNKNOWN] = "result=\"unknown\"", [METRICS_THROUGH_LARGE] = "result=\"large\"",
+    };
+    for (int i = 0; i < METRICS_THROUGH_RESULTS; i++)
+        SLOT_COUNTER(pg, "pgapi_cache_write_through_total", through[i], cache_through[i]);
     family(pg, "pgapi_cache_epoch_bumps_total", "counter",
            "Times the cache moved to a new epoch (everything cached before is dropped).");
     SLOT_COUNTER(pg, "pgapi_cache_epoch_bumps_total", "", cache_epoch_bumps);

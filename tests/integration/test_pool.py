@@ -203,17 +203,9 @@ def test_concurrent_reads_are_batched_and_each_gets_its_own_row(schema, server):
     srv = queueing_server(schema, server)
     wanted = (ids + missing) * 34  # 1,020 reads: other servers' health checks are noise beside them
     before = wait_stats_settle(schema)
-    socks = []
-    for db in ("pgapi_ro", "pgapi_rw"):
-        bouncer_admin_run(schema, f"PAUSE {db}")
-    try:
-        socks = reads_send(srv, wanted)
-        # all but the two that PgBouncer holds wait in the worker's queues
-        srv.wait_for(lambda: total(scrape(srv), "pgapi_pool_waiting") >= len(wanted) - 2, 30,
-                     f"{len(wanted) - 2} reads queued in the worker")
-    finally:
-        for db in ("pgapi_ro", "pgapi_rw"):
-            bouncer_admin_run(schema, f"RESUME {db}")
+    # all but the two that PgBouncer holds wait in the worker's queues
+    socks = sent_while_paused(schema, srv, ("pgapi_ro", "pgapi_rw"), lambda: reads_send(srv, wanted),
+                              len(wanted) - 2)
     answers = [read_answer(sock) for sock in socks]
     time.sleep(2.5)
     after = bouncer_queries(schema)
@@ -234,16 +226,9 @@ def test_reads_the_primary_takes_from_the_replicas_queue_are_batched_too(schema,
     srv = queueing_server(schema, server)
     wanted = ids * 25  # 500 reads
     before = wait_stats_settle(schema)
-    socks = []
     bouncer_admin_run(schema, "PAUSE pgapi_ro")
-    try:
-        bouncer_admin_run(schema, "PAUSE pgapi_rw")
-        try:
-            socks = reads_send(srv, wanted)
-            srv.wait_for(lambda: total(scrape(srv), "pgapi_pool_waiting") >= len(wanted) - 2, 30,
-                         f"{len(wanted) - 2} reads queued in the worker")
-        finally:
-            bouncer_admin_run(schema, "RESUME pgapi_rw")  # the replica's connection stays held
+    try:  # the replica's connection stays held past the primary's
+        socks = sent_while_paused(schema, srv, ("pgapi_rw",), lambda: reads_send(srv, wanted), len(wanted) - 2)
         answers = [read_answer(sock) for sock in socks[1:]]  # the first read is the one held
     finally:
         bouncer_admin_run(schema, "RESUME pgapi_ro")
@@ -265,6 +250,21 @@ def queueing_server(schema, server):
     srv.wait_for(lambda: srv.get("/readyz").status == 200, 20, "/readyz 200")
     time.sleep(1.0)  # the replica has replayed the inserts and the worker has sampled its position
     return srv
+
+
+def sent_while_paused(schema, srv, dbs, send, queued):
+    """send() while PgBouncer holds dbs (PAUSE), until `queued` requests wait in the worker's queues; then
+    the databases are resumed. What send() returned (the sockets to read the answers from)."""
+    for db in dbs:
+        bouncer_admin_run(schema, f"PAUSE {db}")
+    try:
+        socks = send()
+        srv.wait_for(lambda: total(scrape(srv), "pgapi_pool_waiting") >= queued, 30,
+                     f"{queued} requests queued in the worker")
+        return socks
+    finally:
+        for db in reversed(dbs):
+            bouncer_admin_run(schema, f"RESUME {db}")
 
 
 def reads_send(srv, ids):
@@ -430,14 +430,7 @@ def test_concurrent_patches_share_statements_and_each_gets_its_own_row(schema, s
     writes += [("PATCH", f"/posts/{p}", {"title": f"t-{tag}-{p}"}) for p in posts]
     srv = queueing_server(schema, server)
     before = total(scrape(srv), "pgapi_pool_batches_total", side="primary")
-    socks = []
-    bouncer_admin_run(schema, "PAUSE pgapi_rw")
-    try:
-        socks = writes_send(srv, writes)
-        srv.wait_for(lambda: total(scrape(srv), "pgapi_pool_waiting") >= len(writes) - 1, 30,
-                     f"{len(writes) - 1} writes queued in the worker")
-    finally:
-        bouncer_admin_run(schema, "RESUME pgapi_rw")
+    socks = sent_while_paused(schema, srv, ("pgapi_rw",), lambda: writes_send(srv, writes), len(writes) - 1)
     answers = [read_answer(sock) for sock in socks]
     batches = total(scrape(srv), "pgapi_pool_batches_total", side="primary") - before
     final = {}
