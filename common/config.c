@@ -109,6 +109,9 @@ static const struct config_key config_keys[] = {
       "a replica lagging more than this gets no reads" },
     { "database", "health_interval", KT_MS, OFF(health_interval_ms), 100, 600000, "1s",
       "how often each worker checks replica health and lag" },
+    { "database", "replica_wait", KT_MS, OFF(replica_wait_ms), 0, 1000, "10ms",
+      "how long a read no replica has replayed far enough for may wait for one before it runs on the "
+      "primary (0 = never waits; docs/consistency.md)" },
     { "database", "migrations_dir", KT_STR, OFF(migrations_dir), 0, 0, "migrations",
       "directory of NNNN_name.sql migration files (migrate command)" },
     { "redis", "enabled", KT_BOOL, OFF(redis_enabled), 0, 0, "on", "use the Redis cache" },
@@ -994,7 +997,8 @@ void config_print(const struct config *c, FILE *f)
         dsn_print_masked(f, "replica", c->replica_dsn[i]);
     fprintf(f,
             "pool_size = %d\nstatement_timeout = %dms\nconnect_timeout = %dms\nqueue_size = %d\n"
-            "queue_timeout = %dms\nmax_replica_lag = %dms\nhealth_interval = %dms\nmigrations_dir = %s\n\n"
+            "queue_timeout = %dms\nmax_replica_lag = %dms\nhealth_interval = %dms\nreplica_wait = %dms\n"
+            "migrations_dir = %s\n\n"
             "[redis]\nenabled = %s\nhost = %s\nport = %d\nttl = %ds\nconnect_timeout = %dms\n"
             "command_timeout = %dms\nprefix = %s\nsentinels = %s\nmaster_name = %s\nsocket = %s\nusername = "
             "%s\npassword_file = %s\n"
@@ -1002,14 +1006,14 @@ void config_print(const struct config *c, FILE *f)
             "%d\ndeployment_fences = %s\nwrite_through = %s\n\n[metrics]\nlisten = %s\n\n"
             "[log]\nlevel = %s\nformat = %s\naccess = %s\nfile = %s\n",
             c->pool_size, c->statement_timeout_ms, c->connect_timeout_ms, c->queue_size, c->queue_timeout_ms,
-            c->max_replica_lag_ms, c->health_interval_ms, c->migrations_dir, c->redis_enabled ? "on" : "off",
-            c->redis_host, c->redis_port, c->cache_ttl_s, c->redis_connect_timeout_ms,
-            c->redis_command_timeout_ms, c->redis_prefix, c->redis_sentinels_text, c->redis_master_name,
-            c->redis_socket, c->redis_username, c->redis_password_file, c->local_cache_entries,
-            c->local_cache_bytes, c->cache_max_value_bytes, c->cache_list_pages,
-            c->deployment_fences ? "on" : "off", c->cache_write_through ? "on" : "off", metrics_addr,
-            lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text", c->access_log ? "on" : "off",
-            c->log_file);
+            c->max_replica_lag_ms, c->health_interval_ms, c->replica_wait_ms, c->migrations_dir,
+            c->redis_enabled ? "on" : "off", c->redis_host, c->redis_port, c->cache_ttl_s,
+            c->redis_connect_timeout_ms, c->redis_command_timeout_ms, c->redis_prefix,
+            c->redis_sentinels_text, c->redis_master_name, c->redis_socket, c->redis_username,
+            c->redis_password_file, c->local_cache_entries, c->local_cache_bytes, c->cache_max_value_bytes,
+            c->cache_list_pages, c->deployment_fences ? "on" : "off", c->cache_write_through ? "on" : "off",
+            metrics_addr, lv[c->log_level], c->log_format == LOGF_JSON ? "json" : "text",
+            c->access_log ? "on" : "off", c->log_file);
     fprintf(f, "\n[server]\nproxy_protocol = %s\ntrusted_proxies = %s\n", c->proxy_protocol ? "on" : "off",
             c->trusted_proxies_text);
     fprintf(

@@ -70,6 +70,7 @@ struct config {
     int queue_timeout_ms;
     int max_replica_lag_ms;
     int health_interval_ms;
+    int replica_wait_ms; /* a fenced read's bounded wait for a replica (route_decide.h) */
     char migrations_dir[256];
     /* [redis] */
     bool redis_enabled;

@@ -55,7 +55,7 @@ struct metrics_counters {
     metrics_counter latency[METRICS_ROUTES][METRICS_BUCKETS]; /* per bucket; rendered cumulative */
     metrics_counter latency_us[METRICS_ROUTES];
     metrics_counter queries[METRICS_BACKENDS], query_errors[METRICS_BACKENDS];
-    metrics_counter timeouts[2], queue_full[2], batches[2], wait_us[2], replay_samples[2];
+    metrics_counter timeouts[2], queue_full[2], batches[2], wait_us[2], replay_samples[2], replica_waits[2];
     metrics_counter primary_reads[METRICS_PRIMARY_READS]; /* by enum pool_primary_read */
     metrics_counter cache_hits, cache_misses, cache_waits, cache_bypasses, cache_fills, cache_invalidations;
     metrics_counter cache_epoch_bumps, cache_invalidation_failures, cache_ping_failures, cache_disconnects;

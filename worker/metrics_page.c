@@ -313,6 +313,10 @@ static void pool_render(struct page *pg)
     side_counter_render(pg, "pgapi_pool_replay_samples_total",
                         "Replay positions learned from the replicas' reads (the replica side only).",
                         offsetof(struct metrics_counters, replay_samples), 1.0);
+    side_counter_render(pg, "pgapi_pool_replica_waits_total",
+                        "Reads that waited (replica_wait) for a replica to replay their fence, by outcome: "
+                        "replica (one replayed it within the wait), primary (none did: it ran there).",
+                        offsetof(struct metrics_counters, replica_waits), 1.0);
     side_counter_render(pg, "pgapi_pool_wait_seconds_total", "Time statements spent queued for a connection.",
                         offsetof(struct metrics_counters, wait_us), 1e-6);
     primary_reads_render(pg);

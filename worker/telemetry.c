@@ -26,7 +26,7 @@ _Static_assert(POOL_PRIMARY_READS == METRICS_PRIMARY_READS,
 /* The pool's and cache's counters as last copied into the slot. */
 struct published {
     uint64_t queries[METRICS_BACKENDS], query_errors[METRICS_BACKENDS];
-    uint64_t timeouts[2], queue_full[2], batches[2], wait_us[2], replay_samples[2];
+    uint64_t timeouts[2], queue_full[2], batches[2], wait_us[2], replay_samples[2], replica_waits[2];
     uint64_t primary_reads[METRICS_PRIMARY_READS];
     struct cache_stats cache;
     uint64_t local_hits;
@@ -97,6 +97,7 @@ static void sides_publish(struct telemetry *t)
         delta_add(&t->counters->batches[side], &t->last.batches[side], s.batches);
         delta_add(&t->counters->wait_us[side], &t->last.wait_us[side], s.wait_us_total);
         delta_add(&t->counters->replay_samples[side], &t->last.replay_samples[side], s.replay_samples);
+        delta_add(&t->counters->replica_waits[side], &t->last.replica_waits[side], s.replica_waits);
         gauge_set(&t->gauges->waiting[side], s.waiting);
         for (int r = 0; side == POOL_PRIMARY && r < POOL_PRIMARY_READS; r++)
             delta_add(&t->counters->primary_reads[r], &t->last.primary_reads[r], s.primary_reads[r]);

@@ -1,7 +1,9 @@
 """Issue 20: replay positions learned from the replicas' own reads. A replica read returns the replica's
 pg_last_wal_replay_lsn() in its statement, so reads a fresh write's fence sent to the primary return to
 the replica without waiting for a health check (health_interval is set long here: 60 s, so that none runs
-while a test waits), and what the client gets is the row alone (the column is the pool's)."""
+while a test waits), and what the client gets is the row alone (the column is the pool's). And the replica
+wait: a read whose fence no replica has replayed yet waits (replica_wait) for one, probing its position,
+and runs on the primary only if none replays it in time."""
 
 import time
 import uuid
@@ -9,6 +11,7 @@ from contextlib import closing
 
 import pytest
 
+from lib.bouncer import replay_pause, replay_resume
 from lib.builders import create_user
 from lib.metrics import scrape, total
 from lib.pgapi_server import PgapiServer
@@ -21,6 +24,10 @@ def replica_queries(s):
 
 def fence_reads(s):
     return total(scrape(s), "pgapi_pool_primary_reads_total", reason="fence")
+
+
+def replica_waits(s, side):
+    return total(scrape(s), "pgapi_pool_replica_waits_total", side=side)
 
 
 def fence_bucket(user_id):
@@ -53,11 +60,9 @@ def served_by_replica(s, path):
     return replica_queries(s) > before, r
 
 
-@pytest.fixture(scope="module")
-def replay_server(schema, tmp_path_factory):
-    """One worker, cache off (every read reaches the pool), health checks every 60 s, and a user written on
-    the primary before the server started (no fence of this server is above it): its reads go to the
-    replica as soon as the replica's first sample has reached the pool's floor."""
+def old_user(schema):
+    """A user written on the primary and replayed before the server starts (no fence of the server is above
+    it): its reads go to the replica as soon as the replica's first sample has reached the pool's floor."""
     with closing(schema.rw()) as conn, conn.cursor() as cur:
         tag = uuid.uuid4().hex[:12]
         cur.execute("INSERT INTO users (name, email) VALUES (%s, %s) RETURNING id",
@@ -68,8 +73,16 @@ def replay_server(schema, tmp_path_factory):
             cur.execute("SELECT count(*) FROM users WHERE id = %s", (old_id,))
             return cur.fetchone()[0] == 1
         wait_until(replayed, 20, "the replica replays the user written before the server started")
+    return old_id
+
+
+def replay_server_run(schema, tmp_path_factory, replica_wait):
+    """One worker, cache off (every read reaches the pool), health checks every 60 s, reads fenced by a
+    write wait replica_wait for the replica, and an old user (old_user) whose reads run on the replica."""
+    old_id = old_user(schema)
     s = PgapiServer(str(tmp_path_factory.mktemp("replay")), topology=schema, workers=1,
-                    overrides={"redis": {"enabled": "off"}, "database": {"health_interval": "60s"}})
+                    overrides={"redis": {"enabled": "off"},
+                               "database": {"health_interval": "60s", "replica_wait": replica_wait}})
     s.start()
     try:
         s.wait_for(lambda: s.get("/readyz").json().get("replicas_up") == 1, 20, "replica in rotation")
@@ -82,6 +95,18 @@ def replay_server(schema, tmp_path_factory):
         rc = s.stop()
         bad = s.bad_log_lines()
         assert rc == 0 and not bad, f"server exit {rc}; bad log lines: {bad[:10]}\n{s.log_tail(60)}"
+
+
+@pytest.fixture(scope="module")
+def replay_server(schema, tmp_path_factory):
+    """replica_wait 0: a read fenced by a write runs on the primary at once."""
+    yield from replay_server_run(schema, tmp_path_factory, "0")
+
+
+@pytest.fixture(scope="module")
+def wait_server(schema, tmp_path_factory):
+    """replica_wait at its maximum, 1 s: long enough that a loaded machine's replay still makes it."""
+    yield from replay_server_run(schema, tmp_path_factory, "1s")
 
 
 def test_after_a_write_reads_of_its_row_return_to_the_replica_before_a_health_check(replay_server, record_property):
@@ -132,3 +157,48 @@ def test_replica_reads_answer_the_row_alone(replay_server):
     assert r.json() == {"data": [], "next": None}, f"expected the empty last page, got {r.json()}"
     r = s.get(f"/users/{2 ** 62}")
     assert r.status == 404 and r.json()["error"]["code"] == "not_found", f"expected a 404, got {r}"
+
+
+def test_a_read_fenced_by_a_write_waits_for_the_replica_to_replay_it(wait_server, record_property):
+    """Right after a write, no replica position the pool knows is at its commit (the last one learned came
+    before it): the read of its row waits, the pool probes the replica, and the read runs there once the
+    replica has replayed the commit. Nothing runs on the primary for the fence."""
+    s = wait_server
+    u = create_user_apart(s)
+    for round_ in range(3):
+        r = s.request("PATCH", f"/users/{u['id']}", body={"name": f"w{round_}"})
+        assert r.status == 200, r
+        fence0, waited0, gave_up0 = fence_reads(s), replica_waits(s, "replica"), replica_waits(s, "primary")
+        t0 = time.monotonic()
+        on_replica, got = served_by_replica(s, f"/users/{u['id']}")
+        ms = 1000 * (time.monotonic() - t0)
+        assert got.json()["name"] == f"w{round_}", f"read your write: expected w{round_}, got {got.json()}"
+        assert on_replica, "expected the read to wait for the replica and run there"
+        assert fence_reads(s) == fence0, "expected no primary read for the fence"
+        assert replica_waits(s, "replica") == waited0 + 1, "expected one read that waited and ran on the replica"
+        assert replica_waits(s, "primary") == gave_up0, "expected no read to give up on the replica"
+        record_property("figures", f"replica wait round {round_}: the read after the write answered in {ms:.1f} ms "
+                        "from the replica")
+
+
+def test_a_read_no_replica_replays_in_time_runs_on_the_primary(wait_server, schema):
+    """Replay paused: the read waits its full replica_wait (1 s), then runs on the primary and still reads
+    the write; reads of rows the write did not touch keep running on the replica meanwhile."""
+    s = wait_server
+    u = create_user_apart(s)
+    replay_pause(schema)
+    try:
+        r = s.request("PATCH", f"/users/{u['id']}", body={"name": "paused"})
+        assert r.status == 200, r
+        fence0, gave_up0 = fence_reads(s), replica_waits(s, "primary")
+        t0 = time.monotonic()
+        on_replica, got = served_by_replica(s, f"/users/{u['id']}")
+        waited = time.monotonic() - t0
+        assert not on_replica, "the replica ran a read whose write it has not replayed"
+        assert got.json()["name"] == "paused", f"read your write: expected paused, got {got.json()}"
+        assert waited >= 0.9, f"expected the read to wait about replica_wait (1 s) first, it took {waited:.3f} s"
+        assert fence_reads(s) == fence0 + 1, "expected the read counted as a primary read for its fence"
+        assert replica_waits(s, "primary") == gave_up0 + 1, "expected one read that gave up on the replica"
+        assert served_by_replica(s, f"/users/{s.old_id}")[0], "an unfenced read left the replica"
+    finally:
+        replay_resume(schema)

@@ -187,6 +187,32 @@ static void test_learned_position_routes_the_next_read(void **state)
     expect(route_decide(&v, true, fence), ROUTE_START, POOL_REPLICA, 0);
 }
 
+/* replica_wait: only a read with a position for a fence, that no replica may serve yet, while a replica in
+ * rotation keeps up within the wait. */
+static void test_which_reads_wait_for_a_replica(void **state)
+{
+    (void)state;
+    struct route_view v = view_new(2);
+    assert_true(route_read_may_wait(&v, 501, 5));  /* both replicas at 500: a little behind the fence */
+    assert_false(route_read_may_wait(&v, 501, 0)); /* replica_wait = 0: never */
+    assert_false(route_read_may_wait(&v, 500, 5)); /* a replica serves it now: no wait */
+    assert_false(route_read_may_wait(&v, POOL_LSN_NONE, 5));   /* must run on the primary */
+    assert_false(route_read_may_wait(&v, POOL_LSN_NEWEST, 5)); /* the newest data: not a position */
+    v.replicas[0].lag_ms = 5; /* lag not under the wait: replica 1 still keeps up */
+    assert_true(route_read_may_wait(&v, 501, 5));
+    v.replicas[1].healthy = false; /* out of rotation */
+    assert_false(route_read_may_wait(&v, 501, 5));
+    v.replicas[0].lag_ms = 0;
+    v.replicas[0].connected = 0; /* no connection */
+    assert_false(route_read_may_wait(&v, 501, 5));
+    v.replicas[0].connected = 4;
+    v.replicas[0].lsn = 0; /* unproven (a new primary): its position says nothing */
+    assert_false(route_read_may_wait(&v, 501, 5));
+    v.replicas[0].lsn = 500;
+    v.floor_lsn = 0; /* the primary never sampled: no replica serves anything yet */
+    assert_false(route_read_may_wait(&v, 501, 5));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -200,6 +226,7 @@ int main(void)
         cmocka_unit_test(test_replay_learned_from_reads),
         cmocka_unit_test(test_learned_position_routes_the_next_read),
         cmocka_unit_test(test_primary_read_claims_strictly_below_what_it_knows),
+        cmocka_unit_test(test_which_reads_wait_for_a_replica),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

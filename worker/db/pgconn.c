@@ -226,12 +226,17 @@ void pgconn_connect(struct pgconn *c)
     conn_connect_step(c);
 }
 
-/* Backstop for a statement the server does not time out itself (role statement_timeout). A health check
- * is a probe: a server that cannot answer it within the connect bound is down. */
+/* A health check or a replay probe: a server that cannot answer it within the connect bound is down. */
+static bool conn_probing(const struct pgconn *c)
+{
+    return c->job && (c->job->kind == JOB_HEALTH || c->job->kind == JOB_PROBE);
+}
+
+/* Backstop for a statement the server does not time out itself (role statement_timeout). */
 static int statement_bound_ms(const struct pgconn *c)
 {
     const struct config *cfg = c->be->pool->cfg;
-    if (c->job && c->job->kind == JOB_HEALTH)
+    if (conn_probing(c))
         return cfg->connect_timeout_ms;
     return cfg->statement_timeout_ms > 0 ? cfg->statement_timeout_ms + 1000 : 0;
 }
@@ -262,7 +267,7 @@ static const char REPLICA_READ_SQL[] =
 
 static bool conn_read_sampled(const struct pgconn *c)
 {
-    return c->be->side == POOL_REPLICA && c->job && c->job->kind == JOB_READ;
+    return c->be->side == POOL_REPLICA && c->job && (c->job->kind == JOB_READ || c->job->kind == JOB_PROBE);
 }
 
 /* The statement as sent: the primary's read guard or a replica's replay position around it, then the trace's
@@ -323,7 +328,7 @@ static uint64_t primary_data_lsn(const struct pool *p, const struct job *j)
 void pgconn_start(struct pgconn *c, struct job *j)
 {
     struct pool *p = c->be->pool;
-    if (j->kind != JOB_HEALTH && j->enqueued_us)
+    if (j->kind != JOB_HEALTH && j->kind != JOB_PROBE && j->enqueued_us)
         p->stats[c->be->side].wait_us_total += clock_now_us() - j->enqueued_us;
     c->job = j;
     j->started_us = clock_now_us();
@@ -398,7 +403,8 @@ static void conn_deliver(struct pgconn *c)
     PGresult *res;
     struct job *j = conn_statement_take(c, &res);
     bool rose = false;
-    if (be->side == POOL_REPLICA && j->kind == JOB_READ && res && PQresultStatus(res) == PGRES_TUPLES_OK)
+    if (be->side == POOL_REPLICA && (j->kind == JOB_READ || j->kind == JOB_PROBE) && res &&
+        PQresultStatus(res) == PGRES_TUPLES_OK)
         rose = conn_replay_take(be, j, &res);
     bool health = j->kind == JOB_HEALTH;
     struct pool_result r = { .status = result_status(res),
@@ -445,8 +451,8 @@ static void conn_deliver(struct pgconn *c)
         route_pump(c);
     if (moved)
         pgconn_reset_idle(be, "the primary's address leads to a standby");
-    if (rose && be->pool->queue[POOL_PRIMARY].len > 0)
-        route_reroute(be->pool); /* reads queued on the primary for their fence may go to this replica now */
+    if (rose && (be->pool->queue[POOL_PRIMARY].len > 0 || be->pool->parked.len > 0))
+        route_reroute(be->pool); /* reads queued on the primary or waiting for their fence may go here now */
 }
 
 /* A write's statement committed: its connection is free at once, its answer waits for a commit LSN. */
@@ -607,8 +613,8 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
         break;
     case PGC_SENDING:
     case PGC_BUSY:
-        if (c->job && c->job->kind == JOB_HEALTH) {
-            pgconn_reset(c, "health check not answered within connect_timeout");
+        if (conn_probing(c)) {
+            pgconn_reset(c, "health check or replay probe not answered within connect_timeout");
             break;
         }
         c->be->pool->stats[c->be->side].timeouts++;

@@ -11,11 +11,13 @@
 #include "worker/db/pgconn.h"
 #include "worker/db/pool_internal.h"
 #include "worker/db/queue.h"
+#include "worker/db/replica_wait.h"
 #include "worker/db/route.h"
 
 bool pool_cancel(struct pool *p, const void *arg)
 {
-    return queue_cancel(&p->queue[POOL_PRIMARY], arg) || queue_cancel(&p->queue[POOL_REPLICA], arg);
+    return queue_cancel(&p->queue[POOL_PRIMARY], arg) || queue_cancel(&p->queue[POOL_REPLICA], arg) ||
+           replica_wait_cancel(p, arg);
 }
 
 void pool_write(struct pool *p, const struct pool_query *q, pool_cb cb, void *arg)
@@ -63,7 +65,9 @@ struct pool *pool_new(struct event_base *base, const struct config *cfg, struct 
     p->nreplicas = cfg->replica_count;
     p->sweep_ev = evtimer_new(base, queue_sweep_cb, p);
     p->health_ev = event_new(base, -1, EV_PERSIST, health_cb, p);
-    if (!p->sweep_ev || !p->health_ev || backend_init(p, &p->primary, POOL_PRIMARY, -1, cfg->primary_dsn) < 0)
+    p->park_ev = evtimer_new(base, replica_wait_step_cb, p);
+    if (!p->sweep_ev || !p->health_ev || !p->park_ev ||
+        backend_init(p, &p->primary, POOL_PRIMARY, -1, cfg->primary_dsn) < 0)
         goto fail;
     for (int i = 0; i < p->nreplicas; i++)
         if (backend_init(p, &p->replicas[i], POOL_REPLICA, i, cfg->replica_dsn[i]) < 0)
@@ -133,6 +137,7 @@ void pool_free(struct pool *p)
     bool write = queue_discard(&p->queue[POOL_PRIMARY]);
     write |= queue_discard(&p->queue[POOL_REPLICA]);
     write |= queue_discard(&p->lsn_waiting);
+    queue_discard(&p->parked); /* reads */
     write |= backend_close(&p->primary);
     for (int i = 0; i < p->nreplicas; i++)
         write |= backend_close(&p->replicas[i]);
@@ -144,6 +149,8 @@ void pool_free(struct pool *p)
         event_free(p->sweep_ev);
     if (p->health_ev)
         event_free(p->health_ev);
+    if (p->park_ev)
+        event_free(p->park_ev);
     free(p);
 }
 
@@ -158,7 +165,7 @@ static void backend_stats(const struct backend *be, struct pool_side_stats *s)
 void pool_stats(const struct pool *p, enum pool_side side, struct pool_side_stats *out)
 {
     *out = p->stats[side];
-    out->waiting = p->queue[side].len;
+    out->waiting = p->queue[side].len + (side == POOL_REPLICA ? p->parked.len : 0);
     if (side == POOL_PRIMARY)
         backend_stats(&p->primary, out);
     else

@@ -25,7 +25,8 @@ enum pgc_state {
     PGC_STATE_COUNT
 };
 /* JOB_LSN reads pg_current_wal_lsn() for every write that committed before it was sent (its batch). */
-enum job_kind { JOB_READ, JOB_WRITE, JOB_HEALTH, JOB_LSN };
+/* JOB_PROBE reads a replica's replay position for the reads waiting for it (replica_wait.h). */
+enum job_kind { JOB_READ, JOB_WRITE, JOB_HEALTH, JOB_LSN, JOB_PROBE };
 
 struct backend;
 
@@ -43,6 +44,8 @@ struct job {
     uint64_t resets;   /* a replica read: its backend's resets when it started (route_replay_learn) */
     uint64_t enqueued_us;
     uint64_t started_us; /* sent on a connection (the last time, after retries) */
+    uint64_t
+        wait_until; /* a read that waited for a replica (replica_wait.h): when it gave up; it waits once */
     int retries;
     PGresult *held;                 /* a committed write's result, waiting for its commit LSN */
     struct backend *target;         /* health checks run on one given backend */
@@ -80,8 +83,9 @@ struct backend {
     struct pgconn_list in_state[PGC_STATE_COUNT];
     bool healthy; /* last health check passed (and, for a replica, lag within limits) */
     bool health_inflight;
-    int failures; /* consecutive failed or lost connections; 0 once one connects */
-    uint64_t lsn; /* primary: current WAL position; replica: replay position (health checks, reads) */
+    bool probe_inflight; /* a replica: a replay probe is under way (replica_wait.h) */
+    int failures;        /* consecutive failed or lost connections; 0 once one connects */
+    uint64_t lsn;        /* primary: current WAL position; replica: replay position (health checks, reads) */
     /* A replica: times the pool's view of it was reset (a health check found it lower, it left rotation,
      * the primary changed identity): a read sent before carries a position that may no longer hold. */
     uint64_t resets;
@@ -117,6 +121,10 @@ struct pool {
      * every write that committed before it was sent, so a busy primary does not read it per write. */
     struct side_queue lsn_waiting;
     bool lsn_inflight;
+    /* Reads waiting for a replica to replay their fence (replica_wait.h), and the step that probes the
+     * replicas and gives up on them. */
+    struct side_queue parked;
+    struct event *park_ev;
     /* Unknown commits counted (consistency.h) when the primary position read now in flight was sent, by the
      * health check and by the commit-LSN read: its answer resolves them. */
     struct consistency *consistency;

@@ -91,7 +91,7 @@ static void job_timing(const struct job *j, struct pool_result *r)
 void job_finish(struct pool *p, struct job *j, const struct pool_result *r)
 {
     enum pool_side side = r->side;
-    if (j->kind != JOB_HEALTH && j->kind != JOB_LSN) {
+    if (j->kind == JOB_READ || j->kind == JOB_WRITE) {
         bool failed = r->status != POOL_OK;
         p->stats[side].queries++;
         p->stats[side].errors += failed;

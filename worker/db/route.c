@@ -6,6 +6,7 @@
 #include "common/log.h"
 #include "worker/db/pgconn.h"
 #include "worker/db/queue.h"
+#include "worker/db/replica_wait.h"
 
 /* Out of rotation until a health check passes again (conn_ready sends one on a new connection). */
 void route_backend_down(struct backend *be, const char *why)
@@ -48,7 +49,8 @@ void route_backend_snapshot(const struct backend *be, struct route_backend *out)
                                    .idle = be->in_state[PGC_IDLE].len,
                                    .connected = backend_connected(be),
                                    .failures = be->failures,
-                                   .nconns = be->nconns };
+                                   .nconns = be->nconns,
+                                   .lag_ms = be->lag_ms };
 }
 
 void route_view_fill(const struct pool *p, struct route_view *v)
@@ -99,6 +101,8 @@ void route_submit(struct pool *p, struct job *j)
     struct route_view v;
     route_view_fill(p, &v);
     struct route_decision d = route_decide(&v, j->kind == JOB_READ, j->fence);
+    if (d.side == POOL_PRIMARY && replica_wait_park(p, j, &v))
+        return;
     if (d.rr_advance)
         p->rr++;
     struct backend *be = d.backend < 0 ? &p->primary : &p->replicas[d.backend];
@@ -140,9 +144,10 @@ static bool read_has_a_replica(struct pool *p, const struct job *j)
 
 /* Replica reads queued for a replica that left rotation move to the primary; reads queued for the
  * primary (no replica had replayed past their fence) move to a replica that now has: the primary may be
- * saturated, or gone. */
+ * saturated, or gone; and so do the reads waiting for one (replica_wait.h). */
 void route_reroute(struct pool *p)
 {
     queue_resubmit(p, POOL_REPLICA, read_lost_its_replica);
     queue_resubmit(p, POOL_PRIMARY, read_has_a_replica);
+    replica_wait_release(p);
 }

@@ -50,6 +50,20 @@ static bool read_may_wait_for_replica(const struct route_view *v, bool read, uin
     return read && fence != POOL_LSN_NONE && route_replicas_up(v) > 0;
 }
 
+bool route_read_may_wait(const struct route_view *v, uint64_t fence, int wait_ms)
+{
+    bool idle;
+    if (wait_ms <= 0 || fence == POOL_LSN_NONE || fence == POOL_LSN_NEWEST || v->floor_lsn == 0 ||
+        route_replica_pick(v, fence, &idle) >= 0)
+        return false;
+    for (int i = 0; i < v->nreplicas; i++) {
+        const struct route_backend *r = &v->replicas[i];
+        if (r->healthy && r->connected > 0 && r->lsn != 0 && r->lag_ms < wait_ms)
+            return true;
+    }
+    return false;
+}
+
 static struct route_decision decide_replica(const struct route_view *v, int replica, bool idle)
 {
     if (idle)

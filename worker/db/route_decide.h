@@ -18,6 +18,7 @@ struct route_backend {
     int connected;    /* connections idle or running a statement */
     int failures;     /* consecutive failed or lost connections */
     int nconns;       /* pool_size */
+    int lag_ms;       /* a replica: its lag as last sampled (0 once caught up with the primary) */
 };
 
 struct route_view {
@@ -62,6 +63,10 @@ uint64_t route_replay_learn(uint64_t known, uint64_t sample, bool reset);
  * primary's position last sampled before it was sent: every write whose commit LSN is at or below the
  * answer, which is strictly below both (route_decide.c says why). */
 uint64_t route_primary_data_lsn(uint64_t fence, uint64_t sampled);
+/* Whether a read that no replica may serve yet (route_replica_pick finds none) waits up to wait_ms for one
+ * rather than run on the primary (replica_wait.h): its fence is a position, and a replica in rotation keeps
+ * up (lag under wait_ms), so its replay will likely pass the fence within the wait. */
+bool route_read_may_wait(const struct route_view *v, uint64_t fence, int wait_ms);
 /* Where a statement goes: a read (fence as pool_read's) or, when !read, a write or a statement for the
  * primary. */
 struct route_decision route_decide(const struct route_view *v, bool read, uint64_t fence);
