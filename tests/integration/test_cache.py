@@ -281,9 +281,15 @@ def test_scripts_flushed_in_redis_are_loaded_again(server, schema):
     path = f"/users/{u['id']}"
     until_hit(s, path)
     r = redis_lib.Redis(port=schema.redis_port)
+    time.sleep(1.1)  # the workers publish their counters every second
+    failed0 = total(scrape(s), "pgapi_cache_errors_total", kind="invalidation")
     r.script_flush()
-    # a write needs the invalidation script; it must not be refused or leave a stale value
+    # a write needs the invalidation script: sent by its digest, refused (NOSCRIPT, not run), sent again by
+    # its text; it must not be refused or leave a stale value
     assert s.request("PATCH", path, body={"name": "after flush"}).status == 200
+    time.sleep(1.1)
+    assert total(scrape(s), "pgapi_cache_errors_total", kind="invalidation") == failed0, \
+        "an invalidation failed: NOSCRIPT should send it again by its text"
     statuses = [get(s, path) for _ in range(20)]
     assert all(st == 200 and body["name"] == "after flush" for st, _, body in statuses), statuses
     until_hit(s, path)

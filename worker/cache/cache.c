@@ -306,14 +306,16 @@ struct cache_cmd {
     cache_done_cb done_cb;
     cache_rate_cb rate_cb;
     void *arg;
-    char key[64];            /* lookups: the key as asked for */
-    char list[64];           /* a lookup of a list page: its list's generation name ("" for a row) */
-    char peeked_epoch[24];   /* a peek: the epoch its value key was built from */
-    enum script_id script;   /* SCRIPT LOAD */
-    bool moves_epoch;        /* an invalidation of rows that could not be named */
-    bool through;            /* an invalidation that may store its write's row (LUA_INVALIDATE 's') */
-    char lsn[CACHE_LSN_HEX]; /* CMD_VERIFY, CMD_PURGE: the floor it sets */
-    uint64_t purge_gen;      /* CMD_PURGE */
+    char key[64];                /* lookups: the key as asked for */
+    char list[64];               /* a lookup of a list page: its list's generation name ("" for a row) */
+    char peeked_epoch[24];       /* a peek: the epoch its value key was built from */
+    enum script_id script;       /* SCRIPT LOAD */
+    bool moves_epoch;            /* an invalidation of rows that could not be named */
+    bool through;                /* an invalidation that may store its write's row (LUA_INVALIDATE 's') */
+    struct script_args *by_text; /* an invalidation sent by its digest: its arguments, sent again by the
+                                  * script's text if Redis answers NOSCRIPT (it did not run) */
+    char lsn[CACHE_LSN_HEX];     /* CMD_VERIFY, CMD_PURGE: the floor it sets */
+    uint64_t purge_gen;          /* CMD_PURGE */
     const struct cache_fences *fences; /* a lookup's: the caller's, valid until its callback */
 };
 
@@ -430,6 +432,38 @@ static void eval_lens(int argc, const char **argv, size_t *lens, size_t value_in
 {
     for (int i = 0; i < argc; i++)
         lens[i] = (size_t)i == value_index ? value_len : strlen(argv[i]);
+}
+
+/* A script call's arguments kept for a second sending by the script's text; argv[0..1] (the command and
+ * the script) are set when it is sent again. */
+struct script_args {
+    int argc;
+    const char **argv;
+    size_t *lens;
+};
+
+static struct script_args *script_args_copy(int argc, const char **argv, const size_t *lens)
+{
+    size_t bytes = sizeof(struct script_args) + (size_t)argc * (sizeof(char *) + sizeof(size_t));
+    for (int i = 2; i < argc; i++)
+        bytes += lens[i];
+    struct script_args *a = malloc(bytes);
+    if (!a)
+        return NULL;
+    a->argc = argc;
+    a->argv = (const char **)(a + 1);
+    a->lens = (size_t *)(a->argv + argc);
+    char *data = (char *)(a->lens + argc);
+    for (int i = 0; i < argc; i++) {
+        a->lens[i] = lens[i];
+        a->argv[i] = NULL;
+        if (i < 2)
+            continue;
+        memcpy(data, argv[i], lens[i]);
+        a->argv[i] = data;
+        data += lens[i];
+    }
+    return a;
 }
 
 /* Ends a bypass: a new epoch makes every value cached before the failure unreachable. With the
@@ -813,9 +847,31 @@ static void peek_deliver(struct cache_cmd *cmd, const redisReply *r)
     lookup_script_send(c, cmd->key, NULL, cmd->fences, cmd->lookup_cb, cmd->arg);
 }
 
+/* A NOSCRIPT answer to an invalidation by digest (a SCRIPT FLUSH by hand): the script did not run, so it is
+ * sent again by its text rather than cost the write its 2xx. True when it was. */
+static bool invalidate_resend(struct cache_cmd *cmd, const redisReply *r)
+{
+    struct script_args *a = cmd->by_text;
+    if (!a || !r || r->type != REDIS_REPLY_ERROR || strncmp(r->str, "NOSCRIPT", 8) != 0)
+        return false;
+    a->argv[0] = "EVAL";
+    a->argv[1] = SCRIPTS[SCRIPT_INVALIDATE];
+    a->lens[0] = 4;
+    a->lens[1] = strlen(SCRIPTS[SCRIPT_INVALIDATE]);
+    struct cache_cmd *again =
+        cmd_send(cmd->c, CMD_INVALIDATE, a->argc, a->argv, a->lens, NULL, cmd->done_cb, cmd->arg);
+    if (!again)
+        return false;
+    again->through = cmd->through;
+    again->moves_epoch = cmd->moves_epoch;
+    return true;
+}
+
 static void invalidate_deliver(struct cache_cmd *cmd, const redisReply *r)
 {
     struct cache *c = cmd->c;
+    if (invalidate_resend(cmd, r))
+        return;
     bool ok = r && r->type != REDIS_REPLY_ERROR;
     c->stats.invalidations++;
     if (ok && cmd->moves_epoch)
@@ -1065,6 +1121,12 @@ static void cmd_answer_fail(struct cache_cmd *cmd)
         purge_deliver(cmd, NULL);
 }
 
+static void cmd_free(struct cache_cmd *cmd)
+{
+    free(cmd->by_text);
+    free(cmd);
+}
+
 /* At exit: the request a command answers dies with the process. An invalidation not confirmed may not
  * have run: every worker bypasses the cache until it moves to a new epoch. */
 static void cmd_discard(struct cache_cmd *cmd)
@@ -1075,7 +1137,7 @@ static void cmd_discard(struct cache_cmd *cmd)
     }
     if (cmd->kind == CMD_RATE && cmd->sent.state == REDIS_CMD_SENT)
         cmd->rate_cb(cmd->arg, NULL); /* its caller frees what it kept for the request */
-    free(cmd);
+    cmd_free(cmd);
 }
 
 static void cmd_reply(struct redis_cmd *sent, const redisReply *r, enum redis_cmd_event ev)
@@ -1092,7 +1154,7 @@ static void cmd_reply(struct redis_cmd *sent, const redisReply *r, enum redis_cm
     scripts_reload_if_flushed(cmd->c, r);
     if (cmd->sent.state == REDIS_CMD_SENT)
         cmd_deliver(cmd, r);
-    free(cmd);
+    cmd_free(cmd);
 }
 
 /* ---- commands ------------------------------------------------------------------------------- */
@@ -1300,10 +1362,10 @@ static struct cache_cmd *invalidate_send(struct cache *c, const struct cache_cha
                                   store ? t->value : "",
                                   value_ttl,
                                   store ? t->epoch : "" };
-    /* by its text, always: after a SCRIPT FLUSH an EVALSHA would fail, and a failed invalidation costs the
-     * write its 2xx (Redis keeps the compiled script: the text is the only cost) */
-    argv[0] = "EVAL";
-    argv[1] = SCRIPTS[SCRIPT_INVALIDATE];
+    /* By its digest once loaded: Redis hashes the text of every EVAL (2.6 KB) to find the compiled script.
+     * After a SCRIPT FLUSH the digest fails with NOSCRIPT before the script runs: the arguments are kept to
+     * send it again by its text (invalidate_resend). */
+    script_argv(c, SCRIPT_INVALIDATE, argv);
     int argc = FIXED;
     for (int i = 0; i < ch->ngens; i++)
         argv[argc++] = ch->gens[i];
@@ -1317,8 +1379,19 @@ static struct cache_cmd *invalidate_send(struct cache *c, const struct cache_cha
     }
     size_t lens[MAXARGS];
     eval_lens(argc, argv, lens, VALUE_AT, store ? t->len : 0);
+    struct script_args *by_text =
+        argv[1] != SCRIPTS[SCRIPT_INVALIDATE] ? script_args_copy(argc, argv, lens) : NULL;
+    if (argv[1] != SCRIPTS[SCRIPT_INVALIDATE] && !by_text) { /* no copy: by its text now */
+        argv[0] = "EVAL";
+        argv[1] = SCRIPTS[SCRIPT_INVALIDATE];
+        lens[0] = 4;
+        lens[1] = strlen(argv[1]);
+    }
     struct cache_cmd *cmd = cmd_send(c, CMD_INVALIDATE, argc, argv, lens, NULL, cb, arg);
+    if (!cmd)
+        free(by_text);
     if (cmd) {
+        cmd->by_text = by_text;
         cmd->through = store;
         if (why >= 0)
             c->stats.through[why]++;
