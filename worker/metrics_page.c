@@ -314,8 +314,9 @@ static void pool_render(struct page *pg)
                         "Replay positions learned from the replicas' reads (the replica side only).",
                         offsetof(struct metrics_counters, replay_samples), 1.0);
     side_counter_render(pg, "pgapi_pool_replica_waits_total",
-                        "Reads that waited (replica_wait) for a replica to replay their fence, by outcome: "
-                        "replica (one replayed it within the wait), primary (none did: it ran there).",
+                        "Reads that waited (replica_wait) for a replica to replay their fence, by where they "
+                        "ran: replica (one replayed it within the wait), primary (none did, or every "
+                        "replica connection was busy and the primary idle).",
                         offsetof(struct metrics_counters, replica_waits), 1.0);
     side_counter_render(pg, "pgapi_pool_wait_seconds_total", "Time statements spent queued for a connection.",
                         offsetof(struct metrics_counters, wait_us), 1e-6);

@@ -15,6 +15,7 @@
 #include "worker/db/health.h"
 #include "worker/db/lsn.h"
 #include "worker/db/queue.h"
+#include "worker/db/replica_wait.h"
 #include "worker/db/route.h"
 #include "worker/db/sqlstate.h"
 
@@ -107,7 +108,7 @@ void pgconn_abandon_reads(struct backend *be)
     for (int i = 0; i < n; i++) {
         struct pgconn *c = running[i];
         bool sent = c->state == PGC_SENDING || c->state == PGC_BUSY;
-        if (sent && c->job && c->job->kind == JOB_READ)
+        if (sent && c->job && (c->job->kind == JOB_READ || c->job->kind == JOB_PROBE))
             pgconn_reset(c, "its replica left rotation");
     }
 }
@@ -339,6 +340,7 @@ void pgconn_start(struct pgconn *c, struct job *j)
     bool batched = j->batch_sql && queue_batch_gather(c, j);
     if (c->be->side == POOL_PRIMARY)
         route_primary_reads_note(p, j);
+    replica_wait_note_start(p, c->be->side, j);
     if (batched) {
         queue_batch_send(c, j);
         return;

@@ -77,8 +77,8 @@ struct pool_side_stats {
     uint64_t batches;                           /* statements that ran several queued reads at once */
     uint64_t replay_samples; /* the replica side's only: replay positions its reads returned and the
                               * pool took (not dropped by a reset: route_replay_learn) */
-    uint64_t replica_waits;  /* reads that waited for a replica's replay (replica_wait.h) and then ran on
-                              * this side */
+    uint64_t replica_waits;  /* reads that waited for a replica's replay (replica_wait.h) and then started
+                              * on this side */
     int in_use, idle, connecting, down, waiting;
 };
 

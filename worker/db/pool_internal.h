@@ -44,8 +44,8 @@ struct job {
     uint64_t resets;   /* a replica read: its backend's resets when it started (route_replay_learn) */
     uint64_t enqueued_us;
     uint64_t started_us; /* sent on a connection (the last time, after retries) */
-    uint64_t
-        wait_until; /* a read that waited for a replica (replica_wait.h): when it gave up; it waits once */
+    uint64_t wait_until; /* a parked read (replica_wait.h): when it gives up; set once, it waits once */
+    bool wait_noted;     /* that wait was counted where it ran (replica_wait_note_start) */
     int retries;
     PGresult *held;                 /* a committed write's result, waiting for its commit LSN */
     struct backend *target;         /* health checks run on one given backend */

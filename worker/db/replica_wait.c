@@ -55,10 +55,7 @@ bool replica_wait_park(struct pool *p, struct job *j, const struct route_view *v
     if (j->kind != JOB_READ || j->wait_until || p->parked.len >= p->cfg->queue_size ||
         !route_read_may_wait(v, j->fence, p->cfg->replica_wait_ms))
         return false;
-    uint64_t now = clock_now_us();
-    j->wait_until = now + (uint64_t)p->cfg->replica_wait_ms * 1000;
-    if (!j->enqueued_us)
-        j->enqueued_us = now;
+    j->wait_until = clock_now_us() + (uint64_t)p->cfg->replica_wait_ms * 1000;
     queue_push(&p->parked, j);
     replica_wait_probe(p);
     step_arm(p);
@@ -77,15 +74,24 @@ void replica_wait_release(struct pool *p)
     route_view_fill(p, &v);
     for (struct job *j = waiting.head, *next; j; j = next) {
         next = j->next;
-        bool idle, replica = route_replica_pick(&v, j->fence, &idle) >= 0;
-        if (!replica && now < j->wait_until) {
+        bool idle;
+        if (route_replica_pick(&v, j->fence, &idle) < 0 && now < j->wait_until) {
             queue_push(&p->parked, j);
             continue;
         }
-        p->stats[replica ? POOL_REPLICA : POOL_PRIMARY].replica_waits++;
         route_submit(p, j);
     }
     step_arm(p);
+}
+
+void replica_wait_note_start(struct pool *p, enum pool_side side, struct job *j)
+{
+    for (struct job *k = j; k; k = k == j ? j->batch : k->next) {
+        if (k->kind != JOB_READ || !k->wait_until || k->wait_noted)
+            continue;
+        k->wait_noted = true;
+        p->stats[side].replica_waits++;
+    }
 }
 
 bool replica_wait_cancel(struct pool *p, const void *arg)

@@ -13,6 +13,8 @@
 bool replica_wait_park(struct pool *p, struct job *j, const struct route_view *v);
 /* Waiting reads that a replica may now serve, and those past their deadline, are routed again. */
 void replica_wait_release(struct pool *p);
+/* j (and its batch) starts on side: the reads among them that waited count once, by where they ran. */
+void replica_wait_note_start(struct pool *p, enum pool_side side, struct job *j);
 /* Drops a waiting read whose callback argument is arg, without its callback (pool_cancel). */
 bool replica_wait_cancel(struct pool *p, const void *arg);
 /* Timer: the waiting reads' step. */
