@@ -434,6 +434,15 @@ static void eval_lens(int argc, const char **argv, size_t *lens, size_t value_in
         lens[i] = (size_t)i == value_index ? value_len : strlen(argv[i]);
 }
 
+/* argv[0..1] and their lengths for a call of script id by its text. */
+static void script_argv_text(enum script_id id, const char **argv, size_t *lens)
+{
+    argv[0] = "EVAL";
+    argv[1] = SCRIPTS[id];
+    lens[0] = 4;
+    lens[1] = strlen(SCRIPTS[id]);
+}
+
 /* A script call's arguments kept for a second sending by the script's text; argv[0..1] (the command and
  * the script) are set when it is sent again. */
 struct script_args {
@@ -854,10 +863,7 @@ static bool invalidate_resend(struct cache_cmd *cmd, const redisReply *r)
     struct script_args *a = cmd->by_text;
     if (!a || !r || r->type != REDIS_REPLY_ERROR || strncmp(r->str, "NOSCRIPT", 8) != 0)
         return false;
-    a->argv[0] = "EVAL";
-    a->argv[1] = SCRIPTS[SCRIPT_INVALIDATE];
-    a->lens[0] = 4;
-    a->lens[1] = strlen(SCRIPTS[SCRIPT_INVALIDATE]);
+    script_argv_text(SCRIPT_INVALIDATE, a->argv, a->lens);
     struct cache_cmd *again =
         cmd_send(cmd->c, CMD_INVALIDATE, a->argc, a->argv, a->lens, NULL, cmd->done_cb, cmd->arg);
     if (!again)
@@ -1379,23 +1385,19 @@ static struct cache_cmd *invalidate_send(struct cache *c, const struct cache_cha
     }
     size_t lens[MAXARGS];
     eval_lens(argc, argv, lens, VALUE_AT, store ? t->len : 0);
-    struct script_args *by_text =
-        argv[1] != SCRIPTS[SCRIPT_INVALIDATE] ? script_args_copy(argc, argv, lens) : NULL;
-    if (argv[1] != SCRIPTS[SCRIPT_INVALIDATE] && !by_text) { /* no copy: by its text now */
-        argv[0] = "EVAL";
-        argv[1] = SCRIPTS[SCRIPT_INVALIDATE];
-        lens[0] = 4;
-        lens[1] = strlen(argv[1]);
-    }
+    bool by_digest = argv[1] != SCRIPTS[SCRIPT_INVALIDATE];
+    struct script_args *by_text = by_digest ? script_args_copy(argc, argv, lens) : NULL;
+    if (by_digest && !by_text) /* no copy to send again: by its text now */
+        script_argv_text(SCRIPT_INVALIDATE, argv, lens);
     struct cache_cmd *cmd = cmd_send(c, CMD_INVALIDATE, argc, argv, lens, NULL, cb, arg);
-    if (!cmd)
+    if (!cmd) {
         free(by_text);
-    if (cmd) {
-        cmd->by_text = by_text;
-        cmd->through = store;
-        if (why >= 0)
-            c->stats.through[why]++;
+        return NULL;
     }
+    cmd->by_text = by_text;
+    cmd->through = store;
+    if (why >= 0)
+        c->stats.through[why]++;
     return cmd;
 }
 
